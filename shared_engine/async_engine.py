@@ -1,0 +1,148 @@
+"""An asyncio front for the engine: many coroutines await their requests while one background thread
+steps the engine.
+
+The step runs in a thread, not on the event loop, because a forward pass holds the CPU for
+milliseconds to seconds; torch releases the GIL inside its kernels, so the HTTP server keeps
+accepting and streaming while the engine computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from shared_engine.errors import EngineDead
+from shared_engine.llm_engine import EngineStats, LLMEngine
+from shared_engine.outputs import RequestOutput
+from shared_engine.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+StepObserver = Callable[[LLMEngine, list[RequestOutput], float], None]
+
+
+class _Stream:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+
+    def put(self, item: RequestOutput | BaseException) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+class AsyncLLMEngine:
+    def __init__(self, engine: LLMEngine, on_step: StepObserver | None = None) -> None:
+        self.engine = engine
+        self.on_step = on_step
+        self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._streams: dict[str, _Stream] = {}
+        self._stopped = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
+        self._thread.start()
+
+    # -- public API ----------------------------------------------------------------------------------
+
+    async def generate(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[RequestOutput]:
+        """Stream the request's outputs. Closing the iterator early (client gone) aborts the request."""
+        if self._error is not None or self._stopped.is_set():
+            raise EngineDead("the LLM engine has stopped") from self._error
+        stream = _Stream(asyncio.get_running_loop())
+        ready: asyncio.Future[None] = stream.loop.create_future()
+        self._streams[request_id] = stream
+        self._commands.put(("add", (request_id, prompt_token_ids, params, stream, ready)))
+        finished = False
+        try:
+            await ready  # raises the engine's validation error, if any
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        self._commands.put(("abort", request_id))
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    @property
+    def is_alive(self) -> bool:
+        return self._thread.is_alive() and self._error is None
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        self._stopped.set()
+        self._commands.put(("wake", None))
+        self._thread.join(timeout)
+
+    # -- the loop (engine thread) ------------------------------------------------------------------------
+
+    def _handle(self, kind: str, payload: Any) -> None:
+        if kind == "add":
+            request_id, prompt, params, stream, ready = payload
+            try:
+                self.engine.add_request(request_id, prompt, params)
+            except Exception as exc:  # validation errors go back to the caller that sent them
+                stream.loop.call_soon_threadsafe(_settle, ready, exc)
+            else:
+                stream.loop.call_soon_threadsafe(_settle, ready, None)
+        elif kind == "abort":
+            self.engine.abort_request(payload)
+
+    def _drain(self, block: bool) -> None:
+        try:
+            kind, payload = self._commands.get(block=block)
+        except queue.Empty:
+            return
+        self._handle(kind, payload)
+        while True:
+            try:
+                kind, payload = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            self._handle(kind, payload)
+
+    def _run(self) -> None:
+        import time
+
+        try:
+            while not self._stopped.is_set():
+                self._drain(block=not self.engine.has_unfinished_requests())
+                if not self.engine.has_unfinished_requests():
+                    continue
+                start = time.perf_counter()
+                outputs = self.engine.step()
+                for out in outputs:
+                    stream = self._streams.get(out.request_id)
+                    if stream is not None:
+                        stream.put(out)
+                if self.on_step is not None:
+                    self.on_step(self.engine, outputs, time.perf_counter() - start)
+        except BaseException as exc:
+            logger.exception("LLM engine loop died")
+            self._error = exc
+            dead = EngineDead(f"the LLM engine stopped: {exc}")
+            for stream in list(self._streams.values()):
+                stream.put(dead)
+
+
+def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is None:
+        future.set_result(None)
+    else:
+        future.set_exception(exc)

@@ -1,0 +1,88 @@
+"""Attention over the paged KV cache.
+
+Layout: per layer, keys and values are ``[num_blocks, block_size, num_kv_heads, head_dim]`` tensors;
+a token at position ``p`` of a request lives in slot ``block_ids[p // block_size] * block_size +
+p % block_size``. The flat batch holds every decode token first (one per request), then each
+prefill chunk in turn. Decodes are attended in one batched matmul over keys gathered through the
+block table; each prefill chunk attends with SDPA, straight on its fresh keys when it starts at
+position 0, or on keys gathered from the cache when it continues a cached prefix or earlier chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class PrefillChunk:
+    start: int  # offset of the chunk in the flat batch
+    end: int
+    num_computed: int  # tokens of this request already in the cache before the chunk
+    slots: torch.Tensor | None  # cache slots of positions [0, num_computed + chunk); None when num_computed == 0
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [num_tokens] where each new token's key/value is written
+    num_decodes: int
+    decode_block_tables: torch.Tensor | None  # [num_decodes, max_blocks]
+    decode_mask: torch.Tensor | None  # [num_decodes, 1, 1, max_blocks * block_size], True = attend
+    prefills: list[PrefillChunk]
+
+
+def write_kv(
+    key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
+) -> None:
+    kv_heads, head_dim = k_cache.shape[-2:]
+    k_cache.view(-1, kv_heads, head_dim).index_copy_(0, slots, key)
+    v_cache.view(-1, kv_heads, head_dim).index_copy_(0, slots, value)
+
+
+def paged_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:
+    """query ``[T, H, D]``, key/value ``[T, KVH, D]`` → ``[T, H, D]``; writes key/value to the cache."""
+    write_kv(key, value, k_cache, v_cache, meta.slot_mapping)
+    out = torch.empty_like(query)
+    num_heads, head_dim = query.shape[1:]
+    kv_heads = k_cache.shape[2]
+    if meta.num_decodes:
+        b = meta.num_decodes
+        assert meta.decode_block_tables is not None and meta.decode_mask is not None
+        # [B, blocks, bs, KVH, D] -> [B, KVH, L, D]
+        keys = k_cache[meta.decode_block_tables].flatten(1, 2).transpose(1, 2)
+        values = v_cache[meta.decode_block_tables].flatten(1, 2).transpose(1, 2)
+        # Grouped-query attention without materialising repeated keys: the query heads that share a
+        # kv head are laid out as that head's extra "rows".
+        q = query[:b].view(b, kv_heads, num_heads // kv_heads, head_dim)
+        scores = torch.matmul(q, keys.transpose(-1, -2)).mul_(scale)
+        scores.masked_fill_(~meta.decode_mask, float("-inf"))
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+        out[:b] = torch.matmul(probs, values).view(b, num_heads, head_dim)
+    flat_k = k_cache.view(-1, kv_heads, head_dim)
+    flat_v = v_cache.view(-1, kv_heads, head_dim)
+    for chunk in meta.prefills:
+        q = query[chunk.start : chunk.end].transpose(0, 1).unsqueeze(0)
+        if chunk.slots is None:
+            k = key[chunk.start : chunk.end].transpose(0, 1).unsqueeze(0)
+            v = value[chunk.start : chunk.end].transpose(0, 1).unsqueeze(0)
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+        else:
+            k = flat_k[chunk.slots].transpose(0, 1).unsqueeze(0)
+            v = flat_v[chunk.slots].transpose(0, 1).unsqueeze(0)
+            n = chunk.end - chunk.start
+            ctx = chunk.num_computed + n
+            q_pos = torch.arange(chunk.num_computed, ctx, device=query.device)
+            mask = torch.arange(ctx, device=query.device)[None, :] <= q_pos[:, None]
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+        out[chunk.start : chunk.end] = o.squeeze(0).transpose(0, 1)
+    return out

@@ -1,0 +1,68 @@
+"""Incremental detokenization with stop strings.
+
+Text is produced by decoding a short window of tokens (a few already-emitted ones for context, plus
+the new ones) and taking what the new ones add: spacing rules of SentencePiece/BPE tokenizers depend
+on the preceding token, and a multi-byte character split across tokens decodes to U+FFFD until its
+last byte arrives, in which case nothing is emitted yet. Text that could be the start of a stop string
+is held back until it is clear it is not one, so a stop string is never returned, even in part.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from shared_engine.outputs import FinishReason
+
+CONTEXT_TOKENS = 5
+
+
+class Tokenizer(Protocol):
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = ...) -> str: ...
+
+
+class IncrementalDetokenizer:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        prompt_token_ids: list[int],
+        stop: tuple[str, ...] = (),
+        skip_special_tokens: bool = True,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self.stop = stop
+        self.holdback = max((len(s) for s in stop), default=1) - 1
+        context = prompt_token_ids[-CONTEXT_TOKENS:]
+        self.token_ids: list[int] = list(context)
+        self.prefix_offset = 0
+        self.read_offset = len(context)
+        self.text = ""
+        self.emitted = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
+
+    def add_tokens(self, token_ids: list[int]) -> FinishReason | None:
+        """Append generated tokens; returns STOP if a stop string now appears in the text."""
+        self.token_ids.extend(token_ids)
+        prefix = self._decode(self.token_ids[self.prefix_offset : self.read_offset])
+        full = self._decode(self.token_ids[self.prefix_offset :])
+        if len(full) <= len(prefix) or full.endswith("\ufffd"):
+            return None
+        delta = full[len(prefix) :]
+        self.prefix_offset = self.read_offset
+        self.read_offset = len(self.token_ids)
+        search_from = max(0, len(self.text) - self.holdback)
+        self.text += delta
+        hits = [at for s in self.stop if (at := self.text.find(s, search_from)) != -1]
+        if hits:
+            self.text = self.text[: min(hits)]
+            return FinishReason.STOP
+        return None
+
+    def take_new_text(self, finished: bool) -> str:
+        """Text not yet handed out; while running, keeps back what may begin a stop string."""
+        end = len(self.text) if finished or not self.stop else max(self.emitted, len(self.text) - self.holdback)
+        out = self.text[self.emitted : end]
+        self.emitted = end
+        return out

@@ -1,0 +1,172 @@
+"""The decoder engine: ``step()`` = schedule → run → update."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from shared_engine.config import EngineConfig
+from shared_engine.detokenizer import IncrementalDetokenizer, Tokenizer
+from shared_engine.errors import ContextLengthExceeded, DuplicateRequest
+from shared_engine.kv_cache_manager import KVCacheManager
+from shared_engine.model_runner import ModelRunner, num_blocks_for_memory
+from shared_engine.models.base import DecoderModel
+from shared_engine.outputs import FinishReason, RequestOutput
+from shared_engine.request import Request
+from shared_engine.sampler import RequestSampler
+from shared_engine.sampling_params import SamplingParams
+from shared_engine.scheduler import Scheduler
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    prefix_cache_hit_rate: float
+    num_preemptions: int
+    num_blocks: int
+    last_batch_size: int
+    last_batch_tokens: int
+
+
+class _Live:
+    """Engine-side companions of a request: its RNG and its detokenizer."""
+
+    __slots__ = ("detokenizer", "request", "sampler")
+
+    def __init__(self, request: Request, sampler: RequestSampler, detokenizer: IncrementalDetokenizer) -> None:
+        self.request = request
+        self.sampler = sampler
+        self.detokenizer = detokenizer
+
+
+class LLMEngine:
+    def __init__(
+        self,
+        model: DecoderModel,
+        tokenizer: Tokenizer,
+        config: EngineConfig,
+        device: torch.device,
+        dtype: torch.dtype,
+        eos_token_ids: frozenset[int],
+    ) -> None:
+        arch = model.arch
+        self.config = config
+        self.tokenizer = tokenizer
+        self.device = device
+        self.eos_token_ids = eos_token_ids
+        self.max_model_len = min(config.max_model_len or arch.max_position_embeddings, arch.max_position_embeddings)
+        cache = config.cache
+        num_blocks = cache.num_blocks or num_blocks_for_memory(
+            cache.memory_bytes, arch.kv_bytes_per_token, cache.block_size, dtype
+        )
+        self.kv = KVCacheManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
+        self.scheduler = Scheduler(config.scheduler, self.kv)
+        self.runner = ModelRunner(model, num_blocks, cache.block_size, device, dtype)
+        self.live: dict[str, _Live] = {}
+        self._last_batch = (0, 0)
+        logger.info(
+            "engine ready: %d KV blocks of %d tokens (%.1f MiB), max_model_len %d, dtype %s, device %s",
+            num_blocks, cache.block_size,
+            num_blocks * cache.block_size * arch.kv_bytes_per_token * torch.empty((), dtype=dtype).element_size() / 2**20,
+            self.max_model_len, dtype, device,
+        )  # fmt: skip
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def add_request(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, arrival_time: float | None = None
+    ) -> None:
+        if request_id in self.live:
+            raise DuplicateRequest(f"request id {request_id!r} is already in flight")
+        total = len(prompt_token_ids) + params.max_tokens
+        if total > self.max_model_len:
+            raise ContextLengthExceeded(len(prompt_token_ids), params.max_tokens, self.max_model_len)
+        request = Request(request_id, prompt_token_ids, params, self.eos_token_ids, arrival_time)
+        self.scheduler.add_request(request)
+        self.live[request_id] = _Live(
+            request,
+            RequestSampler(params, self.device),
+            IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.stop, params.skip_special_tokens),
+        )
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        live = self.live.pop(request_id, None)
+        if live is None:
+            return None
+        self.scheduler.finish_request(live.request, FinishReason.ABORT)
+        return self._output(live, [], None, FinishReason.ABORT)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished
+
+    # -- the step ----------------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        sched = self.scheduler.schedule()
+        if sched.is_empty:
+            return []
+        result = self.runner.execute(sched, {rid: lv.sampler for rid, lv in self.live.items()})
+        self.scheduler.update_after_step(sched)
+        self._last_batch = (len(sched.scheduled), sched.num_tokens)
+
+        outputs: list[RequestOutput] = []
+        for item in sched.scheduled:
+            rid = item.request.request_id
+            if rid not in result.tokens:
+                continue  # a prefill chunk that did not reach the end of the prompt
+            live = self.live[rid]
+            token = result.tokens[rid]
+            live.request.append_output_token(token)
+            reason = live.request.check_stop_token()
+            stop_by_text = live.detokenizer.add_tokens([token])
+            if stop_by_text is not None:
+                reason = stop_by_text
+            if reason is not None:
+                self.scheduler.finish_request(live.request, reason)
+                del self.live[rid]
+            lp = result.logprobs.get(rid)
+            outputs.append(self._output(live, [token], lp, reason))
+        return outputs
+
+    def _output(self, live: _Live, tokens: list[int], logprob: object, reason: FinishReason | None) -> RequestOutput:
+        r = live.request
+        return RequestOutput(
+            request_id=r.request_id,
+            text=live.detokenizer.take_new_text(finished=reason is not None),
+            token_ids=tokens,
+            num_prompt_tokens=r.num_prompt_tokens,
+            num_output_tokens=r.num_output_tokens,
+            num_cached_tokens=r.num_cached_tokens,
+            logprobs=[logprob] if logprob is not None else [],  # type: ignore[list-item]
+            finish_reason=reason,
+        )
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            kv_cache_usage=self.kv.usage,
+            prefix_cache_hit_rate=self.kv.prefix_hit_rate,
+            num_preemptions=self.scheduler.num_preemptions,
+            num_blocks=self.kv.num_blocks,
+            last_batch_size=self._last_batch[0],
+            last_batch_tokens=self._last_batch[1],
+        )
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
+        """Offline batch generation (tests, benchmarks): all prompts at once, token ids back in order."""
+        ids = [f"offline-{time.monotonic_ns()}-{i}" for i in range(len(prompts))]
+        for rid, prompt in zip(ids, prompts, strict=True):
+            self.add_request(rid, prompt, params)
+        tokens: dict[str, list[int]] = {rid: [] for rid in ids}
+        while self.has_unfinished_requests():
+            for out in self.step():
+                tokens[out.request_id].extend(out.token_ids)
+        return [tokens[rid] for rid in ids]

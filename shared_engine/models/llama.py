@@ -1,0 +1,198 @@
+"""Llama-family decoders (Llama, Qwen2) on the engine's paged KV cache.
+
+Parameter names follow Hugging Face's so checkpoints load as they are, except that q/k/v and
+gate/up are each fused into one matrix: fewer, larger matmuls per layer, which on a CPU or at small
+batch sizes is where decode time goes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shared_engine.attention import AttentionMetadata, paged_attention
+from shared_engine.models.base import MODEL_REGISTRY, DecoderArch
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+def inverse_frequencies(arch: DecoderArch) -> tuple[torch.Tensor, float]:
+    """RoPE inverse frequencies and cos/sin scaling for any RoPE type transformers knows."""
+    cfg = arch.hf_config
+    params: dict[str, Any] = dict(getattr(cfg, "rope_parameters", None) or {})
+    rope_type = params.get("rope_type", "default")
+    if rope_type == "default":
+        base = float(params.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
+        exponents = torch.arange(0, arch.head_dim, 2, dtype=torch.float) / arch.head_dim
+        return 1.0 / (base**exponents), 1.0
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    if rope_type not in ROPE_INIT_FUNCTIONS:
+        raise ValueError(f"unsupported rope_type {rope_type!r}; known: default, {', '.join(ROPE_INIT_FUNCTIONS)}")
+    if rope_type in ("dynamic", "longrope"):
+        raise ValueError(f"rope_type {rope_type!r} changes with sequence length and is not supported")
+    inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](cfg, torch.device("cpu"))
+    return inv_freq, float(scaling)
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, arch: DecoderArch) -> None:
+        super().__init__()
+        inv_freq, scaling = inverse_frequencies(arch)
+        positions = torch.arange(arch.max_position_embeddings, dtype=torch.float)
+        freqs = positions[:, None] * inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.register_buffer("cos", emb.cos() * scaling, persistent=False)
+        self.register_buffer("sin", emb.sin() * scaling, persistent=False)
+
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cos = self.cos[positions].to(q.dtype).unsqueeze(1)
+        sin = self.sin[positions].to(q.dtype).unsqueeze(1)
+        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, arch: DecoderArch) -> None:
+        super().__init__()
+        self.num_heads = arch.num_heads
+        self.num_kv_heads = arch.num_kv_heads
+        self.head_dim = arch.head_dim
+        self.q_size = arch.num_heads * arch.head_dim
+        self.kv_size = arch.num_kv_heads * arch.head_dim
+        self.scale = arch.head_dim**-0.5
+        self.qkv_proj = nn.Linear(arch.hidden_size, self.q_size + 2 * self.kv_size, bias=arch.qkv_bias)
+        self.o_proj = nn.Linear(self.q_size, arch.hidden_size, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        rotary: RotaryEmbedding,
+        meta: AttentionMetadata,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        t = x.shape[0]
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(t, self.num_heads, self.head_dim)
+        k = k.view(t, self.num_kv_heads, self.head_dim)
+        v = v.view(t, self.num_kv_heads, self.head_dim)
+        q, k = rotary(positions, q, k)
+        out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale)
+        return self.o_proj(out.reshape(t, self.q_size))
+
+
+class MLP(nn.Module):
+    def __init__(self, arch: DecoderArch) -> None:
+        super().__init__()
+        self.intermediate_size = arch.intermediate_size
+        self.gate_up_proj = nn.Linear(arch.hidden_size, 2 * arch.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(arch.intermediate_size, arch.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, arch: DecoderArch) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
+        self.self_attn = Attention(arch)
+        self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
+        self.mlp = MLP(arch)
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, arch: DecoderArch) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(arch.vocab_size, arch.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(arch) for _ in range(arch.num_layers))
+        self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(arch)
+
+
+@MODEL_REGISTRY.register("LlamaForCausalLM", "Qwen2ForCausalLM")
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, arch: DecoderArch) -> None:
+        super().__init__()
+        self.arch = arch
+        self.model = LlamaModel(arch)
+        if not arch.tie_word_embeddings:
+            self.lm_head = nn.Linear(arch.hidden_size, arch.vocab_size, bias=False)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> torch.Tensor:
+        m = self.model
+        h = m.embed_tokens(input_ids)
+        for layer, kv_cache in zip(m.layers, kv_caches, strict=True):
+            h = h + layer.self_attn(layer.input_layernorm(h), positions, m.rotary_emb, meta, kv_cache)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return m.norm(h)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.model.embed_tokens.weight if self.arch.tie_word_embeddings else self.lm_head.weight
+        return F.linear(hidden, weight).float()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy a Hugging Face state dict in, fusing q/k/v and gate/up as it goes."""
+        params = dict(self.named_parameters())
+        a = self.arch
+        q, kv = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
+        fused = {
+            "q_proj": ("qkv_proj", 0, q),
+            "k_proj": ("qkv_proj", q, kv),
+            "v_proj": ("qkv_proj", q + kv, kv),
+            "gate_proj": ("gate_up_proj", 0, a.intermediate_size),
+            "up_proj": ("gate_up_proj", a.intermediate_size, a.intermediate_size),
+        }
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if name == "lm_head.weight" and a.tie_word_embeddings:
+                continue
+            if "rotary_emb" in name:
+                continue
+            target, offset, size = name, 0, None
+            for part, (fused_name, off, length) in fused.items():
+                if f".{part}." in name:
+                    target, offset, size = name.replace(part, fused_name), off, length
+                    break
+            if target not in params:
+                raise ValueError(f"checkpoint tensor {name!r} has no place in {a.architecture}")
+            param = params[target]
+            with torch.no_grad():
+                dst = param if size is None else param.narrow(0, offset, size)
+                if dst.shape != tensor.shape:
+                    raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != model {tuple(dst.shape)}")
+                dst.copy_(tensor)
+            loaded.add(f"{target}@{offset}")
+        expected = sum(
+            3 if ".qkv_proj." in n else 2 if ".gate_up_proj." in n else 1
+            for n in params
+        )
+        if len(loaded) != expected:
+            raise ValueError(f"checkpoint is missing tensors: loaded {len(loaded)} of {expected}")

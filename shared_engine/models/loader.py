@@ -1,0 +1,60 @@
+"""Build an engine model from a Hugging Face config and safetensors weights."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from shared_engine.models.base import MODEL_REGISTRY, DecoderArch, DecoderModel
+
+
+def arch_from_hf_config(cfg: Any) -> DecoderArch:
+    architectures = getattr(cfg, "architectures", None) or []
+    if not architectures:
+        raise ValueError("config.json names no architecture")
+    name = architectures[0]
+    MODEL_REGISTRY.get(name)  # fail early, listing what is supported
+    num_heads = cfg.num_attention_heads
+    return DecoderArch(
+        architecture=name,
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_layers=cfg.num_hidden_layers,
+        num_heads=num_heads,
+        num_kv_heads=getattr(cfg, "num_key_value_heads", None) or num_heads,
+        head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // num_heads,
+        rms_norm_eps=cfg.rms_norm_eps,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
+        # Qwen2 always has q/k/v biases; Llama has them only when attention_bias says so.
+        qkv_bias=name == "Qwen2ForCausalLM" or bool(getattr(cfg, "attention_bias", False)),
+        hf_config=cfg,
+    )
+
+
+def iter_safetensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no .safetensors weights in {folder}")
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                yield name, f.get_tensor(name)
+
+
+def build_decoder(
+    hf_config: Any, weights: Iterator[tuple[str, torch.Tensor]], device: torch.device, dtype: torch.dtype
+) -> DecoderModel:
+    arch = arch_from_hf_config(hf_config)
+    cls = MODEL_REGISTRY.get(arch.architecture)
+    model = cls(arch)
+    model.load_weights(weights)
+    model.to(device=device, dtype=dtype).eval()
+    # RoPE tables stay float32: positions far from 0 lose precision in bf16.
+    model.model.rotary_emb.float()
+    return model  # type: ignore[no-any-return]
