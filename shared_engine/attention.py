@@ -21,7 +21,9 @@ class PrefillChunk:
     start: int  # offset of the chunk in the flat batch
     end: int
     num_computed: int  # tokens of this request already in the cache before the chunk
-    slots: torch.Tensor | None  # cache slots of positions [0, num_computed + chunk); None when num_computed == 0
+    slots: (
+        torch.Tensor | None
+    )  # cache slots of positions [0, num_computed + chunk); None when num_computed == 0
 
 
 @dataclass

@@ -62,7 +62,9 @@ class IncrementalDetokenizer:
 
     def take_new_text(self, finished: bool) -> str:
         """Text not yet handed out; while running, keeps back what may begin a stop string."""
-        end = len(self.text) if finished or not self.stop else max(self.emitted, len(self.text) - self.holdback)
+        end = (
+            len(self.text) if finished or not self.stop else max(self.emitted, len(self.text) - self.holdback)
+        )
         out = self.text[self.emitted : end]
         self.emitted = end
         return out

@@ -136,14 +136,13 @@ class KVCacheManager:
         if not self.enable_prefix_caching:
             return
         num_full = request.num_computed_tokens // self.block_size
-        if num_full <= len(request.block_hashes):
+        first = len(request.block_hashes)
+        if num_full <= first:
             return
-        tokens = request.token_ids_slice(
-            len(request.block_hashes) * self.block_size, num_full * self.block_size
-        )
+        tokens = request.token_ids_slice(first * self.block_size, num_full * self.block_size)
         parent = request.block_hashes[-1] if request.block_hashes else None
-        for i in range(len(request.block_hashes), num_full):
-            offset = (i - len(request.block_hashes)) * self.block_size
+        for i in range(first, num_full):
+            offset = (i - first) * self.block_size
             h = hash_block(parent, tokens[offset : offset + self.block_size])
             block_id = request.block_ids[i]
             # Two requests may compute the same block concurrently; the first one published wins

@@ -40,7 +40,9 @@ class _Live:
 
     __slots__ = ("detokenizer", "request", "sampler")
 
-    def __init__(self, request: Request, sampler: RequestSampler, detokenizer: IncrementalDetokenizer) -> None:
+    def __init__(
+        self, request: Request, sampler: RequestSampler, detokenizer: IncrementalDetokenizer
+    ) -> None:
         self.request = request
         self.sampler = sampler
         self.detokenizer = detokenizer
@@ -61,7 +63,9 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.device = device
         self.eos_token_ids = eos_token_ids
-        self.max_model_len = min(config.max_model_len or arch.max_position_embeddings, arch.max_position_embeddings)
+        self.max_model_len = min(
+            config.max_model_len or arch.max_position_embeddings, arch.max_position_embeddings
+        )
         cache = config.cache
         num_blocks = cache.num_blocks or num_blocks_for_memory(
             cache.memory_bytes, arch.kv_bytes_per_token, cache.block_size, dtype
@@ -71,17 +75,20 @@ class LLMEngine:
         self.runner = ModelRunner(model, num_blocks, cache.block_size, device, dtype)
         self.live: dict[str, _Live] = {}
         self._last_batch = (0, 0)
+        kv_mib = num_blocks * cache.block_size * arch.kv_bytes_per_token * dtype.itemsize / 2**20
         logger.info(
             "engine ready: %d KV blocks of %d tokens (%.1f MiB), max_model_len %d, dtype %s, device %s",
-            num_blocks, cache.block_size,
-            num_blocks * cache.block_size * arch.kv_bytes_per_token * torch.empty((), dtype=dtype).element_size() / 2**20,
-            self.max_model_len, dtype, device,
+            num_blocks, cache.block_size, kv_mib, self.max_model_len, dtype, device,
         )  # fmt: skip
 
     # -- requests --------------------------------------------------------------------------------
 
     def add_request(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, arrival_time: float | None = None
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        arrival_time: float | None = None,
     ) -> None:
         if request_id in self.live:
             raise DuplicateRequest(f"request id {request_id!r} is already in flight")
@@ -135,7 +142,9 @@ class LLMEngine:
             outputs.append(self._output(live, [token], lp, reason))
         return outputs
 
-    def _output(self, live: _Live, tokens: list[int], logprob: object, reason: FinishReason | None) -> RequestOutput:
+    def _output(
+        self, live: _Live, tokens: list[int], logprob: object, reason: FinishReason | None
+    ) -> RequestOutput:
         r = live.request
         return RequestOutput(
             request_id=r.request_id,

@@ -25,8 +25,10 @@ class StepResult:
     logprobs: dict[str, TokenLogprob | None]
 
 
-def num_blocks_for_memory(memory_bytes: int, kv_elems_per_token: int, block_size: int, dtype: torch.dtype) -> int:
-    bytes_per_block = kv_elems_per_token * block_size * torch.empty((), dtype=dtype).element_size()
+def num_blocks_for_memory(
+    memory_bytes: int, kv_elems_per_token: int, block_size: int, dtype: torch.dtype
+) -> int:
+    bytes_per_block = kv_elems_per_token * block_size * dtype.itemsize
     return max(1, memory_bytes // bytes_per_block)
 
 
@@ -70,7 +72,9 @@ class ModelRunner:
             table = [s.request.block_ids + [0] * (width - len(s.request.block_ids)) for s in decodes]
             block_tables = torch.tensor(table, dtype=torch.long, device=dev)
             lengths = torch.tensor([s.request.num_computed_tokens + 1 for s in decodes], device=dev)
-            mask = (torch.arange(width * self.block_size, device=dev)[None, :] < lengths[:, None])[:, None, None, :]
+            mask = (torch.arange(width * self.block_size, device=dev)[None, :] < lengths[:, None])[
+                :, None, None, :
+            ]
         chunks: list[PrefillChunk] = []
         offset = len(decodes)
         for s in prefills:

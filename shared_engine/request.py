@@ -44,7 +44,7 @@ class Request:
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0
         self.block_ids: list[int] = []
-        self.block_hashes: list[int] = []
+        self.block_hashes: list[bytes] = []
         self.num_preemptions = 0
         self.finish_reason: FinishReason | None = None
 

@@ -25,7 +25,9 @@ def resolve_source(source: str) -> Path:
         module, _, rel = source[len(PACKAGE_SCHEME) :].partition("/")
         spec = importlib.util.find_spec(module)
         if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError(f"package {module!r} is not installed (needed for model source {source!r})")
+            raise FileNotFoundError(
+                f"package {module!r} is not installed (needed for model source {source!r})"
+            )
         path = Path(next(iter(spec.submodule_search_locations))) / rel
     else:
         path = Path(source).expanduser()
@@ -65,7 +67,7 @@ def convert_gguf(path: Path, cache_dir: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     # The dequantized weights are plain float tensors now; saving must not claim GGUF quantization.
-    model.hf_quantizer = None
+    setattr(model, "hf_quantizer", None)  # noqa: B010 (not a declared attribute)
     model.config.quantization_config = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -82,4 +84,6 @@ def prepare_model_folder(source: str, cache_dir: Path) -> Path:
         return path
     if is_gguf(path):
         return convert_gguf(path, cache_dir)
-    raise ValueError(f"model source {source!r} is neither a Hugging Face folder (with config.json) nor a GGUF file")
+    raise ValueError(
+        f"model source {source!r} is neither a Hugging Face folder (with config.json) nor a GGUF file"
+    )

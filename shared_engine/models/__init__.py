@@ -1,6 +1,6 @@
 """Decoder architectures the engine runs with its own paged attention."""
 
-from shared_engine.models.base import DecoderArch, DecoderModel, MODEL_REGISTRY
 from shared_engine.models import llama as _llama  # noqa: F401  (registers Llama and Qwen2)
+from shared_engine.models.base import MODEL_REGISTRY, DecoderArch, DecoderModel
 
 __all__ = ["MODEL_REGISTRY", "DecoderArch", "DecoderModel"]

@@ -43,7 +43,9 @@ def inverse_frequencies(arch: DecoderArch) -> tuple[torch.Tensor, float]:
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     if rope_type not in ROPE_INIT_FUNCTIONS:
-        raise ValueError(f"unsupported rope_type {rope_type!r}; known: default, {', '.join(ROPE_INIT_FUNCTIONS)}")
+        raise ValueError(
+            f"unsupported rope_type {rope_type!r}; known: default, {', '.join(ROPE_INIT_FUNCTIONS)}"
+        )
     if rope_type in ("dynamic", "longrope"):
         raise ValueError(f"rope_type {rope_type!r} changes with sequence length and is not supported")
     inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](cfg, torch.device("cpu"))
@@ -51,6 +53,9 @@ def inverse_frequencies(arch: DecoderArch) -> tuple[torch.Tensor, float]:
 
 
 class RotaryEmbedding(nn.Module):
+    cos: torch.Tensor
+    sin: torch.Tensor
+
     def __init__(self, arch: DecoderArch) -> None:
         super().__init__()
         inv_freq, scaling = inverse_frequencies(arch)
@@ -60,7 +65,9 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", emb.cos() * scaling, persistent=False)
         self.register_buffer("sin", emb.sin() * scaling, persistent=False)
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         cos = self.cos[positions].to(q.dtype).unsqueeze(1)
         sin = self.sin[positions].to(q.dtype).unsqueeze(1)
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
@@ -121,6 +128,17 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(arch.hidden_size, arch.rms_norm_eps)
         self.mlp = MLP(arch)
 
+    def forward(
+        self,
+        h: torch.Tensor,
+        positions: torch.Tensor,
+        rotary: RotaryEmbedding,
+        meta: AttentionMetadata,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        h = h + self.self_attn(self.input_layernorm(h), positions, rotary, meta, kv_cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
 
 class LlamaModel(nn.Module):
     def __init__(self, arch: DecoderArch) -> None:
@@ -150,8 +168,7 @@ class LlamaForCausalLM(nn.Module):
         m = self.model
         h = m.embed_tokens(input_ids)
         for layer, kv_cache in zip(m.layers, kv_caches, strict=True):
-            h = h + layer.self_attn(layer.input_layernorm(h), positions, m.rotary_emb, meta, kv_cache)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            h = layer(h, positions, m.rotary_emb, meta, kv_cache)
         return m.norm(h)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -187,12 +204,11 @@ class LlamaForCausalLM(nn.Module):
             with torch.no_grad():
                 dst = param if size is None else param.narrow(0, offset, size)
                 if dst.shape != tensor.shape:
-                    raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != model {tuple(dst.shape)}")
+                    raise ValueError(
+                        f"{name}: checkpoint shape {tuple(tensor.shape)} != model {tuple(dst.shape)}"
+                    )
                 dst.copy_(tensor)
             loaded.add(f"{target}@{offset}")
-        expected = sum(
-            3 if ".qkv_proj." in n else 2 if ".gate_up_proj." in n else 1
-            for n in params
-        )
+        expected = sum(3 if ".qkv_proj." in n else 2 if ".gate_up_proj." in n else 1 for n in params)
         if len(loaded) != expected:
             raise ValueError(f"checkpoint is missing tensors: loaded {len(loaded)} of {expected}")

@@ -57,4 +57,4 @@ def build_decoder(
     model.to(device=device, dtype=dtype).eval()
     # RoPE tables stay float32: positions far from 0 lose precision in bf16.
     model.model.rotary_emb.float()
-    return model  # type: ignore[no-any-return]
+    return model

@@ -1,0 +1,122 @@
+"""The chat/completions pipeline: tokenizer and chat template around the shared decoder engine."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+from pipelines.llm.loader import prepare_model_folder
+from shared_engine.async_engine import AsyncLLMEngine, StepObserver
+from shared_engine.config import EngineConfig
+from shared_engine.detokenizer import Tokenizer
+from shared_engine.device import resolve_device, resolve_dtype
+from shared_engine.errors import InvalidRequest
+from shared_engine.llm_engine import EngineStats, LLMEngine
+from shared_engine.models.loader import build_decoder, iter_safetensors
+from shared_engine.outputs import RequestOutput
+from shared_engine.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LLMPipelineConfig:
+    name: str
+    source: str
+    dtype: str = "auto"
+    device: str = "auto"
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("model name must not be empty")
+        if not self.source:
+            raise ValueError(f"model {self.name!r}: source must not be empty")
+
+
+def _eos_ids(folder: Path, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    try:
+        gen = GenerationConfig.from_pretrained(folder)
+    except OSError:
+        gen = None
+    if gen is not None and gen.eos_token_id is not None:
+        eos = gen.eos_token_id
+        ids.update([eos] if isinstance(eos, int) else eos)
+    return frozenset(ids)
+
+
+class LLMPipeline:
+    """Load weights, turn messages or text into token ids, hand them to the engine."""
+
+    task = "chat"
+
+    def __init__(
+        self, config: LLMPipelineConfig, cache_dir: Path, on_step: StepObserver | None = None
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        folder = prepare_model_folder(config.source, cache_dir)
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        hf_config = AutoConfig.from_pretrained(folder)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = build_decoder(hf_config, iter_safetensors(folder), self.device, self.dtype)
+        engine = LLMEngine(
+            model,
+            cast(Tokenizer, self.tokenizer),
+            config.engine,
+            self.device,
+            self.dtype,
+            _eos_ids(folder, self.tokenizer),
+        )
+        self.max_model_len = engine.max_model_len
+        self.engine = AsyncLLMEngine(engine, on_step)
+        logger.info("model %s loaded from %s (%s, %s)", self.name, folder, self.device, self.dtype)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        if not self.has_chat_template:
+            raise InvalidRequest(
+                f"model {self.name!r} has no chat template; use /v1/completions", param="model"
+            )
+        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        # The template already spells out its special tokens.
+        return self.encode(str(text), add_special_tokens=False)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        ids: list[int] = self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+        return ids
+
+    def decode_token(self, token_id: int) -> str:
+        return str(self.tokenizer.decode([token_id]))
+
+    def generate(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[RequestOutput]:
+        if not prompt_token_ids:
+            raise InvalidRequest("the prompt is empty", param="prompt")
+        return self.engine.generate(request_id, prompt_token_ids, params)
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    @property
+    def is_alive(self) -> bool:
+        return self.engine.is_alive
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

@@ -1,0 +1,16 @@
+"""Errors of the service layer (the engine's own live in shared_engine.errors)."""
+
+from __future__ import annotations
+
+from shared_engine.errors import EngineError
+
+
+class ModelNotFound(EngineError):
+    def __init__(self, model: str, task: str | None = None) -> None:
+        what = f"a {task} model" if task else "a model"
+        super().__init__(f"The model `{model}` does not exist or is not {what} served here.")
+        self.model = model
+
+
+class ServiceUnavailable(EngineError):
+    """The service for a model is loading, stopped, or unreachable (maps to 503)."""

@@ -1,0 +1,148 @@
+"""POST /v1/chat/completions: messages → prompt → choices → a completion or a chunk stream."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from services.gateway.generation import (
+    ChoiceResult,
+    ChoiceSpec,
+    UsageTally,
+    merge,
+    new_id,
+    now,
+    resolve_max_tokens,
+    sampling_params,
+    start_choices,
+)
+from services.gateway.schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChatLogprobs,
+    ChatMessage,
+    ChatTokenLogprob,
+    TopLogprob,
+)
+from services.gateway.sse import event
+from services.llm_service import LLMService
+from shared_engine.errors import InvalidRequest
+from shared_engine.outputs import TokenLogprob
+
+
+def message_dicts(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    out = []
+    for i, m in enumerate(messages):
+        if isinstance(m.content, list):
+            parts = []
+            for part in m.content:
+                if part.type != "text" or part.text is None:
+                    raise InvalidRequest(
+                        f"messages[{i}]: content part of type {part.type!r} is not supported by a text model",
+                        param="messages",
+                    )
+                parts.append(part.text)
+            content = "".join(parts)
+        else:
+            content = m.content or ""
+        out.append({"role": m.role, "content": content})
+    return out
+
+
+def _logprobs(service: LLMService, items: list[TokenLogprob]) -> ChatLogprobs:
+    def entry(token_id: int, logprob: float) -> TopLogprob:
+        text = service.token_text(token_id)
+        return TopLogprob(token=text, logprob=logprob, bytes=list(text.encode()))
+
+    content = []
+    for lp in items:
+        chosen = entry(lp.token_id, lp.logprob)
+        top = [entry(t, v) for t, v in lp.top]
+        content.append(ChatTokenLogprob(chosen.token, chosen.logprob, chosen.bytes, top))
+    return ChatLogprobs(content=content)
+
+
+async def create(service: LLMService, body: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[bytes]:
+    if body.top_logprobs is not None and not body.logprobs:
+        raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
+    prompt_ids = service.encode_chat(message_dicts(body.messages))
+    requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    max_tokens = resolve_max_tokens(service, requested, len(prompt_ids))
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    choices = [
+        ChoiceSpec(i, prompt_ids, sampling_params(body, max_tokens, logprobs, i)) for i in range(body.n)
+    ]
+    request_id = new_id("chatcmpl")
+    streams = await start_choices(service, request_id, choices)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return _stream(service, body, request_id, streams, include_usage)
+
+    results = [ChoiceResult() for _ in choices]
+    tally = UsageTally()
+    async for i, out in merge(streams):
+        results[i].add(out)
+        tally.add(0, i, out)
+    return ChatCompletion(
+        id=request_id,
+        created=now(),
+        model=body.model,
+        choices=[
+            ChatChoice(
+                index=i,
+                message=AssistantMessage(role="assistant", content="".join(r.text)),
+                logprobs=_logprobs(service, r.logprobs) if body.logprobs else None,
+                finish_reason=r.finish_reason,
+            )
+            for i, r in enumerate(results)
+        ],
+        usage=tally.usage(),
+    )
+
+
+async def _stream(
+    service: LLMService,
+    body: ChatCompletionRequest,
+    request_id: str,
+    streams: list[AsyncIterator[Any]],
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    created = now()
+
+    def chunk(choices: list[dict[str, Any]], usage: Any = None) -> bytes:
+        payload: dict[str, Any] = {
+            "id": request_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": body.model,
+            "choices": choices,
+        }
+        if include_usage:
+            payload["usage"] = usage
+        return event(payload)
+
+    for i in range(len(streams)):
+        yield chunk(
+            [
+                {
+                    "index": i,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ]
+        )
+    tally = UsageTally()
+    async for i, out in merge(streams):
+        tally.add(0, i, out)
+        if out.text or (body.logprobs and out.logprobs):
+            lp = _logprobs(service, out.logprobs) if body.logprobs else None
+            yield chunk([{"index": i, "delta": {"content": out.text}, "logprobs": lp, "finish_reason": None}])
+        if out.finish_reason is not None:
+            yield chunk(
+                [{"index": i, "delta": {}, "logprobs": None, "finish_reason": out.finish_reason.value}]
+            )
+    if include_usage:
+        yield chunk([], tally.usage())

@@ -1,0 +1,145 @@
+"""POST /v1/completions: one or more prompts (text or token ids) → choices."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from services.gateway.generation import (
+    ChoiceResult,
+    ChoiceSpec,
+    UsageTally,
+    merge,
+    new_id,
+    now,
+    resolve_max_tokens,
+    sampling_params,
+    start_choices,
+)
+from services.gateway.schemas import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
+from services.gateway.sse import event
+from services.llm_service import LLMService
+from shared_engine.errors import InvalidRequest
+from shared_engine.outputs import TokenLogprob
+
+
+def prompt_token_lists(service: LLMService, prompt: str | list[Any]) -> list[list[int]]:
+    """Normalise OpenAI's four prompt forms (text, texts, token ids, lists of token ids)."""
+    if isinstance(prompt, str):
+        prompts: list[Any] = [prompt]
+    elif not prompt:
+        raise InvalidRequest("prompt must not be an empty list", param="prompt")
+    elif all(isinstance(p, int) for p in prompt):
+        prompts = [prompt]
+    elif all(isinstance(p, str) for p in prompt) or all(isinstance(p, list) for p in prompt):
+        prompts = list(prompt)
+    else:
+        raise InvalidRequest(
+            "prompt must be a string, a list of strings, a list of token ids, or a list of token-id lists",
+            param="prompt",
+        )
+    out = []
+    vocab = service.vocab_size
+    for i, p in enumerate(prompts):
+        ids = service.encode(p) if isinstance(p, str) else list(p)
+        if not ids:
+            raise InvalidRequest(f"prompt {i} is empty", param="prompt")
+        if any(t < 0 or t >= vocab for t in ids):
+            raise InvalidRequest(
+                f"prompt {i} has token ids outside the vocabulary [0, {vocab})", param="prompt"
+            )
+        out.append(ids)
+    return out
+
+
+def _logprobs(service: LLMService, items: list[TokenLogprob], start_offset: int) -> CompletionLogprobs:
+    tokens, values, offsets, tops = [], [], [], []
+    offset = start_offset
+    for lp in items:
+        text = service.token_text(lp.token_id)
+        tokens.append(text)
+        values.append(lp.logprob)
+        offsets.append(offset)
+        offset += len(text)
+        tops.append({service.token_text(t): v for t, v in lp.top})
+    return CompletionLogprobs(tokens=tokens, token_logprobs=values, top_logprobs=tops, text_offset=offsets)
+
+
+async def create(service: LLMService, body: CompletionRequest) -> Completion | AsyncIterator[bytes]:
+    if body.suffix:
+        raise InvalidRequest("suffix is not supported by this server", param="suffix")
+    prompts = prompt_token_lists(service, body.prompt)
+    choices = []
+    for p, ids in enumerate(prompts):
+        max_tokens = resolve_max_tokens(service, body.max_tokens, len(ids))
+        for j in range(body.n):
+            choices.append(
+                ChoiceSpec(p * body.n + j, ids, sampling_params(body, max_tokens, body.logprobs, j))
+            )
+    request_id = new_id("cmpl")
+    streams = await start_choices(service, request_id, choices)
+    echoes = [service.decode(c.prompt_ids) if body.echo else "" for c in choices]
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return _stream(service, body, request_id, streams, echoes, include_usage)
+
+    results = [ChoiceResult() for _ in choices]
+    tally = UsageTally()
+    async for i, out in merge(streams):
+        results[i].add(out)
+        tally.add(i // body.n, i, out)
+    return Completion(
+        id=request_id,
+        created=now(),
+        model=body.model,
+        choices=[
+            CompletionChoice(
+                index=i,
+                text=echoes[i] + "".join(r.text),
+                logprobs=_logprobs(service, r.logprobs, len(echoes[i]))
+                if body.logprobs is not None
+                else None,
+                finish_reason=r.finish_reason,
+            )
+            for i, r in enumerate(results)
+        ],
+        usage=tally.usage(),
+    )
+
+
+async def _stream(
+    service: LLMService,
+    body: CompletionRequest,
+    request_id: str,
+    streams: list[AsyncIterator[Any]],
+    echoes: list[str],
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    created = now()
+
+    def chunk(choices: list[dict[str, Any]], usage: Any = None) -> bytes:
+        payload: dict[str, Any] = {
+            "id": request_id,
+            "object": "text_completion",
+            "created": created,
+            "model": body.model,
+            "choices": choices,
+        }
+        if include_usage:
+            payload["usage"] = usage
+        return event(payload)
+
+    offsets = [len(e) for e in echoes]
+    for i, echo in enumerate(echoes):
+        if echo:
+            yield chunk([{"index": i, "text": echo, "logprobs": None, "finish_reason": None}])
+    tally = UsageTally()
+    async for i, out in merge(streams):
+        tally.add(i // body.n, i, out)
+        lp = _logprobs(service, out.logprobs, offsets[i]) if body.logprobs is not None else None
+        offsets[i] += len(out.text)
+        if out.text or out.finish_reason is not None or lp is not None:
+            reason = out.finish_reason.value if out.finish_reason else None
+            yield chunk([{"index": i, "text": out.text, "logprobs": lp, "finish_reason": reason}])
+    if include_usage:
+        yield chunk([], tally.usage())

@@ -1,0 +1,154 @@
+"""What chat and text completions share: sampling parameters from a request body, starting the
+choices on the engine, merging their streams, and tallying usage."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from services.gateway.schemas import PromptTokensDetails, SamplingFields, Usage
+from services.llm_service import LLMService
+from shared_engine.errors import InvalidRequest
+from shared_engine.outputs import RequestOutput, TokenLogprob
+from shared_engine.sampling_params import SamplingParams
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def sampling_params(
+    body: SamplingFields, max_tokens: int, logprobs: int | None, choice: int
+) -> SamplingParams:
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(body, name):
+            raise InvalidRequest(f"{name} is not supported by this server; omit it or send 0", param=name)
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    if any(not s for s in stop):
+        raise InvalidRequest("stop sequences must be non-empty strings", param="stop")
+    # With n > 1 every choice gets its own stream of random numbers, still reproducible from the seed.
+    seed = None if body.seed is None else body.seed + choice
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=max(body.top_k or 0, 0),
+        seed=seed,
+        stop=stop,
+        stop_token_ids=tuple(body.stop_token_ids or ()),
+        ignore_eos=body.ignore_eos,
+        logprobs=logprobs,
+    )
+
+
+def resolve_max_tokens(service: LLMService, requested: int | None, num_prompt_tokens: int) -> int:
+    return requested if requested is not None else service.default_max_tokens(num_prompt_tokens)
+
+
+@dataclass
+class ChoiceSpec:
+    index: int
+    prompt_ids: list[int]
+    params: SamplingParams
+
+
+async def _prepend(first: RequestOutput, rest: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
+    yield first
+    if first.finished:
+        return
+    async for out in rest:
+        yield out
+
+
+async def start_choices(
+    service: LLMService, request_id: str, choices: list[ChoiceSpec]
+) -> list[AsyncIterator[RequestOutput]]:
+    """Submit every choice and wait for its first output, so that a request the engine refuses is
+    answered with a 4xx before any byte of a stream is sent."""
+    streams = [service.generate(f"{request_id}-{c.index}", c.prompt_ids, c.params) for c in choices]
+    firsts = await asyncio.gather(*(anext(s) for s in streams), return_exceptions=True)
+    failure = next((f for f in firsts if isinstance(f, BaseException)), None)
+    if failure is not None:
+        for s in streams:
+            await s.aclose()  # type: ignore[attr-defined]
+        raise failure
+    return [_prepend(f, s) for f, s in zip(firsts, streams, strict=True)]  # type: ignore[arg-type]
+
+
+async def merge(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """Interleave several choices' outputs as they come, tagged with the choice's position."""
+    if len(streams) == 1:
+        async for out in streams[0]:
+            yield 0, out
+        return
+    queue: asyncio.Queue[tuple[int, RequestOutput | Exception | None]] = asyncio.Queue()
+
+    async def pump(i: int, stream: AsyncIterator[RequestOutput]) -> None:
+        try:
+            async for out in stream:
+                queue.put_nowait((i, out))
+        except Exception as exc:
+            queue.put_nowait((i, exc))
+        finally:
+            queue.put_nowait((i, None))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            i, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+@dataclass
+class ChoiceResult:
+    text: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    def add(self, out: RequestOutput) -> None:
+        self.text.append(out.text)
+        self.token_ids.extend(out.token_ids)
+        self.logprobs.extend(out.logprobs)
+        if out.finish_reason is not None:
+            self.finish_reason = out.finish_reason.value
+
+
+@dataclass
+class UsageTally:
+    """Prompt tokens count once per distinct prompt (n choices of one prompt share it)."""
+
+    prompt_tokens: dict[int, int] = field(default_factory=dict)
+    cached_tokens: dict[int, int] = field(default_factory=dict)
+    completion_tokens: dict[int, int] = field(default_factory=dict)
+
+    def add(self, prompt_index: int, choice: int, out: RequestOutput) -> None:
+        self.prompt_tokens[prompt_index] = out.num_prompt_tokens
+        self.cached_tokens[prompt_index] = max(self.cached_tokens.get(prompt_index, 0), out.num_cached_tokens)
+        self.completion_tokens[choice] = out.num_output_tokens
+
+    def usage(self) -> Usage:
+        prompt = sum(self.prompt_tokens.values())
+        completion = sum(self.completion_tokens.values())
+        return Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=prompt + completion,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=sum(self.cached_tokens.values())),
+        )

@@ -1,0 +1,81 @@
+"""HTTP routes. Handlers only pick the service and hand over; the work is in chat.py/completions.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Response, get, post
+from litestar.openapi import ResponseSpec
+from litestar.response import Stream
+
+from services.gateway import chat, completions
+from services.gateway.schemas import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+)
+from services.gateway.sse import sse_response
+from services.registry import ModelRegistry
+
+
+def _error_doc(description: str) -> ResponseSpec:
+    return ResponseSpec(data_container=ErrorResponse, description=description)
+
+
+def _respond(result: Any) -> Any:
+    return result if isinstance(result, ChatCompletion | Completion) else sse_response(result)
+
+
+class HealthController(Controller):
+    tags = ["health"]
+
+    @get("/health", summary="Liveness")
+    async def health(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/ready", summary="200 when every configured model is loaded, else 503")
+    async def ready(self, registry: ModelRegistry) -> Response[dict[str, str]]:
+        if registry.ready:
+            return Response({"status": "ready"}, status_code=200)
+        state = "failed" if registry.load_error else "loading"
+        return Response({"status": state}, status_code=503)
+
+
+class OpenAIController(Controller):
+    path = "/v1"
+    tags = ["openai"]
+
+    @get("/models", summary="Served models, each with its task")
+    async def models(self, registry: ModelRegistry) -> ModelList:
+        cards = []
+        for spec in registry.specs.values():
+            service = registry.services.get(spec.name)
+            max_len = service.max_model_len if service else None
+            cards.append(
+                ModelCard(id=spec.name, task=spec.task, created=registry.created, max_model_len=max_len)
+            )
+        return ModelList(data=cards)
+
+    @post(
+        "/chat/completions",
+        status_code=200,
+        summary="Chat completion (OpenAI-compatible; stream=true answers with server-sent events)",
+        responses={400: _error_doc("Invalid parameters"), 404: _error_doc("Unknown model")},
+    )
+    async def chat_completions(
+        self, data: ChatCompletionRequest, registry: ModelRegistry
+    ) -> ChatCompletion | Stream:
+        return _respond(await chat.create(registry.get(data.model, "chat"), data))
+
+    @post(
+        "/completions",
+        status_code=200,
+        summary="Text completion (OpenAI-compatible; stream=true answers with server-sent events)",
+        responses={400: _error_doc("Invalid parameters"), 404: _error_doc("Unknown model")},
+    )
+    async def completions(self, data: CompletionRequest, registry: ModelRegistry) -> Completion | Stream:
+        return _respond(await completions.create(registry.get(data.model, "chat"), data))

@@ -1,0 +1,72 @@
+"""The chat model service as the gateway sees it (in-process implementation)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from pipelines.llm import LLMPipeline, LLMPipelineConfig
+from services.model_config import ModelSpec
+from services.settings import Settings
+from shared_engine.async_engine import StepObserver
+from shared_engine.errors import ContextLengthExceeded
+from shared_engine.llm_engine import EngineStats
+from shared_engine.outputs import RequestOutput
+from shared_engine.sampling_params import SamplingParams
+
+
+class LLMService:
+    task = "chat"
+
+    def __init__(self, spec: ModelSpec, settings: Settings, on_step: StepObserver | None = None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        config = LLMPipelineConfig(
+            name=spec.name,
+            source=spec.source,
+            dtype=spec.dtype,
+            device=spec.device,
+            engine=spec.engine.to_engine_config(),
+        )
+        self.pipeline = LLMPipeline(config, settings.model_cache_dir, on_step)
+
+    @property
+    def max_model_len(self) -> int:
+        return self.pipeline.max_model_len
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.pipeline.tokenizer)
+
+    @property
+    def is_alive(self) -> bool:
+        return self.pipeline.is_alive
+
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        return self.pipeline.encode_chat(messages)
+
+    def encode(self, text: str) -> list[int]:
+        return self.pipeline.encode(text)
+
+    def token_text(self, token_id: int) -> str:
+        return self.pipeline.decode_token(token_id)
+
+    def decode(self, token_ids: list[int]) -> str:
+        return str(self.pipeline.tokenizer.decode(token_ids))
+
+    def default_max_tokens(self, num_prompt_tokens: int) -> int:
+        """OpenAI's default: whatever room the context leaves."""
+        room = self.max_model_len - num_prompt_tokens
+        if room < 1:
+            raise ContextLengthExceeded(num_prompt_tokens, 1, self.max_model_len)
+        return room
+
+    def generate(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[RequestOutput]:
+        return self.pipeline.generate(request_id, prompt_token_ids, params)
+
+    def stats(self) -> EngineStats:
+        return self.pipeline.stats()
+
+    def shutdown(self) -> None:
+        self.pipeline.shutdown()

@@ -1,0 +1,71 @@
+"""Which service answers for which model name, and whether they are all loaded."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from services.errors import ModelNotFound, ServiceUnavailable
+from services.llm_service import LLMService
+from services.model_config import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+ServiceFactory = Callable[[ModelSpec], LLMService]
+
+
+class ModelRegistry:
+    """Holds one service per configured model; loads them in the background so /health answers at
+    once and /ready turns 200 only when every model is loaded."""
+
+    def __init__(self, specs: list[ModelSpec], factory: ServiceFactory) -> None:
+        self.specs = {s.name: s for s in specs}
+        self.factory = factory
+        self.services: dict[str, LLMService] = {}
+        self.load_error: BaseException | None = None
+        self.created = int(time.time())
+        self._loaded = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start_loading(self) -> None:
+        self._thread = threading.Thread(target=self.load_all, name="model-loader", daemon=True)
+        self._thread.start()
+
+    def load_all(self) -> None:
+        try:
+            for spec in self.specs.values():
+                self.services[spec.name] = self.factory(spec)
+        except BaseException as exc:
+            logger.exception("loading models failed")
+            self.load_error = exc
+        finally:
+            self._loaded.set()
+
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        return self._loaded.wait(timeout)
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self._loaded.is_set()
+            and self.load_error is None
+            and all(s.is_alive for s in self.services.values())
+        )
+
+    def get(self, name: str, task: str) -> LLMService:
+        spec = self.specs.get(name)
+        if spec is None or spec.task != task:
+            raise ModelNotFound(name, task)
+        service = self.services.get(name)
+        if service is None:
+            reason = f"failed to load: {self.load_error}" if self.load_error else "still loading"
+            raise ServiceUnavailable(f"model `{name}` is {reason}")
+        if not service.is_alive:
+            raise ServiceUnavailable(f"model `{name}` has stopped")
+        return service
+
+    def shutdown(self) -> None:
+        for service in self.services.values():
+            service.shutdown()

@@ -1,0 +1,37 @@
+"""``python -m services.serve``: the gateway with every service in-process (embedded mode)."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from services.gateway.app import create_app
+from services.llm_service import LLMService
+from services.model_config import load_model_specs
+from services.registry import ModelRegistry
+from services.settings import Settings
+
+
+def build_registry(settings: Settings) -> ModelRegistry:
+    specs = load_model_specs(settings.models_config)
+    return ModelRegistry(specs, lambda spec: LLMService(spec, settings))
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(build_registry(settings))
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    main()
