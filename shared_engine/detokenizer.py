@@ -47,16 +47,25 @@ class IncrementalDetokenizer:
         self.token_ids.extend(token_ids)
         prefix = self._decode(self.token_ids[self.prefix_offset : self.read_offset])
         full = self._decode(self.token_ids[self.prefix_offset :])
-        if len(full) <= len(prefix) or full.endswith("\ufffd"):
+        if len(full) <= len(prefix):
             return None
         delta = full[len(prefix) :]
+        if delta.endswith("\ufffd"):
+            # A multi-byte character is still incomplete: keep the window open, but the complete
+            # part may already finish a stop string.
+            return self._check_stop(self.text + delta.rstrip("\ufffd"), len(self.text))
         self.prefix_offset = self.read_offset
         self.read_offset = len(self.token_ids)
-        search_from = max(0, len(self.text) - self.holdback)
+        old_len = len(self.text)
         self.text += delta
-        hits = [at for s in self.stop if (at := self.text.find(s, search_from)) != -1]
+        return self._check_stop(self.text, old_len)
+
+    def _check_stop(self, text: str, old_len: int) -> FinishReason | None:
+        """Find the earliest stop string that ends after ``old_len``; cut the text before it."""
+        search_from = max(0, old_len - self.holdback)
+        hits = [at for s in self.stop if (at := text.find(s, search_from)) != -1]
         if hits:
-            self.text = self.text[: min(hits)]
+            self.text = text[: min(hits)]
             return FinishReason.STOP
         return None
 

@@ -89,9 +89,13 @@ class KVCacheManager:
             ids.append(block_id)
             hashes.append(h)
             parent = h
-        self.prefix_queries += len(tokens)
-        self.prefix_hits += len(ids) * self.block_size
         return ComputedBlocks(ids, hashes)
+
+    def record_prefix_lookup(self, num_tokens: int, num_hit_tokens: int) -> None:
+        """Count a lookup that turned into an admission (retries of a waiting request don't count)."""
+        if self.enable_prefix_caching:
+            self.prefix_queries += num_tokens
+            self.prefix_hits += num_hit_tokens
 
     # -- allocation ------------------------------------------------------------------------------
 

@@ -121,10 +121,8 @@ class Scheduler:
                     break
                 num_new = budget
             if self.kv.allocate_slots(request, num_new, computed) is None:
-                # Undo the hit accounting of a lookup that did not turn into a schedule.
-                self.kv.prefix_queries -= request.num_tokens
-                self.kv.prefix_hits -= num_cached
                 break
+            self.kv.record_prefix_lookup(request.num_tokens, num_cached)
             self.waiting.popleft()
             request.num_computed_tokens += num_cached
             request.num_cached_tokens = num_cached

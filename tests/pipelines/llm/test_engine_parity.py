@@ -1,0 +1,166 @@
+"""The engine's greedy output equals transformers' ``generate`` token for token (fp32), whatever the
+batching, prefix caching, chunking or preemption in between."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from shared_engine.llm_engine import LLMEngine
+from shared_engine.models.loader import build_decoder, iter_safetensors
+from shared_engine.sampling_params import SamplingParams
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a land far away, there lived a",
+    "1, 2, 3, 4,",
+    "Hello, my name is",
+    "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the lazy dog. Then",
+    "Water boils at",
+    "In 1969, the first humans landed on the Moon. The mission was called Apollo 11 and the crew were",
+]
+MAX_TOKENS = 20
+GREEDY = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_folder: Path) -> Any:
+    return AutoTokenizer.from_pretrained(smollm2_folder)
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(tokenizer: Any) -> list[list[int]]:
+    return [tokenizer(p)["input_ids"] for p in PROMPTS]
+
+
+@pytest.fixture(scope="module")
+def reference(smollm2_folder: Path, prompt_ids: list[list[int]]) -> list[list[int]]:
+    """transformers' greedy continuation of each prompt, one at a time (no padding involved)."""
+    hf = AutoModelForCausalLM.from_pretrained(smollm2_folder, dtype=torch.float32).eval()
+    out = []
+    with torch.inference_mode():
+        for ids in prompt_ids:
+            gen = hf.generate(
+                torch.tensor([ids]), max_new_tokens=MAX_TOKENS, min_new_tokens=MAX_TOKENS, do_sample=False
+            )
+            out.append(gen[0, len(ids) :].tolist())
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(smollm2_folder: Path) -> Any:
+    cfg = AutoConfig.from_pretrained(smollm2_folder)
+    return build_decoder(cfg, iter_safetensors(smollm2_folder), CPU, torch.float32)
+
+
+def make_engine(model: Any, tokenizer: Any, **kw: Any) -> LLMEngine:
+    cache = CacheConfig(
+        block_size=kw.pop("block_size", 16),
+        num_blocks=kw.pop("num_blocks", 256),
+        enable_prefix_caching=kw.pop("prefix_caching", True),
+    )
+    scheduler = SchedulerConfig(
+        max_num_seqs=kw.pop("max_num_seqs", 64),
+        max_num_batched_tokens=kw.pop("max_num_batched_tokens", 2048),
+        enable_chunked_prefill=kw.pop("chunked_prefill", True),
+    )
+    assert not kw, f"unknown options {kw}"
+    eos = frozenset({tokenizer.eos_token_id})
+    return LLMEngine(
+        model, tokenizer, EngineConfig(cache=cache, scheduler=scheduler), CPU, torch.float32, eos
+    )
+
+
+def test_single_request_matches_transformers(
+    model: Any, tokenizer: Any, prompt_ids: Any, reference: Any
+) -> None:
+    engine = make_engine(model, tokenizer)
+    assert engine.generate([prompt_ids[0]], GREEDY) == [reference[0]]
+
+
+def test_concurrent_prompts_match_transformers(
+    model: Any, tokenizer: Any, prompt_ids: Any, reference: Any
+) -> None:
+    engine = make_engine(model, tokenizer)
+    assert engine.generate(prompt_ids, GREEDY) == reference
+    assert engine.stats().last_batch_size == len(PROMPTS)  # they really ran as one batch
+
+
+@pytest.mark.parametrize("prefix_caching", [False, True])
+def test_prefix_caching_on_and_off(
+    model: Any, tokenizer: Any, prompt_ids: Any, reference: Any, prefix_caching: bool
+) -> None:
+    engine = make_engine(model, tokenizer, prefix_caching=prefix_caching, block_size=4)
+    assert engine.generate(prompt_ids, GREEDY) == reference
+    # Second pass: every prompt's full blocks are now cached (when caching is on).
+    assert engine.generate(prompt_ids, GREEDY) == reference
+    if prefix_caching:
+        assert engine.kv.prefix_hits > 0
+    else:
+        assert engine.kv.prefix_hits == 0
+
+
+def test_prefix_hit_mid_flight(model: Any, tokenizer: Any, prompt_ids: Any, reference: Any) -> None:
+    """A request that shares a prefix with a *running* request reuses its blocks."""
+    engine = make_engine(model, tokenizer, block_size=4)
+    engine.add_request("a", prompt_ids[7], GREEDY)
+    tokens: dict[str, list[int]] = {"a": [], "b": []}
+    for out in engine.step():  # prefill of "a" publishes its full blocks
+        tokens[out.request_id].extend(out.token_ids)
+    engine.add_request("b", prompt_ids[7], GREEDY)
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            tokens[out.request_id].extend(out.token_ids)
+    assert tokens["a"] == tokens["b"] == reference[7]
+    assert engine.kv.prefix_hits >= (len(prompt_ids[7]) - 1) // 4 * 4
+
+
+def test_preemption_under_small_kv_budget(
+    model: Any, tokenizer: Any, prompt_ids: Any, reference: Any
+) -> None:
+    # 8 prompts of up to ~25 tokens + 20 new tokens need ~90 blocks of 4; 24 blocks force preemption.
+    engine = make_engine(model, tokenizer, block_size=4, num_blocks=24)
+    assert engine.generate(prompt_ids, GREEDY) == reference
+    assert engine.stats().num_preemptions > 0
+    assert engine.kv.num_free_blocks == engine.kv.num_blocks  # everything released at the end
+
+
+@pytest.mark.parametrize("prefix_caching", [False, True])
+def test_preemption_with_prefix_caching(
+    model: Any, tokenizer: Any, prompt_ids: Any, reference: Any, prefix_caching: bool
+) -> None:
+    engine = make_engine(model, tokenizer, block_size=4, num_blocks=20, prefix_caching=prefix_caching)
+    assert engine.generate(prompt_ids, GREEDY) == reference
+    assert engine.stats().num_preemptions > 0
+
+
+def test_chunked_prefill(model: Any, tokenizer: Any, prompt_ids: Any, reference: Any) -> None:
+    # A budget of 7 tokens per step splits every prompt into several chunks, interleaved with decodes.
+    engine = make_engine(model, tokenizer, max_num_batched_tokens=7, block_size=4)
+    assert engine.generate(prompt_ids, GREEDY) == reference
+
+
+def test_max_num_seqs_limits_the_batch(model: Any, tokenizer: Any, prompt_ids: Any, reference: Any) -> None:
+    engine = make_engine(model, tokenizer, max_num_seqs=3)
+    assert engine.generate(prompt_ids, GREEDY) == reference
+
+
+def test_late_arrivals_join_the_running_batch(
+    model: Any, tokenizer: Any, prompt_ids: Any, reference: Any
+) -> None:
+    """Continuous batching: a request added mid-generation runs in the very next step."""
+    engine = make_engine(model, tokenizer)
+    engine.add_request("first", prompt_ids[0], GREEDY)
+    engine.step()
+    engine.step()
+    engine.add_request("late", prompt_ids[1], GREEDY)
+    outputs = engine.step()
+    assert {o.request_id for o in outputs} == {"first", "late"}
+    assert engine.stats().last_batch_size == 2
