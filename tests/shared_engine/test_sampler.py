@@ -1,0 +1,94 @@
+"""Sampling rules on hand-made logits: no model needed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from shared_engine.sampler import RequestSampler, sample
+from shared_engine.sampling_params import SamplingParams
+
+CPU = torch.device("cpu")
+LOGITS = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+
+
+def draw(params: SamplingParams, n: int, logits: torch.Tensor = LOGITS) -> list[int]:
+    sampler = RequestSampler(params, CPU)
+    return [sample(logits, [sampler])[0][0] for _ in range(n)]
+
+
+def test_greedy_takes_the_argmax_per_row() -> None:
+    logits = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0]])
+    greedy = RequestSampler(SamplingParams(temperature=0), CPU)
+    tokens, _ = sample(logits, [greedy, greedy])
+    assert tokens == [1, 0]
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy() -> None:
+    assert set(draw(SamplingParams(temperature=1.0, top_k=1, seed=1), 50)) == {0}
+    assert set(draw(SamplingParams(temperature=1.0, top_p=0.01, seed=1), 50)) == {0}
+
+
+def test_top_k_keeps_only_the_k_most_likely() -> None:
+    assert set(draw(SamplingParams(temperature=1.0, top_k=2, seed=3), 300)) == {0, 1}
+
+
+def test_top_p_keeps_the_smallest_nucleus() -> None:
+    # 0.5 + 0.3 = 0.8 covers top_p=0.75, so only tokens 0 and 1 may appear.
+    assert set(draw(SamplingParams(temperature=1.0, top_p=0.75, seed=4), 300)) == {0, 1}
+
+
+def test_temperature_one_follows_the_distribution() -> None:
+    counts = torch.bincount(torch.tensor(draw(SamplingParams(temperature=1.0, seed=5), 4000)), minlength=4)
+    freq = (counts / counts.sum()).tolist()
+    for observed, expected in zip(freq, [0.5, 0.3, 0.15, 0.05], strict=True):
+        assert observed == pytest.approx(expected, abs=0.03)
+
+
+def test_low_temperature_sharpens() -> None:
+    hot = draw(SamplingParams(temperature=1.0, seed=6), 1000).count(0)
+    cold = draw(SamplingParams(temperature=0.3, seed=6), 1000).count(0)
+    assert cold > hot + 200
+
+
+def test_same_seed_same_tokens_whatever_the_batch() -> None:
+    params = SamplingParams(temperature=1.0, seed=1234)
+    alone = draw(params, 20)
+    a, b = RequestSampler(params, CPU), RequestSampler(SamplingParams(temperature=1.0, seed=99), CPU)
+    together = [sample(LOGITS.repeat(2, 1), [b, a])[0][1] for _ in range(20)]
+    assert together == alone
+    assert draw(SamplingParams(temperature=1.0, seed=4321), 20) != alone
+
+
+def test_logprobs_are_of_the_raw_distribution() -> None:
+    sampler = RequestSampler(SamplingParams(temperature=0.5, seed=0, logprobs=2), CPU)
+    (token,), (lp,) = sample(LOGITS, [sampler])
+    assert lp is not None
+    assert lp.token_id == token
+    assert lp.logprob == pytest.approx(math.log([0.5, 0.3, 0.15, 0.05][token]), abs=1e-5)
+    assert [t for t, _ in lp.top] == [0, 1]
+    assert lp.top[0][1] == pytest.approx(math.log(0.5), abs=1e-5)
+
+
+def test_no_logprobs_unless_asked() -> None:
+    sampler = RequestSampler(SamplingParams(temperature=0), CPU)
+    assert sample(LOGITS, [sampler])[1] == [None]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"temperature": -0.1}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"logprobs": 21}, "logprobs"),
+        ({"stop": ("",)}, "stop"),
+    ],
+)
+def test_invalid_params_are_rejected_by_name(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SamplingParams(**kwargs)  # type: ignore[arg-type]
