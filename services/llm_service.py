@@ -53,12 +53,15 @@ class LLMService:
     def decode(self, token_ids: list[int]) -> str:
         return str(self.pipeline.tokenizer.decode(token_ids))
 
-    def default_max_tokens(self, num_prompt_tokens: int) -> int:
-        """OpenAI's default: whatever room the context leaves."""
-        room = self.max_model_len - num_prompt_tokens
-        if room < 1:
-            raise ContextLengthExceeded(num_prompt_tokens, 1, self.max_model_len)
-        return room
+    def resolve_max_tokens(self, requested: int | None, num_prompt_tokens: int, prompt_field: str) -> int:
+        """Check that prompt + completion fit the context; with no request, OpenAI's default: all the
+        room the context leaves."""
+        max_tokens = self.max_model_len - num_prompt_tokens if requested is None else requested
+        if max_tokens < 1 or num_prompt_tokens + max_tokens > self.max_model_len:
+            raise ContextLengthExceeded(
+                num_prompt_tokens, max(max_tokens, 1), self.max_model_len, prompt_field
+            )
+        return max_tokens
 
     def generate(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams

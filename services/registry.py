@@ -47,6 +47,11 @@ class ModelRegistry:
         return self._loaded.wait(timeout)
 
     @property
+    def failed(self) -> bool:
+        """Loading failed or a loaded service died: waiting will not make it ready."""
+        return self.load_error is not None or any(not s.is_alive for s in self.services.values())
+
+    @property
     def ready(self) -> bool:
         return (
             self._loaded.is_set()

@@ -16,12 +16,14 @@ class InvalidRequest(EngineError, ValueError):
 
 
 class ContextLengthExceeded(InvalidRequest):
-    def __init__(self, prompt_tokens: int, max_tokens: int, max_model_len: int) -> None:
+    def __init__(
+        self, prompt_tokens: int, max_tokens: int, max_model_len: int, prompt_field: str = "prompt"
+    ) -> None:
         super().__init__(
             f"This model's maximum context length is {max_model_len} tokens. However, you requested "
-            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
-            "completion). Please reduce the length of the messages or completion.",
-            param="messages",
+            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {prompt_field}, "
+            f"{max_tokens} in the completion). Please reduce the length of the {prompt_field} or completion.",
+            param=prompt_field,
         )
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens

@@ -96,12 +96,14 @@ class LLMEngine:
         if total > self.max_model_len:
             raise ContextLengthExceeded(len(prompt_token_ids), params.max_tokens, self.max_model_len)
         request = Request(request_id, prompt_token_ids, params, self.eos_token_ids, arrival_time)
-        self.scheduler.add_request(request)
-        self.live[request_id] = _Live(
+        # Build everything that can fail before the scheduler sees the request.
+        live = _Live(
             request,
             RequestSampler(params, self.device),
             IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.stop, params.skip_special_tokens),
         )
+        self.scheduler.add_request(request)
+        self.live[request_id] = live
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
         live = self.live.pop(request_id, None)

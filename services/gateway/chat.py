@@ -12,7 +12,6 @@ from services.gateway.generation import (
     merge,
     new_id,
     now,
-    resolve_max_tokens,
     sampling_params,
     start_choices,
 )
@@ -69,7 +68,7 @@ async def create(service: LLMService, body: ChatCompletionRequest) -> ChatComple
         raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
     prompt_ids = service.encode_chat(message_dicts(body.messages))
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    max_tokens = resolve_max_tokens(service, requested, len(prompt_ids))
+    max_tokens = service.resolve_max_tokens(requested, len(prompt_ids), "messages")
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     choices = [
         ChoiceSpec(i, prompt_ids, sampling_params(body, max_tokens, logprobs, i)) for i in range(body.n)

@@ -12,7 +12,6 @@ from services.gateway.generation import (
     merge,
     new_id,
     now,
-    resolve_max_tokens,
     sampling_params,
     start_choices,
 )
@@ -71,7 +70,7 @@ async def create(service: LLMService, body: CompletionRequest) -> Completion | A
     prompts = prompt_token_lists(service, body.prompt)
     choices = []
     for p, ids in enumerate(prompts):
-        max_tokens = resolve_max_tokens(service, body.max_tokens, len(ids))
+        max_tokens = service.resolve_max_tokens(body.max_tokens, len(ids), "prompt")
         for j in range(body.n):
             choices.append(
                 ChoiceSpec(p * body.n + j, ids, sampling_params(body, max_tokens, body.logprobs, j))

@@ -27,6 +27,8 @@ def _validation_detail(exc: ValidationException) -> tuple[str, str | None]:
         return str(exc.detail), None
     message = str(extra[0].get("message", exc.detail))
     key = extra[0].get("key")
+    if key == "data" and message == "'data'":  # Litestar's wording for a missing body
+        return "The request body is missing: send a JSON object.", None
     if key in (None, "data"):
         found = _FIELD.search(message)
         key = found.group(1) if found else None

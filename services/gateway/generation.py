@@ -35,21 +35,21 @@ def sampling_params(
         raise InvalidRequest("stop sequences must be non-empty strings", param="stop")
     # With n > 1 every choice gets its own stream of random numbers, still reproducible from the seed.
     seed = None if body.seed is None else body.seed + choice
-    return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        top_k=max(body.top_k or 0, 0),
-        seed=seed,
-        stop=stop,
-        stop_token_ids=tuple(body.stop_token_ids or ()),
-        ignore_eos=body.ignore_eos,
-        logprobs=logprobs,
-    )
-
-
-def resolve_max_tokens(service: LLMService, requested: int | None, num_prompt_tokens: int) -> int:
-    return requested if requested is not None else service.default_max_tokens(num_prompt_tokens)
+    try:
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            top_k=max(body.top_k or 0, 0),
+            seed=seed,
+            stop=stop,
+            stop_token_ids=tuple(body.stop_token_ids or ()),
+            ignore_eos=body.ignore_eos,
+            logprobs=logprobs,
+        )
+    except ValueError as exc:
+        param = str(exc).split(" ", 1)[0]
+        raise InvalidRequest(str(exc), param=param if param.isidentifier() else None) from None
 
 
 @dataclass

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
+from litestar.params import JSONBody
 from litestar.response import Stream
 
 from services.gateway import chat, completions
@@ -20,6 +22,8 @@ from services.gateway.schemas import (
 )
 from services.gateway.sse import sse_response
 from services.registry import ModelRegistry
+
+Registry = NamedDependency[ModelRegistry]
 
 
 def _error_doc(description: str) -> ResponseSpec:
@@ -38,10 +42,10 @@ class HealthController(Controller):
         return {"status": "ok"}
 
     @get("/ready", summary="200 when every configured model is loaded, else 503")
-    async def ready(self, registry: ModelRegistry) -> Response[dict[str, str]]:
+    async def ready(self, registry: Registry) -> Response[dict[str, str]]:
         if registry.ready:
             return Response({"status": "ready"}, status_code=200)
-        state = "failed" if registry.load_error else "loading"
+        state = "failed" if registry.failed else "loading"
         return Response({"status": state}, status_code=503)
 
 
@@ -50,7 +54,7 @@ class OpenAIController(Controller):
     tags = ["openai"]
 
     @get("/models", summary="Served models, each with its task")
-    async def models(self, registry: ModelRegistry) -> ModelList:
+    async def models(self, registry: Registry) -> ModelList:
         cards = []
         for spec in registry.specs.values():
             service = registry.services.get(spec.name)
@@ -67,7 +71,7 @@ class OpenAIController(Controller):
         responses={400: _error_doc("Invalid parameters"), 404: _error_doc("Unknown model")},
     )
     async def chat_completions(
-        self, data: ChatCompletionRequest, registry: ModelRegistry
+        self, data: JSONBody[ChatCompletionRequest], registry: Registry
     ) -> ChatCompletion | Stream:
         return _respond(await chat.create(registry.get(data.model, "chat"), data))
 
@@ -77,5 +81,5 @@ class OpenAIController(Controller):
         summary="Text completion (OpenAI-compatible; stream=true answers with server-sent events)",
         responses={400: _error_doc("Invalid parameters"), 404: _error_doc("Unknown model")},
     )
-    async def completions(self, data: CompletionRequest, registry: ModelRegistry) -> Completion | Stream:
+    async def completions(self, data: JSONBody[CompletionRequest], registry: Registry) -> Completion | Stream:
         return _respond(await completions.create(registry.get(data.model, "chat"), data))

@@ -32,8 +32,16 @@ async def _guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     yield DONE
 
 
+class EventStream(Stream):
+    """A Stream that keeps its own media type: Litestar otherwise lets the route's default (JSON) win."""
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["media_type"] = self.media_type
+        return super().to_asgi_response(*args, **kwargs)
+
+
 def sse_response(events: AsyncIterator[bytes]) -> Stream:
-    return Stream(
+    return EventStream(
         _guarded(events),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
