@@ -40,19 +40,28 @@ def _truncate(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     return logits
 
 
+def _probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    return torch.softmax(_truncate(logits / params.temperature, params.top_k, params.top_p), dim=-1)
+
+
 def sample(
     logits: torch.Tensor, samplers: Sequence[RequestSampler]
 ) -> tuple[list[int], list[TokenLogprob | None]]:
     """Pick one token per row of ``logits`` (``[B, vocab]``, float32)."""
-    greedy_ids = logits.argmax(dim=-1)
-    chosen = greedy_ids.tolist()
-    for row, sampler in enumerate(samplers):
-        p = sampler.params
-        if p.greedy:
-            continue
-        scaled = _truncate(logits[row] / p.temperature, p.top_k, p.top_p)
-        probs = torch.softmax(scaled, dim=-1)
-        chosen[row] = int(torch.multinomial(probs, 1, generator=sampler.generator).item())
+    chosen = logits.argmax(dim=-1).tolist()
+    rows = [i for i, s in enumerate(samplers) if not s.params.greedy]
+    if rows:
+        probs = torch.stack([_probs(logits[i], samplers[i].params) for i in rows])
+        # Inverse-CDF sampling: one uniform number per row from the request's own generator.
+        # torch.multinomial draws an exponential per vocabulary entry (~1 ms a row for a 49k
+        # vocabulary on a CPU), which made sampling a quarter of a decode step.
+        cdf = probs.cumsum(dim=-1)
+        u = torch.cat([torch.rand(1, generator=samplers[i].generator, device=logits.device) for i in rows])
+        # right=True lands on the first token whose cumulative mass exceeds u·total: never on a
+        # token of zero probability, even for u = 0.
+        picked = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+        for i, token in zip(rows, picked.clamp_(max=logits.shape[-1] - 1).tolist(), strict=True):
+            chosen[i] = token
 
     logprobs: list[TokenLogprob | None] = [None] * len(samplers)
     wanted = [i for i, s in enumerate(samplers) if s.params.logprobs is not None]
