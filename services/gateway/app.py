@@ -23,6 +23,8 @@ def create_app(registry: ModelRegistry, load_in_background: bool = True) -> Lite
         route_handlers=[HealthController, OpenAIController],
         dependencies={"registry": Provide(lambda: registry, sync_to_thread=False)},
         exception_handlers={Exception: exception_handler},
+        # Logging is configured once by the process (services.serve); Litestar must not replace it.
+        logging_config=None,
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
         openapi_config=OpenAPIConfig(

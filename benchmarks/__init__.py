@@ -1,0 +1,1 @@
+"""Benchmarks for mmserve; ``python benchmarks/serving.py --help`` runs the serving benchmark."""
