@@ -179,5 +179,6 @@ class LLMEngine:
         tokens: dict[str, list[int]] = {rid: [] for rid in ids}
         while self.has_unfinished_requests():
             for out in self.step():
-                tokens[out.request_id].extend(out.token_ids)
+                if out.request_id in tokens:  # requests added by someone else run alongside
+                    tokens[out.request_id].extend(out.token_ids)
         return [tokens[rid] for rid in ids]

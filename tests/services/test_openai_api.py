@@ -427,11 +427,12 @@ def test_seed_reproducibility(client: openai.OpenAI, model_id: str) -> None:
 
     first = sample(1234)
     assert first
-    # Again, now sharing the batch with other seeds: a seeded request draws the same tokens whatever
-    # else is being generated alongside it.
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        again, *others = pool.map(sample, [1234, 1, 2, 3])
-    assert again == first, "the same seed must give the same text"
+    assert sample(1234) == first, "the same seed must give the same text"
+    # Other seeds, sent together: at least one differs. (Whether a seeded request draws exactly the
+    # same tokens whatever shares its batch is checked on the engine in float32; in bf16 the batch
+    # can change the low bits of its logits, as in every batching server.)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        others = list(pool.map(sample, [1, 2, 3]))
     assert any(o != first for o in others), f"different seeds all gave {first!r}"
 
 

@@ -92,3 +92,15 @@ def test_no_logprobs_unless_asked() -> None:
 def test_invalid_params_are_rejected_by_name(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SamplingParams(**kwargs)  # type: ignore[arg-type]
+
+
+def test_tokens_outside_the_most_likely_still_get_their_share() -> None:
+    """Past the 64 most likely tokens the vocabulary races as one competitor; the split is exact."""
+    probs = torch.cat([torch.full((16,), 0.04), torch.full((184,), 0.36 / 184)])  # 36% beyond the head
+    logits = probs.log().unsqueeze(0)
+    tokens = torch.tensor(draw(SamplingParams(temperature=1.0, seed=11), 6000, logits))
+    counts = torch.bincount(tokens, minlength=200).float() / len(tokens)
+    assert counts[:16].sum().item() == pytest.approx(0.64, abs=0.025)
+    assert counts[16:].sum().item() == pytest.approx(0.36, abs=0.025)
+    assert (counts[16:] > 0).sum().item() > 150  # the tail is really sampled, not one token of it
+    assert counts[:16].max().item() == pytest.approx(0.04, abs=0.012)

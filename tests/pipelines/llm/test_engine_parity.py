@@ -164,3 +164,16 @@ def test_late_arrivals_join_the_running_batch(
     outputs = engine.step()
     assert {o.request_id for o in outputs} == {"first", "late"}
     assert engine.stats().last_batch_size == 2
+
+
+def test_seeded_sampling_does_not_depend_on_the_batch(model: Any, tokenizer: Any, prompt_ids: Any) -> None:
+    """In float32 a seeded request draws the same tokens alone and in a batch of strangers."""
+    sampled = SamplingParams(max_tokens=MAX_TOKENS, temperature=1.0, seed=2024, ignore_eos=True)
+    engine = make_engine(model, tokenizer)
+    alone = engine.generate([prompt_ids[2]], sampled)[0]
+    engine.add_request("stranger-a", prompt_ids[0], SamplingParams(max_tokens=5, temperature=0.7, seed=1))
+    engine.add_request("stranger-b", prompt_ids[5], GREEDY)
+    in_batch = engine.generate([prompt_ids[2]], sampled)[0]
+    assert in_batch == alone
+    other_seed = SamplingParams(max_tokens=MAX_TOKENS, temperature=1.0, seed=7, ignore_eos=True)
+    assert engine.generate([prompt_ids[2]], other_seed)[0] != alone
