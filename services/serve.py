@@ -7,15 +7,14 @@ import logging
 import uvicorn
 
 from services.gateway.app import create_app
-from services.llm_service import LLMService
 from services.model_config import load_model_specs
-from services.registry import ModelRegistry
+from services.registry import ModelRegistry, create_service
 from services.settings import Settings
 
 
 def build_registry(settings: Settings) -> ModelRegistry:
     specs = load_model_specs(settings.models_config)
-    return ModelRegistry(specs, lambda spec: LLMService(spec, settings))
+    return ModelRegistry(specs, lambda spec: create_service(spec, settings))
 
 
 def main() -> None:

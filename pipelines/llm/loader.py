@@ -7,33 +7,15 @@ dequantized and converted once into the model cache; later starts load the conve
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import shutil
 from pathlib import Path
 
+from pipelines.sources import resolve_source
+
 logger = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
-PACKAGE_SCHEME = "pkg:"
-
-
-def resolve_source(source: str) -> Path:
-    """``pkg:<module>/<file>`` names a file inside an installed package (located without importing
-    it); anything else is a filesystem path."""
-    if source.startswith(PACKAGE_SCHEME):
-        module, _, rel = source[len(PACKAGE_SCHEME) :].partition("/")
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError(
-                f"package {module!r} is not installed (needed for model source {source!r})"
-            )
-        path = Path(next(iter(spec.submodule_search_locations))) / rel
-    else:
-        path = Path(source).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"model source {source!r} does not exist ({path})")
-    return path.resolve()
 
 
 def is_gguf(path: Path) -> bool:

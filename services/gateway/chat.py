@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from services.gateway.generation import (
-    ChoiceResult,
     ChoiceSpec,
+    ChunkWriter,
     UsageTally,
+    collect,
     merge,
     new_id,
     now,
     sampling_params,
     start_choices,
+    wants_usage,
 )
 from services.gateway.schemas import (
     AssistantMessage,
@@ -25,10 +26,9 @@ from services.gateway.schemas import (
     ChatTokenLogprob,
     TopLogprob,
 )
-from services.gateway.sse import event
 from services.llm_service import LLMService
 from shared_engine.errors import InvalidRequest
-from shared_engine.outputs import TokenLogprob
+from shared_engine.outputs import RequestOutput, TokenLogprob
 
 
 def message_dicts(messages: list[ChatMessage]) -> list[dict[str, str]]:
@@ -76,14 +76,10 @@ async def create(service: LLMService, body: ChatCompletionRequest) -> ChatComple
     request_id = new_id("chatcmpl")
     streams = await start_choices(service, request_id, choices)
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _stream(service, body, request_id, streams, include_usage)
+        chunk = ChunkWriter(request_id, "chat.completion.chunk", body.model, wants_usage(body))
+        return _stream(service, body, chunk, streams)
 
-    results = [ChoiceResult() for _ in choices]
-    tally = UsageTally()
-    async for i, out in merge(streams):
-        results[i].add(out)
-        tally.add(0, i, out)
+    results, usage = await collect(streams, lambda i: 0)
     return ChatCompletion(
         id=request_id,
         created=now(),
@@ -97,42 +93,19 @@ async def create(service: LLMService, body: ChatCompletionRequest) -> ChatComple
             )
             for i, r in enumerate(results)
         ],
-        usage=tally.usage(),
+        usage=usage,
     )
 
 
 async def _stream(
     service: LLMService,
     body: ChatCompletionRequest,
-    request_id: str,
-    streams: list[AsyncIterator[Any]],
-    include_usage: bool,
+    chunk: ChunkWriter,
+    streams: list[AsyncIterator[RequestOutput]],
 ) -> AsyncIterator[bytes]:
-    created = now()
-
-    def chunk(choices: list[dict[str, Any]], usage: Any = None) -> bytes:
-        payload: dict[str, Any] = {
-            "id": request_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": body.model,
-            "choices": choices,
-        }
-        if include_usage:
-            payload["usage"] = usage
-        return event(payload)
-
     for i in range(len(streams)):
-        yield chunk(
-            [
-                {
-                    "index": i,
-                    "delta": {"role": "assistant", "content": ""},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-            ]
-        )
+        role = {"role": "assistant", "content": ""}
+        yield chunk([{"index": i, "delta": role, "logprobs": None, "finish_reason": None}])
     tally = UsageTally()
     async for i, out in merge(streams):
         tally.add(0, i, out)
@@ -143,5 +116,5 @@ async def _stream(
             yield chunk(
                 [{"index": i, "delta": {}, "logprobs": None, "finish_reason": out.finish_reason.value}]
             )
-    if include_usage:
+    if chunk.include_usage:
         yield chunk([], tally.usage())

@@ -6,20 +6,21 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from services.gateway.generation import (
-    ChoiceResult,
     ChoiceSpec,
+    ChunkWriter,
     UsageTally,
+    collect,
     merge,
     new_id,
     now,
     sampling_params,
     start_choices,
+    wants_usage,
 )
 from services.gateway.schemas import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
-from services.gateway.sse import event
 from services.llm_service import LLMService
 from shared_engine.errors import InvalidRequest
-from shared_engine.outputs import TokenLogprob
+from shared_engine.outputs import RequestOutput, TokenLogprob
 
 
 def prompt_token_lists(service: LLMService, prompt: str | list[Any]) -> list[list[int]]:
@@ -79,14 +80,10 @@ async def create(service: LLMService, body: CompletionRequest) -> Completion | A
     streams = await start_choices(service, request_id, choices)
     echoes = [service.decode(c.prompt_ids) if body.echo else "" for c in choices]
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _stream(service, body, request_id, streams, echoes, include_usage)
+        chunk = ChunkWriter(request_id, "text_completion", body.model, wants_usage(body))
+        return _stream(service, body, chunk, streams, echoes)
 
-    results = [ChoiceResult() for _ in choices]
-    tally = UsageTally()
-    async for i, out in merge(streams):
-        results[i].add(out)
-        tally.add(i // body.n, i, out)
+    results, usage = await collect(streams, lambda i: i // body.n)
     return Completion(
         id=request_id,
         created=now(),
@@ -102,32 +99,17 @@ async def create(service: LLMService, body: CompletionRequest) -> Completion | A
             )
             for i, r in enumerate(results)
         ],
-        usage=tally.usage(),
+        usage=usage,
     )
 
 
 async def _stream(
     service: LLMService,
     body: CompletionRequest,
-    request_id: str,
-    streams: list[AsyncIterator[Any]],
+    chunk: ChunkWriter,
+    streams: list[AsyncIterator[RequestOutput]],
     echoes: list[str],
-    include_usage: bool,
 ) -> AsyncIterator[bytes]:
-    created = now()
-
-    def chunk(choices: list[dict[str, Any]], usage: Any = None) -> bytes:
-        payload: dict[str, Any] = {
-            "id": request_id,
-            "object": "text_completion",
-            "created": created,
-            "model": body.model,
-            "choices": choices,
-        }
-        if include_usage:
-            payload["usage"] = usage
-        return event(payload)
-
     offsets = [len(e) for e in echoes]
     for i, echo in enumerate(echoes):
         if echo:
@@ -140,5 +122,5 @@ async def _stream(
         if out.text or out.finish_reason is not None or lp is not None:
             reason = out.finish_reason.value if out.finish_reason else None
             yield chunk([{"index": i, "text": out.text, "logprobs": lp, "finish_reason": reason}])
-    if include_usage:
+    if chunk.include_usage:
         yield chunk([], tally.usage())

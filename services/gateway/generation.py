@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.gateway.schemas import PromptTokensDetails, SamplingFields, Usage
+from services.gateway.sse import event
 from services.llm_service import LLMService
 from shared_engine.errors import InvalidRequest
 from shared_engine.outputs import RequestOutput, TokenLogprob
@@ -152,3 +154,43 @@ class UsageTally:
             total_tokens=prompt + completion,
             prompt_tokens_details=PromptTokensDetails(cached_tokens=sum(self.cached_tokens.values())),
         )
+
+
+async def collect(
+    streams: list[AsyncIterator[RequestOutput]], prompt_of: Callable[[int], int]
+) -> tuple[list[ChoiceResult], Usage]:
+    """Run every choice to the end (non-streaming responses)."""
+    results = [ChoiceResult() for _ in streams]
+    tally = UsageTally()
+    async for i, out in merge(streams):
+        results[i].add(out)
+        tally.add(prompt_of(i), i, out)
+    return results, tally.usage()
+
+
+@dataclass
+class ChunkWriter:
+    """Frames streamed chunks of one response: same id, object, model and creation time each time;
+    ``usage`` is present (null until the last chunk) only when the client asked for it."""
+
+    request_id: str
+    object: str
+    model: str
+    include_usage: bool
+    created: int = field(default_factory=now)
+
+    def __call__(self, choices: list[dict[str, Any]], usage: Usage | None = None) -> bytes:
+        payload: dict[str, Any] = {
+            "id": self.request_id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if self.include_usage:
+            payload["usage"] = usage
+        return event(payload)
+
+
+def wants_usage(body: SamplingFields) -> bool:
+    return bool(body.stream_options and body.stream_options.include_usage)

@@ -10,12 +10,14 @@ from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
 from litestar.response import Stream
 
-from services.gateway import chat, completions
+from services.gateway import chat, completions, embeddings
 from services.gateway.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
     Completion,
     CompletionRequest,
+    EmbeddingList,
+    EmbeddingRequest,
     ErrorResponse,
     ModelCard,
     ModelList,
@@ -73,7 +75,7 @@ class OpenAIController(Controller):
     async def chat_completions(
         self, data: JSONBody[ChatCompletionRequest], registry: Registry
     ) -> ChatCompletion | Stream:
-        return _respond(await chat.create(registry.get(data.model, "chat"), data))
+        return _respond(await chat.create(registry.chat(data.model), data))
 
     @post(
         "/completions",
@@ -82,4 +84,13 @@ class OpenAIController(Controller):
         responses={400: _error_doc("Invalid parameters"), 404: _error_doc("Unknown model")},
     )
     async def completions(self, data: JSONBody[CompletionRequest], registry: Registry) -> Completion | Stream:
-        return _respond(await completions.create(registry.get(data.model, "chat"), data))
+        return _respond(await completions.create(registry.chat(data.model), data))
+
+    @post(
+        "/embeddings",
+        status_code=200,
+        summary="Embeddings (OpenAI-compatible); inputs from concurrent requests are micro-batched",
+        responses={400: _error_doc("Invalid input"), 404: _error_doc("Unknown model")},
+    )
+    async def create_embeddings(self, data: JSONBody[EmbeddingRequest], registry: Registry) -> EmbeddingList:
+        return await embeddings.create(registry.embedding(data.model), data)

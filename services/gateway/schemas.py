@@ -174,3 +174,33 @@ class ErrorResponse(Struct):
 
 def to_json(obj: Any) -> bytes:
     return msgspec.json.encode(obj)
+
+
+# -- embeddings --------------------------------------------------------------------------------------
+
+
+class EmbeddingRequest(Struct, kw_only=True):
+    model: str
+    input: str | list[str | int | list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Meta(ge=1)] | None = None
+    user: str | None = None
+    truncate: bool = False  # extra (as in TEI): cut inputs past the model's window instead of 400
+
+
+class Embedding(Struct):
+    index: int
+    embedding: list[float] | str
+    object: str = "embedding"
+
+
+class EmbeddingUsage(Struct):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(Struct):
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+    object: str = "list"

@@ -13,7 +13,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2Config
 
 from pipelines.llm import LLMPipeline, LLMPipelineConfig
-from pipelines.llm.loader import prepare_model_folder, resolve_source
+from pipelines.llm.loader import prepare_model_folder
+from pipelines.sources import resolve_source
 from shared_engine.config import CacheConfig, EngineConfig
 from shared_engine.sampling_params import SamplingParams
 

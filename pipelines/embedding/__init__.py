@@ -1,0 +1,5 @@
+"""Text embeddings: sentence-transformers / BERT-style encoders on the engine's micro-batcher."""
+
+from pipelines.embedding.pipeline import EmbeddingPipeline, EmbeddingPipelineConfig, InputTooLong
+
+__all__ = ["EmbeddingPipeline", "EmbeddingPipelineConfig", "InputTooLong"]

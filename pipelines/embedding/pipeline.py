@@ -1,0 +1,106 @@
+"""The embedding pipeline: tokenize, encode in micro-batches, pool, normalise."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from pipelines.embedding.pooling import pool, read_recipe
+from pipelines.sources import resolve_source
+from shared_engine.device import resolve_device, resolve_dtype
+from shared_engine.errors import InvalidRequest
+from shared_engine.micro_batcher import BatchStats, MicroBatchConfig, MicroBatcher
+
+logger = logging.getLogger(__name__)
+
+
+class InputTooLong(InvalidRequest):
+    def __init__(self, index: int, tokens: int, limit: int) -> None:
+        super().__init__(
+            f"input {index} has {tokens} tokens, more than this model's limit of {limit}; shorten it or "
+            "send truncate: true",
+            param="input",
+        )
+
+
+@dataclass(frozen=True)
+class EmbeddingPipelineConfig:
+    name: str
+    source: str
+    dtype: str = "float32"
+    device: str = "auto"
+    batching: MicroBatchConfig = field(default_factory=MicroBatchConfig)
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.source:
+            raise ValueError("an embedding model needs a name and a source")
+
+
+class EmbeddingPipeline:
+    task = "embedding"
+
+    def __init__(self, config: EmbeddingPipelineConfig) -> None:
+        self.config = config
+        self.name = config.name
+        folder = resolve_source(config.source)
+        self.recipe = read_recipe(folder)
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModel.from_pretrained(folder, dtype=self.dtype).to(self.device).eval()
+        window = self.model.config.max_position_embeddings
+        self.max_input_tokens = min(self.recipe.max_seq_length or window, window)
+        self.dimensions = int(self.model.config.hidden_size)
+        self.batcher: MicroBatcher[list[int], np.ndarray] = MicroBatcher(
+            self._encode_batch, len, config.batching, name=f"embed-{config.name}"
+        )
+        logger.info("embedding model %s loaded from %s (%s, %s)", self.name, folder, self.device, self.dtype)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    def tokenize(self, texts: Sequence[str], truncate: bool = False) -> list[list[int]]:
+        encoded: list[list[int]] = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+        return [self.check_length(i, ids, truncate) for i, ids in enumerate(encoded)]
+
+    def check_length(self, index: int, ids: list[int], truncate: bool) -> list[int]:
+        if len(ids) <= self.max_input_tokens:
+            return ids
+        if not truncate:
+            raise InputTooLong(index, len(ids), self.max_input_tokens)
+        # Keep the closing special token ([SEP]) so the encoder sees a well-formed sequence.
+        return ids[: self.max_input_tokens - 1] + ids[-1:]
+
+    async def embed(self, token_lists: Sequence[list[int]]) -> list[np.ndarray]:
+        return await self.batcher.submit(list(token_lists))
+
+    @torch.inference_mode()
+    def _encode_batch(self, batch: list[list[int]]) -> list[np.ndarray]:
+        width = max(len(ids) for ids in batch)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, seq in enumerate(batch):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        vectors = pool(hidden, mask, self.recipe).cpu().numpy()
+        return list(vectors)
+
+    def stats(self) -> BatchStats:
+        return self.batcher.stats()
+
+    @property
+    def is_alive(self) -> bool:
+        return self.batcher.is_alive
+
+    def shutdown(self) -> None:
+        self.batcher.shutdown()

@@ -1,0 +1,77 @@
+"""POST /v1/embeddings: texts or token ids → vectors (float lists or base64 float32)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+
+from services.embedding_service import EmbeddingService
+from services.gateway.schemas import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
+from shared_engine.errors import InvalidRequest
+
+MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
+
+
+def token_lists(service: EmbeddingService, body: EmbeddingRequest) -> list[list[int]]:
+    raw: Any = body.input
+    if isinstance(raw, str) or (raw and all(isinstance(x, int) for x in raw)):
+        raw = [raw]
+    if not raw:
+        raise InvalidRequest("input must not be empty", param="input")
+    if len(raw) > MAX_INPUTS:
+        raise InvalidRequest(f"input has {len(raw)} items; at most {MAX_INPUTS} per request", param="input")
+    if all(isinstance(x, str) for x in raw):
+        if any(not x for x in raw):
+            raise InvalidRequest("input strings must not be empty", param="input")
+        return service.tokenize(raw, body.truncate)
+    if not all(isinstance(x, list) for x in raw):
+        raise InvalidRequest(
+            "input must be a string, a list of strings, a list of token ids, or a list of token-id lists",
+            param="input",
+        )
+    vocab = service.vocab_size
+    out = []
+    for i, ids in enumerate(raw):
+        if not ids:
+            raise InvalidRequest(f"input {i} is empty", param="input")
+        if any(t < 0 or t >= vocab for t in ids):
+            raise InvalidRequest(
+                f"input {i} has token ids outside the vocabulary [0, {vocab})", param="input"
+            )
+        out.append(service.check_length(i, ids, body.truncate))
+    return out
+
+
+def shorten(vector: np.ndarray, dimensions: int | None) -> np.ndarray:
+    """Keep the first ``dimensions`` components and renormalise (Matryoshka-style truncation)."""
+    if dimensions is None:
+        return vector
+    cut = vector[:dimensions]
+    norm = float(np.linalg.norm(cut))
+    return cut / norm if norm > 0 else cut
+
+
+def encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return [float(x) for x in vector]
+
+
+async def create(service: EmbeddingService, body: EmbeddingRequest) -> EmbeddingList:
+    if body.dimensions is not None and body.dimensions > service.dimensions:
+        raise InvalidRequest(
+            f"dimensions must be at most {service.dimensions} for this model, got {body.dimensions}",
+            param="dimensions",
+        )
+    inputs = token_lists(service, body)
+    vectors = await service.embed(inputs)
+    data = [
+        Embedding(index=i, embedding=encode(shorten(v, body.dimensions), body.encoding_format))
+        for i, v in enumerate(vectors)
+    ]
+    tokens = sum(len(ids) for ids in inputs)
+    return EmbeddingList(
+        data=data, model=body.model, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
+    )
