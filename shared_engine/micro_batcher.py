@@ -9,6 +9,7 @@ forward (less padding), cuts it into batches of at most ``max_batch_tokens`` pad
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -60,11 +61,18 @@ class _Job:
         self.results[slot] = value
         self.remaining -= 1
         if self.remaining == 0:
-            self.loop.call_soon_threadsafe(_resolve, self.future, self.results, None)
+            self._settle(self.results, None)
 
     def fail(self, exc: BaseException) -> None:
+        if self.remaining < 0:
+            return
         self.remaining = -1
-        self.loop.call_soon_threadsafe(_resolve, self.future, None, exc)
+        self._settle(None, exc)
+
+    def _settle(self, value: list[Any] | None, exc: BaseException | None) -> None:
+        # RuntimeError: the caller's event loop is closed, so nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(_resolve, self.future, value, exc)
 
 
 def _resolve(future: asyncio.Future[list[Any]], value: list[Any] | None, exc: BaseException | None) -> None:
@@ -174,6 +182,15 @@ class MicroBatcher(Generic[In, Out]):
             )
             for batch in batches:
                 self._run([pending[i] for i in batch])
+        # Whatever is still queued will never run: tell its callers instead of leaving them waiting.
+        stopped = RuntimeError("the batcher has stopped")
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                item.job.fail(stopped)
 
     def _run(self, batch: list[_Item[In]]) -> None:
         try:
