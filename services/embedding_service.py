@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,10 @@ class EmbeddingService:
     @property
     def dimensions(self) -> int:
         return self.pipeline.dimensions
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.pipeline.tokenizer
 
     @property
     def vocab_size(self) -> int:

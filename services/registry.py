@@ -6,7 +6,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+from retrieval.collections import Collections, Embedder
 from services.embedding_service import EmbeddingService
 from services.errors import ModelNotFound, ServiceUnavailable
 from services.llm_service import LLMService
@@ -30,12 +32,14 @@ class ModelRegistry:
     """Holds one service per configured model; loads them in the background so /health answers at
     once and /ready turns 200 only when every model is loaded."""
 
-    def __init__(self, specs: list[ModelSpec], factory: ServiceFactory) -> None:
+    def __init__(self, specs: list[ModelSpec], factory: ServiceFactory, data_dir: Path | None = None) -> None:
         self.specs = {s.name: s for s in specs}
         self.factory = factory
         self.services: dict[str, Service] = {}
         self.load_error: BaseException | None = None
         self.created = int(time.time())
+        self.data_dir = data_dir
+        self._collections: Collections | None = None
         self._loaded = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -47,6 +51,12 @@ class ModelRegistry:
         try:
             for spec in self.specs.values():
                 self.services[spec.name] = self.factory(spec)
+            embedders: dict[str, Embedder] = {
+                name: s for name, s in self.services.items() if isinstance(s, EmbeddingService)
+            }
+            if self.data_dir is not None and embedders:
+                default = next(iter(embedders))
+                self._collections = Collections(self.data_dir, embedders, default)
         except BaseException as exc:
             logger.exception("loading models failed")
             self.load_error = exc
@@ -93,6 +103,16 @@ class ModelRegistry:
             raise ModelNotFound(name, "embedding")
         return service
 
+    @property
+    def collections(self) -> Collections:
+        if self._collections is None:
+            if self.data_dir is None or (self._loaded.is_set() and self.load_error is None):
+                raise ServiceUnavailable("retrieval needs an embedding model; none is configured")
+            raise ServiceUnavailable("retrieval is not ready: models are still loading or failed to load")
+        return self._collections
+
     def shutdown(self) -> None:
+        if self._collections is not None:
+            self._collections.close()
         for service in self.services.values():
             service.shutdown()

@@ -14,7 +14,7 @@ from services.settings import Settings
 
 def build_registry(settings: Settings) -> ModelRegistry:
     specs = load_model_specs(settings.models_config)
-    return ModelRegistry(specs, lambda spec: create_service(spec, settings))
+    return ModelRegistry(specs, lambda spec: create_service(spec, settings), settings.data_dir)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from retrieval.errors import CollectionExists, CollectionNotFound, DocumentNotFound
 from services.errors import ModelNotFound, ServiceUnavailable
 from services.gateway.schemas import ErrorDetail, ErrorResponse
 from shared_engine.errors import ContextLengthExceeded, EngineDead, InvalidRequest
@@ -67,6 +68,18 @@ def error_body(exc: BaseException) -> tuple[int, ErrorResponse]:
             "model",
             "model_not_found",
         )
+    elif isinstance(exc, CollectionNotFound):
+        status, kind, message, param, code = (
+            404,
+            "not_found_error",
+            str(exc),
+            "collection",
+            "collection_not_found",
+        )
+    elif isinstance(exc, DocumentNotFound):
+        status, kind, message, code = 404, "not_found_error", str(exc), "document_not_found"
+    elif isinstance(exc, CollectionExists):
+        status, kind, message, param, code = 409, "conflict_error", str(exc), "name", "collection_exists"
     elif isinstance(exc, ServiceUnavailable | EngineDead):
         status, kind, message = 503, "service_unavailable_error", str(exc)
     elif isinstance(exc, ValidationException):

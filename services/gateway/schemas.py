@@ -204,3 +204,80 @@ class EmbeddingList(Struct):
     model: str
     usage: EmbeddingUsage
     object: str = "list"
+
+
+# -- collections and retrieval -------------------------------------------------------------------------
+
+
+class CreateCollectionRequest(Struct, kw_only=True):
+    name: str
+    model: str | None = None
+    index: Literal["flat", "hnsw", "ivf"] = "flat"
+    chunk_tokens: Annotated[int, Meta(ge=8)] = 200
+    overlap_tokens: Annotated[int, Meta(ge=0)] = 40
+
+
+class CollectionInfo(Struct):
+    name: str
+    model: str
+    index: str
+    dimensions: int
+    chunk_tokens: int
+    overlap_tokens: int
+    documents: int
+    created: int
+    object: str = "collection"
+
+
+class CollectionList(Struct):
+    data: list[CollectionInfo]
+    object: str = "list"
+
+
+class DocumentIn(Struct, kw_only=True):
+    text: str
+    id: str | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class AddDocumentsRequest(Struct):
+    documents: Annotated[list[DocumentIn], Meta(min_length=1, max_length=256)]
+
+
+class AddDocumentsResponse(Struct):
+    ids: list[str]
+    chunks: int
+
+
+class DocumentOut(Struct):
+    id: str
+    collection: str
+    text: str
+    metadata: dict[str, Any]
+    chunks: int
+    object: str = "document"
+
+
+class Deleted(Struct):
+    id: str
+    deleted: bool = True
+    object: str = "deleted"
+
+
+class QueryRequest(Struct, kw_only=True):
+    collection: str
+    query: str
+    top_k: Annotated[int, Meta(ge=1, le=100)] = 5
+    filter: dict[str, str | int | float | bool] | None = None
+
+
+class QueryResult(Struct):
+    document_id: str
+    chunk_id: int
+    text: str
+    score: float
+    metadata: dict[str, Any]
+
+
+class QueryResponse(Struct):
+    results: list[QueryResult]

@@ -1,0 +1,230 @@
+"""Collections: documents → chunks → vectors, kept in the durable store and searched in FAISS."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from retrieval.chunking import ChunkingConfig, chunk_text
+from retrieval.errors import CollectionExists, CollectionNotFound, DocumentNotFound, InvalidName
+from retrieval.index import INDEX_KINDS, VectorIndex
+from retrieval.store import CollectionRecord, DocumentRecord, DocumentStore, NewDocument
+from shared_engine.errors import InvalidRequest
+
+logger = logging.getLogger(__name__)
+
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+DOCUMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+class Embedder(Protocol):
+    """What a collection needs of its embedding model (the embedding service provides it)."""
+
+    @property
+    def dimensions(self) -> int: ...
+
+    @property
+    def max_model_len(self) -> int: ...
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+    def tokenize(self, texts: Sequence[str], truncate: bool) -> list[list[int]]: ...
+
+    async def embed(self, token_lists: Sequence[list[int]]) -> list[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class DocumentInput:
+    text: str
+    id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    document_id: str
+    chunk_id: int
+    text: str
+    score: float
+    metadata: dict[str, Any]
+
+
+def check_name(name: str, pattern: re.Pattern[str], what: str) -> str:
+    if not pattern.match(name):
+        raise InvalidName(f"invalid {what} {name!r}: it must match {pattern.pattern}", param=what)
+    return name
+
+
+class Collections:
+    """All collections of one data directory. Writes go to the store first (durable), then to the
+    in-memory index; on start every index is loaded from its saved file if that file agrees with the
+    store, and rebuilt from the stored vectors otherwise."""
+
+    def __init__(self, data_dir: Path, embedders: dict[str, Embedder], default_model: str | None) -> None:
+        self.dir = data_dir / "retrieval"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.store = DocumentStore(self.dir / "store.sqlite3")
+        self.embedders = embedders
+        self.default_model = default_model
+        self.indexes: dict[str, VectorIndex] = {}
+        self.lock = asyncio.Lock()  # one writer at a time keeps store and index in the same order
+        for record in self.store.collections():
+            self.indexes[record.name] = self._restore(record)
+
+    # -- collections ----------------------------------------------------------------------------------
+
+    def records(self) -> list[CollectionRecord]:
+        return self.store.collections()
+
+    def record(self, name: str) -> CollectionRecord:
+        for r in self.store.collections():
+            if r.name == name:
+                return r
+        raise CollectionNotFound(name)
+
+    def create(
+        self, name: str, model: str | None, index_kind: str = "flat", chunking: ChunkingConfig | None = None
+    ) -> CollectionRecord:
+        check_name(name, COLLECTION_NAME, "name")
+        model = model or self.default_model
+        if model is None or model not in self.embedders:
+            known = ", ".join(sorted(self.embedders)) or "none"
+            raise InvalidRequest(
+                f"model {model!r} is not an embedding model served here; known: {known}", param="model"
+            )
+        if index_kind not in INDEX_KINDS:
+            raise InvalidRequest(
+                f"index must be one of {', '.join(INDEX_KINDS)}, got {index_kind!r}", param="index"
+            )
+        chunking = chunking or ChunkingConfig()
+        embedder = self.embedders[model]
+        if chunking.chunk_tokens > embedder.max_model_len - 2:
+            raise InvalidRequest(
+                f"chunk_tokens {chunking.chunk_tokens} exceeds what {model} reads "
+                f"({embedder.max_model_len - 2} tokens besides its special tokens)",
+                param="chunk_tokens",
+            )
+        if name in self.indexes:
+            raise CollectionExists(name)
+        record = CollectionRecord(
+            name,
+            model,
+            index_kind,
+            embedder.dimensions,
+            chunking.chunk_tokens,
+            chunking.overlap_tokens,
+            time.time(),
+        )
+        self.store.create_collection(record)
+        self.indexes[name] = VectorIndex(index_kind, embedder.dimensions)
+        return record
+
+    def drop(self, name: str) -> None:
+        self._index(name)
+        self.store.drop_collection(name)
+        del self.indexes[name]
+        (self.dir / f"{name}.faiss").unlink(missing_ok=True)
+
+    # -- documents -------------------------------------------------------------------------------------
+
+    async def add(self, name: str, docs: Sequence[DocumentInput]) -> tuple[list[str], int]:
+        """Chunk, embed and store documents; returns their ids and the number of chunks. Durable on return."""
+        record = self.record(name)
+        embedder = self.embedders[record.model]
+        chunking = ChunkingConfig(record.chunk_tokens, record.overlap_tokens)
+        ids = [check_name(d.id, DOCUMENT_ID, "id") if d.id else uuid.uuid4().hex for d in docs]
+        if len(set(ids)) != len(ids):
+            raise InvalidRequest("document ids in one request must be distinct", param="documents")
+        pieces = [chunk_text(d.text, embedder.tokenizer, chunking) for d in docs]
+        for i, p in enumerate(pieces):
+            if not p:
+                raise InvalidRequest(f"documents[{i}] has no text", param="documents")
+        flat = [c for p in pieces for c in p]
+        vectors = await embedder.embed(embedder.tokenize(flat, truncate=True))
+        new, at = [], 0
+        for doc, doc_id, p in zip(docs, ids, pieces, strict=True):
+            new.append(
+                NewDocument(doc_id, doc.text, dict(doc.metadata), p, np.stack(vectors[at : at + len(p)]))
+            )
+            at += len(p)
+        async with self.lock:
+            replaced = self.store.existing_ids(name, ids)
+            old_chunks = [c for doc_id in replaced for c in self.store.chunk_ids_of(name, doc_id)]
+            chunk_ids = self.store.add_documents(name, new)
+            index = self._index(name)
+            index.remove(old_chunks, lambda: self.store.iter_vectors(name))
+            index.add(
+                np.array([c for ids_ in chunk_ids for c in ids_]), np.concatenate([d.vectors for d in new])
+            )
+            if index.needs_training:
+                index.rebuild(self.store.iter_vectors(name))
+        return ids, len(flat)
+
+    def get(self, name: str, doc_id: str) -> DocumentRecord:
+        self._index(name)
+        doc = self.store.document(name, doc_id)
+        if doc is None:
+            raise DocumentNotFound(name, doc_id)
+        return doc
+
+    async def delete(self, name: str, doc_id: str) -> None:
+        index = self._index(name)
+        async with self.lock:
+            removed = self.store.delete_document(name, doc_id)
+            if not removed and self.store.document(name, doc_id) is None:
+                raise DocumentNotFound(name, doc_id)
+            index.remove(removed, lambda: self.store.iter_vectors(name))
+
+    # -- search ------------------------------------------------------------------------------------------
+
+    async def query(
+        self, name: str, text: str, top_k: int = 5, where: dict[str, Any] | None = None
+    ) -> list[SearchResult]:
+        record = self.record(name)
+        if not text.strip():
+            raise InvalidRequest("query must not be empty", param="query")
+        embedder = self.embedders[record.model]
+        (vector,) = await embedder.embed(embedder.tokenize([text], truncate=True))
+        allowed = self.store.chunk_ids_matching(name, where) if where else None
+        hits = self._index(name).search(vector, top_k, allowed)
+        chunks = self.store.chunks([h[0] for h in hits])
+        return [
+            SearchResult(c.document_id, c.chunk_id, c.text, score, c.metadata)
+            for chunk_id, score in hits
+            if (c := chunks.get(chunk_id)) is not None
+        ]
+
+    # -- persistence --------------------------------------------------------------------------------------
+
+    def _index(self, name: str) -> VectorIndex:
+        index = self.indexes.get(name)
+        if index is None:
+            raise CollectionNotFound(name)
+        return index
+
+    def _restore(self, record: CollectionRecord) -> VectorIndex:
+        index = VectorIndex(record.index_kind, record.dimensions)
+        path = self.dir / f"{record.name}.faiss"
+        if path.is_file():
+            index.load(path)
+            if index.id_checksum() == self.store.chunk_stats(record.name):
+                return index
+            logger.warning("saved index of %s disagrees with the store: rebuilding", record.name)
+        index.rebuild(self.store.iter_vectors(record.name))
+        return index
+
+    def close(self) -> None:
+        """Save every index (a later start then skips the rebuild) and close the store."""
+        for name, index in self.indexes.items():
+            index.save(self.dir / f"{name}.faiss")
+        self.store.close()

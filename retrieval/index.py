@@ -1,0 +1,131 @@
+"""FAISS indexes over chunk vectors, keyed by chunk id (inner product on L2-normalised vectors).
+
+``flat`` is exact. ``hnsw`` and ``ivf`` trade a little recall for speed on large collections. Every
+kind maps chunk ids to vectors so that deleting a document really removes its vectors; HNSW graphs
+cannot drop nodes, so an HNSW index is rebuilt from the remaining vectors on delete. IVF needs
+training data: until a collection holds enough vectors to train it, searches run exactly.
+On a machine with CUDA and faiss-gpu, flat and IVF indexes live on the GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+INDEX_KINDS = ("flat", "hnsw", "ivf")
+HNSW_NEIGHBOURS = 32
+IVF_POINTS_PER_LIST = 39  # FAISS's own minimum for a well-trained coarse quantizer
+IVF_TRAIN_AT = 16 * IVF_POINTS_PER_LIST  # below this an IVF collection is searched exactly
+
+
+def _gpu_resources() -> object | None:
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
+        return None
+    return faiss.StandardGpuResources()
+
+
+class VectorIndex:
+    def __init__(self, kind: str, dimensions: int) -> None:
+        if kind not in INDEX_KINDS:
+            raise ValueError(f"unknown index kind {kind!r}; known: {', '.join(INDEX_KINDS)}")
+        self.kind = kind
+        self.dimensions = dimensions
+        self._gpu = _gpu_resources() if kind != "hnsw" else None
+        self.index = self._empty()
+
+    def _empty(self, train: np.ndarray | None = None) -> faiss.Index:
+        d = self.dimensions
+        if self.kind == "hnsw":
+            inner: faiss.Index = faiss.IndexHNSWFlat(d, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
+        elif self.kind == "ivf" and train is not None and len(train) >= IVF_TRAIN_AT:
+            nlist = max(1, min(4096, len(train) // IVF_POINTS_PER_LIST))
+            quantizer = faiss.IndexFlatIP(d)
+            inner = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            inner.train(train)
+            inner.nprobe = max(1, nlist // 8)
+        else:
+            inner = faiss.IndexFlatIP(d)
+        index = faiss.IndexIDMap2(inner)
+        if self._gpu is not None and self.kind != "hnsw":
+            return faiss.index_cpu_to_gpu(self._gpu, 0, index)
+        return index
+
+    @property
+    def needs_training(self) -> bool:
+        """An IVF index still searching exactly although it now has enough vectors to train."""
+        if self.kind != "ivf" or self.size < IVF_TRAIN_AT:
+            return False
+        return not isinstance(faiss.downcast_index(self._cpu().index), faiss.IndexIVF)
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids):
+            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
+
+    def remove(
+        self, ids: Iterable[int], remaining: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
+    ) -> None:
+        """Drop ``ids``; ``remaining`` yields what is left, for kinds that must rebuild (HNSW)."""
+        gone = np.fromiter(ids, dtype=np.int64)
+        if not len(gone):
+            return
+        if self.kind == "hnsw":
+            self.rebuild(remaining())
+        else:
+            self.index.remove_ids(faiss.IDSelectorBatch(gone))
+
+    def rebuild(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Rebuild from (ids, vectors) batches: the store's chunks are the source of truth."""
+        parts = list(batches)
+        ids = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, dtype=np.int64)
+        vectors = (
+            np.concatenate([p[1] for p in parts]) if parts else np.empty((0, self.dimensions), np.float32)
+        )
+        self.index = self._empty(vectors if self.kind == "ivf" else None)
+        self.add(ids, vectors)
+
+    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """Top ``k`` (chunk id, score) for one query vector; ``allowed`` restricts to those chunk ids."""
+        if self.size == 0 or k < 1 or (allowed is not None and not len(allowed)):
+            return []
+        q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
+        params = None
+        if allowed is not None:
+            params = self._search_params(faiss.IDSelectorBatch(allowed.astype(np.int64)))
+        scores, ids = self.index.search(q, min(k, self.size), params=params)
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i != -1]
+
+    def _search_params(self, selector: faiss.IDSelector) -> faiss.SearchParameters:
+        inner = faiss.downcast_index(self._cpu().index)
+        if isinstance(inner, faiss.IndexHNSW):
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=max(64, HNSW_NEIGHBOURS * 2))
+        if isinstance(inner, faiss.IndexIVF):
+            # A filter usually leaves few candidates, scattered over lists: probe them all.
+            return faiss.SearchParametersIVF(sel=selector, nprobe=inner.nlist)
+        return faiss.SearchParameters(sel=selector)
+
+    def _cpu(self) -> faiss.IndexIDMap2:
+        return self.index if self._gpu is None else faiss.index_gpu_to_cpu(self.index)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        faiss.write_index(self._cpu(), str(tmp))
+        tmp.replace(path)
+
+    def load(self, path: Path) -> None:
+        index = faiss.read_index(str(path))
+        self.index = faiss.index_cpu_to_gpu(self._gpu, 0, index) if self._gpu is not None else index
+
+    def id_checksum(self) -> tuple[int, int]:
+        """(count, sum of ids): compared with the store's to accept a saved index."""
+        ids = faiss.vector_to_array(self._cpu().id_map)
+        return len(ids), int(ids.sum())
