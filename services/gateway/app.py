@@ -7,7 +7,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from services.gateway.errors import exception_handler
-from services.gateway.retrieval_routes import CollectionsController, RetrievalController
+from services.gateway.retrieval_routes import CollectionsController, RagController, RetrievalController
 from services.gateway.routes import HealthController, OpenAIController
 from services.registry import ModelRegistry
 
@@ -21,7 +21,13 @@ def create_app(registry: ModelRegistry, load_in_background: bool = True) -> Lite
         registry.shutdown()
 
     return Litestar(
-        route_handlers=[HealthController, OpenAIController, CollectionsController, RetrievalController],
+        route_handlers=[
+            HealthController,
+            OpenAIController,
+            CollectionsController,
+            RetrievalController,
+            RagController,
+        ],
         dependencies={"registry": Provide(lambda: registry, sync_to_thread=False)},
         exception_handlers={Exception: exception_handler},
         # Logging is configured once by the process (services.serve); Litestar must not replace it.

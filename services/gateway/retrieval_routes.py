@@ -5,10 +5,12 @@ from __future__ import annotations
 from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
+from litestar.response import Stream
 
 from retrieval.chunking import ChunkingConfig
 from retrieval.collections import DocumentInput
 from retrieval.store import CollectionRecord
+from services.gateway import rag
 from services.gateway.schemas import (
     AddDocumentsRequest,
     AddDocumentsResponse,
@@ -20,7 +22,10 @@ from services.gateway.schemas import (
     QueryRequest,
     QueryResponse,
     QueryResult,
+    RagRequest,
+    RagResponse,
 )
+from services.gateway.sse import sse_response
 from services.registry import ModelRegistry
 from shared_engine.errors import InvalidRequest
 
@@ -95,3 +100,13 @@ class RetrievalController(Controller):
         return QueryResponse(
             [QueryResult(h.document_id, h.chunk_id, h.text, h.score, h.metadata) for h in hits]
         )
+
+
+class RagController(Controller):
+    path = "/v1/rag"
+    tags = ["retrieval"]
+
+    @post("/", status_code=200, summary="Answer from a collection with the chat model, with citations")
+    async def answer(self, data: JSONBody[RagRequest], registry: Registry) -> RagResponse | Stream:
+        result = await rag.answer(registry, data)
+        return result if isinstance(result, RagResponse) else sse_response(result)

@@ -281,3 +281,30 @@ class QueryResult(Struct):
 
 class QueryResponse(Struct):
     results: list[QueryResult]
+
+
+class RagRequest(Struct, kw_only=True):
+    collection: str
+    query: str
+    top_k: Annotated[int, Meta(ge=1, le=20)] = 4
+    model: str | None = None
+    max_tokens: MaxTokens = 256
+    temperature: Temperature = 0.0
+    filter: dict[str, str | int | float | bool] | None = None
+    stream: bool = False
+
+
+class Citation(Struct):
+    index: int
+    document_id: str
+    chunk_id: int
+    text: str
+    score: float
+
+
+class RagResponse(Struct):
+    answer: str
+    citations: list[Citation]
+    usage: Usage
+    model: str
+    object: str = "rag.answer"

@@ -1,0 +1,116 @@
+"""POST /v1/rag: retrieve passages from a collection, answer with the chat model, cite what was used.
+
+The flow lives in the gateway: it calls the retrieval service and the chat service, which never call
+each other."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+from retrieval.collections import SearchResult
+from services.errors import ServiceUnavailable
+from services.gateway.generation import ChoiceSpec, new_id, start_choices
+from services.gateway.schemas import Citation, PromptTokensDetails, RagRequest, RagResponse, Usage
+from services.gateway.sse import event
+from services.llm_service import LLMService
+from services.registry import ModelRegistry
+from shared_engine.outputs import RequestOutput
+from shared_engine.sampling_params import SamplingParams
+
+SYSTEM_PROMPT = (
+    "Answer the question using only the numbered context passages. Cite the passages you use like [1]. "
+    "If the passages do not contain the answer, say that you do not know."
+)
+CITATION = re.compile(r"\[(\d+)\]")
+
+
+def build_messages(query: str, hits: list[SearchResult]) -> list[dict[str, str]]:
+    context = "\n\n".join(f"[{i}] {h.text}" for i, h in enumerate(hits, start=1))
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {query}"},
+    ]
+
+
+def citations(hits: list[SearchResult]) -> list[Citation]:
+    return [Citation(i, h.document_id, h.chunk_id, h.text, h.score) for i, h in enumerate(hits, start=1)]
+
+
+def cited(answer: str, all_citations: list[Citation]) -> list[Citation]:
+    """The passages the answer refers to as [n]; all of them when it names none (they were its context)."""
+    used = {int(n) for n in CITATION.findall(answer)}
+    chosen = [c for c in all_citations if c.index in used]
+    return chosen or all_citations
+
+
+def _usage(out: RequestOutput | None) -> Usage:
+    if out is None:
+        return Usage(0, 0, 0, PromptTokensDetails(0))
+    return Usage(
+        out.num_prompt_tokens,
+        out.num_output_tokens,
+        out.num_prompt_tokens + out.num_output_tokens,
+        PromptTokensDetails(out.num_cached_tokens),
+    )
+
+
+def nothing_found(collection: str) -> str:
+    return (
+        f"Nothing in the collection `{collection}` matches this question, so I cannot answer it from there."
+    )
+
+
+async def _generate(
+    service: LLMService, body: RagRequest, hits: list[SearchResult]
+) -> AsyncIterator[RequestOutput]:
+    """Submit the prompt and wait for its first output, so an engine refusal is a 4xx before any
+    byte of a stream is sent; the returned iterator starts with that first output."""
+    prompt = service.encode_chat(build_messages(body.query, hits))
+    max_tokens = service.resolve_max_tokens(body.max_tokens, len(prompt), "query")
+    params = SamplingParams(max_tokens=max_tokens, temperature=body.temperature)
+    (stream,) = await start_choices(service, new_id("rag"), [ChoiceSpec(0, prompt, params)])
+    return stream
+
+
+def _chat_service(registry: ModelRegistry, model: str | None) -> LLMService:
+    if model is not None:
+        return registry.chat(model)
+    names = [s.name for s in registry.specs.values() if s.task == "chat"]
+    if not names:
+        raise ServiceUnavailable("RAG needs a chat model; none is configured")
+    return registry.chat(names[0])
+
+
+async def answer(registry: ModelRegistry, body: RagRequest) -> RagResponse | AsyncIterator[bytes]:
+    service = _chat_service(registry, body.model)
+    hits = await registry.collections.query(body.collection, body.query, body.top_k, body.filter)
+    outputs = await _generate(service, body, hits) if hits else None
+    if body.stream:
+        return _stream(body, hits, outputs)
+    if outputs is None:
+        return RagResponse(nothing_found(body.collection), [], _usage(None), service.name)
+    text, last = [], None
+    async for out in outputs:
+        text.append(out.text)
+        last = out
+    reply = "".join(text).strip()
+    return RagResponse(reply, cited(reply, citations(hits)), _usage(last), service.name)
+
+
+async def _stream(
+    body: RagRequest, hits: list[SearchResult], outputs: AsyncIterator[RequestOutput] | None
+) -> AsyncIterator[bytes]:
+    everything = citations(hits)
+    yield event({"object": "rag.citations", "citations": everything})
+    if outputs is None:
+        yield event({"object": "rag.delta", "delta": nothing_found(body.collection)})
+        yield event({"object": "rag.done", "citations": [], "usage": _usage(None)})
+        return
+    text, last = [], None
+    async for out in outputs:
+        text.append(out.text)
+        last = out
+        if out.text:
+            yield event({"object": "rag.delta", "delta": out.text})
+    yield event({"object": "rag.done", "citations": cited("".join(text), everything), "usage": _usage(last)})
