@@ -114,10 +114,11 @@ def speedup(levels: list[dict[str, Any]], baseline: dict[str, Any] | None, at: i
     }
 
 
-def write_results(payload: dict[str, Any], results_dir: Path = RESULTS_DIR) -> Path:
+def write_results(payload: dict[str, Any], results_dir: Path = RESULTS_DIR, name: str = "serving") -> Path:
+    """Write ``<name>-<UTC stamp>.json`` and a copy as ``<name>-latest.json``."""
     results_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = results_dir / f"serving-{stamp}.json"
+    path = results_dir / f"{name}-{stamp}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
-    shutil.copyfile(path, results_dir / "serving-latest.json")
+    shutil.copyfile(path, results_dir / f"{name}-latest.json")
     return path

@@ -58,7 +58,7 @@ class EmbeddingPipeline:
         self.max_input_tokens = min(self.recipe.max_seq_length or window, window)
         self.dimensions = int(self.model.config.hidden_size)
         self.batcher: MicroBatcher[list[int], np.ndarray] = MicroBatcher(
-            self._encode_batch, len, config.batching, name=f"embed-{config.name}"
+            self.encode_batch, len, config.batching, name=f"embed-{config.name}"
         )
         logger.info("embedding model %s loaded from %s (%s, %s)", self.name, folder, self.device, self.dtype)
 
@@ -82,7 +82,8 @@ class EmbeddingPipeline:
         return await self.batcher.submit(list(token_lists))
 
     @torch.inference_mode()
-    def _encode_batch(self, batch: list[list[int]]) -> list[np.ndarray]:
+    def encode_batch(self, batch: list[list[int]]) -> list[np.ndarray]:
+        """One forward over ``batch`` right now, bypassing the micro-batcher (which calls this)."""
         width = max(len(ids) for ids in batch)
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
