@@ -162,10 +162,12 @@ class Collections:
             old_chunks = [c for doc_id in replaced for c in self.store.chunk_ids_of(name, doc_id)]
             chunk_ids = self.store.add_documents(name, new)
             index = self._index(name)
-            index.remove(old_chunks, lambda: self.store.iter_vectors(name))
-            index.add(
-                np.array([c for ids_ in chunk_ids for c in ids_]), np.concatenate([d.vectors for d in new])
-            )
+            if old_chunks and index.removal_rebuilds:
+                index.rebuild(self.store.iter_vectors(name))  # the store already holds the new chunks
+            else:
+                index.remove(old_chunks, lambda: self.store.iter_vectors(name))
+                new_ids = np.array([c for ids_ in chunk_ids for c in ids_])
+                index.add(new_ids, np.concatenate([d.vectors for d in new]))
             if index.needs_training:
                 index.rebuild(self.store.iter_vectors(name))
         return ids, len(flat)
@@ -216,10 +218,15 @@ class Collections:
         index = VectorIndex(record.index_kind, record.dimensions)
         path = self.dir / f"{record.name}.faiss"
         if path.is_file():
-            index.load(path)
-            if index.id_checksum() == self.store.chunk_stats(record.name):
-                return index
-            logger.warning("saved index of %s disagrees with the store: rebuilding", record.name)
+            try:
+                index.load(path)
+            except (RuntimeError, OSError) as exc:  # a truncated or foreign file: the store decides
+                logger.warning("saved index of %s is unreadable (%s): rebuilding", record.name, exc)
+                index = VectorIndex(record.index_kind, record.dimensions)
+            else:
+                if index.id_checksum() == self.store.chunk_stats(record.name):
+                    return index
+                logger.warning("saved index of %s disagrees with the store: rebuilding", record.name)
         index.rebuild(self.store.iter_vectors(record.name))
         return index
 

@@ -10,11 +10,13 @@ On a machine with CUDA and faiss-gpu, flat and IVF indexes live on the GPU.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import faiss
 import numpy as np
+from faiss.contrib.inspect_tools import get_invlist
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +53,9 @@ class VectorIndex:
             inner.nprobe = max(1, nlist // 8)
         else:
             inner = faiss.IndexFlatIP(d)
-        index = faiss.IndexIDMap2(inner)
+        # IVF lists store ids themselves; wrapping them in an ID map breaks removal (the map compacts,
+        # the lists do not renumber), so only the other kinds get one.
+        index = inner if isinstance(inner, faiss.IndexIVF) else faiss.IndexIDMap2(inner)
         if self._gpu is not None and self.kind != "hnsw":
             return faiss.index_cpu_to_gpu(self._gpu, 0, index)
         return index
@@ -61,7 +65,17 @@ class VectorIndex:
         """An IVF index still searching exactly although it now has enough vectors to train."""
         if self.kind != "ivf" or self.size < IVF_TRAIN_AT:
             return False
-        return not isinstance(faiss.downcast_index(self._cpu().index), faiss.IndexIVF)
+        return not self.ivf_trained
+
+    @property
+    def ivf_trained(self) -> bool:
+        """True once the index searches through trained IVF lists (approximate) instead of exactly."""
+        return isinstance(self.inner, faiss.IndexIVF)
+
+    @property
+    def removal_rebuilds(self) -> bool:
+        """HNSW graphs cannot drop nodes: removing from one means rebuilding it."""
+        return self.kind == "hnsw"
 
     @property
     def size(self) -> int:
@@ -104,8 +118,18 @@ class VectorIndex:
         scores, ids = self.index.search(q, min(k, self.size), params=params)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i != -1]
 
+    @property
+    def inner(self) -> faiss.Index:
+        """The FAISS index that does the searching (below any ID map), on the CPU: for inspection."""
+        cpu = self._cpu()
+        return (
+            faiss.downcast_index(cpu.index)
+            if isinstance(cpu, faiss.IndexIDMap)
+            else faiss.downcast_index(cpu)
+        )
+
     def _search_params(self, selector: faiss.IDSelector) -> faiss.SearchParameters:
-        inner = faiss.downcast_index(self._cpu().index)
+        inner = self.inner
         if isinstance(inner, faiss.IndexHNSW):
             return faiss.SearchParametersHNSW(sel=selector, efSearch=max(64, HNSW_NEIGHBOURS * 2))
         if isinstance(inner, faiss.IndexIVF):
@@ -113,12 +137,14 @@ class VectorIndex:
             return faiss.SearchParametersIVF(sel=selector, nprobe=inner.nlist)
         return faiss.SearchParameters(sel=selector)
 
-    def _cpu(self) -> faiss.IndexIDMap2:
+    def _cpu(self) -> faiss.Index:
         return self.index if self._gpu is None else faiss.index_gpu_to_cpu(self.index)
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
         faiss.write_index(self._cpu(), str(tmp))
+        with tmp.open("rb+") as f:
+            os.fsync(f.fileno())
         tmp.replace(path)
 
     def load(self, path: Path) -> None:
@@ -127,5 +153,16 @@ class VectorIndex:
 
     def id_checksum(self) -> tuple[int, int]:
         """(count, sum of ids): compared with the store's to accept a saved index."""
-        ids = faiss.vector_to_array(self._cpu().id_map)
+        cpu = self._cpu()
+        if isinstance(cpu, faiss.IndexIDMap):
+            ids = faiss.vector_to_array(cpu.id_map)
+        else:
+            ivf = faiss.extract_index_ivf(cpu)
+            lists = [get_invlist_ids(ivf.invlists, i) for i in range(ivf.nlist)]
+            ids = np.concatenate(lists) if lists else np.empty(0, dtype=np.int64)
         return len(ids), int(ids.sum())
+
+
+def get_invlist_ids(invlists: faiss.InvertedLists, list_no: int) -> np.ndarray:
+    ids, _ = get_invlist(invlists, list_no)
+    return np.asarray(ids, dtype=np.int64)

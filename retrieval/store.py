@@ -212,14 +212,25 @@ class DocumentStore:
 
     def chunk_ids_matching(self, collection: str, where: dict[str, Any]) -> np.ndarray:
         """Chunk ids of documents whose metadata equals every ``where`` field exactly."""
-        clauses = " AND ".join("json_extract(d.metadata, ?) = ?" for _ in where)
+        clauses: list[str] = []
         params: list[Any] = [collection]
         for key, value in where.items():
-            params += [f'$."{key}"', json.dumps(value) if isinstance(value, dict | list) else value]
+            path = f'$."{key}"'
+            # SQLite stores true as 1: compare JSON types too, so that true never matches 1.
+            if isinstance(value, bool):
+                clauses.append("json_type(d.metadata, ?) = ?")
+                params += [path, "true" if value else "false"]
+            elif isinstance(value, dict | list):
+                clauses.append("json_extract(d.metadata, ?) = ?")  # arrays/objects come back minified
+                params += [path, json.dumps(value, separators=(",", ":"))]
+            else:
+                kind = {int: "integer", float: "real"}.get(type(value), "text")
+                clauses.append("json_extract(d.metadata, ?) = ? AND json_type(d.metadata, ?) IN (?, ?)")
+                params += [path, value, path, kind, "integer" if kind == "real" else kind]
         rows = self.db.execute(
             "SELECT c.id FROM chunks c JOIN documents d "
             "ON d.collection = c.collection AND d.id = c.document_id "
-            f"WHERE c.collection = ? AND {clauses}",
+            f"WHERE c.collection = ? AND {' AND '.join(clauses)}",
             params,
         ).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)

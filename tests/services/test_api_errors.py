@@ -13,21 +13,10 @@ import httpx
 import openai
 import pytest
 
+from tests.helpers.api import error_of
+
 MAX_MODEL_LEN = 8192  # models.toml: [models.engine] max_model_len
 VOCAB_SIZE = 49152  # SmolLM2's tokenizer
-ERROR_KEYS = {"message", "type", "param", "code"}
-
-
-def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
-    """Check the status and the error envelope; return the inner ``error`` object."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json"), response.headers
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error: dict[str, Any] = body["error"]
-    assert set(error) == ERROR_KEYS, error
-    assert isinstance(error["message"], str) and error["message"], error
-    return error
 
 
 def chat_body(model: str, **fields: Any) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from pipelines.sources import resolve_source
+from tests.helpers.api import error_of
 from tests.services.conftest import DEFAULT_MODEL as CHAT_MODEL
 
 MODEL = "all-minilm-l6-v2"  # models.toml
@@ -23,7 +24,6 @@ MAX_TOKENS = 256
 VOCAB_SIZE = 30522
 MAX_INPUTS = 2048
 CLS_ID, SEP_ID = 101, 102
-ERROR_KEYS = {"message", "type", "param", "code"}
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -37,18 +37,6 @@ LONG_TEXT = " ".join(["the service answers every request with a vector"] * 60)  
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(resolve_source(SOURCE))
-
-
-def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
-    """Check the status and OpenAI's error envelope; return the inner ``error`` object."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json"), response.headers
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error: dict[str, Any] = body["error"]
-    assert set(error) == ERROR_KEYS, error
-    assert isinstance(error["message"], str) and error["message"], error
-    return error
 
 
 def post(http: httpx.Client, **body: Any) -> httpx.Response:

@@ -1,0 +1,29 @@
+"""Fixtures of the retrieval tests: the configured embedding model's spec and its tokenizer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from transformers import AutoTokenizer
+
+from pipelines.sources import resolve_source
+from services.model_config import ModelSpec, load_model_specs
+from services.settings import Settings
+
+
+def configured_embedding_spec() -> ModelSpec:
+    """The embedding model of the configured models.toml (all-minilm-l6-v2 in the repository's)."""
+    specs = [s for s in load_model_specs(Settings.from_env().models_config) if s.task == "embedding"]
+    assert specs, "the models config names no embedding model"
+    return specs[0]
+
+
+@pytest.fixture(scope="session")
+def embedding_spec() -> ModelSpec:
+    return configured_embedding_spec()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(embedding_spec: ModelSpec) -> Any:
+    return AutoTokenizer.from_pretrained(resolve_source(embedding_spec.source))
