@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     texts = sentences(args.sentences, args.seed)
     with server.local_server(args.ready_timeout) as srv:
-        served = asyncio.run(rest(srv.base_url, args.model, texts, args.concurrency))
+        served = asyncio.run(rest(srv.url, args.model, texts, args.concurrency))
     local = offline(texts, args.batch)  # the server is stopped: the two never share the CPU
     ratio = served["sentences_s"] / local["sentences_s"]
     payload = {
