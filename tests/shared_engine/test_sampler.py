@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from shared_engine.sampler import RequestSampler, sample
+from shared_engine.sampler import HEAD_TOKENS, RequestSampler, sample
 from shared_engine.sampling_params import SamplingParams
 
 CPU = torch.device("cpu")
@@ -95,12 +95,16 @@ def test_invalid_params_are_rejected_by_name(kwargs: dict[str, object], message:
 
 
 def test_tokens_outside_the_most_likely_still_get_their_share() -> None:
-    """Past the 64 most likely tokens the vocabulary races as one competitor; the split is exact."""
-    probs = torch.cat([torch.full((16,), 0.04), torch.full((184,), 0.36 / 184)])  # 36% beyond the head
+    """Past the HEAD_TOKENS most likely tokens the vocabulary races as one competitor; the split is exact."""
+    tail_size = HEAD_TOKENS + 1000
+    weights = torch.linspace(1.0, 0.5, tail_size)  # strictly decreasing: which tokens form the head is fixed
+    probs = torch.cat([torch.full((16,), 0.04), 0.36 * weights / weights.sum()])
     logits = probs.log().unsqueeze(0)
     tokens = torch.tensor(draw(SamplingParams(temperature=1.0, seed=11), 6000, logits))
-    counts = torch.bincount(tokens, minlength=200).float() / len(tokens)
+    counts = torch.bincount(tokens, minlength=len(probs)).float() / len(tokens)
     assert counts[:16].sum().item() == pytest.approx(0.64, abs=0.025)
     assert counts[16:].sum().item() == pytest.approx(0.36, abs=0.025)
-    assert (counts[16:] > 0).sum().item() > 150  # the tail is really sampled, not one token of it
+    beyond = slice(HEAD_TOKENS, None)  # reachable only through the draw inside the tail
+    assert counts[beyond].sum().item() == pytest.approx(probs[beyond].sum().item(), abs=0.015)
+    assert (counts[beyond] > 0).sum().item() > 300  # many different tail tokens, not one
     assert counts[:16].max().item() == pytest.approx(0.04, abs=0.012)
