@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 from retrieval.collections import SearchResult
 from services.errors import ServiceUnavailable
 from services.gateway.generation import ChoiceSpec, new_id, start_choices
-from services.gateway.schemas import Citation, PromptTokensDetails, RagRequest, RagResponse, Usage
+from services.gateway.retrieval_schemas import Citation, RagRequest, RagResponse
+from services.gateway.schemas import PromptTokensDetails, Usage
 from services.gateway.sse import event
 from services.llm_service import LLMService
 from services.registry import ModelRegistry

@@ -11,7 +11,7 @@ from retrieval.chunking import ChunkingConfig
 from retrieval.collections import DocumentInput
 from retrieval.store import CollectionRecord
 from services.gateway import rag
-from services.gateway.schemas import (
+from services.gateway.retrieval_schemas import (
     AddDocumentsRequest,
     AddDocumentsResponse,
     CollectionInfo,

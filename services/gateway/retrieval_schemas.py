@@ -1,0 +1,113 @@
+"""Bodies of the collections, retrieval and RAG endpoints (msgspec Structs, described in OpenAPI)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from services.gateway.schemas import MaxTokens, Temperature, Usage
+
+# -- collections and retrieval -------------------------------------------------------------------------
+
+
+class CreateCollectionRequest(Struct, kw_only=True):
+    name: str
+    model: str | None = None
+    index: Literal["flat", "hnsw", "ivf"] = "flat"
+    chunk_tokens: Annotated[int, Meta(ge=8)] = 200
+    overlap_tokens: Annotated[int, Meta(ge=0)] = 40
+
+
+class CollectionInfo(Struct):
+    name: str
+    model: str
+    index: str
+    dimensions: int
+    chunk_tokens: int
+    overlap_tokens: int
+    documents: int
+    created: int
+    object: str = "collection"
+
+
+class CollectionList(Struct):
+    data: list[CollectionInfo]
+    object: str = "list"
+
+
+class DocumentIn(Struct, kw_only=True):
+    text: str
+    id: str | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class AddDocumentsRequest(Struct):
+    documents: Annotated[list[DocumentIn], Meta(min_length=1, max_length=256)]
+
+
+class AddDocumentsResponse(Struct):
+    ids: list[str]
+    chunks: int
+
+
+class DocumentOut(Struct):
+    id: str
+    collection: str
+    text: str
+    metadata: dict[str, Any]
+    chunks: int
+    object: str = "document"
+
+
+class Deleted(Struct):
+    id: str
+    deleted: bool = True
+    object: str = "deleted"
+
+
+class QueryRequest(Struct, kw_only=True):
+    collection: str
+    query: str
+    top_k: Annotated[int, Meta(ge=1, le=100)] = 5
+    filter: dict[str, str | int | float | bool] | None = None
+
+
+class QueryResult(Struct):
+    document_id: str
+    chunk_id: int
+    text: str
+    score: float
+    metadata: dict[str, Any]
+
+
+class QueryResponse(Struct):
+    results: list[QueryResult]
+
+
+class RagRequest(Struct, kw_only=True):
+    collection: str
+    query: str
+    top_k: Annotated[int, Meta(ge=1, le=20)] = 4
+    model: str | None = None
+    max_tokens: MaxTokens = 256
+    temperature: Temperature = 0.0
+    filter: dict[str, str | int | float | bool] | None = None
+    stream: bool = False
+
+
+class Citation(Struct):
+    index: int
+    document_id: str
+    chunk_id: int
+    text: str
+    score: float
+
+
+class RagResponse(Struct):
+    answer: str
+    citations: list[Citation]
+    usage: Usage
+    model: str
+    object: str = "rag.answer"
