@@ -48,15 +48,21 @@ class AsyncLLMEngine:
     # -- public API ----------------------------------------------------------------------------------
 
     async def generate(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        encoder_state: Any = None,
     ) -> AsyncIterator[RequestOutput]:
-        """Stream the request's outputs. Closing the iterator early (client gone) aborts the request."""
+        """Stream the request's outputs. Closing the iterator early (client gone) aborts the request.
+
+        ``encoder_state`` is what an encoder-decoder model's cross-attention reads (see Request)."""
         if self._error is not None or self._stopped.is_set():
             raise EngineDead("the LLM engine has stopped") from self._error
         stream = _Stream(asyncio.get_running_loop())
         ready: asyncio.Future[None] = stream.loop.create_future()
         self._streams[request_id] = stream
-        self._commands.put(("add", (request_id, prompt_token_ids, params, stream, ready)))
+        self._commands.put(("add", (request_id, prompt_token_ids, params, encoder_state, stream, ready)))
         finished = False
         try:
             await ready  # raises the engine's validation error, if any
@@ -92,9 +98,9 @@ class AsyncLLMEngine:
 
     def _handle(self, kind: str, payload: Any) -> None:
         if kind == "add":
-            request_id, prompt, params, stream, ready = payload
+            request_id, prompt, params, encoder_state, stream, ready = payload
             try:
-                self.engine.add_request(request_id, prompt, params)
+                self.engine.add_request(request_id, prompt, params, encoder_state=encoder_state)
             except Exception as exc:  # validation errors go back to the caller that sent them
                 stream.loop.call_soon_threadsafe(_settle, ready, exc)
             else:

@@ -10,7 +10,8 @@ position 0, or on keys gathered from the cache when it continues a cached prefix
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,9 @@ class AttentionMetadata:
     decode_block_tables: torch.Tensor | None  # [num_decodes, max_blocks]
     decode_mask: torch.Tensor | None  # [num_decodes, 1, 1, max_blocks * block_size], True = attend
     prefills: list[PrefillChunk]
+    # Per request, in batch order (decodes, then prefill chunks): what an encoder-decoder model's
+    # cross-attention reads. None entries for decoder-only models.
+    encoder_states: list[Any] = field(default_factory=list)
 
 
 def write_kv(

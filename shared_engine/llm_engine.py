@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
 from shared_engine.config import EngineConfig
 from shared_engine.detokenizer import IncrementalDetokenizer, Tokenizer
-from shared_engine.errors import ContextLengthExceeded, DuplicateRequest
+from shared_engine.errors import ContextLengthExceeded, DuplicateRequest, InvalidRequest
 from shared_engine.kv_cache_manager import KVCacheManager
 from shared_engine.model_runner import ModelRunner, num_blocks_for_memory
 from shared_engine.models.base import DecoderModel
@@ -63,10 +64,16 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.device = device
         self.eos_token_ids = eos_token_ids
+        self.is_encoder_decoder = arch.is_encoder_decoder
         self.max_model_len = min(
             config.max_model_len or arch.max_position_embeddings, arch.max_position_embeddings
         )
         cache = config.cache
+        if arch.is_encoder_decoder and cache.enable_prefix_caching:
+            # Block hashes cover token ids only, but an encoder-decoder's keys depend on its encoder
+            # input too: two requests with the same prompt tokens must not share blocks.
+            logger.info("prefix caching is off for %s (an encoder-decoder model)", arch.architecture)
+            cache = replace(cache, enable_prefix_caching=False)
         num_blocks = cache.num_blocks or num_blocks_for_memory(
             cache.memory_bytes, arch.kv_bytes_per_token, cache.block_size, dtype
         )
@@ -89,13 +96,19 @@ class LLMEngine:
         prompt_token_ids: list[int],
         params: SamplingParams,
         arrival_time: float | None = None,
+        encoder_state: Any = None,
     ) -> None:
         if request_id in self.live:
             raise DuplicateRequest(f"request id {request_id!r} is already in flight")
+        if self.is_encoder_decoder != (encoder_state is not None):
+            needs = "needs" if self.is_encoder_decoder else "takes no"
+            raise InvalidRequest(f"this model {needs} encoder output with each request")
         total = len(prompt_token_ids) + params.max_tokens
         if total > self.max_model_len:
             raise ContextLengthExceeded(len(prompt_token_ids), params.max_tokens, self.max_model_len)
-        request = Request(request_id, prompt_token_ids, params, self.eos_token_ids, arrival_time)
+        request = Request(
+            request_id, prompt_token_ids, params, self.eos_token_ids, arrival_time, encoder_state
+        )
         # Build everything that can fail before the scheduler sees the request.
         live = _Live(
             request,

@@ -13,7 +13,7 @@ import torch
 from shared_engine.attention import AttentionMetadata, PrefillChunk
 from shared_engine.models.base import DecoderModel
 from shared_engine.outputs import TokenLogprob
-from shared_engine.sampler import RequestSampler, sample
+from shared_engine.sampler import RequestSampler, apply_logits_processors, sample
 from shared_engine.scheduler import ScheduledRequest, SchedulerOutput
 
 
@@ -92,6 +92,7 @@ class ModelRunner:
             decode_block_tables=block_tables,
             decode_mask=mask,
             prefills=chunks,
+            encoder_states=[s.request.encoder_state for s in items],
         )
         ids = torch.tensor(input_ids, dtype=torch.long, device=dev)
         pos = torch.tensor(positions, dtype=torch.long, device=dev)
@@ -114,6 +115,8 @@ class ModelRunner:
         if not rows:
             return StepResult({}, {})
         logits = self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
+        requests = [s.request for s in sampled]
+        apply_logits_processors(logits, [r.params for r in requests], [r.output_token_ids for r in requests])
         tokens, logprobs = sample(logits, [samplers[s.request.request_id] for s in sampled])
         ids_ = [s.request.request_id for s in sampled]
         return StepResult(dict(zip(ids_, tokens, strict=True)), dict(zip(ids_, logprobs, strict=True)))

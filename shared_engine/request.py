@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from enum import Enum
+from typing import Any
 
 from shared_engine.outputs import FinishReason
 from shared_engine.sampling_params import SamplingParams
@@ -30,6 +31,7 @@ class Request:
         params: SamplingParams,
         eos_token_ids: frozenset[int] = frozenset(),
         arrival_time: float | None = None,
+        encoder_state: Any = None,
     ) -> None:
         if not prompt_token_ids:
             raise ValueError("a request needs at least one prompt token")
@@ -47,6 +49,9 @@ class Request:
         self.block_hashes: list[bytes] = []
         self.num_preemptions = 0
         self.finish_reason: FinishReason | None = None
+        # What an encoder-decoder model computed once from the request's input (e.g. Whisper's
+        # cross-attention keys and values); opaque to the scheduler, kept across preemptions.
+        self.encoder_state = encoder_state
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -109,10 +109,19 @@ def _draw(probs: torch.Tensor, generators: list[torch.Generator | None]) -> list
     return out
 
 
+def apply_logits_processors(
+    logits: torch.Tensor, params: Sequence[SamplingParams], outputs: Sequence[Sequence[int]]
+) -> None:
+    """Run each row's processors, in order, on that row of ``logits`` (in place)."""
+    for row, (p, out) in enumerate(zip(params, outputs, strict=True)):
+        for processor in p.logits_processors:
+            processor(out, logits[row])
+
+
 def sample(
     logits: torch.Tensor, samplers: Sequence[RequestSampler]
 ) -> tuple[list[int], list[TokenLogprob | None]]:
-    """Pick one token per row of ``logits`` (``[B, vocab]``, float32)."""
+    """Pick one token per row of ``logits`` (``[B, vocab]``, float32, processors already applied)."""
     chosen = logits.argmax(dim=-1).tolist()
     rows = [i for i, s in enumerate(samplers) if not s.params.greedy]
     if rows:

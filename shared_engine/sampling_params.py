@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+LogitsProcessor = Callable[[Sequence[int], "torch.Tensor"], None]
+"""Edits one request's next-token logits (a float32 row, in place) given its output tokens so far."""
 
 MAX_TOP_LOGPROBS = 20
 # Below this a temperature is treated as greedy: dividing logits by it would overflow to inf/NaN.
@@ -17,7 +25,8 @@ class SamplingParams:
     ``temperature`` below 1e-5 (0 included) means greedy. ``top_k <= 0`` disables top-k. ``seed`` makes
     sampling reproducible per request regardless of what else shares the batch. ``logprobs`` is the number of
     alternatives to report per token (``0`` reports only the chosen token's log-probability;
-    ``None`` reports nothing). Log-probabilities are those of the model's raw distribution, before
+    ``None`` reports nothing). Log-probabilities are those of the distribution after the
+    ``logits_processors`` (a pipeline's decoding rules, e.g. Whisper's suppressed tokens) and before
     temperature and truncation, as vLLM reports them.
     """
 
@@ -31,6 +40,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None
     skip_special_tokens: bool = True
+    logits_processors: tuple[LogitsProcessor, ...] = field(default=(), compare=False, hash=False)
     extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:

@@ -29,6 +29,8 @@ class DecoderArch:
     tie_word_embeddings: bool
     qkv_bias: bool
     hf_config: Any  # kept for RoPE variants, which transformers knows how to parametrise
+    # Cross-attention over per-request encoder output (Request.encoder_state), e.g. Whisper's decoder.
+    is_encoder_decoder: bool = False
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:

@@ -18,6 +18,8 @@ def arch_from_hf_config(cfg: Any) -> DecoderArch:
         raise ValueError("config.json names no architecture")
     name = architectures[0]
     MODEL_REGISTRY.get(name)  # fail early, listing what is supported
+    if getattr(cfg, "model_type", None) == "whisper":
+        return _whisper_arch(name, cfg)
     num_heads = cfg.num_attention_heads
     return DecoderArch(
         architecture=name,
@@ -34,6 +36,27 @@ def arch_from_hf_config(cfg: Any) -> DecoderArch:
         # Qwen2 always has q/k/v biases; Llama has them only when attention_bias says so.
         qkv_bias=name == "Qwen2ForCausalLM" or bool(getattr(cfg, "attention_bias", False)),
         hf_config=cfg,
+    )
+
+
+def _whisper_arch(name: str, cfg: Any) -> DecoderArch:
+    """The decoder half of a Whisper model (its encoder runs outside the engine)."""
+    heads = cfg.decoder_attention_heads
+    return DecoderArch(
+        architecture=name,
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.decoder_ffn_dim,
+        num_layers=cfg.decoder_layers,
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=cfg.d_model // heads,
+        rms_norm_eps=1e-5,  # LayerNorm epsilon, as in the reference implementation
+        max_position_embeddings=cfg.max_target_positions,
+        tie_word_embeddings=True,
+        qkv_bias=True,
+        hf_config=cfg,
+        is_encoder_decoder=True,
     )
 
 
@@ -55,6 +78,8 @@ def build_decoder(
     model = cls(arch)
     model.load_weights(weights)
     model.to(device=device, dtype=dtype).eval()
-    # RoPE tables stay float32: positions far from 0 lose precision in bf16.
-    model.model.rotary_emb.float()
+    rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
+    if rotary is not None:
+        # RoPE tables stay float32: positions far from 0 lose precision in bf16.
+        rotary.float()
     return model
