@@ -7,10 +7,10 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -43,11 +43,29 @@ class Embedder(Protocol):
     async def embed(self, token_lists: Sequence[list[int]]) -> list[np.ndarray]: ...
 
 
+class ImageEmbedder(Protocol):
+    """What a collection of images needs of its vision model: each image is one document and one vector."""
+
+    modality: str  # "image"
+
+    @property
+    def dimensions(self) -> int: ...
+
+    async def embed_images(self, images: Sequence[bytes]) -> list[np.ndarray]: ...
+
+
+def _is_image(embedder: Embedder | ImageEmbedder) -> bool:
+    return getattr(embedder, "modality", "text") == "image"
+
+
 @dataclass(frozen=True)
 class DocumentInput:
-    text: str
+    """A text document, or (in a collection of images) an image with an optional caption as ``text``."""
+
+    text: str = ""
     id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    image: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +88,9 @@ class Collections:
     in-memory index; on start every index is loaded from its saved file if that file agrees with the
     store, and rebuilt from the stored vectors otherwise."""
 
-    def __init__(self, data_dir: Path, embedders: dict[str, Embedder], default_model: str | None) -> None:
+    def __init__(
+        self, data_dir: Path, embedders: Mapping[str, Embedder | ImageEmbedder], default_model: str | None
+    ) -> None:
         self.dir = data_dir / "retrieval"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.store = DocumentStore(self.dir / "store.sqlite3")
@@ -108,10 +128,11 @@ class Collections:
             )
         chunking = chunking or ChunkingConfig()
         embedder = self.embedders[model]
-        if chunking.chunk_tokens > embedder.max_model_len - 2:
+        window = 0 if _is_image(embedder) else cast(Embedder, embedder).max_model_len - 2
+        if window and chunking.chunk_tokens > window:
             raise InvalidRequest(
                 f"chunk_tokens {chunking.chunk_tokens} exceeds what {model} reads "
-                f"({embedder.max_model_len - 2} tokens besides its special tokens)",
+                f"({window} tokens besides its special tokens)",
                 param="chunk_tokens",
             )
         if name in self.indexes:
@@ -137,20 +158,39 @@ class Collections:
 
     # -- documents -------------------------------------------------------------------------------------
 
-    async def add(self, name: str, docs: Sequence[DocumentInput]) -> tuple[list[str], int]:
-        """Chunk, embed and store documents; returns their ids and the number of chunks. Durable on return."""
-        record = self.record(name)
+    async def _embed_documents(
+        self, record: CollectionRecord, docs: Sequence[DocumentInput]
+    ) -> tuple[list[list[str]], list[np.ndarray]]:
+        """Each document's chunks (an image is one chunk: its caption) and one vector per chunk."""
         embedder = self.embedders[record.model]
+        if _is_image(embedder):
+            images = [d.image for d in docs]
+            missing = [i for i, image in enumerate(images) if image is None]
+            if missing:
+                raise InvalidRequest(
+                    f"documents[{missing[0]}] has no image; collection {record.name!r} holds images",
+                    param="documents",
+                )
+            vectors = await embedder.embed_images(images)  # type: ignore[union-attr,arg-type]
+            return [[d.text] for d in docs], vectors
+        if any(d.image is not None for d in docs):
+            raise InvalidRequest(f"collection {record.name!r} holds text, not images", param="documents")
         chunking = ChunkingConfig(record.chunk_tokens, record.overlap_tokens)
-        ids = [check_name(d.id, DOCUMENT_ID, "id") if d.id else uuid.uuid4().hex for d in docs]
-        if len(set(ids)) != len(ids):
-            raise InvalidRequest("document ids in one request must be distinct", param="documents")
-        pieces = [chunk_text(d.text, embedder.tokenizer, chunking) for d in docs]
+        pieces = [chunk_text(d.text, embedder.tokenizer, chunking) for d in docs]  # type: ignore[union-attr]
         for i, p in enumerate(pieces):
             if not p:
                 raise InvalidRequest(f"documents[{i}] has no text", param="documents")
         flat = [c for p in pieces for c in p]
-        vectors = await embedder.embed(embedder.tokenize(flat, truncate=True))
+        return pieces, await embedder.embed(embedder.tokenize(flat, truncate=True))  # type: ignore[union-attr]
+
+    async def add(self, name: str, docs: Sequence[DocumentInput]) -> tuple[list[str], int]:
+        """Chunk, embed and store documents; returns their ids and the number of chunks. Durable on return."""
+        record = self.record(name)
+        ids = [check_name(d.id, DOCUMENT_ID, "id") if d.id else uuid.uuid4().hex for d in docs]
+        if len(set(ids)) != len(ids):
+            raise InvalidRequest("document ids in one request must be distinct", param="documents")
+        pieces, vectors = await self._embed_documents(record, docs)
+        flat = [c for p in pieces for c in p]
         new, at = [], 0
         for doc, doc_id, p in zip(docs, ids, pieces, strict=True):
             new.append(
@@ -190,13 +230,28 @@ class Collections:
     # -- search ------------------------------------------------------------------------------------------
 
     async def query(
-        self, name: str, text: str, top_k: int = 5, where: dict[str, Any] | None = None
+        self,
+        name: str,
+        text: str | None,
+        top_k: int = 5,
+        where: dict[str, Any] | None = None,
+        image: bytes | None = None,
     ) -> list[SearchResult]:
+        """The ``top_k`` chunks nearest to a text query, or (in a collection of images) an image query."""
         record = self.record(name)
-        if not text.strip():
-            raise InvalidRequest("query must not be empty", param="query")
         embedder = self.embedders[record.model]
-        (vector,) = await embedder.embed(embedder.tokenize([text], truncate=True))
+        if _is_image(embedder):
+            if image is None:
+                raise InvalidRequest(
+                    f"collection {name!r} holds images: query it with an image", param="image"
+                )
+            (vector,) = await embedder.embed_images([image])  # type: ignore[union-attr]
+        else:
+            if image is not None:
+                raise InvalidRequest(f"collection {name!r} holds text: query it with text", param="image")
+            if not text or not text.strip():
+                raise InvalidRequest("query must not be empty", param="query")
+            (vector,) = await embedder.embed(embedder.tokenize([text], truncate=True))  # type: ignore[union-attr]
         allowed = self.store.chunk_ids_matching(name, where) if where else None
         hits = self._index(name).search(vector, top_k, allowed)
         chunks = self.store.chunks([h[0] for h in hits])

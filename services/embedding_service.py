@@ -9,7 +9,7 @@ import numpy as np
 
 from pipelines.embedding import EmbeddingPipeline, EmbeddingPipelineConfig
 from services.model_config import ModelSpec
-from shared_engine.micro_batcher import BatchStats
+from shared_engine.micro_batcher import BatchStats, MicroBatchConfig
 
 
 class EmbeddingService:
@@ -23,7 +23,7 @@ class EmbeddingService:
             source=spec.source,
             dtype=spec.dtype,
             device=spec.device,
-            batching=spec.batching.to_config(),
+            batching=spec.batching.to_config() if spec.batching else MicroBatchConfig(),
         )
         self.pipeline = EmbeddingPipeline(config)
 

@@ -10,7 +10,7 @@ from typing import Any
 from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from shared_engine.micro_batcher import MicroBatchConfig
 
-TASKS = ("chat", "embedding")
+TASKS = ("chat", "embedding", "vision", "asr", "tts")
 _MIB = 1 << 20
 
 
@@ -44,7 +44,7 @@ class EngineOptions:
 
 @dataclass(frozen=True)
 class BatchingOptions:
-    """Micro-batching of one-shot encoders (embedding models)."""
+    """Micro-batching of one-shot encoders (embeddings, vision, the speech encoder, speech synthesis)."""
 
     max_batch_tokens: int = 16384
     max_batch_size: int = 128
@@ -61,10 +61,16 @@ class ModelSpec:
     source: str
     dtype: str = "auto"
     device: str = "auto"
+    # Files whose concatenation, in order, is the model's weight file (weights shipped split in parts).
+    parts: tuple[str, ...] = ()
     engine: EngineOptions = field(default_factory=EngineOptions)
-    batching: BatchingOptions = field(default_factory=BatchingOptions)
+    batching: BatchingOptions | None = None  # None: the pipeline's own default for its model
 
     def __post_init__(self) -> None:
+        if not isinstance(self.parts, tuple):
+            object.__setattr__(self, "parts", tuple(self.parts))
+        if not all(isinstance(p, str) and p for p in self.parts):
+            raise ValueError(f"model {self.name!r}: parts must be a list of file sources")
         if not self.name or any(c.isspace() for c in self.name):
             raise ValueError(f"invalid model name {self.name!r}: must be non-empty without whitespace")
         if self.task not in TASKS:
@@ -91,7 +97,8 @@ def parse_model_specs(data: dict[str, Any], origin: str = "<config>") -> list[Mo
         where = f"{origin}: models[{i}]"
         entry = dict(entry)
         engine = _build(EngineOptions, entry.pop("engine", {}), f"{where}.engine")
-        batching = _build(BatchingOptions, entry.pop("batching", {}), f"{where}.batching")
+        table = entry.pop("batching", None)
+        batching = None if table is None else _build(BatchingOptions, table, f"{where}.batching")
         specs.append(_build(ModelSpec, {**entry, "engine": engine, "batching": batching}, where))
     names = [s.name for s in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})

@@ -7,24 +7,35 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-from retrieval.collections import Collections, Embedder
+from retrieval.collections import Collections, Embedder, ImageEmbedder
+from services.asr_service import ASRService
 from services.embedding_service import EmbeddingService
 from services.errors import ModelNotFound, ServiceUnavailable
 from services.llm_service import LLMService
 from services.model_config import ModelSpec
 from services.settings import Settings
+from services.tts_service import TTSService
+from services.vision_service import VisionService
 
 logger = logging.getLogger(__name__)
 
-Service = LLMService | EmbeddingService
+Service = LLMService | EmbeddingService | VisionService | ASRService | TTSService
 ServiceFactory = Callable[[ModelSpec], Service]
+_T = TypeVar("_T", LLMService, EmbeddingService, VisionService, ASRService, TTSService)
 
 
 def create_service(spec: ModelSpec, settings: Settings) -> Service:
     """The in-process service for a model's task."""
     if spec.task == "embedding":
         return EmbeddingService(spec)
+    if spec.task == "vision":
+        return VisionService(spec, settings)
+    if spec.task == "asr":
+        return ASRService(spec, settings)
+    if spec.task == "tts":
+        return TTSService(spec)
     return LLMService(spec, settings)
 
 
@@ -51,12 +62,14 @@ class ModelRegistry:
         try:
             for spec in self.specs.values():
                 self.services[spec.name] = self.factory(spec)
-            embedders: dict[str, Embedder] = {
-                name: s for name, s in self.services.items() if isinstance(s, EmbeddingService)
+            embedders: dict[str, Embedder | ImageEmbedder] = {
+                name: s
+                for name, s in self.services.items()
+                if isinstance(s, EmbeddingService | VisionService)
             }
             if self.data_dir is not None and embedders:
-                default = next(iter(embedders))
-                self._collections = Collections(self.data_dir, embedders, default)
+                texts = [n for n, s in self.services.items() if isinstance(s, EmbeddingService)]
+                self._collections = Collections(self.data_dir, embedders, texts[0] if texts else None)
         except BaseException as exc:
             logger.exception("loading models failed")
             self.load_error = exc
@@ -91,17 +104,33 @@ class ModelRegistry:
             raise ServiceUnavailable(f"model `{name}` has stopped")
         return service
 
-    def chat(self, name: str) -> LLMService:
-        service = self.get(name, "chat")
-        if not isinstance(service, LLMService):
-            raise ModelNotFound(name, "chat")
+    def _typed(self, name: str, task: str, kind: type[_T]) -> _T:
+        service = self.get(name, task)
+        if not isinstance(service, kind):
+            raise ModelNotFound(name, task)
         return service
 
+    def chat(self, name: str) -> LLMService:
+        return self._typed(name, "chat", LLMService)
+
     def embedding(self, name: str) -> EmbeddingService:
-        service = self.get(name, "embedding")
-        if not isinstance(service, EmbeddingService):
-            raise ModelNotFound(name, "embedding")
-        return service
+        return self._typed(name, "embedding", EmbeddingService)
+
+    def vision(self, name: str) -> VisionService:
+        return self._typed(name, "vision", VisionService)
+
+    def asr(self, name: str) -> ASRService:
+        return self._typed(name, "asr", ASRService)
+
+    def tts(self, name: str) -> TTSService:
+        return self._typed(name, "tts", TTSService)
+
+    def default_model(self, task: str) -> str:
+        """The first configured model of a task (requests may leave ``model`` out where OpenAI allows)."""
+        for spec in self.specs.values():
+            if spec.task == task:
+                return spec.name
+        raise ModelNotFound("", task)
 
     @property
     def collections(self) -> Collections:

@@ -22,7 +22,7 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(build_registry(settings))
+    app = create_app(build_registry(settings), max_body_bytes=settings.max_upload_bytes)
     uvicorn.run(
         app,
         host=settings.host,

@@ -36,3 +36,7 @@ class DuplicateRequest(InvalidRequest):
 
 class EngineDead(EngineError):
     """The engine loop stopped; no request can be served (maps to 503)."""
+
+
+class PayloadTooLarge(InvalidRequest):
+    """An input past a size limit (pixels, bytes): answered 413 rather than 400."""

@@ -13,7 +13,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from retrieval.errors import CollectionExists, CollectionNotFound, DocumentNotFound
 from services.errors import ModelNotFound, ServiceUnavailable
 from services.gateway.schemas import ErrorDetail, ErrorResponse
-from shared_engine.errors import ContextLengthExceeded, EngineDead, InvalidRequest
+from shared_engine.errors import ContextLengthExceeded, EngineDead, InvalidRequest, PayloadTooLarge
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ def error_body(exc: BaseException) -> tuple[int, ErrorResponse]:
             exc.param,
             "context_length_exceeded",
         )
+    elif isinstance(exc, PayloadTooLarge):
+        status, kind, message, param = 413, "request_too_large", str(exc), exc.param
     elif isinstance(exc, InvalidRequest):
         status, kind, message, param = 400, "invalid_request_error", str(exc), exc.param
     elif isinstance(exc, ModelNotFound):

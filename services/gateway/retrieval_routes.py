@@ -7,6 +7,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
+from pipelines.vision import decode_base64_image
 from retrieval.chunking import ChunkingConfig
 from retrieval.collections import DocumentInput
 from retrieval.store import CollectionRecord
@@ -39,6 +40,10 @@ def _info(registry: ModelRegistry, r: CollectionRecord) -> CollectionInfo:
     )
 
 
+def _image(data: str | None) -> bytes | None:
+    return None if data is None else decode_base64_image(data)
+
+
 class CollectionsController(Controller):
     path = "/v1/collections"
     tags = ["retrieval"]
@@ -69,7 +74,7 @@ class CollectionsController(Controller):
     async def add_documents(
         self, name: FromPath[str], data: JSONBody[AddDocumentsRequest], registry: Registry
     ) -> AddDocumentsResponse:
-        docs = [DocumentInput(d.text, d.id, d.metadata) for d in data.documents]
+        docs = [DocumentInput(d.text, d.id, d.metadata, _image(d.image)) for d in data.documents]
         ids, chunks = await registry.collections.add(name, docs)
         return AddDocumentsResponse(ids=ids, chunks=chunks)
 
@@ -96,7 +101,9 @@ class RetrievalController(Controller):
 
     @post("/query", status_code=200, summary="Top-k chunks for a query, optionally filtered by metadata")
     async def query(self, data: JSONBody[QueryRequest], registry: Registry) -> QueryResponse:
-        hits = await registry.collections.query(data.collection, data.query, data.top_k, data.filter)
+        hits = await registry.collections.query(
+            data.collection, data.query, data.top_k, data.filter, _image(data.image)
+        )
         return QueryResponse(
             [QueryResult(h.document_id, h.chunk_id, h.text, h.score, h.metadata) for h in hits]
         )

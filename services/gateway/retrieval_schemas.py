@@ -38,9 +38,10 @@ class CollectionList(Struct):
 
 
 class DocumentIn(Struct, kw_only=True):
-    text: str
+    text: str = ""  # the document; in a collection of images, an optional caption
     id: str | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    image: str | None = None  # collections of images: a data URL or base64
 
 
 class AddDocumentsRequest(Struct):
@@ -69,7 +70,8 @@ class Deleted(Struct):
 
 class QueryRequest(Struct, kw_only=True):
     collection: str
-    query: str
+    query: str | None = None
+    image: str | None = None  # collections of images are queried with an image (data URL or base64)
     top_k: Annotated[int, Meta(ge=1, le=100)] = 5
     filter: dict[str, str | int | float | bool] | None = None
 

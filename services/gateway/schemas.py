@@ -153,6 +153,7 @@ class ModelCard(Struct):
     created: int
     owned_by: str = "mmserve"
     max_model_len: int | None = None
+    voices: list[str] | None = None  # speech synthesis models: the voices `voice` may name
     object: str = "model"
 
 

@@ -1,0 +1,8 @@
+"""Speech recognition: Whisper (from Hugging Face or CTranslate2 files), encoder micro-batched,
+decoder on the shared engine."""
+
+from pipelines.asr.audio import AudioTooLong, decode_audio
+from pipelines.asr.pipeline import ASRPipeline, ASRPipelineConfig, Transcription
+from pipelines.asr.segments import Segment
+
+__all__ = ["ASRPipeline", "ASRPipelineConfig", "AudioTooLong", "Segment", "Transcription", "decode_audio"]

@@ -1,0 +1,277 @@
+"""Speech recognition: Whisper's encoder micro-batched, its decoder on the shared engine.
+
+Audio is cut into 30-second windows. Each window's log-mel features go through the encoder (batched
+with other requests' windows), which also projects the cross-attention keys and values once; the
+decoder then runs in the engine's continuous batch with the other requests' decoders. Windows of
+one request follow each other: where the next starts depends on the timestamps decoded in this one.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig, WhisperFeatureExtractor
+from transformers import WhisperForConditionalGeneration as HFWhisper
+from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+from pipelines.asr.audio import SAMPLE_RATE
+from pipelines.asr.decoding import OnlyTokens, SuppressTokens, TimestampRules, WhisperVocab
+from pipelines.asr.loader import prepare_whisper_folder
+from pipelines.asr.segments import Segment, split_window
+from shared_engine.async_engine import AsyncLLMEngine, StepObserver
+from shared_engine.config import CacheConfig, EngineConfig
+from shared_engine.detokenizer import Tokenizer
+from shared_engine.device import resolve_device, resolve_dtype
+from shared_engine.errors import InvalidRequest
+from shared_engine.llm_engine import EngineStats, LLMEngine
+from shared_engine.micro_batcher import BatchStats, MicroBatchConfig, MicroBatcher
+from shared_engine.models.loader import build_decoder, iter_safetensors
+from shared_engine.models.whisper import CrossAttentionState
+from shared_engine.outputs import FinishReason, RequestOutput
+from shared_engine.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+WINDOW_SECONDS = 30.0
+MAX_PROMPT_TOKENS = 223  # half the decoder's context, less the <|startofprev|> token
+MAX_WINDOW_TOKENS = 224
+# A window that decodes into highly repetitive text, never ends, or is improbable on average is
+# decoded again hotter (the reference implementation's defaults).
+FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+MAX_COMPRESSION_RATIO = 2.4
+MIN_AVG_LOGPROB = -1.0
+TASKS = ("transcribe", "translate")
+
+
+@dataclass(frozen=True)
+class ASRPipelineConfig:
+    name: str
+    source: str
+    parts: tuple[str, ...] = ()
+    dtype: str = "float32"
+    device: str = "auto"
+    engine: EngineConfig = field(
+        default_factory=lambda: EngineConfig(cache=CacheConfig(memory_bytes=256 << 20))
+    )
+    batching: MicroBatchConfig = field(default_factory=lambda: MicroBatchConfig(max_batch_size=8))
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.source:
+            raise ValueError("a speech recognition model needs a name and a source")
+
+
+@dataclass(frozen=True)
+class Transcription:
+    text: str
+    language: str  # language name, e.g. "english"
+    duration: float
+    segments: list[Segment]
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    tokens: list[int]
+    logprobs: list[float]
+    finish_reason: FinishReason | None
+    temperature: float = 0.0
+
+    @property
+    def avg_logprob(self) -> float:
+        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else 0.0
+
+
+def _compression_ratio(text: str) -> float:
+    raw = text.encode()
+    return len(raw) / max(1, len(zlib.compress(raw)))
+
+
+class ASRPipeline:
+    task = "asr"
+
+    def __init__(
+        self, config: ASRPipelineConfig, cache_dir: Path, on_step: StepObserver | None = None
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        folder = prepare_whisper_folder(config.source, config.parts, cache_dir)
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(folder)
+        self.features = WhisperFeatureExtractor.from_pretrained(folder)
+        self.vocab = WhisperVocab.from_tokenizer(self.tokenizer, GenerationConfig.from_pretrained(folder))
+        full = HFWhisper.from_pretrained(folder, dtype=self.dtype)
+        self.encoder = full.model.encoder.to(self.device).eval()
+        del full
+        decoder = build_decoder(
+            AutoConfig.from_pretrained(folder), iter_safetensors(folder), self.device, self.dtype
+        )
+        self._cross_kv = cast(Any, decoder).cross_attention_kv
+        engine = LLMEngine(
+            decoder, cast(Tokenizer, self.tokenizer), config.engine, self.device, self.dtype,
+            frozenset({self.vocab.eot}),
+        )  # fmt: skip
+        self.engine = AsyncLLMEngine(engine, on_step)
+        self.batcher: MicroBatcher[np.ndarray, CrossAttentionState] = MicroBatcher(
+            self.encode_batch, lambda _: 1, config.batching, name=f"asr-{config.name}"
+        )
+        self._rules = (SuppressTokens(self.vocab), TimestampRules(self.vocab))
+        logger.info("speech model %s loaded from %s (%s, %s)", self.name, folder, self.device, self.dtype)
+
+    @property
+    def multilingual(self) -> bool:
+        return self.vocab.multilingual
+
+    @property
+    def languages(self) -> list[str]:
+        return sorted(self.vocab.languages) if self.multilingual else ["en"]
+
+    # -- encoder (micro-batched) ------------------------------------------------------------------
+
+    def log_mel(self, window: np.ndarray) -> np.ndarray:
+        feats = self.features(window, sampling_rate=SAMPLE_RATE, return_tensors="np")
+        return cast(np.ndarray, feats["input_features"][0])
+
+    @torch.inference_mode()
+    def encode_batch(self, mels: list[np.ndarray]) -> list[CrossAttentionState]:
+        x = torch.from_numpy(np.stack(mels)).to(self.device, self.dtype)
+        hidden = self.encoder(x).last_hidden_state
+        return cast(list[CrossAttentionState], self._cross_kv(hidden))
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def _check(self, task: str, language: str | None) -> None:
+        if task not in TASKS:
+            raise InvalidRequest(f"unknown task {task!r}; known: {', '.join(TASKS)}", param="task")
+        if task == "translate" and not self.multilingual:
+            raise InvalidRequest(f"model {self.name!r} is English-only and cannot translate", param="model")
+        if language is not None and language not in self.languages:
+            raise InvalidRequest(
+                f"language {language!r} is not supported by model {self.name!r}; known: "
+                f"{', '.join(self.languages)}",
+                param="language",
+            )
+
+    async def transcribe(
+        self,
+        request_id: str,
+        audio: np.ndarray,
+        *,
+        task: str = "transcribe",
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float = 0.0,
+    ) -> Transcription:
+        """Transcribe (or translate into English) 16 kHz mono ``audio`` of any length."""
+        self._check(task, language)
+        duration = len(audio) / SAMPLE_RATE
+        history = self._encode_text(prompt) if prompt else []
+        segments: list[Segment] = []
+        seek = 0.0
+        while duration - seek > 0.1:
+            start = int(seek * SAMPLE_RATE)
+            chunk = audio[start : start + int(WINDOW_SECONDS * SAMPLE_RATE)]
+            window = len(chunk) / SAMPLE_RATE
+            (state,) = await self.batcher.submit([self.log_mel(chunk)])
+            if language is None:
+                language = await self._detect_language(f"{request_id}-lang", state)
+            prompt_ids = self._prompt(history, language, task)
+            rid = f"{request_id}-{start}"
+            decoded = await self._decode_window(rid, prompt_ids, state, temperature)
+            result = split_window(
+                decoded.tokens, decoded.logprobs, self.vocab, seek, window, self._decode_text,
+                len(segments), decoded.temperature,
+            )  # fmt: skip
+            segments.extend(result.segments)
+            history.extend(t for s in result.segments for t in s.tokens)
+            seek += min(max(result.advance, 0.02), window)
+        segments = [replace(s, end=min(s.end, duration)) for s in segments]
+        text = "".join(s.text for s in segments).strip()
+        return Transcription(text, LANGUAGES.get(language or "en", language or "en"), duration, segments)
+
+    def _encode_text(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(" " + text.strip(), add_special_tokens=False))
+
+    def _decode_text(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    def _prompt(self, history: list[int], language: str | None, task: str) -> list[int]:
+        v = self.vocab
+        prefix = [v.sot_prev, *history[-MAX_PROMPT_TOKENS:]] if history else []
+        if not self.multilingual:
+            return [*prefix, v.sot]
+        lang = v.languages[language or "en"]
+        return [*prefix, v.sot, lang, v.translate if task == "translate" else v.transcribe]
+
+    async def _detect_language(self, request_id: str, state: CrossAttentionState) -> str:
+        if not self.multilingual:
+            return "en"
+        v = self.vocab
+        params = SamplingParams(
+            max_tokens=1, temperature=0.0, skip_special_tokens=False,
+            logits_processors=(OnlyTokens(list(v.languages.values())),),
+        )  # fmt: skip
+        decoded = await self._collect(self.engine.generate(request_id, [v.sot], params, state))
+        by_id = {i: code for code, i in v.languages.items()}
+        return by_id[decoded.tokens[0]]
+
+    async def _decode_window(
+        self, request_id: str, prompt: list[int], state: CrossAttentionState, temperature: float
+    ) -> _Decoded:
+        """Greedy first; hotter again while the result loops, never ends or is improbable. When every
+        attempt fails a check, the most probable one on average wins."""
+        temperatures = FALLBACK_TEMPERATURES if temperature == 0 else (temperature,)
+        attempts: list[_Decoded] = []
+        for i, t in enumerate(temperatures):
+            params = SamplingParams(
+                max_tokens=MAX_WINDOW_TOKENS, temperature=t, logprobs=0, skip_special_tokens=False,
+                logits_processors=self._rules,
+            )  # fmt: skip
+            decoded = await self._collect(
+                self.engine.generate(f"{request_id}-t{i}", prompt, params, state), t
+            )
+            attempts.append(decoded)
+            text = self._decode_text([x for x in decoded.tokens if x < self.vocab.eot])
+            looping = _compression_ratio(text) > MAX_COMPRESSION_RATIO
+            if (
+                decoded.finish_reason is not FinishReason.LENGTH
+                and not looping
+                and decoded.avg_logprob >= MIN_AVG_LOGPROB
+            ):
+                return decoded
+        return max(attempts, key=lambda d: d.avg_logprob)
+
+    async def _collect(self, stream: AsyncIterator[RequestOutput], temperature: float = 0.0) -> _Decoded:
+        tokens: list[int] = []
+        logprobs: list[float] = []
+        reason: FinishReason | None = None
+        async for out in stream:
+            tokens.extend(out.token_ids)
+            logprobs.extend(lp.logprob for lp in out.logprobs)
+            reason = out.finish_reason
+        if tokens and tokens[-1] == self.vocab.eot:
+            tokens.pop()
+            logprobs = logprobs[: len(tokens)]
+        return _Decoded(tokens, logprobs, reason, temperature)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    def encoder_stats(self) -> BatchStats:
+        return self.batcher.stats()
+
+    @property
+    def is_alive(self) -> bool:
+        return self.engine.is_alive and self.batcher.is_alive
+
+    def shutdown(self) -> None:
+        self.batcher.shutdown()
+        self.engine.shutdown()

@@ -1,0 +1,65 @@
+"""The speech recognition service as the gateway sees it (in-process implementation)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from pipelines.asr import ASRPipeline, ASRPipelineConfig, Transcription, decode_audio
+from services.model_config import ModelSpec
+from services.settings import Settings
+from shared_engine.async_engine import StepObserver
+from shared_engine.llm_engine import EngineStats
+
+
+class ASRService:
+    task = "asr"
+
+    def __init__(self, spec: ModelSpec, settings: Settings, on_step: StepObserver | None = None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.max_audio_seconds = settings.max_audio_seconds
+        config = ASRPipelineConfig(
+            name=spec.name,
+            source=spec.source,
+            parts=spec.parts,
+            dtype=spec.dtype,
+            device=spec.device,
+            engine=spec.engine.to_engine_config(),
+        )
+        if spec.batching is not None:
+            config = replace(config, batching=spec.batching.to_config())
+        self.pipeline = ASRPipeline(config, settings.model_cache_dir, on_step)
+
+    @property
+    def max_model_len(self) -> None:
+        return None
+
+    @property
+    def multilingual(self) -> bool:
+        return self.pipeline.multilingual
+
+    @property
+    def is_alive(self) -> bool:
+        return self.pipeline.is_alive
+
+    async def transcribe(
+        self,
+        request_id: str,
+        audio_file: bytes,
+        *,
+        task: str,
+        language: str | None,
+        prompt: str | None,
+        temperature: float,
+    ) -> Transcription:
+        audio = await asyncio.to_thread(decode_audio, audio_file, self.max_audio_seconds)
+        return await self.pipeline.transcribe(
+            request_id, audio, task=task, language=language, prompt=prompt, temperature=temperature
+        )
+
+    def stats(self) -> EngineStats:
+        return self.pipeline.stats()
+
+    def shutdown(self) -> None:
+        self.pipeline.shutdown()

@@ -1,0 +1,146 @@
+"""Vision and audio endpoints (thin handlers; decoding rules live in the pipelines)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+from litestar import Controller, Request, Response, post
+from litestar.datastructures import UploadFile
+from litestar.di import NamedDependency
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import SerializationException
+from litestar.params import Body, JSONBody
+
+from pipelines.vision import decode_base64_image
+from services.gateway.embeddings import encode
+from services.gateway.media_schemas import (
+    MAX_IMAGES,
+    Classification,
+    ClassificationRequest,
+    ClassLabel,
+    ImageEmbeddingList,
+    ImageEmbeddingRequest,
+    ImageEmbeddingUsage,
+    SpeechRequest,
+    TranscriptionForm,
+)
+from services.gateway.schemas import Embedding
+from services.gateway.transcripts import check_format, render
+from services.registry import ModelRegistry
+from shared_engine.errors import InvalidRequest
+
+Registry = NamedDependency[ModelRegistry]
+Multipart = Body(media_type=RequestEncodingType.MULTI_PART)
+_Body = TypeVar("_Body", ClassificationRequest, ImageEmbeddingRequest)
+
+
+def _convert(schema: type[_Body], fields: dict[str, Any], strict: bool) -> _Body:
+    try:
+        return msgspec.convert(fields, schema, strict=strict)
+    except msgspec.ValidationError as exc:
+        # msgspec says "Expected `int`, got `str` - at `$.top_k`": lead with the field, as for other bodies.
+        message, _, where = str(exc).partition(" - at `$.")
+        param = re.match(r"[A-Za-z_]+", where) or re.search(r"field `([A-Za-z_]+)`", message)
+        name = param.group(param.lastindex or 0) if param else None
+        raise InvalidRequest(f"{name}: {message}" if name else message, param=name) from None
+
+
+async def _image_request(request: Request[Any, Any, Any], schema: type[_Body]) -> tuple[list[bytes], _Body]:
+    """The images of a multipart form (``file`` parts) or a JSON body (``image``), and the body's fields."""
+    if request.content_type[0] == RequestEncodingType.MULTI_PART:
+        form = await request.form()
+        files = form.getall("file") if "file" in form else []
+        if not files or not all(isinstance(f, UploadFile) for f in files):
+            raise InvalidRequest("send the image as a multipart file field named `file`", param="file")
+        if len(files) > MAX_IMAGES:
+            raise InvalidRequest(f"at most {MAX_IMAGES} images per request, got {len(files)}", param="file")
+        fields = {k: v for k, v in form.items() if k != "file"}
+        body = _convert(schema, {**fields, "image": ""}, strict=False)  # form values are strings
+        return [await f.read() for f in files], body
+    try:
+        raw = await request.json()
+    except SerializationException:
+        raise InvalidRequest("the body is not valid JSON", param=None) from None
+    if not isinstance(raw, dict):
+        raise InvalidRequest("the body must be a JSON object or a multipart form", param=None)
+    body = _convert(schema, raw, strict=True)
+    images: Any = body.image
+    return [decode_base64_image(i) for i in (images if isinstance(images, list) else [images])], body
+
+
+class VisionController(Controller):
+    path = "/v1/vision"
+    tags = ["vision"]
+
+    @post(
+        "/classifications",
+        status_code=200,
+        summary="Top-k ImageNet labels of one image (multipart `file`, or JSON with a data URL/base64)",
+        request_body=ClassificationRequest,
+    )
+    async def classify(self, request: Request[Any, Any, Any], registry: Registry) -> Classification:
+        images, body = await _image_request(request, ClassificationRequest)
+        if len(images) != 1:
+            raise InvalidRequest("classification takes exactly one image", param="image")
+        model = body.model or registry.default_model("vision")
+        (labels,) = await registry.vision(model).classify(images, body.top_k)
+        return Classification(model, [ClassLabel(x.label, x.index, x.score) for x in labels])
+
+    @post(
+        "/embeddings",
+        status_code=200,
+        summary="L2-normalised image embeddings (multipart `file` parts, or JSON `image` string or list)",
+        request_body=ImageEmbeddingRequest,
+    )
+    async def embed(self, request: Request[Any, Any, Any], registry: Registry) -> ImageEmbeddingList:
+        images, body = await _image_request(request, ImageEmbeddingRequest)
+        model = body.model or registry.default_model("vision")
+        vectors = await registry.vision(model).embed_images(images)
+        data = [Embedding(index=i, embedding=encode(v, body.encoding_format)) for i, v in enumerate(vectors)]
+        return ImageEmbeddingList(data, model, ImageEmbeddingUsage(images=len(images)))
+
+
+class AudioController(Controller):
+    path = "/v1/audio"
+    tags = ["audio"]
+
+    async def _transcribe(self, form: TranscriptionForm, registry: ModelRegistry, task: str) -> Response[Any]:
+        fmt = check_format(form.response_format)
+        model = form.model or registry.default_model("asr")
+        service = registry.asr(model)
+        if task == "translate" and not service.multilingual:
+            raise InvalidRequest(f"model {model!r} is English-only: it cannot translate", param="model")
+        result = await service.transcribe(
+            f"asr-{uuid.uuid4().hex}",
+            await form.file.read(),
+            task=task,
+            language=form.language or None,
+            prompt=form.prompt or None,
+            temperature=form.temperature,
+        )
+        return render(result, fmt, task)
+
+    @post("/transcriptions", status_code=200, summary="Speech to text (OpenAI-compatible multipart form)")
+    async def transcriptions(
+        self, data: Annotated[TranscriptionForm, Multipart], registry: Registry
+    ) -> Response[Any]:
+        return await self._transcribe(data, registry, "transcribe")
+
+    @post(
+        "/translations",
+        status_code=200,
+        summary="Speech in any language to English text (multilingual models)",
+    )
+    async def translations(
+        self, data: Annotated[TranscriptionForm, Multipart], registry: Registry
+    ) -> Response[Any]:
+        return await self._transcribe(data, registry, "translate")
+
+    @post("/speech", status_code=200, summary="Text to speech: wav (default), flac or pcm (16-bit, mono)")
+    async def speech(self, data: JSONBody[SpeechRequest], registry: Registry) -> Response[bytes]:
+        service = registry.tts(data.model or registry.default_model("tts"))
+        audio, content_type = await service.speech(data.input, data.voice, data.speed, data.response_format)
+        return Response(audio, media_type=content_type, headers={"X-Sample-Rate": str(service.sample_rate)})

@@ -1,0 +1,99 @@
+"""Bodies of the vision and audio endpoints (msgspec Structs and multipart dataclasses, in OpenAPI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from litestar.datastructures import UploadFile
+from msgspec import Meta, Struct
+
+from services.gateway.schemas import Embedding
+
+MAX_IMAGES = 64  # images per vision request
+
+# -- vision ----------------------------------------------------------------------------------------------
+
+
+class ClassificationRequest(Struct, kw_only=True):
+    image: str  # a data URL or plain base64
+    model: str | None = None
+    top_k: Annotated[int, Meta(ge=1, le=1000)] = 5
+
+
+class ImageEmbeddingRequest(Struct, kw_only=True):
+    image: str | Annotated[list[str], Meta(min_length=1, max_length=MAX_IMAGES)]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+class ClassLabel(Struct):
+    label: str
+    index: int
+    score: float
+
+
+class Classification(Struct):
+    model: str
+    data: list[ClassLabel]
+    object: str = "list"
+
+
+class ImageEmbeddingUsage(Struct):
+    images: int
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ImageEmbeddingList(Struct):
+    data: list[Embedding]
+    model: str
+    usage: ImageEmbeddingUsage
+    object: str = "list"
+
+
+# -- audio -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TranscriptionForm:
+    """OpenAI's multipart form for transcriptions and translations."""
+
+    file: UploadFile
+    model: str | None = None
+    language: str | None = None
+    prompt: str | None = None
+    response_format: str = "json"
+    temperature: float = 0.0
+
+
+class TranscriptionSegment(Struct):
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+
+
+class Transcription(Struct):
+    text: str
+
+
+class VerboseTranscription(Struct):
+    task: str
+    language: str
+    duration: float
+    text: str
+    segments: list[TranscriptionSegment]
+
+
+class SpeechRequest(Struct, kw_only=True):
+    input: str
+    model: str | None = None
+    voice: str | None = None
+    response_format: str = "wav"
+    speed: float = 1.0

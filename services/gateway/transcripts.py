@@ -1,0 +1,80 @@
+"""A transcription in each of OpenAI's response formats: json, text, srt, vtt, verbose_json."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+from litestar import Response
+
+from pipelines.asr import Transcription
+from services.gateway.media_schemas import Transcription as TranscriptionBody
+from services.gateway.media_schemas import TranscriptionSegment, VerboseTranscription
+from shared_engine.errors import InvalidRequest
+
+RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in RESPONSE_FORMATS:
+        raise InvalidRequest(
+            f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, got {fmt!r}",
+            param="response_format",
+        )
+    return fmt
+
+
+def _clock(seconds: float, decimal: str) -> str:
+    ms = round(seconds * 1000)
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{decimal}{ms:03d}"
+
+
+def to_srt(t: Transcription) -> str:
+    blocks = [
+        f"{i}\n{_clock(s.start, ',')} --> {_clock(s.end, ',')}\n{s.text.strip()}\n"
+        for i, s in enumerate(t.segments, start=1)
+    ]
+    return "\n".join(blocks)
+
+
+def to_vtt(t: Transcription) -> str:
+    cues = [f"{_clock(s.start, '.')} --> {_clock(s.end, '.')}\n{s.text.strip()}\n" for s in t.segments]
+    return "WEBVTT\n\n" + "\n".join(cues)
+
+
+def _ratio(text: str) -> float:
+    raw = text.encode()
+    return round(len(raw) / max(1, len(zlib.compress(raw))), 4)
+
+
+def to_verbose(t: Transcription, task: str) -> VerboseTranscription:
+    segments = [
+        TranscriptionSegment(
+            id=s.id,
+            seek=round(s.start * 100),  # in mel frames (10 ms), as Whisper reports it
+            start=s.start,
+            end=s.end,
+            text=s.text,
+            tokens=list(s.tokens),
+            temperature=s.temperature,
+            avg_logprob=round(s.avg_logprob, 6),
+            compression_ratio=_ratio(s.text),
+        )
+        for s in t.segments
+    ]
+    return VerboseTranscription(task, t.language, round(t.duration, 3), t.text, segments)
+
+
+def render(t: Transcription, fmt: str, task: str) -> Response[Any]:
+    if fmt == "json":
+        return Response(TranscriptionBody(t.text))
+    if fmt == "verbose_json":
+        return Response(to_verbose(t, task))
+    if fmt == "srt":
+        return Response(to_srt(t), media_type="text/plain; charset=utf-8")
+    if fmt == "vtt":
+        return Response(to_vtt(t), media_type="text/vtt; charset=utf-8")
+    return Response(t.text + "\n", media_type="text/plain; charset=utf-8")

@@ -1,0 +1,62 @@
+"""The vision model service as the gateway sees it (in-process implementation)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+from PIL import Image
+
+from pipelines.vision import Label, VisionPipeline, VisionPipelineConfig
+from services.model_config import ModelSpec
+from services.settings import Settings
+from shared_engine.micro_batcher import BatchStats
+
+
+class VisionService:
+    task = "vision"
+    modality = "image"  # what its embeddings are of (collections of images use it)
+
+    def __init__(self, spec: ModelSpec, settings: Settings) -> None:
+        self.spec = spec
+        self.name = spec.name
+        config = VisionPipelineConfig(
+            name=spec.name,
+            source=spec.source,
+            dtype=spec.dtype,
+            device=spec.device,
+            max_pixels=settings.max_image_pixels,
+        )
+        if spec.batching is not None:
+            config = replace(config, batching=spec.batching.to_config())
+        self.pipeline = VisionPipeline(config)
+
+    @property
+    def dimensions(self) -> int:
+        return self.pipeline.dimensions
+
+    @property
+    def max_model_len(self) -> None:
+        return None
+
+    @property
+    def is_alive(self) -> bool:
+        return self.pipeline.is_alive
+
+    async def _open(self, images: Sequence[bytes]) -> list[Image.Image]:
+        return await asyncio.to_thread(lambda: [self.pipeline.open_image(b) for b in images])
+
+    async def classify(self, images: Sequence[bytes], top_k: int) -> list[list[Label]]:
+        self.pipeline.check_top_k(top_k)  # before any image is decoded
+        return await self.pipeline.classify(await self._open(images), top_k)
+
+    async def embed_images(self, images: Sequence[bytes]) -> list[np.ndarray]:
+        return await self.pipeline.embed(await self._open(images))
+
+    def stats(self) -> BatchStats:
+        return self.pipeline.stats()
+
+    def shutdown(self) -> None:
+        self.pipeline.shutdown()

