@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from pipelines.tts import TTSPipeline, TTSPipelineConfig, encode_audio
+from pipelines.tts import TTSPipeline, TTSPipelineConfig, check_format, encode_audio
 from services.model_config import ModelSpec
 from shared_engine.micro_batcher import BatchStats
 
@@ -41,6 +41,7 @@ class TTSService:
 
     async def speech(self, text: str, voice: str | None, speed: float, fmt: str) -> tuple[bytes, str]:
         """Encoded audio and its content type."""
+        check_format(fmt)  # before the synthesis it would waste
         samples = await self.pipeline.synthesize(text, voice, speed)
         return await asyncio.to_thread(encode_audio, samples, self.sample_rate, fmt)
 

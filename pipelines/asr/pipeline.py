@@ -117,6 +117,7 @@ class ASRPipeline:
             decoder, cast(Tokenizer, self.tokenizer), config.engine, self.device, self.dtype,
             frozenset({self.vocab.eot}),
         )  # fmt: skip
+        self.max_target_len = engine.max_model_len
         self.engine = AsyncLLMEngine(engine, on_step)
         self.batcher: MicroBatcher[np.ndarray, CrossAttentionState] = MicroBatcher(
             self.encode_batch, lambda _: 1, config.batching, name=f"asr-{config.name}"
@@ -146,7 +147,11 @@ class ASRPipeline:
 
     # -- requests ---------------------------------------------------------------------------------
 
-    def _check(self, task: str, language: str | None) -> None:
+    def _check(self, task: str, language: str | None, temperature: float) -> None:
+        if not 0.0 <= temperature <= 1.0:  # NaN fails too
+            raise InvalidRequest(
+                f"temperature must be between 0 and 1, got {temperature}", param="temperature"
+            )
         if task not in TASKS:
             raise InvalidRequest(f"unknown task {task!r}; known: {', '.join(TASKS)}", param="task")
         if task == "translate" and not self.multilingual:
@@ -169,7 +174,7 @@ class ASRPipeline:
         temperature: float = 0.0,
     ) -> Transcription:
         """Transcribe (or translate into English) 16 kHz mono ``audio`` of any length."""
-        self._check(task, language)
+        self._check(task, language, temperature)
         duration = len(audio) / SAMPLE_RATE
         history = self._encode_text(prompt) if prompt else []
         segments: list[Segment] = []
@@ -228,9 +233,11 @@ class ASRPipeline:
         attempt fails a check, the most probable one on average wins."""
         temperatures = FALLBACK_TEMPERATURES if temperature == 0 else (temperature,)
         attempts: list[_Decoded] = []
+        room = min(MAX_WINDOW_TOKENS, self.max_target_len - len(prompt))
         for i, t in enumerate(temperatures):
+            # Seeded: the same audio gets the same transcript, fallbacks included.
             params = SamplingParams(
-                max_tokens=MAX_WINDOW_TOKENS, temperature=t, logprobs=0, skip_special_tokens=False,
+                max_tokens=room, temperature=t, seed=i, logprobs=0, skip_special_tokens=False,
                 logits_processors=self._rules,
             )  # fmt: skip
             decoded = await self._collect(

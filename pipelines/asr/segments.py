@@ -15,9 +15,10 @@ class Segment:
     start: float  # seconds from the start of the audio
     end: float
     text: str
-    tokens: tuple[int, ...]
+    tokens: tuple[int, ...]  # text and timestamp tokens, as decoded
     avg_logprob: float
     temperature: float  # what the window was decoded at (above 0 after a fallback)
+    seek: float  # where the window that holds it starts, in seconds
 
 
 @dataclass(frozen=True)
@@ -48,15 +49,15 @@ def split_window(
     single_ending = len(tokens) >= 2 and stamp[-1] and not stamp[-2]
 
     def make(lo: int, hi: int, start: float, end: float) -> Segment | None:
-        text_ids = [t for t in tokens[lo:hi] if t < vocab.eot]
-        text = decode(text_ids)
+        text = decode([t for t in tokens[lo:hi] if t < vocab.eot])
         if not text.strip():
             return None
         lps = list(logprobs[lo:hi]) or [0.0]
         sid = first_id + len(segments)
         return Segment(
-            sid, round(start, 3), round(end, 3), text, tuple(text_ids), sum(lps) / len(lps), temperature
-        )
+            sid, round(start, 3), round(end, 3), text, tuple(tokens[lo:hi]), sum(lps) / len(lps), temperature,
+            offset,
+        )  # fmt: skip
 
     segments: list[Segment] = []
     if cuts:

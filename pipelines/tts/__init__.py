@@ -1,7 +1,7 @@
 """Text to speech: Piper (VITS) voices on onnxruntime, phonemes from espeak-ng, on the engine's
 micro-batcher."""
 
-from pipelines.tts.audio_format import FORMATS, encode_audio
+from pipelines.tts.audio_format import FORMATS, check_format, encode_audio
 from pipelines.tts.phonemize import phonemize
 from pipelines.tts.pipeline import MAX_INPUT_CHARS, TTSPipeline, TTSPipelineConfig
 from pipelines.tts.voice import PiperVoice, VoiceConfig
@@ -13,6 +13,7 @@ __all__ = [
     "TTSPipeline",
     "TTSPipelineConfig",
     "VoiceConfig",
+    "check_format",
     "encode_audio",
     "phonemize",
 ]

@@ -25,12 +25,17 @@ def to_pcm16(samples: np.ndarray) -> np.ndarray:
     return np.round(clean * 32767.0).astype(np.int16)
 
 
-def encode_audio(samples: np.ndarray, sample_rate: int, fmt: str) -> tuple[bytes, str]:
-    """``samples`` (float mono) encoded as ``fmt``: the bytes and their content type."""
+def check_format(fmt: str) -> str:
     if fmt not in FORMATS:
         raise InvalidRequest(
             f"unknown audio format {fmt!r}; known: {', '.join(FORMATS)}", param="response_format"
         )
+    return fmt
+
+
+def encode_audio(samples: np.ndarray, sample_rate: int, fmt: str) -> tuple[bytes, str]:
+    """``samples`` (float mono) encoded as ``fmt``: the bytes and their content type."""
+    check_format(fmt)
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     container, content_type = FORMATS[fmt]

@@ -54,7 +54,7 @@ def to_verbose(t: Transcription, task: str) -> VerboseTranscription:
     segments = [
         TranscriptionSegment(
             id=s.id,
-            seek=round(s.start * 100),  # in mel frames (10 ms), as Whisper reports it
+            seek=round(s.seek * 100),  # the window's start in mel frames (10 ms), as Whisper reports it
             start=s.start,
             end=s.end,
             text=s.text,
@@ -74,7 +74,7 @@ def render(t: Transcription, fmt: str, task: str) -> Response[Any]:
     if fmt == "verbose_json":
         return Response(to_verbose(t, task))
     if fmt == "srt":
-        return Response(to_srt(t), media_type="text/plain; charset=utf-8")
+        return Response(to_srt(t), media_type="text/plain")
     if fmt == "vtt":
-        return Response(to_vtt(t), media_type="text/vtt; charset=utf-8")
-    return Response(t.text + "\n", media_type="text/plain; charset=utf-8")
+        return Response(to_vtt(t), media_type="text/vtt")
+    return Response(t.text + "\n", media_type="text/plain")
