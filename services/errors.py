@@ -15,3 +15,7 @@ class ModelNotFound(EngineError):
 
 class ServiceUnavailable(EngineError):
     """The service for a model is loading, stopped, or unreachable (maps to 503)."""
+
+
+class DeadlineExceeded(EngineError):
+    """A call to a model service ran past its deadline (maps to 504)."""

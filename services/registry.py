@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, cast
 
 from retrieval.collections import Collections, Embedder, ImageEmbedder
 from services.asr_service import ASRService
@@ -15,19 +15,42 @@ from services.embedding_service import EmbeddingService
 from services.errors import ModelNotFound, ServiceUnavailable
 from services.llm_service import LLMService
 from services.model_config import ModelSpec
+from services.rpc.channels import Channels, list_models
+from services.rpc.clients import (
+    REMOTE_SERVICES,
+    RemoteASRService,
+    RemoteEmbeddingService,
+    RemoteTTSService,
+    RemoteVisionService,
+)
 from services.settings import Settings
 from services.tts_service import TTSService
 from services.vision_service import VisionService
 
 logger = logging.getLogger(__name__)
 
-Service = LLMService | EmbeddingService | VisionService | ASRService | TTSService
+Embeddings = EmbeddingService | RemoteEmbeddingService
+Vision = VisionService | RemoteVisionService
+Speech = ASRService | RemoteASRService
+Synthesis = TTSService | RemoteTTSService
+Service = LLMService | Embeddings | Vision | Speech | Synthesis
 ServiceFactory = Callable[[ModelSpec], Service]
-_T = TypeVar("_T", LLMService, EmbeddingService, VisionService, ASRService, TTSService)
+
+
+def remote_service(spec: ModelSpec, settings: Settings) -> Service:
+    """A client for the model in the task's workers (distributed mode), once a worker lists it."""
+    targets = settings.endpoints[spec.task]
+    infos = {m.name: m for m in list_models(targets, settings.rpc_timeout_s)}
+    if spec.name not in infos:
+        raise ModelNotFound(spec.name, spec.task)
+    channels = Channels(spec.task, targets, settings.rpc_timeout_s)
+    return REMOTE_SERVICES[spec.task](spec, channels, infos[spec.name])  # type: ignore[return-value]
 
 
 def create_service(spec: ModelSpec, settings: Settings) -> Service:
-    """The in-process service for a model's task."""
+    """The service for a model: in-process, or its workers' when endpoints name its task."""
+    if spec.task in settings.endpoints:
+        return remote_service(spec, settings)
     if spec.task == "embedding":
         return EmbeddingService(spec)
     if spec.task == "vision":
@@ -104,26 +127,26 @@ class ModelRegistry:
             raise ServiceUnavailable(f"model `{name}` has stopped")
         return service
 
-    def _typed(self, name: str, task: str, kind: type[_T]) -> _T:
+    def _typed(self, name: str, task: str, kinds: tuple[type, ...]) -> Any:
         service = self.get(name, task)
-        if not isinstance(service, kind):
+        if not isinstance(service, kinds):
             raise ModelNotFound(name, task)
         return service
 
     def chat(self, name: str) -> LLMService:
-        return self._typed(name, "chat", LLMService)
+        return cast(LLMService, self._typed(name, "chat", (LLMService,)))
 
-    def embedding(self, name: str) -> EmbeddingService:
-        return self._typed(name, "embedding", EmbeddingService)
+    def embedding(self, name: str) -> Embeddings:
+        return cast(Embeddings, self._typed(name, "embedding", (EmbeddingService, RemoteEmbeddingService)))
 
-    def vision(self, name: str) -> VisionService:
-        return self._typed(name, "vision", VisionService)
+    def vision(self, name: str) -> Vision:
+        return cast(Vision, self._typed(name, "vision", (VisionService, RemoteVisionService)))
 
-    def asr(self, name: str) -> ASRService:
-        return self._typed(name, "asr", ASRService)
+    def asr(self, name: str) -> Speech:
+        return cast(Speech, self._typed(name, "asr", (ASRService, RemoteASRService)))
 
-    def tts(self, name: str) -> TTSService:
-        return self._typed(name, "tts", TTSService)
+    def tts(self, name: str) -> Synthesis:
+        return cast(Synthesis, self._typed(name, "tts", (TTSService, RemoteTTSService)))
 
     def default_model(self, task: str) -> str:
         """The first configured model of a task (requests may leave ``model`` out where OpenAI allows)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,6 +23,9 @@ class Settings:
     max_upload_mb: int = 25  # request bodies, uploads included (OpenAI's audio limit)
     max_audio_seconds: float = 3600.0
     max_image_pixels: int = 40_000_000
+    # Distributed mode: task → gRPC addresses of its workers (an empty mapping: everything in-process).
+    endpoints: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    rpc_timeout_s: float = 600.0  # deadline of every call to a worker
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -57,7 +60,30 @@ class Settings:
             max_upload_mb=_number(e, "MMSERVE_MAX_UPLOAD_MB", 25, int),
             max_audio_seconds=_number(e, "MMSERVE_MAX_AUDIO_SECONDS", 3600.0, float),
             max_image_pixels=_number(e, "MMSERVE_MAX_IMAGE_PIXELS", 40_000_000, int),
+            endpoints=parse_endpoints(e.get("MMSERVE_ENDPOINTS", "")),
+            rpc_timeout_s=_number(e, "MMSERVE_RPC_TIMEOUT_S", 600.0, float),
         )
+
+
+REMOTE_TASKS = ("embedding", "vision", "asr", "tts")
+
+
+def parse_endpoints(text: str) -> dict[str, tuple[str, ...]]:
+    """``task=address[,address...];task=...`` → {task: addresses}. An address is ``host:port`` or a
+    gRPC target such as ``dns:///name:port`` (every replica the name resolves to)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for entry in filter(None, (part.strip() for part in text.split(";"))):
+        task, sep, addresses = entry.partition("=")
+        task = task.strip()
+        targets = tuple(a.strip() for a in addresses.split(",") if a.strip())
+        if not sep or not targets:
+            raise ValueError(f"MMSERVE_ENDPOINTS: {entry!r} is not task=address[,address...]")
+        if task not in REMOTE_TASKS:
+            raise ValueError(f"MMSERVE_ENDPOINTS: unknown task {task!r}; known: {', '.join(REMOTE_TASKS)}")
+        if task in out:
+            raise ValueError(f"MMSERVE_ENDPOINTS: task {task!r} is given twice")
+        out[task] = targets
+    return out
 
 
 def _number(env: Mapping[str, str], key: str, default: _N, kind: Callable[[str], _N]) -> _N:

@@ -9,24 +9,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel
 
 from pipelines.embedding.pooling import pool, read_recipe
+from pipelines.embedding.tokenizer import EmbeddingTokenizer
 from pipelines.sources import resolve_source
 from shared_engine.device import resolve_device, resolve_dtype
-from shared_engine.errors import InvalidRequest
 from shared_engine.micro_batcher import BatchStats, MicroBatchConfig, MicroBatcher
 
 logger = logging.getLogger(__name__)
-
-
-class InputTooLong(InvalidRequest):
-    def __init__(self, index: int, tokens: int, limit: int) -> None:
-        super().__init__(
-            f"input {index} has {tokens} tokens, more than this model's limit of {limit}; shorten it or "
-            "send truncate: true",
-            param="input",
-        )
 
 
 @dataclass(frozen=True)
@@ -52,11 +43,11 @@ class EmbeddingPipeline:
         self.recipe = read_recipe(folder)
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
-        self.tokenizer: Any = AutoTokenizer.from_pretrained(folder)
+        self.text = EmbeddingTokenizer(folder)
+        self.tokenizer: Any = self.text.tokenizer
         self.model = AutoModel.from_pretrained(folder, dtype=self.dtype).to(self.device).eval()
-        window = self.model.config.max_position_embeddings
-        self.max_input_tokens = min(self.recipe.max_seq_length or window, window)
-        self.dimensions = int(self.model.config.hidden_size)
+        self.max_input_tokens = self.text.max_input_tokens
+        self.dimensions = self.text.dimensions
         self.batcher: MicroBatcher[list[int], np.ndarray] = MicroBatcher(
             self.encode_batch, len, config.batching, name=f"embed-{config.name}"
         )
@@ -64,19 +55,13 @@ class EmbeddingPipeline:
 
     @property
     def vocab_size(self) -> int:
-        return len(self.tokenizer)
+        return self.text.vocab_size
 
     def tokenize(self, texts: Sequence[str], truncate: bool = False) -> list[list[int]]:
-        encoded: list[list[int]] = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
-        return [self.check_length(i, ids, truncate) for i, ids in enumerate(encoded)]
+        return self.text.tokenize(texts, truncate)
 
     def check_length(self, index: int, ids: list[int], truncate: bool) -> list[int]:
-        if len(ids) <= self.max_input_tokens:
-            return ids
-        if not truncate:
-            raise InputTooLong(index, len(ids), self.max_input_tokens)
-        # Keep the closing special token ([SEP]) so the encoder sees a well-formed sequence.
-        return ids[: self.max_input_tokens - 1] + ids[-1:]
+        return self.text.check_length(index, ids, truncate)
 
     async def embed(self, token_lists: Sequence[list[int]]) -> list[np.ndarray]:
         return await self.batcher.submit(list(token_lists))

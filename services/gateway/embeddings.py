@@ -7,14 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from services.embedding_service import EmbeddingService
 from services.gateway.schemas import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
+from services.registry import Embeddings
 from shared_engine.errors import InvalidRequest
 
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 
 
-def token_lists(service: EmbeddingService, body: EmbeddingRequest) -> list[list[int]]:
+def token_lists(service: Embeddings, body: EmbeddingRequest) -> list[list[int]]:
     raw: Any = body.input
     if isinstance(raw, str) or (raw and all(isinstance(x, int) for x in raw)):
         raw = [raw]
@@ -59,7 +59,7 @@ def encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
     return [float(x) for x in vector]
 
 
-async def create(service: EmbeddingService, body: EmbeddingRequest) -> EmbeddingList:
+async def create(service: Embeddings, body: EmbeddingRequest) -> EmbeddingList:
     if body.dimensions is not None and body.dimensions > service.dimensions:
         raise InvalidRequest(
             f"dimensions must be at most {service.dimensions} for this model, got {body.dimensions}",

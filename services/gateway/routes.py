@@ -24,6 +24,7 @@ from services.gateway.schemas import (
 )
 from services.gateway.sse import sse_response
 from services.registry import ModelRegistry
+from services.rpc.clients import RemoteTTSService
 from services.tts_service import TTSService
 
 Registry = NamedDependency[ModelRegistry]
@@ -62,7 +63,7 @@ class OpenAIController(Controller):
         for spec in registry.specs.values():
             service = registry.services.get(spec.name)
             max_len = service.max_model_len if service else None
-            voices = service.voices if isinstance(service, TTSService) else None
+            voices = service.voices if isinstance(service, TTSService | RemoteTTSService) else None
             cards.append(
                 ModelCard(spec.name, spec.task, registry.created, max_model_len=max_len, voices=voices)
             )

@@ -1,0 +1,55 @@
+"""The text side of an embedding model: its tokenizer and input window, without the weights.
+
+The gateway tokenizes (and refuses over-long inputs) with this alone when the model itself runs in
+another process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoConfig, AutoTokenizer
+
+from pipelines.embedding.pooling import read_recipe
+from shared_engine.errors import InvalidRequest
+
+
+class InputTooLong(InvalidRequest):
+    def __init__(self, index: int, tokens: int, limit: int) -> None:
+        super().__init__(
+            f"input {index} has {tokens} tokens, more than this model's limit of {limit}; shorten it or "
+            "send truncate: true",
+            param="input",
+        )
+
+
+class EmbeddingTokenizer:
+    def __init__(self, folder: Path) -> None:
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(folder)
+        config = AutoConfig.from_pretrained(folder)
+        window = int(config.max_position_embeddings)
+        recipe = read_recipe(folder)
+        self.max_input_tokens = min(recipe.max_seq_length or window, window)
+        self.dimensions = int(config.hidden_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.tokenizer.pad_token_id or 0)
+
+    def tokenize(self, texts: Sequence[str], truncate: bool = False) -> list[list[int]]:
+        encoded: list[list[int]] = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+        return [self.check_length(i, ids, truncate) for i, ids in enumerate(encoded)]
+
+    def check_length(self, index: int, ids: list[int], truncate: bool) -> list[int]:
+        if len(ids) <= self.max_input_tokens:
+            return ids
+        if not truncate:
+            raise InputTooLong(index, len(ids), self.max_input_tokens)
+        # Keep the closing special token ([SEP]) so the encoder sees a well-formed sequence.
+        return ids[: self.max_input_tokens - 1] + ids[-1:]

@@ -1,0 +1,75 @@
+"""Connections from the gateway to one task's workers: round-robin over their addresses (and over
+every replica a ``dns:///`` name resolves to), a deadline on every call, the next address tried when
+one is unavailable, and gRPC statuses turned back into the service layer's exceptions."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+
+from services.rpc import models_pb2, models_pb2_grpc
+from services.rpc.status import from_status
+
+MAX_MESSAGE_BYTES = 64 << 20
+CHANNEL_OPTIONS = [
+    ("grpc.lb_policy_name", "round_robin"),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.enable_retries", 1),
+    # A worker that comes back is used again within seconds (gRPC's default backoff grows to 120 s).
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
+class Channels:
+    def __init__(self, task: str, targets: Sequence[str], timeout_s: float) -> None:
+        if not targets:
+            raise ValueError(f"no addresses for the {task} service")
+        self.task = task
+        self.targets = tuple(targets)
+        self.timeout_s = timeout_s
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._turn = itertools.count()
+
+    def _channel(self, target: str) -> grpc.aio.Channel:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # an aio channel belongs to the loop that made it
+            self._channels, self._loop = {}, loop
+        if target not in self._channels:
+            self._channels[target] = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        return self._channels[target]
+
+    async def call(self, stub_class: Callable[[grpc.aio.Channel], Any], method: str, request: Any) -> Any:
+        """One unary call; an address that is down hands the call to the next one."""
+        start = next(self._turn)
+        for attempt in range(len(self.targets)):
+            target = self.targets[(start + attempt) % len(self.targets)]
+            rpc = getattr(stub_class(self._channel(target)), method)
+            try:
+                return await rpc(request, timeout=self.timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < len(self.targets):
+                    continue
+                metadata = tuple((str(k), str(v)) for k, v in (exc.trailing_metadata() or ()))
+                raise from_status(exc.code(), exc.details() or "", metadata, self.task) from None
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels = {}
+
+
+def list_models(targets: Sequence[str], timeout_s: float) -> list[Any]:
+    """The models a task's workers serve, waiting (up to ``timeout_s``) for one to come up."""
+    with grpc.insecure_channel(targets[0], options=CHANNEL_OPTIONS) as channel:
+        stub = models_pb2_grpc.ModelsStub(channel)
+        response = stub.List(models_pb2.ListModelsRequest(), timeout=timeout_s, wait_for_ready=True)
+        return list(response.models)

@@ -1,0 +1,168 @@
+"""gRPC servicers over the very service objects embedded mode uses (no second implementation)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Mapping
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from services.asr_service import ASRService
+from services.embedding_service import EmbeddingService
+from services.errors import ModelNotFound
+from services.rpc import (
+    asr_pb2,
+    asr_pb2_grpc,
+    embedding_pb2,
+    embedding_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    tts_pb2,
+    tts_pb2_grpc,
+    vision_pb2,
+    vision_pb2_grpc,
+)
+from services.rpc.status import to_status
+from services.tts_service import TTSService
+from services.vision_service import VisionService
+
+logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
+_S = TypeVar("_S")
+
+
+def _pick(services: Mapping[str, _S], model: str, task: str) -> _S:
+    service = services.get(model)
+    if service is None:
+        raise ModelNotFound(model, task)
+    return service
+
+
+async def _answer(context: grpc.aio.ServicerContext, work: Awaitable[_T]) -> _T:
+    """Await ``work``; an exception ends the call with the status that describes it."""
+    try:
+        return await work
+    except Exception as exc:
+        code, message, metadata = to_status(exc)
+        if code == grpc.StatusCode.INTERNAL:
+            logger.exception("request failed")
+        context.set_trailing_metadata(metadata)
+        await context.abort(code, message)
+        raise  # abort raises; this keeps type checkers sure the function never falls through
+
+
+def _vectors(vectors: list[np.ndarray]) -> list[bytes]:
+    return [np.asarray(v, dtype="<f4").tobytes() for v in vectors]
+
+
+class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServicer):
+    def __init__(self, services: Mapping[str, EmbeddingService]) -> None:
+        self.services = services
+
+    async def Embed(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            service = _pick(self.services, request.model, "embedding")
+            vectors = await service.embed([list(t.ids) for t in request.inputs])
+            return embedding_pb2.EmbedResponse(dimensions=service.dimensions, vectors=_vectors(vectors))
+
+        return await _answer(context, work())
+
+
+class VisionServicer(vision_pb2_grpc.VisionServicer):
+    def __init__(self, services: Mapping[str, VisionService]) -> None:
+        self.services = services
+
+    async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            service = _pick(self.services, request.model, "vision")
+            results = await service.classify(list(request.images), request.top_k)
+            return vision_pb2.ClassifyResponse(
+                results=[
+                    vision_pb2.Labels(
+                        labels=[vision_pb2.Label(index=x.index, label=x.label, score=x.score) for x in r]
+                    )
+                    for r in results
+                ]
+            )
+
+        return await _answer(context, work())
+
+    async def EmbedImages(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            service = _pick(self.services, request.model, "vision")
+            vectors = await service.embed_images(list(request.images))
+            return vision_pb2.EmbedImagesResponse(dimensions=service.dimensions, vectors=_vectors(vectors))
+
+        return await _answer(context, work())
+
+
+class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
+    def __init__(self, services: Mapping[str, ASRService]) -> None:
+        self.services = services
+
+    async def Transcribe(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            service = _pick(self.services, request.model, "asr")
+            result = await service.transcribe(
+                f"asr-{uuid.uuid4().hex}",
+                request.audio,
+                task=request.task,
+                language=request.language if request.HasField("language") else None,
+                prompt=request.prompt if request.HasField("prompt") else None,
+                temperature=request.temperature,
+            )
+            segments = [
+                asr_pb2.Segment(
+                    id=s.id, start=s.start, end=s.end, text=s.text, tokens=list(s.tokens),
+                    avg_logprob=s.avg_logprob, temperature=s.temperature, seek=s.seek,
+                )
+                for s in result.segments
+            ]  # fmt: skip
+            return asr_pb2.TranscribeResponse(
+                text=result.text, language=result.language, duration=result.duration, segments=segments
+            )
+
+        return await _answer(context, work())
+
+
+class SpeechSynthesisServicer(tts_pb2_grpc.SpeechSynthesisServicer):
+    def __init__(self, services: Mapping[str, TTSService]) -> None:
+        self.services = services
+
+    async def Synthesize(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            service = _pick(self.services, request.model, "tts")
+            voice = request.voice if request.HasField("voice") else None
+            audio, content_type = await service.speech(
+                request.input, voice, request.speed, request.response_format
+            )
+            return tts_pb2.SynthesizeResponse(
+                audio=audio, content_type=content_type, sample_rate=service.sample_rate
+            )
+
+        return await _answer(context, work())
+
+
+class ModelsServicer(models_pb2_grpc.ModelsServicer):
+    def __init__(self, services: Mapping[str, Any]) -> None:
+        self.services = services
+
+    async def List(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return models_pb2.ListModelsResponse(models=[model_info(s) for s in self.services.values()])
+
+
+def model_info(service: Any) -> Any:
+    info = models_pb2.ModelInfo(name=service.name, task=service.task)
+    if service.max_model_len is not None:
+        info.max_model_len = service.max_model_len
+    if isinstance(service, EmbeddingService | VisionService):
+        info.dimensions = service.dimensions
+    if isinstance(service, TTSService):
+        info.voices.extend(service.voices)
+        info.sample_rate = service.sample_rate
+    if isinstance(service, ASRService):
+        info.multilingual = service.multilingual
+    return info

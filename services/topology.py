@@ -1,0 +1,103 @@
+"""``python -m services.topology``: the distributed topology as local processes on loopback — one
+gRPC worker per task (or several replicas), then the gateway routed to them — for machines with no
+container engine (``make serve-distributed``). Ctrl-C or SIGTERM stops every process."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from services.settings import REMOTE_TASKS
+
+BASE_PORT = 50061
+
+
+@dataclass(frozen=True)
+class Worker:
+    task: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def plan(replicas: dict[str, int], base_port: int = BASE_PORT) -> list[Worker]:
+    workers: list[Worker] = []
+    for task in REMOTE_TASKS:
+        for _ in range(replicas.get(task, 1)):
+            workers.append(Worker(task, base_port + len(workers)))
+    return workers
+
+
+def endpoints(workers: list[Worker]) -> str:
+    by_task: dict[str, list[str]] = {}
+    for w in workers:
+        by_task.setdefault(w.task, []).append(w.address)
+    return ";".join(f"{task}={','.join(addresses)}" for task, addresses in by_task.items())
+
+
+def parse_replicas(items: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        task, _, count = item.partition("=")
+        if task not in REMOTE_TASKS or not count.isdigit() or int(count) < 1:
+            raise SystemExit(f"--replicas {item!r}: expected TASK=N with TASK in {', '.join(REMOTE_TASKS)}")
+        out[task] = int(count)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument(
+        "--replicas", nargs="*", default=[], metavar="TASK=N", help="workers per task (default 1)"
+    )
+    parser.add_argument("--base-port", type=int, default=BASE_PORT, help="first worker port")
+    args = parser.parse_args(argv)
+    workers = plan(parse_replicas(args.replicas), args.base_port)
+    procs: list[subprocess.Popen[bytes]] = []
+    for w in workers:
+        cmd = [
+            sys.executable,
+            "-m",
+            "services.worker",
+            "--task",
+            w.task,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(w.port),
+        ]
+        procs.append(subprocess.Popen(cmd))
+    env = {**os.environ, "MMSERVE_ENDPOINTS": endpoints(workers)}
+    print(f"workers: {env['MMSERVE_ENDPOINTS']}", flush=True)
+    gateway = subprocess.Popen([sys.executable, "-m", "services.serve"], env=env)
+    procs.append(gateway)
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not stopping and gateway.poll() is None:
+        time.sleep(0.5)
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    return gateway.returncode or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
