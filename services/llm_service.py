@@ -1,10 +1,11 @@
-"""The chat model service as the gateway sees it (in-process implementation)."""
+"""The chat model service as the gateway sees it: the text side (tokenizer, chat template, context
+checks), shared with the remote client, and the in-process engine."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
-from pipelines.llm import LLMPipeline, LLMPipelineConfig
+from pipelines.llm import ChatTokenizer, LLMPipeline, LLMPipelineConfig
 from services.model_config import ModelSpec
 from services.settings import Settings
 from shared_engine.async_engine import StepObserver
@@ -14,9 +15,45 @@ from shared_engine.outputs import RequestOutput
 from shared_engine.sampling_params import SamplingParams
 
 
-class LLMService:
-    task = "chat"
+class ChatText:
+    """What the gateway does with a chat model's text, wherever the model runs."""
 
+    task = "chat"
+    name: str
+    text: ChatTokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def vocab_size(self) -> int:
+        return self.text.vocab_size
+
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        return self.text.encode_chat(messages)
+
+    def encode(self, text: str) -> list[int]:
+        return self.text.encode(text)
+
+    def token_text(self, token_id: int) -> str:
+        return self.text.decode_token(token_id)
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.text.decode(token_ids)
+
+    def resolve_max_tokens(self, requested: int | None, num_prompt_tokens: int, prompt_field: str) -> int:
+        """Check that prompt + completion fit the context; with no request, OpenAI's default: all the
+        room the context leaves."""
+        max_tokens = self.max_model_len - num_prompt_tokens if requested is None else requested
+        if max_tokens < 1 or num_prompt_tokens + max_tokens > self.max_model_len:
+            raise ContextLengthExceeded(
+                num_prompt_tokens, max(max_tokens, 1), self.max_model_len, prompt_field
+            )
+        return max_tokens
+
+
+class LLMService(ChatText):
     def __init__(self, spec: ModelSpec, settings: Settings, on_step: StepObserver | None = None) -> None:
         self.spec = spec
         self.name = spec.name
@@ -28,40 +65,15 @@ class LLMService:
             engine=spec.engine.to_engine_config(),
         )
         self.pipeline = LLMPipeline(config, settings.model_cache_dir, on_step)
+        self.text = self.pipeline.text
 
     @property
     def max_model_len(self) -> int:
         return self.pipeline.max_model_len
 
     @property
-    def vocab_size(self) -> int:
-        return len(self.pipeline.tokenizer)
-
-    @property
     def is_alive(self) -> bool:
         return self.pipeline.is_alive
-
-    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        return self.pipeline.encode_chat(messages)
-
-    def encode(self, text: str) -> list[int]:
-        return self.pipeline.encode(text)
-
-    def token_text(self, token_id: int) -> str:
-        return self.pipeline.decode_token(token_id)
-
-    def decode(self, token_ids: list[int]) -> str:
-        return str(self.pipeline.tokenizer.decode(token_ids))
-
-    def resolve_max_tokens(self, requested: int | None, num_prompt_tokens: int, prompt_field: str) -> int:
-        """Check that prompt + completion fit the context; with no request, OpenAI's default: all the
-        room the context leaves."""
-        max_tokens = self.max_model_len - num_prompt_tokens if requested is None else requested
-        if max_tokens < 1 or num_prompt_tokens + max_tokens > self.max_model_len:
-            raise ContextLengthExceeded(
-                num_prompt_tokens, max(max_tokens, 1), self.max_model_len, prompt_field
-            )
-        return max_tokens
 
     def generate(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams

@@ -20,6 +20,7 @@ from services.rpc.clients import (
     REMOTE_SERVICES,
     RemoteASRService,
     RemoteEmbeddingService,
+    RemoteLLMService,
     RemoteTTSService,
     RemoteVisionService,
 )
@@ -33,7 +34,8 @@ Embeddings = EmbeddingService | RemoteEmbeddingService
 Vision = VisionService | RemoteVisionService
 Speech = ASRService | RemoteASRService
 Synthesis = TTSService | RemoteTTSService
-Service = LLMService | Embeddings | Vision | Speech | Synthesis
+Chat = LLMService | RemoteLLMService
+Service = Chat | Embeddings | Vision | Speech | Synthesis
 ServiceFactory = Callable[[ModelSpec], Service]
 
 
@@ -44,6 +46,8 @@ def remote_service(spec: ModelSpec, settings: Settings) -> Service:
     if spec.name not in infos:
         raise ModelNotFound(spec.name, spec.task)
     channels = Channels(spec.task, targets, settings.rpc_timeout_s)
+    if spec.task == "chat":
+        return RemoteLLMService(spec, channels, infos[spec.name], settings.model_cache_dir)
     return REMOTE_SERVICES[spec.task](spec, channels, infos[spec.name])  # type: ignore[return-value]
 
 
@@ -133,8 +137,8 @@ class ModelRegistry:
             raise ModelNotFound(name, task)
         return service
 
-    def chat(self, name: str) -> LLMService:
-        return cast(LLMService, self._typed(name, "chat", (LLMService,)))
+    def chat(self, name: str) -> Chat:
+        return cast(Chat, self._typed(name, "chat", (LLMService, RemoteLLMService)))
 
     def embedding(self, name: str) -> Embeddings:
         return cast(Embeddings, self._typed(name, "embedding", (EmbeddingService, RemoteEmbeddingService)))

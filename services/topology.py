@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from services.settings import REMOTE_TASKS
 
 BASE_PORT = 50061
+DEFAULT_REPLICAS = {"chat": 2}  # two LLM replicas: requests round-robin, and one may fail over
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class Worker:
 def plan(replicas: dict[str, int], base_port: int = BASE_PORT) -> list[Worker]:
     workers: list[Worker] = []
     for task in REMOTE_TASKS:
-        for _ in range(replicas.get(task, 1)):
+        for _ in range(replicas.get(task, DEFAULT_REPLICAS.get(task, 1))):
             workers.append(Worker(task, base_port + len(workers)))
     return workers
 

@@ -20,9 +20,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.model_config import load_model_specs
 from services.registry import create_service
-from services.rpc import asr_pb2_grpc, embedding_pb2_grpc, models_pb2_grpc, tts_pb2_grpc, vision_pb2_grpc
+from services.rpc import (
+    asr_pb2_grpc,
+    embedding_pb2_grpc,
+    llm_pb2_grpc,
+    models_pb2_grpc,
+    tts_pb2_grpc,
+    vision_pb2_grpc,
+)
 from services.rpc.servicers import (
     EmbeddingServicer,
+    LLMServicer,
     ModelsServicer,
     SpeechRecognitionServicer,
     SpeechSynthesisServicer,
@@ -39,6 +47,7 @@ GRACE_SECONDS = 10.0
 # task → (register the servicer on a server, the gRPC service name health reports on)
 _Register = Callable[[Any, grpc.aio.Server], None]
 SERVICERS: dict[str, tuple[Callable[[dict[str, Any]], Any], _Register, str]] = {
+    "chat": (LLMServicer, llm_pb2_grpc.add_LLMServicer_to_server, "mmserve.llm.LLM"),
     "embedding": (
         EmbeddingServicer, embedding_pb2_grpc.add_EmbeddingServicer_to_server, "mmserve.embedding.Embedding"
     ),

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+from transformers import AutoConfig, GenerationConfig
 
 from pipelines.llm.loader import prepare_model_folder
+from pipelines.llm.tokenizer import ChatTokenizer
 from shared_engine.async_engine import AsyncLLMEngine, StepObserver
 from shared_engine.config import EngineConfig
 from shared_engine.detokenizer import Tokenizer
@@ -68,7 +69,8 @@ class LLMPipeline:
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         hf_config = AutoConfig.from_pretrained(folder)
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.text = ChatTokenizer(folder, config.name)
+        self.tokenizer = self.text.tokenizer
         model = build_decoder(hf_config, iter_safetensors(folder), self.device, self.dtype)
         engine = LLMEngine(
             model,
@@ -84,23 +86,16 @@ class LLMPipeline:
 
     @property
     def has_chat_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
+        return self.text.has_chat_template
 
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        if not self.has_chat_template:
-            raise InvalidRequest(
-                f"model {self.name!r} has no chat template; use /v1/completions", param="model"
-            )
-        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-        # The template already spells out its special tokens.
-        return self.encode(str(text), add_special_tokens=False)
+        return self.text.encode_chat(messages)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        ids: list[int] = self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
-        return ids
+        return self.text.encode(text, add_special_tokens)
 
     def decode_token(self, token_id: int) -> str:
-        return str(self.tokenizer.decode([token_id]))
+        return self.text.decode_token(token_id)
 
     def generate(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams

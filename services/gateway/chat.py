@@ -26,7 +26,7 @@ from services.gateway.schemas import (
     ChatTokenLogprob,
     TopLogprob,
 )
-from services.llm_service import LLMService
+from services.registry import Chat
 from shared_engine.errors import InvalidRequest
 from shared_engine.outputs import RequestOutput, TokenLogprob
 
@@ -50,7 +50,7 @@ def message_dicts(messages: list[ChatMessage]) -> list[dict[str, str]]:
     return out
 
 
-def _logprobs(service: LLMService, items: list[TokenLogprob]) -> ChatLogprobs:
+def _logprobs(service: Chat, items: list[TokenLogprob]) -> ChatLogprobs:
     def entry(token_id: int, logprob: float) -> TopLogprob:
         text = service.token_text(token_id)
         return TopLogprob(token=text, logprob=logprob, bytes=list(text.encode()))
@@ -63,7 +63,7 @@ def _logprobs(service: LLMService, items: list[TokenLogprob]) -> ChatLogprobs:
     return ChatLogprobs(content=content)
 
 
-async def create(service: LLMService, body: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[bytes]:
+async def create(service: Chat, body: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[bytes]:
     if body.top_logprobs is not None and not body.logprobs:
         raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
     prompt_ids = service.encode_chat(message_dicts(body.messages))
@@ -98,7 +98,7 @@ async def create(service: LLMService, body: ChatCompletionRequest) -> ChatComple
 
 
 async def _stream(
-    service: LLMService,
+    service: Chat,
     body: ChatCompletionRequest,
     chunk: ChunkWriter,
     streams: list[AsyncIterator[RequestOutput]],

@@ -18,12 +18,12 @@ from services.gateway.generation import (
     wants_usage,
 )
 from services.gateway.schemas import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
-from services.llm_service import LLMService
+from services.registry import Chat
 from shared_engine.errors import InvalidRequest
 from shared_engine.outputs import RequestOutput, TokenLogprob
 
 
-def prompt_token_lists(service: LLMService, prompt: str | list[Any]) -> list[list[int]]:
+def prompt_token_lists(service: Chat, prompt: str | list[Any]) -> list[list[int]]:
     """Normalise OpenAI's four prompt forms (text, texts, token ids, lists of token ids)."""
     if isinstance(prompt, str):
         prompts: list[Any] = [prompt]
@@ -52,7 +52,7 @@ def prompt_token_lists(service: LLMService, prompt: str | list[Any]) -> list[lis
     return out
 
 
-def _logprobs(service: LLMService, items: list[TokenLogprob], start_offset: int) -> CompletionLogprobs:
+def _logprobs(service: Chat, items: list[TokenLogprob], start_offset: int) -> CompletionLogprobs:
     tokens, values, offsets, tops = [], [], [], []
     offset = start_offset
     for lp in items:
@@ -65,7 +65,7 @@ def _logprobs(service: LLMService, items: list[TokenLogprob], start_offset: int)
     return CompletionLogprobs(tokens=tokens, token_logprobs=values, top_logprobs=tops, text_offset=offsets)
 
 
-async def create(service: LLMService, body: CompletionRequest) -> Completion | AsyncIterator[bytes]:
+async def create(service: Chat, body: CompletionRequest) -> Completion | AsyncIterator[bytes]:
     if body.suffix:
         raise InvalidRequest("suffix is not supported by this server", param="suffix")
     prompts = prompt_token_lists(service, body.prompt)
@@ -104,7 +104,7 @@ async def create(service: LLMService, body: CompletionRequest) -> Completion | A
 
 
 async def _stream(
-    service: LLMService,
+    service: Chat,
     body: CompletionRequest,
     chunk: ChunkWriter,
     streams: list[AsyncIterator[RequestOutput]],

@@ -12,7 +12,7 @@ from typing import Any
 
 from services.gateway.schemas import PromptTokensDetails, SamplingFields, Usage
 from services.gateway.sse import event
-from services.llm_service import LLMService
+from services.registry import Chat
 from shared_engine.errors import InvalidRequest
 from shared_engine.outputs import RequestOutput, TokenLogprob
 from shared_engine.sampling_params import SamplingParams
@@ -70,7 +70,7 @@ async def _prepend(first: RequestOutput, rest: AsyncIterator[RequestOutput]) -> 
 
 
 async def start_choices(
-    service: LLMService, request_id: str, choices: list[ChoiceSpec]
+    service: Chat, request_id: str, choices: list[ChoiceSpec]
 ) -> list[AsyncIterator[RequestOutput]]:
     """Submit every choice and wait for its first output, so that a request the engine refuses is
     answered with a 4xx before any byte of a stream is sent."""

@@ -14,8 +14,7 @@ from services.gateway.generation import ChoiceSpec, new_id, start_choices
 from services.gateway.retrieval_schemas import Citation, RagRequest, RagResponse
 from services.gateway.schemas import PromptTokensDetails, Usage
 from services.gateway.sse import event
-from services.llm_service import LLMService
-from services.registry import ModelRegistry
+from services.registry import Chat, ModelRegistry
 from shared_engine.outputs import RequestOutput
 from shared_engine.sampling_params import SamplingParams
 
@@ -63,7 +62,7 @@ def nothing_found(collection: str) -> str:
 
 
 async def _generate(
-    service: LLMService, body: RagRequest, hits: list[SearchResult]
+    service: Chat, body: RagRequest, hits: list[SearchResult]
 ) -> AsyncIterator[RequestOutput]:
     """Submit the prompt and wait for its first output, so an engine refusal is a 4xx before any
     byte of a stream is sent; the returned iterator starts with that first output."""
@@ -74,7 +73,7 @@ async def _generate(
     return stream
 
 
-def _chat_service(registry: ModelRegistry, model: str | None) -> LLMService:
+def _chat_service(registry: ModelRegistry, model: str | None) -> Chat:
     if model is not None:
         return registry.chat(model)
     names = [s.name for s in registry.specs.values() if s.task == "chat"]

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.errors import ServiceUnavailable
 from services.rpc import models_pb2, models_pb2_grpc
 from services.rpc.status import from_status
 
@@ -61,6 +64,31 @@ class Channels:
                 raise from_status(exc.code(), exc.details() or "", metadata, self.task) from None
         raise AssertionError("unreachable")
 
+    async def stream(
+        self, stub_class: Callable[[grpc.aio.Channel], Any], method: str, request: Any
+    ) -> AsyncIterator[Any]:
+        """A server-streaming call. Until its first message arrives the call may move to the next
+        address (nothing was produced yet, so nothing is lost or repeated); after that, a failure
+        ends the stream. Closing the iterator cancels the call, which aborts the worker's request."""
+        start = next(self._turn)
+        for attempt in range(len(self.targets)):
+            target = self.targets[(start + attempt) % len(self.targets)]
+            call = getattr(stub_class(self._channel(target)), method)(request, timeout=self.timeout_s)
+            started = False
+            try:
+                async for message in call:
+                    started = True
+                    yield message
+                return
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                if code == grpc.StatusCode.UNAVAILABLE and not started and attempt + 1 < len(self.targets):
+                    continue
+                metadata = tuple((str(k), str(v)) for k, v in (exc.trailing_metadata() or ()))
+                raise from_status(code, exc.details() or "", metadata, self.task) from None
+            finally:
+                call.cancel()  # a no-op once the call has finished
+
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()
@@ -68,8 +96,20 @@ class Channels:
 
 
 def list_models(targets: Sequence[str], timeout_s: float) -> list[Any]:
-    """The models a task's workers serve, waiting (up to ``timeout_s``) for one to come up."""
+    """The models a task's workers serve, waiting (up to ``timeout_s``) until one has loaded them
+    (its health service says SERVING)."""
+    deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(targets[0], options=CHANNEL_OPTIONS) as channel:
-        stub = models_pb2_grpc.ModelsStub(channel)
-        response = stub.List(models_pb2.ListModelsRequest(), timeout=timeout_s, wait_for_ready=True)
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ServiceUnavailable(
+                    f"no worker at {', '.join(targets)} became ready in {timeout_s:.0f} s"
+                )
+            reply = health.Check(health_pb2.HealthCheckRequest(), timeout=left, wait_for_ready=True)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                break
+            time.sleep(0.5)
+        response = models_pb2_grpc.ModelsStub(channel).List(models_pb2.ListModelsRequest(), timeout=timeout_s)
         return list(response.models)

@@ -4,29 +4,39 @@ workers hold the weights."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipelines.asr import Segment, Transcription
 from pipelines.embedding import EmbeddingTokenizer
+from pipelines.llm import ChatTokenizer
+from pipelines.llm.loader import prepare_model_folder
 from pipelines.sources import resolve_source
 from pipelines.tts import check_format
 from pipelines.vision import Label
 from services.errors import ModelNotFound
+from services.llm_service import ChatText
 from services.model_config import ModelSpec
 from services.rpc import (
     asr_pb2,
     asr_pb2_grpc,
     embedding_pb2,
     embedding_pb2_grpc,
+    llm_pb2,
+    llm_pb2_grpc,
     tts_pb2,
     tts_pb2_grpc,
     vision_pb2,
     vision_pb2_grpc,
 )
 from services.rpc.channels import Channels
+from services.rpc.llm_codec import output_from_proto, params_to_proto
+from shared_engine.errors import InvalidRequest
+from shared_engine.outputs import RequestOutput
+from shared_engine.sampling_params import SamplingParams
 
 
 def _vectors(blobs: Sequence[bytes]) -> list[np.ndarray]:
@@ -159,7 +169,34 @@ class RemoteTTSService(_Remote):
         return bytes(response.audio), str(response.content_type)
 
 
+class RemoteLLMService(_Remote, ChatText):
+    task = "chat"
+
+    def __init__(self, spec: ModelSpec, channels: Channels, info: Any, cache_dir: Path) -> None:
+        super().__init__(spec, channels, info)
+        self.text = ChatTokenizer(prepare_model_folder(spec.source, cache_dir), spec.name)
+
+    @property
+    def max_model_len(self) -> int:
+        return int(self.info.max_model_len)
+
+    async def generate(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[RequestOutput]:
+        if not prompt_token_ids:
+            raise InvalidRequest("the prompt is empty", param="prompt")
+        request = llm_pb2.GenerateRequest(
+            model=self.name,
+            request_id=request_id,
+            prompt_token_ids=prompt_token_ids,
+            params=params_to_proto(params),
+        )
+        async for message in self.channels.stream(llm_pb2_grpc.LLMStub, "Generate", request):
+            yield output_from_proto(message, request_id)
+
+
 REMOTE_SERVICES: dict[str, type[_Remote]] = {
+    "chat": RemoteLLMService,
     "embedding": RemoteEmbeddingService,
     "vision": RemoteVisionService,
     "asr": RemoteASRService,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -13,11 +13,13 @@ import numpy as np
 from services.asr_service import ASRService
 from services.embedding_service import EmbeddingService
 from services.errors import ModelNotFound
+from services.llm_service import LLMService
 from services.rpc import (
     asr_pb2,
     asr_pb2_grpc,
     embedding_pb2,
     embedding_pb2_grpc,
+    llm_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
     tts_pb2,
@@ -25,6 +27,7 @@ from services.rpc import (
     vision_pb2,
     vision_pb2_grpc,
 )
+from services.rpc.llm_codec import output_to_proto, params_from_proto
 from services.rpc.status import to_status
 from services.tts_service import TTSService
 from services.vision_service import VisionService
@@ -46,16 +49,37 @@ async def _answer(context: grpc.aio.ServicerContext, work: Awaitable[_T]) -> _T:
     try:
         return await work
     except Exception as exc:
-        code, message, metadata = to_status(exc)
-        if code == grpc.StatusCode.INTERNAL:
-            logger.exception("request failed")
-        context.set_trailing_metadata(metadata)
-        await context.abort(code, message)
+        await _fail(context, exc)
         raise  # abort raises; this keeps type checkers sure the function never falls through
 
 
 def _vectors(vectors: list[np.ndarray]) -> list[bytes]:
     return [np.asarray(v, dtype="<f4").tobytes() for v in vectors]
+
+
+async def _fail(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    code, message, metadata = to_status(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        logger.error("request failed", exc_info=exc)
+    context.set_trailing_metadata(metadata)
+    await context.abort(code, message)
+
+
+class LLMServicer(llm_pb2_grpc.LLMServicer):
+    def __init__(self, services: Mapping[str, LLMService]) -> None:
+        self.services = services
+
+    async def Generate(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        # A cancelled call (the client went away) cancels this generator, and closing the engine
+        # stream aborts the request in the engine, freeing its KV blocks.
+        try:
+            service = _pick(self.services, request.model, "chat")
+            params = params_from_proto(request.params)
+            stream = service.generate(request.request_id, list(request.prompt_token_ids), params)
+            async for out in stream:
+                yield output_to_proto(out)
+        except Exception as exc:
+            await _fail(context, exc)
 
 
 class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServicer):

@@ -1,0 +1,47 @@
+"""The text side of a chat model: tokenizer and chat template, without the weights.
+
+The gateway tokenizes with this alone when the model itself runs in another process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoTokenizer
+
+from shared_engine.errors import InvalidRequest
+
+
+class ChatTokenizer:
+    def __init__(self, folder: Path, model_name: str) -> None:
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(folder)
+        self.model_name = model_name
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        if not self.has_chat_template:
+            raise InvalidRequest(
+                f"model {self.model_name!r} has no chat template; use /v1/completions", param="model"
+            )
+        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        # The template already spells out its special tokens.
+        return self.encode(str(text), add_special_tokens=False)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        ids: list[int] = self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+        return ids
+
+    def decode_token(self, token_id: int) -> str:
+        return str(self.tokenizer.decode([token_id]))
+
+    def decode(self, token_ids: list[int]) -> str:
+        return str(self.tokenizer.decode(token_ids))

@@ -1,0 +1,79 @@
+"""Sampling parameters and engine outputs to and from their gRPC messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.rpc import llm_pb2
+from shared_engine.errors import InvalidRequest
+from shared_engine.outputs import FinishReason, RequestOutput, TokenLogprob
+from shared_engine.sampling_params import SamplingParams
+
+
+def params_to_proto(p: SamplingParams) -> Any:
+    return llm_pb2.SamplingParams(
+        max_tokens=p.max_tokens,
+        temperature=p.temperature,
+        top_p=p.top_p,
+        top_k=p.top_k,
+        seed=None if p.seed is None else str(p.seed),
+        stop=list(p.stop),
+        stop_token_ids=list(p.stop_token_ids),
+        ignore_eos=p.ignore_eos,
+        logprobs=p.logprobs,
+        skip_special_tokens=p.skip_special_tokens,
+    )
+
+
+def params_from_proto(m: Any) -> SamplingParams:
+    try:
+        return SamplingParams(
+            max_tokens=m.max_tokens,
+            temperature=m.temperature,
+            top_p=m.top_p,
+            top_k=m.top_k,
+            seed=int(m.seed) if m.HasField("seed") else None,
+            stop=tuple(m.stop),
+            stop_token_ids=tuple(m.stop_token_ids),
+            ignore_eos=m.ignore_eos,
+            logprobs=m.logprobs if m.HasField("logprobs") else None,
+            skip_special_tokens=m.skip_special_tokens,
+        )
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+def output_to_proto(out: RequestOutput) -> Any:
+    return llm_pb2.GenerateOutput(
+        text=out.text,
+        token_ids=out.token_ids,
+        num_prompt_tokens=out.num_prompt_tokens,
+        num_output_tokens=out.num_output_tokens,
+        num_cached_tokens=out.num_cached_tokens,
+        logprobs=[
+            llm_pb2.TokenLogprob(
+                token_id=lp.token_id,
+                logprob=lp.logprob,
+                top_token_ids=[t for t, _ in lp.top],
+                top_logprobs=[v for _, v in lp.top],
+            )
+            for lp in out.logprobs
+        ],
+        finish_reason=out.finish_reason.value if out.finish_reason else "",
+    )
+
+
+def output_from_proto(m: Any, request_id: str) -> RequestOutput:
+    return RequestOutput(
+        request_id=request_id,
+        text=m.text,
+        token_ids=list(m.token_ids),
+        num_prompt_tokens=m.num_prompt_tokens,
+        num_output_tokens=m.num_output_tokens,
+        num_cached_tokens=m.num_cached_tokens,
+        logprobs=[
+            TokenLogprob(lp.token_id, lp.logprob, tuple(zip(lp.top_token_ids, lp.top_logprobs, strict=True)))
+            for lp in m.logprobs
+        ],
+        finish_reason=FinishReason(m.finish_reason) if m.finish_reason else None,
+    )
