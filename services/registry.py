@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from retrieval.collections import Collections, Embedder, ImageEmbedder
 from services.asr_service import ASRService
+from services.collections_service import CollectionsAPI, LocalCollections
 from services.embedding_service import EmbeddingService
 from services.errors import ModelNotFound, ServiceUnavailable
 from services.llm_service import LLMService
@@ -24,6 +25,7 @@ from services.rpc.clients import (
     RemoteTTSService,
     RemoteVisionService,
 )
+from services.rpc.retrieval_rpc import RemoteCollections
 from services.settings import Settings
 from services.tts_service import TTSService
 from services.vision_service import VisionService
@@ -51,6 +53,13 @@ def remote_service(spec: ModelSpec, settings: Settings) -> Service:
     return REMOTE_SERVICES[spec.task](spec, channels, infos[spec.name])  # type: ignore[return-value]
 
 
+def remote_collections(settings: Settings) -> CollectionsAPI:
+    """The retrieval worker's collections, once it is ready."""
+    targets = settings.endpoints["retrieval"]
+    list_models(targets, settings.rpc_timeout_s)
+    return RemoteCollections(Channels("retrieval", targets, settings.rpc_timeout_s))
+
+
 def create_service(spec: ModelSpec, settings: Settings) -> Service:
     """The service for a model: in-process, or its workers' when endpoints name its task."""
     if spec.task in settings.endpoints:
@@ -70,14 +79,21 @@ class ModelRegistry:
     """Holds one service per configured model; loads them in the background so /health answers at
     once and /ready turns 200 only when every model is loaded."""
 
-    def __init__(self, specs: list[ModelSpec], factory: ServiceFactory, data_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        specs: list[ModelSpec],
+        factory: ServiceFactory,
+        data_dir: Path | None = None,
+        remote_collections: Callable[[], CollectionsAPI] | None = None,
+    ) -> None:
         self.specs = {s.name: s for s in specs}
         self.factory = factory
         self.services: dict[str, Service] = {}
         self.load_error: BaseException | None = None
         self.created = int(time.time())
         self.data_dir = data_dir
-        self._collections: Collections | None = None
+        self._collections: CollectionsAPI | None = None
+        self.remote_collections = remote_collections
         self._loaded = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -89,14 +105,18 @@ class ModelRegistry:
         try:
             for spec in self.specs.values():
                 self.services[spec.name] = self.factory(spec)
+            if self.remote_collections is not None:
+                self._collections = self.remote_collections()
+                return
             embedders: dict[str, Embedder | ImageEmbedder] = {
-                name: s
+                name: s  # type: ignore[misc]
                 for name, s in self.services.items()
-                if isinstance(s, EmbeddingService | VisionService)
+                if s.task in ("embedding", "vision")
             }
             if self.data_dir is not None and embedders:
-                texts = [n for n, s in self.services.items() if isinstance(s, EmbeddingService)]
-                self._collections = Collections(self.data_dir, embedders, texts[0] if texts else None)
+                texts = [n for n, s in self.services.items() if s.task == "embedding"]
+                store = Collections(self.data_dir, embedders, texts[0] if texts else None)
+                self._collections = LocalCollections(store)
         except BaseException as exc:
             logger.exception("loading models failed")
             self.load_error = exc
@@ -160,7 +180,7 @@ class ModelRegistry:
         raise ModelNotFound("", task)
 
     @property
-    def collections(self) -> Collections:
+    def collections(self) -> CollectionsAPI:
         if self._collections is None:
             if self.data_dir is None or (self._loaded.is_set() and self.load_error is None):
                 raise ServiceUnavailable("retrieval needs an embedding model; none is configured")

@@ -8,13 +8,14 @@ import uvicorn
 
 from services.gateway.app import create_app
 from services.model_config import load_model_specs
-from services.registry import ModelRegistry, create_service
+from services.registry import ModelRegistry, create_service, remote_collections
 from services.settings import Settings
 
 
 def build_registry(settings: Settings) -> ModelRegistry:
     specs = load_model_specs(settings.models_config)
-    return ModelRegistry(specs, lambda spec: create_service(spec, settings), settings.data_dir)
+    remote = (lambda: remote_collections(settings)) if "retrieval" in settings.endpoints else None
+    return ModelRegistry(specs, lambda spec: create_service(spec, settings), settings.data_dir, remote)
 
 
 def main() -> None:

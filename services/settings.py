@@ -65,7 +65,7 @@ class Settings:
         )
 
 
-REMOTE_TASKS = ("chat", "embedding", "vision", "asr", "tts")
+REMOTE_TASKS = ("chat", "embedding", "vision", "asr", "tts", "retrieval")
 
 
 def parse_endpoints(text: str) -> dict[str, tuple[str, ...]]:

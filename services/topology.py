@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,11 +29,19 @@ class Worker:
         return f"127.0.0.1:{self.port}"
 
 
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def plan(replicas: dict[str, int], base_port: int = BASE_PORT) -> list[Worker]:
+    """Workers per task and their ports: consecutive from ``base_port``, or free ones when it is 0."""
     workers: list[Worker] = []
     for task in REMOTE_TASKS:
         for _ in range(replicas.get(task, DEFAULT_REPLICAS.get(task, 1))):
-            workers.append(Worker(task, base_port + len(workers)))
+            workers.append(Worker(task, base_port + len(workers) if base_port else free_port()))
     return workers
 
 
@@ -58,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--replicas", nargs="*", default=[], metavar="TASK=N", help="workers per task (default 1)"
     )
-    parser.add_argument("--base-port", type=int, default=BASE_PORT, help="first worker port")
+    parser.add_argument("--base-port", type=int, default=BASE_PORT, help="first worker port (0: free ports)")
     args = parser.parse_args(argv)
     workers = plan(parse_replicas(args.replicas), args.base_port)
     procs: list[subprocess.Popen[bytes]] = []

@@ -13,11 +13,14 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from retrieval.collections import Collections
+from services.collections_service import LocalCollections
 from services.model_config import load_model_specs
 from services.registry import create_service
 from services.rpc import (
@@ -25,9 +28,11 @@ from services.rpc import (
     embedding_pb2_grpc,
     llm_pb2_grpc,
     models_pb2_grpc,
+    retrieval_pb2_grpc,
     tts_pb2_grpc,
     vision_pb2_grpc,
 )
+from services.rpc.retrieval_rpc import RetrievalServicer
 from services.rpc.servicers import (
     EmbeddingServicer,
     LLMServicer,
@@ -44,24 +49,34 @@ DEFAULT_PORT = 50051
 MAX_MESSAGE_BYTES = 64 << 20  # uploads (audio, images) and answers (audio) travel whole
 GRACE_SECONDS = 10.0
 
-# task → (register the servicer on a server, the gRPC service name health reports on)
 _Register = Callable[[Any, grpc.aio.Server], None]
-SERVICERS: dict[str, tuple[Callable[[dict[str, Any]], Any], _Register, str]] = {
-    "chat": (LLMServicer, llm_pb2_grpc.add_LLMServicer_to_server, "mmserve.llm.LLM"),
-    "embedding": (
-        EmbeddingServicer, embedding_pb2_grpc.add_EmbeddingServicer_to_server, "mmserve.embedding.Embedding"
-    ),
-    "vision": (VisionServicer, vision_pb2_grpc.add_VisionServicer_to_server, "mmserve.vision.Vision"),
-    "asr": (
-        SpeechRecognitionServicer, asr_pb2_grpc.add_SpeechRecognitionServicer_to_server,
-        "mmserve.asr.SpeechRecognition",
-    ),
-    "tts": (
-        SpeechSynthesisServicer, tts_pb2_grpc.add_SpeechSynthesisServicer_to_server,
-        "mmserve.tts.SpeechSynthesis",
-    ),
-}  # fmt: skip
-TASKS = tuple(SERVICERS)
+# task → (the gRPC service name health reports on, how to add a servicer to a server)
+SERVICES: dict[str, tuple[str, _Register]] = {
+    "chat": ("mmserve.llm.LLM", llm_pb2_grpc.add_LLMServicer_to_server),
+    "embedding": ("mmserve.embedding.Embedding", embedding_pb2_grpc.add_EmbeddingServicer_to_server),
+    "retrieval": ("mmserve.retrieval.Retrieval", retrieval_pb2_grpc.add_RetrievalServicer_to_server),
+    "vision": ("mmserve.vision.Vision", vision_pb2_grpc.add_VisionServicer_to_server),
+    "asr": ("mmserve.asr.SpeechRecognition", asr_pb2_grpc.add_SpeechRecognitionServicer_to_server),
+    "tts": ("mmserve.tts.SpeechSynthesis", tts_pb2_grpc.add_SpeechSynthesisServicer_to_server),
+}
+
+
+def build_servicer(task: str, services: dict[str, Any], settings: Settings) -> Any:
+    if task == "retrieval":
+        texts = [name for name, s in services.items() if s.task == "embedding"]
+        store = Collections(settings.data_dir, services, texts[0] if texts else None)
+        return RetrievalServicer(LocalCollections(store))
+    servicers: dict[str, Callable[[dict[str, Any]], Any]] = {
+        "chat": LLMServicer,
+        "embedding": EmbeddingServicer,
+        "vision": VisionServicer,
+        "asr": SpeechRecognitionServicer,
+        "tts": SpeechSynthesisServicer,
+    }
+    return servicers[task](services)
+
+
+TASKS = tuple(SERVICES)
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -69,14 +84,17 @@ SERVER_OPTIONS = [
 
 
 def load_services(task: str, settings: Settings) -> dict[str, Any]:
-    specs = [s for s in load_model_specs(settings.models_config) if s.task == task]
+    """The task's models; for retrieval, the embedding and vision models its collections embed with
+    (in-process, or those services' workers when MMSERVE_ENDPOINTS names them)."""
+    tasks = ("embedding", "vision") if task == "retrieval" else (task,)
+    specs = [s for s in load_model_specs(settings.models_config) if s.task in tasks]
     if not specs:
         raise SystemExit(f"{settings.models_config} configures no {task} model")
     return {spec.name: create_service(spec, settings) for spec in specs}
 
 
 async def serve(task: str, host: str, port: int, settings: Settings) -> None:
-    make_servicer, register, service_name = SERVICERS[task]
+    service_name, register = SERVICES[task]
     server = grpc.aio.server(options=SERVER_OPTIONS)
     status = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(status, server)
@@ -87,7 +105,8 @@ async def serve(task: str, host: str, port: int, settings: Settings) -> None:
     await server.start()
     logger.info("%s worker listening on %s, loading models", task, address)
     services = await asyncio.to_thread(load_services, task, settings)
-    register(make_servicer(services), server)
+    servicer = build_servicer(task, services, settings)
+    register(servicer, server)
     models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(services), server)
     for name in ("", service_name):
         await status.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -101,6 +120,8 @@ async def serve(task: str, host: str, port: int, settings: Settings) -> None:
     logger.info("%s worker stopping: finishing running calls (up to %.0f s)", task, GRACE_SECONDS)
     await status.enter_graceful_shutdown()
     await server.stop(GRACE_SECONDS)
+    if isinstance(servicer, RetrievalServicer):
+        servicer.close()  # saves the indexes and closes the store
     for service in services.values():
         service.shutdown()
 
@@ -112,6 +133,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
+    # A worker serves its own task in-process; other tasks' endpoints (the retrieval worker's embedders)
+    # stay remote.
+    settings = replace(settings, endpoints={k: v for k, v in settings.endpoints.items() if k != args.task})
     logging.basicConfig(
         level=settings.log_level.upper(),
         format=f"%(asctime)s %(levelname)s {args.task} %(name)s: %(message)s",

@@ -10,7 +10,7 @@ from litestar.response import Stream
 from pipelines.vision import decode_base64_image
 from retrieval.chunking import ChunkingConfig
 from retrieval.collections import DocumentInput
-from retrieval.store import CollectionRecord
+from services.collections_service import CollectionSummary
 from services.gateway import rag
 from services.gateway.retrieval_schemas import (
     AddDocumentsRequest,
@@ -33,11 +33,12 @@ from shared_engine.errors import InvalidRequest
 Registry = NamedDependency[ModelRegistry]
 
 
-def _info(registry: ModelRegistry, r: CollectionRecord) -> CollectionInfo:
-    count = registry.collections.store.count_documents(r.name)
+def _info(summary: CollectionSummary) -> CollectionInfo:
+    r = summary.record
     return CollectionInfo(
-        r.name, r.model, r.index_kind, r.dimensions, r.chunk_tokens, r.overlap_tokens, count, int(r.created)
-    )
+        r.name, r.model, r.index_kind, r.dimensions, r.chunk_tokens, r.overlap_tokens, summary.documents,
+        int(r.created),
+    )  # fmt: skip
 
 
 def _image(data: str | None) -> bytes | None:
@@ -54,20 +55,19 @@ class CollectionsController(Controller):
             chunking = ChunkingConfig(data.chunk_tokens, data.overlap_tokens)
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="overlap_tokens") from None
-        record = registry.collections.create(data.name, data.model, data.index, chunking)
-        return _info(registry, record)
+        return _info(await registry.collections.create(data.name, data.model, data.index, chunking))
 
     @get("/", summary="List collections")
     async def list_all(self, registry: Registry) -> CollectionList:
-        return CollectionList([_info(registry, r) for r in registry.collections.records()])
+        return CollectionList([_info(s) for s in await registry.collections.list_all()])
 
     @get("/{name:str}", summary="One collection")
     async def show(self, name: FromPath[str], registry: Registry) -> CollectionInfo:
-        return _info(registry, registry.collections.record(name))
+        return _info(await registry.collections.show(name))
 
     @delete("/{name:str}", status_code=200, summary="Drop a collection with its documents and index")
     async def drop(self, name: FromPath[str], registry: Registry) -> Deleted:
-        registry.collections.drop(name)
+        await registry.collections.drop(name)
         return Deleted(id=name)
 
     @post("/{name:str}/documents", status_code=200, summary="Add documents (durable before the answer)")
@@ -82,7 +82,7 @@ class CollectionsController(Controller):
     async def get_document(
         self, name: FromPath[str], doc_id: FromPath[str], registry: Registry
     ) -> DocumentOut:
-        doc = registry.collections.get(name, doc_id)
+        doc = await registry.collections.get(name, doc_id)
         return DocumentOut(doc.id, name, doc.text, doc.metadata, doc.num_chunks)
 
     @delete(

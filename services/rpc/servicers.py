@@ -44,7 +44,7 @@ def _pick(services: Mapping[str, _S], model: str, task: str) -> _S:
     return service
 
 
-async def _answer(context: grpc.aio.ServicerContext, work: Awaitable[_T]) -> _T:
+async def answer(context: grpc.aio.ServicerContext, work: Awaitable[_T]) -> _T:
     """Await ``work``; an exception ends the call with the status that describes it."""
     try:
         return await work
@@ -92,7 +92,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServicer):
             vectors = await service.embed([list(t.ids) for t in request.inputs])
             return embedding_pb2.EmbedResponse(dimensions=service.dimensions, vectors=_vectors(vectors))
 
-        return await _answer(context, work())
+        return await answer(context, work())
 
 
 class VisionServicer(vision_pb2_grpc.VisionServicer):
@@ -112,7 +112,7 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
                 ]
             )
 
-        return await _answer(context, work())
+        return await answer(context, work())
 
     async def EmbedImages(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
@@ -120,7 +120,7 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
             vectors = await service.embed_images(list(request.images))
             return vision_pb2.EmbedImagesResponse(dimensions=service.dimensions, vectors=_vectors(vectors))
 
-        return await _answer(context, work())
+        return await answer(context, work())
 
 
 class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
@@ -149,7 +149,7 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
                 text=result.text, language=result.language, duration=result.duration, segments=segments
             )
 
-        return await _answer(context, work())
+        return await answer(context, work())
 
 
 class SpeechSynthesisServicer(tts_pb2_grpc.SpeechSynthesisServicer):
@@ -167,7 +167,7 @@ class SpeechSynthesisServicer(tts_pb2_grpc.SpeechSynthesisServicer):
                 audio=audio, content_type=content_type, sample_rate=service.sample_rate
             )
 
-        return await _answer(context, work())
+        return await answer(context, work())
 
 
 class ModelsServicer(models_pb2_grpc.ModelsServicer):

@@ -1,5 +1,5 @@
-"""Errors across the gRPC boundary: a service's exception → a gRPC status (with the details the
-gateway needs in trailing metadata) → the same exception again on the gateway's side, where the one
+"""Errors across the gRPC boundary: a service's exception → a gRPC status (with the exception's kind
+and parameter in trailing metadata) → the same exception again on the gateway's side, where the one
 HTTP mapping (services.gateway.errors) answers it."""
 
 from __future__ import annotations
@@ -8,44 +8,55 @@ import grpc
 
 from retrieval.errors import CollectionExists, CollectionNotFound, DocumentNotFound
 from services.errors import DeadlineExceeded, ModelNotFound, ServiceUnavailable
-from shared_engine.errors import EngineDead, InvalidRequest, PayloadTooLarge
+from shared_engine.errors import ContextLengthExceeded, EngineDead, InvalidRequest, PayloadTooLarge
 
 KIND_KEY = "mmserve-error-kind"
 PARAM_KEY = "mmserve-error-param"
 
 Metadata = tuple[tuple[str, str], ...]
 
+# Most specific first: the first class an exception is an instance of names its kind.
+_KINDS: list[tuple[str, type[Exception], grpc.StatusCode]] = [
+    ("too_large", PayloadTooLarge, grpc.StatusCode.INVALID_ARGUMENT),
+    ("context_length", ContextLengthExceeded, grpc.StatusCode.INVALID_ARGUMENT),
+    ("invalid", InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    ("model_not_found", ModelNotFound, grpc.StatusCode.NOT_FOUND),
+    ("collection_not_found", CollectionNotFound, grpc.StatusCode.NOT_FOUND),
+    ("document_not_found", DocumentNotFound, grpc.StatusCode.NOT_FOUND),
+    ("collection_exists", CollectionExists, grpc.StatusCode.ALREADY_EXISTS),
+    ("unavailable", ServiceUnavailable, grpc.StatusCode.UNAVAILABLE),
+    ("engine_dead", EngineDead, grpc.StatusCode.UNAVAILABLE),
+]
+
 
 def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, Metadata]:
     """The status, message and trailing metadata that describe ``exc``."""
     param = getattr(exc, "param", None)
     meta: list[tuple[str, str]] = [(PARAM_KEY, param)] if isinstance(param, str) else []
-    kinds: list[tuple[tuple[type[BaseException], ...], grpc.StatusCode, str]] = [
-        ((PayloadTooLarge,), grpc.StatusCode.INVALID_ARGUMENT, "too_large"),
-        ((InvalidRequest,), grpc.StatusCode.INVALID_ARGUMENT, "invalid"),
-        ((ModelNotFound,), grpc.StatusCode.NOT_FOUND, "model_not_found"),
-        ((CollectionNotFound, DocumentNotFound), grpc.StatusCode.NOT_FOUND, "not_found"),
-        ((CollectionExists,), grpc.StatusCode.ALREADY_EXISTS, "exists"),
-        ((ServiceUnavailable, EngineDead), grpc.StatusCode.UNAVAILABLE, "unavailable"),
-    ]
-    for cls, code, kind in kinds:
+    for kind, cls, code in _KINDS:
         if isinstance(exc, cls):
             return code, str(exc), (*meta, (KIND_KEY, kind))
     return grpc.StatusCode.INTERNAL, "the model service failed while processing the request", ()
 
 
+def _rebuild(cls: type[Exception], message: str, param: str | None) -> Exception:
+    """An instance of ``cls`` carrying the worker's message, without re-running its constructor (whose
+    arguments stayed on the other side)."""
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, message)
+    exc.param = param  # type: ignore[attr-defined]
+    return exc
+
+
 def from_status(code: grpc.StatusCode, details: str, metadata: Metadata, where: str) -> Exception:
-    """The exception the gateway raises for a failed call to ``where`` (a task or address)."""
+    """The exception the gateway raises for a failed call to the ``where`` service."""
     meta = dict(metadata)
     kind, param = meta.get(KIND_KEY), meta.get(PARAM_KEY)
-    if kind == "too_large":
-        return PayloadTooLarge(details, param=param)
+    for name, cls, _ in _KINDS:
+        if kind == name and code != grpc.StatusCode.UNAVAILABLE:
+            return _rebuild(cls, details, param)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidRequest(details, param=param)
-    if kind == "model_not_found":
-        missing = ModelNotFound(details.split("`")[1] if details.count("`") >= 2 else "")
-        missing.args = (details,)  # the worker's wording, which names the task
-        return missing
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(f"the {where} service did not answer within the request's deadline")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):

@@ -169,6 +169,7 @@ def start_server(
     timeout: float = 180.0,
     host: str = LOOPBACK,
     attempts: int = 3,
+    args: tuple[str, ...] = (),
 ) -> ServerProcess:
     """Start ``module`` on a free loopback port and wait until ``ready_path`` answers 200.
 
@@ -179,7 +180,7 @@ def start_server(
         full_env = default_server_env(port, host)
         full_env.update(env or {})
         full_env["HOST"], full_env["PORT"] = host, str(port)
-        server = launch(module, full_env, port, host)
+        server = launch(module, full_env, port, host, args=args)
         try:
             server.wait_ready(ready_path, timeout)
         except ServerStartError:
@@ -200,9 +201,10 @@ def running_server(
     env: Mapping[str, str] | None = None,
     ready_path: str = "/ready",
     timeout: float = 180.0,
+    args: tuple[str, ...] = (),
 ) -> Iterator[ServerProcess]:
     """``start_server`` as a context manager: the process is stopped on exit, whatever happens."""
-    server = start_server(module, env, ready_path, timeout)
+    server = start_server(module, env, ready_path, timeout, args=args)
     try:
         yield server
     finally:

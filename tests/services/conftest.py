@@ -25,12 +25,18 @@ def server_env() -> dict[str, str]:
     return {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
 
+# MMSERVE_TEST_DISTRIBUTED=1 runs the same API suites against the distributed topology: every model
+# in a gRPC worker (two LLM replicas) behind the gateway (`make test-distributed`).
+DISTRIBUTED = os.environ.get("MMSERVE_TEST_DISTRIBUTED") == "1"
+
+
 @pytest.fixture(scope="session")
 def server() -> Iterator[ServerProcess]:
+    module, args = ("services.topology", ("--base-port", "0")) if DISTRIBUTED else ("services.serve", ())
     try:
-        proc = start_server("services.serve", env=server_env(), timeout=READY_TIMEOUT_S)
+        proc = start_server(module, env=server_env(), timeout=READY_TIMEOUT_S, args=args)
     except ServerStartError as exc:
-        pytest.fail(f"services.serve did not start:\n{exc}", pytrace=False)
+        pytest.fail(f"{module} did not start:\n{exc}", pytrace=False)
     try:
         yield proc
     finally:

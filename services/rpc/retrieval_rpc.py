@@ -1,0 +1,185 @@
+"""Collections over gRPC: the retrieval worker's servicer (over LocalCollections, the object embedded
+mode uses) and the gateway's client (the same async interface, CollectionsAPI)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from retrieval.chunking import ChunkingConfig
+from retrieval.collections import DocumentInput, SearchResult
+from retrieval.store import CollectionRecord, DocumentRecord
+from services.collections_service import CollectionSummary, LocalCollections
+from services.rpc import retrieval_pb2 as pb
+from services.rpc import retrieval_pb2_grpc
+from services.rpc.channels import Channels
+from services.rpc.servicers import answer
+
+
+def _collection(s: CollectionSummary) -> Any:
+    r = s.record
+    return pb.Collection(
+        name=r.name, model=r.model, index=r.index_kind, dimensions=r.dimensions, chunk_tokens=r.chunk_tokens,
+        overlap_tokens=r.overlap_tokens, created=r.created, documents=s.documents,
+    )  # fmt: skip
+
+
+def _summary(m: Any) -> CollectionSummary:
+    record = CollectionRecord(
+        m.name, m.model, m.index, m.dimensions, m.chunk_tokens, m.overlap_tokens, m.created
+    )
+    return CollectionSummary(record, m.documents)
+
+
+class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
+    def __init__(self, collections: LocalCollections) -> None:
+        self.c = collections
+
+    def close(self) -> None:
+        self.c.close()
+
+    async def CreateCollection(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            chunking = ChunkingConfig(request.chunk_tokens, request.overlap_tokens)
+            model = request.model if request.HasField("model") else None
+            return _collection(await self.c.create(request.name, model, request.index, chunking))
+
+        return await answer(context, work())
+
+    async def ListCollections(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            return pb.CollectionList(collections=[_collection(s) for s in await self.c.list_all()])
+
+        return await answer(context, work())
+
+    async def GetCollection(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            return _collection(await self.c.show(request.name))
+
+        return await answer(context, work())
+
+    async def DropCollection(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            await self.c.drop(request.name)
+            return pb.Done()
+
+        return await answer(context, work())
+
+    async def AddDocuments(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            docs = [
+                DocumentInput(
+                    d.text, d.id if d.HasField("id") else None, json.loads(d.metadata_json or "{}"),
+                    d.image if d.HasField("image") else None,
+                )
+                for d in request.documents
+            ]  # fmt: skip
+            ids, chunks = await self.c.add(request.collection, docs)
+            return pb.AddDocumentsResponse(ids=ids, chunks=chunks)
+
+        return await answer(context, work())
+
+    async def GetDocument(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            d = await self.c.get(request.collection, request.id)
+            return pb.Document(
+                id=d.id, text=d.text, metadata_json=json.dumps(d.metadata), chunks=d.num_chunks
+            )
+
+        return await answer(context, work())
+
+    async def DeleteDocument(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            await self.c.delete(request.collection, request.id)
+            return pb.Done()
+
+        return await answer(context, work())
+
+    async def Query(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            where = json.loads(request.filter_json) if request.HasField("filter_json") else None
+            text = request.text if request.HasField("text") else None
+            image = request.image if request.HasField("image") else None
+            hits = await self.c.query(request.collection, text, request.top_k, where, image)
+            return pb.QueryResponse(
+                hits=[
+                    pb.Hit(
+                        document_id=h.document_id, chunk_id=h.chunk_id, text=h.text, score=h.score,
+                        metadata_json=json.dumps(h.metadata),
+                    )
+                    for h in hits
+                ]
+            )  # fmt: skip
+
+        return await answer(context, work())
+
+
+class RemoteCollections:
+    """CollectionsAPI answered by the retrieval worker."""
+
+    def __init__(self, channels: Channels) -> None:
+        self.channels = channels
+
+    async def _call(self, method: str, request: Any) -> Any:
+        return await self.channels.call(retrieval_pb2_grpc.RetrievalStub, method, request)
+
+    async def create(
+        self, name: str, model: str | None, index_kind: str, chunking: ChunkingConfig
+    ) -> CollectionSummary:
+        request = pb.CreateCollectionRequest(
+            name=name, model=model, index=index_kind, chunk_tokens=chunking.chunk_tokens,
+            overlap_tokens=chunking.overlap_tokens,
+        )  # fmt: skip
+        return _summary(await self._call("CreateCollection", request))
+
+    async def list_all(self) -> list[CollectionSummary]:
+        reply = await self._call("ListCollections", pb.ListCollectionsRequest())
+        return [_summary(c) for c in reply.collections]
+
+    async def show(self, name: str) -> CollectionSummary:
+        return _summary(await self._call("GetCollection", pb.CollectionRef(name=name)))
+
+    async def drop(self, name: str) -> None:
+        await self._call("DropCollection", pb.CollectionRef(name=name))
+
+    async def add(self, name: str, docs: Sequence[DocumentInput]) -> tuple[list[str], int]:
+        request = pb.AddDocumentsRequest(
+            collection=name,
+            documents=[
+                pb.DocumentIn(id=d.id, text=d.text, metadata_json=json.dumps(d.metadata), image=d.image)
+                for d in docs
+            ],
+        )
+        reply = await self._call("AddDocuments", request)
+        return list(reply.ids), int(reply.chunks)
+
+    async def get(self, name: str, doc_id: str) -> DocumentRecord:
+        d = await self._call("GetDocument", pb.DocumentRef(collection=name, id=doc_id))
+        return DocumentRecord(d.id, d.text, json.loads(d.metadata_json or "{}"), d.chunks)
+
+    async def delete(self, name: str, doc_id: str) -> None:
+        await self._call("DeleteDocument", pb.DocumentRef(collection=name, id=doc_id))
+
+    async def query(
+        self,
+        name: str,
+        text: str | None,
+        top_k: int,
+        where: dict[str, Any] | None = None,
+        image: bytes | None = None,
+    ) -> list[SearchResult]:
+        request = pb.QueryRequest(
+            collection=name, text=text, image=image, top_k=top_k,
+            filter_json=None if where is None else json.dumps(where),
+        )  # fmt: skip
+        reply = await self._call("Query", request)
+        return [
+            SearchResult(h.document_id, h.chunk_id, h.text, h.score, json.loads(h.metadata_json or "{}"))
+            for h in reply.hits
+        ]
+
+    def close(self) -> None:
+        """Channels close with the event loop that owns them."""
