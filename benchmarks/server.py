@@ -58,11 +58,14 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
 
 
 @contextmanager
-def local_server(ready_timeout: float) -> Iterator[Server]:
-    """Start ``python -m services.serve`` and yield it; stop it on exit."""
+def local_server(
+    ready_timeout: float, module: str = "services.serve", args: tuple[str, ...] = ()
+) -> Iterator[Server]:
+    """Start ``python -m <module>`` (the gateway, or the whole distributed topology) and yield it;
+    stop it on exit."""
     port = free_port()
     env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "MMSERVE_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen([sys.executable, "-m", "services.serve"], cwd=REPO_ROOT, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env)
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base_url, proc, ready_timeout)

@@ -19,3 +19,7 @@ class ServiceUnavailable(EngineError):
 
 class DeadlineExceeded(EngineError):
     """A call to a model service ran past its deadline (maps to 504)."""
+
+
+class Overloaded(EngineError):
+    """A service refused work because its queue is full (maps to 429)."""

@@ -11,7 +11,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from retrieval.errors import CollectionExists, CollectionNotFound, DocumentNotFound
-from services.errors import DeadlineExceeded, ModelNotFound, ServiceUnavailable
+from services.errors import DeadlineExceeded, ModelNotFound, Overloaded, ServiceUnavailable
 from services.gateway.schemas import ErrorDetail, ErrorResponse
 from shared_engine.errors import ContextLengthExceeded, EngineDead, InvalidRequest, PayloadTooLarge
 
@@ -84,6 +84,8 @@ def error_body(exc: BaseException) -> tuple[int, ErrorResponse]:
         status, kind, message, param, code = 409, "conflict_error", str(exc), "name", "collection_exists"
     elif isinstance(exc, ServiceUnavailable | EngineDead):
         status, kind, message = 503, "service_unavailable_error", str(exc)
+    elif isinstance(exc, Overloaded):
+        status, kind, message = 429, "rate_limit_error", str(exc)
     elif isinstance(exc, DeadlineExceeded):
         status, kind, message, code = 504, "timeout_error", str(exc), "deadline_exceeded"
     elif isinstance(exc, ValidationException):

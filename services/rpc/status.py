@@ -7,7 +7,7 @@ from __future__ import annotations
 import grpc
 
 from retrieval.errors import CollectionExists, CollectionNotFound, DocumentNotFound
-from services.errors import DeadlineExceeded, ModelNotFound, ServiceUnavailable
+from services.errors import DeadlineExceeded, ModelNotFound, Overloaded, ServiceUnavailable
 from shared_engine.errors import ContextLengthExceeded, EngineDead, InvalidRequest, PayloadTooLarge
 
 KIND_KEY = "mmserve-error-kind"
@@ -24,6 +24,7 @@ _KINDS: list[tuple[str, type[Exception], grpc.StatusCode]] = [
     ("collection_not_found", CollectionNotFound, grpc.StatusCode.NOT_FOUND),
     ("document_not_found", DocumentNotFound, grpc.StatusCode.NOT_FOUND),
     ("collection_exists", CollectionExists, grpc.StatusCode.ALREADY_EXISTS),
+    ("overloaded", Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     ("unavailable", ServiceUnavailable, grpc.StatusCode.UNAVAILABLE),
     ("engine_dead", EngineDead, grpc.StatusCode.UNAVAILABLE),
 ]
@@ -53,7 +54,7 @@ def from_status(code: grpc.StatusCode, details: str, metadata: Metadata, where: 
     meta = dict(metadata)
     kind, param = meta.get(KIND_KEY), meta.get(PARAM_KEY)
     for name, cls, _ in _KINDS:
-        if kind == name and code != grpc.StatusCode.UNAVAILABLE:
+        if kind == name:
             return _rebuild(cls, details, param)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidRequest(details, param=param)
@@ -62,5 +63,5 @@ def from_status(code: grpc.StatusCode, details: str, metadata: Metadata, where: 
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
         return ServiceUnavailable(f"the {where} service is unavailable: {details}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return ServiceUnavailable(f"the {where} service is overloaded: {details}")
+        return Overloaded(f"the {where} service is overloaded: {details}")
     return RuntimeError(f"the {where} service failed: {code.name} {details}")

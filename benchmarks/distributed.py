@@ -1,0 +1,117 @@
+"""What the distributed mode costs: latency and throughput of the same requests served embedded (one
+process) and through gRPC workers (gateway → one LLM worker, one embedding worker), in one run.
+
+Target: gRPC adds < 10% to the p50 latency of a 64-token chat completion.
+
+    .venv/bin/python benchmarks/distributed.py [--requests 20] [--concurrency 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+import torch
+
+from benchmarks import report, server
+
+TARGET = 0.10
+CHAT = {
+    "model": "smollm2-135m-instruct",
+    "messages": [{"role": "user", "content": "Tell me about the history of Paris."}],
+    "max_tokens": 64,
+    "temperature": 0,
+    "ignore_eos": True,
+}
+EMBED = {
+    "model": "all-minilm-l6-v2",
+    "input": "The quick brown fox jumps over the lazy dog near the river bank.",
+}
+
+
+async def measure(
+    base_url: str, path: str, body: dict[str, Any], requests: int, concurrency: int
+) -> dict[str, Any]:
+    gate = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+
+    async def one(client: httpx.AsyncClient) -> None:
+        async with gate:
+            start = time.perf_counter()
+            r = await client.post(path, json=body)
+            r.raise_for_status()
+            latencies.append(time.perf_counter() - start)
+
+    async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
+        await asyncio.gather(*(one(client) for _ in range(min(concurrency, 4))))  # warm-up
+        latencies.clear()
+        start = time.perf_counter()
+        await asyncio.gather(*(one(client) for _ in range(requests)))
+        wall = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "concurrency": concurrency,
+        "requests": requests,
+        "p50_ms": round(1000 * statistics.median(latencies), 1),
+        "p99_ms": round(1000 * latencies[max(0, int(len(latencies) * 0.99) - 1)], 1),
+        "requests_s": round(requests / wall, 2),
+    }
+
+
+def run_mode(distributed: bool, args: argparse.Namespace) -> dict[str, Any]:
+    """One LLM worker in gRPC mode, so both modes run the same single engine."""
+    module, extra = (
+        ("services.topology", ("--base-port", "0", "--replicas", "chat=1"))
+        if distributed
+        else ("services.serve", ())
+    )
+    results: dict[str, Any] = {}
+    with server.local_server(600, module, extra) as srv:
+        for name, path, body, requests in (
+            ("chat", "/v1/chat/completions", CHAT, args.requests),
+            ("embeddings", "/v1/embeddings", EMBED, args.requests * 10),
+        ):
+            results[name] = [
+                asyncio.run(measure(srv.url, path, body, requests, c)) for c in (1, args.concurrency)
+            ]
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--requests", type=int, default=20, help="chat requests per level (embeddings: 10x)")
+    p.add_argument("--concurrency", type=int, default=8)
+    args = p.parse_args(argv)
+    embedded = run_mode(False, args)
+    grpc_mode = run_mode(True, args)
+    overhead = grpc_mode["chat"][0]["p50_ms"] / embedded["chat"][0]["p50_ms"] - 1
+    payload = {
+        "benchmark": "distributed",
+        "machine": report.machine_info(torch.device("cpu"), torch.bfloat16),
+        "embedded": embedded,
+        "grpc": grpc_mode,
+        "chat_p50_overhead": round(overhead, 4),
+        "target": TARGET,
+        "met": overhead < TARGET,
+    }
+    for task in ("chat", "embeddings"):
+        for e, g in zip(embedded[task], grpc_mode[task], strict=True):
+            left = f"embedded p50 {e['p50_ms']:>8} ms {e['requests_s']:>7} req/s"
+            right = f"gRPC p50 {g['p50_ms']:>8} ms {g['requests_s']:>7} req/s"
+            print(f"{task:<10} c={e['concurrency']:<3} {left} | {right}")
+    print(f"gRPC adds {overhead:+.1%} to a 64-token chat completion's p50 (target < {TARGET:.0%})")
+    print(f"results: {report.write_results(payload, name='distributed')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
