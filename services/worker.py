@@ -80,6 +80,10 @@ TASKS = tuple(SERVICES)
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Connections are recycled every minute (running calls get up to 10 more to finish), so that
+    # gateways re-resolve dns:/// names and start using replicas added since they connected.
+    ("grpc.max_connection_age_ms", 60_000),
+    ("grpc.max_connection_age_grace_ms", 600_000),
 ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
 from pipelines.sources import resolve_source
@@ -44,8 +45,9 @@ def convert_gguf(path: Path, cache_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     logger.info("converting %s into %s (once)", path, out)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # A private temporary folder: two processes converting the same file never write into each other's.
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=cache_dir))
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     # The dequantized weights are plain float tensors now; saving must not claim GGUF quantization.
@@ -55,7 +57,12 @@ def convert_gguf(path: Path, cache_dir: Path) -> Path:
         del model.config.quantization_config
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    tmp.rename(out)  # the folder appears complete or not at all
+    try:
+        tmp.rename(out)  # the folder appears complete or not at all
+    except OSError:
+        if not (out / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same conversion first
     return out
 
 
