@@ -32,6 +32,8 @@ from services.vision_service import VisionService
 
 logger = logging.getLogger(__name__)
 
+WORKER_WAIT_S = 900.0  # how long a starting gateway waits for a task's workers to load their models
+
 Embeddings = EmbeddingService | RemoteEmbeddingService
 Vision = VisionService | RemoteVisionService
 Speech = ASRService | RemoteASRService
@@ -44,7 +46,7 @@ ServiceFactory = Callable[[ModelSpec], Service]
 def remote_service(spec: ModelSpec, settings: Settings) -> Service:
     """A client for the model in the task's workers (distributed mode), once a worker lists it."""
     targets = settings.endpoints[spec.task]
-    infos = {m.name: m for m in list_models(targets, settings.rpc_timeout_s)}
+    infos = {m.name: m for m in list_models(targets, WORKER_WAIT_S)}
     if spec.name not in infos:
         raise ModelNotFound(spec.name, spec.task)
     channels = Channels(spec.task, targets, settings.rpc_timeout_s)
@@ -56,7 +58,7 @@ def remote_service(spec: ModelSpec, settings: Settings) -> Service:
 def remote_collections(settings: Settings) -> CollectionsAPI:
     """The retrieval worker's collections, once it is ready."""
     targets = settings.endpoints["retrieval"]
-    list_models(targets, settings.rpc_timeout_s)
+    list_models(targets, WORKER_WAIT_S)
     return RemoteCollections(Channels("retrieval", targets, settings.rpc_timeout_s))
 
 

@@ -61,11 +61,11 @@ SERVICES: dict[str, tuple[str, _Register]] = {
 }
 
 
-def build_servicer(task: str, services: dict[str, Any], settings: Settings) -> Any:
+def build_servicer(task: str, services: dict[str, Any]) -> Any:
+    """The task's servicer over ``services``, a mapping filled in once the models have loaded (until
+    then every call is answered UNAVAILABLE, which callers treat as "try another replica")."""
     if task == "retrieval":
-        texts = [name for name, s in services.items() if s.task == "embedding"]
-        store = Collections(settings.data_dir, services, texts[0] if texts else None)
-        return RetrievalServicer(LocalCollections(store))
+        return RetrievalServicer()
     servicers: dict[str, Callable[[dict[str, Any]], Any]] = {
         "chat": LLMServicer,
         "embedding": EmbeddingServicer,
@@ -104,14 +104,20 @@ async def serve(task: str, host: str, port: int, settings: Settings) -> None:
     health_pb2_grpc.add_HealthServicer_to_server(status, server)
     for name in ("", service_name):
         await status.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    # Every service is registered before the server starts (gRPC takes none later); they answer
+    # UNAVAILABLE until the models below have loaded.
+    services: dict[str, Any] = {}
+    servicer = build_servicer(task, services)
+    register(servicer, server)
+    models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(services), server)
     address = f"{host}:{port}"
     server.add_insecure_port(address)
     await server.start()
     logger.info("%s worker listening on %s, loading models", task, address)
-    services = await asyncio.to_thread(load_services, task, settings)
-    servicer = build_servicer(task, services, settings)
-    register(servicer, server)
-    models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(services), server)
+    services.update(await asyncio.to_thread(load_services, task, settings))
+    if isinstance(servicer, RetrievalServicer):
+        texts = [name for name, s in services.items() if s.task == "embedding"]
+        servicer.open(LocalCollections(Collections(settings.data_dir, services, texts[0] if texts else None)))
     for name in ("", service_name):
         await status.set(name, health_pb2.HealthCheckResponse.SERVING)
     logger.info("%s worker serving %s", task, ", ".join(services))

@@ -13,6 +13,7 @@ from retrieval.chunking import ChunkingConfig
 from retrieval.collections import DocumentInput, SearchResult
 from retrieval.store import CollectionRecord, DocumentRecord
 from services.collections_service import CollectionSummary, LocalCollections
+from services.errors import ServiceUnavailable
 from services.rpc import retrieval_pb2 as pb
 from services.rpc import retrieval_pb2_grpc
 from services.rpc.channels import Channels
@@ -35,11 +36,21 @@ def _summary(m: Any) -> CollectionSummary:
 
 
 class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
-    def __init__(self, collections: LocalCollections) -> None:
-        self.c = collections
+    def __init__(self, collections: LocalCollections | None = None) -> None:
+        self._collections = collections
+
+    @property
+    def c(self) -> LocalCollections:
+        if self._collections is None:  # the worker answers from the start, before its store is open
+            raise ServiceUnavailable("the retrieval worker is still loading")
+        return self._collections
+
+    def open(self, collections: LocalCollections) -> None:
+        self._collections = collections
 
     def close(self) -> None:
-        self.c.close()
+        if self._collections is not None:
+            self._collections.close()
 
     async def CreateCollection(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:

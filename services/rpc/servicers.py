@@ -12,7 +12,7 @@ import numpy as np
 
 from services.asr_service import ASRService
 from services.embedding_service import EmbeddingService
-from services.errors import ModelNotFound
+from services.errors import ModelNotFound, ServiceUnavailable
 from services.llm_service import LLMService
 from services.rpc import (
     asr_pb2,
@@ -38,6 +38,8 @@ _S = TypeVar("_S")
 
 
 def _pick(services: Mapping[str, _S], model: str, task: str) -> _S:
+    if not services:  # the worker answers from the start, before its models have loaded
+        raise ServiceUnavailable(f"the {task} worker is still loading its models")
     service = services.get(model)
     if service is None:
         raise ModelNotFound(model, task)

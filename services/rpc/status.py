@@ -60,7 +60,7 @@ def from_status(code: grpc.StatusCode, details: str, metadata: Metadata, where: 
         return InvalidRequest(details, param=param)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(f"the {where} service did not answer within the request's deadline")
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNIMPLEMENTED):
         return ServiceUnavailable(f"the {where} service is unavailable: {details}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return Overloaded(f"the {where} service is overloaded: {details}")
