@@ -38,9 +38,10 @@ EMBED = {
 }
 
 
-async def measure(
+async def timed(
     base_url: str, path: str, body: dict[str, Any], requests: int, concurrency: int
-) -> dict[str, Any]:
+) -> list[float]:
+    """Latencies of ``requests`` calls, ``concurrency`` at a time."""
     gate = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
 
@@ -52,47 +53,60 @@ async def measure(
             latencies.append(time.perf_counter() - start)
 
     async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
-        await asyncio.gather(*(one(client) for _ in range(min(concurrency, 4))))  # warm-up
-        latencies.clear()
-        start = time.perf_counter()
         await asyncio.gather(*(one(client) for _ in range(requests)))
-        wall = time.perf_counter() - start
-    latencies.sort()
+    return latencies
+
+
+def summary(latencies: list[float], busy_s: float, concurrency: int) -> dict[str, Any]:
+    latencies = sorted(latencies)
     return {
         "concurrency": concurrency,
-        "requests": requests,
+        "requests": len(latencies),
         "p50_ms": round(1000 * statistics.median(latencies), 1),
         "p99_ms": round(1000 * latencies[max(0, int(len(latencies) * 0.99) - 1)], 1),
-        "requests_s": round(requests / wall, 2),
+        "requests_s": round(len(latencies) / busy_s, 2),
     }
 
 
-def run_mode(distributed: bool, args: argparse.Namespace) -> dict[str, Any]:
-    """One LLM worker in gRPC mode, so both modes run the same single engine."""
-    module, extra = (
-        ("services.topology", ("--base-port", "0", "--replicas", "chat=1"))
-        if distributed
-        else ("services.serve", ())
-    )
-    results: dict[str, Any] = {}
-    with server.local_server(600, module, extra) as srv:
-        for name, path, body, requests in (
-            ("chat", "/v1/chat/completions", CHAT, args.requests),
-            ("embeddings", "/v1/embeddings", EMBED, args.requests * 10),
-        ):
-            results[name] = [
-                asyncio.run(measure(srv.url, path, body, requests, c)) for c in (1, args.concurrency)
-            ]
-    return results
+def paired(
+    urls: dict[str, str], path: str, body: dict[str, Any], requests: int, concurrency: int, rounds: int
+) -> dict[str, dict[str, Any]]:
+    """The same load on each server in alternating rounds, so that a machine whose speed drifts
+    (other tenants, clocks) slows both modes alike."""
+    latencies: dict[str, list[float]] = {mode: [] for mode in urls}
+    busy: dict[str, float] = dict.fromkeys(urls, 0.0)
+    for url in urls.values():  # warm-up
+        asyncio.run(timed(url, path, body, min(concurrency, 4), concurrency))
+    for _ in range(rounds):
+        for mode, url in urls.items():
+            start = time.perf_counter()
+            latencies[mode] += asyncio.run(timed(url, path, body, max(1, requests // rounds), concurrency))
+            busy[mode] += time.perf_counter() - start
+    return {mode: summary(latencies[mode], busy[mode], concurrency) for mode in urls}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--requests", type=int, default=20, help="chat requests per level (embeddings: 10x)")
+    p.add_argument(
+        "--requests", type=int, default=20, help="chat requests per level and mode (embeddings: 10x)"
+    )
     p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=5, help="alternations between the two servers")
     args = p.parse_args(argv)
-    embedded = run_mode(False, args)
-    grpc_mode = run_mode(True, args)
+    # Both servers up at once (one LLM worker in gRPC mode, so both run one engine), used in turn.
+    topology = ("--base-port", "0", "--replicas", "chat=1")
+    embedded: dict[str, Any] = {}
+    grpc_mode: dict[str, Any] = {}
+    with server.local_server(600) as one, server.local_server(600, "services.topology", topology) as many:
+        urls = {"embedded": one.url, "grpc": many.url}
+        for name, path, body, requests in (
+            ("chat", "/v1/chat/completions", CHAT, args.requests),
+            ("embeddings", "/v1/embeddings", EMBED, args.requests * 10),
+        ):
+            for c in (1, args.concurrency):
+                both = paired(urls, path, body, requests, c, args.rounds)
+                embedded.setdefault(name, []).append(both["embedded"])
+                grpc_mode.setdefault(name, []).append(both["grpc"])
     overhead = grpc_mode["chat"][0]["p50_ms"] / embedded["chat"][0]["p50_ms"] - 1
     payload = {
         "benchmark": "distributed",
