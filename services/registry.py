@@ -50,9 +50,7 @@ def remote_service(spec: ModelSpec, settings: Settings) -> Service:
     if spec.name not in infos:
         raise ModelNotFound(spec.name, spec.task)
     channels = Channels(spec.task, targets, settings.rpc_timeout_s)
-    if spec.task == "chat":
-        return RemoteLLMService(spec, channels, infos[spec.name], settings.model_cache_dir)
-    return REMOTE_SERVICES[spec.task](spec, channels, infos[spec.name])  # type: ignore[return-value]
+    return REMOTE_SERVICES[spec.task](spec, channels, infos[spec.name], settings)  # type: ignore[return-value]
 
 
 def remote_collections(settings: Settings) -> CollectionsAPI:

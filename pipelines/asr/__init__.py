@@ -3,6 +3,14 @@ decoder on the shared engine."""
 
 from pipelines.asr.audio import AudioTooLong, decode_audio
 from pipelines.asr.pipeline import ASRPipeline, ASRPipelineConfig, Transcription
-from pipelines.asr.segments import Segment
+from pipelines.asr.segments import Segment, compression_ratio
 
-__all__ = ["ASRPipeline", "ASRPipelineConfig", "AudioTooLong", "Segment", "Transcription", "decode_audio"]
+__all__ = [
+    "ASRPipeline",
+    "ASRPipelineConfig",
+    "AudioTooLong",
+    "Segment",
+    "Transcription",
+    "compression_ratio",
+    "decode_audio",
+]

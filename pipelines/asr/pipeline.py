@@ -9,7 +9,6 @@ one request follow each other: where the next starts depends on the timestamps d
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,7 +23,7 @@ from transformers.models.whisper.tokenization_whisper import LANGUAGES
 from pipelines.asr.audio import SAMPLE_RATE
 from pipelines.asr.decoding import OnlyTokens, SuppressTokens, TimestampRules, WhisperVocab
 from pipelines.asr.loader import prepare_whisper_folder
-from pipelines.asr.segments import Segment, split_window
+from pipelines.asr.segments import Segment, compression_ratio, split_window
 from shared_engine.async_engine import AsyncLLMEngine, StepObserver
 from shared_engine.config import CacheConfig, EngineConfig
 from shared_engine.detokenizer import Tokenizer
@@ -85,11 +84,6 @@ class _Decoded:
     @property
     def avg_logprob(self) -> float:
         return sum(self.logprobs) / len(self.logprobs) if self.logprobs else 0.0
-
-
-def _compression_ratio(text: str) -> float:
-    raw = text.encode()
-    return len(raw) / max(1, len(zlib.compress(raw)))
 
 
 class ASRPipeline:
@@ -245,7 +239,7 @@ class ASRPipeline:
             )
             attempts.append(decoded)
             text = self._decode_text([x for x in decoded.tokens if x < self.vocab.eot])
-            looping = _compression_ratio(text) > MAX_COMPRESSION_RATIO
+            looping = compression_ratio(text) > MAX_COMPRESSION_RATIO
             if (
                 decoded.finish_reason is not FinishReason.LENGTH
                 and not looping

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pipelines.asr.decoding import TIME_PRECISION, WhisperVocab
+
+
+def compression_ratio(text: str) -> float:
+    """Bytes of ``text`` over its zlib-compressed bytes: high for text that repeats itself."""
+    raw = text.encode()
+    return len(raw) / max(1, len(zlib.compress(raw)))
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
 from litestar import Response
 
-from pipelines.asr import Transcription
+from pipelines.asr import Transcription, compression_ratio
 from services.gateway.media_schemas import Transcription as TranscriptionBody
 from services.gateway.media_schemas import TranscriptionSegment, VerboseTranscription
 from shared_engine.errors import InvalidRequest
@@ -45,11 +44,6 @@ def to_vtt(t: Transcription) -> str:
     return "WEBVTT\n\n" + "\n".join(cues)
 
 
-def _ratio(text: str) -> float:
-    raw = text.encode()
-    return round(len(raw) / max(1, len(zlib.compress(raw))), 4)
-
-
 def to_verbose(t: Transcription, task: str) -> VerboseTranscription:
     segments = [
         TranscriptionSegment(
@@ -61,7 +55,7 @@ def to_verbose(t: Transcription, task: str) -> VerboseTranscription:
             tokens=list(s.tokens),
             temperature=s.temperature,
             avg_logprob=round(s.avg_logprob, 6),
-            compression_ratio=_ratio(s.text),
+            compression_ratio=round(compression_ratio(s.text), 4),
         )
         for s in t.segments
     ]

@@ -5,7 +5,6 @@ workers hold the weights."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +33,7 @@ from services.rpc import (
 )
 from services.rpc.channels import Channels
 from services.rpc.llm_codec import output_from_proto, params_to_proto
+from services.settings import Settings
 from shared_engine.errors import InvalidRequest
 from shared_engine.outputs import RequestOutput
 from shared_engine.sampling_params import SamplingParams
@@ -46,7 +46,7 @@ def _vectors(blobs: Sequence[bytes]) -> list[np.ndarray]:
 class _Remote:
     task = ""
 
-    def __init__(self, spec: ModelSpec, channels: Channels, info: Any) -> None:
+    def __init__(self, spec: ModelSpec, channels: Channels, info: Any, settings: Settings) -> None:
         if info.task != spec.task:
             raise ModelNotFound(spec.name, spec.task)
         self.spec = spec
@@ -69,8 +69,8 @@ class _Remote:
 class RemoteEmbeddingService(_Remote):
     task = "embedding"
 
-    def __init__(self, spec: ModelSpec, channels: Channels, info: Any) -> None:
-        super().__init__(spec, channels, info)
+    def __init__(self, spec: ModelSpec, channels: Channels, info: Any, settings: Settings) -> None:
+        super().__init__(spec, channels, info, settings)
         self.text = EmbeddingTokenizer(resolve_source(spec.source))
         self.tokenizer: Any = self.text.tokenizer
         self.dimensions = int(info.dimensions)
@@ -172,9 +172,9 @@ class RemoteTTSService(_Remote):
 class RemoteLLMService(_Remote, ChatText):
     task = "chat"
 
-    def __init__(self, spec: ModelSpec, channels: Channels, info: Any, cache_dir: Path) -> None:
-        super().__init__(spec, channels, info)
-        self.text = ChatTokenizer(prepare_model_folder(spec.source, cache_dir), spec.name)
+    def __init__(self, spec: ModelSpec, channels: Channels, info: Any, settings: Settings) -> None:
+        super().__init__(spec, channels, info, settings)
+        self.text = ChatTokenizer(prepare_model_folder(spec.source, settings.model_cache_dir), spec.name)
 
     @property
     def max_model_len(self) -> int:
