@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 
 from pipelines.asr import ASRPipeline, ASRPipelineConfig, Transcription, decode_audio
@@ -53,7 +52,8 @@ class ASRService:
         prompt: str | None,
         temperature: float,
     ) -> Transcription:
-        audio = await asyncio.to_thread(decode_audio, audio_file, self.max_audio_seconds)
+        # Resampling is torch work: it takes its turn on the compute lane.
+        audio = await self.pipeline.lane.run_async(decode_audio, audio_file, self.max_audio_seconds)
         return await self.pipeline.transcribe(
             request_id, audio, task=task, language=language, prompt=prompt, temperature=temperature
         )

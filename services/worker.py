@@ -12,9 +12,10 @@ import argparse
 import asyncio
 import logging
 import signal
+import threading
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -44,6 +45,7 @@ from services.rpc.servicers import (
 from services.settings import Settings
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_PORT = 50051
 MAX_MESSAGE_BYTES = 64 << 20  # uploads (audio, images) and answers (audio) travel whole
@@ -87,6 +89,24 @@ SERVER_OPTIONS = [
 ]
 
 
+async def in_passing_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a thread that ends with it. Not asyncio's executor: its threads stay, and a thread
+    that ran torch keeps an OpenMP team that slows every later forward (see shared_engine/compute.py)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(done.set_exception, exc)
+        else:
+            loop.call_soon_threadsafe(done.set_result, result)
+
+    threading.Thread(target=run, name="model-loader", daemon=True).start()
+    return await done
+
+
 def load_services(task: str, settings: Settings) -> dict[str, Any]:
     """The task's models; for retrieval, the embedding and vision models its collections embed with
     (in-process, or those services' workers when MMSERVE_ENDPOINTS names them)."""
@@ -114,7 +134,7 @@ async def serve(task: str, host: str, port: int, settings: Settings) -> None:
     server.add_insecure_port(address)
     await server.start()
     logger.info("%s worker listening on %s, loading models", task, address)
-    services.update(await asyncio.to_thread(load_services, task, settings))
+    services.update(await in_passing_thread(load_services, task, settings))
     if isinstance(servicer, RetrievalServicer):
         texts = [name for name, s in services.items() if s.task == "embedding"]
         servicer.open(LocalCollections(Collections(settings.data_dir, services, texts[0] if texts else None)))

@@ -15,10 +15,11 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from shared_engine.compute import CallerThread, Lane
 from shared_engine.errors import EngineDead
 from shared_engine.llm_engine import EngineStats, LLMEngine
-from shared_engine.outputs import RequestOutput
-from shared_engine.sampling_params import SamplingParams
+from shared_engine.outputs import RequestOutput, merge_outputs
+from shared_engine.sampling_params import OutputKind, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -26,18 +27,44 @@ StepObserver = Callable[[LLMEngine, list[RequestOutput], float], None]
 
 
 class _Stream:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    """One request's outputs on their way from the engine thread to the awaiting coroutine."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, final_only: bool) -> None:
         self.loop = loop
         self.queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        self.final_only = final_only
+        self.held: list[RequestOutput] = []  # engine thread only: a final-only request's increments
 
     def put(self, item: RequestOutput | BaseException) -> None:
+        if isinstance(item, RequestOutput) and self.final_only:
+            self.held.append(item)
+            if not item.finished:
+                return
+            item, self.held = merge_outputs(self.held), []
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    async def get(self) -> RequestOutput:
+        """The next output; increments that queued up while the caller was busy come as one."""
+        item = await self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        ready = [item]
+        while not ready[-1].finished and not self.queue.empty():
+            nxt = self.queue.get_nowait()
+            if isinstance(nxt, BaseException):
+                self.queue.put_nowait(nxt)  # delivered after what came before it
+                break
+            ready.append(nxt)
+        return merge_outputs(ready)
 
 
 class AsyncLLMEngine:
-    def __init__(self, engine: LLMEngine, on_step: StepObserver | None = None) -> None:
+    def __init__(
+        self, engine: LLMEngine, on_step: StepObserver | None = None, lane: Lane | None = None
+    ) -> None:
         self.engine = engine
         self.on_step = on_step
+        self.lane = lane or CallerThread()
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}
         self._stopped = threading.Event()
@@ -59,7 +86,7 @@ class AsyncLLMEngine:
         ``encoder_state`` is what an encoder-decoder model's cross-attention reads (see Request)."""
         if self._error is not None or self._stopped.is_set():
             raise EngineDead("the LLM engine has stopped") from self._error
-        stream = _Stream(asyncio.get_running_loop())
+        stream = _Stream(asyncio.get_running_loop(), params.output_kind == OutputKind.FINAL_ONLY)
         ready: asyncio.Future[None] = stream.loop.create_future()
         self._streams[request_id] = stream
         self._commands.put(("add", (request_id, prompt_token_ids, params, encoder_state, stream, ready)))
@@ -67,9 +94,7 @@ class AsyncLLMEngine:
         try:
             await ready  # raises the engine's validation error, if any
             while True:
-                item = await stream.queue.get()
-                if isinstance(item, BaseException):
-                    raise item
+                item = await stream.get()
                 finished = item.finished
                 yield item
                 if finished:
@@ -130,7 +155,7 @@ class AsyncLLMEngine:
                 if not self.engine.has_unfinished_requests():
                     continue
                 start = time.perf_counter()
-                outputs = self.engine.step()
+                outputs = self.lane.run(self.engine.step)
                 for out in outputs:
                     stream = self._streams.get(out.request_id)
                     if stream is not None:

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from shared_engine.compute import CallerThread, Lane
+
 logger = logging.getLogger(__name__)
 
 In = TypeVar("In")
@@ -117,8 +119,10 @@ class MicroBatcher(Generic[In, Out]):
         cost: Callable[[In], int],
         config: MicroBatchConfig,
         name: str = "encoder",
+        lane: Lane | None = None,
     ) -> None:
         self.run_batch = run_batch
+        self.lane = lane or CallerThread()
         self.cost = cost
         self.config = config
         self._queue: queue.SimpleQueue[_Item[In] | None] = queue.SimpleQueue()
@@ -194,7 +198,7 @@ class MicroBatcher(Generic[In, Out]):
 
     def _run(self, batch: list[_Item[In]]) -> None:
         try:
-            outputs = self.run_batch([p.value for p in batch])
+            outputs = self.lane.run(self.run_batch, [p.value for p in batch])
             if len(outputs) != len(batch):
                 raise RuntimeError(f"batch of {len(batch)} gave {len(outputs)} results")
         except Exception as exc:

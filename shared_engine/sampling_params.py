@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -16,6 +17,15 @@ MAX_TOP_LOGPROBS = 20
 # Below this a temperature is treated as greedy: dividing logits by it would overflow to inf/NaN.
 GREEDY_TEMPERATURE = 1e-5
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
+
+
+class OutputKind(StrEnum):
+    """How a caller receives a request's outputs: ``delta`` one increment per engine step (streaming),
+    ``final_only`` one output with the whole completion when the request finishes (a caller that
+    waits for the end anyway: it is woken once, not once per token, and over RPC it costs one message)."""
+
+    DELTA = "delta"
+    FINAL_ONLY = "final_only"
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None
     skip_special_tokens: bool = True
+    output_kind: OutputKind = OutputKind.DELTA
     logits_processors: tuple[LogitsProcessor, ...] = field(default=(), compare=False, hash=False)
     extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
 

@@ -25,6 +25,7 @@ from pipelines.asr.decoding import OnlyTokens, SuppressTokens, TimestampRules, W
 from pipelines.asr.loader import prepare_whisper_folder
 from pipelines.asr.segments import Segment, compression_ratio, split_window
 from shared_engine.async_engine import AsyncLLMEngine, StepObserver
+from shared_engine.compute import compute_lane
 from shared_engine.config import CacheConfig, EngineConfig
 from shared_engine.detokenizer import Tokenizer
 from shared_engine.device import resolve_device, resolve_dtype
@@ -112,9 +113,10 @@ class ASRPipeline:
             frozenset({self.vocab.eot}),
         )  # fmt: skip
         self.max_target_len = engine.max_model_len
-        self.engine = AsyncLLMEngine(engine, on_step)
+        self.lane = compute_lane(self.device)
+        self.engine = AsyncLLMEngine(engine, on_step, self.lane)
         self.batcher: MicroBatcher[np.ndarray, CrossAttentionState] = MicroBatcher(
-            self.encode_batch, lambda _: 1, config.batching, name=f"asr-{config.name}"
+            self.encode_batch, lambda _: 1, config.batching, name=f"asr-{config.name}", lane=self.lane
         )
         self._rules = (SuppressTokens(self.vocab), TimestampRules(self.vocab))
         logger.info("speech model %s loaded from %s (%s, %s)", self.name, folder, self.device, self.dtype)

@@ -14,6 +14,7 @@ from transformers import AutoModel
 from pipelines.embedding.pooling import pool, read_recipe
 from pipelines.embedding.tokenizer import EmbeddingTokenizer
 from pipelines.sources import resolve_source
+from shared_engine.compute import compute_lane
 from shared_engine.device import resolve_device, resolve_dtype
 from shared_engine.micro_batcher import BatchStats, MicroBatchConfig, MicroBatcher
 
@@ -49,7 +50,11 @@ class EmbeddingPipeline:
         self.max_input_tokens = self.text.max_input_tokens
         self.dimensions = self.text.dimensions
         self.batcher: MicroBatcher[list[int], np.ndarray] = MicroBatcher(
-            self.encode_batch, len, config.batching, name=f"embed-{config.name}"
+            self.encode_batch,
+            len,
+            config.batching,
+            name=f"embed-{config.name}",
+            lane=compute_lane(self.device),
         )
         logger.info("embedding model %s loaded from %s (%s, %s)", self.name, folder, self.device, self.dtype)
 

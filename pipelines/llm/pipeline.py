@@ -14,6 +14,7 @@ from transformers import AutoConfig, GenerationConfig
 from pipelines.llm.loader import prepare_model_folder
 from pipelines.llm.tokenizer import ChatTokenizer
 from shared_engine.async_engine import AsyncLLMEngine, StepObserver
+from shared_engine.compute import compute_lane
 from shared_engine.config import EngineConfig
 from shared_engine.detokenizer import Tokenizer
 from shared_engine.device import resolve_device, resolve_dtype
@@ -81,7 +82,7 @@ class LLMPipeline:
             _eos_ids(folder, self.tokenizer),
         )
         self.max_model_len = engine.max_model_len
-        self.engine = AsyncLLMEngine(engine, on_step)
+        self.engine = AsyncLLMEngine(engine, on_step, compute_lane(self.device))
         logger.info("model %s loaded from %s (%s, %s)", self.name, folder, self.device, self.dtype)
 
     @property

@@ -13,6 +13,7 @@ import numpy as np
 from pipelines.sources import resolve_source
 from pipelines.tts.phonemize import split_long
 from pipelines.tts.voice import PiperVoice
+from shared_engine.compute import compute_lane
 from shared_engine.device import resolve_device
 from shared_engine.errors import InvalidRequest
 from shared_engine.micro_batcher import BatchStats, MicroBatchConfig, MicroBatcher
@@ -84,7 +85,11 @@ class TTSPipeline:
         if not self.voice.supports_batching:
             batching = replace(batching, max_batch_size=1)
         self.batcher: MicroBatcher[Segment, np.ndarray] = MicroBatcher(
-            self.run_batch, lambda segment: len(segment.ids), batching, name=f"tts-{config.name}"
+            self.run_batch,
+            lambda segment: len(segment.ids),
+            batching,
+            name=f"tts-{config.name}",
+            lane=compute_lane(self.device),
         )
         logger.info("TTS model %s: voices %s from %s (%s)", self.name, self.voices, path, self.device)
 

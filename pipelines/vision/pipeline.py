@@ -3,7 +3,6 @@ micro-batched forward."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from torchvision.models import EfficientNet_B0_Weights
 from pipelines.sources import resolve_source
 from pipelines.vision.images import load_image
 from pipelines.vision.preprocess import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
+from shared_engine.compute import compute_lane
 from shared_engine.device import DTYPES, resolve_device, resolve_dtype
 from shared_engine.errors import InvalidRequest
 from shared_engine.micro_batcher import BatchStats, MicroBatchConfig, MicroBatcher
@@ -93,8 +93,9 @@ class VisionPipeline:
         self.model.to(self.device, self.dtype, memory_format=torch.channels_last).eval()
         self.dimensions = int(self.model._fc.in_features)
         self.labels = read_labels(config.labels, int(self.model._fc.out_features))
+        self.lane = compute_lane(self.device)
         self.batcher: MicroBatcher[torch.Tensor, VisionOutput] = MicroBatcher(
-            self.forward_batch, lambda _: 1, config.batching, name=f"vision-{config.name}"
+            self.forward_batch, lambda _: 1, config.batching, name=f"vision-{config.name}", lane=self.lane
         )
         logger.info("vision model %s loaded from %s (%s, %s)", self.name, checkpoint, self.device, self.dtype)
 
@@ -107,9 +108,9 @@ class VisionPipeline:
         """Features and logits of each image, batched with whatever else is waiting."""
         if not images:
             return []
-        # Preprocessing runs in the caller's worker thread, not in the batcher: an odd image fails
-        # before it is queued, and the batcher's single thread spends its time only on forwards.
-        tensors = await asyncio.to_thread(self.transform.batch, images)
+        # Preprocessing is a step of its own, not part of the batch: an odd image fails before it is
+        # queued. It runs on the compute lane because resizing is torch work too.
+        tensors = await self.lane.run_async(self.transform.batch, images)
         return await self.batcher.submit(tensors)
 
     async def classify(self, images: Sequence[Image.Image], top_k: int = 5) -> list[list[Label]]:

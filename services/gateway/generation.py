@@ -15,7 +15,7 @@ from services.gateway.sse import event
 from services.registry import Chat
 from shared_engine.errors import InvalidRequest
 from shared_engine.outputs import RequestOutput, TokenLogprob
-from shared_engine.sampling_params import SamplingParams
+from shared_engine.sampling_params import OutputKind, SamplingParams
 
 
 def new_id(prefix: str) -> str:
@@ -48,6 +48,7 @@ def sampling_params(
             stop_token_ids=tuple(body.stop_token_ids or ()),
             ignore_eos=body.ignore_eos,
             logprobs=logprobs,
+            output_kind=OutputKind.DELTA if body.stream else OutputKind.FINAL_ONLY,
         )
     except ValueError as exc:
         param = str(exc).split(" ", 1)[0]

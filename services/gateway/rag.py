@@ -16,7 +16,7 @@ from services.gateway.schemas import PromptTokensDetails, Usage
 from services.gateway.sse import event
 from services.registry import Chat, ModelRegistry
 from shared_engine.outputs import RequestOutput
-from shared_engine.sampling_params import SamplingParams
+from shared_engine.sampling_params import OutputKind, SamplingParams
 
 SYSTEM_PROMPT = (
     "Answer the question using only the numbered context passages. Cite the passages you use like [1]. "
@@ -68,7 +68,11 @@ async def _generate(
     byte of a stream is sent; the returned iterator starts with that first output."""
     prompt = service.encode_chat(build_messages(body.query, hits))
     max_tokens = service.resolve_max_tokens(body.max_tokens, len(prompt), "query")
-    params = SamplingParams(max_tokens=max_tokens, temperature=body.temperature)
+    params = SamplingParams(
+        max_tokens=max_tokens,
+        temperature=body.temperature,
+        output_kind=OutputKind.DELTA if body.stream else OutputKind.FINAL_ONLY,
+    )
     (stream,) = await start_choices(service, new_id("rag"), [ChoiceSpec(0, prompt, params)])
     return stream
 

@@ -7,7 +7,7 @@ from typing import Any
 from services.rpc import llm_pb2
 from shared_engine.errors import InvalidRequest
 from shared_engine.outputs import FinishReason, RequestOutput, TokenLogprob
-from shared_engine.sampling_params import SamplingParams
+from shared_engine.sampling_params import OutputKind, SamplingParams
 
 
 def params_to_proto(p: SamplingParams) -> Any:
@@ -22,6 +22,7 @@ def params_to_proto(p: SamplingParams) -> Any:
         ignore_eos=p.ignore_eos,
         logprobs=p.logprobs,
         skip_special_tokens=p.skip_special_tokens,
+        final_only=p.output_kind == OutputKind.FINAL_ONLY,
     )
 
 
@@ -38,6 +39,7 @@ def params_from_proto(m: Any) -> SamplingParams:
             ignore_eos=m.ignore_eos,
             logprobs=m.logprobs if m.HasField("logprobs") else None,
             skip_special_tokens=m.skip_special_tokens,
+            output_kind=OutputKind.FINAL_ONLY if m.final_only else OutputKind.DELTA,
         )
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,12 +14,14 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig
 
 from shared_engine.async_engine import AsyncLLMEngine
+from shared_engine.compute import ComputeLane
 from shared_engine.config import CacheConfig, EngineConfig
 from shared_engine.errors import ContextLengthExceeded
 from shared_engine.llm_engine import LLMEngine
 from shared_engine.models import MODEL_REGISTRY
 from shared_engine.models.loader import arch_from_hf_config
-from shared_engine.sampling_params import SamplingParams
+from shared_engine.outputs import RequestOutput
+from shared_engine.sampling_params import OutputKind, SamplingParams
 
 CPU = torch.device("cpu")
 
@@ -90,3 +94,54 @@ async def test_validation_errors_reach_the_caller(engine: AsyncLLMEngine) -> Non
     # The engine keeps serving afterwards.
     outs = [o async for o in engine.generate("ok", [5, 6, 7], SamplingParams(max_tokens=2, temperature=0))]
     assert outs[-1].finished and outs[-1].num_output_tokens == 2
+
+
+async def _collect(
+    engine: AsyncLLMEngine, request_id: str, params: SamplingParams, pause: float = 0.0
+) -> list[RequestOutput]:
+    outs: list[RequestOutput] = []
+    async for out in engine.generate(request_id, [3, 1, 4, 1, 5], params):
+        outs.append(out)
+        await asyncio.sleep(pause)
+    return outs
+
+
+async def test_final_only_delivers_the_whole_completion_once(engine: AsyncLLMEngine) -> None:
+    delta = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, logprobs=2)
+    final = dataclasses.replace(delta, output_kind=OutputKind.FINAL_ONLY)
+    steps = await _collect(engine, "delta", delta)
+    (whole,) = await _collect(engine, "final", final)
+    assert len(steps) == 12
+    assert whole.finished and whole.finish_reason == steps[-1].finish_reason
+    assert whole.token_ids == [t for o in steps for t in o.token_ids]
+    assert whole.text == "".join(o.text for o in steps)
+    assert [lp.token_id for lp in whole.logprobs] == whole.token_ids
+    assert whole.num_output_tokens == 12 and whole.num_prompt_tokens == 5
+
+
+async def test_a_slow_reader_gets_queued_increments_joined(engine: AsyncLLMEngine) -> None:
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    fast = await _collect(engine, "fast", params)
+    slow = await _collect(engine, "slow", params, pause=0.1)
+    assert len(fast) > len(slow)  # the engine ran ahead of the slow reader; nothing was lost
+    assert [t for o in slow for t in o.token_ids] == [t for o in fast for t in o.token_ids]
+    assert "".join(o.text for o in slow) == "".join(o.text for o in fast)
+    assert slow[-1].finished and sum(o.finished for o in slow) == 1
+
+
+async def test_engine_steps_run_on_the_given_lane(engine: AsyncLLMEngine) -> None:
+    lane = ComputeLane("step-lane")
+    threads: set[str] = set()
+    step = engine.engine.step
+
+    def recorded_step() -> list[RequestOutput]:
+        threads.add(threading.current_thread().name)
+        return step()
+
+    front = AsyncLLMEngine(engine.engine, lane=lane)
+    engine.engine.step = recorded_step  # type: ignore[method-assign]
+    try:
+        outs = await _collect(front, "on-lane", SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))
+    finally:
+        front.shutdown()
+    assert outs[-1].num_output_tokens == 3 and threads == {"step-lane"}
