@@ -20,6 +20,7 @@ class Settings:
     models_config: Path = REPO_ROOT / "models.toml"
     data_dir: Path = REPO_ROOT / ".data"
     log_level: str = "info"
+    log_format: str = "json"  # JSON lines, or "text" for reading in a terminal
     max_upload_mb: int = 25  # request bodies, uploads included (OpenAI's audio limit)
     max_audio_seconds: float = 3600.0
     max_image_pixels: int = 40_000_000
@@ -30,6 +31,8 @@ class Settings:
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"PORT must be between 1 and 65535, got {self.port}")
+        if self.log_format not in ("json", "text"):
+            raise ValueError(f"MMSERVE_LOG_FORMAT must be json or text, got {self.log_format!r}")
         if self.max_upload_mb < 1:
             raise ValueError(f"MMSERVE_MAX_UPLOAD_MB must be >= 1, got {self.max_upload_mb}")
         if self.max_audio_seconds <= 0:
@@ -57,6 +60,7 @@ class Settings:
             models_config=Path(e.get("MMSERVE_MODELS_CONFIG", str(REPO_ROOT / "models.toml"))),
             data_dir=Path(e.get("MMSERVE_DATA_DIR", str(REPO_ROOT / ".data"))),
             log_level=e.get("MMSERVE_LOG_LEVEL", "info").lower(),
+            log_format=e.get("MMSERVE_LOG_FORMAT", "json").lower(),
             max_upload_mb=_number(e, "MMSERVE_MAX_UPLOAD_MB", 25, int),
             max_audio_seconds=_number(e, "MMSERVE_MAX_AUDIO_SECONDS", 3600.0, float),
             max_image_pixels=_number(e, "MMSERVE_MAX_IMAGE_PIXELS", 40_000_000, int),

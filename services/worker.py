@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from retrieval.collections import Collections
 from services.collections_service import LocalCollections
+from services.log_config import configure_logging
 from services.model_config import load_model_specs
 from services.registry import create_service
 from services.rpc import (
@@ -33,6 +34,7 @@ from services.rpc import (
     tts_pb2_grpc,
     vision_pb2_grpc,
 )
+from services.rpc.interceptors import RequestContextInterceptor
 from services.rpc.retrieval_rpc import RetrievalServicer
 from services.rpc.servicers import (
     EmbeddingServicer,
@@ -119,7 +121,7 @@ def load_services(task: str, settings: Settings) -> dict[str, Any]:
 
 async def serve(task: str, host: str, port: int, settings: Settings) -> None:
     service_name, register = SERVICES[task]
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[RequestContextInterceptor()])
     status = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(status, server)
     for name in ("", service_name):
@@ -166,10 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     # A worker serves its own task in-process; other tasks' endpoints (the retrieval worker's embedders)
     # stay remote.
     settings = replace(settings, endpoints={k: v for k, v in settings.endpoints.items() if k != args.task})
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s {args.task} %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format, component=f"{args.task}-worker")
     asyncio.run(serve(args.task, args.host, args.port, settings))
 
 

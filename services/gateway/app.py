@@ -8,6 +8,7 @@ from litestar.openapi import OpenAPIConfig
 
 from services.gateway.errors import exception_handler
 from services.gateway.media_routes import AudioController, VisionController
+from services.gateway.request_log import request_log_middleware
 from services.gateway.retrieval_routes import CollectionsController, RagController, RetrievalController
 from services.gateway.routes import HealthController, OpenAIController
 from services.registry import ModelRegistry
@@ -35,6 +36,7 @@ def create_app(
         ],
         dependencies={"registry": Provide(lambda: registry, sync_to_thread=False)},
         exception_handlers={Exception: exception_handler},
+        middleware=[request_log_middleware],
         # Logging is configured once by the process (services.serve); Litestar must not replace it.
         logging_config=None,
         request_max_body_size=max_body_bytes,

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services import request_context
 from services.errors import ServiceUnavailable
 from services.rpc import models_pb2, models_pb2_grpc
 from services.rpc.status import from_status
@@ -28,6 +29,15 @@ CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 250),
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
+
+
+REQUEST_ID_KEY = "x-request-id"
+
+
+def outgoing_metadata() -> tuple[tuple[str, str], ...]:
+    """The HTTP request's id travels with every call it makes, so the worker's logs carry it too."""
+    ctx = request_context.current()
+    return ((REQUEST_ID_KEY, ctx.request_id),) if ctx is not None else ()
 
 
 class Channels:
@@ -56,7 +66,7 @@ class Channels:
             target = self.targets[(start + attempt) % len(self.targets)]
             rpc = getattr(stub_class(self._channel(target)), method)
             try:
-                return await rpc(request, timeout=self.timeout_s)
+                return await rpc(request, timeout=self.timeout_s, metadata=outgoing_metadata())
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < len(self.targets):
                     continue
@@ -73,7 +83,9 @@ class Channels:
         start = next(self._turn)
         for attempt in range(len(self.targets)):
             target = self.targets[(start + attempt) % len(self.targets)]
-            call = getattr(stub_class(self._channel(target)), method)(request, timeout=self.timeout_s)
+            call = getattr(stub_class(self._channel(target)), method)(
+                request, timeout=self.timeout_s, metadata=outgoing_metadata()
+            )
             started = False
             try:
                 async for message in call:
