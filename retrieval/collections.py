@@ -78,7 +78,8 @@ class SearchResult:
 
 
 def check_name(name: str, pattern: re.Pattern[str], what: str) -> str:
-    if not pattern.match(name):
+    # fullmatch: with match, `$` also matches before a final newline, so "notes\n" would be a name.
+    if not pattern.fullmatch(name):
         raise InvalidName(f"invalid {what} {name!r}: it must match {pattern.pattern}", param=what)
     return name
 

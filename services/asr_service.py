@@ -7,14 +7,22 @@ from dataclasses import replace
 from pipelines.asr import ASRPipeline, ASRPipelineConfig, Transcription, decode_audio
 from services.model_config import ModelSpec
 from services.settings import Settings
+from services.timing import timed
 from shared_engine.async_engine import StepObserver
 from shared_engine.llm_engine import EngineStats
+from shared_engine.micro_batcher import BatchObserver
 
 
 class ASRService:
     task = "asr"
 
-    def __init__(self, spec: ModelSpec, settings: Settings, on_step: StepObserver | None = None) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        settings: Settings,
+        on_step: StepObserver | None = None,
+        on_batch: BatchObserver | None = None,
+    ) -> None:
         self.spec = spec
         self.name = spec.name
         self.max_audio_seconds = settings.max_audio_seconds
@@ -28,7 +36,7 @@ class ASRService:
         )
         if spec.batching is not None:
             config = replace(config, batching=spec.batching.to_config())
-        self.pipeline = ASRPipeline(config, settings.model_cache_dir, on_step)
+        self.pipeline = ASRPipeline(config, settings.model_cache_dir, on_step, on_batch)
 
     @property
     def max_model_len(self) -> None:
@@ -54,8 +62,10 @@ class ASRService:
     ) -> Transcription:
         # Resampling is torch work: it takes its turn on the compute lane.
         audio = await self.pipeline.lane.run_async(decode_audio, audio_file, self.max_audio_seconds)
-        return await self.pipeline.transcribe(
-            request_id, audio, task=task, language=language, prompt=prompt, temperature=temperature
+        return await timed(
+            self.pipeline.transcribe(
+                request_id, audio, task=task, language=language, prompt=prompt, temperature=temperature
+            )
         )
 
     def stats(self) -> EngineStats:

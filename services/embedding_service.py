@@ -9,13 +9,14 @@ import numpy as np
 
 from pipelines.embedding import EmbeddingPipeline, EmbeddingPipelineConfig
 from services.model_config import ModelSpec
-from shared_engine.micro_batcher import BatchStats, MicroBatchConfig
+from services.timing import timed
+from shared_engine.micro_batcher import BatchObserver, BatchStats, MicroBatchConfig
 
 
 class EmbeddingService:
     task = "embedding"
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, on_batch: BatchObserver | None = None) -> None:
         self.spec = spec
         self.name = spec.name
         config = EmbeddingPipelineConfig(
@@ -25,7 +26,7 @@ class EmbeddingService:
             device=spec.device,
             batching=spec.batching.to_config() if spec.batching else MicroBatchConfig(),
         )
-        self.pipeline = EmbeddingPipeline(config)
+        self.pipeline = EmbeddingPipeline(config, on_batch)
 
     @property
     def max_model_len(self) -> int:
@@ -54,7 +55,7 @@ class EmbeddingService:
         return self.pipeline.check_length(index, ids, truncate)
 
     async def embed(self, token_lists: Sequence[list[int]]) -> list[np.ndarray]:
-        return await self.pipeline.embed(token_lists)
+        return await timed(self.pipeline.embed(token_lists))
 
     def stats(self) -> BatchStats:
         return self.pipeline.stats()

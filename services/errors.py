@@ -21,5 +21,11 @@ class DeadlineExceeded(EngineError):
     """A call to a model service ran past its deadline (maps to 504)."""
 
 
-class Overloaded(EngineError):
-    """A service refused work because its queue is full (maps to 429)."""
+class Unauthorized(EngineError):
+    """A request to a protected path without a valid API key (maps to 401)."""
+
+    headers = {"WWW-Authenticate": "Bearer"}
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code

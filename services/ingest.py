@@ -1,5 +1,5 @@
-"""``mmserve-ingest PATH --collection NAME`` (or ``python -m services.ingest``): load a folder of
-.txt/.md/.html files into a collection through the same store the server uses.
+"""``mmserve ingest PATH --collection NAME`` (also ``mmserve-ingest`` or ``python -m services.ingest``):
+load a folder of .txt/.md/.html files into a collection through the same store the server uses.
 
 Each file becomes one document whose id is its path relative to PATH; its content hash is kept in
 the metadata, so a second run skips unchanged files and replaces changed ones. Files are committed
@@ -18,14 +18,15 @@ import sys
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from retrieval.collections import Collections, DocumentInput, Embedder
 from retrieval.errors import CollectionNotFound
-from services.embedding_service import EmbeddingService
-from services.model_config import load_model_specs
 from services.settings import Settings
+
+if TYPE_CHECKING:
+    from retrieval.collections import Collections, Embedder
 
 SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm")
 UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
@@ -78,6 +79,8 @@ async def ingest(
     collections: Collections, name: str, root: Path, index: str | None = None
 ) -> tuple[int, int]:
     """Returns (files added or replaced, files skipped as unchanged)."""
+    from retrieval.collections import DocumentInput
+
     try:
         collections.record(name)
     except CollectionNotFound:
@@ -103,17 +106,30 @@ async def ingest(
     return added, skipped
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+DESCRIPTION = __doc__.split("\n\n")[0] if __doc__ else None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The command's options, on ``parser``: its own (``mmserve-ingest``) or a subcommand's (``mmserve
+    ingest``)."""
     parser.add_argument("path", type=Path, help="a file, or a folder searched for .txt/.md/.html files")
     parser.add_argument("--collection", required=True, help="collection name (created if missing)")
     parser.add_argument("--index", choices=("flat", "hnsw", "ivf"), help="index kind for a new collection")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    return parser
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Ingest ``args.path`` with the settings of the environment; ``parser`` reports usage errors."""
     if not args.path.exists():
         parser.error(f"{args.path} does not exist")
+    # Imported here, not at the top: they load torch, and building the parser (``mmserve --help``) need not.
+    from retrieval.collections import Collections
+    from services.embedding_service import EmbeddingService
+    from services.model_config import configured_models
+
+    logging.basicConfig(level=logging.WARNING)
     settings = Settings.from_env()
-    specs = [s for s in load_model_specs(settings.models_config) if s.task == "embedding"]
+    specs = [s for s in configured_models(settings) if s.task == "embedding"]
     if not specs:
         parser.error("no embedding model is configured")
     services = {s.name: EmbeddingService(s) for s in specs}
@@ -127,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
             service.shutdown()
     print(f"{args.collection}: {added} file(s) added or replaced, {skipped} unchanged or empty")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = add_arguments(argparse.ArgumentParser(description=DESCRIPTION))
+    return run(parser.parse_args(argv), parser)
 
 
 if __name__ == "__main__":

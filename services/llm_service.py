@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from pipelines.llm import ChatTokenizer, LLMPipeline, LLMPipelineConfig
 from services.model_config import ModelSpec
 from services.settings import Settings
+from services.timing import record_output
 from shared_engine.async_engine import StepObserver
 from shared_engine.errors import ContextLengthExceeded
 from shared_engine.llm_engine import EngineStats
@@ -63,6 +64,7 @@ class LLMService(ChatText):
             dtype=spec.dtype,
             device=spec.device,
             engine=spec.engine.to_engine_config(),
+            quantization=spec.quantization_config,
         )
         self.pipeline = LLMPipeline(config, settings.model_cache_dir, on_step)
         self.text = self.pipeline.text
@@ -78,10 +80,20 @@ class LLMService(ChatText):
     def generate(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
     ) -> AsyncIterator[RequestOutput]:
-        return self.pipeline.generate(request_id, prompt_token_ids, params)
+        return _timed(self.pipeline.generate(request_id, prompt_token_ids, params))
 
     def stats(self) -> EngineStats:
         return self.pipeline.stats()
 
     def shutdown(self) -> None:
         self.pipeline.shutdown()
+
+
+async def _timed(stream: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
+    try:
+        async for out in stream:
+            record_output(out)
+            yield out
+    finally:
+        # Closing the engine's stream aborts the request if it still runs.
+        await stream.aclose()  # type: ignore[attr-defined]

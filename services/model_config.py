@@ -7,8 +7,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pipelines.sources import check_source_allowed
+from services.settings import Settings
 from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from shared_engine.micro_batcher import MicroBatchConfig
+from shared_engine.quantization import DEFAULT_INT4_GROUP_SIZE, QuantizationConfig
 
 TASKS = ("chat", "embedding", "vision", "asr", "tts")
 _MIB = 1 << 20
@@ -24,6 +27,8 @@ class EngineOptions:
     max_num_batched_tokens: int = 2048
     enable_chunked_prefill: bool = True
     max_model_len: int | None = None
+    max_waiting_requests: int = 256
+    max_waiting_tokens: int = 262_144
 
     def to_engine_config(self) -> EngineConfig:
         return EngineConfig(
@@ -37,6 +42,8 @@ class EngineOptions:
                 max_num_seqs=self.max_num_seqs,
                 max_num_batched_tokens=self.max_num_batched_tokens,
                 enable_chunked_prefill=self.enable_chunked_prefill,
+                max_waiting_requests=self.max_waiting_requests,
+                max_waiting_tokens=self.max_waiting_tokens,
             ),
             max_model_len=self.max_model_len,
         )
@@ -49,9 +56,12 @@ class BatchingOptions:
     max_batch_tokens: int = 16384
     max_batch_size: int = 128
     max_wait_ms: float = 2.0
+    max_queued_items: int = 4096
 
     def to_config(self) -> MicroBatchConfig:
-        return MicroBatchConfig(self.max_batch_tokens, self.max_batch_size, self.max_wait_ms)
+        return MicroBatchConfig(
+            self.max_batch_tokens, self.max_batch_size, self.max_wait_ms, self.max_queued_items
+        )
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,10 @@ class ModelSpec:
     parts: tuple[str, ...] = ()
     engine: EngineOptions = field(default_factory=EngineOptions)
     batching: BatchingOptions | None = None  # None: the pipeline's own default for its model
+    # Weight-only quantization of a chat model's linear layers: "int8" | "int4" (None: as loaded).
+    quantization: str | None = None
+    quantization_group_size: int | None = None  # int4 only; default DEFAULT_INT4_GROUP_SIZE
+    quantization_lm_head: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.parts, tuple):
@@ -75,6 +89,29 @@ class ModelSpec:
             raise ValueError(f"invalid model name {self.name!r}: must be non-empty without whitespace")
         if self.task not in TASKS:
             raise ValueError(f"model {self.name!r}: unknown task {self.task!r}; known: {', '.join(TASKS)}")
+        try:
+            self.quantization_config  # noqa: B018 (validates the quantization fields)
+        except ValueError as exc:
+            raise ValueError(f"model {self.name!r}: {exc}") from None
+
+    @property
+    def quantization_config(self) -> QuantizationConfig | None:
+        if not isinstance(self.quantization_lm_head, bool):
+            raise ValueError(f"quantization_lm_head must be true or false, got {self.quantization_lm_head!r}")
+        if self.quantization is None:
+            if self.quantization_group_size is not None or self.quantization_lm_head:
+                raise ValueError("quantization_group_size and quantization_lm_head need quantization")
+            return None
+        if self.task != "chat":
+            raise ValueError(f"quantization applies to task 'chat' only, not {self.task!r}")
+        group_size = self.quantization_group_size
+        if group_size is not None and self.quantization != "int4":
+            raise ValueError(f"quantization_group_size applies to int4 only, not {self.quantization!r}")
+        return QuantizationConfig(
+            self.quantization,
+            DEFAULT_INT4_GROUP_SIZE if group_size is None else group_size,
+            self.quantization_lm_head,
+        )
 
 
 def _build(cls: type, table: dict[str, Any], where: str) -> Any:
@@ -112,3 +149,16 @@ def load_model_specs(path: Path) -> list[ModelSpec]:
         raise FileNotFoundError(f"model configuration {path} does not exist")
     with path.open("rb") as f:
         return parse_model_specs(tomllib.load(f), str(path))
+
+
+def configured_models(settings: Settings) -> list[ModelSpec]:
+    """The models the service is configured to serve, each local source checked to lie inside the
+    allowed model directories."""
+    specs = load_model_specs(settings.models_config)
+    for spec in specs:
+        for source in (spec.source, *spec.parts):
+            try:
+                check_source_allowed(source, settings.allowed_model_dirs)
+            except ValueError as exc:
+                raise ValueError(f"{settings.models_config}: model {spec.name!r}: {exc}") from None
+    return specs

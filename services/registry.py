@@ -15,6 +15,7 @@ from services.collections_service import CollectionsAPI, LocalCollections
 from services.embedding_service import EmbeddingService
 from services.errors import ModelNotFound, ServiceUnavailable
 from services.llm_service import LLMService
+from services.metrics import EncoderMetrics, EngineMetrics, note_model
 from services.model_config import ModelSpec
 from services.rpc.channels import Channels, list_models
 from services.rpc.clients import (
@@ -64,15 +65,16 @@ def create_service(spec: ModelSpec, settings: Settings) -> Service:
     """The service for a model: in-process, or its workers' when endpoints name its task."""
     if spec.task in settings.endpoints:
         return remote_service(spec, settings)
+    on_batch = EncoderMetrics(spec.name, spec.task)
     if spec.task == "embedding":
-        return EmbeddingService(spec)
+        return EmbeddingService(spec, on_batch)
     if spec.task == "vision":
-        return VisionService(spec, settings)
+        return VisionService(spec, settings, on_batch)
     if spec.task == "asr":
-        return ASRService(spec, settings)
+        return ASRService(spec, settings, EngineMetrics(spec.name), on_batch)
     if spec.task == "tts":
-        return TTSService(spec)
-    return LLMService(spec, settings)
+        return TTSService(spec, on_batch)
+    return LLMService(spec, settings, EngineMetrics(spec.name))
 
 
 class ModelRegistry:
@@ -143,6 +145,7 @@ class ModelRegistry:
         spec = self.specs.get(name)
         if spec is None or spec.task != task:
             raise ModelNotFound(name, task)
+        note_model(name)
         service = self.services.get(name)
         if service is None:
             reason = f"failed to load: {self.load_error}" if self.load_error else "still loading"

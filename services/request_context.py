@@ -19,10 +19,16 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)
     queue_s: float = 0.0  # waiting for an engine step or an encoder batch, summed over the request's parts
     inference_s: float = 0.0  # in forwards, from the first scheduled step to the last output
+    deadline: float | None = None  # time.monotonic() by which the request must be answered
+    client_gone: bool = False  # the client disconnected before the answer was complete
 
     def add_timing(self, queue_s: float, inference_s: float) -> None:
         self.queue_s += max(queue_s, 0.0)
         self.inference_s += max(inference_s, 0.0)
+
+    @property
+    def remaining_s(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
 
     @property
     def elapsed_s(self) -> float:

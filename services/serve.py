@@ -2,35 +2,50 @@
 
 from __future__ import annotations
 
-import logging
-
 import uvicorn
 
 from services.gateway.app import create_app
-from services.model_config import load_model_specs
+from services.gateway.auth import ApiKeys
+from services.gateway.deadline import DeadlinePolicy
+from services.gateway.lifecycle import DrainingServer, Lifecycle
+from services.log_config import configure_logging
+from services.model_config import configured_models
 from services.registry import ModelRegistry, create_service, remote_collections
 from services.settings import Settings
 
 
 def build_registry(settings: Settings) -> ModelRegistry:
-    specs = load_model_specs(settings.models_config)
+    specs = configured_models(settings)
     remote = (lambda: remote_collections(settings)) if "retrieval" in settings.endpoints else None
     return ModelRegistry(specs, lambda spec: create_service(spec, settings), settings.data_dir, remote)
 
 
-def main() -> None:
-    settings = Settings.from_env()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+def run(settings: Settings) -> None:
+    """Serve every configured model in this process until SIGTERM or Ctrl-C (``mmserve serve`` too)."""
+    configure_logging(settings.log_level, settings.log_format)
+    lifecycle = Lifecycle()
+    app = create_app(
+        build_registry(settings),
+        max_body_bytes=settings.max_upload_bytes,
+        api_keys=ApiKeys(settings.api_keys, settings.metrics_require_key),
+        deadlines=DeadlinePolicy(settings.request_timeout_s, settings.max_request_timeout_s),
+        lifecycle=lifecycle,
     )
-    app = create_app(build_registry(settings), max_body_bytes=settings.max_upload_bytes)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        # Our handler and our access log (services/gateway/request_log.py: with request ids) instead.
+        log_config=None,
+        access_log=False,
         timeout_graceful_shutdown=10,
     )
+    DrainingServer(config, lifecycle, settings.shutdown_grace_s).run()
+
+
+def main() -> None:
+    run(Settings.from_env())
 
 
 if __name__ == "__main__":

@@ -26,11 +26,25 @@ class Settings:
     max_image_pixels: int = 40_000_000
     # Distributed mode: task → gRPC addresses of its workers (an empty mapping: everything in-process).
     endpoints: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    rpc_timeout_s: float = 600.0  # deadline of every call to a worker
+    rpc_timeout_s: float = 600.0  # deadline of every call to a worker (a request's own deadline, if sooner)
+    request_timeout_s: float = 600.0  # a /v1 request's deadline unless it sends X-Request-Timeout
+    max_request_timeout_s: float = 3600.0  # the most X-Request-Timeout may ask for
+    shutdown_grace_s: float = 30.0  # on SIGTERM, how long running requests may take to finish
+    # Where local model files may be loaded from; empty: the models config's folder and the data dir.
+    model_dirs: tuple[Path, ...] = ()
+    api_keys: tuple[str, ...] = ()  # when set, /v1 needs "Authorization: Bearer <one of them>"
+    metrics_require_key: bool = False  # /metrics behind the API keys too
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"PORT must be between 1 and 65535, got {self.port}")
+        if not 0 < self.request_timeout_s <= self.max_request_timeout_s:
+            raise ValueError(
+                "MMSERVE_REQUEST_TIMEOUT_S must be > 0 and <= MMSERVE_MAX_REQUEST_TIMEOUT_S, got "
+                f"{self.request_timeout_s} and {self.max_request_timeout_s}"
+            )
+        if self.shutdown_grace_s < 0:
+            raise ValueError(f"MMSERVE_SHUTDOWN_GRACE_S must be >= 0, got {self.shutdown_grace_s}")
         if self.log_format not in ("json", "text"):
             raise ValueError(f"MMSERVE_LOG_FORMAT must be json or text, got {self.log_format!r}")
         if self.max_upload_mb < 1:
@@ -43,6 +57,10 @@ class Settings:
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb << 20
+
+    @property
+    def allowed_model_dirs(self) -> tuple[Path, ...]:
+        return self.model_dirs or (self.models_config.parent, self.data_dir)
 
     @property
     def model_cache_dir(self) -> Path:
@@ -66,6 +84,12 @@ class Settings:
             max_image_pixels=_number(e, "MMSERVE_MAX_IMAGE_PIXELS", 40_000_000, int),
             endpoints=parse_endpoints(e.get("MMSERVE_ENDPOINTS", "")),
             rpc_timeout_s=_number(e, "MMSERVE_RPC_TIMEOUT_S", 600.0, float),
+            request_timeout_s=_number(e, "MMSERVE_REQUEST_TIMEOUT_S", 600.0, float),
+            max_request_timeout_s=_number(e, "MMSERVE_MAX_REQUEST_TIMEOUT_S", 3600.0, float),
+            shutdown_grace_s=_number(e, "MMSERVE_SHUTDOWN_GRACE_S", 30.0, float),
+            model_dirs=tuple(Path(d) for d in e.get("MMSERVE_MODEL_DIRS", "").split(os.pathsep) if d.strip()),
+            api_keys=tuple(k.strip() for k in e.get("MMSERVE_API_KEYS", "").split(",") if k.strip()),
+            metrics_require_key=_flag(e, "MMSERVE_METRICS_REQUIRE_KEY"),
         )
 
 
@@ -88,6 +112,15 @@ def parse_endpoints(text: str) -> dict[str, tuple[str, ...]]:
             raise ValueError(f"MMSERVE_ENDPOINTS: task {task!r} is given twice")
         out[task] = targets
     return out
+
+
+def _flag(env: Mapping[str, str], key: str) -> bool:
+    raw = env.get(key, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise ValueError(f"{key} must be true or false, got {raw!r}")
 
 
 def _number(env: Mapping[str, str], key: str, default: _N, kind: Callable[[str], _N]) -> _N:

@@ -1,6 +1,8 @@
 """``python -m services.topology``: the distributed topology as local processes on loopback — one
 gRPC worker per task (or several replicas), then the gateway routed to them — for machines with no
-container engine (``make serve-distributed``). Ctrl-C or SIGTERM stops every process."""
+container engine (``make serve-distributed``). Each worker serves Prometheus metrics on a free port of
+its own, printed at start (``metrics: chat=http://127.0.0.1:PORT/metrics,...;embedding=...``). Ctrl-C or
+SIGTERM stops every process."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.settings import REMOTE_TASKS
@@ -23,6 +26,7 @@ DEFAULT_REPLICAS = {"chat": 2}  # two LLM replicas: requests round-robin, and on
 class Worker:
     task: str
     port: int
+    metrics_port: int
 
     @property
     def address(self) -> str:
@@ -41,15 +45,24 @@ def plan(replicas: dict[str, int], base_port: int = BASE_PORT) -> list[Worker]:
     workers: list[Worker] = []
     for task in REMOTE_TASKS:
         for _ in range(replicas.get(task, DEFAULT_REPLICAS.get(task, 1))):
-            workers.append(Worker(task, base_port + len(workers) if base_port else free_port()))
+            port = base_port + len(workers) if base_port else free_port()
+            workers.append(Worker(task, port, free_port()))
     return workers
 
 
-def endpoints(workers: list[Worker]) -> str:
+def _by_task(workers: list[Worker], address: Callable[[Worker], str]) -> str:
     by_task: dict[str, list[str]] = {}
     for w in workers:
-        by_task.setdefault(w.task, []).append(w.address)
+        by_task.setdefault(w.task, []).append(address(w))
     return ";".join(f"{task}={','.join(addresses)}" for task, addresses in by_task.items())
+
+
+def endpoints(workers: list[Worker]) -> str:
+    return _by_task(workers, lambda w: w.address)
+
+
+def metrics_urls(workers: list[Worker]) -> str:
+    return _by_task(workers, lambda w: f"http://127.0.0.1:{w.metrics_port}/metrics")
 
 
 def parse_replicas(items: list[str]) -> dict[str, int]:
@@ -82,10 +95,13 @@ def main(argv: list[str] | None = None) -> int:
             "127.0.0.1",
             "--port",
             str(w.port),
+            "--metrics-port",
+            str(w.metrics_port),
         ]
         procs.append(subprocess.Popen(cmd))
     env = {**os.environ, "MMSERVE_ENDPOINTS": endpoints(workers)}
     print(f"workers: {env['MMSERVE_ENDPOINTS']}", flush=True)
+    print(f"metrics: {metrics_urls(workers)}", flush=True)
     gateway = subprocess.Popen([sys.executable, "-m", "services.serve"], env=env)
     procs.append(gateway)
     stopping = False

@@ -6,13 +6,14 @@ import asyncio
 
 from pipelines.tts import TTSPipeline, TTSPipelineConfig, check_format, encode_audio
 from services.model_config import ModelSpec
-from shared_engine.micro_batcher import BatchStats
+from services.timing import timed
+from shared_engine.micro_batcher import BatchObserver, BatchStats
 
 
 class TTSService:
     task = "tts"
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, on_batch: BatchObserver | None = None) -> None:
         self.spec = spec
         self.name = spec.name
         config = TTSPipelineConfig(
@@ -21,7 +22,7 @@ class TTSService:
             device=spec.device,
             batching=spec.batching.to_config() if spec.batching else None,
         )
-        self.pipeline = TTSPipeline(config)
+        self.pipeline = TTSPipeline(config, on_batch)
 
     @property
     def voices(self) -> list[str]:
@@ -42,7 +43,7 @@ class TTSService:
     async def speech(self, text: str, voice: str | None, speed: float, fmt: str) -> tuple[bytes, str]:
         """Encoded audio and its content type."""
         check_format(fmt)  # before the synthesis it would waste
-        samples = await self.pipeline.synthesize(text, voice, speed)
+        samples = await timed(self.pipeline.synthesize(text, voice, speed))
         return await asyncio.to_thread(encode_audio, samples, self.sample_rate, fmt)
 
     def stats(self) -> BatchStats:

@@ -12,14 +12,15 @@ from PIL import Image
 from pipelines.vision import Label, VisionPipeline, VisionPipelineConfig
 from services.model_config import ModelSpec
 from services.settings import Settings
-from shared_engine.micro_batcher import BatchStats
+from services.timing import timed
+from shared_engine.micro_batcher import BatchObserver, BatchStats
 
 
 class VisionService:
     task = "vision"
     modality = "image"  # what its embeddings are of (collections of images use it)
 
-    def __init__(self, spec: ModelSpec, settings: Settings) -> None:
+    def __init__(self, spec: ModelSpec, settings: Settings, on_batch: BatchObserver | None = None) -> None:
         self.spec = spec
         self.name = spec.name
         config = VisionPipelineConfig(
@@ -31,7 +32,7 @@ class VisionService:
         )
         if spec.batching is not None:
             config = replace(config, batching=spec.batching.to_config())
-        self.pipeline = VisionPipeline(config)
+        self.pipeline = VisionPipeline(config, on_batch)
 
     @property
     def dimensions(self) -> int:
@@ -50,10 +51,10 @@ class VisionService:
 
     async def classify(self, images: Sequence[bytes], top_k: int) -> list[list[Label]]:
         self.pipeline.check_top_k(top_k)  # before any image is decoded
-        return await self.pipeline.classify(await self._open(images), top_k)
+        return await timed(self.pipeline.classify(await self._open(images), top_k))
 
     async def embed_images(self, images: Sequence[bytes]) -> list[np.ndarray]:
-        return await self.pipeline.embed(await self._open(images))
+        return await timed(self.pipeline.embed(await self._open(images)))
 
     def stats(self) -> BatchStats:
         return self.pipeline.stats()

@@ -23,7 +23,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from retrieval.collections import Collections
 from services.collections_service import LocalCollections
 from services.log_config import configure_logging
-from services.model_config import load_model_specs
+from services.metrics import serve_metrics
+from services.model_config import configured_models
 from services.registry import create_service
 from services.rpc import (
     asr_pb2_grpc,
@@ -50,6 +51,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_PORT = 50051
+METRICS_PORT = 9100  # what compose.yaml gives --metrics-port; by default a worker serves no metrics
 MAX_MESSAGE_BYTES = 64 << 20  # uploads (audio, images) and answers (audio) travel whole
 GRACE_SECONDS = 10.0
 
@@ -113,7 +115,7 @@ def load_services(task: str, settings: Settings) -> dict[str, Any]:
     """The task's models; for retrieval, the embedding and vision models its collections embed with
     (in-process, or those services' workers when MMSERVE_ENDPOINTS names them)."""
     tasks = ("embedding", "vision") if task == "retrieval" else (task,)
-    specs = [s for s in load_model_specs(settings.models_config) if s.task in tasks]
+    specs = [s for s in configured_models(settings) if s.task in tasks]
     if not specs:
         raise SystemExit(f"{settings.models_config} configures no {task} model")
     return {spec.name: create_service(spec, settings) for spec in specs}
@@ -163,12 +165,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task", required=True, choices=TASKS, help="which models of models.toml to serve")
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help=f"Prometheus metrics at http://HOST:PORT/metrics (0: off, the default; compose: {METRICS_PORT})",
+    )
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     # A worker serves its own task in-process; other tasks' endpoints (the retrieval worker's embedders)
     # stay remote.
     settings = replace(settings, endpoints={k: v for k, v in settings.endpoints.items() if k != args.task})
     configure_logging(settings.log_level, settings.log_format, component=f"{args.task}-worker")
+    if args.metrics_port:
+        serve_metrics(args.metrics_port, args.host)
     asyncio.run(serve(args.task, args.host, args.port, settings))
 
 

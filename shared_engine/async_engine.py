@@ -12,6 +12,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from shared_engine.errors import EngineDead
 from shared_engine.llm_engine import EngineStats, LLMEngine
 from shared_engine.outputs import RequestOutput, merge_outputs
 from shared_engine.sampling_params import OutputKind, SamplingParams
+from shared_engine.timing import report
 
 logger = logging.getLogger(__name__)
 
@@ -83,19 +85,26 @@ class AsyncLLMEngine:
     ) -> AsyncIterator[RequestOutput]:
         """Stream the request's outputs. Closing the iterator early (client gone) aborts the request.
 
-        ``encoder_state`` is what an encoder-decoder model's cross-attention reads (see Request)."""
+        ``encoder_state`` is what an encoder-decoder model's cross-attention reads (see Request). The
+        request arrives now: time until the engine thread takes it counts as queue time. Its timing is
+        reported to the caller's open ``timing.measure()``, if any."""
         if self._error is not None or self._stopped.is_set():
             raise EngineDead("the LLM engine has stopped") from self._error
         stream = _Stream(asyncio.get_running_loop(), params.output_kind == OutputKind.FINAL_ONLY)
         ready: asyncio.Future[None] = stream.loop.create_future()
         self._streams[request_id] = stream
-        self._commands.put(("add", (request_id, prompt_token_ids, params, encoder_state, stream, ready)))
+        arrival = time.monotonic()
+        self._commands.put(
+            ("add", (request_id, prompt_token_ids, params, encoder_state, arrival, stream, ready))
+        )
         finished = False
         try:
             await ready  # raises the engine's validation error, if any
             while True:
                 item = await stream.get()
                 finished = item.finished
+                if item.metrics is not None:
+                    report(item.metrics.queue_s, item.metrics.inference_s)
                 yield item
                 if finished:
                     return
@@ -123,9 +132,9 @@ class AsyncLLMEngine:
 
     def _handle(self, kind: str, payload: Any) -> None:
         if kind == "add":
-            request_id, prompt, params, encoder_state, stream, ready = payload
+            request_id, prompt, params, encoder_state, arrival, stream, ready = payload
             try:
-                self.engine.add_request(request_id, prompt, params, encoder_state=encoder_state)
+                self.engine.add_request(request_id, prompt, params, arrival, encoder_state)
             except Exception as exc:  # validation errors go back to the caller that sent them
                 stream.loop.call_soon_threadsafe(_settle, ready, exc)
             else:
@@ -147,8 +156,6 @@ class AsyncLLMEngine:
             self._handle(kind, payload)
 
     def _run(self) -> None:
-        import time
-
         try:
             while not self._stopped.is_set():
                 self._drain(block=not self.engine.has_unfinished_requests())
@@ -161,7 +168,10 @@ class AsyncLLMEngine:
                     if stream is not None:
                         stream.put(out)
                 if self.on_step is not None:
-                    self.on_step(self.engine, outputs, time.perf_counter() - start)
+                    try:
+                        self.on_step(self.engine, outputs, time.perf_counter() - start)
+                    except Exception:
+                        logger.exception("step observer failed")
         except BaseException as exc:
             logger.exception("LLM engine loop died")
             self._error = exc

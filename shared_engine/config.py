@@ -39,10 +39,17 @@ class SchedulerConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     enable_chunked_prefill: bool = True
+    # Admission control: past these a new request is refused (429) instead of queued without bound.
+    max_waiting_requests: int = 256
+    max_waiting_tokens: int = 262_144  # prompt (and, after a preemption, generated) tokens waiting
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_waiting_requests < 0:
+            raise ValueError(f"max_waiting_requests must be >= 0, got {self.max_waiting_requests}")
+        if self.max_waiting_tokens < 1:
+            raise ValueError(f"max_waiting_tokens must be >= 1, got {self.max_waiting_tokens}")
         if self.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
 

@@ -38,5 +38,18 @@ class EngineDead(EngineError):
     """The engine loop stopped; no request can be served (maps to 503)."""
 
 
+class Overloaded(EngineError):
+    """Work refused because the queue in front of a model is full (maps to 429). ``retry_after_s`` is
+    the caller's cue for when to try again (the Retry-After header)."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, retry_after_s)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
 class PayloadTooLarge(InvalidRequest):
     """An input past a size limit (pixels, bytes): answered 413 rather than 400."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -11,11 +12,11 @@ import torch
 
 from shared_engine.config import EngineConfig
 from shared_engine.detokenizer import IncrementalDetokenizer, Tokenizer
-from shared_engine.errors import ContextLengthExceeded, DuplicateRequest, InvalidRequest
+from shared_engine.errors import ContextLengthExceeded, DuplicateRequest, InvalidRequest, Overloaded
 from shared_engine.kv_cache_manager import KVCacheManager
 from shared_engine.model_runner import ModelRunner, num_blocks_for_memory
 from shared_engine.models.base import DecoderModel
-from shared_engine.outputs import FinishReason, RequestOutput
+from shared_engine.outputs import FinishReason, RequestMetrics, RequestOutput
 from shared_engine.request import Request
 from shared_engine.sampler import RequestSampler
 from shared_engine.sampling_params import SamplingParams
@@ -26,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EngineStats:
+    """The engine now; counters (``num_preemptions``, ``prefix_cache_*``) count since it started, and
+    ``last_batch_*`` are the sequences and tokens scheduled in the latest step."""
+
     num_running: int
     num_waiting: int
     kv_cache_usage: float
@@ -34,6 +38,8 @@ class EngineStats:
     num_blocks: int
     last_batch_size: int
     last_batch_tokens: int
+    prefix_cache_queries: int  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits: int  # of those, tokens found there
 
 
 class _Live:
@@ -81,6 +87,7 @@ class LLMEngine:
         self.scheduler = Scheduler(config.scheduler, self.kv)
         self.runner = ModelRunner(model, num_blocks, cache.block_size, device, dtype)
         self.live: dict[str, _Live] = {}
+        self._mean_e2e_s: float | None = None  # recent finished requests', for Retry-After
         self._last_batch = (0, 0)
         kv_mib = num_blocks * cache.block_size * arch.kv_bytes_per_token * dtype.itemsize / 2**20
         logger.info(
@@ -106,6 +113,9 @@ class LLMEngine:
         total = len(prompt_token_ids) + params.max_tokens
         if total > self.max_model_len:
             raise ContextLengthExceeded(len(prompt_token_ids), params.max_tokens, self.max_model_len)
+        refusal = self.scheduler.admission_refusal(len(prompt_token_ids))
+        if refusal is not None:
+            raise Overloaded(f"The server is busy: {refusal}. Retry later.", self._retry_after_s())
         request = Request(
             request_id, prompt_token_ids, params, self.eos_token_ids, arrival_time, encoder_state
         )
@@ -123,7 +133,8 @@ class LLMEngine:
         if live is None:
             return None
         self.scheduler.finish_request(live.request, FinishReason.ABORT)
-        return self._output(live, [], None, FinishReason.ABORT)
+        metrics = live.request.finish_metrics(time.monotonic())
+        return self._output(live, [], None, FinishReason.ABORT, metrics=metrics)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished
@@ -137,6 +148,7 @@ class LLMEngine:
         result = self.runner.execute(sched, {rid: lv.sampler for rid, lv in self.live.items()})
         self.scheduler.update_after_step(sched)
         self._last_batch = (len(sched.scheduled), sched.num_tokens)
+        now = time.monotonic()
 
         outputs: list[RequestOutput] = []
         for item in sched.scheduled:
@@ -150,15 +162,34 @@ class LLMEngine:
             stop_by_text = live.detokenizer.add_tokens([token])
             if stop_by_text is not None:
                 reason = stop_by_text
+            itl = live.request.record_token_time(now)
+            metrics = None
             if reason is not None:
                 self.scheduler.finish_request(live.request, reason)
                 del self.live[rid]
+                metrics = live.request.finish_metrics(now)
+                mean = self._mean_e2e_s
+                self._mean_e2e_s = metrics.e2e_s if mean is None else 0.9 * mean + 0.1 * metrics.e2e_s
             lp = result.logprobs.get(rid)
-            outputs.append(self._output(live, [token], lp, reason))
+            outputs.append(self._output(live, [token], lp, reason, itl, metrics))
         return outputs
 
+    def _retry_after_s(self) -> int:
+        """Seconds until the queue has likely moved on: the recent mean request time for each round of
+        ``max_num_seqs`` requests ahead, between 1 and 60."""
+        if self._mean_e2e_s is None:
+            return 1
+        rounds = (len(self.scheduler.waiting) + 1) / self.scheduler.config.max_num_seqs
+        return min(60, max(1, math.ceil(self._mean_e2e_s * rounds)))
+
     def _output(
-        self, live: _Live, tokens: list[int], logprob: object, reason: FinishReason | None
+        self,
+        live: _Live,
+        tokens: list[int],
+        logprob: object,
+        reason: FinishReason | None,
+        itl: float | None = None,
+        metrics: RequestMetrics | None = None,
     ) -> RequestOutput:
         r = live.request
         return RequestOutput(
@@ -170,6 +201,8 @@ class LLMEngine:
             num_cached_tokens=r.num_cached_tokens,
             logprobs=[logprob] if logprob is not None else [],  # type: ignore[list-item]
             finish_reason=reason,
+            itl_s=itl,
+            metrics=metrics,
         )
 
     def stats(self) -> EngineStats:
@@ -182,6 +215,8 @@ class LLMEngine:
             num_blocks=self.kv.num_blocks,
             last_batch_size=self._last_batch[0],
             last_batch_tokens=self._last_batch[1],
+            prefix_cache_queries=self.kv.prefix_queries,
+            prefix_cache_hits=self.kv.prefix_hits,
         )
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:

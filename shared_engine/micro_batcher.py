@@ -3,7 +3,9 @@
 Callers on the event loop submit items; one background thread collects what arrives within
 ``max_wait_ms`` of the first waiting item, sorts it by length so that items of similar size share a
 forward (less padding), cuts it into batches of at most ``max_batch_tokens`` padded tokens and
-``max_batch_size`` items, runs them, and hands each caller its own rows back.
+``max_batch_size`` items, runs them, and hands each caller its own rows back. Each finished batch is
+described to the optional ``on_batch`` observer; each submission's queue and run time is reported to
+the caller's open ``timing.measure()``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from shared_engine.compute import CallerThread, Lane
+from shared_engine.errors import InvalidRequest, Overloaded
+from shared_engine.timing import report
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +35,11 @@ class MicroBatchConfig:
     max_batch_tokens: int = 16384
     max_batch_size: int = 128
     max_wait_ms: float = 2.0
+    max_queued_items: int = 4096  # admission control: past this many waiting items, submissions get 429
 
     def __post_init__(self) -> None:
+        if self.max_queued_items < 1:
+            raise ValueError(f"max_queued_items must be >= 1, got {self.max_queued_items}")
         if self.max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be >= 1, got {self.max_batch_tokens}")
         if self.max_batch_size < 1:
@@ -58,6 +65,8 @@ class _Job:
         self.results: list[Any] = [None] * size
         self.remaining = size
         self.arrival = time.monotonic()
+        self.started: float | None = None  # when the first batch holding one of its items began
+        self.ended = self.arrival  # when the latest such batch ended
 
     def fill(self, slot: int, value: Any) -> None:
         self.results[slot] = value
@@ -95,6 +104,20 @@ class BatchStats:
     queue_depth: int
 
 
+@dataclass(frozen=True)
+class BatchRun:
+    """One batch that ran: its items, its padded size (items × longest), how long each item waited
+    from its submission to the batch's start, and how long the batch ran (seconds)."""
+
+    size: int
+    padded_tokens: int
+    queue_s: tuple[float, ...]
+    run_s: float
+
+
+BatchObserver = Callable[[BatchRun], None]
+
+
 def pack(costs: Sequence[int], max_tokens: int, max_size: int) -> list[list[int]]:
     """Indices of ``costs`` cut into batches, shortest first, each within ``size × longest <= max_tokens``
     (an item longer than the budget runs alone)."""
@@ -120,8 +143,10 @@ class MicroBatcher(Generic[In, Out]):
         config: MicroBatchConfig,
         name: str = "encoder",
         lane: Lane | None = None,
+        on_batch: BatchObserver | None = None,
     ) -> None:
         self.run_batch = run_batch
+        self.on_batch = on_batch
         self.lane = lane or CallerThread()
         self.cost = cost
         self.config = config
@@ -139,10 +164,22 @@ class MicroBatcher(Generic[In, Out]):
             return []
         if self._stopped.is_set():
             raise RuntimeError("the batcher has stopped")
+        limit = self.config.max_queued_items
+        if len(items) > limit:
+            raise InvalidRequest(f"{len(items)} inputs in one request; this model queues at most {limit}")
+        waiting = self._queue.qsize()
+        if waiting + len(items) > limit:
+            raise Overloaded(
+                f"The server is busy: {waiting} inputs are waiting for this model "
+                f"(max_queued_items={limit}). Retry later."
+            )
         job = _Job(asyncio.get_running_loop(), len(items))
         for slot, value in enumerate(items):
             self._queue.put(_Item(value, max(1, self.cost(value)), slot, job))
-        return await job.future
+        results = await job.future
+        started = job.arrival if job.started is None else job.started
+        report(started - job.arrival, job.ended - started)
+        return results
 
     @property
     def is_alive(self) -> bool:
@@ -197,6 +234,10 @@ class MicroBatcher(Generic[In, Out]):
                 item.job.fail(stopped)
 
     def _run(self, batch: list[_Item[In]]) -> None:
+        start = time.monotonic()
+        for p in batch:
+            if p.job.started is None:
+                p.job.started = start
         try:
             outputs = self.lane.run(self.run_batch, [p.value for p in batch])
             if len(outputs) != len(batch):
@@ -206,9 +247,17 @@ class MicroBatcher(Generic[In, Out]):
             for job in {id(p.job): p.job for p in batch}.values():
                 job.fail(exc)
             return
+        end = time.monotonic()
         self._batches += 1
         self._items += len(batch)
         self._last = (len(batch), len(batch) * max(p.cost for p in batch))
         for item, out in zip(batch, outputs, strict=True):
+            item.job.ended = end
             if item.job.remaining > 0:
                 item.job.fill(item.slot, out)
+        if self.on_batch is not None:
+            queued = tuple(start - p.job.arrival for p in batch)
+            try:
+                self.on_batch(BatchRun(len(batch), self._last[1], queued, end - start))
+            except Exception:
+                logger.exception("batch observer failed")

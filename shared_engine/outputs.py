@@ -20,12 +20,36 @@ class TokenLogprob:
     top: tuple[tuple[int, float], ...] = ()
 
 
+@dataclass(frozen=True)
+class RequestMetrics:
+    """How a finished request spent its time, in seconds: waiting to be scheduled (``queue_s``), to its
+    first token (``ttft_s``, None when it produced none), in all (``e2e_s``), and from its first scheduled
+    step to its end (``inference_s``), as vLLM's request metrics count them."""
+
+    queue_s: float
+    ttft_s: float | None
+    e2e_s: float
+    inference_s: float
+    num_prompt_tokens: int
+    num_output_tokens: int
+    num_cached_tokens: int
+
+    @property
+    def tpot_s(self) -> float | None:
+        """Time per output token after the first, or None with fewer than two tokens."""
+        if self.ttft_s is None or self.num_output_tokens < 2:
+            return None
+        return (self.e2e_s - self.ttft_s) / (self.num_output_tokens - 1)
+
+
 @dataclass
 class RequestOutput:
     """The increment a request produced in one engine step.
 
     ``text`` is the newly detokenized text only (never a broken UTF-8 sequence, never any part of a
-    stop string); ``token_ids`` and ``logprobs`` are the tokens generated in this step.
+    stop string); ``token_ids`` and ``logprobs`` are the tokens generated in this step. ``itl_s`` is the
+    time since the request's previous output (None on its first, and on merged outputs); ``metrics``
+    comes with the last output.
     """
 
     request_id: str
@@ -36,6 +60,8 @@ class RequestOutput:
     num_cached_tokens: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: FinishReason | None = None
+    itl_s: float | None = None
+    metrics: RequestMetrics | None = None
 
     @property
     def finished(self) -> bool:
@@ -44,7 +70,7 @@ class RequestOutput:
 
 def merge_outputs(outputs: Sequence[RequestOutput]) -> RequestOutput:
     """One output for several consecutive increments of the same request: the text, tokens and
-    log-probabilities joined, the counts and finish reason of the latest."""
+    log-probabilities joined, the counts, finish reason and metrics of the latest."""
     if len(outputs) == 1:
         return outputs[0]
     last = outputs[-1]
@@ -57,4 +83,5 @@ def merge_outputs(outputs: Sequence[RequestOutput]) -> RequestOutput:
         num_cached_tokens=last.num_cached_tokens,
         logprobs=[lp for o in outputs for lp in o.logprobs],
         finish_reason=last.finish_reason,
+        metrics=last.metrics,
     )

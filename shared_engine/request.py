@@ -6,7 +6,7 @@ import time
 from enum import Enum
 from typing import Any
 
-from shared_engine.outputs import FinishReason
+from shared_engine.outputs import FinishReason, RequestMetrics
 from shared_engine.sampling_params import SamplingParams
 
 
@@ -41,7 +41,11 @@ class Request:
         self.params = params
         self.eos_token_ids = eos_token_ids
         self.arrival_time = time.monotonic() if arrival_time is None else arrival_time
+        # Monotonic timestamps: the scheduler sets the first, the engine the others.
         self.first_scheduled_time: float | None = None
+        self.first_token_time: float | None = None
+        self.last_token_time: float | None = None
+        self.finished_time: float | None = None
         self.status = RequestStatus.WAITING
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0
@@ -94,6 +98,28 @@ class Request:
         if self.num_output_tokens >= self.params.max_tokens:
             return FinishReason.LENGTH
         return None
+
+    def record_token_time(self, now: float) -> float | None:
+        """Note an output at ``now``; the time since the previous one (None for the first)."""
+        previous = self.last_token_time
+        if self.first_token_time is None:
+            self.first_token_time = now
+        self.last_token_time = now
+        return None if previous is None else now - previous
+
+    def finish_metrics(self, now: float) -> RequestMetrics:
+        self.finished_time = now
+        scheduled = now if self.first_scheduled_time is None else self.first_scheduled_time
+        first_token = self.first_token_time
+        return RequestMetrics(
+            queue_s=scheduled - self.arrival_time,
+            ttft_s=None if first_token is None else first_token - self.arrival_time,
+            e2e_s=now - self.arrival_time,
+            inference_s=now - scheduled,
+            num_prompt_tokens=self.num_prompt_tokens,
+            num_output_tokens=self.num_output_tokens,
+            num_cached_tokens=self.num_cached_tokens,
+        )
 
     def __repr__(self) -> str:
         return (

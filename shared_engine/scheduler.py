@@ -64,6 +64,19 @@ class Scheduler:
             )
         self.waiting.append(request)
 
+    def admission_refusal(self, num_tokens: int) -> str | None:
+        """Why a new request of ``num_tokens`` prompt tokens must wait elsewhere, or None to queue it."""
+        limit = self.config.max_waiting_requests
+        if len(self.waiting) >= limit:
+            return f"{len(self.waiting)} requests are waiting for this model (max_waiting_requests={limit})"
+        waiting_tokens = sum(r.num_tokens for r in self.waiting)
+        if waiting_tokens + num_tokens > self.config.max_waiting_tokens:
+            return (
+                f"{waiting_tokens} tokens are waiting for this model and this request adds {num_tokens} "
+                f"(max_waiting_tokens={self.config.max_waiting_tokens})"
+            )
+        return None
+
     def finish_request(self, request: Request, reason: FinishReason) -> None:
         if request.status is RequestStatus.RUNNING:
             self.running.remove(request)

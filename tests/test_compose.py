@@ -4,12 +4,14 @@ No Docker is needed: compose.yaml is parsed as YAML and interpolated as `docker 
 in an empty environment (every ``${VAR:-default}`` takes its default), and the Dockerfile is read stage
 by stage. What the files must agree with comes from the code wherever the code states it: the tasks a
 worker serves and its port (services.worker), the syntax of MMSERVE_ENDPOINTS (services.settings), the
-layout of the data directory (Settings.model_cache_dir).
+layout of the data directory (Settings.model_cache_dir), the metrics each process serves
+(services.metrics) and so the names Prometheus and Grafana must use (deploy/).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shlex
 import tomllib
@@ -21,10 +23,11 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 from services import worker
 from services.settings import Settings, parse_endpoints
-from services.worker import DEFAULT_PORT, TASKS
+from services.worker import DEFAULT_PORT, METRICS_PORT, TASKS
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "compose.yaml"
@@ -35,6 +38,7 @@ DATA_DIR = "/data"  # MMSERVE_DATA_DIR in the containers
 RETRIEVAL_SUBDIR = "retrieval"  # retrieval.collections keeps its store in <data dir>/retrieval
 TASKS_NEEDING_PREPARE = {"chat", "asr"}  # the tasks whose models services.prepare converts
 GPU_PROFILE = "gpu"
+OBSERVABILITY_PROFILE = "observability"
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 LONG_RUNNING_RESTARTS = {"always", "unless-stopped", "on-failure"}
@@ -129,6 +133,27 @@ class Service:
         return int(option(self.argv, "--port") or DEFAULT_PORT)
 
     @property
+    def metrics_port(self) -> int:
+        return int(option(self.argv, "--metrics-port") or 0)
+
+    @property
+    def exposed(self) -> set[int]:
+        return {int(str(p).split("/")[0]) for p in self.spec.get("expose", [])}
+
+    @property
+    def published(self) -> set[int]:
+        """Container ports published on the host."""
+        ports = self.spec.get("ports", [])
+        return {
+            int(p["target"]) if isinstance(p, dict) else int(str(p).rsplit(":", 1)[-1].split("/")[0])
+            for p in ports
+        }
+
+    @property
+    def built_here(self) -> bool:
+        return "build" in self.spec
+
+    @property
     def profiles(self) -> set[str]:
         return set(self.spec.get("profiles", []))
 
@@ -199,6 +224,16 @@ class Project:
     def workers(self) -> list[Service]:
         return [s for s in self.services.values() if s.module == "services.worker"]
 
+    @property
+    def mmserve(self) -> list[Service]:
+        """The services that run this repository's image (the others are observability tools)."""
+        return [s for s in self.services.values() if s.built_here]
+
+    def bind_source(self, service: Service, target: str) -> Path:
+        source = service.mounts.get(target)
+        assert source and source.startswith("."), f"{service.name}: nothing of this repository at {target}"
+        return (COMPOSE_FILE.parent / source).resolve()
+
     def default_worker(self, task: str) -> Service:
         """The one worker of `task` that a plain `docker compose up` starts."""
         found = [s for s in self.workers if s.worker_task == task and not s.profiles]
@@ -259,6 +294,11 @@ def check_endpoints(project: Project, owner: Service, endpoints: Mapping[str, Se
 def test_services_build_one_image_per_variant(project: Project) -> None:
     builds: dict[str, Any] = {}
     for service in project.services.values():
+        if not service.built_here:  # an observability tool's published image, pinned to a version
+            assert service.profiles == {OBSERVABILITY_PROFILE}, f"{service.name}: not built here"
+            published = str(service.spec.get("image", ""))
+            assert re.fullmatch(r"[\w./-]+:v?\d[\w.-]*", published), f"{service.name}: {published!r} unpinned"
+            continue
         build, image = service.spec.get("build"), service.spec.get("image")
         assert build and image, f"{service.name}: needs build (this repository) and image"
         context = build if isinstance(build, str) else build.get("context", ".")
@@ -281,7 +321,7 @@ def test_each_worker_task_has_one_service_of_its_own(project: Project) -> None:
 
 
 def test_commands_and_probes_name_modules_of_this_repository(project: Project) -> None:
-    for service in project.services.values():
+    for service in project.mmserve:
         for argv in (service.argv, service.healthcheck_argv):
             if not argv:
                 continue
@@ -321,6 +361,9 @@ def test_long_running_services_are_probed_and_restarted(project: Project) -> Non
     for service in project.long_running:
         assert service.spec.get("restart") in LONG_RUNNING_RESTARTS, f"{service.name}: restart policy"
         argv = service.healthcheck_argv
+        if not service.built_here:  # observability tools probe their own HTTP health endpoint
+            assert argv and urlsplit(argv[-1]).hostname in LOOPBACK, f"{service.name}: probe {argv}"
+            continue
         assert python_module(argv) == "services.probe" and len(argv) == 4, f"{service.name}: probe {argv}"
         url = urlsplit(argv[3])
         assert url.hostname in LOOPBACK, f"{service.name}: probes {argv[3]}, not itself"
@@ -386,9 +429,10 @@ def test_volumes_follow_the_data_dir_layout(project: Project) -> None:
         for source in service.mounts.values():
             if source and not source.startswith(("/", ".", "~")):
                 assert source in declared, f"{service.name}: volume {source} not declared at top level"
+    for service in project.mmserve:
         assert service.environment.get("MMSERVE_DATA_DIR") == DATA_DIR, f"{service.name}: data dir"
         assert service.mounts.get(model_cache) in declared, f"{service.name}: no model cache at {model_cache}"
-    caches = {s.mounts[model_cache] for s in project.services.values()}
+    caches = {s.mounts[model_cache] for s in project.mmserve}
     assert len(caches) == 1, f"services convert into and load from different caches: {caches}"
     retrieval = project.default_worker("retrieval")
     assert retrieval.mounts.get(store) in declared, f"the retrieval worker keeps no store at {store}"
@@ -412,6 +456,117 @@ def test_gpu_profile_adds_gpu_workers_under_the_names_the_gateway_uses(project: 
     for service in project.services.values():
         if not service.profiles:
             assert not service.gpu_devices, f"{service.name}: a plain `up` would need a GPU"
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics: every worker serves them, Prometheus scrapes every process, Grafana charts what exists
+
+
+def metric_sample_names() -> set[str]:
+    """The sample names of the mmserve: metrics (services.metrics, imported with services.worker):
+    counters with _total, histograms as their _bucket, _sum and _count series."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    return {
+        family.name + suffix
+        for family in REGISTRY.collect()
+        if family.name.startswith("mmserve:")
+        for suffix in suffixes.get(family.type, ("",))
+    }
+
+
+def observability_service(project: Project, image: str) -> Service:
+    found = [s for s in project.services.values() if str(s.spec.get("image", "")).startswith(image + ":")]
+    assert len(found) == 1, f"services running {image}: {[s.name for s in found]}, expected one"
+    assert found[0].profiles == {OBSERVABILITY_PROFILE}, f"{found[0].name}: outside the observability profile"
+    return found[0]
+
+
+def scrape_targets(config: dict[str, Any]) -> list[tuple[str, int, str]]:
+    """(host, port, metrics path) of every target of a Prometheus configuration."""
+    targets = []
+    for job in config["scrape_configs"]:
+        path = job.get("metrics_path", "/metrics")
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, _, port = target.rpartition(":")
+                targets.append((host, int(port), path))
+        for dns in job.get("dns_sd_configs", []):
+            assert dns.get("type") == "A", f"job {job['job_name']}: A records name every replica"
+            targets += [(name, int(dns["port"]), path) for name in dns["names"]]
+    return targets
+
+
+def test_every_worker_serves_metrics_on_a_port_it_exposes(project: Project) -> None:
+    for service in project.workers:
+        assert service.metrics_port == METRICS_PORT, f"{service.name}: --metrics-port {service.metrics_port}"
+        assert METRICS_PORT in service.exposed, f"{service.name}: metrics port not exposed"
+        assert METRICS_PORT not in service.published, f"{service.name}: a published port stops --scale"
+
+
+def test_prometheus_scrapes_the_gateway_and_every_worker(project: Project) -> None:
+    prometheus = observability_service(project, "prom/prometheus")
+    config = yaml.safe_load(project.bind_source(prometheus, "/etc/prometheus/prometheus.yml").read_text())
+    targets = scrape_targets(config)
+    for host, _, _ in targets:
+        assert project.by_hostname(host), f"Prometheus scrapes {host}, which no compose service answers to"
+    gateway = project.gateway
+    gateway_port = int(gateway.environment.get("PORT", "8000"))
+    assert any(
+        gateway in project.by_hostname(h) and (p, path) == (gateway_port, "/metrics")
+        for h, p, path in targets
+    ), f"Prometheus does not scrape the gateway's /metrics: {targets}"
+    for service in project.workers:  # GPU workers through the names they share with the CPU ones
+        assert any(
+            service in project.by_hostname(h) and (p, path) == (service.metrics_port, "/metrics")
+            for h, p, path in targets
+        ), f"Prometheus does not scrape {service.name} on its metrics port"
+    assert prometheus.depends_on.get(gateway.name), "Prometheus starts with the gateway"
+
+
+def test_grafana_charts_the_metrics_the_services_expose(project: Project) -> None:
+    grafana = observability_service(project, "grafana/grafana")
+    prometheus = observability_service(project, "prom/prometheus")
+    provisioning = project.bind_source(grafana, "/etc/grafana/provisioning")
+    sources = [
+        d for f in sorted((provisioning / "datasources").glob("*.yml"))
+        for d in yaml.safe_load(f.read_text())["datasources"]
+    ]  # fmt: skip
+    (source,) = [d for d in sources if d["type"] == "prometheus"]
+    url = urlsplit(source["url"])
+    assert prometheus in project.by_hostname(url.hostname or "") and url.port == 9090, source["url"]
+    providers = [
+        p for f in sorted((provisioning / "dashboards").glob("*.yml"))
+        for p in yaml.safe_load(f.read_text())["providers"]
+    ]  # fmt: skip
+    dashboards = [
+        path
+        for provider in providers
+        for path in sorted(project.bind_source(grafana, provider["options"]["path"]).glob("*.json"))
+    ]
+    assert dashboards, "no dashboard provisioned"
+    known = metric_sample_names()
+    used: set[str] = set()
+    for path in dashboards:
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] == source["uid"], f"{path.name}: {panel['title']}"
+                names = set(re.findall(r"mmserve:[A-Za-z0-9_:]+", target["expr"]))
+                assert names <= known, f"{path.name}: {panel['title']} charts unknown {names - known}"
+                used |= names
+    wanted = {
+        "mmserve:time_to_first_token_seconds_bucket",
+        "mmserve:inter_token_latency_seconds_bucket",
+        "mmserve:e2e_request_latency_seconds_bucket",
+        "mmserve:generation_tokens_total",
+        "mmserve:num_requests_running",
+        "mmserve:num_requests_waiting",
+        "mmserve:kv_cache_usage_perc",
+        "mmserve:prefix_cache_hits_total",
+        "mmserve:prefix_cache_queries_total",
+        "mmserve:encoder_batch_size_bucket",
+        "mmserve:requests_total",
+    }
+    assert wanted <= used, f"no panel charts {wanted - used}"
 
 
 # --------------------------------------------------------------------------------------------------

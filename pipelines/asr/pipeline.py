@@ -31,7 +31,7 @@ from shared_engine.detokenizer import Tokenizer
 from shared_engine.device import resolve_device, resolve_dtype
 from shared_engine.errors import InvalidRequest
 from shared_engine.llm_engine import EngineStats, LLMEngine
-from shared_engine.micro_batcher import BatchStats, MicroBatchConfig, MicroBatcher
+from shared_engine.micro_batcher import BatchObserver, BatchStats, MicroBatchConfig, MicroBatcher
 from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.models.whisper import CrossAttentionState
 from shared_engine.outputs import FinishReason, RequestOutput
@@ -91,7 +91,11 @@ class ASRPipeline:
     task = "asr"
 
     def __init__(
-        self, config: ASRPipelineConfig, cache_dir: Path, on_step: StepObserver | None = None
+        self,
+        config: ASRPipelineConfig,
+        cache_dir: Path,
+        on_step: StepObserver | None = None,
+        on_batch: BatchObserver | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -116,7 +120,12 @@ class ASRPipeline:
         self.lane = compute_lane(self.device)
         self.engine = AsyncLLMEngine(engine, on_step, self.lane)
         self.batcher: MicroBatcher[np.ndarray, CrossAttentionState] = MicroBatcher(
-            self.encode_batch, lambda _: 1, config.batching, name=f"asr-{config.name}", lane=self.lane
+            self.encode_batch,
+            lambda _: 1,
+            config.batching,
+            name=f"asr-{config.name}",
+            lane=self.lane,
+            on_batch=on_batch,
         )
         self._rules = (SuppressTokens(self.vocab), TimestampRules(self.vocab))
         logger.info("speech model %s loaded from %s (%s, %s)", self.name, folder, self.device, self.dtype)

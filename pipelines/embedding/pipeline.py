@@ -16,7 +16,7 @@ from pipelines.embedding.tokenizer import EmbeddingTokenizer
 from pipelines.sources import resolve_source
 from shared_engine.compute import compute_lane
 from shared_engine.device import resolve_device, resolve_dtype
-from shared_engine.micro_batcher import BatchStats, MicroBatchConfig, MicroBatcher
+from shared_engine.micro_batcher import BatchObserver, BatchStats, MicroBatchConfig, MicroBatcher
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class EmbeddingPipelineConfig:
 class EmbeddingPipeline:
     task = "embedding"
 
-    def __init__(self, config: EmbeddingPipelineConfig) -> None:
+    def __init__(self, config: EmbeddingPipelineConfig, on_batch: BatchObserver | None = None) -> None:
         self.config = config
         self.name = config.name
         folder = resolve_source(config.source)
@@ -55,6 +55,7 @@ class EmbeddingPipeline:
             config.batching,
             name=f"embed-{config.name}",
             lane=compute_lane(self.device),
+            on_batch=on_batch,
         )
         logger.info("embedding model %s loaded from %s (%s, %s)", self.name, folder, self.device, self.dtype)
 

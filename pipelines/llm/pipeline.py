@@ -22,6 +22,7 @@ from shared_engine.errors import InvalidRequest
 from shared_engine.llm_engine import EngineStats, LLMEngine
 from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.outputs import RequestOutput
+from shared_engine.quantization import QuantizationConfig
 from shared_engine.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class LLMPipelineConfig:
     dtype: str = "auto"
     device: str = "auto"
     engine: EngineConfig = field(default_factory=EngineConfig)
+    quantization: QuantizationConfig | None = None  # None: the weights as loaded
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -72,7 +74,9 @@ class LLMPipeline:
         hf_config = AutoConfig.from_pretrained(folder)
         self.text = ChatTokenizer(folder, config.name)
         self.tokenizer = self.text.tokenizer
-        model = build_decoder(hf_config, iter_safetensors(folder), self.device, self.dtype)
+        model = build_decoder(
+            hf_config, iter_safetensors(folder), self.device, self.dtype, config.quantization
+        )
         engine = LLMEngine(
             model,
             cast(Tokenizer, self.tokenizer),
@@ -83,7 +87,10 @@ class LLMPipeline:
         )
         self.max_model_len = engine.max_model_len
         self.engine = AsyncLLMEngine(engine, on_step, compute_lane(self.device))
-        logger.info("model %s loaded from %s (%s, %s)", self.name, folder, self.device, self.dtype)
+        quantized = f", {config.quantization.mode} weights" if config.quantization else ""
+        logger.info(
+            "model %s loaded from %s (%s, %s%s)", self.name, folder, self.device, self.dtype, quantized
+        )
 
     @property
     def has_chat_template(self) -> bool:

@@ -16,7 +16,7 @@ from pipelines.tts.voice import PiperVoice
 from shared_engine.compute import compute_lane
 from shared_engine.device import resolve_device
 from shared_engine.errors import InvalidRequest
-from shared_engine.micro_batcher import BatchStats, MicroBatchConfig, MicroBatcher
+from shared_engine.micro_batcher import BatchObserver, BatchStats, MicroBatchConfig, MicroBatcher
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class Segment:
 class TTSPipeline:
     task = "tts"
 
-    def __init__(self, config: TTSPipelineConfig) -> None:
+    def __init__(self, config: TTSPipelineConfig, on_batch: BatchObserver | None = None) -> None:
         self.config = config
         self.name = config.name
         path = resolve_source(config.source)
@@ -90,6 +90,7 @@ class TTSPipeline:
             batching,
             name=f"tts-{config.name}",
             lane=compute_lane(self.device),
+            on_batch=on_batch,
         )
         logger.info("TTS model %s: voices %s from %s (%s)", self.name, self.voices, path, self.device)
 

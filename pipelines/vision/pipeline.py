@@ -21,7 +21,7 @@ from pipelines.vision.preprocess import IMAGENET_MEAN, IMAGENET_STD, ImageTransf
 from shared_engine.compute import compute_lane
 from shared_engine.device import DTYPES, resolve_device, resolve_dtype
 from shared_engine.errors import InvalidRequest
-from shared_engine.micro_batcher import BatchStats, MicroBatchConfig, MicroBatcher
+from shared_engine.micro_batcher import BatchObserver, BatchStats, MicroBatchConfig, MicroBatcher
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class VisionPipelineConfig:
 class VisionPipeline:
     task = "vision"
 
-    def __init__(self, config: VisionPipelineConfig) -> None:
+    def __init__(self, config: VisionPipelineConfig, on_batch: BatchObserver | None = None) -> None:
         self.config = config
         self.name = config.name
         self.transform = config.transform
@@ -95,7 +95,12 @@ class VisionPipeline:
         self.labels = read_labels(config.labels, int(self.model._fc.out_features))
         self.lane = compute_lane(self.device)
         self.batcher: MicroBatcher[torch.Tensor, VisionOutput] = MicroBatcher(
-            self.forward_batch, lambda _: 1, config.batching, name=f"vision-{config.name}", lane=self.lane
+            self.forward_batch,
+            lambda _: 1,
+            config.batching,
+            name=f"vision-{config.name}",
+            lane=self.lane,
+            on_batch=on_batch,
         )
         logger.info("vision model %s loaded from %s (%s, %s)", self.name, checkpoint, self.device, self.dtype)
 

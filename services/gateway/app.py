@@ -5,18 +5,35 @@ from __future__ import annotations
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
 
+from services.gateway.auth import ApiKeys, api_key_guard
+from services.gateway.deadline import DeadlinePolicy, deadline_middleware
+from services.gateway.disconnect import cancel_on_disconnect
 from services.gateway.errors import exception_handler
+from services.gateway.http_metrics import count_unrouted, http_metrics_middleware
+from services.gateway.lifecycle import Lifecycle
 from services.gateway.media_routes import AudioController, VisionController
+from services.gateway.metrics_routes import MetricsController
+from services.gateway.playground import playground_router
 from services.gateway.request_log import request_log_middleware
 from services.gateway.retrieval_routes import CollectionsController, RagController, RetrievalController
 from services.gateway.routes import HealthController, OpenAIController
 from services.registry import ModelRegistry
 
+BEARER = SecurityScheme(type="http", scheme="bearer", description="one of MMSERVE_API_KEYS")
+
 
 def create_app(
-    registry: ModelRegistry, load_in_background: bool = True, max_body_bytes: int = 25 << 20
+    registry: ModelRegistry,
+    load_in_background: bool = True,
+    max_body_bytes: int = 25 << 20,
+    api_keys: ApiKeys = ApiKeys(),  # noqa: B008  (frozen, so one shared default is safe)
+    deadlines: DeadlinePolicy = DeadlinePolicy(),  # noqa: B008
+    lifecycle: Lifecycle | None = None,
 ) -> Litestar:
+    lifecycle = lifecycle or Lifecycle()
+
     def on_startup() -> None:
         if load_in_background:
             registry.start_loading()
@@ -33,10 +50,23 @@ def create_app(
             RagController,
             VisionController,
             AudioController,
+            playground_router,
+            MetricsController,
         ],
-        dependencies={"registry": Provide(lambda: registry, sync_to_thread=False)},
+        dependencies={
+            "registry": Provide(lambda: registry, sync_to_thread=False),
+            "lifecycle": Provide(lambda: lifecycle, sync_to_thread=False),
+        },
         exception_handlers={Exception: exception_handler},
-        middleware=[request_log_middleware],
+        middleware=[
+            request_log_middleware,
+            http_metrics_middleware,
+            lifecycle.middleware,
+            deadline_middleware(deadlines),
+            cancel_on_disconnect,
+        ],
+        before_send=[count_unrouted],
+        guards=[api_key_guard(api_keys)],
         # Logging is configured once by the process (services.serve); Litestar must not replace it.
         logging_config=None,
         request_max_body_size=max_body_bytes,
@@ -46,5 +76,7 @@ def create_app(
             title="mmserve",
             version="0.1.0",
             description="OpenAI-compatible multimodal inference service.",
+            components=Components(security_schemes={"bearer": BEARER} if api_keys.keys else None),
+            security=[{"bearer": []}] if api_keys.keys else None,
         ),
     )

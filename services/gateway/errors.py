@@ -11,9 +11,15 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from retrieval.errors import CollectionExists, CollectionNotFound, DocumentNotFound
-from services.errors import DeadlineExceeded, ModelNotFound, Overloaded, ServiceUnavailable
+from services.errors import DeadlineExceeded, ModelNotFound, ServiceUnavailable, Unauthorized
 from services.gateway.schemas import ErrorDetail, ErrorResponse
-from shared_engine.errors import ContextLengthExceeded, EngineDead, InvalidRequest, PayloadTooLarge
+from shared_engine.errors import (
+    ContextLengthExceeded,
+    EngineDead,
+    InvalidRequest,
+    Overloaded,
+    PayloadTooLarge,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +40,30 @@ def _validation_detail(exc: ValidationException) -> tuple[str, str | None]:
         found = _FIELD.search(message)
         key = found.group(1) if found else None
     return (f"{key}: {message}" if key else message), key
+
+
+# Where Litestar reads a request body (JSON, multipart forms).
+_BODY_READERS = frozenset({"litestar._multipart", "litestar.serialization.msgspec_hooks"})
+
+
+def _unreadable_body(exc: BaseException) -> str | None:
+    """Litestar answers a malformed body with a 400 but lets these escape while it reads one: bytes that
+    are not UTF-8 (in a JSON body or a multipart text field), a multipart part naming an unknown charset,
+    and JSON nested deeper than msgspec's recursion limit. Raised there they are the caller's mistake;
+    raised anywhere else they are ours (None)."""
+    # An unknown codec raises LookupError itself; its subclasses (KeyError, IndexError) are bugs.
+    if not (isinstance(exc, UnicodeDecodeError | RecursionError) or type(exc) is LookupError):
+        return None
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_globals.get("__name__") not in _BODY_READERS:
+        tb = tb.tb_next
+    if tb is None:
+        return None
+    if isinstance(exc, UnicodeDecodeError):
+        return f"The request body is not valid UTF-8 ({exc.reason})."
+    if isinstance(exc, RecursionError):
+        return "The JSON body is nested too deeply."
+    return f"The request body names an unknown charset ({exc})."
 
 
 def _http_error_type(status: int) -> str:
@@ -85,7 +115,9 @@ def error_body(exc: BaseException) -> tuple[int, ErrorResponse]:
     elif isinstance(exc, ServiceUnavailable | EngineDead):
         status, kind, message = 503, "service_unavailable_error", str(exc)
     elif isinstance(exc, Overloaded):
-        status, kind, message = 429, "rate_limit_error", str(exc)
+        status, kind, message, code = 429, "rate_limit_error", str(exc), "rate_limit_exceeded"
+    elif isinstance(exc, Unauthorized):
+        status, kind, message, code = 401, "invalid_request_error", str(exc), exc.code
     elif isinstance(exc, DeadlineExceeded):
         status, kind, message, code = 504, "timeout_error", str(exc), "deadline_exceeded"
     elif isinstance(exc, ValidationException):
@@ -93,6 +125,8 @@ def error_body(exc: BaseException) -> tuple[int, ErrorResponse]:
         message, param = _validation_detail(exc)
     elif isinstance(exc, HTTPException):
         status, kind, message = exc.status_code, _http_error_type(exc.status_code), str(exc.detail)
+    elif (unreadable := _unreadable_body(exc)) is not None:
+        status, kind, message = 400, "invalid_request_error", unreadable
     else:
         status, kind, message = 500, "server_error", "The server had an error while processing your request."
     return status, ErrorResponse(ErrorDetail(message=message, type=kind, param=param, code=code))
@@ -102,5 +136,6 @@ def exception_handler(request: Request[Any, Any, Any], exc: Exception) -> Respon
     status, body = error_body(exc)
     if status >= 500:
         logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    headers = getattr(exc, "headers", None) if isinstance(exc, HTTPException) else None
+    carries_headers = isinstance(exc, HTTPException | Unauthorized | Overloaded)
+    headers = getattr(exc, "headers", None) if carries_headers else None
     return Response(body, status_code=status, headers=headers)

@@ -12,9 +12,21 @@ from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import SerializationException
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import Body, JSONBody
 
 from pipelines.vision import decode_base64_image
+from services.gateway.api_docs import (
+    JSON,
+    SERVICE_ERRORS,
+    binary,
+    component,
+    errors,
+    inline,
+    multipart,
+    operation,
+)
 from services.gateway.embeddings import encode
 from services.gateway.media_schemas import (
     MAX_IMAGES,
@@ -25,7 +37,9 @@ from services.gateway.media_schemas import (
     ImageEmbeddingRequest,
     ImageEmbeddingUsage,
     SpeechRequest,
+    Transcription,
     TranscriptionForm,
+    VerboseTranscription,
 )
 from services.gateway.schemas import Embedding
 from services.gateway.transcripts import check_format, render
@@ -35,6 +49,69 @@ from shared_engine.errors import InvalidRequest
 Registry = NamedDependency[ModelRegistry]
 Multipart = Body(media_type=RequestEncodingType.MULTI_PART)
 _Body = TypeVar("_Body", ClassificationRequest, ImageEmbeddingRequest)
+
+MULTIPART = "multipart/form-data"
+_MODEL = Schema(type=OpenAPIType.STRING, description="the vision model; the first configured one if omitted")
+_IMAGE_ERRORS = errors(
+    400, 404, 413, *SERVICE_ERRORS, e413="The body is past the upload limit, or an image past the pixel limit"
+)
+_CLASSIFY = operation(
+    request={
+        JSON: inline(ClassificationRequest),
+        MULTIPART: multipart(
+            {
+                "file": binary("JPEG, PNG, WebP or GIF (first frame)"),
+                "model": _MODEL,
+                "top_k": Schema(type=OpenAPIType.INTEGER, minimum=1, maximum=1000, default=5),
+            },
+            required=["file"],
+        ),
+    }
+)
+_EMBED = operation(
+    request={
+        JSON: inline(ImageEmbeddingRequest),
+        MULTIPART: multipart(
+            {
+                "file": Schema(
+                    type=OpenAPIType.ARRAY,
+                    items=binary(),
+                    min_items=1,
+                    max_items=MAX_IMAGES,
+                    description="one `file` part per image",
+                ),
+                "model": _MODEL,
+                "encoding_format": Schema(type=OpenAPIType.STRING, enum=["float", "base64"], default="float"),
+            },
+            required=["file"],
+        ),
+    }
+)
+_AUDIO_ERRORS = errors(
+    400,
+    404,
+    413,
+    *SERVICE_ERRORS,
+    e413="The upload is past the size limit, or the audio past the length limit",
+)
+# json and verbose_json answer a JSON object; text and srt plain text; vtt WebVTT.
+_TRANSCRIPT = operation(
+    success={
+        JSON: Schema(any_of=[component("Transcription"), component("VerboseTranscription")]),
+        "text/plain": Schema(type=OpenAPIType.STRING),
+        "text/vtt": Schema(type=OpenAPIType.STRING),
+    },
+    replace_success=True,
+)
+_TRANSCRIPT_OK = ResponseSpec(
+    Transcription | VerboseTranscription,  # registers both schemas; _TRANSCRIPT documents the choice
+    description="The transcript in `response_format`",
+    generate_examples=False,
+)
+_SPEECH = operation(
+    success={f"audio/{fmt}": binary() for fmt in ("wav", "flac", "pcm")},
+    replace_success=True,
+)
 
 
 def _convert(schema: type[_Body], fields: dict[str, Any], strict: bool) -> _Body:
@@ -79,7 +156,8 @@ class VisionController(Controller):
         "/classifications",
         status_code=200,
         summary="Top-k ImageNet labels of one image (multipart `file`, or JSON with a data URL/base64)",
-        request_body=ClassificationRequest,
+        responses=_IMAGE_ERRORS,
+        operation_class=_CLASSIFY,
     )
     async def classify(self, request: Request[Any, Any, Any], registry: Registry) -> Classification:
         images, body = await _image_request(request, ClassificationRequest)
@@ -93,7 +171,8 @@ class VisionController(Controller):
         "/embeddings",
         status_code=200,
         summary="L2-normalised image embeddings (multipart `file` parts, or JSON `image` string or list)",
-        request_body=ImageEmbeddingRequest,
+        responses=_IMAGE_ERRORS,
+        operation_class=_EMBED,
     )
     async def embed(self, request: Request[Any, Any, Any], registry: Registry) -> ImageEmbeddingList:
         images, body = await _image_request(request, ImageEmbeddingRequest)
@@ -123,7 +202,13 @@ class AudioController(Controller):
         )
         return render(result, fmt, task)
 
-    @post("/transcriptions", status_code=200, summary="Speech to text (OpenAI-compatible multipart form)")
+    @post(
+        "/transcriptions",
+        status_code=200,
+        summary="Speech to text (OpenAI-compatible multipart form)",
+        responses={200: _TRANSCRIPT_OK, **_AUDIO_ERRORS},
+        operation_class=_TRANSCRIPT,
+    )
     async def transcriptions(
         self, data: Annotated[TranscriptionForm, Multipart], registry: Registry
     ) -> Response[Any]:
@@ -133,13 +218,21 @@ class AudioController(Controller):
         "/translations",
         status_code=200,
         summary="Speech in any language to English text (multilingual models)",
+        responses={200: _TRANSCRIPT_OK, **_AUDIO_ERRORS},
+        operation_class=_TRANSCRIPT,
     )
     async def translations(
         self, data: Annotated[TranscriptionForm, Multipart], registry: Registry
     ) -> Response[Any]:
         return await self._transcribe(data, registry, "translate")
 
-    @post("/speech", status_code=200, summary="Text to speech: wav (default), flac or pcm (16-bit, mono)")
+    @post(
+        "/speech",
+        status_code=200,
+        summary="Text to speech: wav (default), flac or pcm (16-bit, mono)",
+        responses=errors(400, 404, 413, *SERVICE_ERRORS),
+        operation_class=_SPEECH,
+    )
     async def speech(self, data: JSONBody[SpeechRequest], registry: Registry) -> Response[bytes]:
         service = registry.tts(data.model or registry.default_model("tts"))
         audio, content_type = await service.speech(data.input, data.voice, data.speed, data.response_format)

@@ -6,9 +6,12 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from litestar.datastructures import UploadFile
+from litestar.params import KwargDefinition
 from msgspec import Meta, Struct
 
-from services.gateway.schemas import Embedding
+from pipelines.tts.audio_format import FORMATS as SPEECH_FORMATS
+from pipelines.tts.pipeline import MAX_INPUT_CHARS, MAX_SPEED, MIN_SPEED
+from services.gateway.schemas import Embedding, documented
 
 MAX_IMAGES = 64  # images per vision request
 
@@ -54,6 +57,8 @@ class ImageEmbeddingList(Struct):
 
 # -- audio -----------------------------------------------------------------------------------------------
 
+TRANSCRIPT_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+
 
 @dataclass
 class TranscriptionForm:
@@ -63,8 +68,9 @@ class TranscriptionForm:
     model: str | None = None
     language: str | None = None
     prompt: str | None = None
-    response_format: str = "json"
-    temperature: float = 0.0
+    # Checked by the handler and the pipeline (a 400 naming the field); here for the OpenAPI schema.
+    response_format: Annotated[str, KwargDefinition(schema_extra={"enum": list(TRANSCRIPT_FORMATS)})] = "json"
+    temperature: Annotated[float, KwargDefinition(schema_extra={"minimum": 0.0, "maximum": 1.0})] = 0.0
 
 
 class TranscriptionSegment(Struct):
@@ -92,8 +98,9 @@ class VerboseTranscription(Struct):
 
 
 class SpeechRequest(Struct, kw_only=True):
-    input: str
+    # The pipeline checks these limits with messages that give the numbers; documented here.
+    input: Annotated[str, documented(min_length=1, max_length=MAX_INPUT_CHARS)]
     model: str | None = None
     voice: str | None = None
-    response_format: str = "wav"
-    speed: float = 1.0
+    response_format: Annotated[str, documented(enum=list(SPEECH_FORMATS))] = "wav"
+    speed: Annotated[float, documented(minimum=MIN_SPEED, maximum=MAX_SPEED)] = 1.0

@@ -12,6 +12,7 @@ from typing import Any
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from services import request_context
+from services.gateway.disconnect import reported_status
 
 logger = logging.getLogger("mmserve.access")
 
@@ -43,13 +44,14 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
                 status = int(message["status"])
                 headers = list(message.get("headers", ()))
                 headers.append((REQUEST_ID_HEADER, request_id.encode()))
-                message = {**message, "headers": headers}  # type: ignore[assignment]
+                message = {**message, "headers": headers}
             await send(message)
 
         try:
             await app(scope, receive, send_with_id)
         finally:
             ctx = request_context.current()
+            status = reported_status(status)
             path = str(scope.get("path", ""))
             fields: dict[str, Any] = {
                 "method": scope.get("method"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
@@ -12,6 +13,7 @@ from retrieval.chunking import ChunkingConfig
 from retrieval.collections import DocumentInput
 from services.collections_service import CollectionSummary
 from services.gateway import rag
+from services.gateway.api_docs import EVENT_STREAM, SERVICE_ERRORS, errors, operation, sse_events
 from services.gateway.retrieval_schemas import (
     AddDocumentsRequest,
     AddDocumentsResponse,
@@ -32,6 +34,11 @@ from shared_engine.errors import InvalidRequest
 
 Registry = NamedDependency[ModelRegistry]
 
+_RAG_OK = "The answer; with `stream: true`, server-sent events"
+_RAG_EVENT = "a JSON object (`rag.citations`, `rag.delta`…, `rag.done`), or [DONE]"
+_NO_COLLECTION = "Unknown collection (code `collection_not_found`)"
+_NO_DOCUMENT = "Unknown collection or document (code `collection_not_found` or `document_not_found`)"
+
 
 def _info(summary: CollectionSummary) -> CollectionInfo:
     r = summary.record
@@ -49,7 +56,14 @@ class CollectionsController(Controller):
     path = "/v1/collections"
     tags = ["retrieval"]
 
-    @post("/", status_code=201, summary="Create a collection (embedding model, index kind, chunking)")
+    @post(
+        "/",
+        status_code=201,
+        summary="Create a collection (embedding model, index kind, chunking)",
+        responses=errors(
+            400, 404, 409, 413, *SERVICE_ERRORS, e404="Unknown model", e409="The collection already exists"
+        ),
+    )
     async def create(self, data: JSONBody[CreateCollectionRequest], registry: Registry) -> CollectionInfo:
         try:
             chunking = ChunkingConfig(data.chunk_tokens, data.overlap_tokens)
@@ -57,20 +71,34 @@ class CollectionsController(Controller):
             raise InvalidRequest(str(exc), param="overlap_tokens") from None
         return _info(await registry.collections.create(data.name, data.model, data.index, chunking))
 
-    @get("/", summary="List collections")
+    @get("/", summary="List collections", responses=errors(*SERVICE_ERRORS))
     async def list_all(self, registry: Registry) -> CollectionList:
         return CollectionList([_info(s) for s in await registry.collections.list_all()])
 
-    @get("/{name:str}", summary="One collection")
+    @get(
+        "/{name:str}",
+        summary="One collection",
+        responses=errors(400, 404, *SERVICE_ERRORS, e404=_NO_COLLECTION),
+    )
     async def show(self, name: FromPath[str], registry: Registry) -> CollectionInfo:
         return _info(await registry.collections.show(name))
 
-    @delete("/{name:str}", status_code=200, summary="Drop a collection with its documents and index")
+    @delete(
+        "/{name:str}",
+        status_code=200,
+        summary="Drop a collection with its documents and index",
+        responses=errors(400, 404, *SERVICE_ERRORS, e404=_NO_COLLECTION),
+    )
     async def drop(self, name: FromPath[str], registry: Registry) -> Deleted:
         await registry.collections.drop(name)
         return Deleted(id=name)
 
-    @post("/{name:str}/documents", status_code=200, summary="Add documents (durable before the answer)")
+    @post(
+        "/{name:str}/documents",
+        status_code=200,
+        summary="Add documents (durable before the answer)",
+        responses=errors(400, 404, 413, *SERVICE_ERRORS, e404=_NO_COLLECTION),
+    )
     async def add_documents(
         self, name: FromPath[str], data: JSONBody[AddDocumentsRequest], registry: Registry
     ) -> AddDocumentsResponse:
@@ -78,7 +106,11 @@ class CollectionsController(Controller):
         ids, chunks = await registry.collections.add(name, docs)
         return AddDocumentsResponse(ids=ids, chunks=chunks)
 
-    @get("/{name:str}/documents/{doc_id:str}", summary="Fetch a document")
+    @get(
+        "/{name:str}/documents/{doc_id:str}",
+        summary="Fetch a document",
+        responses=errors(400, 404, *SERVICE_ERRORS, e404=_NO_DOCUMENT),
+    )
     async def get_document(
         self, name: FromPath[str], doc_id: FromPath[str], registry: Registry
     ) -> DocumentOut:
@@ -86,7 +118,10 @@ class CollectionsController(Controller):
         return DocumentOut(doc.id, name, doc.text, doc.metadata, doc.num_chunks)
 
     @delete(
-        "/{name:str}/documents/{doc_id:str}", status_code=200, summary="Delete a document and its vectors"
+        "/{name:str}/documents/{doc_id:str}",
+        status_code=200,
+        summary="Delete a document and its vectors",
+        responses=errors(400, 404, *SERVICE_ERRORS, e404=_NO_DOCUMENT),
     )
     async def delete_document(
         self, name: FromPath[str], doc_id: FromPath[str], registry: Registry
@@ -99,7 +134,12 @@ class RetrievalController(Controller):
     path = "/v1/retrieval"
     tags = ["retrieval"]
 
-    @post("/query", status_code=200, summary="Top-k chunks for a query, optionally filtered by metadata")
+    @post(
+        "/query",
+        status_code=200,
+        summary="Top-k chunks for a query, optionally filtered by metadata",
+        responses=errors(400, 404, 413, *SERVICE_ERRORS, e404=_NO_COLLECTION),
+    )
     async def query(self, data: JSONBody[QueryRequest], registry: Registry) -> QueryResponse:
         hits = await registry.collections.query(
             data.collection, data.query, data.top_k, data.filter, _image(data.image)
@@ -113,7 +153,16 @@ class RagController(Controller):
     path = "/v1/rag"
     tags = ["retrieval"]
 
-    @post("/", status_code=200, summary="Answer from a collection with the chat model, with citations")
+    @post(
+        "/",
+        status_code=200,
+        summary="Answer from a collection with the chat model, with citations",
+        responses={
+            200: ResponseSpec(RagResponse, description=_RAG_OK, generate_examples=False),
+            **errors(400, 404, 413, *SERVICE_ERRORS, e404="Unknown collection or model"),
+        },
+        operation_class=operation(success={EVENT_STREAM: sse_events(_RAG_EVENT)}),
+    )
     async def answer(self, data: JSONBody[RagRequest], registry: Registry) -> RagResponse | Stream:
         result = await rag.answer(registry, data)
         return result if isinstance(result, RagResponse) else sse_response(result)

@@ -7,13 +7,38 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from services.gateway.schemas import MaxTokens, Temperature, Usage
+from retrieval.collections import COLLECTION_NAME, DOCUMENT_ID
+from services.gateway.schemas import MaxTokens, Temperature, Usage, documented
 
 # -- collections and retrieval -------------------------------------------------------------------------
 
+# Metadata filters are compared in SQLite, whose integers are 64-bit: a larger one cannot be a bound
+# parameter (it was a 500).
+SQLITE_INT_MIN, SQLITE_INT_MAX = -(2**63), 2**63 - 1
+SQLiteInt = Annotated[int, Meta(ge=SQLITE_INT_MIN, le=SQLITE_INT_MAX)]
+# Litestar would document the values as oneOf integer/number, which no integer satisfies (it is both).
+_FILTER_SCHEMA = documented(
+    one_of=[
+        {
+            "type": "object",
+            "description": "metadata fields the results must equal exactly",
+            "additionalProperties": {
+                "anyOf": [
+                    {"type": "string"},
+                    {"type": "integer", "minimum": SQLITE_INT_MIN, "maximum": SQLITE_INT_MAX},
+                    {"type": "number"},
+                    {"type": "boolean"},
+                ]
+            },
+        },
+        {"type": "null"},
+    ]
+)
+Filter = Annotated[dict[str, str | SQLiteInt | float | bool] | None, _FILTER_SCHEMA]
+
 
 class CreateCollectionRequest(Struct, kw_only=True):
-    name: str
+    name: Annotated[str, documented(pattern=COLLECTION_NAME.pattern)]  # checked by the store
     model: str | None = None
     index: Literal["flat", "hnsw", "ivf"] = "flat"
     chunk_tokens: Annotated[int, Meta(ge=8)] = 200
@@ -39,7 +64,7 @@ class CollectionList(Struct):
 
 class DocumentIn(Struct, kw_only=True):
     text: str = ""  # the document; in a collection of images, an optional caption
-    id: str | None = None
+    id: Annotated[str, documented(pattern=DOCUMENT_ID.pattern)] | None = None  # checked by the store
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     image: str | None = None  # collections of images: a data URL or base64
 
@@ -70,10 +95,10 @@ class Deleted(Struct):
 
 class QueryRequest(Struct, kw_only=True):
     collection: str
-    query: str | None = None
+    query: Annotated[str, documented(min_length=1)] | None = None  # collections of text
     image: str | None = None  # collections of images are queried with an image (data URL or base64)
     top_k: Annotated[int, Meta(ge=1, le=100)] = 5
-    filter: dict[str, str | int | float | bool] | None = None
+    filter: Filter = None
 
 
 class QueryResult(Struct):
@@ -95,7 +120,7 @@ class RagRequest(Struct, kw_only=True):
     model: str | None = None
     max_tokens: MaxTokens = 256
     temperature: Temperature = 0.0
-    filter: dict[str, str | int | float | bool] | None = None
+    filter: Filter = None
     stream: bool = False
 
 

@@ -11,6 +11,8 @@ from litestar.params import JSONBody
 from litestar.response import Stream
 
 from services.gateway import chat, completions, embeddings
+from services.gateway.api_docs import EVENT_STREAM, SERVICE_ERRORS, errors, operation, sse_events
+from services.gateway.lifecycle import Lifecycle
 from services.gateway.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -18,7 +20,6 @@ from services.gateway.schemas import (
     CompletionRequest,
     EmbeddingList,
     EmbeddingRequest,
-    ErrorResponse,
     ModelCard,
     ModelList,
 )
@@ -30,8 +31,16 @@ from services.tts_service import TTSService
 Registry = NamedDependency[ModelRegistry]
 
 
-def _error_doc(description: str) -> ResponseSpec:
-    return ResponseSpec(data_container=ErrorResponse, description=description)
+# `stream: true` answers with server-sent events instead of the JSON document.
+_CHUNK = "a JSON chunk (`chat.completion.chunk` or `text_completion`), or [DONE]"
+_STREAMED = operation(success={EVENT_STREAM: sse_events(_CHUNK)})
+_ERRORS = errors(400, 404, 413, *SERVICE_ERRORS)
+_OK = "The completion; with `stream: true`, server-sent events"
+_READY = ResponseSpec(
+    dict[str, str],
+    description="A model is still loading (`loading`) or failed (`failed`)",
+    generate_examples=False,
+)
 
 
 def _respond(result: Any) -> Any:
@@ -45,8 +54,12 @@ class HealthController(Controller):
     async def health(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @get("/ready", summary="200 when every configured model is loaded, else 503")
-    async def ready(self, registry: Registry) -> Response[dict[str, str]]:
+    @get("/ready", summary="200 when every configured model is loaded, else 503", responses={503: _READY})
+    async def ready(
+        self, registry: Registry, lifecycle: NamedDependency[Lifecycle]
+    ) -> Response[dict[str, str]]:
+        if lifecycle.draining:
+            return Response({"status": "draining"}, status_code=503)
         if registry.ready:
             return Response({"status": "ready"}, status_code=200)
         state = "failed" if registry.failed else "loading"
@@ -57,7 +70,7 @@ class OpenAIController(Controller):
     path = "/v1"
     tags = ["openai"]
 
-    @get("/models", summary="Served models, each with its task")
+    @get("/models", summary="Served models, each with its task", responses=errors())
     async def models(self, registry: Registry) -> ModelList:
         cards = []
         for spec in registry.specs.values():
@@ -73,7 +86,8 @@ class OpenAIController(Controller):
         "/chat/completions",
         status_code=200,
         summary="Chat completion (OpenAI-compatible; stream=true answers with server-sent events)",
-        responses={400: _error_doc("Invalid parameters"), 404: _error_doc("Unknown model")},
+        responses={200: ResponseSpec(ChatCompletion, description=_OK, generate_examples=False), **_ERRORS},
+        operation_class=_STREAMED,
     )
     async def chat_completions(
         self, data: JSONBody[ChatCompletionRequest], registry: Registry
@@ -84,7 +98,8 @@ class OpenAIController(Controller):
         "/completions",
         status_code=200,
         summary="Text completion (OpenAI-compatible; stream=true answers with server-sent events)",
-        responses={400: _error_doc("Invalid parameters"), 404: _error_doc("Unknown model")},
+        responses={200: ResponseSpec(Completion, description=_OK, generate_examples=False), **_ERRORS},
+        operation_class=_STREAMED,
     )
     async def completions(self, data: JSONBody[CompletionRequest], registry: Registry) -> Completion | Stream:
         return _respond(await completions.create(registry.chat(data.model), data))
@@ -93,7 +108,7 @@ class OpenAIController(Controller):
         "/embeddings",
         status_code=200,
         summary="Embeddings (OpenAI-compatible); inputs from concurrent requests are micro-batched",
-        responses={400: _error_doc("Invalid input"), 404: _error_doc("Unknown model")},
+        responses=_ERRORS,
     )
     async def create_embeddings(self, data: JSONBody[EmbeddingRequest], registry: Registry) -> EmbeddingList:
         return await embeddings.create(registry.embedding(data.model), data)

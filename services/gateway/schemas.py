@@ -8,17 +8,29 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from shared_engine.sampling_params import MAX_TOP_LOGPROBS
+from shared_engine.sampling_params import MAX_TOP_LOGPROBS, SEED_MAX, SEED_MIN
 
 MAX_N = 16
 MAX_STOP_SEQUENCES = 16
 
-Temperature = Annotated[float, Meta(ge=0.0, le=2.0, description="0 = greedy")]
-TopP = Annotated[float, Meta(gt=0.0, le=1.0)]
+
+def documented(**keywords: Any) -> Meta:
+    """Keywords for the OpenAPI schema only, under Litestar's names (``minimum``, ``max_length``,
+    ``enum``...): Litestar copies ``extra_json_schema["extra"]`` onto the field's schema and msgspec
+    enforces none of it. For limits a handler checks itself with a more precise message than msgspec's,
+    and for bounds of 0, which Litestar drops from an optional field's schema (it tests them for truth)."""
+    return Meta(extra_json_schema={"extra": keywords})
+
+
+Temperature = Annotated[float, Meta(ge=0.0, le=2.0, description="0 = greedy"), documented(minimum=0.0)]
+TopP = Annotated[float, Meta(gt=0.0, le=1.0), documented(exclusive_minimum=0.0)]
 TopK = Annotated[int, Meta(ge=-1, description="extra: keep the k most likely tokens; 0 or -1 disables")]
 MaxTokens = Annotated[int, Meta(ge=1)]
 N = Annotated[int, Meta(ge=1, le=MAX_N)]
-TopLogprobs = Annotated[int, Meta(ge=0, le=MAX_TOP_LOGPROBS)]
+TopLogprobs = Annotated[int, Meta(ge=0, le=MAX_TOP_LOGPROBS), documented(minimum=0)]
+Seed = Annotated[int, documented(minimum=SEED_MIN, maximum=SEED_MAX)]  # checked with the other parameters
+# Accepted for OpenAI's clients, which send 0; anything else is a 400 (not supported).
+Penalty = Annotated[float, documented(minimum=0, maximum=0, description="not supported: omit, or send 0")]
 Stop = str | Annotated[list[str], Meta(max_length=MAX_STOP_SEQUENCES)] | None
 
 
@@ -44,15 +56,15 @@ class SamplingFields(Struct, kw_only=True):
     temperature: Temperature | None = None
     top_p: TopP | None = None
     top_k: TopK | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     stop: Stop = None
     stop_token_ids: list[int] | None = None
     n: N = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
     user: str | None = None
 
 

@@ -7,11 +7,10 @@ from typing import Any
 from litestar import Response
 
 from pipelines.asr import Transcription, compression_ratio
+from services.gateway.media_schemas import TRANSCRIPT_FORMATS as RESPONSE_FORMATS
 from services.gateway.media_schemas import Transcription as TranscriptionBody
 from services.gateway.media_schemas import TranscriptionSegment, VerboseTranscription
 from shared_engine.errors import InvalidRequest
-
-RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 
 
 def check_format(fmt: str) -> str:

@@ -59,6 +59,12 @@ class Channels:
             self._channels[target] = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         return self._channels[target]
 
+    def _timeout(self) -> float:
+        """The call's deadline: the configured one, or what is left of the request's, if sooner."""
+        ctx = request_context.current()
+        remaining = ctx.remaining_s if ctx is not None else None
+        return self.timeout_s if remaining is None else max(0.001, min(self.timeout_s, remaining))
+
     async def call(self, stub_class: Callable[[grpc.aio.Channel], Any], method: str, request: Any) -> Any:
         """One unary call; an address that is down hands the call to the next one."""
         start = next(self._turn)
@@ -66,7 +72,7 @@ class Channels:
             target = self.targets[(start + attempt) % len(self.targets)]
             rpc = getattr(stub_class(self._channel(target)), method)
             try:
-                return await rpc(request, timeout=self.timeout_s, metadata=outgoing_metadata())
+                return await rpc(request, timeout=self._timeout(), metadata=outgoing_metadata())
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < len(self.targets):
                     continue
@@ -84,7 +90,7 @@ class Channels:
         for attempt in range(len(self.targets)):
             target = self.targets[(start + attempt) % len(self.targets)]
             call = getattr(stub_class(self._channel(target)), method)(
-                request, timeout=self.timeout_s, metadata=outgoing_metadata()
+                request, timeout=self._timeout(), metadata=outgoing_metadata()
             )
             started = False
             try:

@@ -33,7 +33,9 @@ from services.rpc import (
 )
 from services.rpc.channels import Channels
 from services.rpc.llm_codec import output_from_proto, params_to_proto
+from services.rpc.timing import timed
 from services.settings import Settings
+from services.timing import record_output
 from shared_engine.errors import InvalidRequest
 from shared_engine.outputs import RequestOutput
 from shared_engine.sampling_params import SamplingParams
@@ -93,7 +95,7 @@ class RemoteEmbeddingService(_Remote):
         request = embedding_pb2.EmbedRequest(
             model=self.name, inputs=[embedding_pb2.TokenIds(ids=ids) for ids in token_lists]
         )
-        response = await self.channels.call(embedding_pb2_grpc.EmbeddingStub, "Embed", request)
+        response = await self.channels.call(timed(embedding_pb2_grpc.EmbeddingStub), "Embed", request)
         return _vectors(response.vectors)
 
 
@@ -107,12 +109,12 @@ class RemoteVisionService(_Remote):
 
     async def classify(self, images: Sequence[bytes], top_k: int) -> list[list[Label]]:
         request = vision_pb2.ClassifyRequest(model=self.name, images=list(images), top_k=top_k)
-        response = await self.channels.call(vision_pb2_grpc.VisionStub, "Classify", request)
+        response = await self.channels.call(timed(vision_pb2_grpc.VisionStub), "Classify", request)
         return [[Label(x.index, x.label, x.score) for x in r.labels] for r in response.results]
 
     async def embed_images(self, images: Sequence[bytes]) -> list[np.ndarray]:
         request = vision_pb2.EmbedImagesRequest(model=self.name, images=list(images))
-        response = await self.channels.call(vision_pb2_grpc.VisionStub, "EmbedImages", request)
+        response = await self.channels.call(timed(vision_pb2_grpc.VisionStub), "EmbedImages", request)
         return _vectors(response.vectors)
 
 
@@ -141,7 +143,7 @@ class RemoteASRService(_Remote):
             prompt=prompt,
             temperature=temperature,
         )
-        r = await self.channels.call(asr_pb2_grpc.SpeechRecognitionStub, "Transcribe", request)
+        r = await self.channels.call(timed(asr_pb2_grpc.SpeechRecognitionStub), "Transcribe", request)
         segments = [
             Segment(s.id, s.start, s.end, s.text, tuple(s.tokens), s.avg_logprob, s.temperature, s.seek)
             for s in r.segments
@@ -165,7 +167,7 @@ class RemoteTTSService(_Remote):
         request = tts_pb2.SynthesizeRequest(
             model=self.name, input=text, voice=voice, speed=speed, response_format=fmt
         )
-        response = await self.channels.call(tts_pb2_grpc.SpeechSynthesisStub, "Synthesize", request)
+        response = await self.channels.call(timed(tts_pb2_grpc.SpeechSynthesisStub), "Synthesize", request)
         return bytes(response.audio), str(response.content_type)
 
 
@@ -192,7 +194,9 @@ class RemoteLLMService(_Remote, ChatText):
             params=params_to_proto(params),
         )
         async for message in self.channels.stream(llm_pb2_grpc.LLMStub, "Generate", request):
-            yield output_from_proto(message, request_id)
+            out = output_from_proto(message, request_id)
+            record_output(out)
+            yield out
 
 
 REMOTE_SERVICES: dict[str, type[_Remote]] = {

@@ -21,7 +21,7 @@ _QUIET_PREFIX = "/grpc.health."
 
 
 def _request_id(details: grpc.HandlerCallDetails) -> str:
-    for key, value in details.invocation_metadata or ():  # type: ignore[attr-defined]
+    for key, value in details.invocation_metadata or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and value:
             return value[:128]
     return uuid.uuid4().hex
@@ -45,7 +45,7 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        method = details.method  # type: ignore[attr-defined]
+        method = details.method
         request_id = _request_id(details)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(

@@ -6,7 +6,7 @@ from typing import Any
 
 from services.rpc import llm_pb2
 from shared_engine.errors import InvalidRequest
-from shared_engine.outputs import FinishReason, RequestOutput, TokenLogprob
+from shared_engine.outputs import FinishReason, RequestMetrics, RequestOutput, TokenLogprob
 from shared_engine.sampling_params import OutputKind, SamplingParams
 
 
@@ -45,6 +45,24 @@ def params_from_proto(m: Any) -> SamplingParams:
         raise InvalidRequest(str(exc)) from None
 
 
+def metrics_to_proto(m: RequestMetrics) -> Any:
+    return llm_pb2.RequestMetrics(
+        queue_s=m.queue_s, ttft_s=m.ttft_s, e2e_s=m.e2e_s, inference_s=m.inference_s
+    )
+
+
+def metrics_from_proto(m: Any, out: Any) -> RequestMetrics:
+    return RequestMetrics(
+        queue_s=m.queue_s,
+        ttft_s=m.ttft_s if m.HasField("ttft_s") else None,
+        e2e_s=m.e2e_s,
+        inference_s=m.inference_s,
+        num_prompt_tokens=out.num_prompt_tokens,
+        num_output_tokens=out.num_output_tokens,
+        num_cached_tokens=out.num_cached_tokens,
+    )
+
+
 def output_to_proto(out: RequestOutput) -> Any:
     return llm_pb2.GenerateOutput(
         text=out.text,
@@ -62,6 +80,7 @@ def output_to_proto(out: RequestOutput) -> Any:
             for lp in out.logprobs
         ],
         finish_reason=out.finish_reason.value if out.finish_reason else "",
+        metrics=metrics_to_proto(out.metrics) if out.metrics is not None else None,
     )
 
 
@@ -78,4 +97,5 @@ def output_from_proto(m: Any, request_id: str) -> RequestOutput:
             for lp in m.logprobs
         ],
         finish_reason=FinishReason(m.finish_reason) if m.finish_reason else None,
+        metrics=metrics_from_proto(m.metrics, m) if m.HasField("metrics") else None,
     )

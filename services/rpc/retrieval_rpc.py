@@ -18,6 +18,7 @@ from services.rpc import retrieval_pb2 as pb
 from services.rpc import retrieval_pb2_grpc
 from services.rpc.channels import Channels
 from services.rpc.servicers import answer
+from services.rpc.timing import timed
 
 
 def _collection(s: CollectionSummary) -> Any:
@@ -135,7 +136,7 @@ class RemoteCollections:
         self.channels = channels
 
     async def _call(self, method: str, request: Any) -> Any:
-        return await self.channels.call(retrieval_pb2_grpc.RetrievalStub, method, request)
+        return await self.channels.call(timed(retrieval_pb2_grpc.RetrievalStub), method, request)
 
     async def create(
         self, name: str, model: str | None, index_kind: str, chunking: ChunkingConfig

@@ -29,6 +29,8 @@ from services.rpc import (
 )
 from services.rpc.llm_codec import output_to_proto, params_from_proto
 from services.rpc.status import to_status
+from services.rpc.timing import timing_metadata
+from services.timing import ensure_context
 from services.tts_service import TTSService
 from services.vision_service import VisionService
 
@@ -47,9 +49,13 @@ def _pick(services: Mapping[str, _S], model: str, task: str) -> _S:
 
 
 async def answer(context: grpc.aio.ServicerContext, work: Awaitable[_T]) -> _T:
-    """Await ``work``; an exception ends the call with the status that describes it."""
+    """Await ``work``; an exception ends the call with the status that describes it. The engines'
+    timing goes back in the trailing metadata."""
     try:
-        return await work
+        with ensure_context() as ctx:
+            result = await work
+        context.set_trailing_metadata(timing_metadata(ctx))
+        return result
     except Exception as exc:
         await _fail(context, exc)
         raise  # abort raises; this keeps type checkers sure the function never falls through

@@ -7,11 +7,18 @@ from __future__ import annotations
 import grpc
 
 from retrieval.errors import CollectionExists, CollectionNotFound, DocumentNotFound
-from services.errors import DeadlineExceeded, ModelNotFound, Overloaded, ServiceUnavailable
-from shared_engine.errors import ContextLengthExceeded, EngineDead, InvalidRequest, PayloadTooLarge
+from services.errors import DeadlineExceeded, ModelNotFound, ServiceUnavailable
+from shared_engine.errors import (
+    ContextLengthExceeded,
+    EngineDead,
+    InvalidRequest,
+    Overloaded,
+    PayloadTooLarge,
+)
 
 KIND_KEY = "mmserve-error-kind"
 PARAM_KEY = "mmserve-error-param"
+RETRY_AFTER_KEY = "mmserve-retry-after"
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -34,18 +41,23 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, Metadata]:
     """The status, message and trailing metadata that describe ``exc``."""
     param = getattr(exc, "param", None)
     meta: list[tuple[str, str]] = [(PARAM_KEY, param)] if isinstance(param, str) else []
+    if isinstance(exc, Overloaded):
+        meta.append((RETRY_AFTER_KEY, str(exc.retry_after_s)))
     for kind, cls, code in _KINDS:
         if isinstance(exc, cls):
             return code, str(exc), (*meta, (KIND_KEY, kind))
     return grpc.StatusCode.INTERNAL, "the model service failed while processing the request", ()
 
 
-def _rebuild(cls: type[Exception], message: str, param: str | None) -> Exception:
+def _rebuild(cls: type[Exception], message: str, meta: dict[str, str]) -> Exception:
     """An instance of ``cls`` carrying the worker's message, without re-running its constructor (whose
     arguments stayed on the other side)."""
     exc = cls.__new__(cls)
     Exception.__init__(exc, message)
-    exc.param = param  # type: ignore[attr-defined]
+    exc.param = meta.get(PARAM_KEY)  # type: ignore[attr-defined]
+    if isinstance(exc, Overloaded):
+        retry = meta.get(RETRY_AFTER_KEY, "1")
+        exc.retry_after_s = max(1, int(retry)) if retry.isdigit() else 1
     return exc
 
 
@@ -55,7 +67,7 @@ def from_status(code: grpc.StatusCode, details: str, metadata: Metadata, where: 
     kind, param = meta.get(KIND_KEY), meta.get(PARAM_KEY)
     for name, cls, _ in _KINDS:
         if kind == name:
-            return _rebuild(cls, details, param)
+            return _rebuild(cls, details, meta)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidRequest(details, param=param)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -172,8 +172,11 @@ class LlamaForCausalLM(nn.Module):
         return m.norm(h)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.model.embed_tokens.weight if self.arch.tie_word_embeddings else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        # A tied model has an lm_head only when shared_engine.quantization gave it a quantized one.
+        head = getattr(self, "lm_head", None)
+        if head is not None:
+            return head(hidden).float()
+        return F.linear(hidden, self.model.embed_tokens.weight).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy a Hugging Face state dict in, fusing q/k/v and gate/up as it goes."""

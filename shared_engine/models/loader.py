@@ -10,6 +10,7 @@ import torch
 from safetensors import safe_open
 
 from shared_engine.models.base import MODEL_REGISTRY, DecoderArch, DecoderModel
+from shared_engine.quantization import QuantizationConfig, quantize_decoder
 
 
 def arch_from_hf_config(cfg: Any) -> DecoderArch:
@@ -71,7 +72,11 @@ def iter_safetensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def build_decoder(
-    hf_config: Any, weights: Iterator[tuple[str, torch.Tensor]], device: torch.device, dtype: torch.dtype
+    hf_config: Any,
+    weights: Iterator[tuple[str, torch.Tensor]],
+    device: torch.device,
+    dtype: torch.dtype,
+    quantization: QuantizationConfig | None = None,
 ) -> DecoderModel:
     arch = arch_from_hf_config(hf_config)
     cls = MODEL_REGISTRY.get(arch.architecture)
@@ -82,4 +87,6 @@ def build_decoder(
     if rotary is not None:
         # RoPE tables stay float32: positions far from 0 lose precision in bf16.
         rotary.float()
+    if quantization is not None:
+        quantize_decoder(model, quantization)  # on the target device: int4 packs for its kernel
     return model

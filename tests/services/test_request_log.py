@@ -16,26 +16,16 @@ import pytest
 
 from services import request_context
 from services.log_config import JsonFormatter, RequestIdFilter
+from tests.helpers.model_configs import only_models
 from tests.helpers.server import ServerProcess, default_server_env, free_port, launch, start_server
 from tests.services.conftest import DEFAULT_MODEL, READY_TIMEOUT_S, REQUEST_TIMEOUT_S, server_env
 
-REPO = Path(__file__).resolve().parents[2]
 CHAT = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
-
-
-def _chat_only_config(tmp: Path) -> Path:
-    """models.toml's chat model alone: the gateway and its one worker load nothing else."""
-    text = (REPO / "models.toml").read_text()
-    blocks = text.split("[[models]]")
-    chat = next(b for b in blocks[1:] if f'name = "{DEFAULT_MODEL}"' in b)
-    path = tmp / "models.toml"
-    path.write_text("[[models]]" + chat)
-    return path
 
 
 @pytest.fixture(scope="module")
 def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    config = _chat_only_config(tmp_path_factory.mktemp("request-log"))
+    config = only_models(tmp_path_factory.mktemp("request-log"), DEFAULT_MODEL)
     logs = {"MMSERVE_LOG_LEVEL": "info", "MMSERVE_LOG_FORMAT": "json", "MMSERVE_MODELS_CONFIG": str(config)}
     port = free_port()
     worker_env = {**default_server_env(port), **server_env(), **logs}

@@ -7,10 +7,16 @@ import grpc
 import pytest
 
 from retrieval.errors import CollectionExists, CollectionNotFound, DocumentNotFound
-from services.errors import DeadlineExceeded, ModelNotFound, Overloaded, ServiceUnavailable
+from services.errors import DeadlineExceeded, ModelNotFound, ServiceUnavailable
 from services.gateway.errors import error_body
 from services.rpc.status import from_status, to_status
-from shared_engine.errors import ContextLengthExceeded, EngineDead, InvalidRequest, PayloadTooLarge
+from shared_engine.errors import (
+    ContextLengthExceeded,
+    EngineDead,
+    InvalidRequest,
+    Overloaded,
+    PayloadTooLarge,
+)
 
 CASES: list[tuple[Exception, grpc.StatusCode]] = [
     (InvalidRequest("top_k must be at least 1", param="top_k"), grpc.StatusCode.INVALID_ARGUMENT),
@@ -20,7 +26,7 @@ CASES: list[tuple[Exception, grpc.StatusCode]] = [
     (CollectionNotFound("docs"), grpc.StatusCode.NOT_FOUND),
     (DocumentNotFound("docs", "a"), grpc.StatusCode.NOT_FOUND),
     (CollectionExists("docs"), grpc.StatusCode.ALREADY_EXISTS),
-    (Overloaded("the queue is full"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Overloaded("the queue is full", retry_after_s=7), grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ServiceUnavailable("model `x` is still loading"), grpc.StatusCode.UNAVAILABLE),
     (EngineDead("the LLM engine stopped"), grpc.StatusCode.UNAVAILABLE),
 ]  # fmt: skip
@@ -56,3 +62,13 @@ def test_unexpected_failures_do_not_leak_details() -> None:
     assert status == grpc.StatusCode.INTERNAL
     assert "secret" not in message and metadata == ()
     assert error_body(from_status(status, message, metadata, "tts"))[0] == 500
+
+
+def test_retry_after_crosses_the_boundary() -> None:
+    status, message, metadata = to_status(Overloaded("256 requests are waiting", retry_after_s=12))
+    back = from_status(status, message, metadata, "chat")
+    assert isinstance(back, Overloaded) and back.retry_after_s == 12
+    assert back.headers == {"Retry-After": "12"}
+    assert error_body(back)[1].error.code == "rate_limit_exceeded"
+    plain = from_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many", (), "chat")
+    assert isinstance(plain, Overloaded) and plain.retry_after_s == 1

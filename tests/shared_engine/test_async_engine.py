@@ -15,8 +15,8 @@ from transformers import AutoTokenizer, LlamaConfig
 
 from shared_engine.async_engine import AsyncLLMEngine
 from shared_engine.compute import ComputeLane
-from shared_engine.config import CacheConfig, EngineConfig
-from shared_engine.errors import ContextLengthExceeded
+from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from shared_engine.errors import ContextLengthExceeded, Overloaded
 from shared_engine.llm_engine import LLMEngine
 from shared_engine.models import MODEL_REGISTRY
 from shared_engine.models.loader import arch_from_hf_config
@@ -26,8 +26,8 @@ from shared_engine.sampling_params import OutputKind, SamplingParams
 CPU = torch.device("cpu")
 
 
-@pytest.fixture()
-def engine(smollm2_folder: Path) -> Iterator[AsyncLLMEngine]:
+def _tiny_engine(smollm2_folder: Path, config: EngineConfig) -> LLMEngine:
+    """A 2-layer random Llama with SmolLM2's tokenizer: real engine code, fast steps."""
     tokenizer: Any = AutoTokenizer.from_pretrained(smollm2_folder)
     cfg = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -42,8 +42,14 @@ def engine(smollm2_folder: Path) -> Iterator[AsyncLLMEngine]:
     torch.manual_seed(0)
     arch = arch_from_hf_config(cfg)
     model = MODEL_REGISTRY.get(arch.architecture)(arch).eval()
-    config = EngineConfig(cache=CacheConfig(block_size=8, num_blocks=128))
-    front = AsyncLLMEngine(LLMEngine(model, tokenizer, config, CPU, torch.float32, frozenset()))
+    return LLMEngine(model, tokenizer, config, CPU, torch.float32, frozenset())
+
+
+@pytest.fixture()
+def engine(smollm2_folder: Path) -> Iterator[AsyncLLMEngine]:
+    front = AsyncLLMEngine(
+        _tiny_engine(smollm2_folder, EngineConfig(cache=CacheConfig(block_size=8, num_blocks=128)))
+    )
     yield front
     front.shutdown()
 
@@ -97,10 +103,14 @@ async def test_validation_errors_reach_the_caller(engine: AsyncLLMEngine) -> Non
 
 
 async def _collect(
-    engine: AsyncLLMEngine, request_id: str, params: SamplingParams, pause: float = 0.0
+    engine: AsyncLLMEngine,
+    request_id: str,
+    params: SamplingParams,
+    pause: float = 0.0,
+    prompt: list[int] | None = None,
 ) -> list[RequestOutput]:
     outs: list[RequestOutput] = []
-    async for out in engine.generate(request_id, [3, 1, 4, 1, 5], params):
+    async for out in engine.generate(request_id, prompt or [3, 1, 4, 1, 5], params):
         outs.append(out)
         await asyncio.sleep(pause)
     return outs
@@ -145,3 +155,41 @@ async def test_engine_steps_run_on_the_given_lane(engine: AsyncLLMEngine) -> Non
     finally:
         front.shutdown()
     assert outs[-1].num_output_tokens == 3 and threads == {"step-lane"}
+
+
+async def test_past_the_waiting_limits_requests_are_refused_and_admitted_ones_finish(
+    smollm2_folder: Path,
+) -> None:
+    limits = SchedulerConfig(max_num_seqs=2, max_waiting_requests=3, max_waiting_tokens=10_000)
+    config = EngineConfig(cache=CacheConfig(block_size=8, num_blocks=128), scheduler=limits)
+    front = AsyncLLMEngine(_tiny_engine(smollm2_folder, config))
+    params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
+
+    async def run(i: int) -> int | Overloaded:
+        try:
+            return len(await _collect(front, f"r{i}", params))
+        except Overloaded as exc:
+            return exc
+
+    try:
+        results = await asyncio.gather(*(run(i) for i in range(12)))
+    finally:
+        front.shutdown()
+    refused = [r for r in results if isinstance(r, Overloaded)]
+    done = [r for r in results if not isinstance(r, Overloaded)]
+    # The first adds reach the engine thread before any step: 3 wait; later ones queue while 2 run.
+    assert refused and len(done) >= 3, results
+    assert all(n >= 1 for n in done)
+    assert all(r.retry_after_s >= 1 and "max_waiting_requests=3" in str(r) for r in refused)
+
+
+async def test_a_prompt_past_the_waiting_token_budget_is_refused(smollm2_folder: Path) -> None:
+    limits = SchedulerConfig(max_waiting_tokens=8)
+    front = AsyncLLMEngine(_tiny_engine(smollm2_folder, EngineConfig(scheduler=limits)))
+    one_token = SamplingParams(max_tokens=1, temperature=0)
+    try:
+        with pytest.raises(Overloaded, match="max_waiting_tokens=8"):
+            await _collect(front, "big", one_token, prompt=list(range(1, 20)))
+        assert len(await _collect(front, "small", one_token)) == 1
+    finally:
+        front.shutdown()

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from shared_engine.errors import InvalidRequest, Overloaded
 from shared_engine.micro_batcher import MicroBatchConfig, MicroBatcher, pack
 
 WAIT_S = 5.0  # upper bound on anything that should take milliseconds
@@ -459,3 +460,33 @@ def test_caller_loop_gone_does_not_kill_the_batcher(make_batcher: MakeBatcher) -
     time.sleep(0.1)
     assert batcher.is_alive, "the batcher thread died"
     assert asyncio.run(asyncio.wait_for(batcher.submit([4]), WAIT_S)) == [8]
+
+
+# -- admission control ------------------------------------------------------------------------------------
+
+
+async def test_past_max_queued_items_submissions_are_refused_and_queued_ones_finish() -> None:
+    release = threading.Event()
+
+    def slow(items: list[int]) -> list[int]:
+        release.wait(WAIT_S)
+        return [x * 10 for x in items]
+
+    config = MicroBatchConfig(max_batch_size=1, max_wait_ms=0, max_queued_items=4)
+    batcher: MicroBatcher[int, int] = MicroBatcher(slow, lambda _: 1, config)
+    try:
+        first = asyncio.create_task(batcher.submit([1]))  # taken at once: the batcher now blocks in it
+        await asyncio.sleep(0.1)
+        queued = asyncio.create_task(batcher.submit([2, 3, 4]))
+        await asyncio.sleep(0.1)
+        with pytest.raises(Overloaded, match="max_queued_items=4") as refused:
+            await batcher.submit([5, 6])
+        assert refused.value.retry_after_s >= 1
+        with pytest.raises(InvalidRequest, match="at most 4"):
+            await batcher.submit([0] * 5)
+        release.set()
+        assert await first == [10] and await queued == [20, 30, 40]
+        assert await batcher.submit([5, 6]) == [50, 60]  # room again
+    finally:
+        release.set()
+        batcher.shutdown()

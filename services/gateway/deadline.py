@@ -1,0 +1,112 @@
+"""Request deadlines. Every /v1 request has one: the configured default, or the caller's
+``X-Request-Timeout`` (seconds) up to the configured maximum. Past it the request's work is cancelled,
+which aborts its engine requests (their KV blocks are freed at the next step) and cancels its gRPC
+calls, and the caller gets a 504 in OpenAI's error shape; a stream already under way ends with an error
+event instead, as streams do for any failure."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from services import request_context
+from services.errors import DeadlineExceeded
+from services.gateway.errors import error_body
+from services.gateway.schemas import to_json
+from services.gateway.sse import DONE, event
+from shared_engine.errors import InvalidRequest
+
+TIMEOUT_HEADER = b"x-request-timeout"
+
+
+@dataclass(frozen=True)
+class DeadlinePolicy:
+    default_s: float = 600.0
+    max_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.default_s <= self.max_s:
+            raise ValueError(
+                f"request timeouts need 0 < default <= max, got default {self.default_s}, max {self.max_s}"
+            )
+
+    def timeout_for(self, scope: Scope) -> float:
+        raw = next((v for k, v in scope.get("headers", ()) if k == TIMEOUT_HEADER), None)
+        if raw is None:
+            return self.default_s
+        try:
+            value = float(raw.decode("latin-1"))
+        except ValueError:
+            value = math.nan
+        if not 0 < value <= self.max_s:  # NaN fails this too
+            raise InvalidRequest(
+                f"X-Request-Timeout must be a number of seconds in (0, {self.max_s:g}], "
+                f"got {raw.decode('latin-1')!r}",
+                param="X-Request-Timeout",
+            )
+        return value
+
+
+async def send_error(send: Send, exc: Exception) -> None:
+    status, body = error_body(exc)
+    payload = to_json(body)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+def deadline_middleware(policy: DeadlinePolicy) -> Callable[[ASGIApp], ASGIApp]:
+    def wrap(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http" or not str(scope.get("path", "")).startswith("/v1/"):
+                await app(scope, receive, send)
+                return
+            try:
+                timeout = policy.timeout_for(scope)
+            except InvalidRequest as exc:
+                await send_error(send, exc)
+                return
+            ctx = request_context.current()
+            if ctx is not None:
+                ctx.deadline = time.monotonic() + timeout
+            started = streaming = finished = False
+
+            async def tracking_send(message: Message) -> None:
+                nonlocal started, streaming, finished
+                if message["type"] == "http.response.start":
+                    started = True
+                    headers = dict(message.get("headers", ()))
+                    streaming = headers.get(b"content-type", b"").startswith(b"text/event-stream")
+                elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                    finished = True
+                await send(message)
+
+            try:
+                async with asyncio.timeout(timeout) as scope_timeout:
+                    await app(scope, receive, tracking_send)
+            except TimeoutError:
+                if not scope_timeout.expired():
+                    raise
+                late = DeadlineExceeded(f"The request did not finish within its deadline of {timeout:g} s.")
+                if not started:
+                    await send_error(send, late)
+                elif streaming and not finished:
+                    body = event(error_body(late)[1]) + DONE
+                    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+        return middleware
+
+    return wrap

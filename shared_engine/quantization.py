@@ -1,0 +1,297 @@
+"""Weight-only quantization of a decoder's linear layers: int8 per output channel, int4 per group.
+
+Activations stay in the model's dtype; only the weights shrink. Each quantized layer picks, per call,
+between torch's own weight-only CPU kernels and dequantize-then-matmul, by device, dtype and number
+of rows. What decides it, measured on a 2-core AMD EPYC with AVX-512 BF16 (torch 2.11, one thread,
+SmolLM2-135M's projection shapes; benchmarks/RESULTS.md has the whole-model figures):
+
+- bfloat16, up to 8 rows: ``_weight_int8pack_mm`` and ``_weight_int4pack_mm_for_cpu`` take 0.5-0.7×
+  the time of a bf16 ``F.linear``: a decode step at small batch is bound by reading weights.
+- bfloat16, 16 rows and more: both kernels cost time linear in the rows and fall behind the bf16 GEMM
+  (2-2.5× at 32 rows); int8 switches to dequantize-then-matmul past 8 rows (the two meet at 8-16).
+- float32: both kernels have no fast path (10-20× slower than ``F.linear``), so float32 models
+  always dequantize; on CUDA too (correct everywhere, faster nowhere).
+
+The int4 kernel reads a weight layout that depends on the CPU's instruction set, so an int4 layer
+packs for it only when it is built on the CPU in bfloat16; elsewhere it keeps plain nibbles. A model
+is quantized on the device it will run on (``build_decoder`` does it after moving the weights).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+QUANTIZATION_MODES = ("int8", "int4")
+INT4_GROUP_SIZES = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu accepts
+DEFAULT_INT4_GROUP_SIZE = 32
+
+# Row counts past which the int8 kernel loses to dequantize-then-matmul (see the module docstring),
+# and past which each kernel loses to a bf16 F.linear on an LM head's shape (576 -> 49152).
+_INT8_KERNEL_MAX_ROWS = 8
+_INT8_BEATS_BF16_MAX_ROWS = 4
+_INT4_BEATS_BF16_MAX_ROWS = 8
+# The CPU int8 kernel reads out of bounds (wrong results, or a crash) unless K is a multiple of this.
+_INT8_KERNEL_K_MULTIPLE = 16
+# The CPU int4 packing needs the output features in tiles of 16.
+_INT4_N_MULTIPLE = 16
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    """``mode``: int8 or int4; ``group_size``: input features per int4 scale/zero (ignored by int8);
+    ``lm_head``: also quantize the output projection (for tied embeddings: a quantized copy)."""
+
+    mode: str
+    group_size: int = DEFAULT_INT4_GROUP_SIZE
+    lm_head: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in QUANTIZATION_MODES:
+            raise ValueError(f"unknown quantization {self.mode!r}; known: {', '.join(QUANTIZATION_MODES)}")
+        if self.group_size not in INT4_GROUP_SIZES:
+            raise ValueError(
+                f"quantization group size must be one of {', '.join(map(str, INT4_GROUP_SIZES))}, "
+                f"got {self.group_size!r}"
+            )
+
+
+class QuantizedInt8(NamedTuple):
+    weight: torch.Tensor  # int8 [N, K]
+    scales: torch.Tensor  # [N]
+
+
+class QuantizedInt4(NamedTuple):
+    weight: torch.Tensor  # uint8 values 0..15, [N, K]
+    scales_and_zeros: torch.Tensor  # [K / group_size, N, 2]: w = (q - 8) * scale + zero
+
+
+def quantize_int8(weight: torch.Tensor, dtype: torch.dtype) -> QuantizedInt8:
+    """Symmetric per-output-channel int8; scales in ``dtype``, rounded before the weights are."""
+    w = weight.float()
+    scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-10).to(dtype)
+    q = torch.round(w / scales.float()[:, None]).clamp(-127, 127).to(torch.int8)
+    return QuantizedInt8(q, scales)
+
+
+def dequantize_int8(q: QuantizedInt8, dtype: torch.dtype) -> torch.Tensor:
+    return (q.weight.float() * q.scales.float()[:, None]).to(dtype)
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int, dtype: torch.dtype) -> QuantizedInt4:
+    """Asymmetric int4 per group of ``group_size`` input features, in the CPU kernel's convention."""
+    n, k = weight.shape
+    if k % group_size:
+        raise ValueError(f"in_features {k} is not a multiple of the group size {group_size}")
+    w = weight.float().view(n, k // group_size, group_size)
+    lo, hi = w.amin(dim=-1), w.amax(dim=-1)
+    scales = ((hi - lo) / 15).clamp(min=1e-10).to(dtype).float()
+    zeros = (lo + 8 * scales).to(dtype).float()
+    q = torch.round((w - zeros[..., None]) / scales[..., None] + 8).clamp(0, 15).to(torch.uint8)
+    packed = torch.stack([scales, zeros], dim=-1).transpose(0, 1).contiguous().to(dtype)
+    return QuantizedInt4(q.view(n, k), packed)
+
+
+def dequantize_int4(q: QuantizedInt4, group_size: int, dtype: torch.dtype) -> torch.Tensor:
+    scales = q.scales_and_zeros[..., 0].float().t().repeat_interleave(group_size, dim=1)
+    zeros = q.scales_and_zeros[..., 1].float().t().repeat_interleave(group_size, dim=1)
+    return ((q.weight.float() - 8) * scales + zeros).to(dtype)
+
+
+class _QuantizedLinear(nn.Module):
+    """The ``nn.Linear`` interface over quantized weights (no gradients; inference only)."""
+
+    bias: torch.Tensor | None
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        y = self._matmul(rows.contiguous())
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def beats_float(self, x: torch.Tensor) -> bool:
+        """Whether a weight-only kernel serves these rows faster than a float matmul would."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class Int8Linear(_QuantizedLinear):
+    weight: torch.Tensor
+    scales: torch.Tensor
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__(linear)
+        q = quantize_int8(linear.weight.detach(), linear.weight.dtype)
+        self.register_buffer("weight", q.weight)
+        self.register_buffer("scales", q.scales)
+        self._kernel_shape_ok = self.in_features % _INT8_KERNEL_K_MULTIPLE == 0
+
+    def _kernel_applies(self, x: torch.Tensor, max_rows: int) -> bool:
+        return (
+            self._kernel_shape_ok
+            and x.device.type == "cpu"
+            and x.dtype == torch.bfloat16 == self.scales.dtype
+            and x.shape[0] <= max_rows
+        )
+
+    def beats_float(self, x: torch.Tensor) -> bool:
+        return self._kernel_applies(x.reshape(-1, self.in_features), _INT8_BEATS_BF16_MAX_ROWS)
+
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        if self._kernel_applies(x, _INT8_KERNEL_MAX_ROWS):
+            return torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scales)
+        # Per-channel scales commute with the matmul: scale the [M, N] output, not the [N, K] weight.
+        return F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
+
+
+class Int4Linear(_QuantizedLinear):
+    weight: torch.Tensor
+    scales_and_zeros: torch.Tensor
+
+    def __init__(self, linear: nn.Linear, group_size: int) -> None:
+        super().__init__(linear)
+        w = linear.weight.detach()
+        q = quantize_int4(w, group_size, w.dtype)
+        self.group_size = group_size
+        self.cpu_packed = w.device.type == "cpu" and w.dtype == torch.bfloat16
+        if self.cpu_packed:
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.weight.to(torch.int32), 1)
+        else:
+            packed = q.weight[:, 0::2] | (q.weight[:, 1::2] << 4)
+        self.register_buffer("weight", packed)
+        self.register_buffer("scales_and_zeros", q.scales_and_zeros)
+
+    def unpacked(self) -> QuantizedInt4:
+        """The plain int4 values (only for layers not packed for the CPU kernel)."""
+        if self.cpu_packed:
+            raise RuntimeError("an int4 layer packed for the CPU kernel cannot be unpacked")
+        values = torch.stack([self.weight & 0xF, self.weight >> 4], dim=-1)
+        return QuantizedInt4(values.view(self.out_features, self.in_features), self.scales_and_zeros)
+
+    def beats_float(self, x: torch.Tensor) -> bool:
+        return self.cpu_packed and x.reshape(-1, self.in_features).shape[0] <= _INT4_BEATS_BF16_MAX_ROWS
+
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cpu_packed:
+            if x.device.type != "cpu" or x.dtype != self.scales_and_zeros.dtype:
+                raise RuntimeError(
+                    f"int4 layer packed for the CPU in {self.scales_and_zeros.dtype} called with "
+                    f"{x.dtype} on {x.device}: quantize the model on the device and dtype it runs in"
+                )
+            return torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x, self.weight, self.group_size, self.scales_and_zeros
+            )
+        return F.linear(x, dequantize_int4(self.unpacked(), self.group_size, x.dtype))
+
+
+class TiedQuantizedHead(nn.Module):
+    """An LM head tied to the input embedding, which must stay in floating point for lookups: a
+    quantized copy serves the calls where its kernel is faster (decode at small batch), the shared
+    float weight all others, so the copy costs memory but never speed."""
+
+    def __init__(self, quantized: _QuantizedLinear, float_weight: torch.Tensor) -> None:
+        super().__init__()
+        self.quantized = quantized
+        self.float_weight = float_weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantized.beats_float(x):
+            return self.quantized(x)
+        return F.linear(x, self.float_weight)
+
+
+class QuantizationSummary(NamedTuple):
+    quantized: list[str]
+    kept: dict[str, str]  # layer name -> why it stays in floating point
+
+
+def _unfit_reason(linear: nn.Linear, config: QuantizationConfig) -> str | None:
+    if config.mode != "int4":
+        return None
+    if linear.in_features % config.group_size:
+        return f"in_features {linear.in_features} is not a multiple of group size {config.group_size}"
+    if linear.out_features % _INT4_N_MULTIPLE:
+        return f"out_features {linear.out_features} is not a multiple of {_INT4_N_MULTIPLE}"
+    return None
+
+
+def _quantized(linear: nn.Linear, config: QuantizationConfig) -> _QuantizedLinear:
+    return Int8Linear(linear) if config.mode == "int8" else Int4Linear(linear, config.group_size)
+
+
+def _tied_embedding(model: nn.Module) -> nn.Embedding | None:
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    has_head = getattr(model, "lm_head", None) is not None
+    return embed if isinstance(embed, nn.Embedding) and not has_head else None
+
+
+def _quantize_head(model: nn.Module, config: QuantizationConfig, summary: QuantizationSummary) -> None:
+    head = getattr(model, "lm_head", None)
+    embed = _tied_embedding(model)
+    if embed is not None:
+        head = nn.Linear(embed.embedding_dim, embed.num_embeddings, bias=False, device="meta")
+        head.weight = embed.weight
+    if not isinstance(head, nn.Linear):
+        return
+    reason = _unfit_reason(head, config)
+    if reason is not None:
+        summary.kept["lm_head"] = reason
+        return
+    quantized = _quantized(head, config)
+    model.lm_head = quantized if embed is None else TiedQuantizedHead(quantized, embed.weight)
+    summary.quantized.append("lm_head")
+
+
+@torch.no_grad()
+def quantize_decoder(model: nn.Module, config: QuantizationConfig) -> QuantizationSummary:
+    """Replace the decoder's ``nn.Linear`` projections in place (and the LM head when asked).
+
+    Layers whose shapes the mode cannot take stay in floating point, each one logged with the reason.
+    """
+    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"]
+    summary = QuantizationSummary([], {})
+    for name, linear in targets:
+        reason = _unfit_reason(linear, config)
+        if reason is not None:
+            summary.kept[name] = reason
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, _quantized(linear, config))
+        summary.quantized.append(name)
+    if config.lm_head:
+        _quantize_head(model, config, summary)
+    for name, reason in summary.kept.items():
+        logger.warning("%s stays in floating point: %s", name, reason)
+    logger.info(
+        "quantized %d linear layers to %s%s (%d kept in floating point)",
+        len(summary.quantized), config.mode,
+        f" (group size {config.group_size})" if config.mode == "int4" else "", len(summary.kept),
+    )  # fmt: skip
+    return summary
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes held by parameters and buffers, each tensor counted once (tied weights are shared)."""
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
