@@ -121,7 +121,8 @@ async def test_final_only_delivers_the_whole_completion_once(engine: AsyncLLMEng
     final = dataclasses.replace(delta, output_kind=OutputKind.FINAL_ONLY)
     steps = await _collect(engine, "delta", delta)
     (whole,) = await _collect(engine, "final", final)
-    assert len(steps) == 12
+    # A delta reader may get several steps joined when it falls behind (see the slow-reader test).
+    assert sum(len(o.token_ids) for o in steps) == 12
     assert whole.finished and whole.finish_reason == steps[-1].finish_reason
     assert whole.token_ids == [t for o in steps for t in o.token_ids]
     assert whole.text == "".join(o.text for o in steps)
