@@ -585,7 +585,9 @@ def test_long_prompt_keeps_its_end(http: httpx.Client, clip: Clip, model: str) -
     prompt = " ".join(SENTENCES * 3)  # about 3,800 characters, 750 tokens
     response = post_audio(http, clip.wav, model=model, prompt=prompt)
     assert response.status_code == 200, response.text
-    assert wer(clip.text, response.json()["text"]) <= 0.15
+    # One sentence of Piper's (randomly varying) speech under a long unrelated prompt: a few words may
+    # go (measured up to 0.25); a prompt cut at the wrong end derails the whole transcript instead.
+    assert wer(clip.text, response.json()["text"]) <= 0.3
 
 
 # -- speech formats, speed, defaults ---------------------------------------------------------------------
