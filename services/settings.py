@@ -19,6 +19,8 @@ class Settings:
     port: int = 8000
     models_config: Path = REPO_ROOT / "models.toml"
     data_dir: Path = REPO_ROOT / ".data"
+    # Where converted model files are kept; None: <data_dir>/models. Several data dirs may share one.
+    model_cache: Path | None = None
     log_level: str = "info"
     log_format: str = "json"  # JSON lines, or "text" for reading in a terminal
     max_upload_mb: int = 25  # request bodies, uploads included (OpenAI's audio limit)
@@ -64,7 +66,7 @@ class Settings:
 
     @property
     def model_cache_dir(self) -> Path:
-        return self.data_dir / "models"
+        return self.model_cache if self.model_cache is not None else self.data_dir / "models"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -77,6 +79,7 @@ class Settings:
             port=int(port),
             models_config=Path(e.get("MMSERVE_MODELS_CONFIG", str(REPO_ROOT / "models.toml"))),
             data_dir=Path(e.get("MMSERVE_DATA_DIR", str(REPO_ROOT / ".data"))),
+            model_cache=Path(e["MMSERVE_MODEL_CACHE_DIR"]) if e.get("MMSERVE_MODEL_CACHE_DIR") else None,
             log_level=e.get("MMSERVE_LOG_LEVEL", "info").lower(),
             log_format=e.get("MMSERVE_LOG_FORMAT", "json").lower(),
             max_upload_mb=_number(e, "MMSERVE_MAX_UPLOAD_MB", 25, int),

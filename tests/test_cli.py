@@ -168,10 +168,14 @@ def test_ingest_of_a_missing_path_fails_clearly(tmp_path: Path, capsys: pytest.C
 def test_serve_starts_answers_ready_and_stops_on_sigterm(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    (data / "models").symlink_to(Settings.from_env().model_cache_dir)  # the converted models, prepared once
     port = free_port()
-    # PORT in the environment names another port: the option must win.
-    env = _env(PORT=str(free_port()), PYTHONUNBUFFERED="1")
+    # PORT in the environment names another port: the option must win. The converted models come from
+    # the shared cache (prepared once), so nothing is written under data/models.
+    env = _env(
+        PORT=str(free_port()),
+        PYTHONUNBUFFERED="1",
+        MMSERVE_MODEL_CACHE_DIR=str(Settings.from_env().model_cache_dir),
+    )
     args = ("serve", "--port", str(port), "--data-dir", str(data), "--models-config", str(MODELS_CONFIG))
     server = launch("services.cli", env, port, args=(*args, "--log-level", "warning"))
     try:
@@ -179,6 +183,7 @@ def test_serve_starts_answers_ready_and_stops_on_sigterm(tmp_path: Path) -> None
         models = httpx.get(f"{server.base_url}/v1/models", timeout=30).json()
         assert {m["id"] for m in models["data"]} == set(DEFAULT_MODELS)
         assert (data / "retrieval").is_dir()  # the store went to --data-dir
+        assert not (data / "models").exists()  # the models came from MMSERVE_MODEL_CACHE_DIR
     finally:
         code = server.stop(timeout=30)
     assert code == 0, server.describe_failure("SIGTERM did not stop the server cleanly")

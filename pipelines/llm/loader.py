@@ -48,15 +48,19 @@ def convert_gguf(path: Path, cache_dir: Path) -> Path:
     # A private temporary folder: two processes converting the same file never write into each other's.
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=cache_dir))
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    # The dequantized weights are plain float tensors now; saving must not claim GGUF quantization.
-    setattr(model, "hf_quantizer", None)  # noqa: B010 (not a declared attribute)
-    model.config.quantization_config = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        # The dequantized weights are plain float tensors now; saving must not claim GGUF quantization.
+        setattr(model, "hf_quantizer", None)  # noqa: B010 (not a declared attribute)
+        model.config.quantization_config = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk or an interrupt leaves no partial copy behind
+        raise
     try:
         tmp.rename(out)  # the folder appears complete or not at all
     except OSError:

@@ -43,13 +43,15 @@ def free_port(host: str = LOOPBACK) -> int:
 
 def default_server_env(port: int, host: str = LOOPBACK, log_level: str = "warning") -> dict[str, str]:
     """The environment for ``services.serve``: this process's, plus host/port/log level, plus the
-    repository's models.toml and data dir unless the caller's environment already names others."""
+    repository's models.toml, data dir and model cache unless the caller's environment already names others.
+    A test that gives a server its own data dir still shares the converted models (prepared once)."""
     env = dict(os.environ)
     env["HOST"] = host
     env["PORT"] = str(port)
     env["MMSERVE_LOG_LEVEL"] = log_level
     env.setdefault("MMSERVE_MODELS_CONFIG", str(DEFAULT_MODELS_CONFIG))
     env.setdefault("MMSERVE_DATA_DIR", str(DEFAULT_DATA_DIR))
+    env.setdefault("MMSERVE_MODEL_CACHE_DIR", str(DEFAULT_DATA_DIR / "models"))
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
