@@ -63,8 +63,9 @@ class LLMService(ChatText):
             source=spec.source,
             dtype=spec.dtype,
             device=spec.device,
-            engine=spec.engine.to_engine_config(),
+            engine=spec.engine.to_engine_config(spec.speculative),
             quantization=spec.quantization_config,
+            draft_source=spec.speculative.model if spec.speculative else None,
         )
         self.pipeline = LLMPipeline(config, settings.model_cache_dir, on_step)
         self.text = self.pipeline.text

@@ -51,6 +51,9 @@ PREFIX_HITS = Counter(P + "prefix_cache_hits", "Prompt tokens found in the prefi
 # No speculative decoding yet: declared so that dashboards and alerts can rely on them; they stay 0.
 SPEC_DRAFT = Counter(P + "spec_decode_num_draft_tokens", "Draft tokens proposed", MODEL)
 SPEC_ACCEPTED = Counter(P + "spec_decode_num_accepted_tokens", "Draft tokens accepted", MODEL)
+SPEC_DRAFTS = Counter(
+    P + "spec_decode_num_drafts", "Decode steps of a request that carried draft tokens", MODEL
+)
 REQUEST_SUCCESS = Counter(
     P + "request_success", "Finished requests by finish reason", (*MODEL, "finished_reason")
 )
@@ -101,10 +104,10 @@ class EngineMetrics:
 
     def __init__(self, model_name: str) -> None:
         self.model_name = model_name
-        self._seen = (0, 0, 0)  # prefix queries, prefix hits, preemptions: counted so far
+        self._seen = (0, 0, 0, 0, 0, 0)  # prefix queries/hits, preemptions, drafts/guesses/accepted: so far
         self._engine: LLMEngine | None = None
         for metric in (NUM_RUNNING, NUM_WAITING, KV_USAGE, PROMPT_TOKENS, GENERATION_TOKENS, PREEMPTIONS,
-                       PREFIX_QUERIES, PREFIX_HITS, SPEC_DRAFT, SPEC_ACCEPTED):  # fmt: skip
+                       PREFIX_QUERIES, PREFIX_HITS, SPEC_DRAFTS, SPEC_DRAFT, SPEC_ACCEPTED):  # fmt: skip
             metric.labels(model_name)  # every series exists (at 0) before the first request
 
     def __call__(self, engine: LLMEngine, outputs: list[RequestOutput], step_s: float) -> None:
@@ -118,8 +121,15 @@ class EngineMetrics:
         stats = engine.stats()
         ITERATION_TOKENS.labels(model).observe(stats.last_batch_tokens)
         BATCH_SIZE.labels(model).observe(stats.last_batch_size)
-        now = (stats.prefix_cache_queries, stats.prefix_cache_hits, stats.num_preemptions)
-        counters = (PREFIX_QUERIES, PREFIX_HITS, PREEMPTIONS)
+        now = (
+            stats.prefix_cache_queries,
+            stats.prefix_cache_hits,
+            stats.num_preemptions,
+            stats.spec_num_drafts,
+            stats.spec_num_draft_tokens,
+            stats.spec_num_accepted_tokens,
+        )
+        counters = (PREFIX_QUERIES, PREFIX_HITS, PREEMPTIONS, SPEC_DRAFTS, SPEC_DRAFT, SPEC_ACCEPTED)
         for counter, before, after in zip(counters, self._seen, now, strict=True):
             if after > before:
                 counter.labels(model).inc(after - before)

@@ -9,12 +9,41 @@ from typing import Any
 
 from pipelines.sources import check_source_allowed
 from services.settings import Settings
-from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
 from shared_engine.micro_batcher import MicroBatchConfig
 from shared_engine.quantization import DEFAULT_INT4_GROUP_SIZE, QuantizationConfig
 
 TASKS = ("chat", "embedding", "vision", "asr", "tts")
 _MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class SpeculativeOptions:
+    """``[models.speculative]`` of a chat model: ``method = "ngram"`` (prompt lookup) or
+    ``"draft_model"`` with ``model`` = the draft's source (it must share the target's tokenizer)."""
+
+    method: str = "ngram"
+    num_speculative_tokens: int = 4
+    prompt_lookup_min: int = 2
+    prompt_lookup_max: int = 4
+    disable_by_batch_size: int | None = None
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.method == "draft_model") != (self.model is not None):
+            raise ValueError(
+                "speculative: method 'draft_model' needs model = <source>, and only it takes one"
+            )
+        self.to_config()  # validates the rest
+
+    def to_config(self) -> SpeculativeConfig:
+        return SpeculativeConfig(
+            self.method,
+            self.num_speculative_tokens,
+            self.prompt_lookup_min,
+            self.prompt_lookup_max,
+            self.disable_by_batch_size,
+        )
 
 
 @dataclass(frozen=True)
@@ -30,7 +59,7 @@ class EngineOptions:
     max_waiting_requests: int = 256
     max_waiting_tokens: int = 262_144
 
-    def to_engine_config(self) -> EngineConfig:
+    def to_engine_config(self, speculative: SpeculativeOptions | None = None) -> EngineConfig:
         return EngineConfig(
             cache=CacheConfig(
                 block_size=self.block_size,
@@ -46,6 +75,7 @@ class EngineOptions:
                 max_waiting_tokens=self.max_waiting_tokens,
             ),
             max_model_len=self.max_model_len,
+            speculative=None if speculative is None else speculative.to_config(),
         )
 
 
@@ -79,6 +109,7 @@ class ModelSpec:
     quantization: str | None = None
     quantization_group_size: int | None = None  # int4 only; default DEFAULT_INT4_GROUP_SIZE
     quantization_lm_head: bool = False
+    speculative: SpeculativeOptions | None = None  # chat only: speculative decoding
 
     def __post_init__(self) -> None:
         if not isinstance(self.parts, tuple):
@@ -93,6 +124,14 @@ class ModelSpec:
             self.quantization_config  # noqa: B018 (validates the quantization fields)
         except ValueError as exc:
             raise ValueError(f"model {self.name!r}: {exc}") from None
+        if self.speculative is not None and self.task != "chat":
+            raise ValueError(f"model {self.name!r}: speculative decoding applies to task 'chat' only")
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Every file or folder the model loads from."""
+        draft = self.speculative.model if self.speculative and self.speculative.model else None
+        return (self.source, *self.parts, *((draft,) if draft else ()))
 
     @property
     def quantization_config(self) -> QuantizationConfig | None:
@@ -123,6 +162,8 @@ def _build(cls: type, table: dict[str, Any], where: str) -> Any:
         return cls(**table)
     except TypeError as exc:
         raise ValueError(f"{where}: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(exc if str(exc).startswith("model ") else f"{where}: {exc}") from None
 
 
 def parse_model_specs(data: dict[str, Any], origin: str = "<config>") -> list[ModelSpec]:
@@ -136,7 +177,10 @@ def parse_model_specs(data: dict[str, Any], origin: str = "<config>") -> list[Mo
         engine = _build(EngineOptions, entry.pop("engine", {}), f"{where}.engine")
         table = entry.pop("batching", None)
         batching = None if table is None else _build(BatchingOptions, table, f"{where}.batching")
-        specs.append(_build(ModelSpec, {**entry, "engine": engine, "batching": batching}, where))
+        table = entry.pop("speculative", None)
+        spec = None if table is None else _build(SpeculativeOptions, table, f"{where}.speculative")
+        options = {"engine": engine, "batching": batching, "speculative": spec}
+        specs.append(_build(ModelSpec, {**entry, **options}, where))
     names = [s.name for s in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -156,7 +200,7 @@ def configured_models(settings: Settings) -> list[ModelSpec]:
     allowed model directories."""
     specs = load_model_specs(settings.models_config)
     for spec in specs:
-        for source in (spec.source, *spec.parts):
+        for source in spec.sources:
             try:
                 check_source_allowed(source, settings.allowed_model_dirs)
             except ValueError as exc:

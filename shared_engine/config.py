@@ -54,6 +54,43 @@ class SchedulerConfig:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
 
 
+SPECULATIVE_METHODS = ("ngram", "draft_model")
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """Speculative decoding: each step a decoding request carries up to ``num_speculative_tokens``
+    guessed tokens, which the target model checks in the same forward pass.
+
+    ``ngram`` guesses by prompt lookup: the tokens that followed the latest earlier occurrence of the
+    sequence's last ``prompt_lookup_max`` … ``prompt_lookup_min`` tokens (no second model; strong when
+    answers copy their context). ``draft_model`` runs a smaller model sharing the target's tokenizer
+    (the pipeline loads it). While more than ``disable_by_batch_size`` requests run, nobody speculates:
+    a large batch already keeps the device busy, and verifying guesses would only add work.
+    """
+
+    method: str = "ngram"
+    num_speculative_tokens: int = 4
+    prompt_lookup_min: int = 2
+    prompt_lookup_max: int = 4
+    disable_by_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in SPECULATIVE_METHODS:
+            raise ValueError(f"speculative method must be one of {SPECULATIVE_METHODS}, got {self.method!r}")
+        if not 1 <= self.num_speculative_tokens <= 16:
+            raise ValueError(
+                f"num_speculative_tokens must be from 1 to 16, got {self.num_speculative_tokens}"
+            )
+        if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
+            raise ValueError(
+                "prompt_lookup_min and prompt_lookup_max must satisfy 1 <= min <= max, got "
+                f"{self.prompt_lookup_min} and {self.prompt_lookup_max}"
+            )
+        if self.disable_by_batch_size is not None and self.disable_by_batch_size < 1:
+            raise ValueError(f"disable_by_batch_size must be >= 1, got {self.disable_by_batch_size}")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Everything the decoder engine needs besides the model itself."""
@@ -61,6 +98,7 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     max_model_len: int | None = None
+    speculative: SpeculativeConfig | None = None  # None: one token per request per step
 
     def __post_init__(self) -> None:
         if self.max_model_len is not None and self.max_model_len < 2:

@@ -10,17 +10,18 @@ from typing import Any
 
 import torch
 
-from shared_engine.config import EngineConfig
+from shared_engine.config import EngineConfig, SpeculativeConfig
 from shared_engine.detokenizer import IncrementalDetokenizer, Tokenizer
 from shared_engine.errors import ContextLengthExceeded, DuplicateRequest, InvalidRequest, Overloaded
 from shared_engine.kv_cache_manager import KVCacheManager
 from shared_engine.model_runner import ModelRunner, num_blocks_for_memory
 from shared_engine.models.base import DecoderModel
-from shared_engine.outputs import FinishReason, RequestMetrics, RequestOutput
+from shared_engine.outputs import FinishReason, RequestMetrics, RequestOutput, TokenLogprob
 from shared_engine.request import Request
 from shared_engine.sampler import RequestSampler
 from shared_engine.sampling_params import SamplingParams
-from shared_engine.scheduler import Scheduler
+from shared_engine.scheduler import Scheduler, SchedulerOutput
+from shared_engine.spec_decode import DraftModelProposer, NgramProposer, Proposer
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,15 @@ class EngineStats:
     last_batch_tokens: int
     prefix_cache_queries: int  # prompt tokens looked up in the prefix cache
     prefix_cache_hits: int  # of those, tokens found there
+    spec_num_drafts: int = 0  # speculative decoding: request-steps that carried guesses
+    spec_num_draft_tokens: int = 0  # guesses checked
+    spec_num_accepted_tokens: int = 0  # of those, guesses the target model agreed with
+
+    @property
+    def spec_acceptance_rate(self) -> float:
+        return (
+            self.spec_num_accepted_tokens / self.spec_num_draft_tokens if self.spec_num_draft_tokens else 0.0
+        )
 
 
 class _Live:
@@ -55,6 +65,35 @@ class _Live:
         self.detokenizer = detokenizer
 
 
+def _proposer(
+    config: SpeculativeConfig | None,
+    model: DecoderModel,
+    draft: DecoderModel | None,
+    num_blocks: int,
+    block_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Proposer | None:
+    if config is None:
+        if draft is not None:
+            raise ValueError("a draft model needs a speculative config with method 'draft_model'")
+        return None
+    if config.method == "ngram":
+        if draft is not None:
+            raise ValueError("speculative method 'ngram' takes no draft model")
+        return NgramProposer(config)
+    if draft is None:
+        raise ValueError("speculative method 'draft_model' needs a draft model")
+    if draft.arch.vocab_size != model.arch.vocab_size:
+        raise ValueError(
+            f"the draft model's vocabulary ({draft.arch.vocab_size} tokens) differs from the target's "
+            f"({model.arch.vocab_size}): a draft model must share the target's tokenizer"
+        )
+    if draft.arch.is_encoder_decoder or model.arch.is_encoder_decoder:
+        raise ValueError("speculative decoding with a draft model takes decoder-only models")
+    return DraftModelProposer(draft, num_blocks, block_size, device, dtype)
+
+
 class LLMEngine:
     def __init__(
         self,
@@ -64,7 +103,10 @@ class LLMEngine:
         device: torch.device,
         dtype: torch.dtype,
         eos_token_ids: frozenset[int],
+        draft_model: DecoderModel | None = None,
     ) -> None:
+        """``draft_model``: the smaller model that guesses for ``config.speculative`` method
+        ``draft_model`` (it must share ``model``'s tokenizer)."""
         arch = model.arch
         self.config = config
         self.tokenizer = tokenizer
@@ -84,8 +126,12 @@ class LLMEngine:
             cache.memory_bytes, arch.kv_bytes_per_token, cache.block_size, dtype
         )
         self.kv = KVCacheManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
-        self.scheduler = Scheduler(config.scheduler, self.kv)
+        self.scheduler = Scheduler(config.scheduler, self.kv, config.speculative)
         self.runner = ModelRunner(model, num_blocks, cache.block_size, device, dtype)
+        self.proposer = _proposer(
+            config.speculative, model, draft_model, num_blocks, cache.block_size, device, dtype
+        )
+        self._spec_counts = [0, 0, 0]  # drafts, draft tokens, accepted tokens
         self.live: dict[str, _Live] = {}
         self._mean_e2e_s: float | None = None  # recent finished requests', for Retry-After
         self._last_batch = (0, 0)
@@ -134,7 +180,7 @@ class LLMEngine:
             return None
         self.scheduler.finish_request(live.request, FinishReason.ABORT)
         metrics = live.request.finish_metrics(time.monotonic())
-        return self._output(live, [], None, FinishReason.ABORT, metrics=metrics)
+        return self._output(live, [], [], FinishReason.ABORT, metrics=metrics)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished
@@ -145,9 +191,13 @@ class LLMEngine:
         sched = self.scheduler.schedule()
         if sched.is_empty:
             return []
-        result = self.runner.execute(sched, {rid: lv.sampler for rid, lv in self.live.items()})
-        self.scheduler.update_after_step(sched)
+        samplers = {rid: lv.sampler for rid, lv in self.live.items()}
+        if self.proposer is not None:
+            self.proposer.propose(sched.scheduled, samplers)
+        result = self.runner.execute(sched, samplers)
+        self.scheduler.update_after_step(sched, result.num_accepted)
         self._last_batch = (len(sched.scheduled), sched.num_tokens)
+        self._count_guesses(sched, result.num_accepted)
         now = time.monotonic()
 
         outputs: list[RequestOutput] = []
@@ -156,12 +206,17 @@ class LLMEngine:
             if rid not in result.tokens:
                 continue  # a prefill chunk that did not reach the end of the prompt
             live = self.live[rid]
-            token = result.tokens[rid]
-            live.request.append_output_token(token)
-            reason = live.request.check_stop_token()
-            stop_by_text = live.detokenizer.add_tokens([token])
-            if stop_by_text is not None:
-                reason = stop_by_text
+            tokens: list[int] = []
+            reason = None
+            for token in result.tokens[rid]:  # several with speculative decoding: stop at the first stop
+                tokens.append(token)
+                live.request.append_output_token(token)
+                reason = live.request.check_stop_token()
+                stop_by_text = live.detokenizer.add_tokens([token])
+                if stop_by_text is not None:
+                    reason = stop_by_text
+                if reason is not None:
+                    break
             itl = live.request.record_token_time(now)
             metrics = None
             if reason is not None:
@@ -170,9 +225,16 @@ class LLMEngine:
                 metrics = live.request.finish_metrics(now)
                 mean = self._mean_e2e_s
                 self._mean_e2e_s = metrics.e2e_s if mean is None else 0.9 * mean + 0.1 * metrics.e2e_s
-            lp = result.logprobs.get(rid)
-            outputs.append(self._output(live, [token], lp, reason, itl, metrics))
+            lps = result.logprobs.get(rid, [])[: len(tokens)]
+            outputs.append(self._output(live, tokens, lps, reason, itl, metrics))
         return outputs
+
+    def _count_guesses(self, sched: SchedulerOutput, num_accepted: dict[str, int]) -> None:
+        for item in sched.scheduled:
+            if item.num_spec_tokens:
+                self._spec_counts[0] += 1
+                self._spec_counts[1] += item.num_spec_tokens
+                self._spec_counts[2] += num_accepted.get(item.request.request_id, 0)
 
     def _retry_after_s(self) -> int:
         """Seconds until the queue has likely moved on: the recent mean request time for each round of
@@ -186,7 +248,7 @@ class LLMEngine:
         self,
         live: _Live,
         tokens: list[int],
-        logprob: object,
+        logprobs: list[TokenLogprob | None],
         reason: FinishReason | None,
         itl: float | None = None,
         metrics: RequestMetrics | None = None,
@@ -199,7 +261,7 @@ class LLMEngine:
             num_prompt_tokens=r.num_prompt_tokens,
             num_output_tokens=r.num_output_tokens,
             num_cached_tokens=r.num_cached_tokens,
-            logprobs=[logprob] if logprob is not None else [],  # type: ignore[list-item]
+            logprobs=[lp for lp in logprobs if lp is not None],
             finish_reason=reason,
             itl_s=itl,
             metrics=metrics,
@@ -217,6 +279,9 @@ class LLMEngine:
             last_batch_tokens=self._last_batch[1],
             prefix_cache_queries=self.kv.prefix_queries,
             prefix_cache_hits=self.kv.prefix_hits,
+            spec_num_drafts=self._spec_counts[0],
+            spec_num_draft_tokens=self._spec_counts[1],
+            spec_num_accepted_tokens=self._spec_counts[2],
         )
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:

@@ -1,28 +1,38 @@
 """The model runner: owns the model, the KV cache tensors and the device; runs one batched forward.
 
-It never decides which requests run: it receives the scheduler's output and returns one sampled
-token per request whose step completes all its known tokens (a decode, or the last prefill chunk).
+It never decides which requests run: it receives the scheduler's output and returns the tokens
+sampled for each request whose step completes all its known tokens (a decode, or the last prefill
+chunk): one, or with speculative decoding the guesses the model agreed with plus one of its own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from shared_engine.attention import AttentionMetadata, PrefillChunk
 from shared_engine.models.base import DecoderModel
-from shared_engine.outputs import TokenLogprob
-from shared_engine.sampler import RequestSampler, apply_logits_processors, sample
+from shared_engine.outputs import StepResult
+from shared_engine.rejection_sampler import verify_and_sample
+from shared_engine.sampler import RequestSampler
 from shared_engine.scheduler import ScheduledRequest, SchedulerOutput
 
 
 @dataclass
-class StepResult:
-    """Sampled tokens keyed by request id (only requests that produced a token this step)."""
+class Segment:
+    """Tokens of one sequence to run through the model: ``token_ids`` at positions ``start``…,
+    their keys and values written into the slots of ``block_ids``."""
 
-    tokens: dict[str, int]
-    logprobs: dict[str, TokenLogprob | None]
+    block_ids: list[int]
+    start: int
+    token_ids: list[int]
+    encoder_state: Any = None
+
+    @property
+    def is_decode(self) -> bool:
+        return len(self.token_ids) == 1 and self.start > 0
 
 
 def num_blocks_for_memory(
@@ -51,72 +61,92 @@ class ModelRunner:
         bs = self.block_size
         return [block_ids[p // bs] * bs + p % bs for p in range(start, end)]
 
-    def _prepare(self, items: list[ScheduledRequest]) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
-        decodes = [s for s in items if s.num_new_tokens == 1 and s.request.num_computed_tokens > 0]
-        prefills = [s for s in items if not (s.num_new_tokens == 1 and s.request.num_computed_tokens > 0)]
-        items[:] = decodes + prefills
+    def _prepare(
+        self, segments: list[Segment]
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
+        """The flat batch (every decode first, then each longer segment) and, per segment in the
+        order given, the offset of its first token in it."""
+        order = [i for i, s in enumerate(segments) if s.is_decode]
+        num_decodes = len(order)
+        order += [i for i, s in enumerate(segments) if not s.is_decode]
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
-        for s in items:
-            r = s.request
-            start, end = r.num_computed_tokens, r.num_computed_tokens + s.num_new_tokens
-            input_ids.extend(r.token_ids_slice(start, end))
-            positions.extend(range(start, end))
-            slots.extend(self._slots(r.block_ids, start, end))
+        offsets = [0] * len(segments)
+        for i in order:
+            s = segments[i]
+            offsets[i] = len(input_ids)
+            end = s.start + len(s.token_ids)
+            input_ids.extend(s.token_ids)
+            positions.extend(range(s.start, end))
+            slots.extend(self._slots(s.block_ids, s.start, end))
 
         dev = self.device
         block_tables = mask = None
+        decodes = [segments[i] for i in order[:num_decodes]]
         if decodes:
-            width = max(len(s.request.block_ids) for s in decodes)
-            table = [s.request.block_ids + [0] * (width - len(s.request.block_ids)) for s in decodes]
+            width = max(len(s.block_ids) for s in decodes)
+            table = [s.block_ids + [0] * (width - len(s.block_ids)) for s in decodes]
             block_tables = torch.tensor(table, dtype=torch.long, device=dev)
-            lengths = torch.tensor([s.request.num_computed_tokens + 1 for s in decodes], device=dev)
+            lengths = torch.tensor([s.start + 1 for s in decodes], device=dev)
             mask = (torch.arange(width * self.block_size, device=dev)[None, :] < lengths[:, None])[
                 :, None, None, :
             ]
         chunks: list[PrefillChunk] = []
-        offset = len(decodes)
-        for s in prefills:
-            r = s.request
-            n = s.num_new_tokens
+        for i in order[num_decodes:]:
+            s = segments[i]
+            n = len(s.token_ids)
             chunk_slots = None
-            if r.num_computed_tokens:
-                ctx_slots = self._slots(r.block_ids, 0, r.num_computed_tokens + n)
+            if s.start:
+                ctx_slots = self._slots(s.block_ids, 0, s.start + n)
                 chunk_slots = torch.tensor(ctx_slots, dtype=torch.long, device=dev)
-            chunks.append(PrefillChunk(offset, offset + n, r.num_computed_tokens, chunk_slots))
-            offset += n
+            chunks.append(PrefillChunk(offsets[i], offsets[i] + n, s.start, chunk_slots))
         meta = AttentionMetadata(
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
-            num_decodes=len(decodes),
+            num_decodes=num_decodes,
             decode_block_tables=block_tables,
             decode_mask=mask,
             prefills=chunks,
-            encoder_states=[s.request.encoder_state for s in items],
+            encoder_states=[segments[i].encoder_state for i in order],
         )
         ids = torch.tensor(input_ids, dtype=torch.long, device=dev)
         pos = torch.tensor(positions, dtype=torch.long, device=dev)
-        return ids, pos, meta
+        return ids, pos, meta, offsets
+
+    @torch.inference_mode()
+    def forward(self, segments: list[Segment]) -> tuple[torch.Tensor, list[int]]:
+        """Run ``segments`` as one batch: hidden states ``[tokens, hidden]`` and each segment's offset."""
+        ids, pos, meta, offsets = self._prepare(segments)
+        return self.model.forward(ids, pos, meta, self.kv_caches), offsets
+
+    @torch.inference_mode()
+    def last_logits(self, segments: list[Segment]) -> torch.Tensor:
+        """Float32 logits ``[len(segments), vocab]`` of each segment's last token."""
+        hidden, offsets = self.forward(segments)
+        rows = [off + len(s.token_ids) - 1 for off, s in zip(offsets, segments, strict=True)]
+        return self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)]).float()
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput, samplers: dict[str, RequestSampler]) -> StepResult:
-        items = list(out.scheduled)
-        ids, pos, meta = self._prepare(items)
-        hidden = self.model.forward(ids, pos, meta, self.kv_caches)
-        # Only the last token of a request that completes its known tokens is sampled.
+        items = out.scheduled
+        segments = [_segment(s) for s in items]
+        hidden, offsets = self.forward(segments)
+        # Logits of the last token of a request that completes its known tokens, and of every guess.
         rows: list[int] = []
         sampled: list[ScheduledRequest] = []
-        offset = 0
-        for s in items:
-            offset += s.num_new_tokens
+        for s, off in zip(items, offsets, strict=True):
             if s.completes_prompt:
-                rows.append(offset - 1)
+                first = off + s.num_new_tokens - 1 - s.num_spec_tokens
+                rows.extend(range(first, off + s.num_new_tokens))
                 sampled.append(s)
         if not rows:
             return StepResult({}, {})
         logits = self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
-        requests = [s.request for s in sampled]
-        apply_logits_processors(logits, [r.params for r in requests], [r.output_token_ids for r in requests])
-        tokens, logprobs = sample(logits, [samplers[s.request.request_id] for s in sampled])
-        ids_ = [s.request.request_id for s in sampled]
-        return StepResult(dict(zip(ids_, tokens, strict=True)), dict(zip(ids_, logprobs, strict=True)))
+        return verify_and_sample(logits, sampled, samplers)
+
+
+def _segment(s: ScheduledRequest) -> Segment:
+    r = s.request
+    start = r.num_computed_tokens
+    known = r.token_ids_slice(start, start + s.num_new_tokens - s.num_spec_tokens)
+    return Segment(r.block_ids, start, known + s.spec_token_ids, r.encoder_state)

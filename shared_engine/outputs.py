@@ -85,3 +85,14 @@ def merge_outputs(outputs: Sequence[RequestOutput]) -> RequestOutput:
         finish_reason=last.finish_reason,
         metrics=last.metrics,
     )
+
+
+@dataclass
+class StepResult:
+    """What one engine step produced, keyed by request id (only requests that produced tokens): the
+    new tokens (one, or with speculative decoding the accepted guesses plus one), their
+    log-probabilities (empty lists unless asked for), and how many guesses were accepted."""
+
+    tokens: dict[str, list[int]]
+    logprobs: dict[str, list[TokenLogprob | None]]
+    num_accepted: dict[str, int] = field(default_factory=dict)

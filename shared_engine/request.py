@@ -48,6 +48,8 @@ class Request:
         self.finished_time: float | None = None
         self.status = RequestStatus.WAITING
         self.num_computed_tokens = 0
+        # Speculative decoding with a draft model: tokens whose keys and values the draft has cached.
+        self.num_draft_computed = 0
         self.num_cached_tokens = 0
         self.block_ids: list[int] = []
         self.block_hashes: list[bytes] = []

@@ -40,7 +40,7 @@ def _truncate(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     return logits
 
 
-def _probs(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+def probabilities(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
     """Rows of ``logits`` turned into each row's sampling distribution (temperature, top-k, top-p)."""
     temperatures = torch.tensor([p.temperature for p in params], dtype=logits.dtype, device=logits.device)
     scaled = logits / temperatures.unsqueeze(-1)
@@ -119,26 +119,36 @@ def apply_logits_processors(
 
 
 def sample(
-    logits: torch.Tensor, samplers: Sequence[RequestSampler]
+    logits: torch.Tensor, samplers: Sequence[RequestSampler], with_logprobs: bool = True
 ) -> tuple[list[int], list[TokenLogprob | None]]:
     """Pick one token per row of ``logits`` (``[B, vocab]``, float32, processors already applied)."""
     chosen = logits.argmax(dim=-1).tolist()
     rows = [i for i, s in enumerate(samplers) if not s.params.greedy]
     if rows:
-        probs = _probs(logits[rows], [samplers[i].params for i in rows])
+        probs = probabilities(logits[rows], [samplers[i].params for i in rows])
         drawn = _draw(probs, [samplers[i].generator for i in rows])
         for i, token in zip(rows, drawn, strict=True):
             chosen[i] = token
 
-    logprobs: list[TokenLogprob | None] = [None] * len(samplers)
-    wanted = [i for i, s in enumerate(samplers) if s.params.logprobs is not None]
-    if wanted:
-        all_lp = torch.log_softmax(logits[wanted], dim=-1)
-        for j, row in enumerate(wanted):
-            n = samplers[row].params.logprobs or 0
-            top: tuple[tuple[int, float], ...] = ()
-            if n:
-                values, ids = torch.topk(all_lp[j], n)
-                top = tuple(zip(ids.tolist(), values.tolist(), strict=True))
-            logprobs[row] = TokenLogprob(chosen[row], float(all_lp[j, chosen[row]]), top)
-    return chosen, logprobs
+    nums = [s.params.logprobs if with_logprobs else None for s in samplers]
+    return chosen, token_logprobs(logits, list(range(len(samplers))), chosen, nums)
+
+
+def token_logprobs(
+    logits: torch.Tensor, rows: Sequence[int], tokens: Sequence[int], nums: Sequence[int | None]
+) -> list[TokenLogprob | None]:
+    """The log-probability of ``tokens[i]`` under row ``rows[i]`` of ``logits``, with the ``nums[i]``
+    most likely alternatives (None where ``nums[i]`` is None: nothing was asked)."""
+    out: list[TokenLogprob | None] = [None] * len(tokens)
+    wanted = [i for i, n in enumerate(nums) if n is not None]
+    if not wanted:
+        return out
+    all_lp = torch.log_softmax(logits[[rows[i] for i in wanted]], dim=-1)
+    for j, i in enumerate(wanted):
+        n = nums[i] or 0
+        top: tuple[tuple[int, float], ...] = ()
+        if n:
+            values, ids = torch.topk(all_lp[j], n)
+            top = tuple(zip(ids.tolist(), values.tolist(), strict=True))
+        out[i] = TokenLogprob(tokens[i], float(all_lp[j, tokens[i]]), top)
+    return out

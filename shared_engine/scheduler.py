@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from shared_engine.config import SchedulerConfig
+from shared_engine.config import SchedulerConfig, SpeculativeConfig
 from shared_engine.errors import InvalidRequest
 from shared_engine.kv_cache_manager import KVCacheManager
 from shared_engine.outputs import FinishReason
@@ -21,13 +23,34 @@ from shared_engine.request import Request, RequestStatus
 
 @dataclass
 class ScheduledRequest:
+    """One request's share of a step: ``num_new_tokens`` input tokens, of which the last
+    ``num_spec_tokens`` are guesses (speculative decoding) that follow the request's known tokens.
+
+    The scheduler reserves room (budget and KV slots) for up to ``num_spec_tokens`` guesses; the
+    proposer then fills ``spec_token_ids`` and shrinks the reservation to what it guessed. A draft
+    model that sampled its guesses leaves the distributions it drew them from in ``draft_probs``
+    (``[num_spec_tokens, vocab]``), which rejection sampling needs; None means deterministic guesses.
+    """
+
     request: Request
     num_new_tokens: int
+    num_spec_tokens: int = 0
+    spec_token_ids: list[int] = field(default_factory=list)
+    draft_probs: Any = None
 
     @property
     def completes_prompt(self) -> bool:
         """True when, after this step, every known token is computed, so the step samples a token."""
-        return self.request.num_computed_tokens + self.num_new_tokens == self.request.num_tokens
+        known = self.num_new_tokens - self.num_spec_tokens
+        return self.request.num_computed_tokens + known == self.request.num_tokens
+
+    def set_guesses(self, token_ids: list[int], draft_probs: Any = None) -> None:
+        """Fill the reserved guess slots with ``token_ids`` (at most ``num_spec_tokens`` of them)."""
+        token_ids = token_ids[: self.num_spec_tokens]
+        self.num_new_tokens -= self.num_spec_tokens - len(token_ids)
+        self.num_spec_tokens = len(token_ids)
+        self.spec_token_ids = token_ids
+        self.draft_probs = draft_probs[: len(token_ids)] if draft_probs is not None and token_ids else None
 
 
 @dataclass
@@ -45,9 +68,12 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, kv: KVCacheManager) -> None:
+    def __init__(
+        self, config: SchedulerConfig, kv: KVCacheManager, speculative: SpeculativeConfig | None = None
+    ) -> None:
         self.config = config
         self.kv = kv
+        self.speculative = speculative
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.num_preemptions = 0
@@ -99,10 +125,17 @@ class Scheduler:
         budget = self.config.max_num_batched_tokens
         scheduled_ids: set[str] = set()
 
+        max_guesses = self._max_guesses()
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
             num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            num_spec = 0
+            if max_guesses and num_new == 1 and request.num_computed_tokens > 0:
+                # A decode: room for guesses, but never for more tokens than max_tokens still allows.
+                remaining = request.params.max_tokens - request.num_output_tokens - 1
+                num_spec = max(0, min(max_guesses, remaining, budget - 1))
+                num_new += num_spec
             while self.kv.allocate_slots(request, num_new) is None:
                 victim = self.running[-1]
                 self._preempt(victim)
@@ -110,7 +143,7 @@ class Scheduler:
                 if victim is request:
                     break
             else:
-                out.scheduled.append(ScheduledRequest(request, num_new))
+                out.scheduled.append(ScheduledRequest(request, num_new, num_spec))
                 scheduled_ids.add(request.request_id)
                 budget -= num_new
                 i += 1
@@ -121,6 +154,14 @@ class Scheduler:
         if not out.preempted:
             self._admit_waiting(out, budget)
         return out
+
+    def _max_guesses(self) -> int:
+        spec = self.speculative
+        if spec is None:
+            return 0
+        if spec.disable_by_batch_size is not None and len(self.running) > spec.disable_by_batch_size:
+            return 0
+        return spec.num_speculative_tokens
 
     def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
         now = time.monotonic()
@@ -152,12 +193,19 @@ class Scheduler:
         self.kv.free(request)
         request.status = RequestStatus.WAITING
         request.num_computed_tokens = 0
+        request.num_draft_computed = 0
         request.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(request)
 
-    def update_after_step(self, out: SchedulerOutput) -> None:
-        """Advance computed-token counters and publish newly full blocks to the prefix cache."""
+    def update_after_step(self, out: SchedulerOutput, num_accepted: Mapping[str, int] | None = None) -> None:
+        """Advance computed-token counters and publish newly full blocks to the prefix cache.
+
+        Of a request's guesses only the ``num_accepted`` ones count as computed: the keys and values
+        written for rejected guesses sit past the computed length and are overwritten later."""
         for item in out.scheduled:
-            item.request.num_computed_tokens += item.num_new_tokens
-            self.kv.cache_full_blocks(item.request)
+            r = item.request
+            accepted = num_accepted.get(r.request_id, 0) if num_accepted else 0
+            r.num_computed_tokens += item.num_new_tokens - item.num_spec_tokens + accepted
+            r.num_draft_computed = min(r.num_draft_computed, r.num_computed_tokens)
+            self.kv.cache_full_blocks(r)

@@ -36,12 +36,17 @@ class LLMPipelineConfig:
     device: str = "auto"
     engine: EngineConfig = field(default_factory=EngineConfig)
     quantization: QuantizationConfig | None = None  # None: the weights as loaded
+    # Speculative decoding with a draft model (engine.speculative.method "draft_model"): its source.
+    draft_source: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("model name must not be empty")
         if not self.source:
             raise ValueError(f"model {self.name!r}: source must not be empty")
+        spec = self.engine.speculative
+        if (spec is not None and spec.method == "draft_model") != (self.draft_source is not None):
+            raise ValueError(f"model {self.name!r}: a draft model source goes with method 'draft_model' only")
 
 
 def _eos_ids(folder: Path, tokenizer: Any) -> frozenset[int]:
@@ -77,6 +82,14 @@ class LLMPipeline:
         model = build_decoder(
             hf_config, iter_safetensors(folder), self.device, self.dtype, config.quantization
         )
+        draft = None
+        if config.draft_source is not None:
+            draft_folder = prepare_model_folder(config.draft_source, cache_dir)
+            draft_config = AutoConfig.from_pretrained(draft_folder)
+            draft = build_decoder(
+                draft_config, iter_safetensors(draft_folder), self.device, self.dtype, config.quantization
+            )
+            logger.info("model %s drafts with %s", self.name, draft_folder)
         engine = LLMEngine(
             model,
             cast(Tokenizer, self.tokenizer),
@@ -84,6 +97,7 @@ class LLMPipeline:
             self.device,
             self.dtype,
             _eos_ids(folder, self.tokenizer),
+            draft_model=draft,
         )
         self.max_model_len = engine.max_model_len
         self.engine = AsyncLLMEngine(engine, on_step, compute_lane(self.device))
