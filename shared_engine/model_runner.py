@@ -51,7 +51,7 @@ class ModelRunner:
         self.dtype = dtype
         self.block_size = block_size
         arch = model.arch
-        shape = (num_blocks, block_size, arch.num_kv_heads, arch.head_dim)
+        shape = (arch.num_kv_heads, num_blocks, block_size, arch.head_dim)  # see shared_engine.attention
         self.kv_caches = [
             (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
             for _ in range(arch.num_layers)
@@ -90,7 +90,7 @@ class ModelRunner:
             block_tables = torch.tensor(table, dtype=torch.long, device=dev)
             lengths = torch.tensor([s.start + 1 for s in decodes], device=dev)
             mask = (torch.arange(width * self.block_size, device=dev)[None, :] < lengths[:, None])[
-                :, None, None, :
+                None, :, None, :
             ]
         chunks: list[PrefillChunk] = []
         for i in order[num_decodes:]:
