@@ -65,7 +65,9 @@ test: $(STAMP) lint typecheck models browser
 test-distributed: models
 	MMSERVE_TEST_DISTRIBUTED=1 $(BIN)/python -m pytest $(API_SUITES) $(PYTEST_ARGS)
 
+# The serving benchmark: ours, llama.cpp's llama-server (built once into .bench-cache/) and naive transformers.
 bench: models
+	$(BIN)/python -c "import matplotlib, faster_whisper" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/serving.py $(BENCH_ARGS)
 
 clean:

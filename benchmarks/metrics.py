@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +39,17 @@ class RunResult:
     wall: float  # seconds from the first send to the last response
     load_before: float = 0.0  # 1-minute load average when the run started (noise indicator)
     cpu: dict[str, float | None] = field(default_factory=dict)  # see benchmarks.noise.CpuMeter
+    request_rate: float = math.inf  # requests/s sent (Poisson arrivals); inf: all at once
+    target: str = ""  # what served the run: "ours", "llama.cpp", "naive"
+
+
+# Service-level objectives for goodput, by the names ``vllm bench serve --goodput`` uses (milliseconds).
+SLO_METRICS = ("ttft", "tpot", "e2el")
+
+
+def meets_slos(r: RequestResult, slos: Mapping[str, float]) -> bool:
+    values = {"ttft": r.ttft, "tpot": r.tpot or 0.0, "e2el": r.e2e}
+    return all(values[name] * 1000.0 <= limit for name, limit in slos.items())
 
 
 def stats_ms(values: list[float]) -> dict[str, float | None]:
@@ -50,7 +63,8 @@ def stats_ms(values: list[float]) -> dict[str, float | None]:
     }
 
 
-def summarize(run: RunResult, output_len: int) -> dict[str, Any]:
+def summarize(run: RunResult, output_len: int, slos: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """The run's figures; with ``slos`` also goodput: requests/s that met every objective."""
     ok = [r for r in run.results if r.ok]
     failed = [r for r in run.results if not r.ok]
     total_out = sum(r.output_tokens for r in ok)
@@ -70,6 +84,11 @@ def summarize(run: RunResult, output_len: int) -> dict[str, Any]:
         "mean_prompt_tokens": round(sum(r.prompt_tokens for r in ok) / len(ok), 1) if ok else None,
         "output_tok_s": round(total_out / run.wall, 2) if run.wall > 0 else None,
         "req_s": round(len(ok) / run.wall, 3) if run.wall > 0 else None,
+        "request_rate": None if math.isinf(run.request_rate) else run.request_rate,
+        "slos_ms": dict(slos) if slos else None,
+        "goodput_req_s": (
+            round(sum(meets_slos(r, slos) for r in ok) / run.wall, 3) if slos and run.wall > 0 else None
+        ),
         "ttft_ms": stats_ms([r.ttft for r in ok]),
         "tpot_ms": stats_ms(tpots),
         "itl_ms": stats_ms([gap for r in ok for gap in r.itl]),

@@ -243,11 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     for v in variants:
         results[v]["speed"] = {str(b): s for b, s in speed[v].items()}
     payload = {
-        "benchmark": "quantization",
-        "model": spec.name,
-        "machine": report.machine_info(device, dtype),
-        "loadavg_before": [round(x, 2) for x in loadavg_before],
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        **report.run_header("quantization", spec.name, device, dtype, loadavg_before),
         "batches": batches,
         "rounds": args.rounds,
         "max_tokens": args.max_tokens,

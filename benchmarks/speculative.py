@@ -163,7 +163,7 @@ def compare(
     meter = CpuMeter([os.getpid()])
     base = run(plain, prompts, params, batch)
     fast = run(spec, prompts, params, batch)
-    _, _, others = meter.read()
+    others = meter.read()["other_cores"]
     row = {
         "workload": name,
         "batch": batch,

@@ -16,7 +16,10 @@ from pathlib import Path
 from services import ingest
 from services.settings import REMOTE_TASKS, REPO_ROOT, Settings
 
-BENCHMARKS = ("serving", "embeddings", "asr", "tts", "vision", "distributed")
+BENCHMARKS = (
+    "serving", "speculative", "chunked_prefill", "roofline", "quantization", "embeddings", "vector_search",
+    "asr", "tts", "vision", "distributed", "soak",
+)  # fmt: skip
 BENCHMARKS_DIR = REPO_ROOT / "benchmarks"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # Option (argparse dest) → the environment variable Settings.from_env reads.

@@ -1,0 +1,58 @@
+"""The serving benchmark's own logic: Poisson arrivals, goodput against objectives, prompt files."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+
+from benchmarks.load import arrival_times, request_body
+from benchmarks.metrics import RequestResult, RunResult, summarize
+from benchmarks.serving import file_prompts, parse_slos
+from benchmarks.workload import Prompt
+
+
+def test_arrivals_are_a_seeded_poisson_process() -> None:
+    times = arrival_times(4000, 8.0, seed=3)
+    assert times == arrival_times(4000, 8.0, seed=3)
+    assert times != arrival_times(4000, 8.0, seed=4)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert times[0] == 0.0 and min(gaps) >= 0.0
+    assert statistics.fmean(gaps) == pytest.approx(1 / 8.0, rel=0.06)
+    # Exponential gaps: the standard deviation equals the mean.
+    assert statistics.pstdev(gaps) == pytest.approx(1 / 8.0, rel=0.1)
+    assert arrival_times(5, math.inf, seed=0) == [0.0] * 5
+
+
+def test_goodput_counts_only_requests_within_every_objective() -> None:
+    fast = RequestResult(ok=True, ttft=0.1, e2e=1.0, output_tokens=11)  # tpot 90 ms
+    slow_start = RequestResult(ok=True, ttft=0.9, e2e=1.8, output_tokens=11)
+    failed = RequestResult(ok=False, error="boom")
+    run = RunResult("ours c=3", 3, [fast, slow_start, failed], wall=2.0)
+    summary = summarize(run, 11, parse_slos(["ttft:500", "tpot:100"]))
+    assert summary["completed"] == 2 and summary["failed"] == 1
+    assert summary["req_s"] == 1.0
+    assert summary["goodput_req_s"] == 0.5
+    assert summarize(run, 11)["goodput_req_s"] is None
+
+
+@pytest.mark.parametrize("bad", ["ttft", "latency:5", "tpot:abc"])
+def test_bad_objectives_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_slos([bad])
+
+
+def test_prompt_files_take_json_lines_or_plain_lines_and_cycle(tmp_path: Path) -> None:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "first"}\n\nsecond, as plain text\n')
+    prompts = file_prompts(path, 3, seed=10)
+    expected = [("first", 10), ("second, as plain text", 11), ("first", 12)]
+    assert [(p.text, p.seed) for p in prompts] == expected
+
+
+def test_peer_overrides_replace_request_fields() -> None:
+    body = request_body("m", Prompt(0, "hi", 1), 16, {"model": "other", "n_probs": 0})
+    assert body["model"] == "other" and body["n_probs"] == 0 and body["max_tokens"] == 16
