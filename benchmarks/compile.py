@@ -53,17 +53,14 @@ if __package__ in (None, ""):
 import torch
 import torch._dynamo
 import torch._dynamo.utils
-from transformers import AutoConfig, AutoTokenizer
 
 from benchmarks import report
+from benchmarks.chat_model import configured_chat_model
 from benchmarks.noise import CpuMeter
 from benchmarks.workload import default_corpus
-from pipelines.llm.loader import prepare_model_folder
-from services.model_config import load_model_specs
-from services.settings import Settings
 from shared_engine.attention import AttentionMetadata
 from shared_engine.config import CacheConfig, EngineConfig
-from shared_engine.device import resolve_device, resolve_dtype
+from shared_engine.device import resolve_dtype
 from shared_engine.llm_engine import LLMEngine
 from shared_engine.models.base import DecoderArch, DecoderModel
 from shared_engine.models.loader import build_decoder, iter_safetensors
@@ -400,14 +397,10 @@ def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     recompile_logger.propagate = args.dynamo_logs
     print(f"torch.get_num_threads() = {torch.get_num_threads()}, torch {torch.__version__}", flush=True)
 
-    settings = Settings.from_env()
-    spec = next(s for s in load_model_specs(settings.models_config) if s.task == "chat")
-    folder = prepare_model_folder(spec.source, settings.model_cache_dir)
-    device = resolve_device(args.device or spec.device)
-    dtype = resolve_dtype(args.dtype, device)
-    tokenizer: Any = AutoTokenizer.from_pretrained(folder)
-    hf_config = AutoConfig.from_pretrained(folder)
-    model = build_decoder(hf_config, iter_safetensors(folder), device, dtype)
+    chat = configured_chat_model(args.device, args.dtype)
+    spec, folder, device, dtype, tokenizer = chat.spec, chat.folder, chat.device, chat.dtype, chat.tokenizer
+    hf_config = chat.hf_config
+    model = chat.build()
     batches = [int(b) for b in args.batches.split(",")]
     kinds = [k.strip() for k in args.variants.split(",") if k.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]

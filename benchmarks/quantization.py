@@ -30,19 +30,14 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
-from transformers import AutoConfig, AutoTokenizer
 
 from benchmarks import report
+from benchmarks.chat_model import configured_chat_model
 from benchmarks.noise import CpuMeter
 from benchmarks.workload import build_prompts, corpus_words, default_corpus
-from pipelines.llm.loader import prepare_model_folder
-from services.model_config import load_model_specs
-from services.settings import Settings
 from shared_engine.attention import AttentionMetadata, PrefillChunk
 from shared_engine.config import CacheConfig, EngineConfig
-from shared_engine.device import resolve_device, resolve_dtype
 from shared_engine.llm_engine import LLMEngine
-from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.quantization import DEFAULT_INT4_GROUP_SIZE, QuantizationConfig, weight_bytes
 from shared_engine.sampling_params import SamplingParams
 
@@ -204,19 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = Settings.from_env()
-    spec = next(s for s in load_model_specs(settings.models_config) if s.task == "chat")
-    folder = prepare_model_folder(spec.source, settings.model_cache_dir)
-    device = resolve_device(spec.device)
-    dtype = resolve_dtype(args.dtype, device)
-    hf_config = AutoConfig.from_pretrained(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    chat = configured_chat_model(None, args.dtype)
+    spec, device, dtype, tokenizer = chat.spec, chat.device, chat.dtype, chat.tokenizer
     batches = [int(b) for b in args.batches.split(",")]
     variants = args.variants.split(",")
     loadavg_before = os.getloadavg()
 
     def build(q: QuantizationConfig | None, dt: torch.dtype = dtype) -> Any:
-        return build_decoder(hf_config, iter_safetensors(folder), device, dt, q)
+        return chat.build(q, dt)
 
     models = {v: build(parse_variant(v)) for v in variants}
     engines = {v: make_engine(m, tokenizer, device, dtype) for v, m in models.items()}

@@ -39,18 +39,13 @@ if __package__ in (None, ""):
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoTokenizer
 
 from benchmarks import report
+from benchmarks.chat_model import configured_chat_model
 from benchmarks.noise import CpuMeter
 from benchmarks.workload import default_corpus
-from pipelines.llm.loader import prepare_model_folder
-from services.model_config import load_model_specs
-from services.settings import Settings
 from shared_engine.config import CacheConfig, EngineConfig
-from shared_engine.device import resolve_device, resolve_dtype
 from shared_engine.llm_engine import LLMEngine
-from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.sampling_params import SamplingParams
 
 BLOCK_SIZE = 16
@@ -328,13 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--output-len must be >= 2, --runs and --reps >= 1")
     print(f"torch.get_num_threads() = {torch.get_num_threads()}", flush=True)
 
-    settings = Settings.from_env()
-    spec = next(s for s in load_model_specs(settings.models_config) if s.task == "chat")
-    folder = prepare_model_folder(spec.source, settings.model_cache_dir)
-    device = resolve_device(args.device or spec.device)
-    dtype = resolve_dtype(args.dtype, device)
-    tokenizer: Any = AutoTokenizer.from_pretrained(folder)
-    model = build_decoder(AutoConfig.from_pretrained(folder), iter_safetensors(folder), device, dtype)
+    chat = configured_chat_model(args.device, args.dtype)
+    spec, device, dtype, tokenizer = chat.spec, chat.device, chat.dtype, chat.tokenizer
+    model = chat.build()
     arch = model.arch
     batches = [int(b) for b in args.batches.split(",")]
     loadavg_before = os.getloadavg()
