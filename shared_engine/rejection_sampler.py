@@ -99,7 +99,8 @@ def verify_and_sample(
         )
         for i, token in zip(plain, chosen, strict=True):
             tokens[items[i].request.request_id] = [token]
-    argmax = logits.argmax(dim=-1).tolist()
+    guessing = any(s.num_spec_tokens for s in items)
+    argmax = logits.argmax(dim=-1).tolist() if guessing else []  # plain steps: the sampler's argmax only
     for i, s in enumerate(items):
         if not s.num_spec_tokens:
             continue
