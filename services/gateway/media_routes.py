@@ -140,7 +140,7 @@ async def _image_request(request: Request[Any, Any, Any], schema: type[_Body]) -
     try:
         raw = await request.json()
     except SerializationException:
-        raise InvalidRequest("the body is not valid JSON", param=None) from None
+        raise InvalidRequest(_not_json(await request.body()), param=None) from None
     if not isinstance(raw, dict):
         raise InvalidRequest("the body must be a JSON object or a multipart form", param=None)
     body = _convert(schema, raw, strict=True)
@@ -237,3 +237,12 @@ class AudioController(Controller):
         service = registry.tts(data.model or registry.default_model("tts"))
         audio, content_type = await service.speech(data.input, data.voice, data.speed, data.response_format)
         return Response(audio, media_type=content_type, headers={"X-Sample-Rate": str(service.sample_rate)})
+
+
+def _not_json(body: bytes) -> str:
+    """Why a body failed to decode as JSON: its bytes (msgspec reports bad UTF-8 as bad JSON) or its text."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"The request body is not valid UTF-8 ({exc.reason})."
+    return "the body is not valid JSON"
