@@ -2,10 +2,11 @@
 
 - Matmul: ``torch.matmul`` of square matrices (``--square``, 2048³ by default) and of decode-shaped
   ones, ``[batch x hidden] @ [hidden x intermediate]`` of the chat model (576 x 1536 for
-  SmolLM2-135M), in bfloat16 and float32; also ``F.linear`` over all of the model's own weight
-  matrices at each batch size (what one decode step multiplies: every layer's qkv, o, gate/up and
-  down projections, and the LM head), in the engine's dtype. Each figure is the best of ``--reps``
-  timed runs, each of enough calls to last ``--min-time`` seconds, after a warm-up call.
+  SmolLM2-135M), in bfloat16 and float32; also the model's own linear layers at each batch size,
+  with the kernels the engine uses (oneDNN-packed on a CPU; what one decode step multiplies: every
+  layer's qkv, o, gate/up and down projections, and the LM head), in the engine's dtype. Each
+  figure is the best of ``--reps`` timed runs, each of enough calls to last ``--min-time`` seconds,
+  after a warm-up call.
 - Memory bandwidth: copying a ``--bw-mib`` float32 tensor (bytes read + written per second) and
   summing it (bytes read per second); best of ``--reps``.
 - Decode: ``LLMEngine.step()`` loops at each batch size (``--batches``, 1 and 32): that many requests
@@ -25,6 +26,7 @@ the bytes of those weights over the read bandwidth: batch-1 tokens/s can be no h
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import statistics
@@ -110,28 +112,32 @@ def bandwidth(mib: int, device: torch.device, reps: int, min_time: float) -> dic
     }
 
 
-def linear_weights(model: Any) -> list[torch.Tensor]:
-    """Every matrix a decode token is multiplied by: the layers' linear weights and the LM head."""
-    embed = model.model.embed_tokens.weight
-    head = getattr(model, "lm_head", None)
-    weights = [
-        p for name, p in model.named_parameters() if p.dim() == 2 and p is not embed and "lm_head" not in name
+def projections(model: Any) -> list[tuple[Callable[[torch.Tensor], torch.Tensor], int, int]]:
+    """Every matrix a decode token is multiplied by, as the model itself applies it (plain
+    ``nn.Linear``, oneDNN-packed or quantized layers): ``(apply, in_features, out_features)`` of each
+    layer's projections, then of the LM head (the tied embedding matrix when the model has no head)."""
+    layers = [
+        m for name, m in model.named_modules() if hasattr(m, "in_features") and not name.startswith("lm_head")
     ]
-    weights.append(embed if head is None else head.weight)
-    return weights
+    head = getattr(model, "lm_head", None)
+    embed = model.model.embed_tokens.weight
+    apply_head = head if head is not None else functools.partial(F.linear, weight=embed)
+    return [(m, m.in_features, m.out_features) for m in layers] + [(apply_head, *reversed(embed.shape))]
 
 
 def param_counts(model: Any) -> dict[str, int]:
-    embed = model.model.embed_tokens.weight
-    head = getattr(model, "lm_head", None)
-    total = sum(p.numel() for p in model.parameters())
-    head_params = embed.numel() if head is None else head.weight.numel()
-    non_embedding = total - embed.numel() - (0 if head is None else head.weight.numel())
+    matrices = projections(model)
+    arch = model.arch
+    head = arch.vocab_size * arch.hidden_size
+    layers = sum(i * o for _, i, o in matrices[:-1])
+    norms = arch.hidden_size * (2 * arch.num_layers + 1)
+    non_embedding = layers + norms
     return {
-        "total": total,  # unique parameters: a tied embedding counts once
+        # unique parameters (biases left out): a tied embedding counts once
+        "total": non_embedding + head * (1 if arch.tie_word_embeddings else 2),
         "non_embedding": non_embedding,  # without the embedding and the LM head
-        "lm_head": head_params,
-        "matmul": sum(w.numel() for w in linear_weights(model)),  # what 2 x params x tok/s counts
+        "lm_head": head,
+        "matmul": layers + head,  # what 2 x params x tok/s counts
     }
 
 
@@ -139,21 +145,21 @@ def param_counts(model: Any) -> dict[str, int]:
 def linears_step(
     model: Any, batch: int, dtype: torch.dtype, device: torch.device, reps: int, min_time: float
 ) -> dict[str, Any]:
-    """Time of ``F.linear`` over all of the model's weight matrices at ``batch`` rows: a decode step's
-    matmuls with nothing else."""
-    weights = linear_weights(model)
-    inputs = [torch.randn(batch, w.shape[1], device=device).to(dtype) for w in weights]
+    """Time of the model's own linear layers and LM head at ``batch`` rows, with their kernels: a decode
+    step's matmuls with nothing else."""
+    matrices = projections(model)
+    inputs = [torch.randn(batch, i, device=device).to(dtype) for _, i, _ in matrices]
 
     def step() -> None:
-        for x, w in zip(inputs, weights, strict=True):
-            F.linear(x, w)
+        for x, (apply, _, _) in zip(inputs, matrices, strict=True):
+            apply(x)
 
     seconds = best_time(step, device, reps, min_time)
-    flops = 2 * batch * sum(w.numel() for w in weights)
+    flops = 2 * batch * sum(i * o for _, i, o in matrices)
     return {
         "batch": batch,
         "dtype": DTYPE_NAMES.get(dtype, str(dtype)),
-        "matrices": len(weights),
+        "matrices": len(matrices),
         "ms": round(seconds * 1e3, 4),
         "gflop_s": round(flops / seconds / 1e9, 2),
         "tok_s_bound": round(batch / seconds, 1),
@@ -255,7 +261,7 @@ def format_table(payload: dict[str, Any]) -> str:
         )
     for r in payload["linears"]:
         label = f"all {r['matrices']} weight matrices, batch {r['batch']}"
-        lines.append(f"  {'F.linear':<8} {label:<31} {r['dtype']:<9} {r['ms']:>9.3f} {r['gflop_s']:>12,.1f}")
+        lines.append(f"  {'linears':<8} {label:<31} {r['dtype']:<9} {r['ms']:>9.3f} {r['gflop_s']:>12,.1f}")
     lines += [
         "",
         f"memory bandwidth ({bw['mib']} MiB float32): copy {bw['copy_gb_s']:,.1f} GB/s (read + write), "
@@ -296,7 +302,7 @@ def format_table(payload: dict[str, Any]) -> str:
         f"~{payload['attention_share'] * 100:.0f}% more at the mean context, not counted.",
         f"% peak: of the best square matmul in {m['dtype']} ({payload['peak_gflop_s']:,.1f} GFLOP/s); "
         "% shape: of [batch x hidden] @ [hidden x intermediate];",
-        "% linears: of F.linear over the model's own weights at that batch (a step's matmuls alone); "
+        "% linears: of the model's own linear layers at that batch (a step's matmuls alone); "
         "mem-bound: batch x read bandwidth / weight bytes.",
     ]
     return "\n".join(lines)

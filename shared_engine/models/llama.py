@@ -25,10 +25,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 def inverse_frequencies(arch: DecoderArch) -> tuple[torch.Tensor, float]:
@@ -53,34 +50,35 @@ def inverse_frequencies(arch: DecoderArch) -> tuple[torch.Tensor, float]:
 
 
 class RotaryEmbedding(nn.Module):
+    """RoPE in the rotate-half convention, as ``x * cos + roll(x, d/2) * signed_sin``: rolling the
+    last dimension by half swaps its halves, and the first half of ``signed_sin`` is negated, which
+    together give ``rotate_half(x) * sin`` in one roll and one fused multiply-add."""
+
     cos: torch.Tensor
-    sin: torch.Tensor
+    signed_sin: torch.Tensor
 
     def __init__(self, arch: DecoderArch) -> None:
         super().__init__()
         inv_freq, scaling = inverse_frequencies(arch)
         positions = torch.arange(arch.max_position_embeddings, dtype=torch.float)
         freqs = positions[:, None] * inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        self.register_buffer("cos", emb.cos() * scaling, persistent=False)
-        self.register_buffer("sin", emb.sin() * scaling, persistent=False)
+        self.register_buffer("cos", torch.cat((freqs, freqs), dim=-1).cos() * scaling, persistent=False)
+        sin = freqs.sin() * scaling
+        self.register_buffer("signed_sin", torch.cat((-sin, sin), dim=-1), persistent=False)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin ``[tokens, 1, head_dim]`` at ``positions``: looked up once per forward, used by
-        every layer."""
-        return self.cos[positions].to(dtype).unsqueeze(1), self.sin[positions].to(dtype).unsqueeze(1)
+        """cos and signed sin ``[tokens, 1, head_dim]`` at ``positions``: looked up once per forward,
+        used by every layer."""
+        return (
+            self.cos[positions].to(dtype).unsqueeze(1),
+            self.signed_sin[positions].to(dtype).unsqueeze(1),
+        )
 
 
-def apply_rotary(
-    q: torch.Tensor, k: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    cos, sin = rope
-    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def apply_rotary(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate ``x`` ``[tokens, heads, head_dim]`` (queries and keys together, one op chain)."""
+    cos, signed_sin = rope
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
 
 
 class Attention(nn.Module):
@@ -103,11 +101,10 @@ class Attention(nn.Module):
         kv_cache: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
         t = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(t, self.num_heads, self.head_dim)
-        k = k.view(t, self.num_kv_heads, self.head_dim)
+        qk, v = self.qkv_proj(x).split([self.q_size + self.kv_size, self.kv_size], dim=-1)
+        qk = apply_rotary(qk.view(t, self.num_heads + self.num_kv_heads, self.head_dim), rope)
+        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         v = v.view(t, self.num_kv_heads, self.head_dim)
-        q, k = apply_rotary(q, k, rope)
         out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale)
         return self.o_proj(out.reshape(t, self.q_size))
 
@@ -176,7 +173,7 @@ class LlamaForCausalLM(nn.Module):
         return m.norm(h)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        # A tied model has an lm_head only when shared_engine.quantization gave it a quantized one.
+        # A tied model has an lm_head only when quantization or packing gave it its own copy.
         head = getattr(self, "lm_head", None)
         if head is not None:
             return head(hidden).float()

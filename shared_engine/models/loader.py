@@ -10,6 +10,7 @@ import torch
 from safetensors import safe_open
 
 from shared_engine.models.base import MODEL_REGISTRY, DecoderArch, DecoderModel
+from shared_engine.packed_linear import pack_linears, packing_applies
 from shared_engine.quantization import QuantizationConfig, quantize_decoder
 
 
@@ -89,4 +90,6 @@ def build_decoder(
         rotary.float()
     if quantization is not None:
         quantize_decoder(model, quantization)  # on the target device: int4 packs for its kernel
+    if packing_applies(device, dtype):
+        pack_linears(model)  # what quantization left in floating point
     return model
