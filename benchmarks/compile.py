@@ -68,9 +68,7 @@ from shared_engine.sampling_params import SamplingParams
 
 BLOCK_SIZE = 16
 KINDS = ("forward", "forward-all", "mlp")
-Forward = Callable[
-    [torch.Tensor, torch.Tensor, AttentionMetadata, list[tuple[torch.Tensor, torch.Tensor]]], Any
-]
+Forward = Callable[[torch.Tensor, torch.Tensor, AttentionMetadata, list[torch.Tensor]], Any]
 
 
 class RecompileLog(logging.Handler):
@@ -122,7 +120,7 @@ class Variant:
         input_ids: torch.Tensor,
         positions: torch.Tensor,
         meta: AttentionMetadata,
-        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        kv_caches: list[torch.Tensor],
     ) -> torch.Tensor:
         fn = self._forward
         if self._compiled is not None and (self.kind == "forward-all" or not meta.prefills):

@@ -1,16 +1,19 @@
 """Attention over the paged KV cache.
 
-Layout: per layer, keys and values are ``[num_kv_heads, num_blocks, block_size, head_dim]`` tensors;
-a token at position ``p`` of a request lives in slot ``block_ids[p // block_size] * block_size +
-p % block_size`` of every head. The flat batch holds every decode token first (one per request), then
-each prefill chunk in turn. Decodes are attended in one batched matmul over keys gathered through the
-block table; each prefill chunk attends with SDPA, straight on its fresh keys when it starts at
-position 0, or on keys gathered from the cache when it continues a cached prefix or earlier chunk.
+Layout: per layer, one tensor ``[2, num_kv_heads, num_blocks, block_size, head_dim]`` holds the keys
+(``[0]``) and the values (``[1]``); a token at position ``p`` of a request lives in slot
+``block_ids[p // block_size] * block_size + p % block_size`` of every head. The flat batch holds every
+decode token first (one per request), then each prefill chunk in turn. Decodes are attended in one
+batched matmul over keys and values gathered through the block tables; each prefill chunk attends with
+SDPA, straight on its fresh keys when it starts at position 0, or on keys gathered from the cache when
+it continues a cached prefix or earlier chunk.
 
-Heads lead the layout so that gathering a request's blocks is one ``index_select`` of whole
-``block_size x head_dim`` rows per head, and the gathered keys are already ``[heads, requests,
-positions, head_dim]`` for the matmul: no transposing copy. On a CPU this made decode attention at 32
-requests about 3x faster than gathering ``[blocks, block_size, heads, head_dim]`` by advanced indexing.
+Heads lead the layout, and keys and values share one tensor, so that a decode step's whole gather is
+a single ``index_select`` of ``block_size x head_dim`` rows out of the cache seen as a matrix (row
+``(kv * num_kv_heads + head) * num_blocks + block``), and what it returns is already ``[2, heads,
+requests, positions, head_dim]`` for the matmuls: no transposing copy. Measured on a 2-core CPU at 32
+requests of 256 tokens: one such gather takes half the time of separate ones for keys and values, which
+take a third of the time of advanced indexing over ``[blocks, block_size, heads, head_dim]``.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ class PrefillChunk:
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [num_tokens] where each new token's key/value is written
     num_decodes: int
-    decode_block_tables: torch.Tensor | None  # [num_decodes, max_blocks]
+    # [2 * num_kv_heads * num_decodes * max_blocks]: the cache rows the decodes read (see the module doc)
+    decode_gather_index: torch.Tensor | None
     decode_mask: torch.Tensor | None  # [1, num_decodes, 1, max_blocks * block_size], True = attend
     prefills: list[PrefillChunk]
     # Per request, in batch order (decodes, then prefill chunks): what an encoder-decoder model's
@@ -44,37 +48,41 @@ class AttentionMetadata:
     encoder_states: list[Any] = field(default_factory=list)
 
 
-def write_kv(
-    key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
-) -> None:
-    kv_heads, head_dim = k_cache.shape[0], k_cache.shape[-1]
-    k_cache.view(kv_heads, -1, head_dim).index_copy_(1, slots, key.transpose(0, 1))
-    v_cache.view(kv_heads, -1, head_dim).index_copy_(1, slots, value.transpose(0, 1))
+def decode_gather_index(block_tables: torch.Tensor, kv_cache_shape: torch.Size) -> torch.Tensor:
+    """Rows of the cache, seen as ``[2 * kv_heads * num_blocks, block_size * head_dim]``, holding the
+    keys then the values of every head for ``block_tables`` (``[requests, max_blocks]``), in order."""
+    planes, num_blocks = kv_cache_shape[0] * kv_cache_shape[1], kv_cache_shape[2]
+    planes_start = torch.arange(planes, device=block_tables.device) * num_blocks
+    return (planes_start[:, None] + block_tables.reshape(1, -1)).reshape(-1)
+
+
+def write_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slots: torch.Tensor) -> None:
+    kv_heads, head_dim = kv_cache.shape[1], kv_cache.shape[-1]
+    kv_cache[0].view(kv_heads, -1, head_dim).index_copy_(1, slots, key.transpose(0, 1))
+    kv_cache[1].view(kv_heads, -1, head_dim).index_copy_(1, slots, value.transpose(0, 1))
 
 
 def paged_attention(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
+    kv_cache: torch.Tensor,
     meta: AttentionMetadata,
     scale: float,
 ) -> torch.Tensor:
     """query ``[T, H, D]``, key/value ``[T, KVH, D]`` → ``[T, H, D]``; writes key/value to the cache."""
-    write_kv(key, value, k_cache, v_cache, meta.slot_mapping)
+    write_kv(key, value, kv_cache, meta.slot_mapping)
     out = torch.empty_like(query)
     num_heads, head_dim = query.shape[1:]
-    kv_heads = k_cache.shape[0]
-    flat_k = k_cache.view(kv_heads, -1, head_dim)
-    flat_v = v_cache.view(kv_heads, -1, head_dim)
+    kv_heads, block_size = kv_cache.shape[1], kv_cache.shape[3]
+    flat_k = kv_cache[0].view(kv_heads, -1, head_dim)
+    flat_v = kv_cache[1].view(kv_heads, -1, head_dim)
     if meta.num_decodes:
         b = meta.num_decodes
-        assert meta.decode_block_tables is not None and meta.decode_mask is not None
-        blocks = meta.decode_block_tables.reshape(-1)
-        length = meta.decode_block_tables.shape[1] * k_cache.shape[2]
-        keys = k_cache.index_select(1, blocks).view(kv_heads, b, length, head_dim)
-        values = v_cache.index_select(1, blocks).view(kv_heads, b, length, head_dim)
+        assert meta.decode_gather_index is not None and meta.decode_mask is not None
+        length = meta.decode_mask.shape[-1]
+        rows = kv_cache.view(-1, block_size * head_dim).index_select(0, meta.decode_gather_index)
+        keys, values = rows.view(2, kv_heads, b, length, head_dim)
         # Grouped-query attention without materialising repeated keys: the query heads that share a
         # kv head are laid out as that head's extra "rows".
         q = query[:b].view(b, kv_heads, num_heads // kv_heads, head_dim).transpose(0, 1)

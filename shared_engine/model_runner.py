@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from shared_engine.attention import AttentionMetadata, PrefillChunk
+from shared_engine.attention import AttentionMetadata, PrefillChunk, decode_gather_index
 from shared_engine.models.base import DecoderModel
 from shared_engine.outputs import StepResult
 from shared_engine.rejection_sampler import verify_and_sample
@@ -51,11 +51,8 @@ class ModelRunner:
         self.dtype = dtype
         self.block_size = block_size
         arch = model.arch
-        shape = (arch.num_kv_heads, num_blocks, block_size, arch.head_dim)  # see shared_engine.attention
-        self.kv_caches = [
-            (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
-            for _ in range(arch.num_layers)
-        ]
+        shape = (2, arch.num_kv_heads, num_blocks, block_size, arch.head_dim)  # see shared_engine.attention
+        self.kv_caches = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(arch.num_layers)]
 
     def _slots(self, block_ids: list[int], start: int, end: int) -> list[int]:
         bs = self.block_size
@@ -82,12 +79,14 @@ class ModelRunner:
             slots.extend(self._slots(s.block_ids, s.start, end))
 
         dev = self.device
-        block_tables = mask = None
+        gather = mask = None
         decodes = [segments[i] for i in order[:num_decodes]]
         if decodes:
             width = max(len(s.block_ids) for s in decodes)
             table = [s.block_ids + [0] * (width - len(s.block_ids)) for s in decodes]
-            block_tables = torch.tensor(table, dtype=torch.long, device=dev)
+            gather = decode_gather_index(
+                torch.tensor(table, dtype=torch.long, device=dev), self.kv_caches[0].shape
+            )
             lengths = torch.tensor([s.start + 1 for s in decodes], device=dev)
             mask = (torch.arange(width * self.block_size, device=dev)[None, :] < lengths[:, None])[
                 None, :, None, :
@@ -104,7 +103,7 @@ class ModelRunner:
         meta = AttentionMetadata(
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
             num_decodes=num_decodes,
-            decode_block_tables=block_tables,
+            decode_gather_index=gather,
             decode_mask=mask,
             prefills=chunks,
             encoder_states=[segments[i].encoder_state for i in order],

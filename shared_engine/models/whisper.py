@@ -40,12 +40,10 @@ class SelfAttention(nn.Module):
         self.qkv_proj = nn.Linear(arch.hidden_size, 3 * arch.hidden_size, bias=True)
         self.out_proj = nn.Linear(arch.hidden_size, arch.hidden_size)
 
-    def forward(
-        self, x: torch.Tensor, meta: AttentionMetadata, kv_cache: tuple[torch.Tensor, torch.Tensor]
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, meta: AttentionMetadata, kv_cache: torch.Tensor) -> torch.Tensor:
         t = x.shape[0]
         q, k, v = (part.view(t, self.num_heads, self.head_dim) for part in self.qkv_proj(x).chunk(3, dim=-1))
-        out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.head_dim**-0.5)
+        out = paged_attention(q, k, v, kv_cache, meta, self.head_dim**-0.5)
         return self.out_proj(out.reshape(t, -1))
 
 
@@ -95,7 +93,7 @@ class DecoderLayer(nn.Module):
         self,
         h: torch.Tensor,
         meta: AttentionMetadata,
-        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        kv_cache: torch.Tensor,
         spans: Sequence[tuple[int, int]],
         cross_kv: Sequence[tuple[torch.Tensor, torch.Tensor]],
     ) -> torch.Tensor:
@@ -137,7 +135,7 @@ class WhisperDecoder(nn.Module):
         input_ids: torch.Tensor,
         positions: torch.Tensor,
         meta: AttentionMetadata,
-        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        kv_caches: list[torch.Tensor],
     ) -> torch.Tensor:
         states: list[CrossAttentionState] = meta.encoder_states
         if len(states) != meta.num_decodes + len(meta.prefills) or any(s is None for s in states):
