@@ -69,11 +69,8 @@ def perplexity(model: Any, ids: list[int], device: torch.device, dtype: torch.dt
     """exp(mean next-token NLL) over non-overlapping windows, each a fresh prefill."""
     arch = model.arch
     block = 16
-    shape = (PPL_WINDOW // block, block, arch.num_kv_heads, arch.head_dim)
-    kv = [
-        (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
-        for _ in range(arch.num_layers)
-    ]
+    shape = (2, arch.num_kv_heads, PPL_WINDOW // block, block, arch.head_dim)  # see shared_engine.attention
+    kv = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(arch.num_layers)]
     nll, count = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(ids) - 1, PPL_WINDOW):

@@ -292,3 +292,16 @@ def test_bad_quantization_settings_are_rejected(fields: dict[str, Any], message:
     with pytest.raises(ValueError, match=message) as info:
         _spec(**fields)
     assert "model 'm'" in str(info.value)
+
+
+def test_the_quantization_benchmarks_perplexity_of_the_packaged_model(
+    models: dict[str, Any], tokenizer: Any
+) -> None:
+    """benchmarks/quantization.py drives the model's forward itself, with its own KV cache tensors: a
+    layout change that it missed would make its perplexity garbage (thousands) or fail."""
+    from benchmarks.quantization import perplexity
+    from benchmarks.workload import default_corpus
+
+    ids = tokenizer.encode(default_corpus().read_text(encoding="utf-8"), add_special_tokens=False)
+    ppl = perplexity(models["none"], ids[:1024], CPU, BF16)
+    assert 5.0 < ppl < 25.0  # 12.3 over the whole text, measured
