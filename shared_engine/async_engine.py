@@ -163,15 +163,16 @@ class AsyncLLMEngine:
                     continue
                 start = time.perf_counter()
                 outputs = self.lane.run(self.engine.step)
-                for out in outputs:
-                    stream = self._streams.get(out.request_id)
-                    if stream is not None:
-                        stream.put(out)
+                # Observed before delivery: a client that has its last token sees it in the metrics.
                 if self.on_step is not None:
                     try:
                         self.on_step(self.engine, outputs, time.perf_counter() - start)
                     except Exception:
                         logger.exception("step observer failed")
+                for out in outputs:
+                    stream = self._streams.get(out.request_id)
+                    if stream is not None:
+                        stream.put(out)
         except BaseException as exc:
             logger.exception("LLM engine loop died")
             self._error = exc
