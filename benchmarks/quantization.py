@@ -35,7 +35,7 @@ from benchmarks import report
 from benchmarks.chat_model import configured_chat_model
 from benchmarks.noise import CpuMeter
 from benchmarks.workload import build_prompts, corpus_words, default_corpus
-from shared_engine.attention import AttentionMetadata, PrefillChunk
+from shared_engine.attention import AttentionMetadata, PrefillChunk, allocate_kv_caches
 from shared_engine.config import CacheConfig, EngineConfig
 from shared_engine.llm_engine import LLMEngine
 from shared_engine.quantization import DEFAULT_INT4_GROUP_SIZE, QuantizationConfig, weight_bytes
@@ -69,8 +69,9 @@ def perplexity(model: Any, ids: list[int], device: torch.device, dtype: torch.dt
     """exp(mean next-token NLL) over non-overlapping windows, each a fresh prefill."""
     arch = model.arch
     block = 16
-    shape = (2, arch.num_kv_heads, PPL_WINDOW // block, block, arch.head_dim)  # see shared_engine.attention
-    kv = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(arch.num_layers)]
+    kv = allocate_kv_caches(
+        arch.num_layers, arch.num_kv_heads, PPL_WINDOW // block, block, arch.head_dim, dtype, device
+    )
     nll, count = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(ids) - 1, PPL_WINDOW):

@@ -128,12 +128,14 @@ def projections(model: Any) -> list[tuple[Callable[[torch.Tensor], torch.Tensor]
 def param_counts(model: Any) -> dict[str, int]:
     matrices = projections(model)
     arch = model.arch
+    embed = model.model.embed_tokens.weight
     head = arch.vocab_size * arch.hidden_size
     layers = sum(i * o for _, i, o in matrices[:-1])
-    norms = arch.hidden_size * (2 * arch.num_layers + 1)
-    non_embedding = layers + norms
+    # What stays a 1-d parameter once the projections are packed: the norms (and any biases)
+    others = sum(p.numel() for name, p in model.named_parameters() if p is not embed and p.dim() == 1)
+    non_embedding = layers + others
     return {
-        # unique parameters (biases left out): a tied embedding counts once
+        # unique parameters: a tied embedding counts once
         "total": non_embedding + head * (1 if arch.tie_word_embeddings else 2),
         "non_embedding": non_embedding,  # without the embedding and the LM head
         "lm_head": head,

@@ -48,6 +48,20 @@ class AttentionMetadata:
     encoder_states: list[Any] = field(default_factory=list)
 
 
+def allocate_kv_caches(
+    num_layers: int,
+    num_kv_heads: int,
+    num_blocks: int,
+    block_size: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> list[torch.Tensor]:
+    """One zeroed ``[2, num_kv_heads, num_blocks, block_size, head_dim]`` tensor per layer."""
+    shape = (2, num_kv_heads, num_blocks, block_size, head_dim)
+    return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+
+
 def decode_gather_index(block_tables: torch.Tensor, kv_cache_shape: torch.Size) -> torch.Tensor:
     """Rows of the cache, seen as ``[2 * kv_heads * num_blocks, block_size * head_dim]``, holding the
     keys then the values of every head for ``block_tables`` (``[requests, max_blocks]``), in order."""

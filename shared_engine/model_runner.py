@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from shared_engine.attention import AttentionMetadata, PrefillChunk, decode_gather_index
+from shared_engine.attention import AttentionMetadata, PrefillChunk, allocate_kv_caches, decode_gather_index
 from shared_engine.models.base import DecoderModel
 from shared_engine.outputs import StepResult
 from shared_engine.rejection_sampler import verify_and_sample
@@ -51,8 +51,9 @@ class ModelRunner:
         self.dtype = dtype
         self.block_size = block_size
         arch = model.arch
-        shape = (2, arch.num_kv_heads, num_blocks, block_size, arch.head_dim)  # see shared_engine.attention
-        self.kv_caches = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(arch.num_layers)]
+        self.kv_caches = allocate_kv_caches(
+            arch.num_layers, arch.num_kv_heads, num_blocks, block_size, arch.head_dim, dtype, device
+        )
 
     def _slots(self, block_ids: list[int], start: int, end: int) -> list[int]:
         bs = self.block_size
