@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
-# mmserve's image: the gateway (python -m services.serve, the default command) and every gRPC worker
-# (python -m services.worker --task ...) run from it; compose.yaml wires them together.
+# mmserve's image: the gateway (python -m services.commands.serve, the default command) and every gRPC worker
+# (python -m services.commands.worker --task ...) run from it; compose.yaml wires them together.
 #
 #   docker build -t mmserve:latest .                          # CPU (the default)
 #   docker build -t mmserve:gpu --build-arg VARIANT=gpu .     # NVIDIA GPU
@@ -150,4 +150,4 @@ COPY --from=builder /src/pipelines ./pipelines
 COPY --from=builder /src/retrieval ./retrieval
 USER mmserve
 EXPOSE 8000 50051
-CMD ["python", "-m", "services.serve"]
+CMD ["python", "-m", "services.commands.serve"]

@@ -28,14 +28,14 @@ proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
 
 models: proto
-	$(BIN)/python -m services.prepare
+	$(BIN)/python -m services.commands.prepare
 
 serve: models
-	HOST=$(HOST) PORT=$(PORT) $(BIN)/python -m services.serve
+	HOST=$(HOST) PORT=$(PORT) $(BIN)/python -m services.commands.serve
 
 # The docker-compose topology as local processes: one gRPC worker per task, the gateway routed to them.
 serve-distributed: models
-	HOST=$(HOST) PORT=$(PORT) $(BIN)/python -m services.topology $(TOPOLOGY_ARGS)
+	HOST=$(HOST) PORT=$(PORT) $(BIN)/python -m services.commands.topology $(TOPOLOGY_ARGS)
 
 lint: proto
 	$(BIN)/ruff check .

@@ -33,8 +33,8 @@ from pipelines.asr.audio import resample
 from pipelines.asr.loader import prepare_whisper_folder
 from pipelines.sources import resolve_source
 from pipelines.tts import TTSPipeline, TTSPipelineConfig
-from services.model_config import ModelSpec, load_model_specs
-from services.settings import Settings
+from services.config.models import ModelSpec, load_model_specs
+from services.config.settings import Settings
 
 
 def spec_named(name: str) -> ModelSpec:

@@ -11,8 +11,8 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from pipelines.llm.loader import prepare_model_folder
-from services.model_config import ModelSpec, load_model_specs
-from services.settings import Settings
+from services.config.models import ModelSpec, load_model_specs
+from services.config.settings import Settings
 from shared_engine.device import resolve_device, resolve_dtype
 from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.quantization import QuantizationConfig

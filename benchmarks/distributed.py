@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     topology = ("--base-port", "0", "--replicas", "chat=1")
     embedded: dict[str, Any] = {}
     grpc_mode: dict[str, Any] = {}
-    with server.local_server(600) as one, server.local_server(600, "services.topology", topology) as many:
+    topology_server = server.local_server(600, "services.commands.topology", topology)
+    with server.local_server(600) as one, topology_server as many:
         urls = {"embedded": one.url, "grpc": many.url}
         for name, path, body, requests in (
             ("chat", "/v1/chat/completions", CHAT, args.requests),

@@ -24,8 +24,8 @@ import torch
 from benchmarks import report, server
 from benchmarks.workload import corpus_words, default_corpus
 from pipelines.embedding import EmbeddingPipeline, EmbeddingPipelineConfig
-from services.model_config import load_model_specs
-from services.settings import Settings
+from services.config.models import load_model_specs
+from services.config.settings import Settings
 
 TARGET = 0.70
 

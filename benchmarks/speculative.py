@@ -38,8 +38,8 @@ from benchmarks import report
 from benchmarks.noise import CpuMeter
 from pipelines.llm.loader import prepare_model_folder
 from pipelines.llm.tokenizer import ChatTokenizer
-from services.model_config import load_model_specs
-from services.settings import REPO_ROOT, Settings
+from services.config.models import load_model_specs
+from services.config.settings import REPO_ROOT, Settings
 from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
 from shared_engine.device import resolve_device, resolve_dtype
 from shared_engine.llm_engine import LLMEngine

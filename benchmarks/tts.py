@@ -21,8 +21,8 @@ import torch
 from benchmarks import report
 from benchmarks.asr import passages
 from pipelines.tts import TTSPipeline, TTSPipelineConfig
-from services.model_config import load_model_specs
-from services.settings import Settings
+from services.config.models import load_model_specs
+from services.config.settings import Settings
 
 
 async def measure(tts: TTSPipeline, texts: list[str], concurrency: int) -> dict[str, Any]:

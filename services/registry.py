@@ -10,13 +10,10 @@ from pathlib import Path
 from typing import Any, cast
 
 from retrieval.collections import Collections, Embedder, ImageEmbedder
-from services.asr_service import ASRService
-from services.collections_service import CollectionsAPI, LocalCollections
-from services.embedding_service import EmbeddingService
+from services.config.models import ModelSpec
+from services.config.settings import Settings
 from services.errors import ModelNotFound, ServiceUnavailable
-from services.llm_service import LLMService
-from services.metrics import EncoderMetrics, EngineMetrics, note_model
-from services.model_config import ModelSpec
+from services.observability.metrics import EncoderMetrics, EngineMetrics, note_model
 from services.rpc.channels import Channels, list_models
 from services.rpc.clients import (
     REMOTE_SERVICES,
@@ -27,9 +24,12 @@ from services.rpc.clients import (
     RemoteVisionService,
 )
 from services.rpc.retrieval_rpc import RemoteCollections
-from services.settings import Settings
-from services.tts_service import TTSService
-from services.vision_service import VisionService
+from services.tasks.asr import ASRService
+from services.tasks.collections import CollectionsAPI, LocalCollections
+from services.tasks.embedding import EmbeddingService
+from services.tasks.llm import LLMService
+from services.tasks.tts import TTSService
+from services.tasks.vision import VisionService
 
 logger = logging.getLogger(__name__)
 

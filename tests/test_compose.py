@@ -3,9 +3,10 @@
 No Docker is needed: compose.yaml is parsed as YAML and interpolated as `docker compose up` would do it
 in an empty environment (every ``${VAR:-default}`` takes its default), and the Dockerfile is read stage
 by stage. What the files must agree with comes from the code wherever the code states it: the tasks a
-worker serves and its port (services.worker), the syntax of MMSERVE_ENDPOINTS (services.settings), the
+worker serves and its port (services.commands.worker), the syntax of MMSERVE_ENDPOINTS
+(services.config.settings), the
 layout of the data directory (Settings.model_cache_dir), the metrics each process serves
-(services.metrics) and so the names Prometheus and Grafana must use (deploy/).
+(services.observability.metrics) and so the names Prometheus and Grafana must use (deploy/).
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-from services import worker
-from services.settings import Settings, parse_endpoints
-from services.worker import DEFAULT_PORT, METRICS_PORT, TASKS
+from services.commands import worker
+from services.commands.worker import DEFAULT_PORT, METRICS_PORT, TASKS
+from services.config.settings import Settings, parse_endpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "compose.yaml"
@@ -36,7 +37,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 
 DATA_DIR = "/data"  # MMSERVE_DATA_DIR in the containers
 RETRIEVAL_SUBDIR = "retrieval"  # retrieval.collections keeps its store in <data dir>/retrieval
-TASKS_NEEDING_PREPARE = {"chat", "asr"}  # the tasks whose models services.prepare converts
+TASKS_NEEDING_PREPARE = {"chat", "asr"}  # the tasks whose models services.commands.prepare converts
 GPU_PROFILE = "gpu"
 OBSERVABILITY_PROFILE = "observability"
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -126,7 +127,7 @@ class Service:
 
     @property
     def worker_task(self) -> str | None:
-        return option(self.argv, "--task") if self.module == "services.worker" else None
+        return option(self.argv, "--task") if self.module == "services.commands.worker" else None
 
     @property
     def worker_port(self) -> int:
@@ -222,7 +223,7 @@ class Project:
 
     @property
     def workers(self) -> list[Service]:
-        return [s for s in self.services.values() if s.module == "services.worker"]
+        return [s for s in self.services.values() if s.module == "services.commands.worker"]
 
     @property
     def mmserve(self) -> list[Service]:
@@ -242,7 +243,7 @@ class Project:
 
     @property
     def gateway(self) -> Service:
-        found = [s for s in self.services.values() if s.module == "services.serve"]
+        found = [s for s in self.services.values() if s.module == "services.commands.serve"]
         assert len(found) == 1, f"gateways: {[s.name for s in found]}, expected one"
         return found[0]
 
@@ -364,10 +365,11 @@ def test_long_running_services_are_probed_and_restarted(project: Project) -> Non
         if not service.built_here:  # observability tools probe their own HTTP health endpoint
             assert argv and urlsplit(argv[-1]).hostname in LOOPBACK, f"{service.name}: probe {argv}"
             continue
-        assert python_module(argv) == "services.probe" and len(argv) == 4, f"{service.name}: probe {argv}"
+        probes = python_module(argv) == "services.commands.probe" and len(argv) == 4
+        assert probes, f"{service.name}: probe {argv}"
         url = urlsplit(argv[3])
         assert url.hostname in LOOPBACK, f"{service.name}: probes {argv[3]}, not itself"
-        if service.module == "services.worker":
+        if service.module == "services.commands.worker":
             assert (url.scheme, url.port) == ("grpc", service.worker_port), f"{service.name}: {argv[3]}"
             start_period = seconds(service.spec["healthcheck"].get("start_period", 0))
             assert start_period >= MIN_WORKER_START_PERIOD_S, f"{service.name}: start_period too short"
@@ -384,7 +386,7 @@ def test_long_running_services_are_probed_and_restarted(project: Project) -> Non
 
 
 def test_one_shot_services_run_once_before_the_services_that_need_them(project: Project) -> None:
-    prepares = [s for s in project.services.values() if s.module == "services.prepare"]
+    prepares = [s for s in project.services.values() if s.module == "services.commands.prepare"]
     assert len(prepares) == 1, "one service converts the models"
     (prepare,) = prepares
     assert prepare.name in project.one_shots and not prepare.profiles
@@ -450,7 +452,7 @@ def test_gpu_profile_adds_gpu_workers_under_the_names_the_gateway_uses(project: 
             f"{service.name}: reserves no NVIDIA GPU"
         )
         assert service.spec["image"] not in cpu_images, f"{service.name}: runs the CPU image"
-        assert service.module == "services.worker" and service.worker_task in TASKS
+        assert service.module == "services.commands.worker" and service.worker_task in TASKS
         default = project.default_worker(service.worker_task)
         assert default.name in service.hostnames, f"{service.name}: not reachable as {default.name}"
     for service in project.services.values():
@@ -463,7 +465,8 @@ def test_gpu_profile_adds_gpu_workers_under_the_names_the_gateway_uses(project: 
 
 
 def metric_sample_names() -> set[str]:
-    """The sample names of the mmserve: metrics (services.metrics, imported with services.worker):
+    """The sample names of the mmserve: metrics (services.observability.metrics, imported with
+    services.commands.worker):
     counters with _total, histograms as their _bucket, _sum and _count series."""
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
     return {

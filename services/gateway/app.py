@@ -67,7 +67,7 @@ def create_app(
         ],
         before_send=[count_unrouted],
         guards=[api_key_guard(api_keys)],
-        # Logging is configured once by the process (services.serve); Litestar must not replace it.
+        # Logging is configured once by the process (services.commands.serve); Litestar must not replace it.
         logging_config=None,
         request_max_body_size=max_body_bytes,
         on_startup=[on_startup],

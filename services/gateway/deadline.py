@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from services import request_context
 from services.errors import DeadlineExceeded
 from services.gateway.errors import error_body
 from services.gateway.schemas import to_json
 from services.gateway.sse import DONE, event
+from services.observability import request_context
 from shared_engine.errors import InvalidRequest
 
 TIMEOUT_HEADER = b"x-request-timeout"

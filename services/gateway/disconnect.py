@@ -12,7 +12,7 @@ import contextlib
 
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
-from services import request_context
+from services.observability import request_context
 
 CLIENT_CLOSED = 499  # the status logs and metrics record for a request whose client left first
 

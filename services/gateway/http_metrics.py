@@ -10,11 +10,11 @@ from typing import Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from services import request_context
 from services.gateway.disconnect import reported_status
-from services.metrics import count_request, http_labels, observe_duration
-from services.request_context import RequestContext
-from services.timing import ensure_context
+from services.observability import request_context
+from services.observability.metrics import count_request, http_labels, observe_duration
+from services.observability.request_context import RequestContext
+from services.observability.timing import ensure_context
 
 V1 = "/v1/"
 # Path prefix → the task label of a request (the most specific prefix first).

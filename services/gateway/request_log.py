@@ -11,8 +11,8 @@ from typing import Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from services import request_context
 from services.gateway.disconnect import reported_status
+from services.observability import request_context
 
 logger = logging.getLogger("mmserve.access")
 

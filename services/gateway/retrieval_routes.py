@@ -11,7 +11,6 @@ from litestar.response import Stream
 from pipelines.vision import decode_base64_image
 from retrieval.chunking import ChunkingConfig
 from retrieval.collections import DocumentInput
-from services.collections_service import CollectionSummary
 from services.gateway import rag
 from services.gateway.api_docs import EVENT_STREAM, SERVICE_ERRORS, errors, operation, sse_events
 from services.gateway.retrieval_schemas import (
@@ -30,6 +29,7 @@ from services.gateway.retrieval_schemas import (
 )
 from services.gateway.sse import sse_response
 from services.registry import ModelRegistry
+from services.tasks.collections import CollectionSummary
 from shared_engine.errors import InvalidRequest
 
 Registry = NamedDependency[ModelRegistry]

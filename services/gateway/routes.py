@@ -26,7 +26,7 @@ from services.gateway.schemas import (
 from services.gateway.sse import sse_response
 from services.registry import ModelRegistry
 from services.rpc.clients import RemoteTTSService
-from services.tts_service import TTSService
+from services.tasks.tts import TTSService
 
 Registry = NamedDependency[ModelRegistry]
 

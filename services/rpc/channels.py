@@ -13,8 +13,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services import request_context
 from services.errors import ServiceUnavailable
+from services.observability import request_context
 from services.rpc import models_pb2, models_pb2_grpc
 from services.rpc.status import from_status
 

@@ -16,9 +16,10 @@ from pipelines.llm.loader import prepare_model_folder
 from pipelines.sources import resolve_source
 from pipelines.tts import check_format
 from pipelines.vision import Label
+from services.config.models import ModelSpec
+from services.config.settings import Settings
 from services.errors import ModelNotFound
-from services.llm_service import ChatText
-from services.model_config import ModelSpec
+from services.observability.timing import record_output
 from services.rpc import (
     asr_pb2,
     asr_pb2_grpc,
@@ -34,8 +35,7 @@ from services.rpc import (
 from services.rpc.channels import Channels
 from services.rpc.llm_codec import output_from_proto, params_to_proto
 from services.rpc.timing import timed
-from services.settings import Settings
-from services.timing import record_output
+from services.tasks.llm import ChatText
 from shared_engine.errors import InvalidRequest
 from shared_engine.outputs import RequestOutput
 from shared_engine.sampling_params import SamplingParams

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from services import request_context
+from services.observability import request_context
 from services.rpc.channels import REQUEST_ID_KEY
 
 logger = logging.getLogger("mmserve.rpc")

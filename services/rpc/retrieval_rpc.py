@@ -12,13 +12,13 @@ import grpc
 from retrieval.chunking import ChunkingConfig
 from retrieval.collections import DocumentInput, SearchResult
 from retrieval.store import CollectionRecord, DocumentRecord
-from services.collections_service import CollectionSummary, LocalCollections
 from services.errors import ServiceUnavailable
 from services.rpc import retrieval_pb2 as pb
 from services.rpc import retrieval_pb2_grpc
 from services.rpc.channels import Channels
 from services.rpc.servicers import answer
 from services.rpc.timing import timed
+from services.tasks.collections import CollectionSummary, LocalCollections
 
 
 def _collection(s: CollectionSummary) -> Any:

@@ -10,10 +10,8 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from services.asr_service import ASRService
-from services.embedding_service import EmbeddingService
 from services.errors import ModelNotFound, ServiceUnavailable
-from services.llm_service import LLMService
+from services.observability.timing import ensure_context
 from services.rpc import (
     asr_pb2,
     asr_pb2_grpc,
@@ -30,9 +28,11 @@ from services.rpc import (
 from services.rpc.llm_codec import output_to_proto, params_from_proto
 from services.rpc.status import to_status
 from services.rpc.timing import timing_metadata
-from services.timing import ensure_context
-from services.tts_service import TTSService
-from services.vision_service import VisionService
+from services.tasks.asr import ASRService
+from services.tasks.embedding import EmbeddingService
+from services.tasks.llm import LLMService
+from services.tasks.tts import TTSService
+from services.tasks.vision import VisionService
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")

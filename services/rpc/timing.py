@@ -9,8 +9,8 @@ from typing import Any
 
 import grpc
 
-from services import request_context
-from services.request_context import RequestContext
+from services.observability import request_context
+from services.observability.request_context import RequestContext
 
 QUEUE_KEY = "x-queue-time"
 INFERENCE_KEY = "x-inference-time"

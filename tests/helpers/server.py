@@ -42,7 +42,7 @@ def free_port(host: str = LOOPBACK) -> int:
 
 
 def default_server_env(port: int, host: str = LOOPBACK, log_level: str = "warning") -> dict[str, str]:
-    """The environment for ``services.serve``: this process's, plus host/port/log level, plus the
+    """The environment for ``services.commands.serve``: this process's, plus host/port/log level, plus the
     repository's models.toml, data dir and model cache unless the caller's environment already names others.
     A test that gives a server its own data dir still shares the converted models (prepared once)."""
     env = dict(os.environ)
@@ -165,7 +165,7 @@ def _port_clash(server: ServerProcess) -> bool:
 
 
 def start_server(
-    module: str = "services.serve",
+    module: str = "services.commands.serve",
     env: Mapping[str, str] | None = None,
     ready_path: str = "/ready",
     timeout: float = 180.0,
@@ -199,7 +199,7 @@ def start_server(
 
 @contextlib.contextmanager
 def running_server(
-    module: str = "services.serve",
+    module: str = "services.commands.serve",
     env: Mapping[str, str] | None = None,
     ready_path: str = "/ready",
     timeout: float = 180.0,

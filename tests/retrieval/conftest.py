@@ -8,8 +8,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from pipelines.sources import resolve_source
-from services.model_config import ModelSpec, load_model_specs
-from services.settings import Settings
+from services.config.models import ModelSpec, load_model_specs
+from services.config.settings import Settings
 
 
 def configured_embedding_spec() -> ModelSpec:

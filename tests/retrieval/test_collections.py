@@ -18,8 +18,8 @@ from retrieval.chunking import ChunkingConfig
 from retrieval.collections import Collections, DocumentInput
 from retrieval.errors import CollectionExists, CollectionNotFound, DocumentNotFound, InvalidName
 from retrieval.index import INDEX_KINDS, IVF_TRAIN_AT, VectorIndex
-from services.embedding_service import EmbeddingService
-from services.model_config import ModelSpec
+from services.config.models import ModelSpec
+from services.tasks.embedding import EmbeddingService
 from shared_engine.errors import InvalidRequest
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "retrieval"

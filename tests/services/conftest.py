@@ -1,4 +1,4 @@
-"""One real ``python -m services.serve`` process per test session, on a free loopback port, and the
+"""One real ``python -m services.commands.serve`` process per test session, on a free loopback port, and the
 clients that talk to it."""
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ DISTRIBUTED = os.environ.get("MMSERVE_TEST_DISTRIBUTED") == "1"
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[ServerProcess]:
-    module, args = ("services.topology", ("--base-port", "0")) if DISTRIBUTED else ("services.serve", ())
+    if DISTRIBUTED:
+        module, args = "services.commands.topology", ("--base-port", "0")
+    else:
+        module, args = "services.commands.serve", ()
     try:
         proc = start_server(module, env=server_env(), timeout=READY_TIMEOUT_S, args=args)
     except ServerStartError as exc:

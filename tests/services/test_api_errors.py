@@ -1,4 +1,4 @@
-"""Error answers of a real ``services.serve`` process: status, and the OpenAI error body
+"""Error answers of a real ``services.commands.serve`` process: status, and the OpenAI error body
 ``{"error": {"message", "type", "param", "code"}}`` with ``param`` naming the culprit.
 
 Requests that take the engine down are sent to a server of their own, never the shared one.

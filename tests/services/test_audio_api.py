@@ -1,4 +1,4 @@
-"""The audio endpoints of a real ``services.serve`` process, end to end with the real models.
+"""The audio endpoints of a real ``services.commands.serve`` process, end to end with the real models.
 
 Speech synthesized by ``piper-joe`` (POST /v1/audio/speech) is transcribed back by both Whisper models
 (POST /v1/audio/transcriptions) and scored by word error rate; then every transcription response
@@ -45,8 +45,8 @@ ASR_MODELS = (BASE, TINY)
 TRANSCRIPTION_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 SPEECH_FORMATS = ("wav", "flac", "pcm")
 MAX_INPUT_CHARS = 4096
-MAX_AUDIO_SECONDS = 3600  # services/settings.py default
-MAX_UPLOAD_BYTES = 25 << 20  # services/settings.py default
+MAX_AUDIO_SECONDS = 3600  # services/config/settings.py default
+MAX_UPLOAD_BYTES = 25 << 20  # services/config/settings.py default
 
 MAX_WER = 0.10  # over all sentences, each model
 # Over 8 of them, each voiced with fresh noise per run (Piper samples it): one misheard phrase moves the

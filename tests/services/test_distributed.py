@@ -1,6 +1,7 @@
-"""The distributed mode end to end: real ``services.worker`` processes on loopback (two chat replicas, one
-worker each for embeddings, vision and speech synthesis) behind a real ``services.serve`` gateway routed to
-them by ``MMSERVE_ENDPOINTS``; speech recognition runs in the gateway itself. Every model is the real one.
+"""The distributed mode end to end: real ``services.commands.worker`` processes on loopback (two chat
+replicas, one worker each for embeddings, vision and speech synthesis) behind a real
+``services.commands.serve`` gateway routed to them by ``MMSERVE_ENDPOINTS``; speech recognition runs in
+the gateway itself. Every model is the real one.
 
 What is checked: each API answers through gRPC as it does in-process, and the errors keep their HTTP
 status and OpenAI shape across the boundary; a chat replica killed while streams are in flight (requests
@@ -42,8 +43,8 @@ from PIL import Image
 from skimage import data as samples
 
 from pipelines.embedding import EmbeddingPipeline, EmbeddingPipelineConfig
-from services.model_config import load_model_specs
-from services.probe import grpc_serving
+from services.commands.probe import grpc_serving
+from services.config.models import load_model_specs
 from services.rpc import llm_pb2, llm_pb2_grpc
 from services.rpc.channels import Channels
 from services.rpc.llm_codec import params_to_proto
@@ -106,7 +107,7 @@ def worker_env(port: int) -> dict[str, str]:
 
 def launch_worker(task: str, port: int) -> ServerProcess:
     args = ("--task", task, "--host", LOOPBACK, "--port", str(port))
-    return launch("services.worker", worker_env(port), port, args=args)
+    return launch("services.commands.worker", worker_env(port), port, args=args)
 
 
 def health_status(address: str) -> int | None:
@@ -120,7 +121,7 @@ def health_status(address: str) -> int | None:
 
 
 def wait_serving(worker: ServerProcess, timeout: float = WORKER_START_S) -> None:
-    """Until the worker's health service says SERVING (what ``python -m services.probe grpc://…`` asks)."""
+    """Until the worker's health service says SERVING (what ``services.commands.probe grpc://…`` asks)."""
     deadline = time.monotonic() + timeout
     while not grpc_serving(f"{LOOPBACK}:{worker.port}"):
         if worker.proc.poll() is not None:
@@ -208,7 +209,7 @@ def topology() -> Iterator[Topology]:
         try:
             topo.start_workers()
             env = {"MMSERVE_ENDPOINTS": topo.endpoints(), **THREADS}
-            topo.gateway = start_server("services.serve", env=env, timeout=GATEWAY_START_S)
+            topo.gateway = start_server("services.commands.serve", env=env, timeout=GATEWAY_START_S)
         except ServerStartError as exc:
             pytest.fail(f"the distributed topology did not start:\n{exc}", pytrace=False)
         yield topo
@@ -620,7 +621,7 @@ def test_deadline_exceeded_is_504_and_the_worker_drops_the_request(
         "MMSERVE_RPC_TIMEOUT_S": "0.5",
         **THREADS,
     }
-    hasty = start_server("services.serve", env=env, timeout=120.0)
+    hasty = start_server("services.commands.serve", env=env, timeout=120.0)
     try:
         with httpx.Client(base_url=hasty.base_url, timeout=REQUEST_TIMEOUT_S) as client:
             started = time.monotonic()

@@ -1,4 +1,4 @@
-"""POST /v1/embeddings of a real ``services.serve`` process, through the official SDK and raw HTTP:
+"""POST /v1/embeddings of a real ``services.commands.serve`` process, through the official SDK and raw HTTP:
 input shapes, float and base64 encodings, ``dimensions``, usage, concurrency, and every 4xx."""
 
 from __future__ import annotations

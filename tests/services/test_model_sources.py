@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.sources import resolve_source
-from services.model_config import configured_models
-from services.settings import Settings
+from services.config.models import configured_models
+from services.config.settings import Settings
 
 
 def _config(folder: Path, source: str) -> Path:

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible API of a real ``services.serve`` process, through the official SDK and raw HTTP.
+"""The OpenAI-compatible API of a real ``services.commands.serve`` process, through the official SDK and
+raw HTTP.
 
 Every generation is short (max_tokens <= 32) and greedy unless a test is about sampling, so that the
 suite stays fast on a small CPU machine; expensive answers are computed once per module and reused.

@@ -1,5 +1,5 @@
 """The browser playground at ``/``, driven in a real headless Chromium by Playwright against a real
-``services.serve`` process on loopback with the packaged default models.
+``services.commands.serve`` process on loopback with the packaged default models.
 
 Chromium comes from the system (Debian's ``chromium`` package, which ``make test`` installs when it can);
 Playwright only drives it (``playwright install`` is never needed). Where no Chromium binary exists the

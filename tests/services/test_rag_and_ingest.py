@@ -14,10 +14,10 @@ import httpx
 import pytest
 
 from retrieval.collections import Collections, Embedder
-from services.embedding_service import EmbeddingService
-from services.ingest import document_id, ingest, read_text
-from services.model_config import load_model_specs
-from services.settings import Settings
+from services.commands.ingest import document_id, ingest, read_text
+from services.config.models import load_model_specs
+from services.config.settings import Settings
+from services.tasks.embedding import EmbeddingService
 from tests.helpers.server import ServerProcess, running_server
 
 FACTS = [
@@ -31,7 +31,7 @@ FACTS = [
 def rag_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     data_dir = tmp_path_factory.mktemp("rag-data")
     env = {"MMSERVE_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
-    with running_server("services.serve", env=env) as server:
+    with running_server("services.commands.serve", env=env) as server:
         yield server
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from litestar.testing import TestClient
 
+from services.config.models import ModelSpec, load_model_specs
+from services.config.settings import Settings
 from services.gateway.app import create_app
-from services.llm_service import LLMService
-from services.model_config import ModelSpec, load_model_specs
 from services.registry import ModelRegistry
-from services.settings import Settings
+from services.tasks.llm import LLMService
 
 
 def _spec() -> ModelSpec:

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from services import request_context
-from services.log_config import JsonFormatter, RequestIdFilter
+from services.observability import request_context
+from services.observability.log_config import JsonFormatter, RequestIdFilter
 from tests.helpers.model_configs import only_models
 from tests.helpers.server import ServerProcess, default_server_env, free_port, launch, start_server
 from tests.services.conftest import DEFAULT_MODEL, READY_TIMEOUT_S, REQUEST_TIMEOUT_S, server_env
@@ -30,7 +30,7 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerP
     port = free_port()
     worker_env = {**default_server_env(port), **server_env(), **logs}
     worker = launch(
-        "services.worker",
+        "services.commands.worker",
         worker_env,
         port,
         args=("--task", "chat", "--host", "127.0.0.1", "--port", str(port)),

@@ -1,6 +1,6 @@
-"""Collections, documents and retrieval queries through HTTP on real ``services.serve`` processes that keep
-their data in a temporary MMSERVE_DATA_DIR (never the repository's .data): the CRUD flow, every error
-status and code, and durability: what a 2xx acknowledged survives a SIGKILL, and a SIGTERM'd server
+"""Collections, documents and retrieval queries through HTTP on real ``services.commands.serve`` processes
+that keep their data in a temporary MMSERVE_DATA_DIR (never the repository's .data): the CRUD flow, every
+error status and code, and durability: what a 2xx acknowledged survives a SIGKILL, and a SIGTERM'd server
 restarts from its saved indexes."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from services.model_config import load_model_specs
-from services.settings import Settings
+from services.config.models import load_model_specs
+from services.config.settings import Settings
 from tests.helpers.server import ServerProcess, running_server, start_server
 from tests.services.conftest import READY_TIMEOUT_S, server_env
 

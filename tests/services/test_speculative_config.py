@@ -9,10 +9,10 @@ import tomllib
 import pytest
 from prometheus_client import REGISTRY
 
-from services.llm_service import LLMService
-from services.metrics import EngineMetrics
-from services.model_config import parse_model_specs
-from services.settings import Settings
+from services.config.models import parse_model_specs
+from services.config.settings import Settings
+from services.observability.metrics import EngineMetrics
+from services.tasks.llm import LLMService
 from shared_engine.sampling_params import OutputKind, SamplingParams
 from tests.conftest import DEFAULT_CHAT_SOURCE
 

@@ -1,4 +1,4 @@
-"""The vision endpoints and collections of images of a real ``services.serve`` process, with the real
+"""The vision endpoints and collections of images of a real ``services.commands.serve`` process, with the real
 EfficientNet-Lite0 model and real photographs (scikit-image's sample pictures): classification through
 multipart and JSON in every accepted image format, image embeddings, image similarity search in a
 collection, every 4xx in OpenAI's error shape (the server answering normally after each), and

@@ -53,7 +53,7 @@ def launch_worker(task: str, env: dict[str, str]) -> Worker:
     port, metrics_port = free_port(), free_port()
     args = ("--task", task, "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port))
     return Worker(
-        launch("services.worker", {**default_server_env(port), **env}, port, args=args), metrics_port
+        launch("services.commands.worker", {**default_server_env(port), **env}, port, args=args), metrics_port
     )
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
 from pipelines.llm import LLMPipeline, LLMPipelineConfig
-from services.model_config import ModelSpec, parse_model_specs
+from services.config.models import ModelSpec, parse_model_specs
 from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from shared_engine.llm_engine import LLMEngine
 from shared_engine.models.loader import build_decoder, iter_safetensors

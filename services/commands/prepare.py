@@ -1,5 +1,5 @@
-"""``python -m services.prepare`` (or ``mmserve models prepare``): convert every configured model into
-the local model cache once, so that serving starts without conversion work."""
+"""``python -m services.commands.prepare`` (or ``mmserve models prepare``): convert every configured model
+into the local model cache once, so that serving starts without conversion work."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pipelines.asr import loader as asr_loader
 from pipelines.asr.ct2_convert import is_converted
 from pipelines.llm import loader as llm_loader
 from pipelines.sources import resolve_source
-from services.model_config import ModelSpec, configured_models
-from services.settings import Settings
+from services.config.models import ModelSpec, configured_models
+from services.config.settings import Settings
 
 logger = logging.getLogger(__name__)
 # What ``cache_state`` answers for a model.

@@ -1,4 +1,4 @@
-"""``python -m services.worker --task <task>``: one modality's models behind gRPC (distributed mode).
+"""``python -m services.commands.worker --task <task>``: one modality's models behind gRPC (distributed mode).
 
 The worker builds the same service objects the embedded gateway builds, serves them through the
 servicers in services.rpc, answers the standard gRPC health-checking protocol (NOT_SERVING while its
@@ -21,10 +21,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from retrieval.collections import Collections
-from services.collections_service import LocalCollections
-from services.log_config import configure_logging
-from services.metrics import serve_metrics
-from services.model_config import configured_models
+from services.config.models import configured_models
+from services.config.settings import Settings
+from services.observability.log_config import configure_logging
+from services.observability.metrics import serve_metrics
 from services.registry import create_service
 from services.rpc import (
     asr_pb2_grpc,
@@ -45,7 +45,7 @@ from services.rpc.servicers import (
     SpeechSynthesisServicer,
     VisionServicer,
 )
-from services.settings import Settings
+from services.tasks.collections import LocalCollections
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from pipelines.asr import ASRPipeline, ASRPipelineConfig, Transcription, decode_audio
-from services.model_config import ModelSpec
-from services.settings import Settings
-from services.timing import timed
+from services.config.models import ModelSpec
+from services.config.settings import Settings
+from services.observability.timing import timed
 from shared_engine.async_engine import StepObserver
 from shared_engine.llm_engine import EngineStats
 from shared_engine.micro_batcher import BatchObserver

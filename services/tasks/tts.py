@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from pipelines.tts import TTSPipeline, TTSPipelineConfig, check_format, encode_audio
-from services.model_config import ModelSpec
-from services.timing import timed
+from services.config.models import ModelSpec
+from services.observability.timing import timed
 from shared_engine.micro_batcher import BatchObserver, BatchStats
 
 

@@ -10,9 +10,9 @@ import numpy as np
 from PIL import Image
 
 from pipelines.vision import Label, VisionPipeline, VisionPipelineConfig
-from services.model_config import ModelSpec
-from services.settings import Settings
-from services.timing import timed
+from services.config.models import ModelSpec
+from services.config.settings import Settings
+from services.observability.timing import timed
 from shared_engine.micro_batcher import BatchObserver, BatchStats
 
 

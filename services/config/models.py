@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.sources import check_source_allowed
-from services.settings import Settings
+from services.config.settings import Settings
 from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
 from shared_engine.micro_batcher import MicroBatchConfig
 from shared_engine.quantization import DEFAULT_INT4_GROUP_SIZE, QuantizationConfig

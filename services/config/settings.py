@@ -10,7 +10,7 @@ from typing import TypeVar
 
 _N = TypeVar("_N", int, float)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""``mmserve ingest PATH --collection NAME`` (also ``mmserve-ingest`` or ``python -m services.ingest``):
-load a folder of .txt/.md/.html files into a collection through the same store the server uses.
+"""``mmserve ingest PATH --collection NAME`` (also ``mmserve-ingest`` or
+``python -m services.commands.ingest``): load a folder of .txt/.md/.html files into a collection
+through the same store the server uses.
 
 Each file becomes one document whose id is its path relative to PATH; its content hash is kept in
 the metadata, so a second run skips unchanged files and replaces changed ones. Files are committed
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from retrieval.errors import CollectionNotFound
-from services.settings import Settings
+from services.config.settings import Settings
 
 if TYPE_CHECKING:
     from retrieval.collections import Collections, Embedder
@@ -124,8 +125,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"{args.path} does not exist")
     # Imported here, not at the top: they load torch, and building the parser (``mmserve --help``) need not.
     from retrieval.collections import Collections
-    from services.embedding_service import EmbeddingService
-    from services.model_config import configured_models
+    from services.config.models import configured_models
+    from services.tasks.embedding import EmbeddingService
 
     logging.basicConfig(level=logging.WARNING)
     settings = Settings.from_env()

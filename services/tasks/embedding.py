@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from pipelines.embedding import EmbeddingPipeline, EmbeddingPipelineConfig
-from services.model_config import ModelSpec
-from services.timing import timed
+from services.config.models import ModelSpec
+from services.observability.timing import timed
 from shared_engine.micro_batcher import BatchObserver, BatchStats, MicroBatchConfig
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 
 from pipelines.llm import ChatTokenizer, LLMPipeline, LLMPipelineConfig
-from services.model_config import ModelSpec
-from services.settings import Settings
-from services.timing import record_output
+from services.config.models import ModelSpec
+from services.config.settings import Settings
+from services.observability.timing import record_output
 from shared_engine.async_engine import StepObserver
 from shared_engine.errors import ContextLengthExceeded
 from shared_engine.llm_engine import EngineStats

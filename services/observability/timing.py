@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar, cast
 
-from services import request_context
-from services.request_context import RequestContext
+from services.observability import request_context
+from services.observability.request_context import RequestContext
 from shared_engine.outputs import RequestOutput
 from shared_engine.timing import measure
 

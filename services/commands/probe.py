@@ -1,4 +1,4 @@
-"""``python -m services.probe URL``: exit 0 when a service is up (container healthchecks; no curl
+"""``python -m services.commands.probe URL``: exit 0 when a service is up (container healthchecks; no curl
 needed). ``grpc://host:port`` asks the standard gRPC health service for SERVING;
 ``http://host:port/path`` expects HTTP 200."""
 
@@ -35,7 +35,8 @@ def http_ok(url: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m services.probe grpc://HOST:PORT | http://HOST:PORT/PATH", file=sys.stderr)
+        usage = "usage: python -m services.commands.probe grpc://HOST:PORT | http://HOST:PORT/PATH"
+        print(usage, file=sys.stderr)
         return 2
     url = args[0]
     ok = grpc_serving(url.removeprefix("grpc://")) if url.startswith("grpc://") else http_ok(url)

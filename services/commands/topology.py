@@ -1,4 +1,4 @@
-"""``python -m services.topology``: the distributed topology as local processes on loopback — one
+"""``python -m services.commands.topology``: the distributed topology as local processes on loopback — one
 gRPC worker per task (or several replicas), then the gateway routed to them — for machines with no
 container engine (``make serve-distributed``). Each worker serves Prometheus metrics on a free port of
 its own, printed at start (``metrics: chat=http://127.0.0.1:PORT/metrics,...;embedding=...``). Ctrl-C or
@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.settings import REMOTE_TASKS
+from services.config.settings import REMOTE_TASKS
 
 BASE_PORT = 50061
 DEFAULT_REPLICAS = {"chat": 2}  # two LLM replicas: requests round-robin, and one may fail over
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [
             sys.executable,
             "-m",
-            "services.worker",
+            "services.commands.worker",
             "--task",
             w.task,
             "--host",
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "MMSERVE_ENDPOINTS": endpoints(workers)}
     print(f"workers: {env['MMSERVE_ENDPOINTS']}", flush=True)
     print(f"metrics: {metrics_urls(workers)}", flush=True)
-    gateway = subprocess.Popen([sys.executable, "-m", "services.serve"], env=env)
+    gateway = subprocess.Popen([sys.executable, "-m", "services.commands.serve"], env=env)
     procs.append(gateway)
     stopping = False
 

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from services import request_context
+from services.observability import request_context
 
 FORMATS = ("json", "text")
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged as a field.

@@ -1,17 +1,17 @@
-"""``python -m services.serve``: the gateway with every service in-process (embedded mode)."""
+"""``python -m services.commands.serve``: the gateway with every service in-process (embedded mode)."""
 
 from __future__ import annotations
 
 import uvicorn
 
+from services.config.models import configured_models
+from services.config.settings import Settings
 from services.gateway.app import create_app
 from services.gateway.auth import ApiKeys
 from services.gateway.deadline import DeadlinePolicy
 from services.gateway.lifecycle import DrainingServer, Lifecycle
-from services.log_config import configure_logging
-from services.model_config import configured_models
+from services.observability.log_config import configure_logging
 from services.registry import ModelRegistry, create_service, remote_collections
-from services.settings import Settings
 
 
 def build_registry(settings: Settings) -> ModelRegistry:

@@ -1,0 +1,1 @@
+"""Configuration: process-wide settings from the environment, and the model configuration file."""
