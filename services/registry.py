@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -24,12 +25,14 @@ from services.rpc.clients import (
     RemoteVisionService,
 )
 from services.rpc.retrieval_rpc import RemoteCollections
+from services.rpc.routing import Router, RoutingConfig
 from services.tasks.asr import ASRService
 from services.tasks.collections import CollectionsAPI, LocalCollections
 from services.tasks.embedding import EmbeddingService
 from services.tasks.llm import LLMService
 from services.tasks.tts import TTSService
 from services.tasks.vision import VisionService
+from services.tasks.warmup import warm_up_all
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ Vision = VisionService | RemoteVisionService
 Speech = ASRService | RemoteASRService
 Synthesis = TTSService | RemoteTTSService
 Chat = LLMService | RemoteLLMService
+REMOTE_TYPES = tuple(REMOTE_SERVICES.values())
 Service = Chat | Embeddings | Vision | Speech | Synthesis
 ServiceFactory = Callable[[ModelSpec], Service]
 
@@ -50,7 +54,8 @@ def remote_service(spec: ModelSpec, settings: Settings) -> Service:
     infos = {m.name: m for m in list_models(targets, WORKER_WAIT_S)}
     if spec.name not in infos:
         raise ModelNotFound(spec.name, spec.task)
-    channels = Channels(spec.task, targets, settings.rpc_timeout_s)
+    router = Router(RoutingConfig(policy=settings.chat_routing if spec.task == "chat" else "round_robin"))
+    channels = Channels(spec.task, targets, settings.rpc_timeout_s, router)
     return REMOTE_SERVICES[spec.task](spec, channels, infos[spec.name], settings)  # type: ignore[return-value]
 
 
@@ -107,6 +112,10 @@ class ModelRegistry:
         try:
             for spec in self.specs.values():
                 self.services[spec.name] = self.factory(spec)
+            # The models this process runs answer one request before it reports ready (remote ones are
+            # warmed by their workers); on this thread's own loop: the services bind none.
+            local = [s for s in self.services.values() if not isinstance(s, REMOTE_TYPES)]
+            asyncio.run(warm_up_all(local))
             if self.remote_collections is not None:
                 self._collections = self.remote_collections()
                 return

@@ -36,6 +36,8 @@ class Settings:
     model_dirs: tuple[Path, ...] = ()
     api_keys: tuple[str, ...] = ()  # when set, /v1 needs "Authorization: Bearer <one of them>"
     metrics_require_key: bool = False  # /metrics behind the API keys too
+    # How the gateway spreads chat requests over LLM replicas (services/rpc/routing.py).
+    chat_routing: str = "cache_aware"
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -53,6 +55,9 @@ class Settings:
             raise ValueError(f"MMSERVE_MAX_UPLOAD_MB must be >= 1, got {self.max_upload_mb}")
         if self.max_audio_seconds <= 0:
             raise ValueError(f"MMSERVE_MAX_AUDIO_SECONDS must be > 0, got {self.max_audio_seconds}")
+        if self.chat_routing not in ROUTING_POLICIES:
+            policies = ", ".join(ROUTING_POLICIES)
+            raise ValueError(f"MMSERVE_CHAT_ROUTING must be one of {policies}, got {self.chat_routing!r}")
         if self.max_image_pixels < 1:
             raise ValueError(f"MMSERVE_MAX_IMAGE_PIXELS must be >= 1, got {self.max_image_pixels}")
 
@@ -93,9 +98,11 @@ class Settings:
             model_dirs=tuple(Path(d) for d in e.get("MMSERVE_MODEL_DIRS", "").split(os.pathsep) if d.strip()),
             api_keys=tuple(k.strip() for k in e.get("MMSERVE_API_KEYS", "").split(",") if k.strip()),
             metrics_require_key=_flag(e, "MMSERVE_METRICS_REQUIRE_KEY"),
+            chat_routing=e.get("MMSERVE_CHAT_ROUTING", "cache_aware").strip().lower(),
         )
 
 
+ROUTING_POLICIES = ("cache_aware", "round_robin")
 REMOTE_TASKS = ("chat", "embedding", "vision", "asr", "tts", "retrieval")
 
 

@@ -1,12 +1,13 @@
-"""Connections from the gateway to one task's workers: round-robin over their addresses (and over
-every replica a ``dns:///`` name resolves to), a deadline on every call, the next address tried when
-one is unavailable, and gRPC statuses turned back into the service layer's exceptions."""
+"""Connections from the gateway to one task's workers: one channel per replica address (every address a
+``dns:///`` name resolves to, see replicas.py), the replica for each call picked by routing.py (chat by
+cached prefix, the rest round-robin), a deadline on every call, the next replica tried when one is
+unavailable, and gRPC statuses turned back into the service layer's exceptions."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -16,6 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.errors import ServiceUnavailable
 from services.observability import request_context
 from services.rpc import models_pb2, models_pb2_grpc
+from services.rpc.replicas import Replicas
+from services.rpc.routing import Router
 from services.rpc.status import from_status
 
 MAX_MESSAGE_BYTES = 64 << 20
@@ -41,15 +44,22 @@ def outgoing_metadata() -> tuple[tuple[str, str], ...]:
 
 
 class Channels:
-    def __init__(self, task: str, targets: Sequence[str], timeout_s: float) -> None:
+    def __init__(
+        self, task: str, targets: Sequence[str], timeout_s: float, router: Router | None = None
+    ) -> None:
         if not targets:
             raise ValueError(f"no addresses for the {task} service")
         self.task = task
         self.targets = tuple(targets)
+        self.replicas = Replicas(targets)
+        self.router = router or Router()
         self.timeout_s = timeout_s
+        self.in_flight: Counter[str] = Counter()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._turn = itertools.count()
+
+    async def _order(self, token_ids: Sequence[int] | None) -> list[str]:
+        return self.router.order(await self.replicas.addresses(), self.in_flight, token_ids)
 
     def _channel(self, target: str) -> grpc.aio.Channel:
         loop = asyncio.get_running_loop()
@@ -67,31 +77,38 @@ class Channels:
 
     async def call(self, stub_class: Callable[[grpc.aio.Channel], Any], method: str, request: Any) -> Any:
         """One unary call; an address that is down hands the call to the next one."""
-        start = next(self._turn)
-        for attempt in range(len(self.targets)):
-            target = self.targets[(start + attempt) % len(self.targets)]
+        order = await self._order(None)
+        for attempt, target in enumerate(order):
             rpc = getattr(stub_class(self._channel(target)), method)
+            self.in_flight[target] += 1
             try:
                 return await rpc(request, timeout=self._timeout(), metadata=outgoing_metadata())
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < len(self.targets):
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < len(order):
                     continue
                 metadata = tuple((str(k), str(v)) for k, v in (exc.trailing_metadata() or ()))
                 raise from_status(exc.code(), exc.details() or "", metadata, self.task) from None
+            finally:
+                self.in_flight[target] -= 1
         raise AssertionError("unreachable")
 
     async def stream(
-        self, stub_class: Callable[[grpc.aio.Channel], Any], method: str, request: Any
+        self,
+        stub_class: Callable[[grpc.aio.Channel], Any],
+        method: str,
+        request: Any,
+        prompt_token_ids: Sequence[int] | None = None,
     ) -> AsyncIterator[Any]:
-        """A server-streaming call. Until its first message arrives the call may move to the next
-        address (nothing was produced yet, so nothing is lost or repeated); after that, a failure
-        ends the stream. Closing the iterator cancels the call, which aborts the worker's request."""
-        start = next(self._turn)
-        for attempt in range(len(self.targets)):
-            target = self.targets[(start + attempt) % len(self.targets)]
+        """A server-streaming call, routed by ``prompt_token_ids`` where given. Until its first message
+        arrives the call may move to the next address (nothing was produced yet, so nothing is lost or
+        repeated); after that, a failure ends the stream. Closing the iterator cancels the call, which
+        aborts the worker's request."""
+        order = await self._order(prompt_token_ids)
+        for attempt, target in enumerate(order):
             call = getattr(stub_class(self._channel(target)), method)(
                 request, timeout=self._timeout(), metadata=outgoing_metadata()
             )
+            self.in_flight[target] += 1
             started = False
             try:
                 async for message in call:
@@ -100,11 +117,12 @@ class Channels:
                 return
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
-                if code == grpc.StatusCode.UNAVAILABLE and not started and attempt + 1 < len(self.targets):
+                if code == grpc.StatusCode.UNAVAILABLE and not started and attempt + 1 < len(order):
                     continue
                 metadata = tuple((str(k), str(v)) for k, v in (exc.trailing_metadata() or ()))
                 raise from_status(code, exc.details() or "", metadata, self.task) from None
             finally:
+                self.in_flight[target] -= 1
                 call.cancel()  # a no-op once the call has finished
 
     async def close(self) -> None:

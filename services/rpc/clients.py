@@ -193,7 +193,8 @@ class RemoteLLMService(_Remote, ChatText):
             prompt_token_ids=prompt_token_ids,
             params=params_to_proto(params),
         )
-        async for message in self.channels.stream(llm_pb2_grpc.LLMStub, "Generate", request):
+        stream = self.channels.stream(llm_pb2_grpc.LLMStub, "Generate", request, prompt_token_ids)
+        async for message in stream:
             out = output_from_proto(message, request_id)
             record_output(out)
             yield out

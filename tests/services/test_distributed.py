@@ -256,6 +256,15 @@ def chat_body(max_tokens: int = 32, **extra: Any) -> dict[str, Any]:
     return body
 
 
+def unshared_prompt(i: int, question: str) -> list[dict[str, str]]:
+    """Messages whose first tokens no other request has: no replica has them cached, so the gateway
+    places them by load (the chat template's default system prompt would be a prefix they all share)."""
+    return [
+        {"role": "system", "content": f"{i} {i} You answer briefly."},
+        {"role": "user", "content": question},
+    ]
+
+
 def chat(http: httpx.Client, max_tokens: int = 32, **extra: Any) -> dict[str, Any]:
     response = http.post("/v1/chat/completions", json=chat_body(max_tokens, **extra))
     assert response.status_code == 200, response.text
@@ -689,18 +698,22 @@ def test_chat_replica_failover(topology: Topology, gateway: ServerProcess) -> No
     wait_idle(topology, CHAT_REPLICAS, timeout=30.0)
     victim, survivor = CHAT_REPLICAS
     max_tokens, count = 40, 12
-    body = chat_body(
-        max_tokens,
-        messages=[{"role": "user", "content": "Write a poem about the sea."}],
-        ignore_eos=True,
-        stream=True,
-        stream_options={"include_usage": True},
-    )
+    bodies = [
+        chat_body(
+            max_tokens,
+            messages=unshared_prompt(i, "Write a poem about the sea."),
+            ignore_eos=True,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        for i in range(count)
+    ]
     victim_pid = topology.pid(victim)
     idle_cpu = cpu_seconds(victim_pid)
     with ThreadPoolExecutor(max_workers=count) as pool:
-        futures = [pool.submit(read_stream, gateway.base_url, body) for _ in range(count)]
-        # Kill the replica as soon as it works on its share of the requests (round robin: half of them).
+        futures = [pool.submit(read_stream, gateway.base_url, body) for body in bodies]
+        # Kill the replica as soon as it works on its share of the requests (prompts no replica has
+        # cached are spread by load: half of them).
         deadline = time.monotonic() + 60.0
         while cpu_seconds(victim_pid) - idle_cpu < 0.02:
             assert time.monotonic() < deadline, "the replica never started on its requests"
@@ -734,13 +747,13 @@ def test_chat_replica_failover(topology: Topology, gateway: ServerProcess) -> No
     for record in records:
         if record.error is None:
             assert_complete(record, max_tokens)
-    assert len(failed) <= count // 2, summary  # round robin gave the killed replica half of them
+    assert len(failed) <= count // 2, summary  # the killed replica had half of them
     waiting = [r for r in records if r.first_content_at is None or r.first_content_at > killed_at]
     assert [r for r in waiting if r.error is None], summary  # requests with nothing yet came through whole
 
     # Everything now goes to the survivor.
     with ThreadPoolExecutor(max_workers=6) as pool:
-        after = list(pool.map(lambda _: read_stream(gateway.base_url, body), range(6)))
+        after = list(pool.map(lambda body: read_stream(gateway.base_url, body), bodies[:6]))
     for record in after:
         assert_complete(record, max_tokens)
     assert topology.workers[survivor].proc.poll() is None
@@ -799,10 +812,46 @@ def test_restarted_replica_is_used_again(topology: Topology, gateway: ServerProc
     wait_serving(worker)
     wait_idle(topology, CHAT_REPLICAS, timeout=30.0)
     before = cpu_seconds(worker.proc.pid)
-    body = chat_body(16, ignore_eos=True, stream=True, stream_options={"include_usage": True})
-    for _ in range(10):  # round robin: every other one, once the gateway has reconnected to it
+    for i in range(10):  # new prefixes on idle replicas alternate, once the gateway has reconnected to it
+        messages = unshared_prompt(100 + i, "What is the capital of France?")
+        body = chat_body(
+            16, messages=messages, ignore_eos=True, stream=True, stream_options={"include_usage": True}
+        )
         assert_complete(read_stream(gateway.base_url, body), 16)
         if cpu_seconds(worker.proc.pid) - before > 0.05:
             break
     else:
         pytest.fail("the gateway did not send the restarted replica any of 10 requests")
+
+
+# -- chats routed by their cached prefix -------------------------------------------------------------------
+
+
+def test_turns_of_a_chat_find_their_prefix_cached_on_the_replica_they_reach(
+    topology: Topology, gateway: ServerProcess
+) -> None:
+    """Four conversations, each with its own long system prompt, take three turns each at once. The
+    gateway sends every turn to the replica that served the turns before, so each later turn finds its
+    whole earlier conversation in that replica's prefix cache (round-robin would find none half the time)."""
+    wait_idle(topology, CHAT_REPLICAS, timeout=30.0)
+    facts = " ".join(f"Fact {k}: the archive's shelf {k} holds maps of the river delta." for k in range(40))
+
+    def conversation(i: int) -> list[float]:
+        messages = [{"role": "system", "content": f"Assistant {i}. {facts}"}]
+        shares = []
+        with httpx.Client(base_url=gateway.base_url, timeout=REQUEST_TIMEOUT_S) as client:
+            for turn in range(3):
+                messages.append({"role": "user", "content": f"Question {turn}: which shelf holds map {i}?"})
+                response = client.post("/v1/chat/completions", json=chat_body(12, messages=messages))
+                assert response.status_code == 200, response.text
+                answer = response.json()
+                usage = answer["usage"]
+                cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+                shares.append(cached / usage["prompt_tokens"])
+                messages.append({"role": "assistant", "content": answer["choices"][0]["message"]["content"]})
+        return shares
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        shares = list(pool.map(conversation, range(4)))
+    later = [share for chat in shares for share in chat[1:]]
+    assert min(later) >= 0.8, shares
