@@ -46,6 +46,7 @@ from services.rpc.servicers import (
     VisionServicer,
 )
 from services.tasks.collections import LocalCollections
+from services.tasks.warmup import warm_up_all
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -139,6 +140,7 @@ async def serve(task: str, host: str, port: int, settings: Settings) -> None:
     await server.start()
     logger.info("%s worker listening on %s, loading models", task, address)
     services.update(await in_passing_thread(load_services, task, settings))
+    await warm_up_all(services.values())
     if isinstance(servicer, RetrievalServicer):
         texts = [name for name, s in services.items() if s.task == "embedding"]
         servicer.open(LocalCollections(Collections(settings.data_dir, services, texts[0] if texts else None)))

@@ -90,6 +90,14 @@ def timing_of(response: httpx.Response) -> tuple[int, int, int]:
     return total_ms, queue_ms, inference_ms
 
 
+def test_workers_answered_a_warm_up_request_before_they_turned_ready(topology: Topology) -> None:
+    """Run first in this module: no client request has reached the workers yet."""
+    chat = scrape(topology.workers["chat"].metrics_url)
+    assert total(chat, "mmserve:e2e_request_latency_seconds_count", model_name=DEFAULT_MODEL) == 1
+    embedding = scrape(topology.workers["embedding"].metrics_url)
+    assert total(embedding, "mmserve:encoder_batch_size_count", model_name=EMBED_MODEL) == 1
+
+
 def test_the_chat_workers_metrics_count_the_gateways_request(topology: Topology, http: httpx.Client) -> None:
     worker = topology.workers["chat"].metrics_url
     model = {"model_name": DEFAULT_MODEL}
