@@ -8,7 +8,8 @@ decode step is many small matmuls, so this is where its time goes. float32 is le
 ``F.linear`` goes to MKL rather than oneDNN, packing gained ~5% and changes the rounding.
 
 Only bfloat16 ``nn.Linear`` layers are packed (quantized ones keep their own kernels), only on a CPU
-whose torch has oneDNN; elsewhere models are left as they are. A tied LM head gets a packed copy
+with native bf16 (:func:`~shared_engine.device.cpu_bf16_native`; oneDNN refuses to pack bf16 weights
+on an AVX2-only CPU); elsewhere models are left as they are. A tied LM head gets a packed copy
 of the embedding matrix, which the embedding lookup still needs in its plain layout: that costs the
 matrix's size again in memory (54 MiB for SmolLM2-135M) and makes the head's matmul 1.5x faster at 32 rows.
 """
@@ -19,6 +20,8 @@ import logging
 
 import torch
 from torch import nn
+
+from shared_engine.device import cpu_bf16_native
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ def packing_applies(device: torch.device, dtype: torch.dtype) -> bool:
     return (
         device.type == "cpu"
         and dtype == torch.bfloat16
-        and torch.backends.mkldnn.is_available()
+        and cpu_bf16_native()
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
     )
 
@@ -44,6 +47,11 @@ class PackedLinear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
+        if not packing_applies(weight.device, weight.dtype):
+            raise ValueError(
+                f"cannot pack a {weight.dtype} weight on {weight.device} for oneDNN: only bfloat16 on a CPU "
+                "with native bf16 (see shared_engine.device.cpu_bf16_native)"
+            )
         self.out_features, self.in_features = weight.shape
         self.register_buffer("packed", torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _ROWS_HINT))
         self.register_buffer("bias", None if bias is None else bias.detach().clone())

@@ -15,6 +15,8 @@ SmolLM2-135M's projection shapes; benchmarks/RESULTS.md has the whole-model figu
 The int4 kernel reads a weight layout that depends on the CPU's instruction set, so an int4 layer
 packs for it only when it is built on the CPU in bfloat16; elsewhere it keeps plain nibbles. A model
 is quantized on the device it will run on (``build_decoder`` does it after moving the weights).
+Neither kernel needs native bf16 (``shared_engine.device.cpu_bf16_native``): both run on AVX2-only
+CPUs, so a bf16 model forced onto one still takes them.
 """
 
 from __future__ import annotations

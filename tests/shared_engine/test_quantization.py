@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from services.config.models import ModelSpec, parse_model_specs
 from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from shared_engine.llm_engine import LLMEngine
 from shared_engine.models.loader import build_decoder, iter_safetensors
+from shared_engine.packed_linear import PackedLinear, packing_applies
 from shared_engine.quantization import (
     Int4Linear,
     Int8Linear,
@@ -231,8 +233,23 @@ def test_engine_runs_quantized_with_chunks_and_prefix_hits(
     assert all(len(o) == GREEDY.max_tokens for o in again)
 
 
-def test_pipeline_carries_the_option_to_the_model(smollm2_folder: Path, tmp_path: Path) -> None:
-    """A tiny Qwen2 (q/k/v biases) through LLMPipeline: int8 layers are in place and it generates."""
+@pytest.mark.parametrize(
+    ("native_bf16", "dtype", "resolved"),
+    [(True, "bfloat16", BF16), (False, "bfloat16", BF16), (False, "auto", torch.float32)],
+    ids=["as-detected", "bf16-without-native-bf16", "auto-without-native-bf16"],
+)
+def test_pipeline_carries_the_option_to_the_model(
+    smollm2_folder: Path,
+    tmp_path: Path,
+    disable_native_bf16: Callable[[], None],
+    native_bf16: bool,
+    dtype: str,
+    resolved: torch.dtype,
+) -> None:
+    """A tiny Qwen2 (q/k/v biases) through LLMPipeline: int8 layers are in place and it generates. Without
+    native bf16 (an AVX2-only CPU) the LM head stays unpacked, and ``auto`` runs the model in float32."""
+    if not native_bf16:
+        disable_native_bf16()
     tokenizer = AutoTokenizer.from_pretrained(smollm2_folder)
     cfg = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -242,14 +259,16 @@ def test_pipeline_carries_the_option_to_the_model(smollm2_folder: Path, tmp_path
     AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "qwen")
     tokenizer.save_pretrained(tmp_path / "qwen")
     config = LLMPipelineConfig(
-        "tiny", str(tmp_path / "qwen"), dtype="bfloat16", device="cpu",
+        "tiny", str(tmp_path / "qwen"), dtype=dtype, device="cpu",
         engine=EngineConfig(cache=CacheConfig(num_blocks=32)), quantization=QuantizationConfig("int8"),
     )  # fmt: skip
     pipeline = LLMPipeline(config, tmp_path / "cache")
     try:
         model: Any = pipeline.engine.engine.runner.model
-        assert isinstance(model.model.layers[0].self_attn.qkv_proj, Int8Linear)
-        assert model.model.layers[0].self_attn.qkv_proj.bias is not None
+        assert pipeline.dtype == resolved
+        qkv = model.model.layers[0].self_attn.qkv_proj
+        assert isinstance(qkv, Int8Linear) and qkv.bias is not None and qkv.scales.dtype == resolved
+        assert isinstance(model.lm_head, PackedLinear) == (native_bf16 and packing_applies(CPU, resolved))
 
         async def run() -> list[int]:
             return [
