@@ -15,18 +15,17 @@ from transformers.generation.streamers import BaseStreamer
 from benchmarks.metrics import RequestResult, RunResult
 from benchmarks.noise import CpuMeter
 from benchmarks.workload import Prompt
+from shared_engine.device import resolve_device, resolve_dtype
 
 
 def server_device() -> torch.device:
     """What the server's ``device = "auto"`` picks."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device("auto")
 
 
 def server_dtype(device: torch.device) -> torch.dtype:
-    """What the server's ``dtype = "auto"`` picks: bf16 where the hardware has it, else float32."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if torch.cpu._is_avx512_bf16_supported() else torch.float32
+    """What the server's ``dtype = "auto"`` picks: bf16 where the hardware computes it, else float32."""
+    return resolve_dtype("auto", device)
 
 
 class TokenTimer(BaseStreamer):
