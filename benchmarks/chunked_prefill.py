@@ -21,207 +21,43 @@ budget.) Prefix caching is off, so no run reuses another's prompt.
 
     .venv/bin/python benchmarks/chunked_prefill.py [--streams 8] [--long-prompt-len 2000]
         [--chunk-budget 256] [--repeats 3] [--threads N]
+
+The parts: ``chunked_prefill_workload`` (prompts, configurations, engines), ``chunked_prefill_run`` (one
+run and its window) and ``chunked_prefill_report`` (percentiles, the table); this script parses the options
+and alternates the runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
-import math
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np
 import torch
 
 from benchmarks import report
 from benchmarks.chat_model import configured_chat_model
-from benchmarks.noise import CpuMeter
-from benchmarks.workload import build_prompts, corpus_words, default_corpus
-from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from benchmarks.chunked_prefill_report import format_table, summarize
+from benchmarks.chunked_prefill_run import run_once
+from benchmarks.chunked_prefill_workload import (
+    Workload,
+    engine_for,
+    long_prompt,
+    scheduler_configs,
+    stream_max_tokens,
+    stream_prompts,
+)
+from benchmarks.offline_engine import rotation
+from benchmarks.workload import default_corpus
 from shared_engine.llm_engine import LLMEngine
-from shared_engine.sampling_params import SamplingParams
-
-BLOCK_SIZE = 16
-LONG = "long"
-MAX_STEPS = 100_000  # a run that needs more steps than this is stuck
 
 
-def greedy(max_tokens: int) -> SamplingParams:
-    return SamplingParams(max_tokens, temperature=0.0, ignore_eos=True)
-
-
-def long_prompt(tokenizer: Any, length: int) -> list[int]:
-    """Exactly ``length`` tokens of the corpus, repeated as often as needed."""
-    text = default_corpus().read_text(encoding="utf-8")
-    ids: list[int] = tokenizer.encode(text, add_special_tokens=False)
-    copies = math.ceil(length / len(ids))
-    if copies > 1:
-        ids = tokenizer.encode("\n\n".join([text] * copies), add_special_tokens=False)
-    return ids[:length]
-
-
-def prefill_steps(long_len: int, budget: int, streams: int) -> int:
-    """Steps the long prompt needs when every step also carries the streams' decodes."""
-    return math.ceil(long_len / (budget - streams))
-
-
-def make_engine(
-    model: Any, tokenizer: Any, device: torch.device, dtype: torch.dtype, sched: SchedulerConfig, blocks: int
-) -> LLMEngine:
-    cache = CacheConfig(block_size=BLOCK_SIZE, num_blocks=blocks, enable_prefix_caching=False)
-    config = EngineConfig(cache=cache, scheduler=sched)
-    return LLMEngine(model, tokenizer, config, device, dtype, frozenset())
-
-
-def run_once(
-    engine: LLMEngine,
-    tag: str,
-    streams: list[list[int]],
-    long_ids: list[int],
-    warmup_tokens: int,
-    after_tokens: int,
-    stream_max_tokens: int,
-) -> dict[str, Any]:
-    """One run: the streams to ``warmup_tokens`` each, then the long prompt, to its end."""
-    if engine.has_unfinished_requests():
-        raise RuntimeError("the engine has requests left from an earlier run")
-    meter = CpuMeter([os.getpid()])
-    ids = [f"{tag}-s{i}" for i in range(len(streams))]
-    long_id = f"{tag}-{LONG}"
-    times: dict[str, list[float]] = {rid: [] for rid in [*ids, long_id]}
-    steps: list[tuple[float, float, int, int]] = []  # start, end, sequences, tokens
-    finished: set[str] = set()
-
-    def step() -> None:
-        if len(steps) >= MAX_STEPS:
-            raise RuntimeError(f"no end after {MAX_STEPS} steps")
-        start = time.perf_counter()
-        outs = engine.step()
-        end = time.perf_counter()
-        stats = engine.stats()
-        steps.append((start, end, stats.last_batch_size, stats.last_batch_tokens))
-        for out in outs:
-            times[out.request_id].extend([end] * len(out.token_ids))
-            if out.finished:
-                finished.add(out.request_id)
-
-    for rid, prompt in zip(ids, streams, strict=True):
-        engine.add_request(rid, prompt, greedy(stream_max_tokens))
-    while min(len(times[rid]) for rid in ids) < warmup_tokens:
-        step()
-    all_decoding = max(times[rid][0] for rid in ids)
-    arrival = time.perf_counter()
-    engine.add_request(long_id, long_ids, greedy(after_tokens + 1))
-    while long_id not in finished:
-        step()
-    end = time.perf_counter()
-    for rid in ids:
-        engine.abort_request(rid)
-    other_cores = meter.read()["other_cores"]
-
-    window: list[float] = []
-    steady: list[float] = []
-    for rid in ids:
-        t = times[rid]
-        for prev, cur in itertools.pairwise(t):
-            if cur > arrival:
-                window.append(cur - prev)
-            elif prev >= all_decoding:
-                steady.append(cur - prev)
-    first_token = times[long_id][0]
-    window_steps = [s for s in steps if s[0] >= arrival]
-    prefill = [s for s in window_steps if s[1] <= first_token]
-    return {
-        "long_ttft_ms": round((first_token - arrival) * 1e3, 3),
-        "long_itl_ms": [round((b - a) * 1e3, 3) for a, b in itertools.pairwise(times[long_id])],
-        "window_s": round(end - arrival, 3),
-        "prefill_steps": len(prefill),
-        "prefill_step_tokens": [s[3] for s in prefill],
-        "window_step_ms": [round((s[1] - s[0]) * 1e3, 3) for s in window_steps],
-        "window_step_tokens": [s[3] for s in window_steps],
-        "streams_finished_early": sum(1 for rid in ids if rid in finished),
-        "itl_ms": [round(g * 1e3, 3) for g in window],
-        "steady_itl_ms": [round(g * 1e3, 3) for g in steady],
-        "other_cores": other_cores,
-    }
-
-
-def pct(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 3) if values else None
-
-
-def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    gaps = [g for r in runs for g in r["itl_ms"]]
-    steady = [g for r in runs for g in r["steady_itl_ms"]]
-    ttfts = [r["long_ttft_ms"] for r in runs]
-    others = [r["other_cores"] for r in runs if r["other_cores"] is not None]
-    return {
-        "itl_samples": len(gaps),
-        "itl_p50_ms": pct(gaps, 50),
-        "itl_p99_ms": pct(gaps, 99),
-        "itl_max_ms": round(max(gaps), 3) if gaps else None,
-        "itl_mean_ms": round(statistics.fmean(gaps), 3) if gaps else None,
-        "steady_itl_p50_ms": pct(steady, 50),
-        "long_ttft_ms_median": round(statistics.median(ttfts), 3),
-        "long_ttft_ms_runs": ttfts,
-        "prefill_steps_runs": [r["prefill_steps"] for r in runs],
-        "max_step_tokens": max(max(r["window_step_tokens"]) for r in runs),
-        "other_cores": round(statistics.median(others), 2) if others else None,
-    }
-
-
-def format_table(payload: dict[str, Any]) -> str:
-    head = [
-        "config", "budget", "prefill steps", "max step tok", "long TTFT ms", "ITL p50", "ITL p99",
-        "ITL max", "steady p50", "gaps",
-    ]  # fmt: skip
-    rows = [head]
-    for name, res in payload["configs"].items():
-        s = res["summary"]
-        steps = "/".join(str(x) for x in sorted(set(s["prefill_steps_runs"])))
-        rows.append(
-            [
-                name,
-                str(res["max_num_batched_tokens"]),
-                steps,
-                str(s["max_step_tokens"]),
-                f"{s['long_ttft_ms_median']:,.1f}",
-                *(f"{s[k]:,.1f}" for k in ("itl_p50_ms", "itl_p99_ms", "itl_max_ms", "steady_itl_p50_ms")),
-                str(s["itl_samples"]),
-            ]
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    m = payload["machine"]
-    w = payload["workload"]
-    return "\n".join(
-        [
-            f"{payload['model']}  {m['cpu_model']}, {m['cpus_usable']} cores, {m['torch_threads']} torch "
-            f"threads, torch {m['torch_version']}, {m['dtype']}, {m['device']}"
-            + (f" ({m['gpu']})" if m["gpu"] else ""),
-            f"{w['streams']} streams (prompts ~{w['stream_prompt_len']} tok, greedy) decoding; after "
-            f"{w['warmup_tokens']} tokens each a {w['long_prompt_len']}-token prompt arrives "
-            f"(max_tokens {w['after_tokens'] + 1}); {payload['repeats']} runs per config",
-            f"load average before/after: {payload['loadavg_before']} / {payload['loadavg_after']}",
-            "",
-            *lines,
-            "",
-            "ITL (ms): the streams' gaps between consecutive tokens from the long prompt's arrival to its "
-            "last token, all runs pooled;",
-            "steady p50: their gaps before it arrived. long TTFT: median over runs, arrival to first token.",
-        ]
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--streams", type=int, default=8, help="running streams")
     p.add_argument("--stream-prompt-len", type=int, default=32, help="tokens of each stream's prompt")
@@ -248,74 +84,35 @@ def main(argv: list[str] | None = None) -> int:
             f"--unchunked-budget must be >= --long-prompt-len + --streams ({args.long_prompt_len + n}): "
             "without chunking a longer prompt waits until the streams end"
         )
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     chat = configured_chat_model(args.device, args.dtype)
-    spec, device, dtype, tokenizer = chat.spec, chat.device, chat.dtype, chat.tokenizer
+    device, dtype, tokenizer = chat.device, chat.dtype, chat.tokenizer
     model = chat.build()
     loadavg_before = os.getloadavg()
 
-    words = corpus_words(default_corpus())
-    streams = [
-        tokenizer.encode(pr.text, add_special_tokens=False)
-        for pr in build_prompts(
-            words, tokenizer, n, args.stream_prompt_len, seed=0, prefix_tag="chunked-prefill"
-        )
-    ]
+    streams = stream_prompts(tokenizer, args.streams, args.stream_prompt_len)
     long_ids = long_prompt(tokenizer, args.long_prompt_len)
     if len(long_ids) != args.long_prompt_len:
         raise RuntimeError(f"long prompt has {len(long_ids)} tokens, not {args.long_prompt_len}")
+    work = Workload(streams, long_ids, args.warmup_tokens, args.after_tokens)
 
-    scheds = {
-        "chunked": SchedulerConfig(
-            max_num_seqs=max(64, n + 1),
-            max_num_batched_tokens=args.chunk_budget,
-            enable_chunked_prefill=True,
-        ),
-        "unchunked": SchedulerConfig(
-            max_num_seqs=max(64, n + 1),
-            max_num_batched_tokens=args.unchunked_budget,
-            enable_chunked_prefill=False,
-        ),
+    scheds = scheduler_configs(args.streams, args.chunk_budget, args.unchunked_budget)
+    stream_max = {name: stream_max_tokens(work, sched) for name, sched in scheds.items()}
+    engines: dict[str, LLMEngine] = {
+        name: engine_for(model, tokenizer, device, dtype, sched, work, stream_max[name])
+        for name, sched in scheds.items()
     }
-    engines: dict[str, LLMEngine] = {}
-    stream_max: dict[str, int] = {}
-    for name, sched in scheds.items():
-        # Enough tokens that no stream ends inside the window (the prompts' own prefill may take a step
-        # or two more), and enough KV blocks for all of it at once: no preemption.
-        stream_max[name] = (
-            args.warmup_tokens + prefill_steps(args.long_prompt_len, sched.max_num_batched_tokens, n)
-            + args.after_tokens + 16
-        )  # fmt: skip
-        blocks = sum(math.ceil((len(s) + stream_max[name]) / BLOCK_SIZE) for s in streams)
-        blocks += math.ceil((args.long_prompt_len + args.after_tokens + 1) / BLOCK_SIZE) + n + 4
-        engines[name] = make_engine(model, tokenizer, device, dtype, sched, blocks)
-
-    def run(name: str, tag: str) -> dict[str, Any]:
-        return run_once(
-            engines[name], tag, streams, long_ids, args.warmup_tokens, args.after_tokens, stream_max[name]
-        )
-
-    names = list(engines)
-    for w in range(args.warmup_runs):
-        for name in names:
-            run(name, f"warmup{w}")
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    for r in range(args.repeats):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            runs[name].append(run(name, f"run{r}"))
-            last = runs[name][-1]
-            print(
-                f"run {r + 1}/{args.repeats} {name}: long TTFT {last['long_ttft_ms']:,.1f} ms, "
-                f"{last['prefill_steps']} prefill steps, max stream ITL {max(last['itl_ms']):,.1f} ms",
-                flush=True,
-            )
+    runs = alternate(engines, work, stream_max, args.warmup_runs, args.repeats)
     payload = {
-        **report.run_header("chunked_prefill", spec.name, device, dtype, loadavg_before),
+        **report.run_header("chunked_prefill", chat.spec.name, device, dtype, loadavg_before),
         "repeats": args.repeats,
         "warmup_runs": args.warmup_runs,
         "workload": {
-            "streams": n,
+            "streams": args.streams,
             "stream_prompt_len": args.stream_prompt_len,
             "stream_prompt_tokens": [len(s) for s in streams],
             "warmup_tokens": args.warmup_tokens,
@@ -333,13 +130,35 @@ def main(argv: list[str] | None = None) -> int:
                 "summary": summarize(runs[name]),
                 "runs": runs[name],
             }
-            for name in names
+            for name in engines
         },
     }
     print()
     print(format_table(payload))
     print(f"results: {report.write_results(payload, name='chunked-prefill')}")
     return 0
+
+
+def alternate(
+    engines: dict[str, LLMEngine], work: Workload, stream_max: dict[str, int], warmup_runs: int, repeats: int
+) -> dict[str, list[dict[str, Any]]]:
+    """``warmup_runs`` unrecorded runs of each configuration, then ``repeats`` recorded ones, the order of
+    the configurations rotating; progress on stdout."""
+    names = list(engines)
+    for w in range(warmup_runs):
+        for name in names:
+            run_once(engines[name], f"warmup{w}", work, stream_max[name])
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in rotation(names, r):
+            runs[name].append(run_once(engines[name], f"run{r}", work, stream_max[name]))
+            last = runs[name][-1]
+            print(
+                f"run {r + 1}/{repeats} {name}: long TTFT {last['long_ttft_ms']:,.1f} ms, "
+                f"{last['prefill_steps']} prefill steps, max stream ITL {max(last['itl_ms']):,.1f} ms",
+                flush=True,
+            )
+    return runs
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from transformers import AutoTokenizer
 
-from benchmarks import baseline, llama_cpp, load, plots, report, server
+from benchmarks import baseline, llama_cpp_build, llama_cpp_server, load, plots, report, server
 from benchmarks.metrics import SLO_METRICS, summarize
 from benchmarks.workload import Prompt, build_prompts, corpus_words, default_corpus
 from pipelines.sources import resolve_source
@@ -206,14 +206,14 @@ def main(argv: list[str] | None = None) -> int:
         levels += run_levels(args, "ours", server_context(args), make_prompts, args.model)
     if "llama.cpp" in args.target_list:
         gguf = gguf_of(args.model)
-        binary = llama_cpp.llama_server_binary()
-        peers["llama.cpp"] = {"version": llama_cpp.llama_cpp_version(binary), "gguf": str(gguf),
+        binary = llama_cpp_build.llama_server_binary()
+        peers["llama.cpp"] = {"version": llama_cpp_build.llama_cpp_version(binary), "gguf": str(gguf),
                               "parallel": max(args.levels)}  # fmt: skip
-        context = llama_cpp.llama_server(
+        context = llama_cpp_server.llama_server(
             gguf, parallel=max(args.levels), ready_timeout=args.ready_timeout, alias=args.model
         )
         levels += run_levels(
-            args, "llama.cpp", context, make_prompts, args.model, llama_cpp.request_overrides()
+            args, "llama.cpp", context, make_prompts, args.model, llama_cpp_server.request_overrides()
         )
     naive = run_naive(args, folder, make_prompts)
     device = baseline.server_device()
