@@ -1,9 +1,13 @@
-"""What the distributed mode costs: latency and throughput of the same requests served embedded (one
-process) and through gRPC workers (gateway → one LLM worker, one embedding worker), in one run.
+"""What the distributed mode costs and gains, in two scenarios:
 
-Target: gRPC adds < 10% to the p50 latency of a 64-token chat completion.
+* ``overhead`` (the default): latency and throughput of the same requests served embedded (one process)
+  and through gRPC workers (gateway → one LLM worker, one embedding worker), in one run. Target: gRPC
+  adds < 10% to the p50 latency of a 64-token chat completion.
+* ``routing``: multi-turn chats on two LLM replicas, round-robin vs cache-aware routing
+  (benchmarks/prefix_routing.py): the cached share of each later turn's prompt, and TTFT.
 
     .venv/bin/python benchmarks/distributed.py [--requests 20] [--concurrency 8]
+    .venv/bin/python benchmarks/distributed.py --scenario routing [--chats 6] [--turns 4] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ if __package__ in (None, ""):
 import httpx
 import torch
 
-from benchmarks import report, server
+from benchmarks import prefix_routing, report, server
 
 TARGET = 0.10
 CHAT = {
@@ -91,8 +95,15 @@ def main(argv: list[str] | None = None) -> int:
         "--requests", type=int, default=20, help="chat requests per level and mode (embeddings: 10x)"
     )
     p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=5, help="alternations between the two servers")
+    p.add_argument("--rounds", type=int, help="alternations between the two servers (default 5; routing: 2)")
+    p.add_argument("--scenario", choices=("overhead", "routing"), default="overhead")
+    p.add_argument("--chats", type=int, default=6, help="routing: conversations at once")
+    p.add_argument("--turns", type=int, default=4, help="routing: turns per conversation")
+    p.add_argument("--system-words", type=int, default=300, help="routing: words of each system prompt")
     args = p.parse_args(argv)
+    if args.scenario == "routing":
+        args.rounds = args.rounds or 2
+        return routing(args.chats, args.turns, args.system_words, args.rounds)
     # Both servers up at once (one LLM worker in gRPC mode, so both run one engine), used in turn.
     topology = ("--base-port", "0", "--replicas", "chat=1")
     embedded: dict[str, Any] = {}
@@ -105,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             ("embeddings", "/v1/embeddings", EMBED, args.requests * 10),
         ):
             for c in (1, args.concurrency):
-                both = paired(urls, path, body, requests, c, args.rounds)
+                both = paired(urls, path, body, requests, c, args.rounds or 5)
                 embedded.setdefault(name, []).append(both["embedded"])
                 grpc_mode.setdefault(name, []).append(both["grpc"])
     overhead = grpc_mode["chat"][0]["p50_ms"] / embedded["chat"][0]["p50_ms"] - 1
@@ -125,6 +136,30 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{task:<10} c={e['concurrency']:<3} {left} | {right}")
     print(f"gRPC adds {overhead:+.1%} to a 64-token chat completion's p50 (target < {TARGET:.0%})")
     print(f"results: {report.write_results(payload, name='distributed')}")
+    return 0
+
+
+def routing(chats: int, turns: int, words: int, rounds: int) -> int:
+    results = prefix_routing.run(chats, turns, words, rounds)
+    aware = results["cache_aware"]
+    met = aware["cached_share_mean"] >= 0.9 and aware["turns_below_half"] == 0
+    payload = {
+        "benchmark": "distributed-routing",
+        "machine": report.machine_info(torch.device("cpu"), torch.bfloat16),
+        "chats": chats,
+        "turns": turns,
+        "system_words": words,
+        "rounds": rounds,
+        "policies": results,
+        "target": "turns after the first: mean cached share >= 0.9, none below 0.5",
+        "met": met,
+    }
+    for policy, r in results.items():
+        cached = f"{r['cached_share_mean']:.1%} mean, {r['cached_share_min']:.1%} min"
+        ttft = f"TTFT p50 {r['ttft_p50_ms']} ms p99 {r['ttft_p99_ms']} ms"
+        print(f"{policy:<12} later turns cached {cached}, {r['turns_below_half']} below half | {ttft}")
+    print(f"target met: {met}")
+    print(f"results: {report.write_results(payload, name='distributed-routing')}")
     return 0
 
 

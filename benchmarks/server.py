@@ -59,12 +59,16 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
 
 @contextmanager
 def local_server(
-    ready_timeout: float, module: str = "services.commands.serve", args: tuple[str, ...] = ()
+    ready_timeout: float,
+    module: str = "services.commands.serve",
+    args: tuple[str, ...] = (),
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
     """Start ``python -m <module>`` (the gateway, or the whole distributed topology) and yield it;
     stop it on exit."""
     port = free_port()
     env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "MMSERVE_LOG_LEVEL": "warning"}
+    env.update(extra_env or {})
     proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env)
     base_url = f"http://127.0.0.1:{port}"
     try:
