@@ -37,7 +37,6 @@ recompiles), ``compile_report`` (the table); this script parses the options and 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import shutil
 import statistics
@@ -142,9 +141,10 @@ def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         output_len=args.output_len,
         warmup_tokens=args.warmup_tokens,
     )
-    # Every copy is taken before anything is compiled: each variant has its own modules.
+    # Each variant gets its own modules, built from the weights before anything is compiled (a copy of a
+    # built model cannot be taken: oneDNN-packed weights have no storage to copy).
     variants = [Variant("eager", "eager", "default", model)]
-    variants += [Variant(name, kind, mode, copy.deepcopy(model)) for name, kind, mode in specs]
+    variants += [Variant(name, kind, mode, chat.build()) for name, kind, mode in specs]
     results: dict[str, dict[str, Any]] = {"eager": {"name": "eager", "kind": "eager", "mode": "-"}}
     results |= {name: {"name": name, "kind": kind, "mode": mode} for name, kind, mode in specs}
     engines = warm_up_variants(variants, work, log, results)
@@ -181,10 +181,14 @@ def exact_check(
     second copy loaded in it."""
     check_dtype = resolve_dtype(args.check_dtype, chat.device)
     print(f"correctness check in {check_dtype} ...", flush=True)
-    check_model = model if check_dtype == chat.dtype else chat.build(dtype=check_dtype)
+
+    def build() -> DecoderModel:
+        return chat.build(dtype=check_dtype)
+
+    check_model = model if check_dtype == chat.dtype else build()
     prompts = check_prompts(corpus, args.check_prompts, args.prompt_len)
     return correctness_check(
-        check_model, specs, chat.tokenizer, prompts, args.check_tokens, chat.device, check_dtype, log
+        check_model, build, specs, chat.tokenizer, prompts, args.check_tokens, chat.device, check_dtype, log
     )
 
 

@@ -3,9 +3,9 @@ eager's, all prompts at once, in a dtype of its own (float32 by default, where t
 
 from __future__ import annotations
 
-import copy
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -44,6 +44,7 @@ def check_prompts(corpus: list[int], count: int, longest: int) -> list[list[int]
 
 def correctness_check(
     model: DecoderModel,
+    build: Callable[[], DecoderModel],
     specs: list[VariantSpec],
     tokenizer: Any,
     prompts: list[list[int]],
@@ -52,7 +53,8 @@ def correctness_check(
     dtype: torch.dtype,
     log: RecompileLog,
 ) -> dict[str, Any]:
-    """Greedy outputs of each compiled variant against eager's, all prompts at once, in ``dtype``."""
+    """Greedy outputs of each compiled variant (on a model of its own from ``build``) against eager's (on
+    ``model``), all prompts at once, in ``dtype``."""
     blocks = kv_blocks(len(prompts), max(map(len, prompts)), tokens)
     params = greedy(tokens)
     eager = make_engine(Variant("eager", "eager", "default", model), tokenizer, blocks, device, dtype)
@@ -68,7 +70,7 @@ def correctness_check(
         before = dynamo_snapshot()
         start = time.perf_counter()
         try:
-            v = Variant(name, kind, mode, copy.deepcopy(model))
+            v = Variant(name, kind, mode, build())
             got = make_engine(v, tokenizer, blocks, device, dtype).generate(prompts, params)
         except Exception as e:  # report the failure, go on with the others
             out["variants"][name] = {"error": f"{type(e).__name__}: {e}"}
