@@ -26,9 +26,27 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# The instruction sets that decide which kernels run (see shared_engine.device.cpu_bf16_native).
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16",
+                "avx_vnni", "avx_ne_convert", "amx_bf16", "amx_int8")  # fmt: skip
+
+
+def cpu_flags() -> list[str]:
+    """Which of ``KERNEL_FLAGS`` this CPU has (from /proc/cpuinfo; empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    present = set(line.partition(":")[2].split())
+    return [f for f in KERNEL_FLAGS if f in present]
+
+
 def machine_info(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     return {
         "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_flags": cpu_flags(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)),
         "torch_version": torch.__version__,

@@ -1,4 +1,5 @@
-"""The serving benchmark's own logic: Poisson arrivals, goodput against objectives, prompt files."""
+"""The benchmarks' own logic: Poisson arrivals, goodput against objectives, prompt files, the quality
+benchmark's agreement measures."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 
+from benchmarks import quality, quantization
+from benchmarks.chat_model import configured_chat_model
 from benchmarks.load import arrival_times, request_body
 from benchmarks.metrics import RequestResult, RunResult, summarize
 from benchmarks.serving import file_prompts, parse_slos
 from benchmarks.workload import Prompt
+from shared_engine.sampling_params import SamplingParams
 
 
 def test_arrivals_are_a_seeded_poisson_process() -> None:
@@ -56,3 +61,18 @@ def test_prompt_files_take_json_lines_or_plain_lines_and_cycle(tmp_path: Path) -
 def test_peer_overrides_replace_request_fields() -> None:
     body = request_body("m", Prompt(0, "hi", 1), 16, {"model": "other", "n_probs": 0})
     assert body["model"] == "other" and body["n_probs"] == 0 and body["max_tokens"] == 16
+
+
+def test_teacher_forced_agreement_reads_the_continuation_a_model_itself_generated() -> None:
+    """A model agrees with its own greedy continuation at every position; with one made of a token it never
+    predicts (<unk>) at none."""
+    chat = configured_chat_model(None, "float32")
+    model = chat.build(None, torch.float32)
+    prompts = [chat.tokenizer.encode("The capital of France is")]
+    params = SamplingParams(12, temperature=0.0, ignore_eos=True)
+    engine = quantization.make_engine(model, chat.tokenizer, chat.device, torch.float32)
+    own = quantization.greedy(engine, prompts, params)
+    assert quality.teacher_forced(model, prompts, own, chat.device, torch.float32) == 1.0
+    unknown = [[chat.tokenizer.unk_token_id] * len(own[0])]
+    assert quality.teacher_forced(model, prompts, unknown, chat.device, torch.float32) == 0.0
+    assert quality.free_running(own, own) == 1.0 and quality.free_running(own, unknown) == 0.0
