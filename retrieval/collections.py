@@ -16,7 +16,9 @@ import numpy as np
 
 from retrieval.chunking import ChunkingConfig, chunk_text
 from retrieval.errors import CollectionExists, CollectionNotFound, DocumentNotFound, InvalidName
+from retrieval.fusion import QueryOptions
 from retrieval.index import INDEX_KINDS, VectorIndex
+from retrieval.search import SearchRequest, SearchResult, search
 from retrieval.store import CollectionRecord, DocumentRecord, DocumentStore, NewDocument
 from shared_engine.errors import InvalidRequest
 
@@ -66,15 +68,6 @@ class DocumentInput:
     id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     image: bytes | None = None
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    document_id: str
-    chunk_id: int
-    text: str
-    score: float
-    metadata: dict[str, Any]
 
 
 def check_name(name: str, pattern: re.Pattern[str], what: str) -> str:
@@ -237,30 +230,32 @@ class Collections:
         top_k: int = 5,
         where: dict[str, Any] | None = None,
         image: bytes | None = None,
+        options: QueryOptions | None = None,
     ) -> list[SearchResult]:
-        """The ``top_k`` chunks nearest to a text query, or (in a collection of images) an image query."""
+        """The ``top_k`` best documents (or chunks, by ``options.group_by``) for a text query, ranked by
+        ``options.mode``; a collection of images is queried with an image, by its vectors alone."""
+        options = options or QueryOptions()
         record = self.record(name)
         embedder = self.embedders[record.model]
+        vector: np.ndarray | None = None
         if _is_image(embedder):
             if image is None:
                 raise InvalidRequest(
                     f"collection {name!r} holds images: query it with an image", param="image"
                 )
+            if options.mode == "lexical":
+                raise InvalidRequest(f"collection {name!r} holds images: it has no words", param="mode")
             (vector,) = await embedder.embed_images([image])  # type: ignore[union-attr]
+            text = None
         else:
             if image is not None:
                 raise InvalidRequest(f"collection {name!r} holds text: query it with text", param="image")
             if not text or not text.strip():
                 raise InvalidRequest("query must not be empty", param="query")
-            (vector,) = await embedder.embed(embedder.tokenize([text], truncate=True))  # type: ignore[union-attr]
-        allowed = self.store.chunk_ids_matching(name, where) if where else None
-        hits = self._index(name).search(vector, top_k, allowed)
-        chunks = self.store.chunks([h[0] for h in hits])
-        return [
-            SearchResult(c.document_id, c.chunk_id, c.text, score, c.metadata)
-            for chunk_id, score in hits
-            if (c := chunks.get(chunk_id)) is not None
-        ]
+            if options.mode != "lexical":
+                (vector,) = await embedder.embed(embedder.tokenize([text], truncate=True))  # type: ignore[union-attr]
+        request = SearchRequest(name, vector, text, top_k, options, where)
+        return search(self.store, self._index(name), request)
 
     # -- persistence --------------------------------------------------------------------------------------
 

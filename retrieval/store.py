@@ -1,8 +1,8 @@
 """The durable document store: SQLite in WAL mode with full fsync.
 
-A document's text, metadata, chunks and their vectors are written in one transaction; when
-``add_documents`` returns, they are on disk. The vector index is derived data: it can always be
-rebuilt from the ``chunks`` table, whose row ids are the index's ids.
+A document's text, metadata, chunks, their vectors and their lexical (FTS5) index entries are written
+in one transaction; when ``add_documents`` returns, they are on disk. The vector index is derived data:
+it can always be rebuilt from the ``chunks`` table, whose row ids are the index's ids.
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from retrieval import lexical
+
+# 1: every collection has a lexical index (stores of version 0 get theirs built when first opened).
+SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
     name TEXT PRIMARY KEY,
@@ -92,6 +96,19 @@ class DocumentStore:
         self.db.execute("PRAGMA synchronous=FULL")  # a commit is on disk before we answer 2xx
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Bring a store written by an older version up to SCHEMA_VERSION, in one transaction: a crash
+        halfway leaves the old store as it was, and the next open tries again."""
+        if self.db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        with self._transaction():
+            for (name,) in self.db.execute("SELECT name FROM collections").fetchall():
+                if not lexical.exists(self.db, name):
+                    lexical.create(self.db, name)
+                    lexical.fill(self.db, name)
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self.db.close()
@@ -99,11 +116,14 @@ class DocumentStore:
     # -- collections --------------------------------------------------------------------------------
 
     def create_collection(self, record: CollectionRecord) -> None:
-        self.db.execute(
-            "INSERT INTO collections VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (record.name, record.model, record.index_kind, record.dimensions, record.chunk_tokens,
-             record.overlap_tokens, record.created),
-        )  # fmt: skip
+        with self._transaction():
+            self.db.execute(
+                "INSERT INTO collections VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (record.name, record.model, record.index_kind, record.dimensions, record.chunk_tokens,
+                 record.overlap_tokens, record.created),
+            )  # fmt: skip
+            lexical.drop(self.db, record.name)  # a stale table's postings would skew BM25's statistics
+            lexical.create(self.db, record.name)
 
     def collections(self) -> list[CollectionRecord]:
         rows = self.db.execute("SELECT * FROM collections ORDER BY created").fetchall()
@@ -114,6 +134,7 @@ class DocumentStore:
             self.db.execute("DELETE FROM chunks WHERE collection = ?", (name,))
             self.db.execute("DELETE FROM documents WHERE collection = ?", (name,))
             self.db.execute("DELETE FROM collections WHERE name = ?", (name,))
+            lexical.drop(self.db, name)
 
     def count_documents(self, collection: str) -> int:
         return int(
@@ -137,6 +158,7 @@ class DocumentStore:
         chunk_ids: list[list[int]] = []
         with self._transaction():
             for doc in docs:
+                lexical.remove_document(self.db, collection, doc.id)
                 self.db.execute(
                     "DELETE FROM chunks WHERE collection = ? AND document_id = ?", (collection, doc.id)
                 )
@@ -152,6 +174,7 @@ class DocumentStore:
                         (collection, doc.id, seq, text, np.asarray(vector, dtype="<f4").tobytes()),
                     )
                     ids.append(int(cur.lastrowid or 0))
+                lexical.insert(self.db, collection, zip(ids, doc.chunks, strict=True))
                 chunk_ids.append(ids)
         return chunk_ids
 
@@ -176,6 +199,7 @@ class DocumentStore:
         """Delete a document and its chunks; returns the chunk ids removed."""
         with self._transaction():
             ids = self.chunk_ids_of(collection, doc_id)
+            lexical.remove_document(self.db, collection, doc_id)
             self.db.execute(
                 "DELETE FROM chunks WHERE collection = ? AND document_id = ?", (collection, doc_id)
             )
@@ -212,6 +236,13 @@ class DocumentStore:
 
     def chunk_ids_matching(self, collection: str, where: dict[str, Any]) -> np.ndarray:
         """Chunk ids of documents whose metadata equals every ``where`` field exactly."""
+        sql, params = self.matching_sql(collection, where)
+        rows = self.db.execute(sql, params).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def matching_sql(self, collection: str, where: dict[str, Any]) -> tuple[str, list[Any]]:
+        """A query selecting the chunk ids of ``chunk_ids_matching``, with its parameters (to be used
+        as a subquery)."""
         clauses: list[str] = []
         params: list[Any] = [collection]
         for key, value in where.items():
@@ -227,13 +258,19 @@ class DocumentStore:
                 kind = {int: "integer", float: "real"}.get(type(value), "text")
                 clauses.append("json_extract(d.metadata, ?) = ? AND json_type(d.metadata, ?) IN (?, ?)")
                 params += [path, value, path, kind, "integer" if kind == "real" else kind]
-        rows = self.db.execute(
+        sql = (
             "SELECT c.id FROM chunks c JOIN documents d "
             "ON d.collection = c.collection AND d.id = c.document_id "
-            f"WHERE c.collection = ? AND {' AND '.join(clauses)}",
-            params,
-        ).fetchall()
-        return np.array([r[0] for r in rows], dtype=np.int64)
+            f"WHERE c.collection = ? AND {' AND '.join(clauses) or '1'}"
+        )
+        return sql, params
+
+    def lexical_search(
+        self, collection: str, text: str, k: int, where: dict[str, Any] | None = None
+    ) -> list[tuple[int, float]]:
+        """Top ``k`` (chunk id, BM25 score) of a collection for a text query, best first."""
+        allowed = self.matching_sql(collection, where) if where else None
+        return lexical.search(self.db, collection, text, k, allowed)
 
     # -- plumbing ---------------------------------------------------------------------------------------
 

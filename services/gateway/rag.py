@@ -8,7 +8,8 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 
-from retrieval.collections import SearchResult
+from retrieval.fusion import QueryOptions
+from retrieval.search import SearchResult
 from services.errors import ServiceUnavailable
 from services.gateway.generation import ChoiceSpec, new_id, start_choices
 from services.gateway.retrieval_schemas import Citation, RagRequest, RagResponse
@@ -23,6 +24,29 @@ SYSTEM_PROMPT = (
     "If the passages do not contain the answer, say that you do not know."
 )
 CITATION = re.compile(r"\[(\d+)\]")
+
+
+async def retrieve(registry: ModelRegistry, body: RagRequest) -> list[SearchResult]:
+    """The ``top_k`` passages of the context: distinct documents first (each one's best passage, in the
+    documents' order), then the next-best passages of the same documents while there is room — so one
+    long document cannot crowd out the others, and a collection of few documents still fills the context."""
+    options = QueryOptions(body.mode, "document", passages=body.top_k)
+    docs = await registry.collections.query(
+        body.collection, body.query, body.top_k, body.filter, None, options
+    )
+    return context_passages(docs, body.top_k)
+
+
+def context_passages(docs: list[SearchResult], limit: int) -> list[SearchResult]:
+    """Round robin over documents' passages (best first), at most ``limit`` of them."""
+    lists = [
+        [SearchResult(d.document_id, p.chunk_id, p.text, p.score, d.metadata) for p in d.passages] or [d]
+        for d in docs
+    ]
+    chosen: list[SearchResult] = []
+    for depth in range(max((len(x) for x in lists), default=0)):
+        chosen += [x[depth] for x in lists if depth < len(x)]
+    return chosen[:limit]
 
 
 def build_messages(query: str, hits: list[SearchResult]) -> list[dict[str, str]]:
@@ -88,7 +112,7 @@ def _chat_service(registry: ModelRegistry, model: str | None) -> Chat:
 
 async def answer(registry: ModelRegistry, body: RagRequest) -> RagResponse | AsyncIterator[bytes]:
     service = _chat_service(registry, body.model)
-    hits = await registry.collections.query(body.collection, body.query, body.top_k, body.filter)
+    hits = await retrieve(registry, body)
     outputs = await _generate(service, body, hits) if hits else None
     if body.stream:
         return _stream(body, hits, outputs)

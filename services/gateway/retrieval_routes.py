@@ -11,6 +11,8 @@ from litestar.response import Stream
 from pipelines.vision import decode_base64_image
 from retrieval.chunking import ChunkingConfig
 from retrieval.collections import DocumentInput
+from retrieval.fusion import FusionWeights, QueryOptions
+from retrieval.search import SearchResult
 from services.gateway import rag
 from services.gateway.api_docs import EVENT_STREAM, SERVICE_ERRORS, errors, operation, sse_events
 from services.gateway.retrieval_schemas import (
@@ -21,6 +23,7 @@ from services.gateway.retrieval_schemas import (
     CreateCollectionRequest,
     Deleted,
     DocumentOut,
+    PassageOut,
     QueryRequest,
     QueryResponse,
     QueryResult,
@@ -50,6 +53,17 @@ def _info(summary: CollectionSummary) -> CollectionInfo:
 
 def _image(data: str | None) -> bytes | None:
     return None if data is None else decode_base64_image(data)
+
+
+def _options(data: QueryRequest) -> QueryOptions:
+    w = data.weights
+    weights = FusionWeights() if w is None else FusionWeights(w.dense, w.lexical)
+    return QueryOptions(data.mode, data.group_by, data.passages, weights)
+
+
+def _result(hit: SearchResult) -> QueryResult:
+    passages = [PassageOut(p.chunk_id, p.text, p.score) for p in hit.passages] or None
+    return QueryResult(hit.document_id, hit.chunk_id, hit.text, hit.score, hit.metadata, passages)
 
 
 class CollectionsController(Controller):
@@ -137,16 +151,15 @@ class RetrievalController(Controller):
     @post(
         "/query",
         status_code=200,
-        summary="Top-k chunks for a query, optionally filtered by metadata",
+        summary="Top-k documents (or chunks) for a query: hybrid, dense or lexical; filtered by metadata",
         responses=errors(400, 404, 413, *SERVICE_ERRORS, e404=_NO_COLLECTION),
     )
     async def query(self, data: JSONBody[QueryRequest], registry: Registry) -> QueryResponse:
+        options = _options(data)
         hits = await registry.collections.query(
-            data.collection, data.query, data.top_k, data.filter, _image(data.image)
+            data.collection, data.query, data.top_k, data.filter, _image(data.image), options
         )
-        return QueryResponse(
-            [QueryResult(h.document_id, h.chunk_id, h.text, h.score, h.metadata) for h in hits]
-        )
+        return QueryResponse([_result(h) for h in hits])
 
 
 class RagController(Controller):

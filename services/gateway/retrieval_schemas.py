@@ -8,6 +8,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from retrieval.collections import COLLECTION_NAME, DOCUMENT_ID
+from retrieval.fusion import MAX_PASSAGES
 from services.gateway.schemas import MaxTokens, Temperature, Usage, documented
 
 # -- collections and retrieval -------------------------------------------------------------------------
@@ -93,20 +94,52 @@ class Deleted(Struct):
     object: str = "deleted"
 
 
+Mode = Annotated[
+    Literal["hybrid", "dense", "lexical"],
+    Meta(description="hybrid: vectors and BM25 fused by reciprocal rank; dense: vectors; lexical: BM25"),
+]
+GroupBy = Annotated[
+    Literal["document", "chunk"],
+    Meta(description="document: distinct documents, each with its best passages; chunk: single chunks"),
+]
+Weight = Annotated[float, Meta(ge=0.0), documented(minimum=0.0)]
+
+
+class FusionWeightsIn(Struct, kw_only=True):
+    """Weights of the rankings in hybrid mode's reciprocal rank fusion (not both 0)."""
+
+    dense: Weight = 1.0
+    lexical: Weight = 1.0
+
+
 class QueryRequest(Struct, kw_only=True):
     collection: str
     query: Annotated[str, documented(min_length=1)] | None = None  # collections of text
     image: str | None = None  # collections of images are queried with an image (data URL or base64)
     top_k: Annotated[int, Meta(ge=1, le=100)] = 5
     filter: Filter = None
+    mode: Mode = "hybrid"
+    group_by: GroupBy = "document"
+    passages: Annotated[int, Meta(ge=1, le=MAX_PASSAGES, description="best passages per document")] = 3
+    weights: FusionWeightsIn | None = None
 
 
-class QueryResult(Struct):
+class PassageOut(Struct):
+    chunk_id: int
+    text: str
+    score: float
+
+
+class QueryResult(Struct, omit_defaults=True):
+    """A document (its best passage's chunk id, text and score, then its best ``passages``), or with
+    ``group_by: "chunk"``, and in collections of images, one chunk without ``passages``."""
+
     document_id: str
     chunk_id: int
     text: str
     score: float
     metadata: dict[str, Any]
+    passages: list[PassageOut] | None = None
 
 
 class QueryResponse(Struct):
@@ -122,6 +155,7 @@ class RagRequest(Struct, kw_only=True):
     temperature: Temperature = 0.0
     filter: Filter = None
     stream: bool = False
+    mode: Mode = "hybrid"
 
 
 class Citation(Struct):

@@ -10,7 +10,9 @@ from typing import Any
 import grpc
 
 from retrieval.chunking import ChunkingConfig
-from retrieval.collections import DocumentInput, SearchResult
+from retrieval.collections import DocumentInput
+from retrieval.fusion import FusionWeights, QueryOptions
+from retrieval.search import Passage, SearchResult
 from retrieval.store import CollectionRecord, DocumentRecord
 from services.errors import ServiceUnavailable
 from services.rpc import retrieval_pb2 as pb
@@ -27,6 +29,30 @@ def _collection(s: CollectionSummary) -> Any:
         name=r.name, model=r.model, index=r.index_kind, dimensions=r.dimensions, chunk_tokens=r.chunk_tokens,
         overlap_tokens=r.overlap_tokens, created=r.created, documents=s.documents,
     )  # fmt: skip
+
+
+def _hit(h: SearchResult) -> Any:
+    return pb.Hit(
+        document_id=h.document_id, chunk_id=h.chunk_id, text=h.text, score=h.score,
+        metadata_json=json.dumps(h.metadata),
+        passages=[pb.Passage(chunk_id=p.chunk_id, text=p.text, score=p.score) for p in h.passages],
+    )  # fmt: skip
+
+
+def _search_result(h: Any) -> SearchResult:
+    passages = tuple(Passage(p.chunk_id, p.text, p.score) for p in h.passages)
+    metadata = json.loads(h.metadata_json or "{}")
+    return SearchResult(h.document_id, h.chunk_id, h.text, h.score, metadata, passages)
+
+
+def query_options(request: Any) -> QueryOptions:
+    """The query's options. A gateway older than these fields sends none of them (proto3 zeros): it gets
+    what it knew, dense ranking of single chunks."""
+    if request.dense_weight == 0 and request.lexical_weight == 0:
+        weights = FusionWeights()
+    else:
+        weights = FusionWeights(request.dense_weight, request.lexical_weight)
+    return QueryOptions(request.mode or "dense", request.group_by or "chunk", request.passages or 3, weights)
 
 
 def _summary(m: Any) -> CollectionSummary:
@@ -115,16 +141,9 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             where = json.loads(request.filter_json) if request.HasField("filter_json") else None
             text = request.text if request.HasField("text") else None
             image = request.image if request.HasField("image") else None
-            hits = await self.c.query(request.collection, text, request.top_k, where, image)
-            return pb.QueryResponse(
-                hits=[
-                    pb.Hit(
-                        document_id=h.document_id, chunk_id=h.chunk_id, text=h.text, score=h.score,
-                        metadata_json=json.dumps(h.metadata),
-                    )
-                    for h in hits
-                ]
-            )  # fmt: skip
+            options = query_options(request)
+            hits = await self.c.query(request.collection, text, request.top_k, where, image, options)
+            return pb.QueryResponse(hits=[_hit(h) for h in hits])
 
         return await answer(context, work())
 
@@ -182,16 +201,16 @@ class RemoteCollections:
         top_k: int,
         where: dict[str, Any] | None = None,
         image: bytes | None = None,
+        options: QueryOptions | None = None,
     ) -> list[SearchResult]:
+        o = options or QueryOptions()
         request = pb.QueryRequest(
             collection=name, text=text, image=image, top_k=top_k,
-            filter_json=None if where is None else json.dumps(where),
+            filter_json=None if where is None else json.dumps(where), mode=o.mode, group_by=o.group_by,
+            passages=o.passages, dense_weight=o.weights.dense, lexical_weight=o.weights.lexical,
         )  # fmt: skip
         reply = await self._call("Query", request)
-        return [
-            SearchResult(h.document_id, h.chunk_id, h.text, h.score, json.loads(h.metadata_json or "{}"))
-            for h in reply.hits
-        ]
+        return [_search_result(h) for h in reply.hits]
 
     def close(self) -> None:
         """Channels close with the event loop that owns them."""

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from retrieval.chunking import ChunkingConfig
 from retrieval.collections import Collections, DocumentInput, SearchResult
+from retrieval.fusion import QueryOptions
 from retrieval.store import CollectionRecord, DocumentRecord
 
 
@@ -42,6 +43,7 @@ class CollectionsAPI(Protocol):
         top_k: int,
         where: dict[str, Any] | None = None,
         image: bytes | None = None,
+        options: QueryOptions | None = None,
     ) -> list[SearchResult]: ...
 
     def close(self) -> None: ...
@@ -86,8 +88,9 @@ class LocalCollections:
         top_k: int,
         where: dict[str, Any] | None = None,
         image: bytes | None = None,
+        options: QueryOptions | None = None,
     ) -> list[SearchResult]:
-        return await self.collections.query(name, text, top_k, where, image)
+        return await self.collections.query(name, text, top_k, where, image, options)
 
     def close(self) -> None:
         self.collections.close()

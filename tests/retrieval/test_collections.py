@@ -17,6 +17,7 @@ import pytest
 from retrieval.chunking import ChunkingConfig
 from retrieval.collections import Collections, DocumentInput
 from retrieval.errors import CollectionExists, CollectionNotFound, DocumentNotFound, InvalidName
+from retrieval.fusion import QueryOptions
 from retrieval.index import INDEX_KINDS, IVF_TRAIN_AT, VectorIndex
 from services.config.models import ModelSpec
 from services.tasks.embedding import EmbeddingService
@@ -147,8 +148,11 @@ async def test_generated_ids_and_long_documents(cols: Collections) -> None:
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids) and len(set(ids)) == 2
     doc = cols.get("c", ids[0])
     assert doc.text == long_text and doc.num_chunks == n_chunks - 1 > 10
-    results = await cols.query("c", "bring your own I/O", 5)
-    assert results and all(r.document_id == ids[0] and r.text in long_text for r in results)
+    results = await cols.query("c", "bring your own I/O", 5, options=QueryOptions(group_by="chunk"))
+    assert len(results) == 5 and all(r.document_id == ids[0] and r.text in long_text for r in results)
+    (best,) = await cols.query("c", "bring your own I/O", 1)  # by document: the long one, its passages
+    assert best.document_id == ids[0] and len(best.passages) == 3
+    assert [p.chunk_id for p in best.passages] == [r.chunk_id for r in results[:3]]
 
 
 async def test_add_rejects_bad_input_and_writes_nothing(cols: Collections) -> None:

@@ -14,9 +14,11 @@ import httpx
 import pytest
 
 from retrieval.collections import Collections, Embedder
+from retrieval.search import Passage, SearchResult
 from services.commands.ingest import document_id, ingest, read_text
 from services.config.models import load_model_specs
 from services.config.settings import Settings
+from services.gateway.rag import context_passages
 from services.tasks.embedding import EmbeddingService
 from tests.helpers.server import ServerProcess, running_server
 
@@ -57,6 +59,41 @@ def test_rag_answers_from_the_retrieved_passage_and_cites_it(api: httpx.Client) 
     assert (
         body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
     )
+
+
+def test_rag_context_takes_distinct_documents_first(api: httpx.Client) -> None:
+    """A long document cannot fill the context alone: each document's best passage comes first."""
+    long_text = " ".join(f"Paragraph {i}: Python's standard library keeps growing." for i in range(80))
+    r = api.post("/v1/collections", json={"name": "mixed", "chunk_tokens": 32, "overlap_tokens": 0})
+    assert r.status_code == 201, r.text
+    added = api.post(
+        "/v1/collections/mixed/documents", json={"documents": [*FACTS, {"id": "long", "text": long_text}]}
+    )
+    assert added.status_code == 200, added.text
+    body = {"collection": "mixed", "query": "Who created Python?", "top_k": 3, "max_tokens": 8}
+    for mode in ("hybrid", "dense", "lexical"):
+        got = api.post("/v1/rag", json={**body, "mode": mode, "stream": True})
+        assert got.status_code == 200, got.text
+        lines = [x for x in got.text.splitlines() if x.startswith("data: {")]
+        context = [c["document_id"] for c in json.loads(lines[0][len("data: ") :])["citations"]]
+        assert len(context) == 3 and "python" in context, (mode, context)
+        if mode != "lexical":  # four documents match: three distinct ones fill the context
+            assert len(set(context)) == 3, (mode, context)
+        else:  # only two hold a query word: the long one's second passage fills the third place
+            assert context == ["python", "long", "long"], context
+    assert api.post("/v1/rag", json={**body, "mode": "sparse"}).status_code == 400
+
+
+def test_context_passages_round_robin_over_documents() -> None:
+    def doc(doc_id: str, n: int) -> SearchResult:
+        passages = tuple(Passage(i, f"{doc_id}{i}", 1.0 - i / 10) for i in range(n))
+        return SearchResult(doc_id, 0, f"{doc_id}0", 1.0, {"k": doc_id}, passages)
+
+    picked = context_passages([doc("a", 3), doc("b", 1), doc("c", 2)], 5)
+    assert [p.text for p in picked] == ["a0", "b0", "c0", "a1", "c1"]
+    assert all(p.metadata == {"k": p.document_id} for p in picked)
+    assert [p.text for p in context_passages([doc("a", 4)], 3)] == ["a0", "a1", "a2"]
+    assert context_passages([], 4) == []
 
 
 def _events(response: httpx.Response) -> list[Any]:

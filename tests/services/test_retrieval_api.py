@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +19,12 @@ from typing import Any
 import httpx
 import pytest
 
+from retrieval.fusion import FusionWeights, QueryOptions
 from services.config.models import load_model_specs
 from services.config.settings import Settings
-from tests.helpers.server import ServerProcess, running_server, start_server
+from services.rpc import retrieval_pb2 as pb
+from services.rpc.retrieval_rpc import query_options
+from tests.helpers.server import REPO_ROOT, ServerProcess, free_port, running_server, start_server
 from tests.services.conftest import READY_TIMEOUT_S, server_env
 
 ERROR_KEYS = {"message", "type", "param", "code"}
@@ -143,8 +149,9 @@ def test_crud_flow(api: httpx.Client, kind: str) -> None:
     results = query(api, name, "my kitten purrs on the sofa", 3)
     assert len(results) == 3
     top = results[0]
-    assert set(top) == {"document_id", "chunk_id", "text", "score", "metadata"}
+    assert set(top) == {"document_id", "chunk_id", "text", "score", "metadata", "passages"}
     assert (top["document_id"], top["text"], top["metadata"]) == ("cats", DOCS["cats"], META["cats"])
+    assert top["passages"] == [{"chunk_id": top["chunk_id"], "text": DOCS["cats"], "score": top["score"]}]
     assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
     assert len(query(api, name, "anything", 100)) == len(DOCS) + 1  # top_k larger than the collection
 
@@ -194,9 +201,110 @@ def test_long_document_is_chunked(api: httpx.Client) -> None:
     body = add(api, "long", [{"id": "big", "text": text}])
     assert body["chunks"] > 10
     assert api.get("/v1/collections/long/documents/big").json()["chunks"] == body["chunks"]
-    results = query(api, "long", "topic 3", 100)
+    results = query(api, "long", "topic 3", 100, group_by="chunk")
     assert len(results) == body["chunks"] and all(r["text"] in text for r in results)
     assert len({r["chunk_id"] for r in results}) == len(results)
+    assert all("passages" not in r for r in results)
+    (doc,) = query(api, "long", "topic 3", 100, passages=20)  # by document: one, with its best passages
+    assert doc["document_id"] == "big" and len(doc["passages"]) == min(20, body["chunks"])
+
+
+# -- hybrid retrieval --------------------------------------------------------------------------------
+
+CORPUS_DIR = Path(__file__).resolve().parents[1] / "data" / "retrieval" / "docs"
+CORPUS = {p.stem: p.read_text(encoding="utf-8") for p in sorted(CORPUS_DIR.glob("*.txt"))}
+
+
+def fill_corpus(client: httpx.Client, name: str) -> None:
+    """The labelled corpus of tests/data/retrieval (real package descriptions) in 64-token chunks."""
+    r = client.post("/v1/collections", json={"name": name, "chunk_tokens": 64, "overlap_tokens": 16})
+    assert r.status_code == 201, r.text
+    add(client, name, [{"id": k, "text": t, "metadata": {"initial": k[0]}} for k, t in CORPUS.items()])
+
+
+def check_query_modes(client: httpx.Client, name: str) -> None:
+    """Default hybrid, distinct documents with their best passages; lexical and dense; single chunks;
+    fusion weights; filters."""
+    hybrid = query(client, name, "xn-- ASCII form of a domain name", 4)
+    assert len(hybrid) == 4 and len({r["document_id"] for r in hybrid}) == 4
+    assert hybrid[0]["document_id"] == "idna"
+    for r in hybrid:
+        assert 1 <= len(r["passages"]) <= 3
+        assert r["passages"][0] == {"chunk_id": r["chunk_id"], "text": r["text"], "score": r["score"]}
+        assert all(p["text"] in CORPUS[r["document_id"]] for p in r["passages"])
+    lexical = query(client, name, "xn--", 3, mode="lexical")
+    assert lexical[0]["document_id"] == "idna" and lexical[0]["score"] > 0
+    assert query(client, name, "zzqxj", 3, mode="lexical") == []
+    dense = query(client, name, "a bar that fills up while my loop runs", 3, mode="dense")
+    assert dense[0]["document_id"] == "tqdm" and -1 <= dense[-1]["score"] <= dense[0]["score"] <= 1
+    chunks = query(client, name, "bring your own I/O", 6, group_by="chunk")
+    assert len({r["chunk_id"] for r in chunks}) == 6 and len({r["document_id"] for r in chunks}) < 6
+    assert all("passages" not in r for r in chunks)
+    text = "Python license history of the Software Foundation"
+    by_words = query(client, name, text, 6, weights={"dense": 0, "lexical": 1})
+    assert [r["document_id"] for r in by_words] == [
+        r["document_id"] for r in query(client, name, text, 6, mode="lexical")
+    ]
+    for mode in ("hybrid", "dense", "lexical"):
+        found = {
+            r["document_id"] for r in query(client, name, "test", 10, mode=mode, filter={"initial": "p"})
+        }
+        assert found and found <= {"psutil", "pytest", "pytest-timeout", "python-license"}, mode
+
+
+def test_query_modes_and_document_grouping(api: httpx.Client) -> None:
+    fill_corpus(api, "corpus")
+    check_query_modes(api, "corpus")
+
+
+def test_hybrid_queries_through_the_retrieval_worker(tmp_path: Path, models_config: Path) -> None:
+    """Distributed mode: the gateway sends every collection call to a retrieval worker over gRPC."""
+    env = env_for(tmp_path / "data", models_config)
+    port = free_port()
+    log = (tmp_path / "worker.log").open("wb")
+    cmd = [sys.executable, "-m", "services.commands.worker", "--task", "retrieval", "--host", "127.0.0.1",
+           "--port", str(port)]  # fmt: skip
+    worker = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=REPO_ROOT, stdout=log, stderr=log)
+    try:
+        gateway_env = {**env, "MMSERVE_ENDPOINTS": f"retrieval=127.0.0.1:{port}"}
+        with (
+            running_server(env=gateway_env, timeout=READY_TIMEOUT_S) as gateway,
+            client_for(gateway) as client,
+        ):
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while client.get("/v1/collections").status_code != 200:  # 503 while the worker loads
+                assert worker.poll() is None and time.monotonic() < deadline, (
+                    tmp_path / "worker.log"
+                ).read_text()
+                time.sleep(1)
+            fill_corpus(client, "remote")
+            check_query_modes(client, "remote")
+            assert_error(
+                client.post("/v1/retrieval/query", json={"collection": "remote", "query": "  "}),
+                400,
+                None,
+                "query",
+            )
+            assert_error(
+                client.post("/v1/retrieval/query", json={"collection": "nope", "query": "x"}),
+                404,
+                "collection_not_found",
+            )
+    finally:
+        worker.terminate()
+        worker.wait(60)
+        log.close()
+    assert list((tmp_path / "data" / "retrieval").glob("*.sqlite3")), "the worker owns the store"
+
+
+def test_query_options_cross_grpc() -> None:
+    """What the gateway sends is what the worker searches with; a request from a gateway that predates
+    the options (proto3 zeros) gets the ranking it knew: dense, single chunks."""
+    sent = QueryOptions("lexical", "document", 7, FusionWeights(0.0, 2.0))
+    request = pb.QueryRequest(collection="c", text="q", top_k=3, mode=sent.mode, group_by=sent.group_by,
+                              passages=sent.passages, dense_weight=0.0, lexical_weight=2.0)  # fmt: skip
+    assert query_options(pb.QueryRequest.FromString(request.SerializeToString())) == sent
+    assert query_options(pb.QueryRequest(collection="c", text="q", top_k=3)) == QueryOptions("dense", "chunk")
 
 
 # -- errors ----------------------------------------------------------------------------------------
@@ -288,6 +396,13 @@ def test_bad_documents(api: httpx.Client, errs: str, body: dict[str, Any]) -> No
         ({"query": "x", "filter": {"tags": ["a"]}}, None),
         ({"query": "x", "filter": {"owner": {"team": "ml"}}}, None),
         ({"query": "x", "filter": "topic"}, "filter"),
+        ({"query": "x", "mode": "sparse"}, "mode"),
+        ({"query": "x", "group_by": "page"}, "group_by"),
+        ({"query": "x", "passages": 0}, "passages"),
+        ({"query": "x", "passages": 21}, "passages"),
+        ({"query": "x", "weights": {"dense": 0, "lexical": 0}}, "weights"),
+        ({"query": "x", "weights": {"dense": -1}}, None),
+        ({"query": "x", "weights": [1, 1]}, "weights"),
         ({}, "query"),
         ({"query": 5}, "query"),
     ],
