@@ -56,13 +56,16 @@ HEAD_ROWS = 4
 
 
 def parse_variant(name: str) -> QuantizationConfig | None:
+    """``none``, or a mode (``int8``, ``int4``, ``int4-g64``) followed by ``+head`` (the LM head too) and
+    ``+float`` (float weights kept for larger batches), in any order."""
     if name == "none":
         return None
-    base, _, head = name.partition("+")
+    base, *flags = name.split("+")
     mode, _, group = base.partition("-g")
-    if head not in ("", "head"):
-        raise ValueError(f"variant {name!r}: only '+head' may follow the mode")
-    return QuantizationConfig(mode, int(group) if group else DEFAULT_INT4_GROUP_SIZE, head == "head")
+    if set(flags) - {"head", "float"} or len(set(flags)) != len(flags):
+        raise ValueError(f"variant {name!r}: only '+head' and '+float' may follow the mode")
+    size = int(group) if group else DEFAULT_INT4_GROUP_SIZE
+    return QuantizationConfig(mode, size, "head" in flags, "float" in flags)
 
 
 def perplexity(model: Any, ids: list[int], device: torch.device, dtype: torch.dtype) -> float:

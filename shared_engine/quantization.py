@@ -40,6 +40,10 @@ DEFAULT_INT4_GROUP_SIZE = 32  # measured best: groups of 64 cost SmolLM2 +49% pe
 _INT8_KERNEL_MAX_ROWS = 8
 _INT8_BEATS_BF16_MAX_ROWS = 4
 _INT4_BEATS_BF16_MAX_ROWS = 8
+# The same against bf16 weights packed for oneDNN (shared_engine/packed_linear.py), on the projections of
+# SmolLM2-135M: int4 at 1 row takes ~0.45x the packed matmul's time, ~0.9x at 2, more from 4 rows on.
+_INT8_BEATS_PACKED_MAX_ROWS = 1
+_INT4_BEATS_PACKED_MAX_ROWS = 2
 # The CPU int8 kernel reads out of bounds (wrong results, or a crash) unless K is a multiple of this.
 _INT8_KERNEL_K_MULTIPLE = 16
 # The CPU int4 packing needs the output features in tiles of 16.
@@ -49,11 +53,14 @@ _INT4_N_MULTIPLE = 16
 @dataclass(frozen=True)
 class QuantizationConfig:
     """``mode``: int8 or int4; ``group_size``: input features per int4 scale/zero (ignored by int8);
-    ``lm_head``: also quantize the output projection (for tied embeddings: a quantized copy)."""
+    ``lm_head``: also quantize the output projection (for tied embeddings: a quantized copy);
+    ``keep_float``: keep each projection's floating-point weight too, for the calls with more rows than
+    the weight-only kernel serves faster (see :class:`DualLinear`)."""
 
     mode: str
     group_size: int = DEFAULT_INT4_GROUP_SIZE
     lm_head: bool = False
+    keep_float: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in QUANTIZATION_MODES:
@@ -133,6 +140,10 @@ class _QuantizedLinear(nn.Module):
         """Whether a weight-only kernel serves these rows faster than a float matmul would."""
         raise NotImplementedError
 
+    # Set by quantize_decoder when the float partner of a DualLinear is packed for oneDNN (a faster
+    # matmul than F.linear, so the kernel wins on fewer rows).
+    float_packed = False
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
@@ -157,7 +168,8 @@ class Int8Linear(_QuantizedLinear):
         )
 
     def beats_float(self, x: torch.Tensor) -> bool:
-        return self._kernel_applies(x.reshape(-1, self.in_features), _INT8_BEATS_BF16_MAX_ROWS)
+        rows = _INT8_BEATS_PACKED_MAX_ROWS if self.float_packed else _INT8_BEATS_BF16_MAX_ROWS
+        return self._kernel_applies(x.reshape(-1, self.in_features), rows)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         if self._kernel_applies(x, _INT8_KERNEL_MAX_ROWS):
@@ -191,7 +203,8 @@ class Int4Linear(_QuantizedLinear):
         return QuantizedInt4(values.view(self.out_features, self.in_features), self.scales_and_zeros)
 
     def beats_float(self, x: torch.Tensor) -> bool:
-        return self.cpu_packed and x.reshape(-1, self.in_features).shape[0] <= _INT4_BEATS_BF16_MAX_ROWS
+        rows = _INT4_BEATS_PACKED_MAX_ROWS if self.float_packed else _INT4_BEATS_BF16_MAX_ROWS
+        return self.cpu_packed and x.reshape(-1, self.in_features).shape[0] <= rows
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         if self.cpu_packed:
@@ -220,6 +233,21 @@ class TiedQuantizedHead(nn.Module):
         if self.quantized.beats_float(x):
             return self.quantized(x)
         return F.linear(x, self.float_weight)
+
+
+class DualLinear(nn.Module):
+    """A projection kept twice: quantized, for the calls whose rows the weight-only kernel serves faster
+    (decode at small batch, where a step's time is reading weights, and int4 reads a quarter of bf16's
+    bytes), and in floating point for the others (a float GEMM wins from a few rows on). Quantization's
+    speed at one request without its cost at many, for the memory of both copies."""
+
+    def __init__(self, quantized: _QuantizedLinear, linear: nn.Linear) -> None:
+        super().__init__()
+        self.quantized = quantized
+        self.float_linear = linear  # an nn.Linear until pack_linears packs it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quantized(x) if self.quantized.beats_float(x) else self.float_linear(x)
 
 
 class QuantizationSummary(NamedTuple):
@@ -265,10 +293,14 @@ def _quantize_head(model: nn.Module, config: QuantizationConfig, summary: Quanti
 
 
 @torch.no_grad()
-def quantize_decoder(model: nn.Module, config: QuantizationConfig) -> QuantizationSummary:
+def quantize_decoder(
+    model: nn.Module, config: QuantizationConfig, float_packed: bool = False
+) -> QuantizationSummary:
     """Replace the decoder's ``nn.Linear`` projections in place (and the LM head when asked).
 
     Layers whose shapes the mode cannot take stay in floating point, each one logged with the reason.
+    With ``config.keep_float`` each becomes a :class:`DualLinear`; ``float_packed``: its float weight will
+    be packed for oneDNN (``pack_linears`` after this), which moves the kernel's break-even row count.
     """
     targets = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"]
     summary = QuantizationSummary([], {})
@@ -279,16 +311,22 @@ def quantize_decoder(model: nn.Module, config: QuantizationConfig) -> Quantizati
             continue
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, _quantized(linear, config))
+        quantized = _quantized(linear, config)
+        if config.keep_float:
+            quantized.float_packed = float_packed
+            setattr(parent, child, DualLinear(quantized, linear))
+        else:
+            setattr(parent, child, quantized)
         summary.quantized.append(name)
     if config.lm_head:
         _quantize_head(model, config, summary)
     for name, reason in summary.kept.items():
         logger.warning("%s stays in floating point: %s", name, reason)
     logger.info(
-        "quantized %d linear layers to %s%s (%d kept in floating point)",
+        "quantized %d linear layers to %s%s%s (%d kept in floating point)",
         len(summary.quantized), config.mode,
-        f" (group size {config.group_size})" if config.mode == "int4" else "", len(summary.kept),
+        f" (group size {config.group_size})" if config.mode == "int4" else "",
+        ", float weights kept for larger batches" if config.keep_float else "", len(summary.kept),
     )  # fmt: skip
     return summary
 

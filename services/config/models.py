@@ -109,6 +109,8 @@ class ModelSpec:
     quantization: str | None = None
     quantization_group_size: int | None = None  # int4 only; default DEFAULT_INT4_GROUP_SIZE
     quantization_lm_head: bool = False
+    # Keep the float weights too, for batches the float matmul serves faster (shared_engine DualLinear).
+    quantization_keep_float: bool = False
     speculative: SpeculativeOptions | None = None  # chat only: speculative decoding
 
     def __post_init__(self) -> None:
@@ -135,11 +137,19 @@ class ModelSpec:
 
     @property
     def quantization_config(self) -> QuantizationConfig | None:
-        if not isinstance(self.quantization_lm_head, bool):
-            raise ValueError(f"quantization_lm_head must be true or false, got {self.quantization_lm_head!r}")
+        for flag in ("quantization_lm_head", "quantization_keep_float"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.quantization is None:
-            if self.quantization_group_size is not None or self.quantization_lm_head:
-                raise ValueError("quantization_group_size and quantization_lm_head need quantization")
+            if (
+                self.quantization_group_size is not None
+                or self.quantization_lm_head
+                or self.quantization_keep_float
+            ):
+                raise ValueError(
+                    "quantization_group_size, quantization_lm_head and quantization_keep_float need "
+                    "quantization"
+                )
             return None
         if self.task != "chat":
             raise ValueError(f"quantization applies to task 'chat' only, not {self.task!r}")
@@ -150,6 +160,7 @@ class ModelSpec:
             self.quantization,
             DEFAULT_INT4_GROUP_SIZE if group_size is None else group_size,
             self.quantization_lm_head,
+            self.quantization_keep_float,
         )
 
 

@@ -88,8 +88,9 @@ def build_decoder(
     if rotary is not None:
         # RoPE tables stay float32: positions far from 0 lose precision in bf16.
         rotary.float()
+    packing = packing_applies(device, dtype)
     if quantization is not None:
-        quantize_decoder(model, quantization)  # on the target device: int4 packs for its kernel
-    if packing_applies(device, dtype):
+        quantize_decoder(model, quantization, packing)  # on the target device: int4 packs for its kernel
+    if packing:
         pack_linears(model)  # what quantization left in floating point
     return model

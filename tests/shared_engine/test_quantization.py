@@ -22,6 +22,7 @@ from shared_engine.llm_engine import LLMEngine
 from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.packed_linear import PackedLinear, packing_applies
 from shared_engine.quantization import (
+    DualLinear,
     Int4Linear,
     Int8Linear,
     QuantizationConfig,
@@ -189,6 +190,31 @@ def test_tied_head_copy_serves_small_batches_and_the_float_weight_the_rest() -> 
         assert ((got - want).norm() / want.norm()) < 0.02
 
 
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_dual_layers_take_the_kernel_for_few_rows_and_the_float_weight_for_many(
+    smollm2_folder: Path, hf_config: Any, tokenizer: Any, mode: str
+) -> None:
+    """With keep_float, each projection answers one row with its quantized weight and 32 rows with its
+    float weight (packed for oneDNN where the CPU has native bf16): the outputs are those of each."""
+    config = QuantizationConfig(mode, keep_float=True)
+    model = build_decoder(hf_config, iter_safetensors(smollm2_folder), CPU, BF16, config)
+    layer = model.model.layers[0].mlp.down_proj
+    assert isinstance(layer, DualLinear)
+    packed = packing_applies(CPU, BF16)
+    assert isinstance(layer.float_linear, PackedLinear if packed else nn.Linear)
+    assert layer.quantized.float_packed == packed
+    with torch.inference_mode():
+        one, many = torch.randn(1, layer.quantized.in_features), torch.randn(32, layer.quantized.in_features)
+        one, many = one.to(BF16), many.to(BF16)
+        assert torch.equal(layer(one), layer.quantized(one))
+        assert torch.equal(layer(many), layer.float_linear(many))
+    engine = LLMEngine(
+        model, tokenizer, EngineConfig(cache=CacheConfig(num_blocks=64)), CPU, BF16, frozenset()
+    )
+    single = engine.generate([tokenizer.encode(PROMPTS[0])], GREEDY)[0]
+    assert len(single) == GREEDY.max_tokens and len(set(single)) > 3  # words, not one token repeated
+
+
 def test_quantized_models_are_smaller(models: dict[str, Any]) -> None:
     sizes = {mode: weight_bytes(m) for mode, m in models.items()}
     assert sizes["int4"] < sizes["int8"] < 0.7 * sizes["none"]
@@ -291,6 +317,8 @@ def test_model_spec_builds_the_quantization_config() -> None:
     assert _spec(quantization="int8").quantization_config == QuantizationConfig("int8")
     spec = _spec(quantization="int4", quantization_group_size=64, quantization_lm_head=True)
     assert spec.quantization_config == QuantizationConfig("int4", 64, lm_head=True)
+    spec = _spec(quantization="int4", quantization_keep_float=True)
+    assert spec.quantization_config == QuantizationConfig("int4", keep_float=True)
     table = {"models": [{"name": "m", "task": "chat", "source": "x", "quantization": "int4"}]}
     assert parse_model_specs(table)[0].quantization == "int4"
 
@@ -303,6 +331,8 @@ def test_model_spec_builds_the_quantization_config() -> None:
         ({"quantization": "int8", "quantization_group_size": 32}, "applies to int4 only"),
         ({"quantization_group_size": 32}, "need quantization"),
         ({"quantization_lm_head": True}, "need quantization"),
+        ({"quantization_keep_float": True}, "need quantization"),
+        ({"quantization": "int4", "quantization_keep_float": 1}, "must be true or false"),
         ({"quantization": "int8", "quantization_lm_head": "yes"}, "must be true or false"),
         ({"quantization": "int8", "task": "embedding"}, "task 'chat' only, not 'embedding'"),
     ],
