@@ -90,6 +90,10 @@ class AsyncLLMEngine:
         reported to the caller's open ``timing.measure()``, if any."""
         if self._error is not None or self._stopped.is_set():
             raise EngineDead("the LLM engine has stopped") from self._error
+        if params.guided is not None:
+            # Compiling a new grammar takes milliseconds to seconds: off both the event loop and the
+            # engine thread (a bad grammar is refused here, before anything is queued).
+            await asyncio.to_thread(self.engine.precompile, params)
         stream = _Stream(asyncio.get_running_loop(), params.output_kind == OutputKind.FINAL_ONLY)
         ready: asyncio.Future[None] = stream.loop.create_future()
         self._streams[request_id] = stream

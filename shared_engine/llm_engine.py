@@ -5,93 +5,44 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 
-from shared_engine.config import EngineConfig, SpeculativeConfig
+from shared_engine.config import EngineConfig
 from shared_engine.detokenizer import IncrementalDetokenizer, Tokenizer
 from shared_engine.errors import ContextLengthExceeded, DuplicateRequest, InvalidRequest, Overloaded
 from shared_engine.kv_cache_manager import KVCacheManager
 from shared_engine.model_runner import ModelRunner, num_blocks_for_memory
 from shared_engine.models.base import DecoderModel
-from shared_engine.outputs import FinishReason, RequestMetrics, RequestOutput, TokenLogprob
+from shared_engine.outputs import EngineStats, FinishReason, RequestMetrics, RequestOutput, TokenLogprob
 from shared_engine.request import Request
 from shared_engine.sampler import RequestSampler
 from shared_engine.sampling_params import SamplingParams
 from shared_engine.scheduler import Scheduler, SchedulerOutput
-from shared_engine.spec_decode import DraftModelProposer, NgramProposer, Proposer
+from shared_engine.spec_decode import make_proposer
+from shared_engine.structured_output import RequestGrammar, StructuredOutputs
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class EngineStats:
-    """The engine now; counters (``num_preemptions``, ``prefix_cache_*``) count since it started, and
-    ``last_batch_*`` are the sequences and tokens scheduled in the latest step."""
-
-    num_running: int
-    num_waiting: int
-    kv_cache_usage: float
-    prefix_cache_hit_rate: float
-    num_preemptions: int
-    num_blocks: int
-    last_batch_size: int
-    last_batch_tokens: int
-    prefix_cache_queries: int  # prompt tokens looked up in the prefix cache
-    prefix_cache_hits: int  # of those, tokens found there
-    spec_num_drafts: int = 0  # speculative decoding: request-steps that carried guesses
-    spec_num_draft_tokens: int = 0  # guesses checked
-    spec_num_accepted_tokens: int = 0  # of those, guesses the target model agreed with
-
-    @property
-    def spec_acceptance_rate(self) -> float:
-        return (
-            self.spec_num_accepted_tokens / self.spec_num_draft_tokens if self.spec_num_draft_tokens else 0.0
-        )
-
-
 class _Live:
-    """Engine-side companions of a request: its RNG and its detokenizer."""
+    """Engine-side companions of a request: its RNG, its detokenizer and, if constrained, its grammar."""
 
-    __slots__ = ("detokenizer", "request", "sampler")
+    __slots__ = ("detokenizer", "grammar", "request", "sampler")
 
     def __init__(
-        self, request: Request, sampler: RequestSampler, detokenizer: IncrementalDetokenizer
+        self,
+        request: Request,
+        sampler: RequestSampler,
+        detokenizer: IncrementalDetokenizer,
+        grammar: RequestGrammar | None = None,
     ) -> None:
         self.request = request
         self.sampler = sampler
         self.detokenizer = detokenizer
-
-
-def _proposer(
-    config: SpeculativeConfig | None,
-    model: DecoderModel,
-    draft: DecoderModel | None,
-    num_blocks: int,
-    block_size: int,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> Proposer | None:
-    if config is None:
-        if draft is not None:
-            raise ValueError("a draft model needs a speculative config with method 'draft_model'")
-        return None
-    if config.method == "ngram":
-        if draft is not None:
-            raise ValueError("speculative method 'ngram' takes no draft model")
-        return NgramProposer(config)
-    if draft is None:
-        raise ValueError("speculative method 'draft_model' needs a draft model")
-    if draft.arch.vocab_size != model.arch.vocab_size:
-        raise ValueError(
-            f"the draft model's vocabulary ({draft.arch.vocab_size} tokens) differs from the target's "
-            f"({model.arch.vocab_size}): a draft model must share the target's tokenizer"
-        )
-    if draft.arch.is_encoder_decoder or model.arch.is_encoder_decoder:
-        raise ValueError("speculative decoding with a draft model takes decoder-only models")
-    return DraftModelProposer(draft, num_blocks, block_size, device, dtype)
+        self.grammar = grammar
 
 
 class LLMEngine:
@@ -104,9 +55,11 @@ class LLMEngine:
         dtype: torch.dtype,
         eos_token_ids: frozenset[int],
         draft_model: DecoderModel | None = None,
+        structured: StructuredOutputs | None = None,
     ) -> None:
         """``draft_model``: the smaller model that guesses for ``config.speculative`` method
-        ``draft_model`` (it must share ``model``'s tokenizer)."""
+        ``draft_model`` (it must share ``model``'s tokenizer). ``structured``: the grammar engine for
+        requests with ``SamplingParams.guided`` (without it such requests are refused)."""
         arch = model.arch
         self.config = config
         self.tokenizer = tokenizer
@@ -128,9 +81,11 @@ class LLMEngine:
         self.kv = KVCacheManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.kv, config.speculative)
         self.runner = ModelRunner(model, num_blocks, cache.block_size, device, dtype)
-        self.proposer = _proposer(
+        self.proposer = make_proposer(
             config.speculative, model, draft_model, num_blocks, cache.block_size, device, dtype
         )
+        self.structured = structured
+        self._grammars: dict[str, RequestGrammar] = {}  # the constrained requests' matchers
         self._spec_counts = [0, 0, 0]  # drafts, draft tokens, accepted tokens
         self.live: dict[str, _Live] = {}
         self._mean_e2e_s: float | None = None  # recent finished requests', for Retry-After
@@ -170,14 +125,32 @@ class LLMEngine:
             request,
             RequestSampler(params, self.device),
             IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.stop, params.skip_special_tokens),
+            self._grammar(params),
         )
         self.scheduler.add_request(request)
         self.live[request_id] = live
+        if live.grammar is not None:
+            self._grammars[request_id] = live.grammar
+
+    def _grammar(self, params: SamplingParams) -> RequestGrammar | None:
+        if params.guided is None:
+            return None
+        if self.structured is None:
+            raise InvalidRequest("this model does not support structured outputs", param="response_format")
+        return self.structured.grammar_for(params.guided)  # compiled already, if precompile() ran
+
+    def precompile(self, params: SamplingParams) -> None:
+        """Compile the request's grammar into the cache (any thread: it can take a while), so that adding
+        the request does not stall the engine's steps. Raises InvalidRequest for a grammar the engine
+        cannot enforce."""
+        if params.guided is not None and self.structured is not None:
+            self.structured.compile(params.guided)
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
         live = self.live.pop(request_id, None)
         if live is None:
             return None
+        self._grammars.pop(request_id, None)
         self.scheduler.finish_request(live.request, FinishReason.ABORT)
         metrics = live.request.finish_metrics(time.monotonic())
         return self._output(live, [], [], FinishReason.ABORT, metrics=metrics)
@@ -194,7 +167,11 @@ class LLMEngine:
         samplers = {rid: lv.sampler for rid, lv in self.live.items()}
         if self.proposer is not None:
             self.proposer.propose(sched.scheduled, samplers)
-        result = self.runner.execute(sched, samplers)
+        # Filled in a helper thread while the forward pass runs; applied by the sampler.
+        mask = None
+        if self.structured is not None and self._grammars:
+            mask = self.structured.prepare(sched.scheduled, self._grammars)
+        result = self.runner.execute(sched, samplers, mask)
         self.scheduler.update_after_step(sched, result.num_accepted)
         self._last_batch = (len(sched.scheduled), sched.num_tokens)
         self._count_guesses(sched, result.num_accepted)
@@ -211,7 +188,7 @@ class LLMEngine:
             for token in result.tokens[rid]:  # several with speculative decoding: stop at the first stop
                 tokens.append(token)
                 live.request.append_output_token(token)
-                reason = live.request.check_stop_token()
+                reason = live.request.check_stop_token() or self._grammar_stop(live, token)
                 stop_by_text = live.detokenizer.add_tokens([token])
                 if stop_by_text is not None:
                     reason = stop_by_text
@@ -222,12 +199,26 @@ class LLMEngine:
             if reason is not None:
                 self.scheduler.finish_request(live.request, reason)
                 del self.live[rid]
+                self._grammars.pop(rid, None)
                 metrics = live.request.finish_metrics(now)
                 mean = self._mean_e2e_s
                 self._mean_e2e_s = metrics.e2e_s if mean is None else 0.9 * mean + 0.1 * metrics.e2e_s
             lps = result.logprobs.get(rid, [])[: len(tokens)]
             outputs.append(self._output(live, tokens, lps, reason, itl, metrics))
         return outputs
+
+    @staticmethod
+    def _grammar_stop(live: _Live, token: int) -> FinishReason | None:
+        """Feed a sampled token to the request's grammar: STOP once the grammar has ended."""
+        grammar = live.grammar
+        if grammar is None:
+            return None
+        if not grammar.accept(token):
+            # The mask allows only tokens the grammar accepts: this would be a bug, not the caller's,
+            # and the answer must not claim to have ended well.
+            logger.error("request %s: token %d is outside its grammar", live.request.request_id, token)
+            return FinishReason.ABORT
+        return FinishReason.STOP if grammar.terminated else None
 
     def _count_guesses(self, sched: SchedulerOutput, num_accepted: dict[str, int]) -> None:
         for item in sched.scheduled:

@@ -18,6 +18,7 @@ from shared_engine.outputs import StepResult
 from shared_engine.rejection_sampler import verify_and_sample
 from shared_engine.sampler import RequestSampler
 from shared_engine.scheduler import ScheduledRequest, SchedulerOutput
+from shared_engine.structured_output import StepMask
 
 
 @dataclass
@@ -127,7 +128,11 @@ class ModelRunner:
         return self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)]).float()
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput, samplers: dict[str, RequestSampler]) -> StepResult:
+    def execute(
+        self, out: SchedulerOutput, samplers: dict[str, RequestSampler], mask: StepMask | None = None
+    ) -> StepResult:
+        """Run the step and pick each sampled request's tokens; ``mask`` (structured outputs) is applied to
+        the logits before sampling."""
         items = out.scheduled
         segments = [_segment(s) for s in items]
         hidden, offsets = self.forward(segments)
@@ -142,7 +147,7 @@ class ModelRunner:
         if not rows:
             return StepResult({}, {})
         logits = self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
-        return verify_and_sample(logits, sampled, samplers)
+        return verify_and_sample(logits, sampled, samplers, mask)
 
 
 def _segment(s: ScheduledRequest) -> Segment:

@@ -96,3 +96,29 @@ class StepResult:
     tokens: dict[str, list[int]]
     logprobs: dict[str, list[TokenLogprob | None]]
     num_accepted: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """The engine now; counters (``num_preemptions``, ``prefix_cache_*``) count since it started, and
+    ``last_batch_*`` are the sequences and tokens scheduled in the latest step."""
+
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    prefix_cache_hit_rate: float
+    num_preemptions: int
+    num_blocks: int
+    last_batch_size: int
+    last_batch_tokens: int
+    prefix_cache_queries: int  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits: int  # of those, tokens found there
+    spec_num_drafts: int = 0  # speculative decoding: request-steps that carried guesses
+    spec_num_draft_tokens: int = 0  # guesses checked
+    spec_num_accepted_tokens: int = 0  # of those, guesses the target model agreed with
+
+    @property
+    def spec_acceptance_rate(self) -> float:
+        return (
+            self.spec_num_accepted_tokens / self.spec_num_draft_tokens if self.spec_num_draft_tokens else 0.0
+        )

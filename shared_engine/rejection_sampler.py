@@ -27,6 +27,7 @@ from shared_engine.sampler import (
 )
 from shared_engine.sampling_params import SamplingParams
 from shared_engine.scheduler import ScheduledRequest
+from shared_engine.structured_output import StepMask
 
 
 def accept_greedy(target_ids: Sequence[int], guesses: Sequence[int]) -> list[int]:
@@ -71,9 +72,16 @@ def accept_sampled(
 
 
 def verify_and_sample(
-    logits: torch.Tensor, items: Sequence[ScheduledRequest], samplers: dict[str, RequestSampler]
+    logits: torch.Tensor,
+    items: Sequence[ScheduledRequest],
+    samplers: dict[str, RequestSampler],
+    mask: StepMask | None = None,
 ) -> StepResult:
-    """Tokens for each of ``items`` from its rows of ``logits`` (one row per guess, plus one)."""
+    """Tokens for each of ``items`` from its rows of ``logits`` (one row per guess, plus one).
+
+    ``mask`` (structured outputs) sets the tokens each constrained row's grammar forbids to -inf, after
+    the logits processors; log-probabilities are reported from the logits before it, as vLLM does, so
+    they show the model's own confidence (and never -inf)."""
     row_params: list[SamplingParams] = []
     row_outputs: list[Sequence[int]] = []
     first_row: list[int] = []
@@ -87,6 +95,11 @@ def verify_and_sample(
                 r.output_token_ids + s.spec_token_ids[:j] if j and has_processors else r.output_token_ids
             )
     apply_logits_processors(logits, row_params, row_outputs)
+    raw = logits
+    if mask is not None:
+        if any(s.request.params.logprobs is not None for s in items):
+            raw = logits.clone()
+        mask.apply(logits)
 
     tokens: dict[str, list[int]] = {}
     num_accepted: dict[str, int] = {}
@@ -123,7 +136,7 @@ def verify_and_sample(
                 rows_.append(first_row[i] + j)
                 toks.append(token)
                 nums.append(s.request.params.logprobs)
-        flat = token_logprobs(logits, rows_, toks, nums)
+        flat = token_logprobs(raw, rows_, toks, nums)
         at = 0
         for _, s in wanted:
             n = len(tokens[s.request.request_id])

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from shared_engine.guided import GuidedDecoding
+
 if TYPE_CHECKING:
     import torch
 
@@ -32,7 +34,9 @@ class OutputKind(StrEnum):
 class SamplingParams:
     """How to pick tokens and when to stop.
 
-    ``temperature`` below 1e-5 (0 included) means greedy. ``top_k <= 0`` disables top-k. ``seed`` makes
+    ``temperature`` below 1e-5 (0 included) means greedy. ``guided`` constrains the output to a grammar
+    (a JSON schema, a regex, ...; see ``shared_engine.guided``): tokens it forbids are never sampled, and
+    the request stops when the grammar is complete. ``top_k <= 0`` disables top-k. ``seed`` makes
     sampling reproducible per request regardless of what else shares the batch. ``logprobs`` is the number of
     alternatives to report per token (``0`` reports only the chosen token's log-probability;
     ``None`` reports nothing). Log-probabilities are those of the distribution after the
@@ -51,6 +55,7 @@ class SamplingParams:
     logprobs: int | None = None
     skip_special_tokens: bool = True
     output_kind: OutputKind = OutputKind.DELTA
+    guided: GuidedDecoding | None = None
     logits_processors: tuple[LogitsProcessor, ...] = field(default=(), compare=False, hash=False)
     extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
 

@@ -114,3 +114,33 @@ class DraftModelProposer:
             if s.num_spec_tokens:
                 drawn = probs[id(s)]
                 s.set_guesses(guesses[id(s)], torch.stack(drawn) if drawn else None)
+
+
+def make_proposer(
+    config: SpeculativeConfig | None,
+    model: DecoderModel,
+    draft: DecoderModel | None,
+    num_blocks: int,
+    block_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Proposer | None:
+    """The proposer ``config`` asks for (None: no speculative decoding), checked against the models."""
+    if config is None:
+        if draft is not None:
+            raise ValueError("a draft model needs a speculative config with method 'draft_model'")
+        return None
+    if config.method == "ngram":
+        if draft is not None:
+            raise ValueError("speculative method 'ngram' takes no draft model")
+        return NgramProposer(config)
+    if draft is None:
+        raise ValueError("speculative method 'draft_model' needs a draft model")
+    if draft.arch.vocab_size != model.arch.vocab_size:
+        raise ValueError(
+            f"the draft model's vocabulary ({draft.arch.vocab_size} tokens) differs from the target's "
+            f"({model.arch.vocab_size}): a draft model must share the target's tokenizer"
+        )
+    if draft.arch.is_encoder_decoder or model.arch.is_encoder_decoder:
+        raise ValueError("speculative decoding with a draft model takes decoder-only models")
+    return DraftModelProposer(draft, num_blocks, block_size, device, dtype)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+import xgrammar as xgr
 from transformers import AutoConfig, GenerationConfig
 
 from pipelines.llm.loader import prepare_model_folder
@@ -24,6 +25,7 @@ from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.outputs import RequestOutput
 from shared_engine.quantization import QuantizationConfig
 from shared_engine.sampling_params import SamplingParams
+from shared_engine.structured_output import StructuredOutputs
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,17 @@ def _eos_ids(folder: Path, tokenizer: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
+def structured_outputs(
+    tokenizer: Any, vocab_size: int, eos_ids: frozenset[int], device: torch.device
+) -> StructuredOutputs:
+    """The grammar engine for this tokenizer: its vocabulary decoded once (the model's vocabulary size,
+    which may pad the tokenizer's), with the model's stop tokens ending every grammar."""
+    info = xgr.TokenizerInfo.from_huggingface(
+        tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(eos_ids)
+    )
+    return StructuredOutputs(info, pin_memory=device.type == "cuda")
+
+
 class LLMPipeline:
     """Load weights, turn messages or text into token ids, hand them to the engine."""
 
@@ -90,14 +103,17 @@ class LLMPipeline:
                 draft_config, iter_safetensors(draft_folder), self.device, self.dtype, config.quantization
             )
             logger.info("model %s drafts with %s", self.name, draft_folder)
+        eos_ids = _eos_ids(folder, self.tokenizer)
+        self.structured = structured_outputs(self.tokenizer, model.arch.vocab_size, eos_ids, self.device)
         engine = LLMEngine(
             model,
             cast(Tokenizer, self.tokenizer),
             config.engine,
             self.device,
             self.dtype,
-            _eos_ids(folder, self.tokenizer),
+            eos_ids,
             draft_model=draft,
+            structured=self.structured,
         )
         self.max_model_len = engine.max_model_len
         self.engine = AsyncLLMEngine(engine, on_step, compute_lane(self.device))
@@ -110,8 +126,10 @@ class LLMPipeline:
     def has_chat_template(self) -> bool:
         return self.text.has_chat_template
 
-    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        return self.text.encode_chat(messages)
+    def encode_chat(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> list[int]:
+        return self.text.encode_chat(messages, tools)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.text.encode(text, add_special_tokens)
@@ -135,5 +153,6 @@ class LLMPipeline:
 
     def shutdown(self) -> None:
         self.engine.shutdown()
+        self.structured.shutdown()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

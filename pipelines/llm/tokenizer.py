@@ -11,6 +11,7 @@ from typing import Any
 
 from transformers import AutoTokenizer
 
+from pipelines.llm.tool_prompt import generic_messages, hf_messages, template_renders_tools
 from shared_engine.errors import InvalidRequest
 
 
@@ -27,12 +28,28 @@ class ChatTokenizer:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
-    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+    def encode_chat(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> list[int]:
+        """The prompt's token ids. ``messages`` may carry OpenAI's ``tool_calls`` and ``tool`` turns, and
+        ``tools`` the functions offered (``tool_prompt``: the template's own rendering when it has one)."""
         if not self.has_chat_template:
             raise InvalidRequest(
                 f"model {self.model_name!r} has no chat template; use /v1/completions", param="model"
             )
-        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        uses_tools = bool(tools) or any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
+        extra: dict[str, Any] = {}
+        if not uses_tools:
+            rendered: list[dict[str, Any]] = [
+                {"role": m["role"], "content": m.get("content") or ""} for m in messages
+            ]
+        elif template_renders_tools(self.tokenizer.chat_template):
+            rendered, extra = hf_messages(messages), {"tools": list(tools)} if tools else {}
+        else:
+            rendered = list(generic_messages(messages, tools or ()))
+        text = self.tokenizer.apply_chat_template(
+            rendered, add_generation_prompt=True, tokenize=False, **extra
+        )
         # The template already spells out its special tokens.
         return self.encode(str(text), add_special_tokens=False)
 

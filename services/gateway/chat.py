@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
+from services.gateway.chat_stream import chat_logprobs, stream_chat
+from services.gateway.constraints import output_constraint
 from services.gateway.generation import (
+    ChoiceResult,
     ChoiceSpec,
     ChunkWriter,
-    UsageTally,
     collect,
-    merge,
     new_id,
     now,
     sampling_params,
@@ -21,100 +23,99 @@ from services.gateway.schemas import (
     ChatChoice,
     ChatCompletion,
     ChatCompletionRequest,
-    ChatLogprobs,
     ChatMessage,
-    ChatTokenLogprob,
-    TopLogprob,
 )
+from services.gateway.tool_calls import plan_tools
+from services.gateway.tool_parser import parse_all
+from services.gateway.tool_schemas import FunctionCall, ToolCall
 from services.registry import Chat
 from shared_engine.errors import InvalidRequest
-from shared_engine.outputs import RequestOutput, TokenLogprob
 
 
-def message_dicts(messages: list[ChatMessage]) -> list[dict[str, str]]:
-    out = []
+def _text(m: ChatMessage, i: int) -> str:
+    if not isinstance(m.content, list):
+        return m.content or ""
+    parts = []
+    for part in m.content:
+        if part.type != "text" or part.text is None:
+            raise InvalidRequest(
+                f"messages[{i}]: content part of type {part.type!r} is not supported by a text model",
+                param="messages",
+            )
+        parts.append(part.text)
+    return "".join(parts)
+
+
+def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
     for i, m in enumerate(messages):
-        if isinstance(m.content, list):
-            parts = []
-            for part in m.content:
-                if part.type != "text" or part.text is None:
-                    raise InvalidRequest(
-                        f"messages[{i}]: content part of type {part.type!r} is not supported by a text model",
-                        param="messages",
-                    )
-                parts.append(part.text)
-            content = "".join(parts)
-        else:
-            content = m.content or ""
-        out.append({"role": m.role, "content": content})
+        entry: dict[str, Any] = {"role": m.role, "content": _text(m, i)}
+        if m.role == "tool":
+            if not m.tool_call_id:
+                raise InvalidRequest(f"messages[{i}]: a tool message needs tool_call_id", param="messages")
+            entry["tool_call_id"] = m.tool_call_id
+        if m.tool_calls:
+            if m.role != "assistant":
+                raise InvalidRequest(
+                    f"messages[{i}]: only assistant messages carry tool_calls", param="messages"
+                )
+            entry["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.function.name, "arguments": c.function.arguments},
+                }
+                for c in m.tool_calls
+            ]
+        out.append(entry)
     return out
 
 
-def _logprobs(service: Chat, items: list[TokenLogprob]) -> ChatLogprobs:
-    def entry(token_id: int, logprob: float) -> TopLogprob:
-        text = service.token_text(token_id)
-        return TopLogprob(token=text, logprob=logprob, bytes=list(text.encode()))
-
-    content = []
-    for lp in items:
-        chosen = entry(lp.token_id, lp.logprob)
-        top = [entry(t, v) for t, v in lp.top]
-        content.append(ChatTokenLogprob(chosen.token, chosen.logprob, chosen.bytes, top))
-    return ChatLogprobs(content=content)
+def _message(result: ChoiceResult, tools: bool) -> tuple[AssistantMessage, str | None]:
+    """The assistant message of one choice and its finish reason (``tool_calls`` when it called)."""
+    text = "".join(result.text)
+    if not tools:
+        return AssistantMessage(role="assistant", content=text), result.finish_reason
+    parsed = parse_all(text)
+    if not parsed.calls:
+        return AssistantMessage(role="assistant", content=text), result.finish_reason
+    calls = [
+        ToolCall(id=c.id or "", function=FunctionCall(name=c.name or "", arguments=c.arguments))
+        for c in parsed.calls
+    ]
+    ended = result.finish_reason == "stop" and parsed.num_complete == len(calls)
+    message = AssistantMessage(role="assistant", content=parsed.content.strip() or None, tool_calls=calls)
+    return message, "tool_calls" if ended else result.finish_reason
 
 
 async def create(service: Chat, body: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[bytes]:
     if body.top_logprobs is not None and not body.logprobs:
         raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
-    prompt_ids = service.encode_chat(message_dicts(body.messages))
+    guided, param = output_constraint(body)
+    plan = plan_tools(body)
+    if plan.active and guided is not None:
+        raise InvalidRequest(
+            f"{param} cannot be combined with tools unless tool_choice is 'none'", param=param
+        )
+    prompt_ids = service.encode_chat(message_dicts(body.messages), plan.tools or None)
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     max_tokens = service.resolve_max_tokens(requested, len(prompt_ids), "messages")
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    guided = guided or plan.guided
     choices = [
-        ChoiceSpec(i, prompt_ids, sampling_params(body, max_tokens, logprobs, i)) for i in range(body.n)
+        ChoiceSpec(i, prompt_ids, sampling_params(body, max_tokens, logprobs, i, guided))
+        for i in range(body.n)
     ]
     request_id = new_id("chatcmpl")
     streams = await start_choices(service, request_id, choices)
     if body.stream:
         chunk = ChunkWriter(request_id, "chat.completion.chunk", body.model, wants_usage(body))
-        return _stream(service, body, chunk, streams)
+        return stream_chat(service, body, chunk, streams, plan.active)
 
     results, usage = await collect(streams, lambda i: 0)
-    return ChatCompletion(
-        id=request_id,
-        created=now(),
-        model=body.model,
-        choices=[
-            ChatChoice(
-                index=i,
-                message=AssistantMessage(role="assistant", content="".join(r.text)),
-                logprobs=_logprobs(service, r.logprobs) if body.logprobs else None,
-                finish_reason=r.finish_reason,
-            )
-            for i, r in enumerate(results)
-        ],
-        usage=usage,
-    )
-
-
-async def _stream(
-    service: Chat,
-    body: ChatCompletionRequest,
-    chunk: ChunkWriter,
-    streams: list[AsyncIterator[RequestOutput]],
-) -> AsyncIterator[bytes]:
-    for i in range(len(streams)):
-        role = {"role": "assistant", "content": ""}
-        yield chunk([{"index": i, "delta": role, "logprobs": None, "finish_reason": None}])
-    tally = UsageTally()
-    async for i, out in merge(streams):
-        tally.add(0, i, out)
-        if out.text or (body.logprobs and out.logprobs):
-            lp = _logprobs(service, out.logprobs) if body.logprobs else None
-            yield chunk([{"index": i, "delta": {"content": out.text}, "logprobs": lp, "finish_reason": None}])
-        if out.finish_reason is not None:
-            yield chunk(
-                [{"index": i, "delta": {}, "logprobs": None, "finish_reason": out.finish_reason.value}]
-            )
-    if chunk.include_usage:
-        yield chunk([], tally.usage())
+    out = []
+    for i, r in enumerate(results):
+        message, reason = _message(r, plan.active)
+        lp = chat_logprobs(service, r.logprobs) if body.logprobs else None
+        out.append(ChatChoice(index=i, message=message, logprobs=lp, finish_reason=reason))
+    return ChatCompletion(id=request_id, created=now(), model=body.model, choices=out, usage=usage)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+from services.gateway.constraints import output_constraint
 from services.gateway.generation import (
     ChoiceSpec,
     ChunkWriter,
@@ -68,13 +69,14 @@ def _logprobs(service: Chat, items: list[TokenLogprob], start_offset: int) -> Co
 async def create(service: Chat, body: CompletionRequest) -> Completion | AsyncIterator[bytes]:
     if body.suffix:
         raise InvalidRequest("suffix is not supported by this server", param="suffix")
+    guided, _ = output_constraint(body)
     prompts = prompt_token_lists(service, body.prompt)
     choices = []
     for p, ids in enumerate(prompts):
         max_tokens = service.resolve_max_tokens(body.max_tokens, len(ids), "prompt")
         for j in range(body.n):
             choices.append(
-                ChoiceSpec(p * body.n + j, ids, sampling_params(body, max_tokens, body.logprobs, j))
+                ChoiceSpec(p * body.n + j, ids, sampling_params(body, max_tokens, body.logprobs, j, guided))
             )
     request_id = new_id("cmpl")
     streams = await start_choices(service, request_id, choices)

@@ -14,6 +14,7 @@ from services.gateway.schemas import PromptTokensDetails, SamplingFields, Usage
 from services.gateway.sse import event
 from services.registry import Chat
 from shared_engine.errors import InvalidRequest
+from shared_engine.guided import GuidedDecoding
 from shared_engine.outputs import RequestOutput, TokenLogprob
 from shared_engine.sampling_params import OutputKind, SamplingParams
 
@@ -27,7 +28,11 @@ def now() -> int:
 
 
 def sampling_params(
-    body: SamplingFields, max_tokens: int, logprobs: int | None, choice: int
+    body: SamplingFields,
+    max_tokens: int,
+    logprobs: int | None,
+    choice: int,
+    guided: GuidedDecoding | None = None,
 ) -> SamplingParams:
     for name in ("presence_penalty", "frequency_penalty"):
         if getattr(body, name):
@@ -49,6 +54,7 @@ def sampling_params(
             ignore_eos=body.ignore_eos,
             logprobs=logprobs,
             output_kind=OutputKind.DELTA if body.stream else OutputKind.FINAL_ONLY,
+            guided=guided,
         )
     except ValueError as exc:
         param = str(exc).split(" ", 1)[0]

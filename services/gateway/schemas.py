@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from services.gateway.tool_schemas import ResponseFormat, StructuredOutputsParams, Tool, ToolCall, ToolChoice
 from shared_engine.sampling_params import MAX_TOP_LOGPROBS, SEED_MAX, SEED_MIN
 
 MAX_N = 16
@@ -47,6 +48,8 @@ class ChatMessage(Struct):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant turn's calls
+    tool_call_id: str | None = None  # a tool turn: the call it answers
 
 
 class SamplingFields(Struct, kw_only=True):
@@ -66,6 +69,12 @@ class SamplingFields(Struct, kw_only=True):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     user: str | None = None
+    # vLLM's extras constraining the output (services/gateway/constraints.py).
+    guided_json: dict[str, Any] | bool | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    structured_outputs: StructuredOutputsParams | None = None
 
 
 class ChatCompletionRequest(SamplingFields, kw_only=True):
@@ -74,6 +83,10 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     max_completion_tokens: MaxTokens | None = None
     logprobs: bool = False
     top_logprobs: TopLogprobs | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(SamplingFields, kw_only=True):
@@ -115,9 +128,10 @@ class ChatLogprobs(Struct):
     content: list[ChatTokenLogprob]
 
 
-class AssistantMessage(Struct):
+class AssistantMessage(Struct, omit_defaults=True):
     role: str
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(Struct):

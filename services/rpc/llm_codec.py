@@ -6,6 +6,7 @@ from typing import Any
 
 from services.rpc import llm_pb2
 from shared_engine.errors import InvalidRequest
+from shared_engine.guided import GuidedDecoding, GuidedKind
 from shared_engine.outputs import FinishReason, RequestMetrics, RequestOutput, TokenLogprob
 from shared_engine.sampling_params import OutputKind, SamplingParams
 
@@ -23,7 +24,20 @@ def params_to_proto(p: SamplingParams) -> Any:
         logprobs=p.logprobs,
         skip_special_tokens=p.skip_special_tokens,
         final_only=p.output_kind == OutputKind.FINAL_ONLY,
+        guided=None
+        if p.guided is None
+        else llm_pb2.GuidedDecoding(kind=p.guided.kind.value, spec=p.guided.spec),
     )
+
+
+def _guided_from_proto(m: Any) -> GuidedDecoding | None:
+    if not m.HasField("guided"):
+        return None
+    try:
+        kind = GuidedKind(m.guided.kind)
+    except ValueError:
+        raise InvalidRequest(f"unknown output constraint kind {m.guided.kind!r}") from None
+    return GuidedDecoding(kind, m.guided.spec)
 
 
 def params_from_proto(m: Any) -> SamplingParams:
@@ -40,6 +54,7 @@ def params_from_proto(m: Any) -> SamplingParams:
             logprobs=m.logprobs if m.HasField("logprobs") else None,
             skip_special_tokens=m.skip_special_tokens,
             output_kind=OutputKind.FINAL_ONLY if m.final_only else OutputKind.DELTA,
+            guided=_guided_from_proto(m),
         )
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None

@@ -4,6 +4,7 @@ checks), shared with the remote client, and the in-process engine."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from pipelines.llm import ChatTokenizer, LLMPipeline, LLMPipelineConfig
 from services.config.models import ModelSpec
@@ -31,8 +32,10 @@ class ChatText:
     def vocab_size(self) -> int:
         return self.text.vocab_size
 
-    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        return self.text.encode_chat(messages)
+    def encode_chat(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> list[int]:
+        return self.text.encode_chat(messages, tools)
 
     def encode(self, text: str) -> list[int]:
         return self.text.encode(text)

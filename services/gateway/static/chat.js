@@ -15,11 +15,31 @@ function addBubble(role, text) {
   return bubble;
 }
 
+// The JSON schema box: undefined when empty (free text), else the schema; throws on text that is not JSON.
+function schemaFormat() {
+  const text = $("chat-schema").value.trim();
+  if (!text) return undefined;
+  let schema;
+  try {
+    schema = JSON.parse(text);
+  } catch (err) {
+    throw new Error(`JSON schema: ${err.message}`);
+  }
+  return { type: "json_schema", json_schema: { name: "playground", schema, strict: true } };
+}
+
 async function sendChat() {
   const input = $("chat-input");
   const text = input.value.trim();
   if (!text || chatAbort) return;
   clearError("chat-error");
+  let responseFormat;
+  try {
+    responseFormat = schemaFormat();
+  } catch (err) {
+    showError("chat-error", err);
+    return;
+  }
   input.value = "";
   conversation.push({ role: "user", content: text });
   addBubble("user", text);
@@ -32,6 +52,7 @@ async function sendChat() {
     stream_options: { include_usage: true },
     max_tokens: Number($("chat-max-tokens").value) || undefined,
     temperature: Number($("chat-temperature").value),
+    response_format: responseFormat,
   };
   chatAbort = new AbortController();
   $("chat-send").disabled = true;

@@ -1,0 +1,76 @@
+"""Streamed chat completions: one ``chat.completion.chunk`` per increment of each choice; with tools in
+play, the text goes through the tool-call parser and calls stream as OpenAI's ``delta.tool_calls``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from services.gateway.generation import ChunkWriter, UsageTally, merge
+from services.gateway.schemas import ChatCompletionRequest, ChatLogprobs, ChatTokenLogprob, TopLogprob
+from services.gateway.tool_parser import ToolCallParser
+from services.registry import Chat
+from shared_engine.outputs import RequestOutput, TokenLogprob
+
+
+def chat_logprobs(service: Chat, items: list[TokenLogprob]) -> ChatLogprobs:
+    def entry(token_id: int, logprob: float) -> TopLogprob:
+        text = service.token_text(token_id)
+        return TopLogprob(token=text, logprob=logprob, bytes=list(text.encode()))
+
+    content = []
+    for lp in items:
+        chosen = entry(lp.token_id, lp.logprob)
+        top = [entry(t, v) for t, v in lp.top]
+        content.append(ChatTokenLogprob(chosen.token, chosen.logprob, chosen.bytes, top))
+    return ChatLogprobs(content=content)
+
+
+def _deltas(out: RequestOutput, parser: ToolCallParser | None) -> list[dict[str, Any]]:
+    """The deltas one engine output makes: its text, or with tools the content and call pieces."""
+    if parser is None:
+        return [{"content": out.text}] if out.text else []
+    pieces = parser.feed(out.text, final=out.finish_reason is not None)
+    deltas: list[dict[str, Any]] = [{"content": pieces.content}] if pieces.content else []
+    deltas += [{"tool_calls": [call.to_openai()]} for call in pieces.calls]
+    return deltas
+
+
+def _finish_reason(out: RequestOutput, parser: ToolCallParser | None) -> str:
+    assert out.finish_reason is not None
+    reason = out.finish_reason.value
+    if (
+        parser is not None
+        and parser.num_calls
+        and reason == "stop"
+        and parser.num_complete == parser.num_calls
+    ):
+        return "tool_calls"
+    return reason
+
+
+async def stream_chat(
+    service: Chat,
+    body: ChatCompletionRequest,
+    chunk: ChunkWriter,
+    streams: list[AsyncIterator[RequestOutput]],
+    tools: bool,
+) -> AsyncIterator[bytes]:
+    parsers = [ToolCallParser() if tools else None for _ in streams]
+    for i in range(len(streams)):
+        role = {"role": "assistant", "content": None if tools else ""}
+        yield chunk([{"index": i, "delta": role, "logprobs": None, "finish_reason": None}])
+    tally = UsageTally()
+    async for i, out in merge(streams):
+        tally.add(0, i, out)
+        lp = chat_logprobs(service, out.logprobs) if body.logprobs and out.logprobs else None
+        deltas = _deltas(out, parsers[i]) or ([{}] if lp else [])
+        for n, delta in enumerate(deltas):
+            yield chunk(
+                [{"index": i, "delta": delta, "logprobs": lp if n == 0 else None, "finish_reason": None}]
+            )
+        if out.finish_reason is not None:
+            reason = _finish_reason(out, parsers[i])
+            yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reason}])
+    if chunk.include_usage:
+        yield chunk([], tally.usage())

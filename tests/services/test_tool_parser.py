@@ -1,0 +1,117 @@
+"""Tool calls without a server: the grammar a request's tool fields make accepts exactly the calls they
+allow, and the parser turns text into content and calls the same way however the text is chunked."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import xgrammar as xgr
+
+from pipelines.llm.tool_prompt import format_call, generic_messages
+from services.gateway.schemas import ChatCompletionRequest
+from services.gateway.tool_calls import plan_tools
+from services.gateway.tool_parser import ToolCallParser, parse_all
+from services.gateway.tool_schemas import FunctionDefinition, NamedFunction, Tool, ToolChoiceFunction
+from shared_engine.errors import InvalidRequest
+from tests.helpers.tools import ADD, WEATHER
+
+PARIS = format_call("get_weather", '{"city": "Paris", "unit": "celsius"}')
+SUM = format_call("add", '{"a": 2, "b": 40}')
+BAD_SUM = format_call("add", '{"a": "two", "b": 1}')
+NESTED = format_call("add", '{"a": {"b}": [1, {}]}, "b": 2}')
+
+
+def body(tool_choice: Any = None, parallel: bool | None = None) -> ChatCompletionRequest:
+    tools = [
+        Tool(function=FunctionDefinition(name="get_weather", parameters=WEATHER)),
+        Tool(function=FunctionDefinition(name="add", parameters=ADD)),
+    ]
+    return ChatCompletionRequest(
+        model="m", messages=[], tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel
+    )
+
+
+def accepts(request: ChatCompletionRequest, text: str) -> bool:
+    guided = plan_tools(request).guided
+    assert guided is not None
+    grammar = xgr.Grammar.from_structural_tag(guided.spec)
+    return bool(xgr.testing._is_grammar_accept_string(grammar, text))
+
+
+@pytest.mark.parametrize(
+    ("choice", "parallel", "text", "allowed"),
+    [
+        ("required", None, PARIS, True),
+        ("required", None, f"{PARIS}\n{SUM}", True),
+        ("required", False, f"{PARIS}\n{SUM}", False),  # one call only
+        ("required", None, "It is sunny.", False),  # text is no call
+        ("required", None, format_call("get_weather", '{"city": "Paris"}'), False),  # unit is required
+        ("required", None, format_call("fly", "{}"), False),  # not a tool
+        ("auto", None, "It is sunny.", True),
+        ("auto", None, f"Let me look. {PARIS}", True),
+        ("auto", None, f"Let me look. {BAD_SUM}", False),
+        (ToolChoiceFunction(function=NamedFunction(name="add")), None, SUM, True),
+        (ToolChoiceFunction(function=NamedFunction(name="add")), None, PARIS, False),
+    ],
+)
+def test_the_grammar_allows_exactly_the_calls_asked_for(
+    choice: Any, parallel: bool | None, text: str, allowed: bool
+) -> None:
+    assert accepts(body(choice, parallel), text) == allowed
+
+
+def test_none_and_no_tools_mean_plain_text() -> None:
+    assert plan_tools(body("none")).guided is None
+    assert plan_tools(ChatCompletionRequest(model="m", messages=[])).guided is None
+    with pytest.raises(InvalidRequest, match="defined twice"):
+        plan_tools(ChatCompletionRequest(model="m", messages=[], tools=body().tools * 2))  # type: ignore[operator]
+
+
+TEXT = f"Checking. {PARIS}\n{NESTED}\nDone."
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 8, 13, 1000])
+def test_streamed_pieces_add_up_to_the_whole(size: int) -> None:
+    whole = parse_all(TEXT)
+    parser, content, calls = ToolCallParser(), "", {}
+    for start in range(0, len(TEXT), size):
+        pieces = parser.feed(TEXT[start : start + size], final=start + size >= len(TEXT))
+        content += pieces.content
+        for piece in pieces.calls:
+            if piece.id is not None:
+                assert piece.index not in calls
+                calls[piece.index] = [piece.name, piece.arguments]
+            else:
+                calls[piece.index][1] += piece.arguments
+    assert content == whole.content == "Checking. Done."
+    assert list(calls.values()) == [[c.name, c.arguments] for c in whole.calls]
+    assert [json.loads(args) for _, args in calls.values()] == [
+        {"city": "Paris", "unit": "celsius"},
+        {"a": {"b}": [1, {}]}, "b": 2},
+    ]
+    assert whole.num_complete == 2 and len({c.id for c in whole.calls}) == 2
+
+
+def test_a_call_cut_short_stays_incomplete() -> None:
+    cut = parse_all(PARIS[:-20])
+    assert len(cut.calls) == 1 and cut.num_complete == 0
+    assert cut.calls[0].arguments.startswith('{"city": "Paris"')
+    assert parse_all('<tool_call>\n{"na').content == '<tool_call>\n{"na'  # no name yet: left as text
+
+
+def test_the_generic_prompt_lists_tools_and_replays_calls_and_results() -> None:
+    tools = [{"type": "function", "function": {"name": "add", "parameters": ADD}}]
+    call = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 40}'}}
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "2 + 40?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+    ]
+    out = generic_messages(messages, tools)
+    assert [m["role"] for m in out] == ["system", "user", "assistant", "user"]
+    assert out[0]["content"].startswith("Be brief.") and '"name": "add"' in out[0]["content"]
+    assert out[2]["content"] == SUM
+    assert out[3]["content"] == "<tool_response>\n42\n</tool_response>"
