@@ -123,14 +123,16 @@ def test_a_chat_completion_is_counted_and_timed(
     assert grew(engine, "mmserve:prefix_cache_hits_total", **model) == cached
 
 
-@pytest.mark.skipif(DISTRIBUTED, reason="two chat replicas: a repeated prompt may land on the other one")
-def test_a_repeated_prompt_counts_prefix_cache_hits(http: httpx.Client, model_id: str) -> None:
+def test_a_repeated_prompt_counts_prefix_cache_hits(
+    http: httpx.Client, model_id: str, engine_metrics: Scrape
+) -> None:
+    """Distributed mode too: cache-aware routing sends the repeat to the replica that cached it."""
     body = chat_body(model_id, messages=[{"role": "user", "content": "Repeat: " + "alpha beta " * 40}])
     assert http.post("/v1/chat/completions", json=body).status_code == 200
-    before = total(gateway_metrics(http), "mmserve:prefix_cache_hits_total", model_name=model_id)
+    before = total(engine_metrics("chat"), "mmserve:prefix_cache_hits_total", model_name=model_id)
     response = http.post("/v1/chat/completions", json=body)
     cached = response.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
-    after = total(gateway_metrics(http), "mmserve:prefix_cache_hits_total", model_name=model_id)
+    after = total(engine_metrics("chat"), "mmserve:prefix_cache_hits_total", model_name=model_id)
     assert cached > 0 and after - before == cached
 
 
