@@ -38,7 +38,8 @@ from benchmarks.workload import build_prompts, corpus_words, default_corpus
 from shared_engine.attention import AttentionMetadata, PrefillChunk, allocate_kv_caches
 from shared_engine.config import CacheConfig, EngineConfig
 from shared_engine.llm_engine import LLMEngine
-from shared_engine.quantization import DEFAULT_INT4_GROUP_SIZE, QuantizationConfig, weight_bytes
+from shared_engine.quantization import DEFAULT_INT4_GROUP_SIZE, QuantizationConfig
+from shared_engine.quantize_model import weight_bytes
 from shared_engine.sampling_params import SamplingParams
 
 AGREEMENT_PROMPTS = (

@@ -29,11 +29,10 @@ from shared_engine.quantization import (
     TiedQuantizedHead,
     dequantize_int4,
     dequantize_int8,
-    quantize_decoder,
     quantize_int4,
     quantize_int8,
-    weight_bytes,
 )
+from shared_engine.quantize_model import quantize_decoder, weight_bytes
 from shared_engine.sampling_params import SamplingParams
 
 CPU = torch.device("cpu")
