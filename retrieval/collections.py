@@ -16,6 +16,7 @@ import numpy as np
 
 from retrieval.chunking import ChunkingConfig, chunk_text
 from retrieval.errors import CollectionExists, CollectionNotFound, DocumentNotFound, InvalidName
+from retrieval.filters import Filter, from_equalities
 from retrieval.fusion import QueryOptions
 from retrieval.index import INDEX_KINDS, VectorIndex
 from retrieval.search import SearchRequest, SearchResult, search
@@ -121,14 +122,8 @@ class Collections:
                 f"index must be one of {', '.join(INDEX_KINDS)}, got {index_kind!r}", param="index"
             )
         chunking = chunking or ChunkingConfig()
+        self.check_chunking(model, chunking)
         embedder = self.embedders[model]
-        window = 0 if _is_image(embedder) else cast(Embedder, embedder).max_model_len - 2
-        if window and chunking.chunk_tokens > window:
-            raise InvalidRequest(
-                f"chunk_tokens {chunking.chunk_tokens} exceeds what {model} reads "
-                f"({window} tokens besides its special tokens)",
-                param="chunk_tokens",
-            )
         if name in self.indexes:
             raise CollectionExists(name)
         record = CollectionRecord(
@@ -144,6 +139,17 @@ class Collections:
         self.indexes[name] = VectorIndex(index_kind, embedder.dimensions)
         return record
 
+    def check_chunking(self, model: str, chunking: ChunkingConfig) -> None:
+        """Chunks must fit what the embedding model reads."""
+        embedder = self.embedders[model]
+        window = 0 if _is_image(embedder) else cast(Embedder, embedder).max_model_len - 2
+        if window and chunking.chunk_tokens > window:
+            raise InvalidRequest(
+                f"chunk_tokens {chunking.chunk_tokens} exceeds what {model} reads "
+                f"({window} tokens besides its special tokens)",
+                param="chunk_tokens",
+            )
+
     def drop(self, name: str) -> None:
         self._index(name)
         self.store.drop_collection(name)
@@ -153,7 +159,7 @@ class Collections:
     # -- documents -------------------------------------------------------------------------------------
 
     async def _embed_documents(
-        self, record: CollectionRecord, docs: Sequence[DocumentInput]
+        self, record: CollectionRecord, docs: Sequence[DocumentInput], chunking: ChunkingConfig | None
     ) -> tuple[list[list[str]], list[np.ndarray]]:
         """Each document's chunks (an image is one chunk: its caption) and one vector per chunk."""
         embedder = self.embedders[record.model]
@@ -169,7 +175,7 @@ class Collections:
             return [[d.text] for d in docs], vectors
         if any(d.image is not None for d in docs):
             raise InvalidRequest(f"collection {record.name!r} holds text, not images", param="documents")
-        chunking = ChunkingConfig(record.chunk_tokens, record.overlap_tokens)
+        chunking = chunking or ChunkingConfig(record.chunk_tokens, record.overlap_tokens)
         pieces = [chunk_text(d.text, embedder.tokenizer, chunking) for d in docs]  # type: ignore[union-attr]
         for i, p in enumerate(pieces):
             if not p:
@@ -177,13 +183,18 @@ class Collections:
         flat = [c for p in pieces for c in p]
         return pieces, await embedder.embed(embedder.tokenize(flat, truncate=True))  # type: ignore[union-attr]
 
-    async def add(self, name: str, docs: Sequence[DocumentInput]) -> tuple[list[str], int]:
-        """Chunk, embed and store documents; returns their ids and the number of chunks. Durable on return."""
+    async def add(
+        self, name: str, docs: Sequence[DocumentInput], chunking: ChunkingConfig | None = None
+    ) -> tuple[list[str], int]:
+        """Chunk (by the collection's chunking unless ``chunking`` says otherwise), embed and store
+        documents; returns their ids and the number of chunks. Durable on return."""
         record = self.record(name)
+        if chunking is not None:
+            self.check_chunking(record.model, chunking)
         ids = [check_name(d.id, DOCUMENT_ID, "id") if d.id else uuid.uuid4().hex for d in docs]
         if len(set(ids)) != len(ids):
             raise InvalidRequest("document ids in one request must be distinct", param="documents")
-        pieces, vectors = await self._embed_documents(record, docs)
+        pieces, vectors = await self._embed_documents(record, docs, chunking)
         flat = [c for p in pieces for c in p]
         new, at = [], 0
         for doc, doc_id, p in zip(docs, ids, pieces, strict=True):
@@ -228,13 +239,16 @@ class Collections:
         name: str,
         text: str | None,
         top_k: int = 5,
-        where: dict[str, Any] | None = None,
+        where: Mapping[str, Any] | Filter | None = None,
         image: bytes | None = None,
         options: QueryOptions | None = None,
     ) -> list[SearchResult]:
         """The ``top_k`` best documents (or chunks, by ``options.group_by``) for a text query, ranked by
-        ``options.mode``; a collection of images is queried with an image, by its vectors alone."""
+        ``options.mode``, among the documents ``where`` admits (a filter, or fields that must equal);
+        a collection of images is queried with an image, by its vectors alone."""
         options = options or QueryOptions()
+        if isinstance(where, Mapping):
+            where = from_equalities(where)
         record = self.record(name)
         embedder = self.embedders[record.model]
         vector: np.ndarray | None = None

@@ -16,6 +16,33 @@ class DocumentNotFound(EngineError):
         super().__init__(f"document `{doc_id}` does not exist in collection `{collection}`")
 
 
+class ObjectNotFound(EngineError):
+    """An OpenAI-style object (file, vector store, …) that does not exist: 404 with ``code``."""
+
+    what = "object"
+    code = "not_found"
+
+    def __init__(self, object_id: str, where: str | None = None) -> None:
+        super().__init__(f"No such {self.what}: {object_id}" + (f" in {where}" if where else ""))
+        self.object_id = object_id
+
+
+class FileNotFound(ObjectNotFound):
+    what, code = "file", "file_not_found"
+
+
+class VectorStoreNotFound(ObjectNotFound):
+    what, code = "vector store", "vector_store_not_found"
+
+
+class VectorStoreFileNotFound(ObjectNotFound):
+    what, code = "vector store file", "vector_store_file_not_found"
+
+
+class FileBatchNotFound(ObjectNotFound):
+    what, code = "vector store file batch", "file_batch_not_found"
+
+
 class CollectionExists(EngineError):
     def __init__(self, name: str) -> None:
         super().__init__(f"collection `{name}` already exists")
@@ -23,3 +50,15 @@ class CollectionExists(EngineError):
 
 class InvalidName(InvalidRequest):
     pass
+
+
+class UnsupportedFormat(InvalidRequest):
+    """A file whose type text cannot be extracted from (told by its name's suffix or content type)."""
+
+    code = "unsupported_file"
+
+
+class UnreadableDocument(InvalidRequest):
+    """A file of a supported type that is broken, encrypted, or holds no text."""
+
+    code = "invalid_file"

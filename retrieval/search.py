@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from retrieval.filters import Filter
 from retrieval.fusion import QueryOptions, group_by_document, reciprocal_rank_fusion
 from retrieval.index import VectorIndex
 from retrieval.store import ChunkHit, DocumentStore
@@ -44,7 +45,7 @@ class SearchRequest:
     text: str | None
     top_k: int
     options: QueryOptions
-    where: dict[str, Any] | None = None
+    where: Filter | None = None
 
 
 def rank_chunks(store: DocumentStore, index: VectorIndex, request: SearchRequest) -> list[tuple[int, float]]:

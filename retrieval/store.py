@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from retrieval import lexical
+from retrieval import filters, lexical
+from retrieval.filters import Filter
 
 # 1: every collection has a lexical index (stores of version 0 get theirs built when first opened).
 SCHEMA_VERSION = 1
@@ -234,39 +235,26 @@ class DocumentStore:
         ).fetchall()
         return {r[0]: ChunkHit(r[0], r[1], r[2], json.loads(r[3])) for r in rows}
 
-    def chunk_ids_matching(self, collection: str, where: dict[str, Any]) -> np.ndarray:
-        """Chunk ids of documents whose metadata equals every ``where`` field exactly."""
+    def chunk_ids_matching(self, collection: str, where: Filter | Mapping[str, Any]) -> np.ndarray:
+        """Chunk ids of the documents whose metadata the filter admits."""
         sql, params = self.matching_sql(collection, where)
         rows = self.db.execute(sql, params).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
 
-    def matching_sql(self, collection: str, where: dict[str, Any]) -> tuple[str, list[Any]]:
+    def matching_sql(self, collection: str, where: Filter | Mapping[str, Any]) -> tuple[str, list[Any]]:
         """A query selecting the chunk ids of ``chunk_ids_matching``, with its parameters (to be used
         as a subquery)."""
-        clauses: list[str] = []
-        params: list[Any] = [collection]
-        for key, value in where.items():
-            path = f'$."{key}"'
-            # SQLite stores true as 1: compare JSON types too, so that true never matches 1.
-            if isinstance(value, bool):
-                clauses.append("json_type(d.metadata, ?) = ?")
-                params += [path, "true" if value else "false"]
-            elif isinstance(value, dict | list):
-                clauses.append("json_extract(d.metadata, ?) = ?")  # arrays/objects come back minified
-                params += [path, json.dumps(value, separators=(",", ":"))]
-            else:
-                kind = {int: "integer", float: "real"}.get(type(value), "text")
-                clauses.append("json_extract(d.metadata, ?) = ? AND json_type(d.metadata, ?) IN (?, ?)")
-                params += [path, value, path, kind, "integer" if kind == "real" else kind]
+        f = filters.as_filter(where)
+        condition, params = ("1", []) if f is None else filters.to_sql(f, "d.metadata")
         sql = (
             "SELECT c.id FROM chunks c JOIN documents d "
             "ON d.collection = c.collection AND d.id = c.document_id "
-            f"WHERE c.collection = ? AND {' AND '.join(clauses) or '1'}"
+            f"WHERE c.collection = ? AND {condition}"
         )
-        return sql, params
+        return sql, [collection, *params]
 
     def lexical_search(
-        self, collection: str, text: str, k: int, where: dict[str, Any] | None = None
+        self, collection: str, text: str, k: int, where: Filter | Mapping[str, Any] | None = None
     ) -> list[tuple[int, float]]:
         """Top ``k`` (chunk id, BM25 score) of a collection for a text query, best first."""
         allowed = self.matching_sql(collection, where) if where else None
@@ -275,6 +263,10 @@ class DocumentStore:
     # -- plumbing ---------------------------------------------------------------------------------------
 
     def _transaction(self) -> _Transaction:
+        return _Transaction(self.db)
+
+    def transaction(self) -> _Transaction:
+        """One transaction for writes of other tables kept in this store (files, vector stores)."""
         return _Transaction(self.db)
 
 

@@ -1,11 +1,13 @@
 """``mmserve ingest PATH --collection NAME`` (also ``mmserve-ingest`` or
-``python -m services.commands.ingest``): load a folder of .txt/.md/.html files into a collection
-through the same store the server uses.
+``python -m services.commands.ingest``): load a folder of documents (text, Markdown, HTML, PDF, DOCX,
+JSON) into a collection through the same store the server uses, or with ``--url`` into a vector store
+of a running server through its API (services.commands.ingest_remote).
 
-Each file becomes one document whose id is its path relative to PATH; its content hash is kept in
+Each file becomes one document whose id is its path relative to PATH; the hash of its text is kept in
 the metadata, so a second run skips unchanged files and replaces changed ones. Files are committed
-one by one: an interrupted run resumes where it stopped. Run it while the server is stopped (the
-server loads what was ingested when it starts).
+one by one: an interrupted run resumes where it stopped. A file with no readable text (empty,
+encrypted, damaged) is skipped with a warning. Run it while the server is stopped (the server loads
+what was ingested when it starts).
 """
 
 from __future__ import annotations
@@ -17,46 +19,25 @@ import logging
 import re
 import sys
 from collections.abc import Iterator
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from retrieval.errors import CollectionNotFound
+from retrieval.errors import CollectionNotFound, UnreadableDocument, UnsupportedFormat
+from retrieval.formats import SUPPORTED_SUFFIXES, extract_text, format_of
 from services.config.settings import Settings
 
 if TYPE_CHECKING:
     from retrieval.collections import Collections, Embedder
 
-SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm")
+SUFFIXES = SUPPORTED_SUFFIXES
 UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
 
 
-class _TextOfHtml(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.parts: list[str] = []
-        self._skip = 0
-
-    def handle_starttag(self, tag: str, attrs: object) -> None:
-        self._skip += tag in ("script", "style")
-
-    def handle_endtag(self, tag: str) -> None:
-        self._skip -= tag in ("script", "style") and self._skip > 0
-
-    def handle_data(self, data: str) -> None:
-        if not self._skip:
-            self.parts.append(data)
-
-
 def read_text(path: Path) -> str:
-    raw = path.read_text(encoding="utf-8", errors="replace")
-    if path.suffix.lower() in (".html", ".htm"):
-        parser = _TextOfHtml()
-        parser.feed(raw)
-        raw = " ".join(" ".join(parser.parts).split())
-    return raw
+    """The text of a document file (raises UnsupportedFormat or UnreadableDocument)."""
+    return extract_text(path.read_bytes(), path.name)
 
 
 def document_id(rel: Path) -> str:
@@ -89,15 +70,19 @@ async def ingest(
     files = list(find_files(root))
     added = skipped = 0
     for path in tqdm(files, desc=f"ingest → {name}", unit="file"):
-        text = read_text(path)
+        data = path.read_bytes()
+        try:
+            text = extract_text(data, path.name)
+        except UnreadableDocument as e:
+            if data.strip():  # an empty file is skipped without a word
+                tqdm.write(f"skipped: {e}", file=sys.stderr)
+            skipped += 1
+            continue
         digest = hashlib.sha256(text.encode()).hexdigest()
         rel = path.relative_to(root) if root.is_dir() else Path(path.name)
         doc_id = document_id(rel)
         existing = collections.store.document(name, doc_id)
         if existing is not None and existing.metadata.get("sha256") == digest:
-            skipped += 1
-            continue
-        if not text.strip():
             skipped += 1
             continue
         await collections.add(
@@ -113,9 +98,21 @@ DESCRIPTION = __doc__.split("\n\n")[0] if __doc__ else None
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The command's options, on ``parser``: its own (``mmserve-ingest``) or a subcommand's (``mmserve
     ingest``)."""
-    parser.add_argument("path", type=Path, help="a file, or a folder searched for .txt/.md/.html files")
-    parser.add_argument("--collection", required=True, help="collection name (created if missing)")
+    parser.add_argument(
+        "path", type=Path, help=f"a file, or a folder searched for {', '.join(SUPPORTED_SUFFIXES)} files"
+    )
+    parser.add_argument(
+        "--collection",
+        required=True,
+        help="collection name (created if missing); with --url, a vector store's name or id",
+    )
     parser.add_argument("--index", choices=("flat", "hnsw", "ivf"), help="index kind for a new collection")
+    parser.add_argument(
+        "--url",
+        help="send the files to the server running at this URL (its Files and Vector Stores API) instead "
+        "of writing the data dir; the server may keep running",
+    )
+    parser.add_argument("--api-key", help="with --url: one of the server's MMSERVE_API_KEYS")
     return parser
 
 
@@ -123,6 +120,17 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Ingest ``args.path`` with the settings of the environment; ``parser`` reports usage errors."""
     if not args.path.exists():
         parser.error(f"{args.path} does not exist")
+    if args.path.is_file():
+        try:
+            format_of(args.path.name)
+        except UnsupportedFormat as e:
+            parser.error(str(e))
+    if args.url:
+        from services.commands import ingest_remote
+
+        return ingest_remote.run(
+            args.url, args.api_key, args.collection, args.path, list(find_files(args.path))
+        )
     # Imported here, not at the top: they load torch, and building the parser (``mmserve --help``) need not.
     from retrieval.collections import Collections
     from services.config.models import configured_models

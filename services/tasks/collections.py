@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from retrieval.chunking import ChunkingConfig
 from retrieval.collections import Collections, DocumentInput, SearchResult
+from retrieval.filters import Filter
 from retrieval.fusion import QueryOptions
 from retrieval.store import CollectionRecord, DocumentRecord
 
@@ -41,7 +42,7 @@ class CollectionsAPI(Protocol):
         name: str,
         text: str | None,
         top_k: int,
-        where: dict[str, Any] | None = None,
+        where: dict[str, Any] | Filter | None = None,
         image: bytes | None = None,
         options: QueryOptions | None = None,
     ) -> list[SearchResult]: ...
@@ -86,7 +87,7 @@ class LocalCollections:
         name: str,
         text: str | None,
         top_k: int,
-        where: dict[str, Any] | None = None,
+        where: dict[str, Any] | Filter | None = None,
         image: bytes | None = None,
         options: QueryOptions | None = None,
     ) -> list[SearchResult]:

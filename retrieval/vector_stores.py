@@ -1,0 +1,337 @@
+"""OpenAI's Files and Vector Stores over the collections: a vector store is a collection named by its id,
+each file attached to it one document (its id the file's id, its metadata the file's attributes).
+
+Attaching a file records it ``in_progress`` (durably) and returns; a background task extracts its text,
+chunks and embeds it, and marks it ``completed`` or ``failed`` with ``last_error``. Work left
+``in_progress`` by a crash is picked up again on the next call, so an acknowledged file is never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from retrieval.chunking import ChunkingConfig
+from retrieval.collections import Collections, DocumentInput
+from retrieval.errors import CollectionNotFound, DocumentNotFound, FileNotFound, VectorStoreFileNotFound
+from retrieval.files import FileRecord, FileStore
+from retrieval.filters import Filter
+from retrieval.formats import extract_text, format_of
+from retrieval.fusion import QueryOptions
+from retrieval.vector_store_records import (
+    FileBatchRecord,
+    VectorStoreFileRecord,
+    VectorStoreRecord,
+    VectorStoreRecords,
+)
+from shared_engine.errors import InvalidRequest
+
+logger = logging.getLogger(__name__)
+
+RANKERS = ("auto", "default-2024-11-15", "none")
+MAX_RESULTS = 50
+PARALLEL_FILES = 4  # files processed at once: their chunks share the embedding model's batches
+PASSAGES = 3
+
+
+@dataclass(frozen=True)
+class FileAttachment:
+    """A file to attach, with its attributes and chunking (None: the vector store's)."""
+
+    file_id: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+    chunking: ChunkingConfig | None = None
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    file_id: str
+    filename: str
+    score: float
+    attributes: dict[str, Any]
+    content: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    max_num_results: int = 10
+    filters: Filter | None = None
+    ranker: str = "auto"
+    score_threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_num_results <= MAX_RESULTS:
+            raise InvalidRequest(
+                f"max_num_results must be in [1, {MAX_RESULTS}], got {self.max_num_results}",
+                param="max_num_results",
+            )
+        if self.ranker not in RANKERS:
+            raise InvalidRequest(
+                f"ranker must be one of {', '.join(RANKERS)}, got {self.ranker!r}", param="ranker"
+            )
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise InvalidRequest(
+                f"score_threshold must be in [0, 1], got {self.score_threshold}", param="score_threshold"
+            )
+
+
+class VectorStores:
+    def __init__(self, collections: Collections, files: FileStore, records: VectorStoreRecords) -> None:
+        self.collections = collections
+        self.files = files
+        self.records = records
+        self._worker: asyncio.Task[None] | None = None
+
+    @classmethod
+    def open(cls, collections: Collections) -> VectorStores:
+        db = collections.store.db
+        return cls(collections, FileStore(db, collections.dir / "files"), VectorStoreRecords(db))
+
+    # -- files ----------------------------------------------------------------------------------------
+
+    async def upload_file(self, filename: str, purpose: str, chunks: AsyncIterator[bytes]) -> FileRecord:
+        """Store an uploaded file; durable on return. Files for file search must be in a format whose
+        text can be read (UnsupportedFormat otherwise)."""
+        if purpose == "assistants":
+            format_of(filename)
+        upload = self.files.upload(filename, purpose)
+        try:
+            async for chunk in chunks:
+                upload.write(chunk)
+            return await asyncio.to_thread(upload.commit)
+        except BaseException:
+            upload.abort()
+            raise
+
+    async def list_files(self, purpose: str | None = None) -> list[FileRecord]:
+        return self.files.list(purpose)
+
+    async def get_file(self, file_id: str) -> FileRecord:
+        return self.files.get(file_id)
+
+    async def file_content(self, file_id: str) -> tuple[FileRecord, AsyncIterator[bytes]]:
+        record = self.files.get(file_id)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for chunk in self.files.iter_content(file_id):
+                yield chunk
+
+        return record, chunks()
+
+    async def delete_file(self, file_id: str) -> None:
+        """Delete a file, detaching it from every vector store that holds it."""
+        self.files.get(file_id)
+        for store_id in self.records.stores_holding(file_id):
+            await self.detach(store_id, file_id)
+        self.files.delete(file_id)
+
+    # -- vector stores ----------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        name: str,
+        metadata: dict[str, str],
+        expires_after_days: int | None,
+        chunking: ChunkingConfig | None,
+        attach: Sequence[FileAttachment] = (),
+    ) -> VectorStoreRecord:
+        for a in attach:
+            self.files.get(a.file_id)
+        store_id = f"vs_{uuid.uuid4().hex}"
+        self.collections.create(store_id, None, "flat", chunking)
+        now = int(time.time())
+        self.records.insert_store(VectorStoreRecord(store_id, name, metadata, expires_after_days, now, now))
+        for a in attach:
+            self._attach(store_id, a, None)
+        self._kick()
+        return self.records.store(store_id)
+
+    async def list_stores(self) -> list[VectorStoreRecord]:
+        self._kick()
+        return self.records.stores()
+
+    async def get(self, store_id: str) -> VectorStoreRecord:
+        self._kick()
+        return self.records.store(store_id)
+
+    async def modify(
+        self, store_id: str, name: str | None, metadata: dict[str, str] | None, expires: int | bool | None
+    ) -> VectorStoreRecord:
+        self.records.update_store(store_id, name, metadata, expires)
+        return self.records.store(store_id)
+
+    async def delete(self, store_id: str) -> None:
+        self.records.store(store_id)
+        with self.collections.store.transaction():
+            self.records.delete_store(store_id)
+        with contextlib.suppress(CollectionNotFound):
+            self.collections.drop(store_id)
+
+    # -- files in a vector store --------------------------------------------------------------------------
+
+    async def attach(self, store_id: str, attachment: FileAttachment) -> VectorStoreFileRecord:
+        self.records.store(store_id)
+        self.files.get(attachment.file_id)
+        self._attach(store_id, attachment, None)
+        self._kick()
+        return self.records.file(store_id, attachment.file_id)
+
+    def _attach(self, store_id: str, a: FileAttachment, batch_id: str | None) -> None:
+        record = self.collections.record(store_id)
+        chunking = a.chunking or ChunkingConfig(record.chunk_tokens, record.overlap_tokens)
+        self.collections.check_chunking(record.model, chunking)
+        self.records.upsert_file(
+            VectorStoreFileRecord(
+                store_id, a.file_id, "in_progress", None, None, dict(a.attributes), chunking.chunk_tokens,
+                chunking.overlap_tokens, batch_id, 0, int(time.time()),
+            )
+        )  # fmt: skip
+
+    async def list_attached(self, store_id: str, status: str | None = None) -> list[VectorStoreFileRecord]:
+        self.records.store(store_id)
+        self._kick()
+        return self.records.files(store_id, status)
+
+    async def get_attached(self, store_id: str, file_id: str) -> VectorStoreFileRecord:
+        self._kick()
+        return self.records.file(store_id, file_id)
+
+    async def update_attributes(
+        self, store_id: str, file_id: str, attributes: dict[str, Any]
+    ) -> VectorStoreFileRecord:
+        """New attributes for a file (and for filtering its document: its metadata is replaced too)."""
+        current = self.records.file(store_id, file_id)
+        self.records.set_attributes(store_id, file_id, attributes)
+        if current.status == "completed":
+            await self._reindex(store_id, current, attributes)
+        return self.records.file(store_id, file_id)
+
+    async def _reindex(
+        self, store_id: str, current: VectorStoreFileRecord, attributes: dict[str, Any]
+    ) -> None:
+        doc = self.collections.get(store_id, current.file_id)
+        chunking = ChunkingConfig(current.chunk_tokens, current.overlap_tokens)
+        await self.collections.add(store_id, [DocumentInput(doc.text, doc.id, dict(attributes))], chunking)
+
+    async def detach(self, store_id: str, file_id: str) -> None:
+        """Remove a file from a vector store (the file itself stays)."""
+        self.records.file(store_id, file_id)
+        self.records.delete_file(store_id, file_id)
+        with contextlib.suppress(DocumentNotFound):  # never processed, or failed
+            await self.collections.delete(store_id, file_id)
+
+    # -- batches ----------------------------------------------------------------------------------------
+
+    async def create_batch(self, store_id: str, attach: Sequence[FileAttachment]) -> FileBatchRecord:
+        self.records.store(store_id)
+        if not attach:
+            raise InvalidRequest("a file batch needs file_ids or files", param="file_ids")
+        for a in attach:
+            self.files.get(a.file_id)
+        batch_id = f"vsfb_{uuid.uuid4().hex}"
+        with self.collections.store.transaction():
+            self.records.insert_batch(batch_id, store_id, int(time.time()))
+            for a in attach:
+                self._attach(store_id, a, batch_id)
+        self._kick()
+        return self.records.batch(store_id, batch_id)
+
+    async def get_batch(self, store_id: str, batch_id: str) -> FileBatchRecord:
+        self._kick()
+        return self.records.batch(store_id, batch_id)
+
+    async def cancel_batch(self, store_id: str, batch_id: str) -> FileBatchRecord:
+        self.records.batch(store_id, batch_id)
+        self.records.cancel_batch(store_id, batch_id)
+        return self.records.batch(store_id, batch_id)
+
+    async def batch_files(
+        self, store_id: str, batch_id: str, status: str | None = None
+    ) -> list[VectorStoreFileRecord]:
+        self.records.batch(store_id, batch_id)
+        return self.records.files(store_id, status, batch_id)
+
+    # -- search -------------------------------------------------------------------------------------------
+
+    async def search(self, store_id: str, queries: Sequence[str], options: SearchOptions) -> list[SearchHit]:
+        """The best files for the queries (joined into one), each with its best passages. Scores are in
+        [0, 1]: cosine similarity (ranker "none": dense only), or the hybrid fusion score over its
+        maximum (1.0: ranked first both by meaning and by words)."""
+        self.records.store(store_id)
+        text = " ".join(q.strip() for q in queries if q.strip())
+        if not text:
+            raise InvalidRequest("query must not be empty", param="query")
+        mode = "dense" if options.ranker == "none" else "hybrid"
+        query = QueryOptions(mode, "document", PASSAGES)
+        results = await self.collections.query(
+            store_id, text, options.max_num_results, options.filters, None, query
+        )
+        w = query.weights
+        top = (w.dense + w.lexical) / (w.k + 1) if mode == "hybrid" else 1.0
+        self.records.touch(store_id)
+        hits = []
+        for r in results:
+            score = max(0.0, min(1.0, r.score / top))
+            if score < options.score_threshold:
+                continue
+            try:
+                filename = self.files.get(r.document_id).filename
+            except FileNotFound:
+                filename = ""
+            content = tuple(p.text for p in r.passages) or (r.text,)
+            hits.append(SearchHit(r.document_id, filename, score, dict(r.metadata), content))
+        return hits
+
+    # -- processing ---------------------------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        """Start processing waiting files, if any and not already under way."""
+        if (self._worker is None or self._worker.done()) and self.records.pending():
+            self._worker = asyncio.get_running_loop().create_task(self._process_pending())
+
+    async def resume(self) -> None:
+        """Pick up files left in progress (by a crash or a restart)."""
+        self._kick()
+
+    async def _process_pending(self) -> None:
+        while pending := self.records.pending():
+            for at in range(0, len(pending), PARALLEL_FILES):
+                group = pending[at : at + PARALLEL_FILES]
+                await asyncio.gather(*(self._process(s, f) for s, f in group))
+
+    async def _process(self, store_id: str, file_id: str) -> None:
+        try:
+            attached = self.records.file(store_id, file_id)
+        except VectorStoreFileNotFound:
+            return
+        if attached.status != "in_progress":
+            return
+        try:
+            record = self.files.get(file_id)
+            data = await asyncio.to_thread(self.files.read, file_id)
+            text = await asyncio.to_thread(extract_text, data, record.filename)
+            chunking = ChunkingConfig(attached.chunk_tokens, attached.overlap_tokens)
+            document = DocumentInput(text, file_id, dict(attached.attributes))
+            _, chunks = await self.collections.add(store_id, [document], chunking)
+        except (FileNotFound, CollectionNotFound) as exc:
+            self.records.finish_file(store_id, file_id, "failed", error=("invalid_file", str(exc)))
+        except InvalidRequest as exc:
+            code = getattr(exc, "code", "invalid_file")
+            self.records.finish_file(store_id, file_id, "failed", error=(code, str(exc)))
+        except Exception as exc:  # the file stays failed; the store and the service go on
+            logger.exception("processing %s for vector store %s failed", file_id, store_id)
+            self.records.finish_file(store_id, file_id, "failed", error=("server_error", str(exc)))
+        else:
+            usage = len(text.encode()) + chunks * self.collections.record(store_id).dimensions * 4
+            if not self.records.finish_file(store_id, file_id, "completed", usage):
+                await self._forget(store_id, file_id)  # detached or cancelled while it was processed
+
+    async def _forget(self, store_id: str, file_id: str) -> None:
+        with contextlib.suppress(DocumentNotFound, CollectionNotFound):
+            await self.collections.delete(store_id, file_id)

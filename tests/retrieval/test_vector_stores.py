@@ -1,0 +1,221 @@
+"""Files and vector stores over real collections (all-MiniLM-L6-v2) and real documents (tests/data): files
+are durable and orphans are swept, attached files end completed or failed with a clear last_error, search
+finds the right file under OpenAI's filters, detaching/deleting/cancelling leave nothing behind, and files
+left in progress by a crash are processed when the store is opened again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from retrieval.collections import Collections
+from retrieval.errors import FileNotFound, UnsupportedFormat, VectorStoreFileNotFound, VectorStoreNotFound
+from retrieval.filters import parse_filter
+from retrieval.vector_store_records import VectorStoreFileRecord
+from retrieval.vector_stores import FileAttachment, SearchOptions, VectorStores
+from services.config.models import ModelSpec
+from services.tasks.embedding import EmbeddingService
+from shared_engine.errors import InvalidRequest
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+DOCS = DATA / "retrieval" / "docs"
+QUERIES = json.loads((DATA / "retrieval" / "queries.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def embedder(embedding_spec: ModelSpec) -> Iterator[EmbeddingService]:
+    service = EmbeddingService(embedding_spec)
+    try:
+        yield service
+    finally:
+        service.shutdown()
+
+
+def open_stores(data_dir: Path, embedder: EmbeddingService) -> VectorStores:
+    return VectorStores.open(Collections(data_dir, {embedder.name: embedder}, embedder.name))
+
+
+async def one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def upload(vs: VectorStores, path: Path, name: str | None = None) -> str:
+    record = await vs.upload_file(name or path.name, "assistants", one(path.read_bytes()))
+    return record.id
+
+
+async def settled(
+    vs: VectorStores, store_id: str, file_id: str, timeout: float = 120.0
+) -> VectorStoreFileRecord:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (f := await vs.get_attached(store_id, file_id)).status == "in_progress":
+        assert asyncio.get_running_loop().time() < deadline, f"{file_id} still in progress"
+        await asyncio.sleep(0.05)
+    return f
+
+
+def first_query_for(stem: str) -> str:
+    return next(q["query"] for q in QUERIES["queries"] if q["answer"] == stem)
+
+
+async def test_files_are_durable_and_orphans_are_swept(tmp_path: Path, embedder: EmbeddingService) -> None:
+    vs = open_stores(tmp_path, embedder)
+    source = DOCS / "numpy.txt"
+    file_id = await upload(vs, source, "dir/numpy.txt")
+    record = await vs.get_file(file_id)
+    assert (record.filename, record.bytes, record.purpose) == (
+        "numpy.txt",
+        source.stat().st_size,
+        "assistants",
+    )
+    _, chunks = await vs.file_content(file_id)
+    assert b"".join([c async for c in chunks]) == source.read_bytes()
+    orphan = vs.files.dir / "file-0123"
+    orphan.write_bytes(b"never committed")
+    (vs.files.dir / ".upload-file-4567").write_bytes(b"half written")
+    vs.collections.store.close()
+    vs = open_stores(tmp_path, embedder)
+    assert [r.id for r in await vs.list_files()] == [file_id]
+    assert sorted(p.name for p in vs.files.dir.iterdir()) == [file_id]
+    await vs.delete_file(file_id)
+    with pytest.raises(FileNotFound):
+        await vs.get_file(file_id)
+    assert list(vs.files.dir.iterdir()) == []
+    with pytest.raises(InvalidRequest, match="purpose"):
+        await vs.upload_file("a.txt", "homework", one(b"text"))
+    with pytest.raises(UnsupportedFormat, match="not a supported file type"):
+        await vs.upload_file("tool.exe", "assistants", one(b"MZ\x90\x00"))
+    vs.collections.store.close()
+
+
+async def test_attach_search_filter_and_detach(tmp_path: Path, embedder: EmbeddingService) -> None:
+    vs = open_stores(tmp_path, embedder)
+    store = await vs.create("docs", {"team": "search"}, None, None)
+    ids = {}
+    for path in sorted(DOCS.glob("*.txt")):
+        ids[path.stem] = await upload(vs, path)
+    batch = await vs.create_batch(
+        store.id,
+        [
+            FileAttachment(fid, {"package": stem, "size": (DOCS / f"{stem}.txt").stat().st_size})
+            for stem, fid in ids.items()
+        ],
+    )
+    for fid in ids.values():
+        assert (await settled(vs, store.id, fid)).status == "completed"
+    batch = await vs.get_batch(store.id, batch.id)
+    assert (batch.status, batch.file_counts.completed, batch.file_counts.total) == (
+        "completed",
+        len(ids),
+        len(ids),
+    )
+    record = await vs.get(store.id)
+    assert record.file_counts.completed == len(ids) and record.usage_bytes > 0
+
+    for stem in ("numpy", "pytest", "faiss"):
+        hits = await vs.search(store.id, [first_query_for(stem)], SearchOptions(max_num_results=5))
+        assert hits[0].file_id == ids[stem], [h.filename for h in hits]
+        assert hits[0].filename == f"{stem}.txt" and hits[0].attributes["package"] == stem
+        assert 0 < hits[0].score <= 1 and hits[0].content
+        assert len({h.file_id for h in hits}) == len(hits)  # one result per file
+
+    query = first_query_for("numpy")
+    only = parse_filter({"type": "ne", "key": "package", "value": "numpy"})
+    hits = await vs.search(store.id, [query], SearchOptions(filters=only))
+    assert ids["numpy"] not in {h.file_id for h in hits}
+    small = parse_filter(
+        {
+            "type": "and",
+            "filters": [
+                {"type": "lt", "key": "size", "value": 3100},
+                {"type": "in", "key": "package", "value": ["numpy", "idna", "h11"]},
+            ],
+        }
+    )
+    hits = await vs.search(store.id, [query], SearchOptions(filters=small, max_num_results=10))
+    expected = {s for s in ("numpy", "idna", "h11") if (DOCS / f"{s}.txt").stat().st_size < 3100}
+    assert {h.attributes["package"] for h in hits} == expected
+
+    dense = await vs.search(store.id, [query], SearchOptions(ranker="none"))
+    assert dense[0].file_id == ids["numpy"]
+    none = await vs.search(store.id, [query], SearchOptions(score_threshold=1.0))
+    assert all(h.score >= 1.0 for h in none)
+
+    await vs.update_attributes(store.id, ids["numpy"], {"package": "renamed"})
+    hits = await vs.search(
+        store.id,
+        [query],
+        SearchOptions(filters=parse_filter({"type": "eq", "key": "package", "value": "renamed"})),
+    )
+    assert [h.file_id for h in hits] == [ids["numpy"]]
+
+    await vs.detach(store.id, ids["numpy"])
+    assert ids["numpy"] not in {h.file_id for h in await vs.search(store.id, [query], SearchOptions())}
+    await vs.get_file(ids["numpy"])  # the file itself stays
+    await vs.delete_file(ids["pytest"])  # a deleted file leaves every vector store
+    with pytest.raises(VectorStoreFileNotFound):
+        await vs.get_attached(store.id, ids["pytest"])
+    await vs.delete(store.id)
+    with pytest.raises(VectorStoreNotFound):
+        await vs.get(store.id)
+    assert store.id not in {r.name for r in vs.collections.records()}
+    vs.collections.store.close()
+
+
+async def test_unreadable_files_fail_with_last_error(tmp_path: Path, embedder: EmbeddingService) -> None:
+    vs = open_stores(tmp_path, embedder)
+    store = await vs.create("mixed", {}, None, None)
+    pdf = (DATA / "documents" / "shared-mime-info-spec.pdf").read_bytes()
+    good = await upload(vs, DATA / "documents" / "shared-mime-info-spec.pdf")
+    broken = (await vs.upload_file("broken.pdf", "assistants", one(pdf[: len(pdf) // 3]))).id
+    empty = (await vs.upload_file("empty.txt", "assistants", one(b""))).id
+    jsonl = (await vs.upload_file("rows.jsonl", "batch", one(b'{"a": 1}\n'))).id
+    for fid in (good, broken, empty, jsonl):
+        await vs.attach(store.id, FileAttachment(fid))
+    assert (await settled(vs, store.id, good)).status == "completed"
+    for fid, code in ((broken, "invalid_file"), (empty, "invalid_file"), (jsonl, "unsupported_file")):
+        f = await settled(vs, store.id, fid)
+        assert (f.status, f.error_code) == ("failed", code), f
+        assert f.error_message
+    hits = await vs.search(store.id, ["glob patterns for file names"], SearchOptions())
+    assert [h.file_id for h in hits] == [good]
+    assert (await vs.get(store.id)).file_counts.failed == 3
+    vs.collections.store.close()
+
+
+async def test_in_progress_files_resume_after_a_crash(tmp_path: Path, embedder: EmbeddingService) -> None:
+    vs = open_stores(tmp_path, embedder)
+    store = await vs.create("crash", {}, None, None)
+    fid = await upload(vs, DOCS / "idna.txt")
+    vs._attach(store.id, FileAttachment(fid, {"k": "v"}), None)  # recorded, never processed: the process died
+    vs.collections.store.close()
+
+    vs = open_stores(tmp_path, embedder)
+    assert (await vs.get_attached(store.id, fid)).status in ("in_progress", "completed")
+    f = await settled(vs, store.id, fid)
+    assert f.status == "completed" and f.attributes == {"k": "v"}
+    hits = await vs.search(store.id, [first_query_for("idna")], SearchOptions())
+    assert hits[0].file_id == fid
+    vs.collections.store.close()
+
+
+async def test_cancelled_batch_leaves_unprocessed_files_out(
+    tmp_path: Path, embedder: EmbeddingService
+) -> None:
+    vs = open_stores(tmp_path, embedder)
+    store = await vs.create("cancel", {}, None, None)
+    files = [await upload(vs, p) for p in sorted(DOCS.glob("*.txt"))]
+    batch = await vs.create_batch(store.id, [FileAttachment(f) for f in files])
+    batch = await vs.cancel_batch(store.id, batch.id)
+    for f in files:
+        await settled(vs, store.id, f)
+    batch = await vs.get_batch(store.id, batch.id)
+    assert batch.status == "cancelled" and batch.file_counts.cancelled >= 1
+    searchable = {h.file_id for h in await vs.search(store.id, ["python"], SearchOptions(max_num_results=50))}
+    completed = {r.file_id for r in await vs.batch_files(store.id, batch.id, "completed")}
+    assert searchable <= completed
+    vs.collections.store.close()
