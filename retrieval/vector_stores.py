@@ -299,6 +299,12 @@ class VectorStores:
         """Pick up files left in progress (by a crash or a restart)."""
         self._kick()
 
+    def close(self) -> None:
+        """Stop processing (before the store closes): a file cut short stays in progress, and is
+        processed again when the store is next opened."""
+        if self._worker is not None:
+            self._worker.cancel()
+
     async def _process_pending(self) -> None:
         while pending := self.records.pending():
             for at in range(0, len(pending), PARALLEL_FILES):

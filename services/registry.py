@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from retrieval.collections import Collections, Embedder, ImageEmbedder
+from retrieval.vector_stores import VectorStores
 from services.config.models import ModelSpec
 from services.config.settings import Settings
 from services.errors import ModelNotFound, ServiceUnavailable
@@ -26,11 +27,13 @@ from services.rpc.clients import (
 )
 from services.rpc.retrieval_rpc import RemoteCollections
 from services.rpc.routing import Router, RoutingConfig
+from services.rpc.vector_stores_client import RemoteVectorStores
 from services.tasks.asr import ASRService
 from services.tasks.collections import CollectionsAPI, LocalCollections
 from services.tasks.embedding import EmbeddingService
 from services.tasks.llm import LLMService
 from services.tasks.tts import TTSService
+from services.tasks.vector_stores import VectorStoresAPI
 from services.tasks.vision import VisionService
 from services.tasks.warmup import warm_up_all
 
@@ -66,6 +69,13 @@ def remote_collections(settings: Settings) -> CollectionsAPI:
     return RemoteCollections(Channels("retrieval", targets, settings.rpc_timeout_s))
 
 
+def remote_vector_stores(settings: Settings) -> VectorStoresAPI:
+    """The retrieval worker's files and vector stores, once it is ready."""
+    targets = settings.endpoints["retrieval"]
+    list_models(targets, WORKER_WAIT_S)
+    return RemoteVectorStores(Channels("retrieval", targets, settings.rpc_timeout_s))
+
+
 def create_service(spec: ModelSpec, settings: Settings) -> Service:
     """The service for a model: in-process, or its workers' when endpoints name its task."""
     if spec.task in settings.endpoints:
@@ -92,6 +102,7 @@ class ModelRegistry:
         factory: ServiceFactory,
         data_dir: Path | None = None,
         remote_collections: Callable[[], CollectionsAPI] | None = None,
+        remote_vector_stores: Callable[[], VectorStoresAPI] | None = None,
     ) -> None:
         self.specs = {s.name: s for s in specs}
         self.factory = factory
@@ -100,7 +111,9 @@ class ModelRegistry:
         self.created = int(time.time())
         self.data_dir = data_dir
         self._collections: CollectionsAPI | None = None
+        self._vector_stores: VectorStoresAPI | None = None
         self.remote_collections = remote_collections
+        self.remote_vector_stores = remote_vector_stores
         self._loaded = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -118,6 +131,8 @@ class ModelRegistry:
             asyncio.run(warm_up_all(local))
             if self.remote_collections is not None:
                 self._collections = self.remote_collections()
+                if self.remote_vector_stores is not None:
+                    self._vector_stores = self.remote_vector_stores()
                 return
             embedders: dict[str, Embedder | ImageEmbedder] = {
                 name: s  # type: ignore[misc]
@@ -128,6 +143,7 @@ class ModelRegistry:
                 texts = [n for n, s in self.services.items() if s.task == "embedding"]
                 store = Collections(self.data_dir, embedders, texts[0] if texts else None)
                 self._collections = LocalCollections(store)
+                self._vector_stores = VectorStores.open(store)
         except BaseException as exc:
             logger.exception("loading models failed")
             self.load_error = exc
@@ -194,12 +210,24 @@ class ModelRegistry:
     @property
     def collections(self) -> CollectionsAPI:
         if self._collections is None:
-            if self.data_dir is None or (self._loaded.is_set() and self.load_error is None):
-                raise ServiceUnavailable("retrieval needs an embedding model; none is configured")
-            raise ServiceUnavailable("retrieval is not ready: models are still loading or failed to load")
+            raise self._retrieval_unavailable()
         return self._collections
 
+    @property
+    def vector_stores(self) -> VectorStoresAPI:
+        """Files and vector stores (kept with the collections)."""
+        if self._vector_stores is None:
+            raise self._retrieval_unavailable()
+        return self._vector_stores
+
+    def _retrieval_unavailable(self) -> ServiceUnavailable:
+        if self.data_dir is None or (self._loaded.is_set() and self.load_error is None):
+            return ServiceUnavailable("retrieval needs an embedding model; none is configured")
+        return ServiceUnavailable("retrieval is not ready: models are still loading or failed to load")
+
     def shutdown(self) -> None:
+        if isinstance(self._vector_stores, VectorStores):
+            self._vector_stores.close()  # stops processing files before the store closes
         if self._collections is not None:
             self._collections.close()
         for service in self.services.values():

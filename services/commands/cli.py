@@ -93,6 +93,7 @@ EXAMPLES = """examples:
   mmserve serve --port 9000
   mmserve serve --distributed --replicas chat=2
   mmserve ingest ./docs --collection notes
+  mmserve ingest ./docs --collection handbook --url http://localhost:8000
   mmserve models list
   mmserve models prepare smollm2-135m-instruct
   mmserve bench embeddings --help
@@ -144,9 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_parser = _subcommand(
         commands,
         "ingest",
-        "Load a folder of .txt/.md/.html files into a collection",
+        "Load a folder of documents into a collection, or through a running server into a vector store",
         "Each file becomes one document, its id its path relative to PATH; a later run skips unchanged "
-        "files and replaces changed ones. Run it while the server is stopped.",
+        "files and replaces changed ones. Run it while the server is stopped, or give --url to send the "
+        "files through a running server's API.",
         "mmserve ingest ./docs --collection notes --data-dir ./.data",
         cmd_ingest,
         [settings_options],

@@ -11,13 +11,19 @@ from services.gateway.auth import ApiKeys
 from services.gateway.deadline import DeadlinePolicy
 from services.gateway.lifecycle import DrainingServer, Lifecycle
 from services.observability.log_config import configure_logging
-from services.registry import ModelRegistry, create_service, remote_collections
+from services.registry import ModelRegistry, create_service, remote_collections, remote_vector_stores
 
 
 def build_registry(settings: Settings) -> ModelRegistry:
     specs = configured_models(settings)
-    remote = (lambda: remote_collections(settings)) if "retrieval" in settings.endpoints else None
-    return ModelRegistry(specs, lambda spec: create_service(spec, settings), settings.data_dir, remote)
+    remote = "retrieval" in settings.endpoints
+    return ModelRegistry(
+        specs,
+        lambda spec: create_service(spec, settings),
+        settings.data_dir,
+        (lambda: remote_collections(settings)) if remote else None,
+        (lambda: remote_vector_stores(settings)) if remote else None,
+    )
 
 
 def run(settings: Settings) -> None:

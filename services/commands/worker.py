@@ -21,6 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from retrieval.collections import Collections
+from retrieval.vector_stores import VectorStores
 from services.config.models import configured_models
 from services.config.settings import Settings
 from services.observability.log_config import configure_logging
@@ -33,6 +34,7 @@ from services.rpc import (
     models_pb2_grpc,
     retrieval_pb2_grpc,
     tts_pb2_grpc,
+    vector_stores_pb2_grpc,
     vision_pb2_grpc,
 )
 from services.rpc.interceptors import RequestContextInterceptor
@@ -45,6 +47,7 @@ from services.rpc.servicers import (
     SpeechSynthesisServicer,
     VisionServicer,
 )
+from services.rpc.vector_stores_rpc import VectorStoresServicer
 from services.tasks.collections import LocalCollections
 from services.tasks.warmup import warm_up_all
 
@@ -66,6 +69,8 @@ SERVICES: dict[str, tuple[str, _Register]] = {
     "asr": ("mmserve.asr.SpeechRecognition", asr_pb2_grpc.add_SpeechRecognitionServicer_to_server),
     "tts": ("mmserve.tts.SpeechSynthesis", tts_pb2_grpc.add_SpeechSynthesisServicer_to_server),
 }
+# The retrieval worker also keeps the files and vector stores, in the store its collections are in.
+VECTOR_STORES_SERVICE = "mmserve.vector_stores.VectorStores"
 
 
 def build_servicer(task: str, services: dict[str, Any]) -> Any:
@@ -124,16 +129,20 @@ def load_services(task: str, settings: Settings) -> dict[str, Any]:
 
 async def serve(task: str, host: str, port: int, settings: Settings) -> None:
     service_name, register = SERVICES[task]
+    stores = VectorStoresServicer() if task == "retrieval" else None
+    names = ("", service_name) if stores is None else ("", service_name, VECTOR_STORES_SERVICE)
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[RequestContextInterceptor()])
     status = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(status, server)
-    for name in ("", service_name):
+    for name in names:
         await status.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     # Every service is registered before the server starts (gRPC takes none later); they answer
     # UNAVAILABLE until the models below have loaded.
     services: dict[str, Any] = {}
     servicer = build_servicer(task, services)
     register(servicer, server)
+    if stores is not None:
+        vector_stores_pb2_grpc.add_VectorStoresServicer_to_server(stores, server)
     models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(services), server)
     address = f"{host}:{port}"
     server.add_insecure_port(address)
@@ -143,8 +152,13 @@ async def serve(task: str, host: str, port: int, settings: Settings) -> None:
     await warm_up_all(services.values())
     if isinstance(servicer, RetrievalServicer):
         texts = [name for name, s in services.items() if s.task == "embedding"]
-        servicer.open(LocalCollections(Collections(settings.data_dir, services, texts[0] if texts else None)))
-    for name in ("", service_name):
+        collections = Collections(settings.data_dir, services, texts[0] if texts else None)
+        servicer.open(LocalCollections(collections))
+        if stores is not None:
+            vector_stores = VectorStores.open(collections)
+            stores.open(vector_stores)
+            await vector_stores.resume()  # files a crash left in progress are processed again
+    for name in names:
         await status.set(name, health_pb2.HealthCheckResponse.SERVING)
     logger.info("%s worker serving %s", task, ", ".join(services))
 
@@ -157,6 +171,8 @@ async def serve(task: str, host: str, port: int, settings: Settings) -> None:
     await status.enter_graceful_shutdown()
     await server.stop(GRACE_SECONDS)
     if isinstance(servicer, RetrievalServicer):
+        if stores is not None:
+            stores.close()  # stops processing files before the store closes
         servicer.close()  # saves the indexes and closes the store
     for service in services.values():
         service.shutdown()

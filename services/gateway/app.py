@@ -11,6 +11,7 @@ from services.gateway.auth import ApiKeys, api_key_guard
 from services.gateway.deadline import DeadlinePolicy, deadline_middleware
 from services.gateway.disconnect import cancel_on_disconnect
 from services.gateway.errors import exception_handler
+from services.gateway.files_routes import FilesController
 from services.gateway.http_metrics import count_unrouted, http_metrics_middleware
 from services.gateway.lifecycle import Lifecycle
 from services.gateway.media_routes import AudioController, VisionController
@@ -19,6 +20,7 @@ from services.gateway.playground import playground_router
 from services.gateway.request_log import request_log_middleware
 from services.gateway.retrieval_routes import CollectionsController, RagController, RetrievalController
 from services.gateway.routes import HealthController, OpenAIController
+from services.gateway.vector_store_routes import VectorStoresController
 from services.registry import ModelRegistry
 
 BEARER = SecurityScheme(type="http", scheme="bearer", description="one of MMSERVE_API_KEYS")
@@ -48,6 +50,8 @@ def create_app(
             CollectionsController,
             RetrievalController,
             RagController,
+            FilesController,
+            VectorStoresController,
             VisionController,
             AudioController,
             playground_router,

@@ -10,7 +10,7 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from retrieval.errors import CollectionExists, CollectionNotFound, DocumentNotFound
+from retrieval.errors import CollectionExists, CollectionNotFound, DocumentNotFound, ObjectNotFound
 from services.errors import DeadlineExceeded, ModelNotFound, ServiceUnavailable, Unauthorized
 from services.gateway.schemas import ErrorDetail, ErrorResponse
 from shared_engine.errors import (
@@ -92,6 +92,7 @@ def error_body(exc: BaseException) -> tuple[int, ErrorResponse]:
         status, kind, message, param = 413, "request_too_large", str(exc), exc.param
     elif isinstance(exc, InvalidRequest):
         status, kind, message, param = 400, "invalid_request_error", str(exc), exc.param
+        code = getattr(exc, "code", None)  # unsupported_file, invalid_file
     elif isinstance(exc, ModelNotFound):
         status, kind, message, param, code = (
             404,
@@ -108,6 +109,8 @@ def error_body(exc: BaseException) -> tuple[int, ErrorResponse]:
             "collection",
             "collection_not_found",
         )
+    elif isinstance(exc, ObjectNotFound):
+        status, kind, message, code = 404, "not_found_error", str(exc), exc.code
     elif isinstance(exc, DocumentNotFound):
         status, kind, message, code = 404, "not_found_error", str(exc), "document_not_found"
     elif isinstance(exc, CollectionExists):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -92,13 +92,29 @@ class Channels:
                 self.in_flight[target] -= 1
         raise AssertionError("unreachable")
 
+    async def send_stream(
+        self, stub_class: Callable[[grpc.aio.Channel], Any], method: str, requests: AsyncIterator[Any]
+    ) -> Any:
+        """One client-streaming call. Requests already sent cannot be sent again: the call goes to one
+        address, and an unavailable one fails it."""
+        target = (await self._order(None))[0]
+        rpc = getattr(stub_class(self._channel(target)), method)
+        self.in_flight[target] += 1
+        try:
+            return await rpc(requests, timeout=self._timeout(), metadata=outgoing_metadata())
+        except grpc.aio.AioRpcError as exc:
+            metadata = tuple((str(k), str(v)) for k, v in (exc.trailing_metadata() or ()))
+            raise from_status(exc.code(), exc.details() or "", metadata, self.task) from None
+        finally:
+            self.in_flight[target] -= 1
+
     async def stream(
         self,
         stub_class: Callable[[grpc.aio.Channel], Any],
         method: str,
         request: Any,
         prompt_token_ids: Sequence[int] | None = None,
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         """A server-streaming call, routed by ``prompt_token_ids`` where given. Until its first message
         arrives the call may move to the next address (nothing was produced yet, so nothing is lost or
         repeated); after that, a failure ends the stream. Closing the iterator cancels the call, which

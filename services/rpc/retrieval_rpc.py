@@ -11,6 +11,7 @@ import grpc
 
 from retrieval.chunking import ChunkingConfig
 from retrieval.collections import DocumentInput
+from retrieval.filters import Filter, parse_filter, to_json
 from retrieval.fusion import FusionWeights, QueryOptions
 from retrieval.search import Passage, SearchResult
 from retrieval.store import CollectionRecord, DocumentRecord
@@ -138,7 +139,11 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
 
     async def Query(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
-            where = json.loads(request.filter_json) if request.HasField("filter_json") else None
+            where: dict[str, Any] | Filter | None = None
+            if request.HasField("filters_json"):
+                where = parse_filter(json.loads(request.filters_json))
+            elif request.HasField("filter_json"):
+                where = json.loads(request.filter_json)
             text = request.text if request.HasField("text") else None
             image = request.image if request.HasField("image") else None
             options = query_options(request)
@@ -199,16 +204,19 @@ class RemoteCollections:
         name: str,
         text: str | None,
         top_k: int,
-        where: dict[str, Any] | None = None,
+        where: dict[str, Any] | Filter | None = None,
         image: bytes | None = None,
         options: QueryOptions | None = None,
     ) -> list[SearchResult]:
         o = options or QueryOptions()
         request = pb.QueryRequest(
-            collection=name, text=text, image=image, top_k=top_k,
-            filter_json=None if where is None else json.dumps(where), mode=o.mode, group_by=o.group_by,
+            collection=name, text=text, image=image, top_k=top_k, mode=o.mode, group_by=o.group_by,
             passages=o.passages, dense_weight=o.weights.dense, lexical_weight=o.weights.lexical,
         )  # fmt: skip
+        if isinstance(where, dict):
+            request.filter_json = json.dumps(where)
+        elif where is not None:
+            request.filters_json = json.dumps(to_json(where))
         reply = await self._call("Query", request)
         return [_search_result(h) for h in reply.hits]
 

@@ -61,6 +61,16 @@ async def answer(context: grpc.aio.ServicerContext, work: Awaitable[_T]) -> _T:
         raise  # abort raises; this keeps type checkers sure the function never falls through
 
 
+async def answer_stream(context: grpc.aio.ServicerContext, stream: AsyncIterator[_T]) -> AsyncIterator[_T]:
+    """``stream``'s messages; an exception, before the first or after some, ends the call with the status
+    that describes it."""
+    try:
+        async for message in stream:
+            yield message
+    except Exception as exc:
+        await _fail(context, exc)
+
+
 def _vectors(vectors: list[np.ndarray]) -> list[bytes]:
     return [np.asarray(v, dtype="<f4").tobytes() for v in vectors]
 

@@ -6,7 +6,18 @@ from __future__ import annotations
 
 import grpc
 
-from retrieval.errors import CollectionExists, CollectionNotFound, DocumentNotFound
+from retrieval.errors import (
+    CollectionExists,
+    CollectionNotFound,
+    DocumentNotFound,
+    FileBatchNotFound,
+    FileNotFound,
+    ObjectNotFound,
+    UnreadableDocument,
+    UnsupportedFormat,
+    VectorStoreFileNotFound,
+    VectorStoreNotFound,
+)
 from services.errors import DeadlineExceeded, ModelNotFound, ServiceUnavailable
 from shared_engine.errors import (
     ContextLengthExceeded,
@@ -26,10 +37,17 @@ Metadata = tuple[tuple[str, str], ...]
 _KINDS: list[tuple[str, type[Exception], grpc.StatusCode]] = [
     ("too_large", PayloadTooLarge, grpc.StatusCode.INVALID_ARGUMENT),
     ("context_length", ContextLengthExceeded, grpc.StatusCode.INVALID_ARGUMENT),
+    ("unsupported_file", UnsupportedFormat, grpc.StatusCode.INVALID_ARGUMENT),
+    ("invalid_file", UnreadableDocument, grpc.StatusCode.INVALID_ARGUMENT),
     ("invalid", InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     ("model_not_found", ModelNotFound, grpc.StatusCode.NOT_FOUND),
     ("collection_not_found", CollectionNotFound, grpc.StatusCode.NOT_FOUND),
     ("document_not_found", DocumentNotFound, grpc.StatusCode.NOT_FOUND),
+    ("file_not_found", FileNotFound, grpc.StatusCode.NOT_FOUND),
+    ("vector_store_not_found", VectorStoreNotFound, grpc.StatusCode.NOT_FOUND),
+    ("vector_store_file_not_found", VectorStoreFileNotFound, grpc.StatusCode.NOT_FOUND),
+    ("file_batch_not_found", FileBatchNotFound, grpc.StatusCode.NOT_FOUND),
+    ("not_found", ObjectNotFound, grpc.StatusCode.NOT_FOUND),
     ("collection_exists", CollectionExists, grpc.StatusCode.ALREADY_EXISTS),
     ("overloaded", Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     ("unavailable", ServiceUnavailable, grpc.StatusCode.UNAVAILABLE),

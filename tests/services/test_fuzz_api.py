@@ -18,9 +18,10 @@ gets one; everything else is bounded by the schema itself (``n`` ≤ 16, ``top_k
 Most generated requests would name a model or a collection that does not exist, or carry bytes that
 are no image or audio, and stop at a 4xx; so three in four are steered to what the server has: a served
 model of the right task, the speech model's voice, a collection made for this test with a few
-documents, a small PNG, a short WAV. Nothing is excluded: collections that existed before the test are
-never written to or dropped (those cases are skipped), the test's own collection and document are never
-deleted, and every collection the test made is dropped at the end.
+documents, a vector store with a processed file and its batch, a small PNG, a short WAV. Nothing is
+excluded: collections, vector stores and files that existed before the test are never written to or
+deleted (those cases are skipped), the test's own are never deleted, and everything the test made is
+deleted at the end.
 
 Bodies schemathesis never writes (bytes that are not JSON or not UTF-8, JSON nested past the recursion
 limit) are fuzzed separately, and the bugs found while fuzzing have regression tests at the end.
@@ -98,6 +99,26 @@ OPERATIONS = [
     "POST /v1/audio/speech",
     "POST /v1/audio/transcriptions",
     "POST /v1/audio/translations",
+    "POST /v1/files",
+    "GET /v1/files",
+    "GET /v1/files/{file_id}",
+    "DELETE /v1/files/{file_id}",
+    "GET /v1/files/{file_id}/content",
+    "POST /v1/vector_stores",
+    "GET /v1/vector_stores",
+    "GET /v1/vector_stores/{store_id}",
+    "POST /v1/vector_stores/{store_id}",
+    "DELETE /v1/vector_stores/{store_id}",
+    "POST /v1/vector_stores/{store_id}/files",
+    "GET /v1/vector_stores/{store_id}/files",
+    "GET /v1/vector_stores/{store_id}/files/{file_id}",
+    "POST /v1/vector_stores/{store_id}/files/{file_id}",
+    "DELETE /v1/vector_stores/{store_id}/files/{file_id}",
+    "POST /v1/vector_stores/{store_id}/file_batches",
+    "GET /v1/vector_stores/{store_id}/file_batches/{batch_id}",
+    "POST /v1/vector_stores/{store_id}/file_batches/{batch_id}/cancel",
+    "GET /v1/vector_stores/{store_id}/file_batches/{batch_id}/files",
+    "POST /v1/vector_stores/{store_id}/search",
 ]
 
 # The tasks whose models an operation's `model` field names.
@@ -144,6 +165,18 @@ WRITES_TO_PATH_COLLECTION = {
     "POST /v1/collections/{name}/documents",
     "DELETE /v1/collections/{name}/documents/{doc_id}",
 }
+FUZZ_FILE_TEXT = b"Python was created by Guido van Rossum. Paris is the capital of France."
+
+
+@dataclass
+class FuzzObjects:
+    """The vector store, file and batch steered cases name (never deleted), and what existed before."""
+
+    store: str = ""
+    file: str = ""
+    batch: str = ""
+    protected_stores: set[str] = field(default_factory=set)
+    protected_files: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -156,6 +189,7 @@ class Served:
     # Steered to, never deleted: without them the other operations would only meet 404s.
     fuzz_collection: str = FUZZ_COLLECTION
     fuzz_document: str = FUZZ_DOCUMENT
+    objects: FuzzObjects = field(default_factory=FuzzObjects)
     timings: dict[str, float] = field(default_factory=dict)
     statuses: dict[str, Counter[int]] = field(default_factory=lambda: defaultdict(Counter))
 
@@ -167,6 +201,38 @@ def _collection_names(http: httpx.Client) -> set[str]:
     response = http.get("/v1/collections")
     assert response.status_code == 200, response.text
     return {c["name"] for c in response.json()["data"]}
+
+
+def _ids(http: httpx.Client, path: str) -> set[str]:
+    response = http.get(path)
+    assert response.status_code == 200, response.text
+    return {o["id"] for o in response.json()["data"]}
+
+
+def _fuzz_objects(http: httpx.Client) -> FuzzObjects:
+    """A processed file in a vector store, attached by a batch, besides what was there before."""
+    objects = FuzzObjects(
+        protected_stores=_ids(http, "/v1/vector_stores?limit=100"), protected_files=_ids(http, "/v1/files")
+    )
+    uploaded = http.post(
+        "/v1/files", files={"file": ("fuzz.txt", FUZZ_FILE_TEXT)}, data={"purpose": "assistants"}
+    )
+    assert uploaded.status_code == 200, uploaded.text
+    objects.file = uploaded.json()["id"]
+    store = http.post("/v1/vector_stores", json={"name": "fuzz"})
+    assert store.status_code == 200, store.text
+    objects.store = store.json()["id"]
+    batch = http.post(f"/v1/vector_stores/{objects.store}/file_batches", json={"file_ids": [objects.file]})
+    assert batch.status_code == 200, batch.text
+    objects.batch = batch.json()["id"]
+    deadline = time.monotonic() + CALL_TIMEOUT_S
+    while (
+        http.get(f"/v1/vector_stores/{objects.store}/file_batches/{objects.batch}").json()["status"]
+        != "completed"
+    ):
+        assert time.monotonic() < deadline, "the fuzz file was not processed"
+        time.sleep(0.1)
+    return objects
 
 
 @pytest.fixture(scope="module")
@@ -193,10 +259,15 @@ def served(http: httpx.Client) -> Iterator[Served]:
     ]
     added = http.post(f"/v1/collections/{FUZZ_COLLECTION}/documents", json={"documents": documents})
     assert added.status_code == 200, added.text
-    state = Served(models, voices, protected=before)
+    objects = _fuzz_objects(http)
+    state = Served(models, voices, protected=before, objects=objects)
     try:
         yield state
     finally:
+        for store in _ids(http, "/v1/vector_stores?limit=100") - objects.protected_stores:
+            http.delete(f"/v1/vector_stores/{store}")
+        for file_id in _ids(http, "/v1/files") - objects.protected_files:
+            http.delete(f"/v1/files/{file_id}")
         for name in _collection_names(http) - before:
             http.delete(f"/v1/collections/{name}")
         print("\nfuzzed (seconds, answers by status):")  # shown with `pytest -s`
@@ -252,9 +323,36 @@ def _steer_body(path: str, media_type: str | None, body: dict[str, Any], served:
         body.pop("language", None)  # detected: a generated one is hardly ever a language
 
 
+def _steer_objects(label: str, params: dict[str, Any], body: dict[str, Any] | None, o: FuzzObjects) -> None:
+    if "store_id" in params:
+        params["store_id"] = o.store
+    if "batch_id" in params:
+        params["batch_id"] = o.batch
+    if "file_id" in params and not label.startswith("DELETE"):
+        params["file_id"] = o.file
+    if body is not None and label == "POST /v1/vector_stores/{store_id}/files":
+        body["file_id"] = o.file
+    if body is not None and isinstance(body.get("file_ids"), list):
+        body["file_ids"] = [o.file]
+
+
+def _keep_objects(label: str, params: dict[str, Any], o: FuzzObjects) -> None:
+    """Skip cases that would change a vector store or file this test does not own, or delete its own."""
+    store, file_id = params.get("store_id"), params.get("file_id")
+    if store is not None and (label.startswith(("POST", "DELETE"))) and not label.endswith("/search"):
+        assume(store not in o.protected_stores)
+    if label == "DELETE /v1/vector_stores/{store_id}":
+        assume(store != o.store)
+    if label == "DELETE /v1/files/{file_id}":
+        assume(file_id not in o.protected_files and file_id != o.file)
+    if label == "DELETE /v1/vector_stores/{store_id}/files/{file_id}":
+        assume(not (store == o.store and file_id == o.file))
+
+
 def prepare(case: Case, served: Served, dice: int) -> None:
     """Make a generated case cheap and, three times in four (by ``dice``), aimed at what the server
-    has; skip (``assume``) cases that would change a collection this test does not own."""
+    has; skip (``assume``) cases that would change a collection, vector store or file this test does
+    not own."""
     path, label = case.operation.path, _label(case)
     body: dict[str, Any] | None = cast(dict[str, Any], case.body) if isinstance(case.body, dict) else None
     params = case.path_parameters or {}
@@ -267,6 +365,8 @@ def prepare(case: Case, served: Served, dice: int) -> None:
             params["name"] = served.fuzz_collection
             if "doc_id" in params and case.operation.method.upper() == "GET":
                 params["doc_id"] = served.fuzz_document
+        _steer_objects(label, params, body, served.objects)
+    _keep_objects(label, params, served.objects)
     if label in WRITES_TO_PATH_COLLECTION:
         assume(params.get("name") not in served.protected)
         if label == "DELETE /v1/collections/{name}":

@@ -1,0 +1,253 @@
+"""OpenAI's Files and Vector Stores APIs driven by the openai SDK, unchanged, against the session's server
+(embedded, or the gRPC topology with MMSERVE_TEST_DISTRIBUTED=1): files.create/retrieve/list/content/
+delete, vector_stores.create/retrieve/update/list/delete, files.create_and_poll, upload_and_poll,
+file_batches.upload_and_poll, search with filters and ranking options, the document formats people have
+(PDF, DOCX, HTML, JSON, Markdown), failures that end as `failed` with `last_error`, 4xx in OpenAI's shape,
+and RAG over a vector store. Documents are real texts from tests/data, never written for the test."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from docx import Document
+
+from tests.helpers.api import error_of
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+DOCS = DATA / "retrieval" / "docs"
+FORMATS = DATA / "documents"
+QUERIES = json.loads((DATA / "retrieval" / "queries.json").read_text())["queries"]
+
+
+def query_for(stem: str) -> str:
+    return next(q["query"] for q in QUERIES if q["answer"] == stem)
+
+
+class Created:
+    """What a test made, removed at the end of the module whatever happens."""
+
+    def __init__(self) -> None:
+        self.files: list[str] = []
+        self.stores: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def made(client: openai.OpenAI) -> Iterator[Created]:
+    created = Created()
+    yield created
+    for store_id in created.stores:
+        with contextlib.suppress(openai.NotFoundError):
+            client.vector_stores.delete(store_id)
+    for file_id in created.files:
+        with contextlib.suppress(openai.NotFoundError):
+            client.files.delete(file_id)
+
+
+def upload(client: openai.OpenAI, made: Created, path: Path, name: str | None = None) -> str:
+    f = client.files.create(file=(name or path.name, path.read_bytes()), purpose="assistants")
+    made.files.append(f.id)
+    return f.id
+
+
+def docx_of(text: str) -> bytes:
+    doc = Document()
+    for paragraph in text.split("\n\n"):
+        doc.add_paragraph(paragraph)
+    out = io.BytesIO()
+    doc.save(out)
+    return out.getvalue()
+
+
+def test_files_round_trip(client: openai.OpenAI, made: Created) -> None:
+    source = DOCS / "tqdm.txt"
+    f = client.files.create(file=("tqdm.txt", source.read_bytes()), purpose="assistants")
+    made.files.append(f.id)
+    assert (f.object, f.filename, f.bytes, f.purpose) == (
+        "file",
+        "tqdm.txt",
+        source.stat().st_size,
+        "assistants",
+    )
+    assert client.files.retrieve(f.id).id == f.id
+    assert f.id in [x.id for x in client.files.list(purpose="assistants")]
+    assert f.id not in [x.id for x in client.files.list(purpose="batch")]
+    assert client.files.content(f.id).content == source.read_bytes()
+    deleted = client.files.delete(f.id)
+    assert deleted.deleted and deleted.id == f.id
+    with pytest.raises(openai.NotFoundError) as info:
+        client.files.retrieve(f.id)
+    assert info.value.body["code"] == "file_not_found"  # type: ignore[index]
+
+
+def test_vector_store_files_search_and_filters(client: openai.OpenAI, made: Created) -> None:
+    store = client.vector_stores.create(name="package docs", metadata={"owner": "tests"})
+    made.stores.append(store.id)
+    assert (store.object, store.name, store.metadata, store.status) == (
+        "vector_store",
+        "package docs",
+        {"owner": "tests"},
+        "completed",
+    )
+    stems = ["numpy", "pytest", "faiss", "h11", "idna"]
+    for stem in stems[:2]:
+        file_id = upload(client, made, DOCS / f"{stem}.txt")
+        vsf = client.vector_stores.files.create_and_poll(
+            file_id=file_id,
+            vector_store_id=store.id,
+            attributes={"package": stem, "stars": len(stem)},
+            poll_interval_ms=100,
+        )
+        assert (vsf.status, vsf.last_error, vsf.attributes) == (
+            "completed",
+            None,
+            {"package": stem, "stars": len(stem)},
+        )
+    for stem in stems[2:4]:
+        with open(DOCS / f"{stem}.txt", "rb") as fh:
+            vsf = client.vector_stores.files.upload_and_poll(
+                vector_store_id=store.id, file=fh, poll_interval_ms=100
+            )
+        made.files.append(vsf.id)
+        assert vsf.status == "completed"
+        client.vector_stores.files.update(
+            vsf.id, vector_store_id=store.id, attributes={"package": stem, "stars": len(stem)}
+        )
+    batch = client.vector_stores.file_batches.upload_and_poll(
+        vector_store_id=store.id, files=[("idna.txt", (DOCS / "idna.txt").read_bytes())], poll_interval_ms=100
+    )
+    assert (batch.object, batch.status, batch.file_counts.completed) == (
+        "vector_store.files_batch",
+        "completed",
+        1,
+    )
+    assert client.vector_stores.retrieve(store.id).file_counts.completed == 5
+
+    page = client.vector_stores.files.list(vector_store_id=store.id, limit=2, order="asc")
+    assert len(page.data) == 2 and page.has_more
+    rest = client.vector_stores.files.list(
+        vector_store_id=store.id, limit=10, order="asc", after=page.data[-1].id
+    )
+    assert len(rest.data) == 3 and not rest.has_more
+
+    for stem in ("numpy", "faiss", "idna"):
+        results = client.vector_stores.search(store.id, query=query_for(stem), max_num_results=3)
+        assert results.data[0].filename == f"{stem}.txt", [r.filename for r in results.data]
+        assert 0 < results.data[0].score <= 1 and results.data[0].content[0].type == "text"
+    hits = client.vector_stores.search(
+        store.id, query=query_for("numpy"), filters={"type": "gte", "key": "stars", "value": 5}
+    )
+    assert {r.attributes["package"] for r in hits.data} <= {"numpy", "pytest", "faiss"}  # type: ignore[index]
+    assert "numpy.txt" in {r.filename for r in hits.data}
+    hits = client.vector_stores.search(
+        store.id,
+        query=[query_for("numpy")],
+        filters={
+            "type": "and",
+            "filters": [
+                {"type": "eq", "key": "package", "value": "pytest"},
+                {"type": "lt", "key": "stars", "value": 10},
+            ],
+        },
+        ranking_options={"ranker": "none"},
+    )
+    assert [r.filename for r in hits.data] == ["pytest.txt"]
+
+    updated = client.vector_stores.update(
+        store.id, name="renamed", expires_after={"anchor": "last_active_at", "days": 7}
+    )
+    assert updated.name == "renamed" and updated.expires_after is not None and updated.expires_at
+    assert store.id in [s.id for s in client.vector_stores.list(limit=100)]
+    gone = client.vector_stores.files.delete(file_id, vector_store_id=store.id)
+    assert gone.deleted
+    assert "pytest.txt" not in {
+        r.filename for r in client.vector_stores.search(store.id, query=query_for("pytest")).data
+    }
+
+
+def test_document_formats_and_failures(client: openai.OpenAI, made: Created, http: httpx.Client) -> None:
+    store = client.vector_stores.create(name="formats")
+    made.stores.append(store.id)
+    pdf = (FORMATS / "shared-mime-info-spec.pdf").read_bytes()
+    licence = (FORMATS / "COPYING.GPL-2").read_text()
+    uploads = {
+        "spec.pdf": pdf,
+        "licence.docx": docx_of(licence),
+        "section.html": (FORMATS / "shared-mime-info-spec-section-2.html").read_bytes(),
+        "punycode.json": (FORMATS / "punycode.json").read_bytes(),
+        "punycode.md": (FORMATS / "punycode.md").read_bytes(),
+        "broken.pdf": pdf[: len(pdf) // 4],
+        "empty.txt": b"",
+    }
+    ids = {}
+    for name, data in uploads.items():
+        f = client.files.create(file=(name, data), purpose="assistants")
+        made.files.append(f.id)
+        ids[name] = f.id
+    batch = client.vector_stores.file_batches.create_and_poll(
+        vector_store_id=store.id, file_ids=list(ids.values()), poll_interval_ms=100
+    )
+    assert (batch.file_counts.completed, batch.file_counts.failed) == (5, 2)
+    for name in ("broken.pdf", "empty.txt"):
+        vsf = client.vector_stores.files.retrieve(ids[name], vector_store_id=store.id)
+        assert vsf.status == "failed" and vsf.last_error is not None
+        assert vsf.last_error.code == "invalid_file" and name in vsf.last_error.message
+    failed = client.vector_stores.files.list(vector_store_id=store.id, filter="failed")
+    assert {f.id for f in failed.data} == {ids["broken.pdf"], ids["empty.txt"]}
+    for query, name in (
+        ("Free Software Foundation warranty and redistribution of the program", "licence.docx"),
+        ("shared MIME database glob patterns and magic rules", "spec.pdf"),
+    ):
+        names = [
+            r.filename for r in client.vector_stores.search(store.id, query=query, max_num_results=3).data
+        ]
+        assert name in names, (query, names)
+
+    with pytest.raises(openai.BadRequestError) as info:
+        client.files.create(file=("tool.exe", b"MZ\x90\x00\x03"), purpose="assistants")
+    assert info.value.body["code"] == "unsupported_file"  # type: ignore[index]
+    too_big = http.post(
+        "/v1/files", files={"file": ("big.txt", b"a" * (26 << 20))}, data={"purpose": "assistants"}
+    )
+    assert error_of(too_big, 413)
+
+    answer = http.post(
+        "/v1/rag",
+        json={
+            "collection": store.id,
+            "query": "Who publishes the GNU General Public License?",
+            "max_tokens": 16,
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    assert ids["licence.docx"] in {c["document_id"] for c in answer.json()["citations"]}
+
+
+def test_errors_are_openai_shaped(http: httpx.Client, client: openai.OpenAI, made: Created) -> None:
+    error = error_of(http.get("/v1/vector_stores/vs_missing"), 404)
+    assert error["code"] == "vector_store_not_found"
+    error = error_of(http.post("/v1/vector_stores/vs_missing/search", json={"query": "x"}), 404)
+    assert error["code"] == "vector_store_not_found"
+    store = client.vector_stores.create(name="errors")
+    made.stores.append(store.id)
+    error = error_of(http.post(f"/v1/vector_stores/{store.id}/files", json={"file_id": "file-missing"}), 404)
+    assert error["code"] == "file_not_found"
+    bad = {"query": "x", "filters": {"type": "like", "key": "a", "value": 1}}
+    assert error_of(http.post(f"/v1/vector_stores/{store.id}/search", json=bad), 400)["param"] == "filters"
+    error = error_of(
+        http.post("/v1/files", files={"file": ("a.txt", b"text")}, data={"purpose": "homework"}), 400
+    )
+    assert error["param"] == "purpose"
+    chunking = {"type": "static", "static": {"max_chunk_size_tokens": 4096, "chunk_overlap_tokens": 0}}
+    error = error_of(http.post("/v1/vector_stores", json={"name": "x", "chunking_strategy": chunking}), 400)
+    assert error["param"] == "chunk_tokens"
+    error = error_of(
+        http.post("/v1/vector_stores", json={"metadata": {f"k{i}": "v" for i in range(17)}}), 400
+    )
+    assert error["param"] == "metadata"
