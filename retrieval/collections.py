@@ -16,7 +16,7 @@ import numpy as np
 
 from retrieval.chunking import ChunkingConfig, chunk_text
 from retrieval.errors import CollectionExists, CollectionNotFound, DocumentNotFound, InvalidName
-from retrieval.filters import Filter, from_equalities
+from retrieval.filters import Filter, as_filter
 from retrieval.fusion import QueryOptions
 from retrieval.index import INDEX_KINDS, VectorIndex
 from retrieval.search import SearchRequest, SearchResult, search
@@ -246,9 +246,7 @@ class Collections:
         """The ``top_k`` best documents (or chunks, by ``options.group_by``) for a text query, ranked by
         ``options.mode``, among the documents ``where`` admits (a filter, or fields that must equal);
         a collection of images is queried with an image, by its vectors alone."""
-        options = options or QueryOptions()
-        if isinstance(where, Mapping):
-            where = from_equalities(where)
+        options, where = options or QueryOptions(), as_filter(where) if where is not None else None
         record = self.record(name)
         embedder = self.embedders[record.model]
         vector: np.ndarray | None = None

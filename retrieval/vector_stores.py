@@ -1,16 +1,15 @@
 """OpenAI's Files and Vector Stores over the collections: a vector store is a collection named by its id,
 each file attached to it one document (its id the file's id, its metadata the file's attributes).
 
-Attaching a file records it ``in_progress`` (durably) and returns; a background task extracts its text,
-chunks and embeds it, and marks it ``completed`` or ``failed`` with ``last_error``. Work left
-``in_progress`` by a crash is picked up again on the next call, so an acknowledged file is never lost.
+Attaching a file records it ``in_progress`` (durably) and returns; retrieval.file_processing does the
+rest in the background. Work left ``in_progress`` by a crash is picked up again on the next call, so an
+acknowledged file is never lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -19,10 +18,11 @@ from typing import Any
 
 from retrieval.chunking import ChunkingConfig
 from retrieval.collections import Collections, DocumentInput
-from retrieval.errors import CollectionNotFound, DocumentNotFound, FileNotFound, VectorStoreFileNotFound
+from retrieval.errors import CollectionNotFound, DocumentNotFound, FileNotFound
+from retrieval.file_processing import FileProcessor
 from retrieval.files import FileRecord, FileStore
 from retrieval.filters import Filter
-from retrieval.formats import extract_text, format_of
+from retrieval.formats import format_of
 from retrieval.fusion import QueryOptions
 from retrieval.vector_store_records import (
     FileBatchRecord,
@@ -32,11 +32,8 @@ from retrieval.vector_store_records import (
 )
 from shared_engine.errors import InvalidRequest
 
-logger = logging.getLogger(__name__)
-
 RANKERS = ("auto", "default-2024-11-15", "none")
 MAX_RESULTS = 50
-PARALLEL_FILES = 4  # files processed at once: their chunks share the embedding model's batches
 PASSAGES = 3
 
 
@@ -86,7 +83,7 @@ class VectorStores:
         self.collections = collections
         self.files = files
         self.records = records
-        self._worker: asyncio.Task[None] | None = None
+        self.processor = FileProcessor(collections, files, records)
 
     @classmethod
     def open(cls, collections: Collections) -> VectorStores:
@@ -149,15 +146,15 @@ class VectorStores:
         self.records.insert_store(VectorStoreRecord(store_id, name, metadata, expires_after_days, now, now))
         for a in attach:
             self._attach(store_id, a, None)
-        self._kick()
+        self.processor.kick()
         return self.records.store(store_id)
 
     async def list_stores(self) -> list[VectorStoreRecord]:
-        self._kick()
+        self.processor.kick()
         return self.records.stores()
 
     async def get(self, store_id: str) -> VectorStoreRecord:
-        self._kick()
+        self.processor.kick()
         return self.records.store(store_id)
 
     async def modify(
@@ -179,7 +176,7 @@ class VectorStores:
         self.records.store(store_id)
         self.files.get(attachment.file_id)
         self._attach(store_id, attachment, None)
-        self._kick()
+        self.processor.kick()
         return self.records.file(store_id, attachment.file_id)
 
     def _attach(self, store_id: str, a: FileAttachment, batch_id: str | None) -> None:
@@ -195,11 +192,11 @@ class VectorStores:
 
     async def list_attached(self, store_id: str, status: str | None = None) -> list[VectorStoreFileRecord]:
         self.records.store(store_id)
-        self._kick()
+        self.processor.kick()
         return self.records.files(store_id, status)
 
     async def get_attached(self, store_id: str, file_id: str) -> VectorStoreFileRecord:
-        self._kick()
+        self.processor.kick()
         return self.records.file(store_id, file_id)
 
     async def update_attributes(
@@ -239,11 +236,11 @@ class VectorStores:
             self.records.insert_batch(batch_id, store_id, int(time.time()))
             for a in attach:
                 self._attach(store_id, a, batch_id)
-        self._kick()
+        self.processor.kick()
         return self.records.batch(store_id, batch_id)
 
     async def get_batch(self, store_id: str, batch_id: str) -> FileBatchRecord:
-        self._kick()
+        self.processor.kick()
         return self.records.batch(store_id, batch_id)
 
     async def cancel_batch(self, store_id: str, batch_id: str) -> FileBatchRecord:
@@ -256,6 +253,14 @@ class VectorStores:
     ) -> list[VectorStoreFileRecord]:
         self.records.batch(store_id, batch_id)
         return self.records.files(store_id, status, batch_id)
+
+    async def resume(self) -> None:
+        """Pick up files left in progress (by a crash or a restart)."""
+        self.processor.kick()
+
+    def close(self) -> None:
+        """Stop processing files (before the store closes)."""
+        self.processor.stop()
 
     # -- search -------------------------------------------------------------------------------------------
 
@@ -287,57 +292,3 @@ class VectorStores:
             content = tuple(p.text for p in r.passages) or (r.text,)
             hits.append(SearchHit(r.document_id, filename, score, dict(r.metadata), content))
         return hits
-
-    # -- processing ---------------------------------------------------------------------------------------
-
-    def _kick(self) -> None:
-        """Start processing waiting files, if any and not already under way."""
-        if (self._worker is None or self._worker.done()) and self.records.pending():
-            self._worker = asyncio.get_running_loop().create_task(self._process_pending())
-
-    async def resume(self) -> None:
-        """Pick up files left in progress (by a crash or a restart)."""
-        self._kick()
-
-    def close(self) -> None:
-        """Stop processing (before the store closes): a file cut short stays in progress, and is
-        processed again when the store is next opened."""
-        if self._worker is not None:
-            self._worker.cancel()
-
-    async def _process_pending(self) -> None:
-        while pending := self.records.pending():
-            for at in range(0, len(pending), PARALLEL_FILES):
-                group = pending[at : at + PARALLEL_FILES]
-                await asyncio.gather(*(self._process(s, f) for s, f in group))
-
-    async def _process(self, store_id: str, file_id: str) -> None:
-        try:
-            attached = self.records.file(store_id, file_id)
-        except VectorStoreFileNotFound:
-            return
-        if attached.status != "in_progress":
-            return
-        try:
-            record = self.files.get(file_id)
-            data = await asyncio.to_thread(self.files.read, file_id)
-            text = await asyncio.to_thread(extract_text, data, record.filename)
-            chunking = ChunkingConfig(attached.chunk_tokens, attached.overlap_tokens)
-            document = DocumentInput(text, file_id, dict(attached.attributes))
-            _, chunks = await self.collections.add(store_id, [document], chunking)
-        except (FileNotFound, CollectionNotFound) as exc:
-            self.records.finish_file(store_id, file_id, "failed", error=("invalid_file", str(exc)))
-        except InvalidRequest as exc:
-            code = getattr(exc, "code", "invalid_file")
-            self.records.finish_file(store_id, file_id, "failed", error=(code, str(exc)))
-        except Exception as exc:  # the file stays failed; the store and the service go on
-            logger.exception("processing %s for vector store %s failed", file_id, store_id)
-            self.records.finish_file(store_id, file_id, "failed", error=("server_error", str(exc)))
-        else:
-            usage = len(text.encode()) + chunks * self.collections.record(store_id).dimensions * 4
-            if not self.records.finish_file(store_id, file_id, "completed", usage):
-                await self._forget(store_id, file_id)  # detached or cancelled while it was processed
-
-    async def _forget(self, store_id: str, file_id: str) -> None:
-        with contextlib.suppress(DocumentNotFound, CollectionNotFound):
-            await self.collections.delete(store_id, file_id)

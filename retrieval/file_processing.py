@@ -1,0 +1,78 @@
+"""Processing the files attached to vector stores, in the background: each file's text is extracted
+(retrieval.formats), chunked and embedded into its vector store's collection as one document, and the
+attachment marked ``completed``, or ``failed`` with ``last_error`` (the code and message of the error).
+A few files are processed at once, so that their chunks share the embedding model's batches."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from retrieval.chunking import ChunkingConfig
+from retrieval.collections import Collections, DocumentInput
+from retrieval.errors import CollectionNotFound, DocumentNotFound, FileNotFound, VectorStoreFileNotFound
+from retrieval.files import FileStore
+from retrieval.formats import extract_text
+from retrieval.vector_store_records import VectorStoreRecords
+from shared_engine.errors import InvalidRequest
+
+logger = logging.getLogger(__name__)
+
+PARALLEL_FILES = 4
+
+
+class FileProcessor:
+    def __init__(self, collections: Collections, files: FileStore, records: VectorStoreRecords) -> None:
+        self.collections = collections
+        self.files = files
+        self.records = records
+        self._worker: asyncio.Task[None] | None = None
+
+    def kick(self) -> None:
+        """Start processing waiting files, if any and not already under way."""
+        if (self._worker is None or self._worker.done()) and self.records.pending():
+            self._worker = asyncio.get_running_loop().create_task(self._process_pending())
+
+    def stop(self) -> None:
+        """Stop processing (before the store closes): a file cut short stays in progress, and is
+        processed again when the store is next opened."""
+        if self._worker is not None:
+            self._worker.cancel()
+
+    async def _process_pending(self) -> None:
+        while pending := self.records.pending():
+            for at in range(0, len(pending), PARALLEL_FILES):
+                group = pending[at : at + PARALLEL_FILES]
+                await asyncio.gather(*(self._process(s, f) for s, f in group))
+
+    async def _process(self, store_id: str, file_id: str) -> None:
+        try:
+            attached = self.records.file(store_id, file_id)
+        except VectorStoreFileNotFound:
+            return
+        if attached.status != "in_progress":
+            return
+        try:
+            record = self.files.get(file_id)
+            data = await asyncio.to_thread(self.files.read, file_id)
+            text = await asyncio.to_thread(extract_text, data, record.filename)
+            chunking = ChunkingConfig(attached.chunk_tokens, attached.overlap_tokens)
+            document = DocumentInput(text, file_id, dict(attached.attributes))
+            _, chunks = await self.collections.add(store_id, [document], chunking)
+        except (FileNotFound, CollectionNotFound) as exc:
+            self.records.finish_file(store_id, file_id, "failed", error=("invalid_file", str(exc)))
+        except InvalidRequest as exc:
+            code = getattr(exc, "code", "invalid_file")
+            self.records.finish_file(store_id, file_id, "failed", error=(code, str(exc)))
+        except Exception as exc:  # the file stays failed; the store and the service go on
+            logger.exception("processing %s for vector store %s failed", file_id, store_id)
+            self.records.finish_file(store_id, file_id, "failed", error=("server_error", str(exc)))
+        else:
+            usage = len(text.encode()) + chunks * self.collections.record(store_id).dimensions * 4
+            if not self.records.finish_file(store_id, file_id, "completed", usage):
+                await self._forget(store_id, file_id)  # detached or cancelled while it was processed
+
+    async def _forget(self, store_id: str, file_id: str) -> None:
+        with contextlib.suppress(DocumentNotFound, CollectionNotFound):
+            await self.collections.delete(store_id, file_id)
