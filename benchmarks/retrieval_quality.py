@@ -10,22 +10,21 @@ judgements. The default test set is tests/data/retrieval (14 package description
 mixed into distractor documents — other package descriptions and documentation shipped in this virtualenv
 — so that the right document must be found among hundreds. ``--beir`` reads any test set in BEIR's layout
 (corpus.jsonl, queries.jsonl, qrels/test.tsv), e.g. SciFact or NFCorpus where one can be had.
+
+When models.toml configures a rerank model, a ``hybrid+rerank`` row reranks the hybrid candidates as
+``"rerank": true`` does in the gateway (services/gateway/reranking.py: 40 candidates for a top 10), with
+the latency the rerank step adds to each query; ``--no-rerank`` leaves it out.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import asyncio
-import csv
-import json
 import math
 import os
-import re
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 from benchmarks import report
+from benchmarks.retrieval_sets import TestSet, beir_set, labelled_set, venv_texts
 from benchmarks.vector_search import clustered
 from retrieval.chunking import ChunkingConfig
 from retrieval.collections import Collections, DocumentInput
@@ -43,69 +43,11 @@ from retrieval.fusion import QueryOptions
 from retrieval.search import SearchRequest, search
 from services.config.models import load_model_specs
 from services.config.settings import Settings
+from services.gateway.reranking import candidates, rerank_results
 from services.tasks.embedding import EmbeddingService
+from services.tasks.rerank import RerankService
 
-REPO = Path(__file__).resolve().parent.parent
-LABELLED = REPO / "tests" / "data" / "retrieval"
 MODES = ("dense", "lexical", "hybrid")
-DOCUMENTED = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
-Qrels = dict[str, dict[str, int]]
-
-
-class TestSet:
-    def __init__(self, name: str, docs: dict[str, str], queries: dict[str, str], qrels: Qrels) -> None:
-        self.name, self.docs, self.queries, self.qrels = name, docs, queries, qrels
-
-
-def labelled_set() -> TestSet:
-    labels = json.loads((LABELLED / "queries.json").read_text(encoding="utf-8"))
-    docs = {p.stem: p.read_text(encoding="utf-8") for p in sorted((LABELLED / "docs").glob("*.txt"))}
-    queries = {f"q{i}": q["query"] for i, q in enumerate(labels["queries"])}
-    qrels = {f"q{i}": {q["answer"]: 1} for i, q in enumerate(labels["queries"])}
-    return TestSet("tests/data/retrieval", docs, queries, qrels)
-
-
-def beir_set(folder: Path) -> TestSet:
-    docs: dict[str, str] = {}
-    queries: dict[str, str] = {}
-    qrels: Qrels = {}
-    for line in (folder / "corpus.jsonl").read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        docs[row["_id"]] = f"{row.get('title', '')}\n{row['text']}".strip()
-    for line in (folder / "queries.jsonl").read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        queries[row["_id"]] = row["text"]
-    with (folder / "qrels" / "test.tsv").open(encoding="utf-8") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            if int(row["score"]) > 0:
-                qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
-    return TestSet(folder.name, docs, {q: t for q, t in queries.items() if q in qrels}, qrels)
-
-
-def venv_texts(exclude: set[str]) -> Iterator[tuple[str, str]]:
-    """(id, text) of real English text shipped in the virtualenv, in a fixed order: package long
-    descriptions (METADATA, the genre of the judged documents), then the docstrings of Python modules
-    (one document per module). Packages named in ``exclude`` are skipped, so that no distractor
-    duplicates a judged document."""
-    site = Path(torch.__file__).resolve().parents[1]
-    skip = {re.sub(r"[-_.]+", "_", e.lower()) for e in exclude}
-    for meta in sorted(site.glob("*.dist-info/METADATA")):
-        package = re.sub(r"[-_.]+", "_", meta.parent.name.split("-")[0].lower())
-        body = meta.read_text(encoding="utf-8", errors="replace").partition("\n\n")[2]
-        if package not in skip and len(body) > 2000:
-            yield f"meta-{package}", body
-    for n, module in enumerate(sorted(site.rglob("*.py"))):
-        parts = module.relative_to(site).parts
-        if re.sub(r"[-_.]+", "_", parts[0].lower()) in skip or "tests" in parts:
-            continue
-        try:
-            tree = ast.parse(module.read_bytes())
-        except (SyntaxError, ValueError):
-            continue
-        nodes = [tree, *(x for x in ast.walk(tree) if isinstance(x, DOCUMENTED))]
-        text = "\n\n".join(d for x in nodes if (d := ast.get_docstring(x)))
-        if len(text) > 1000:
-            yield f"py-{n}", text
 
 
 def ndcg_at_10(found: list[str], judged: dict[str, int]) -> float:
@@ -131,11 +73,17 @@ async def add_all(cols: Collections, name: str, docs: dict[str, str], batch: int
     }
 
 
-async def quality(cols: Collections, name: str, ts: TestSet, mode: str) -> dict[str, Any]:
+async def quality(
+    cols: Collections, name: str, ts: TestSet, mode: str, reranker: RerankService | None = None
+) -> dict[str, Any]:
     options = QueryOptions(mode=mode, group_by="document", passages=1)
-    r1, r5, r10, ndcg = [], [], [], []
+    r1, r5, r10, ndcg, added = [], [], [], [], []
     for qid, text in ts.queries.items():
-        hits = await cols.query(name, text, 10, options=options)
+        hits = await cols.query(name, text, 10 if reranker is None else candidates(10), options=options)
+        if reranker is not None:
+            start = time.perf_counter()
+            hits = await rerank_results(reranker, text, hits, 10)
+            added.append(time.perf_counter() - start)
         found = [h.metadata["key"] for h in hits]
         judged = ts.qrels[qid]
         r1.append(float(bool(found[:1]) and found[0] in judged))  # the first result is relevant
@@ -143,7 +91,9 @@ async def quality(cols: Collections, name: str, ts: TestSet, mode: str) -> dict[
         r10.append(len(set(found[:10]) & set(judged)) / len(judged))
         ndcg.append(ndcg_at_10(found, judged))
     means = {"success_at_1": r1, "recall_at_5": r5, "recall_at_10": r10, "ndcg_at_10": ndcg}
-    return {"mode": mode} | {k: round(float(np.mean(v)), 4) for k, v in means.items()}
+    row: dict[str, Any] = {"mode": mode if reranker is None else f"{mode}+rerank"}
+    row |= {k: round(float(np.mean(v)), 4) for k, v in means.items()}
+    return row | ({"candidates": candidates(10)} | percentiles("rerank_added", added) if added else {})
 
 
 def percentiles(name: str, seconds: list[float]) -> dict[str, Any]:
@@ -175,7 +125,7 @@ async def latency(cols: Collections, name: str, queries: list[str], mode: str, r
 
 
 async def run_quality(
-    embedder: EmbeddingService, ts: TestSet, distractors: int, work: Path
+    embedder: EmbeddingService, ts: TestSet, distractors: int, work: Path, reranker: RerankService | None
 ) -> dict[str, Any]:
     docs = dict(ts.docs)
     if distractors:
@@ -189,10 +139,12 @@ async def run_quality(
     print(f"quality set: {len(docs)} documents ({len(ts.docs)} judged), {ingest['chunks']} chunks; "
           f"ingest {ingest['documents_per_s']} documents/s")  # fmt: skip
     rows = [await quality(cols, "bench", ts, mode) for mode in MODES]
+    if reranker is not None:
+        rows.append(await quality(cols, "bench", ts, "hybrid", reranker))
     for r in rows:
-        print(f"  {r['mode']:8s} success@1 {r['success_at_1']:.3f}  recall@5 {r['recall_at_5']:.3f}  "
-              f"recall@10 {r['recall_at_10']:.3f}  "
-              f"nDCG@10 {r['ndcg_at_10']:.3f}")  # fmt: skip
+        added = f"  rerank adds p50 {r['rerank_added_p50_ms']:.0f} ms" if "rerank_added_p50_ms" in r else ""
+        print(f"  {r['mode']:13s} success@1 {r['success_at_1']:.3f}  recall@5 {r['recall_at_5']:.3f}  "
+              f"recall@10 {r['recall_at_10']:.3f}  nDCG@10 {r['ndcg_at_10']:.3f}{added}")  # fmt: skip
     cols.close()
     return {"test_set": ts.name, "queries": len(ts.queries), "documents": len(docs), "ingest": ingest,
             "modes": rows}  # fmt: skip
@@ -253,19 +205,27 @@ async def run_speed(
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    spec = next(s for s in load_model_specs(Settings.from_env().models_config) if s.task == "embedding")
+    settings = Settings.from_env()
+    specs = load_model_specs(settings.models_config)
+    spec = next(s for s in specs if s.task == "embedding")
     embedder = EmbeddingService(spec)
+    rerank_spec = None if args.no_rerank else next((s for s in specs if s.task == "rerank"), None)
+    reranker = None if rerank_spec is None else RerankService(rerank_spec, settings)
     ts = beir_set(args.beir) if args.beir else labelled_set()
     try:
         with tempfile.TemporaryDirectory(prefix="retrieval-bench-") as tmp:
             work = Path(tmp)
             out: dict[str, Any] = {"model": spec.name}
-            out["quality"] = await run_quality(embedder, ts, 0 if args.beir else args.distractors, work)
+            distractors = 0 if args.beir else args.distractors
+            out["quality"] = await run_quality(embedder, ts, distractors, work, reranker)
+            out["reranker"] = None if reranker is None else f"{reranker.name} ({reranker.method})"
             if args.scale_chunks:
                 out["speed"] = await run_speed(embedder, ts, args, work)
             return out
     finally:
         embedder.shutdown()
+        if reranker is not None:
+            reranker.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale-chunks", type=int, default=100_000, help="chunks for the speed run (0: none)")
     p.add_argument("--scale-chunk-tokens", type=int, default=64)
     p.add_argument("--scale-index", default="flat,hnsw", help="index kinds of the speed run, comma-separated")
+    p.add_argument("--no-rerank", action="store_true", help="no hybrid+rerank row, even with a rerank model")
     args = p.parse_args(argv)
     loadavg = os.getloadavg()
     results = asyncio.run(main_async(args))

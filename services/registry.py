@@ -13,7 +13,7 @@ from typing import Any, cast
 from retrieval.collections import Collections, Embedder, ImageEmbedder
 from retrieval.vector_stores import VectorStores
 from services.config.models import ModelSpec
-from services.config.settings import Settings
+from services.config.settings import Settings, worker_task
 from services.errors import ModelNotFound, ServiceUnavailable
 from services.observability.metrics import EncoderMetrics, EngineMetrics, note_model
 from services.rpc.channels import Channels, list_models
@@ -22,6 +22,7 @@ from services.rpc.clients import (
     RemoteASRService,
     RemoteEmbeddingService,
     RemoteLLMService,
+    RemoteRerankService,
     RemoteTTSService,
     RemoteVisionService,
 )
@@ -32,6 +33,7 @@ from services.tasks.asr import ASRService
 from services.tasks.collections import CollectionsAPI, LocalCollections
 from services.tasks.embedding import EmbeddingService
 from services.tasks.llm import LLMService
+from services.tasks.rerank import RerankService
 from services.tasks.tts import TTSService
 from services.tasks.vector_stores import VectorStoresAPI
 from services.tasks.vision import VisionService
@@ -46,14 +48,15 @@ Vision = VisionService | RemoteVisionService
 Speech = ASRService | RemoteASRService
 Synthesis = TTSService | RemoteTTSService
 Chat = LLMService | RemoteLLMService
+Reranker = RerankService | RemoteRerankService
 REMOTE_TYPES = tuple(REMOTE_SERVICES.values())
-Service = Chat | Embeddings | Vision | Speech | Synthesis
+Service = Chat | Embeddings | Vision | Speech | Synthesis | Reranker
 ServiceFactory = Callable[[ModelSpec], Service]
 
 
 def remote_service(spec: ModelSpec, settings: Settings) -> Service:
     """A client for the model in the task's workers (distributed mode), once a worker lists it."""
-    targets = settings.endpoints[spec.task]
+    targets = settings.endpoints[worker_task(spec.task)]
     infos = {m.name: m for m in list_models(targets, WORKER_WAIT_S)}
     if spec.name not in infos:
         raise ModelNotFound(spec.name, spec.task)
@@ -78,7 +81,7 @@ def remote_vector_stores(settings: Settings) -> VectorStoresAPI:
 
 def create_service(spec: ModelSpec, settings: Settings) -> Service:
     """The service for a model: in-process, or its workers' when endpoints name its task."""
-    if spec.task in settings.endpoints:
+    if worker_task(spec.task) in settings.endpoints:
         return remote_service(spec, settings)
     on_batch = EncoderMetrics(spec.name, spec.task)
     if spec.task == "embedding":
@@ -89,6 +92,8 @@ def create_service(spec: ModelSpec, settings: Settings) -> Service:
         return ASRService(spec, settings, EngineMetrics(spec.name), on_batch)
     if spec.task == "tts":
         return TTSService(spec, on_batch)
+    if spec.task == "rerank":
+        return RerankService(spec, settings, on_batch)
     return LLMService(spec, settings, EngineMetrics(spec.name))
 
 
@@ -199,6 +204,9 @@ class ModelRegistry:
 
     def tts(self, name: str) -> Synthesis:
         return cast(Synthesis, self._typed(name, "tts", (TTSService, RemoteTTSService)))
+
+    def rerank(self, name: str) -> Reranker:
+        return cast(Reranker, self._typed(name, "rerank", (RerankService, RemoteRerankService)))
 
     def default_model(self, task: str) -> str:
         """The first configured model of a task (requests may leave ``model`` out where OpenAI allows)."""

@@ -23,6 +23,7 @@ BIN = Path(sys.executable).parent
 DEFAULT_MODELS = {
     "smollm2-135m-instruct": "chat",
     "all-minilm-l6-v2": "embedding",
+    "smollm2-135m-rerank": "rerank",
     "efficientnet-lite0": "vision",
     "whisper-tiny.en": "asr",
     "whisper-base": "asr",
@@ -112,6 +113,7 @@ def test_models_prepare_then_list() -> None:
     table = {row.split()[0]: row.split(maxsplit=3) for row in rows}
     assert {name: cells[1] for name, cells in table.items()} == DEFAULT_MODELS
     assert table["smollm2-135m-instruct"][3] == PREPARED
+    assert table["smollm2-135m-rerank"][3] == PREPARED  # the same GGUF, converted once
     assert table["piper-joe"][3] == NOT_NEEDED
 
 

@@ -26,7 +26,7 @@ from prometheus_client import REGISTRY
 
 from services.commands import worker
 from services.commands.worker import DEFAULT_PORT, METRICS_PORT, TASKS
-from services.config.settings import Settings, parse_endpoints
+from services.config.settings import Settings, parse_endpoints, worker_task
 from tests.helpers.compose import (
     ROOT,
     Project,
@@ -42,7 +42,9 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 
 DATA_DIR = "/data"  # MMSERVE_DATA_DIR in the containers
 RETRIEVAL_SUBDIR = "retrieval"  # retrieval.collections keeps its store in <data dir>/retrieval
-TASKS_NEEDING_PREPARE = {"chat", "asr"}  # the tasks whose models services.commands.prepare converts
+# The worker tasks whose models services.commands.prepare converts (the embedding workers serve the rerank
+# models, which load as chat models do).
+TASKS_NEEDING_PREPARE = {"chat", "asr", worker_task("rerank")}
 GPU_PROFILE = "gpu"
 OBSERVABILITY_PROFILE = "observability"
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"

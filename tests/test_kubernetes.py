@@ -27,7 +27,7 @@ from prometheus_client import REGISTRY
 
 from services.commands import probe
 from services.commands.worker import DEFAULT_PORT, GRACE_SECONDS, METRICS_PORT, TASKS
-from services.config.settings import Settings, parse_endpoints
+from services.config.settings import Settings, parse_endpoints, worker_task
 from services.registry import WORKER_WAIT_S
 from tests.helpers.compose import (
     ROOT,
@@ -47,7 +47,9 @@ KUBERNETES_VERSION = "1.33.0"  # the release whose API schemas the manifests mus
 OVERLAYS = ("cpu", "gpu")
 GPU = "nvidia.com/gpu"
 GPU_PROFILE = "gpu"
-TASKS_NEEDING_PREPARE = {"chat", "asr"}  # the tasks whose models services.commands.prepare converts
+# The worker tasks whose models services.commands.prepare converts (the embedding workers serve the rerank
+# models, which load as chat models do).
+TASKS_NEEDING_PREPARE = {"chat", "asr", worker_task("rerank")}
 QUEUE_GAUGE = "mmserve:num_requests_waiting"
 DNS_1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 

@@ -17,12 +17,14 @@ from services.config.settings import Settings
 logger = logging.getLogger(__name__)
 # What ``cache_state`` answers for a model.
 PREPARED, NOT_PREPARED, NOT_NEEDED = "yes", "no", "not needed"
+# Tasks whose models load as Hugging Face folders, a GGUF converted into one (a chat model as reranker).
+FOLDER_TASKS = ("chat", "rerank")
 
 
 def prepare(spec: ModelSpec, cache_dir: Path) -> Path | None:
     """The folder ``spec`` is served from, converting it into ``cache_dir`` first if needed; None for the
     tasks whose models load straight from their files."""
-    if spec.task == "chat":
+    if spec.task in FOLDER_TASKS:
         return llm_loader.prepare_model_folder(spec.source, cache_dir)
     if spec.task == "asr":
         return asr_loader.prepare_whisper_folder(spec.source, spec.parts, cache_dir)
@@ -35,7 +37,7 @@ def cache_state(spec: ModelSpec, cache_dir: Path) -> str:
     Mirrors the choices of the loaders, whose cache folders are named by their ``_cache_key``."""
     try:
         path = resolve_source(spec.source)
-        if spec.task == "chat":
+        if spec.task in FOLDER_TASKS:
             if llm_loader.is_hf_folder(path):
                 return NOT_NEEDED
             if not llm_loader.is_gguf(path):

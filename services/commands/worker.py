@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from retrieval.collections import Collections
 from retrieval.vector_stores import VectorStores
 from services.config.models import configured_models
-from services.config.settings import Settings
+from services.config.settings import HOSTED_BY, Settings
 from services.observability.log_config import configure_logging
 from services.observability.metrics import serve_metrics
 from services.registry import create_service
@@ -32,6 +32,7 @@ from services.rpc import (
     embedding_pb2_grpc,
     llm_pb2_grpc,
     models_pb2_grpc,
+    rerank_pb2_grpc,
     retrieval_pb2_grpc,
     tts_pb2_grpc,
     vector_stores_pb2_grpc,
@@ -43,6 +44,7 @@ from services.rpc.servicers import (
     EmbeddingServicer,
     LLMServicer,
     ModelsServicer,
+    RerankServicer,
     SpeechRecognitionServicer,
     SpeechSynthesisServicer,
     VisionServicer,
@@ -89,6 +91,16 @@ def build_servicer(task: str, services: dict[str, Any]) -> Any:
 
 
 TASKS = tuple(SERVICES)
+# The servicers a worker adds for the model tasks it hosts beside its own (settings.HOSTED_BY).
+HOSTED: dict[str, tuple[str, _Register, Callable[[dict[str, Any]], Any]]] = {
+    "rerank": ("mmserve.rerank.Rerank", rerank_pb2_grpc.add_RerankServicer_to_server, RerankServicer),
+}
+
+
+def hosted_tasks(task: str) -> tuple[str, ...]:
+    return tuple(hosted for hosted, host in HOSTED_BY.items() if host == task)
+
+
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -120,7 +132,7 @@ async def in_passing_thread(fn: Callable[..., T], *args: Any) -> T:
 def load_services(task: str, settings: Settings) -> dict[str, Any]:
     """The task's models; for retrieval, the embedding and vision models its collections embed with
     (in-process, or those services' workers when MMSERVE_ENDPOINTS names them)."""
-    tasks = ("embedding", "vision") if task == "retrieval" else (task,)
+    tasks = ("embedding", "vision") if task == "retrieval" else (task, *hosted_tasks(task))
     specs = [s for s in configured_models(settings) if s.task in tasks]
     if not specs:
         raise SystemExit(f"{settings.models_config} configures no {task} model")
@@ -130,7 +142,11 @@ def load_services(task: str, settings: Settings) -> dict[str, Any]:
 async def serve(task: str, host: str, port: int, settings: Settings) -> None:
     service_name, register = SERVICES[task]
     stores = VectorStoresServicer() if task == "retrieval" else None
-    names = ("", service_name) if stores is None else ("", service_name, VECTOR_STORES_SERVICE)
+    names: tuple[str, ...] = (
+        ("", service_name) if stores is None else ("", service_name, VECTOR_STORES_SERVICE)
+    )
+    hosted = [HOSTED[t] for t in hosted_tasks(task)]
+    names += tuple(name for name, _, _ in hosted)
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[RequestContextInterceptor()])
     status = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(status, server)
@@ -141,6 +157,8 @@ async def serve(task: str, host: str, port: int, settings: Settings) -> None:
     services: dict[str, Any] = {}
     servicer = build_servicer(task, services)
     register(servicer, server)
+    for _, add, make in hosted:
+        add(make(services), server)
     if stores is not None:
         vector_stores_pb2_grpc.add_VectorStoresServicer_to_server(stores, server)
     models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(services), server)

@@ -13,7 +13,9 @@ from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig, Spe
 from shared_engine.micro_batcher import MicroBatchConfig
 from shared_engine.quantization import DEFAULT_INT4_GROUP_SIZE, QuantizationConfig
 
-TASKS = ("chat", "embedding", "vision", "asr", "tts")
+TASKS = ("chat", "embedding", "vision", "asr", "tts", "rerank")
+# pipelines.rerank's methods, named here so that reading the configuration needs no transformers.
+RERANK_METHODS = ("auto", "cross_encoder", "yes_no", "query_likelihood")
 _MIB = 1 << 20
 
 
@@ -95,6 +97,25 @@ class BatchingOptions:
 
 
 @dataclass(frozen=True)
+class RerankOptions:
+    """``[models.rerank]`` of a rerank model. ``method``: ``auto`` (a sequence-classification folder is
+    a cross-encoder, a causal LM scores by query likelihood), ``yes_no`` (a causal LM trained to answer
+    whether a passage fits, such as Qwen3-Reranker) or ``query_likelihood``. ``max_input_tokens``: the
+    most tokens of one (query, passage) pair, passages cut to fit (default 512, within the model's
+    window)."""
+
+    method: str = "auto"
+    max_input_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in RERANK_METHODS:
+            raise ValueError(f"unknown rerank method {self.method!r}; known: {', '.join(RERANK_METHODS)}")
+        limit = self.max_input_tokens
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 16):
+            raise ValueError(f"max_input_tokens must be an integer >= 16, got {limit!r}")
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     task: str
@@ -112,6 +133,7 @@ class ModelSpec:
     # Keep the float weights too, for batches the float matmul serves faster (shared_engine DualLinear).
     quantization_keep_float: bool = False
     speculative: SpeculativeOptions | None = None  # chat only: speculative decoding
+    rerank: RerankOptions | None = None  # rerank only (None: the defaults)
 
     def __post_init__(self) -> None:
         if not isinstance(self.parts, tuple):
@@ -128,6 +150,8 @@ class ModelSpec:
             raise ValueError(f"model {self.name!r}: {exc}") from None
         if self.speculative is not None and self.task != "chat":
             raise ValueError(f"model {self.name!r}: speculative decoding applies to task 'chat' only")
+        if self.rerank is not None and self.task != "rerank":
+            raise ValueError(f"model {self.name!r}: [models.rerank] applies to task 'rerank' only")
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -190,7 +214,9 @@ def parse_model_specs(data: dict[str, Any], origin: str = "<config>") -> list[Mo
         batching = None if table is None else _build(BatchingOptions, table, f"{where}.batching")
         table = entry.pop("speculative", None)
         spec = None if table is None else _build(SpeculativeOptions, table, f"{where}.speculative")
-        options = {"engine": engine, "batching": batching, "speculative": spec}
+        table = entry.pop("rerank", None)
+        rerank = None if table is None else _build(RerankOptions, table, f"{where}.rerank")
+        options = {"engine": engine, "batching": batching, "speculative": spec, "rerank": rerank}
         specs.append(_build(ModelSpec, {**entry, **options}, where))
     names = [s.name for s in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})

@@ -104,6 +104,14 @@ class Settings:
 
 ROUTING_POLICIES = ("cache_aware", "round_robin")
 REMOTE_TASKS = ("chat", "embedding", "vision", "asr", "tts", "retrieval")
+# Model tasks whose models run in another task's workers: rerankers beside the embedding models, as TEI
+# serves both (no worker kind of their own to deploy, scale and health-check).
+HOSTED_BY = {"rerank": "embedding"}
+
+
+def worker_task(task: str) -> str:
+    """The worker task (MMSERVE_ENDPOINTS, ``worker --task``) that serves models of ``task``."""
+    return HOSTED_BY.get(task, task)
 
 
 def parse_endpoints(text: str) -> dict[str, tuple[str, ...]]:

@@ -18,6 +18,7 @@ from services.gateway.media_routes import AudioController, VisionController
 from services.gateway.metrics_routes import MetricsController
 from services.gateway.playground import playground_router
 from services.gateway.request_log import request_log_middleware
+from services.gateway.rerank_routes import RerankController
 from services.gateway.retrieval_routes import CollectionsController, RagController, RetrievalController
 from services.gateway.routes import HealthController, OpenAIController
 from services.gateway.vector_store_routes import VectorStoresController
@@ -50,6 +51,7 @@ def create_app(
             CollectionsController,
             RetrievalController,
             RagController,
+            RerankController,
             FilesController,
             VectorStoresController,
             VisionController,

@@ -28,6 +28,7 @@ ROUTE_TASKS = (
     ("/v1/collections", "retrieval"),
     ("/v1/retrieval/", "retrieval"),
     ("/v1/rag", "rag"),
+    ("/v1/rerank", "rerank"),
     ("/v1/models", "models"),
 )
 

@@ -11,11 +11,12 @@ from collections.abc import AsyncIterator
 from retrieval.fusion import QueryOptions
 from retrieval.search import SearchResult
 from services.errors import ServiceUnavailable
+from services.gateway import reranking
 from services.gateway.generation import ChoiceSpec, new_id, start_choices
 from services.gateway.retrieval_schemas import Citation, RagRequest, RagResponse
 from services.gateway.schemas import PromptTokensDetails, Usage
 from services.gateway.sse import event
-from services.registry import Chat, ModelRegistry
+from services.registry import Chat, ModelRegistry, Reranker
 from shared_engine.outputs import RequestOutput
 from shared_engine.sampling_params import OutputKind, SamplingParams
 
@@ -26,15 +27,21 @@ SYSTEM_PROMPT = (
 CITATION = re.compile(r"\[(\d+)\]")
 
 
-async def retrieve(registry: ModelRegistry, body: RagRequest) -> list[SearchResult]:
+async def retrieve(
+    registry: ModelRegistry, body: RagRequest, reranker: Reranker | None = None
+) -> list[SearchResult]:
     """The ``top_k`` passages of the context: distinct documents first (each one's best passage, in the
     documents' order), then the next-best passages of the same documents while there is room — so one
-    long document cannot crowd out the others, and a collection of few documents still fills the context."""
+    long document cannot crowd out the others, and a collection of few documents still fills the context.
+    With a ``reranker``, the documents are the ``top_k`` best of more candidates by its score of their
+    best passage, and every passage carries its score."""
     options = QueryOptions(body.mode, "document", passages=body.top_k)
-    docs = await registry.collections.query(
-        body.collection, body.query, body.top_k, body.filter, None, options
-    )
-    return context_passages(docs, body.top_k)
+    depth = body.top_k if reranker is None else reranking.candidates(body.top_k)
+    docs = await registry.collections.query(body.collection, body.query, depth, body.filter, None, options)
+    if reranker is None:
+        return context_passages(docs, body.top_k)
+    docs = await reranking.rerank_results(reranker, body.query, docs, body.top_k)
+    return await reranking.rescore(reranker, body.query, context_passages(docs, body.top_k), docs)
 
 
 def context_passages(docs: list[SearchResult], limit: int) -> list[SearchResult]:
@@ -112,7 +119,8 @@ def _chat_service(registry: ModelRegistry, model: str | None) -> Chat:
 
 async def answer(registry: ModelRegistry, body: RagRequest) -> RagResponse | AsyncIterator[bytes]:
     service = _chat_service(registry, body.model)
-    hits = await retrieve(registry, body)
+    reranker = reranking.requested(registry, body.rerank, body.rerank_model)
+    hits = await retrieve(registry, body, reranker)
     outputs = await _generate(service, body, hits) if hits else None
     if body.stream:
         return _stream(body, hits, outputs)

@@ -13,7 +13,7 @@ from retrieval.chunking import ChunkingConfig
 from retrieval.collections import DocumentInput
 from retrieval.fusion import FusionWeights, QueryOptions
 from retrieval.search import SearchResult
-from services.gateway import rag
+from services.gateway import rag, reranking
 from services.gateway.api_docs import EVENT_STREAM, SERVICE_ERRORS, errors, operation, sse_events
 from services.gateway.retrieval_schemas import (
     AddDocumentsRequest,
@@ -156,9 +156,13 @@ class RetrievalController(Controller):
     )
     async def query(self, data: JSONBody[QueryRequest], registry: Registry) -> QueryResponse:
         options = _options(data)
+        reranker = reranking.requested(registry, data.rerank, data.rerank_model, data.image)
+        depth = data.top_k if reranker is None else reranking.candidates(data.top_k)
         hits = await registry.collections.query(
-            data.collection, data.query, data.top_k, data.filter, _image(data.image), options
+            data.collection, data.query, depth, data.filter, _image(data.image), options
         )
+        if reranker is not None:
+            hits = await reranking.rerank_results(reranker, data.query or "", hits, data.top_k)
         return QueryResponse([_result(h) for h in hits])
 
 

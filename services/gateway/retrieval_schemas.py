@@ -103,6 +103,14 @@ GroupBy = Annotated[
     Meta(description="document: distinct documents, each with its best passages; chunk: single chunks"),
 ]
 Weight = Annotated[float, Meta(ge=0.0), documented(minimum=0.0)]
+Rerank = Annotated[
+    bool,
+    Meta(
+        description="fetch more candidates (4 × top_k, 20 to 100), order them by a rerank model's score of "
+        "their text, keep top_k: each result's score is then that relevance, in [0, 1]"
+    ),
+]
+RerankModel = Annotated[str | None, Meta(description="the rerank model (default: the first configured)")]
 
 
 class FusionWeightsIn(Struct, kw_only=True):
@@ -122,6 +130,8 @@ class QueryRequest(Struct, kw_only=True):
     group_by: GroupBy = "document"
     passages: Annotated[int, Meta(ge=1, le=MAX_PASSAGES, description="best passages per document")] = 3
     weights: FusionWeightsIn | None = None
+    rerank: Rerank = False
+    rerank_model: RerankModel = None
 
 
 class PassageOut(Struct):
@@ -156,6 +166,8 @@ class RagRequest(Struct, kw_only=True):
     filter: Filter = None
     stream: bool = False
     mode: Mode = "hybrid"
+    rerank: Rerank = False
+    rerank_model: RerankModel = None
 
 
 class Citation(Struct):

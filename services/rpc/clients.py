@@ -13,6 +13,7 @@ from pipelines.asr import Segment, Transcription
 from pipelines.embedding import EmbeddingTokenizer
 from pipelines.llm import ChatTokenizer
 from pipelines.llm.loader import prepare_model_folder
+from pipelines.rerank import RerankScores
 from pipelines.sources import resolve_source
 from pipelines.tts import check_format
 from pipelines.vision import Label
@@ -27,6 +28,8 @@ from services.rpc import (
     embedding_pb2_grpc,
     llm_pb2,
     llm_pb2_grpc,
+    rerank_pb2,
+    rerank_pb2_grpc,
     tts_pb2,
     tts_pb2_grpc,
     vision_pb2,
@@ -200,10 +203,20 @@ class RemoteLLMService(_Remote, ChatText):
             yield out
 
 
+class RemoteRerankService(_Remote):
+    task = "rerank"
+
+    async def rerank(self, query: str, documents: Sequence[str]) -> RerankScores:
+        request = rerank_pb2.ScoreRequest(model=self.name, query=query, documents=list(documents))
+        response = await self.channels.call(timed(rerank_pb2_grpc.RerankStub), "Score", request)
+        return RerankScores(list(response.scores), int(response.tokens))
+
+
 REMOTE_SERVICES: dict[str, type[_Remote]] = {
     "chat": RemoteLLMService,
     "embedding": RemoteEmbeddingService,
     "vision": RemoteVisionService,
     "asr": RemoteASRService,
     "tts": RemoteTTSService,
+    "rerank": RemoteRerankService,
 }

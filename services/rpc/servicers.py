@@ -20,6 +20,8 @@ from services.rpc import (
     llm_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    rerank_pb2,
+    rerank_pb2_grpc,
     tts_pb2,
     tts_pb2_grpc,
     vision_pb2,
@@ -31,6 +33,7 @@ from services.rpc.timing import timing_metadata
 from services.tasks.asr import ASRService
 from services.tasks.embedding import EmbeddingService
 from services.tasks.llm import LLMService
+from services.tasks.rerank import RerankService
 from services.tasks.tts import TTSService
 from services.tasks.vision import VisionService
 
@@ -43,7 +46,8 @@ def _pick(services: Mapping[str, _S], model: str, task: str) -> _S:
     if not services:  # the worker answers from the start, before its models have loaded
         raise ServiceUnavailable(f"the {task} worker is still loading its models")
     service = services.get(model)
-    if service is None:
+    # A worker may serve models of several tasks (the embedding worker's rerankers).
+    if service is None or getattr(service, "task", task) != task:
         raise ModelNotFound(model, task)
     return service
 
@@ -184,6 +188,19 @@ class SpeechSynthesisServicer(tts_pb2_grpc.SpeechSynthesisServicer):
             return tts_pb2.SynthesizeResponse(
                 audio=audio, content_type=content_type, sample_rate=service.sample_rate
             )
+
+        return await answer(context, work())
+
+
+class RerankServicer(rerank_pb2_grpc.RerankServicer):
+    def __init__(self, services: Mapping[str, RerankService]) -> None:
+        self.services = services
+
+    async def Score(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            service = _pick(self.services, request.model, "rerank")
+            result = await service.rerank(request.query, list(request.documents))
+            return rerank_pb2.ScoreResponse(scores=result.scores, tokens=result.tokens)
 
         return await answer(context, work())
 

@@ -50,6 +50,8 @@ async def warm_up(service: Any) -> None:
         )
     elif task == "tts":
         await service.speech("Hello.", None, 1.0, "wav")
+    elif task == "rerank":
+        await service.rerank("warm up", ["A passage to warm up with."])
     else:
         raise ValueError(f"no warm-up for task {task!r}")
     logger.info("warmed up %s (%s) in %.2f s", service.name, task, time.perf_counter() - start)

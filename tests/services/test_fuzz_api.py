@@ -13,7 +13,8 @@ that follow the schema (positive) and requests that break it (negative), and eve
 Bounded for CI: a fixed number of examples per operation and mode, derandomized (the same requests on
 every run), no example database. Generated requests stay cheap: ``max_tokens`` is capped (the server
 accepts up to the context window, so the schema has no static maximum) and a chat request with no limit
-gets one; everything else is bounded by the schema itself (``n`` ≤ 16, ``top_k``, list lengths).
+gets one; a rerank request scores at most 16 documents (the schema allows 1000: minutes of forwards);
+everything else is bounded by the schema itself (``n`` ≤ 16, ``top_k``, list lengths).
 
 Most generated requests would name a model or a collection that does not exist, or carry bytes that
 are no image or audio, and stop at a 4xx; so three in four are steered to what the server has: a served
@@ -59,12 +60,14 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from services.gateway.errors import error_body
+from services.gateway.rerank_schemas import MAX_DOCUMENTS
 from tests.helpers.api import error_of
 
 SCHEMA_PATH = "/schema/openapi.json"
 # Per operation and generation mode. MMSERVE_FUZZ_EXAMPLES=500 fuzzes deeper (minutes per operation).
 MAX_EXAMPLES = int(os.environ.get("MMSERVE_FUZZ_EXAMPLES", "25"))
 MAX_TOKENS = 4  # generated completions are capped to this many tokens
+MAX_RERANKED = 16  # generated rerank requests score at most this many documents (more than 1000: a 400)
 CALL_TIMEOUT_S = 120.0
 FUZZ_COLLECTION = "fuzz-schemathesis"
 FUZZ_DOCUMENT = "fuzz-doc"
@@ -94,6 +97,7 @@ OPERATIONS = [
     "DELETE /v1/collections/{name}/documents/{doc_id}",
     "POST /v1/retrieval/query",
     "POST /v1/rag",
+    "POST /v1/rerank",
     "POST /v1/vision/classifications",
     "POST /v1/vision/embeddings",
     "POST /v1/audio/speech",
@@ -127,6 +131,7 @@ MODEL_TASKS = {
     "/v1/completions": ("chat",),
     "/v1/rag": ("chat",),
     "/v1/embeddings": ("embedding",),
+    "/v1/rerank": ("rerank",),
     "/v1/collections": ("embedding", "vision"),
     "/v1/vision/classifications": ("vision",),
     "/v1/vision/embeddings": ("vision",),
@@ -358,6 +363,9 @@ def prepare(case: Case, served: Served, dice: int) -> None:
     params = case.path_parameters or {}
     if body is not None and path in GENERATING:
         _cap_tokens(body)
+    documents = body.get("documents") if body is not None and path == "/v1/rerank" else None
+    if isinstance(documents, list) and MAX_RERANKED < len(documents) <= MAX_DOCUMENTS:
+        del documents[MAX_RERANKED:]
     if dice % 4:
         if body is not None:
             _steer_body(path, case.media_type, body, served, dice)

@@ -418,6 +418,14 @@ def test_missing_or_malformed_bodies(api: httpx.Client, errs: str) -> None:
     assert_error(api.post("/v1/retrieval/query", json={"query": "x"}), 400, None, "collection")
 
 
+def test_rerank_without_a_rerank_model_is_a_400(api: httpx.Client, errs: str) -> None:
+    """This server configures no rerank model: asking to rerank is the caller's mistake, said plainly."""
+    r = api.post("/v1/retrieval/query", json={"collection": errs, "query": "hello", "rerank": True})
+    assert_error(r, 400, None, "rerank")
+    assert "none is configured" in r.json()["error"]["message"]
+    assert_error(api.post("/v1/rerank", json={"query": "hello", "documents": ["hello"]}), 400, None, "model")
+
+
 # -- durability ------------------------------------------------------------------------------------
 
 
