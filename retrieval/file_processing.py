@@ -28,6 +28,14 @@ class FileProcessor:
         self.files = files
         self.records = records
         self._worker: asyncio.Task[None] | None = None
+        self._resumed = False
+
+    def resume_once(self) -> None:
+        """On the first call, pick up files a crash left in progress; later calls cost nothing (every
+        attachment since then started processing itself)."""
+        if not self._resumed:
+            self._resumed = True
+            self.kick()
 
     def kick(self) -> None:
         """Start processing waiting files, if any and not already under way."""

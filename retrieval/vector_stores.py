@@ -150,11 +150,11 @@ class VectorStores:
         return self.records.store(store_id)
 
     async def list_stores(self) -> list[VectorStoreRecord]:
-        self.processor.kick()
+        self.processor.resume_once()
         return self.records.stores()
 
     async def get(self, store_id: str) -> VectorStoreRecord:
-        self.processor.kick()
+        self.processor.resume_once()
         return self.records.store(store_id)
 
     async def modify(
@@ -192,11 +192,11 @@ class VectorStores:
 
     async def list_attached(self, store_id: str, status: str | None = None) -> list[VectorStoreFileRecord]:
         self.records.store(store_id)
-        self.processor.kick()
+        self.processor.resume_once()
         return self.records.files(store_id, status)
 
     async def get_attached(self, store_id: str, file_id: str) -> VectorStoreFileRecord:
-        self.processor.kick()
+        self.processor.resume_once()
         return self.records.file(store_id, file_id)
 
     async def update_attributes(
@@ -240,7 +240,7 @@ class VectorStores:
         return self.records.batch(store_id, batch_id)
 
     async def get_batch(self, store_id: str, batch_id: str) -> FileBatchRecord:
-        self.processor.kick()
+        self.processor.resume_once()
         return self.records.batch(store_id, batch_id)
 
     async def cancel_batch(self, store_id: str, batch_id: str) -> FileBatchRecord:
@@ -256,7 +256,7 @@ class VectorStores:
 
     async def resume(self) -> None:
         """Pick up files left in progress (by a crash or a restart)."""
-        self.processor.kick()
+        self.processor.resume_once()
 
     def close(self) -> None:
         """Stop processing files (before the store closes)."""

@@ -15,7 +15,7 @@ from litestar.response import Stream
 
 from services.gateway.api_docs import SERVICE_ERRORS, errors
 from services.gateway.vector_store_schemas import FileDeleted, FileList, FileObject, FileUploadForm, Order
-from services.gateway.vector_store_views import file_object, paginate
+from services.gateway.vector_store_views import cursor_page, file_object
 from services.registry import ModelRegistry
 
 Registry = NamedDependency[ModelRegistry]
@@ -54,9 +54,8 @@ class FilesController(Controller):
         after: str | None = None,
     ) -> FileList:
         records = await registry.vector_stores.list_files(purpose)
-        page, more = paginate(records, lambda r: r.id, limit, order, after, None)
-        data = [file_object(r) for r in page]
-        return FileList(data=data, has_more=more, first_id=_first(data), last_id=_last(data))
+        page = cursor_page(records, lambda r: r.id, file_object, limit, order, after, None)
+        return FileList(**page._asdict())
 
     @get("/{file_id:str}", summary="One file", responses=errors(400, 404, *SERVICE_ERRORS, e404=_NO_FILE))
     async def show(self, file_id: FromPath[str], registry: Registry) -> FileObject:
@@ -82,11 +81,3 @@ class FilesController(Controller):
     async def remove(self, file_id: FromPath[str], registry: Registry) -> FileDeleted:
         await registry.vector_stores.delete_file(file_id)
         return FileDeleted(id=file_id)
-
-
-def _first(data: list[FileObject]) -> str | None:
-    return data[0].id if data else None
-
-
-def _last(data: list[FileObject]) -> str | None:
-    return data[-1].id if data else None

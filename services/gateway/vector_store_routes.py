@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from msgspec import UNSET
 
 from retrieval.filters import parse_filter
+from retrieval.vector_store_records import VectorStoreFileRecord
 from retrieval.vector_stores import SearchOptions
 from services.gateway.api_docs import SERVICE_ERRORS, errors
 from services.gateway.vector_store_schemas import (
@@ -34,7 +33,7 @@ from services.gateway.vector_store_views import (
     batch_object,
     check_pairs,
     chunking,
-    paginate,
+    cursor_page,
     search_result,
     vector_store_file_object,
     vector_store_object,
@@ -55,11 +54,11 @@ def _status(value: str | None) -> str | None:
     return value
 
 
-def _file_page(records: list[Any], limit: int, order: str, after: str | None, before: str | None) -> Any:
-    page, more = paginate(records, lambda r: r.file_id, limit, order, after, before)
-    data = [vector_store_file_object(r) for r in page]
-    first, last = (data[0].id, data[-1].id) if data else (None, None)
-    return VectorStoreFileList(data=data, has_more=more, first_id=first, last_id=last)
+def _file_page(
+    records: list[VectorStoreFileRecord], limit: int, order: str, after: str | None, before: str | None
+) -> VectorStoreFileList:
+    page = cursor_page(records, lambda r: r.file_id, vector_store_file_object, limit, order, after, before)
+    return VectorStoreFileList(**page._asdict())
 
 
 class VectorStoresController(Controller):
@@ -85,10 +84,8 @@ class VectorStoresController(Controller):
         before: str | None = None,
     ) -> VectorStoreList:
         records = await registry.vector_stores.list_stores()
-        page, more = paginate(records, lambda r: r.id, limit, order, after, before)
-        data = [vector_store_object(r) for r in page]
-        first, last = (data[0].id, data[-1].id) if data else (None, None)
-        return VectorStoreList(data=data, has_more=more, first_id=first, last_id=last)
+        page = cursor_page(records, lambda r: r.id, vector_store_object, limit, order, after, before)
+        return VectorStoreList(**page._asdict())
 
     @get(
         "/{store_id:str}",

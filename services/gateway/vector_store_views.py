@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from retrieval.chunking import ChunkingConfig
 from retrieval.files import FileRecord
@@ -33,6 +33,7 @@ from services.gateway.vector_store_schemas import (
 from shared_engine.errors import InvalidRequest
 
 T = TypeVar("T")
+Obj = TypeVar("Obj")
 DAY_S = 86_400
 MAX_KEYS, MAX_KEY_CHARS, MAX_VALUE_CHARS = 16, 64, 512
 
@@ -117,6 +118,30 @@ def attachment(
     file_id: str, attributes: dict[str, Any] | None, strategy: ChunkingStrategy | None
 ) -> FileAttachment:
     return FileAttachment(file_id, check_pairs(attributes, "attributes"), chunking(strategy))
+
+
+class CursorPage(NamedTuple, Generic[Obj]):
+    """The fields of OpenAI's list objects (``object`` aside)."""
+
+    data: list[Obj]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+def cursor_page(
+    items: Sequence[T],
+    id_of: Callable[[T], str],
+    to_object: Callable[[T], Obj],
+    limit: int,
+    order: str,
+    after: str | None,
+    before: str | None,
+) -> CursorPage[Obj]:
+    """One page of ``items`` (see ``paginate``) as objects, with the first and last ids."""
+    page, more = paginate(items, id_of, limit, order, after, before)
+    first, last = (id_of(page[0]), id_of(page[-1])) if page else (None, None)
+    return CursorPage([to_object(i) for i in page], more, first, last)
 
 
 def paginate(
