@@ -1,22 +1,28 @@
 """Weight-only quantization of a decoder's linear layers: int8 per output channel, int4 per group.
 
-Activations stay in the model's dtype; only the weights shrink. Each quantized layer picks, per call,
-between torch's own weight-only CPU kernels and dequantize-then-matmul, by device, dtype and number
-of rows. What decides it, measured on a 2-core AMD EPYC with AVX-512 BF16 (torch 2.11, one thread,
+Only the weights shrink; everything around the matmuls stays in the model's dtype. Each quantized layer
+picks, per call, between torch's own weight-only CPU kernels and dequantize-then-matmul, by device,
+dtype and number of rows. What decides it, measured on a 2-core AMD EPYC with AVX-512 BF16 (torch 2.11,
 SmolLM2-135M's projection shapes; benchmarks/RESULTS.md has the whole-model figures):
 
-- bfloat16, up to 8 rows: ``_weight_int8pack_mm`` and ``_weight_int4pack_mm_for_cpu`` take 0.5-0.7×
+- bfloat16, up to 8 rows: ``_weight_int8pack_mm`` and ``_weight_int4pack_mm_for_cpu`` take 0.5-0.7x
   the time of a bf16 ``F.linear``: a decode step at small batch is bound by reading weights.
 - bfloat16, 16 rows and more: both kernels cost time linear in the rows and fall behind the bf16 GEMM
-  (2-2.5× at 32 rows); int8 switches to dequantize-then-matmul past 8 rows (the two meet at 8-16).
-- float32: both kernels have no fast path (10-20× slower than ``F.linear``), so float32 models
-  always dequantize; on CUDA too (correct everywhere, faster nowhere).
+  (2-2.5x at 32 rows); int8 switches to dequantize-then-matmul past 8 rows (the two meet at 8-16).
+- float32 on a CPU: the kernels' float32 paths are slow (10-20x ``F.linear``), but their bfloat16 paths
+  are not, and they need no native bf16: they widen each bf16 value to float32 and multiply-add in
+  float32, on AVX2 as on AVX-512. So a float32 layer hands the kernel its rows rounded to bfloat16 and
+  widens the result back. With ``ATEN_CPU_CAPABILITY=avx2`` (what an AVX2-only CPU runs), SmolLM2's
+  121 projections at one row take 8 ms this way against 33 ms of float32 ``F.linear`` (int4; int8:
+  8 ms), at 32 rows 63 against 76 ms; int4 stays ahead to 64 rows, int8 to ~40.
+- CUDA: always dequantize-then-matmul (correct everywhere, not expected to be faster there).
 
 The int4 kernel reads a weight layout that depends on the CPU's instruction set, so an int4 layer
-packs for it only when it is built on the CPU in bfloat16; elsewhere it keeps plain nibbles. A model
-is quantized on the device it will run on (``build_decoder`` does it after moving the weights).
-Neither kernel needs native bf16 (``shared_engine.device.cpu_bf16_native``): both run on AVX2-only
-CPUs, so a bf16 model forced onto one still takes them.
+packs for it only when it is built on the CPU; elsewhere it keeps plain nibbles. A model is quantized
+on the device it will run on (``build_decoder`` does it after moving the weights).
+
+``auto`` is what a CPU deployment should run: int4 in groups of 32 with the float weights kept
+(:class:`DualLinear`) on a CPU, nothing on CUDA, where bf16 matmuls are not bound by a CPU's memory.
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-QUANTIZATION_MODES = ("int8", "int4")
+QUANTIZATION_MODES = ("int8", "int4", "auto")
+# The dtype the CPU kernels take activations and scales in, whatever the model's floating-point dtype.
+KERNEL_DTYPE = torch.bfloat16
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu accepts
 DEFAULT_INT4_GROUP_SIZE = 32  # measured best: groups of 64 cost SmolLM2 +49% perplexity, 32 +0.4%
 
@@ -44,6 +52,9 @@ _INT4_BEATS_BF16_MAX_ROWS = 8
 # SmolLM2-135M: int4 at 1 row takes ~0.45x the packed matmul's time, ~0.9x at 2, more from 4 rows on.
 _INT8_BEATS_PACKED_MAX_ROWS = 1
 _INT4_BEATS_PACKED_MAX_ROWS = 2
+# Against float32 F.linear, the kernels fed bf16 rows (module docstring), with ATEN_CPU_CAPABILITY=avx2.
+_INT8_BEATS_FP32_MAX_ROWS = 32
+_INT4_BEATS_FP32_MAX_ROWS = 64
 # The CPU int8 kernel reads out of bounds (wrong results, or a crash) unless K is a multiple of this.
 _INT8_KERNEL_K_MULTIPLE = 16
 # The CPU int4 packing needs the output features in tiles of 16.
@@ -55,7 +66,8 @@ class QuantizationConfig:
     """``mode``: int8 or int4; ``group_size``: input features per int4 scale/zero (ignored by int8);
     ``lm_head``: also quantize the output projection (for tied embeddings: a quantized copy);
     ``keep_float``: keep each projection's floating-point weight too, for the calls with more rows than
-    the weight-only kernel serves faster (see :class:`DualLinear`)."""
+    the weight-only kernel serves faster (see :class:`DualLinear`). ``auto`` is resolved per device by
+    :meth:`for_device` before a model is built."""
 
     mode: str
     group_size: int = DEFAULT_INT4_GROUP_SIZE
@@ -70,6 +82,15 @@ class QuantizationConfig:
                 f"quantization group size must be one of {', '.join(map(str, INT4_GROUP_SIZES))}, "
                 f"got {self.group_size!r}"
             )
+
+    def for_device(self, device: torch.device) -> QuantizationConfig | None:
+        """The concrete configuration on ``device``: ``auto`` is int4 with the float weights kept on a CPU
+        (keeping this config's group size and LM-head choice) and no quantization elsewhere."""
+        if self.mode != "auto":
+            return self
+        if device.type != "cpu":
+            return None
+        return QuantizationConfig("int4", self.group_size, self.lm_head, keep_float=True)
 
 
 class QuantizedInt8(NamedTuple):
@@ -148,32 +169,40 @@ class QuantizedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
+def _takes_kernel_dtype(x: torch.Tensor) -> bool:
+    """Whether the CPU kernels can serve ``x``: bf16 as it is, float32 rounded to bf16 (module docstring)."""
+    return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float32)
+
+
 class Int8Linear(QuantizedLinear):
     weight: torch.Tensor
     scales: torch.Tensor
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__(linear)
-        q = quantize_int8(linear.weight.detach(), linear.weight.dtype)
+        w = linear.weight.detach()
+        q = quantize_int8(w, KERNEL_DTYPE if w.device.type == "cpu" else w.dtype)
         self.register_buffer("weight", q.weight)
         self.register_buffer("scales", q.scales)
         self._kernel_shape_ok = self.in_features % _INT8_KERNEL_K_MULTIPLE == 0
 
-    def _kernel_applies(self, x: torch.Tensor, max_rows: int) -> bool:
-        return (
-            self._kernel_shape_ok
-            and x.device.type == "cpu"
-            and x.dtype == torch.bfloat16 == self.scales.dtype
-            and x.shape[0] <= max_rows
-        )
+    def _kernel_max_rows(self, x: torch.Tensor) -> int:
+        """The most rows of ``x`` the kernel serves faster than dequantizing (0: it cannot serve them)."""
+        if not (self._kernel_shape_ok and _takes_kernel_dtype(x)):
+            return 0
+        return _INT8_BEATS_FP32_MAX_ROWS if x.dtype == torch.float32 else _INT8_KERNEL_MAX_ROWS
 
     def beats_float(self, x: torch.Tensor) -> bool:
-        rows = _INT8_BEATS_PACKED_MAX_ROWS if self.float_packed else _INT8_BEATS_BF16_MAX_ROWS
-        return self._kernel_applies(x.reshape(-1, self.in_features), rows)
+        if x.dtype == torch.float32:
+            limit = _INT8_BEATS_FP32_MAX_ROWS
+        else:
+            limit = _INT8_BEATS_PACKED_MAX_ROWS if self.float_packed else _INT8_BEATS_BF16_MAX_ROWS
+        return x.reshape(-1, self.in_features).shape[0] <= min(limit, self._kernel_max_rows(x))
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
-        if self._kernel_applies(x, _INT8_KERNEL_MAX_ROWS):
-            return torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scales)
+        if x.shape[0] <= self._kernel_max_rows(x):
+            y = torch.ops.aten._weight_int8pack_mm(x.to(KERNEL_DTYPE), self.weight, self.scales)
+            return y.to(x.dtype)
         # Per-channel scales commute with the matmul: scale the [M, N] output, not the [N, K] weight.
         return F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
 
@@ -185,9 +214,9 @@ class Int4Linear(QuantizedLinear):
     def __init__(self, linear: nn.Linear, group_size: int) -> None:
         super().__init__(linear)
         w = linear.weight.detach()
-        q = quantize_int4(w, group_size, w.dtype)
         self.group_size = group_size
-        self.cpu_packed = w.device.type == "cpu" and w.dtype == torch.bfloat16
+        self.cpu_packed = _takes_kernel_dtype(w)
+        q = quantize_int4(w, group_size, KERNEL_DTYPE if self.cpu_packed else w.dtype)
         if self.cpu_packed:
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.weight.to(torch.int32), 1)
         else:
@@ -203,19 +232,24 @@ class Int4Linear(QuantizedLinear):
         return QuantizedInt4(values.view(self.out_features, self.in_features), self.scales_and_zeros)
 
     def beats_float(self, x: torch.Tensor) -> bool:
-        rows = _INT4_BEATS_PACKED_MAX_ROWS if self.float_packed else _INT4_BEATS_BF16_MAX_ROWS
-        return self.cpu_packed and x.reshape(-1, self.in_features).shape[0] <= rows
+        if x.dtype == torch.float32:
+            limit = _INT4_BEATS_FP32_MAX_ROWS
+        else:
+            limit = _INT4_BEATS_PACKED_MAX_ROWS if self.float_packed else _INT4_BEATS_BF16_MAX_ROWS
+        rows = x.reshape(-1, self.in_features).shape[0]
+        return self.cpu_packed and _takes_kernel_dtype(x) and rows <= limit
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         if self.cpu_packed:
-            if x.device.type != "cpu" or x.dtype != self.scales_and_zeros.dtype:
+            if not _takes_kernel_dtype(x):
                 raise RuntimeError(
-                    f"int4 layer packed for the CPU in {self.scales_and_zeros.dtype} called with "
-                    f"{x.dtype} on {x.device}: quantize the model on the device and dtype it runs in"
+                    f"int4 layer packed for the CPU kernel called with {x.dtype} on {x.device}: quantize "
+                    "the model on the device it runs on, in bfloat16 or float32"
                 )
-            return torch.ops.aten._weight_int4pack_mm_for_cpu(
-                x, self.weight, self.group_size, self.scales_and_zeros
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x.to(KERNEL_DTYPE), self.weight, self.group_size, self.scales_and_zeros
             )
+            return y.to(x.dtype)
         return F.linear(x, dequantize_int4(self.unpacked(), self.group_size, x.dtype))
 
 

@@ -14,6 +14,7 @@ from shared_engine.micro_batcher import MicroBatchConfig
 from shared_engine.quantization import DEFAULT_INT4_GROUP_SIZE, QuantizationConfig
 
 TASKS = ("chat", "embedding", "vision", "asr", "tts", "rerank")
+QUANTIZABLE_TASKS = ("chat", "asr")  # the tasks whose model decodes on the engine
 # pipelines.rerank's methods, named here so that reading the configuration needs no transformers.
 RERANK_METHODS = ("auto", "cross_encoder", "yes_no", "query_likelihood")
 _MIB = 1 << 20
@@ -126,7 +127,9 @@ class ModelSpec:
     parts: tuple[str, ...] = ()
     engine: EngineOptions = field(default_factory=EngineOptions)
     batching: BatchingOptions | None = None  # None: the pipeline's own default for its model
-    # Weight-only quantization of a chat model's linear layers: "int8" | "int4" (None: as loaded).
+    # Weight-only quantization of the linear layers of a chat model, or of a speech model's decoder:
+    # "int8" | "int4" | "auto" (None: as loaded). auto: int4 with the float weights kept on a CPU, none
+    # on CUDA.
     quantization: str | None = None
     quantization_group_size: int | None = None  # int4 only; default DEFAULT_INT4_GROUP_SIZE
     quantization_lm_head: bool = False
@@ -175,11 +178,16 @@ class ModelSpec:
                     "quantization"
                 )
             return None
-        if self.task != "chat":
-            raise ValueError(f"quantization applies to task 'chat' only, not {self.task!r}")
+        if self.task not in QUANTIZABLE_TASKS:
+            raise ValueError(
+                f"quantization applies to tasks {' and '.join(map(repr, QUANTIZABLE_TASKS))} only, "
+                f"not {self.task!r}"
+            )
         group_size = self.quantization_group_size
-        if group_size is not None and self.quantization != "int4":
-            raise ValueError(f"quantization_group_size applies to int4 only, not {self.quantization!r}")
+        if group_size is not None and self.quantization not in ("int4", "auto"):
+            raise ValueError(
+                f"quantization_group_size applies to int4 and auto only, not {self.quantization!r}"
+            )
         return QuantizationConfig(
             self.quantization,
             DEFAULT_INT4_GROUP_SIZE if group_size is None else group_size,

@@ -90,6 +90,7 @@ def build_decoder(
         # RoPE tables stay float32: positions far from 0 lose precision in bf16.
         rotary.float()
     packing = packing_applies(device, dtype)
+    quantization = quantization.for_device(device) if quantization is not None else None
     if quantization is not None:
         quantize_decoder(model, quantization, packing)  # on the target device: int4 packs for its kernel
     if packing:

@@ -118,11 +118,12 @@ def _linear(k: int, n: int, dtype: torch.dtype, bias: bool = False) -> nn.Linear
     return layer.to(dtype)
 
 
-@pytest.mark.parametrize("dtype", [BF16, torch.float32])
-@pytest.mark.parametrize("rows", [1, 32])
+@pytest.mark.parametrize("dtype", [BF16, torch.float32, torch.float16])
+@pytest.mark.parametrize("rows", [1, 32, 128])
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 def test_quantized_linear_matches_the_float_matmul(mode: str, rows: int, dtype: torch.dtype) -> None:
-    """bf16 takes the CPU kernels (int8 only up to 8 rows), float32 the dequantizing path CUDA uses."""
+    """bf16 takes the CPU kernels (int8 only up to 8 rows), float32 too with its rows rounded to bf16
+    (int8 up to 32 rows), float16 the dequantizing path CUDA uses."""
     layer = _linear(576, 960, dtype, bias=True)
     q = Int8Linear(layer) if mode == "int8" else Int4Linear(layer, 32)
     x = torch.randn(rows, 576).to(dtype)
@@ -133,14 +134,15 @@ def test_quantized_linear_matches_the_float_matmul(mode: str, rows: int, dtype: 
     assert got.shape == (rows, 960) and q(x).dtype == dtype
 
 
-@pytest.mark.parametrize("dtype", [BF16, torch.float32])
+@pytest.mark.parametrize("dtype", [BF16, torch.float32, torch.float16])
 def test_int4_layouts_compute_their_dequantized_weight(dtype: torch.dtype) -> None:
-    """The CPU kernel's packing (bf16 on the CPU) and plain nibbles (everything else, CUDA included)
-    both compute x @ dequantize(quantize(w))ᵀ."""
+    """The CPU kernel's packing (bf16 and float32 on the CPU, scales in bf16) and plain nibbles
+    (everything else, CUDA included) both compute x @ dequantize(quantize(w))ᵀ."""
     layer = _linear(128, 64, dtype)
     q = Int4Linear(layer, 32)
-    assert q.cpu_packed == (dtype == BF16)
-    w = dequantize_int4(quantize_int4(layer.weight.detach(), 32, dtype), 32, torch.float32)
+    assert q.cpu_packed == (dtype != torch.float16)
+    scales_dtype = BF16 if q.cpu_packed else dtype
+    w = dequantize_int4(quantize_int4(layer.weight.detach(), 32, scales_dtype), 32, torch.float32)
     x = torch.randn(5, 128).to(dtype)
     with torch.inference_mode():
         torch.testing.assert_close(q(x).float(), x.float() @ w.t(), rtol=0.02, atol=0.02)
@@ -292,7 +294,7 @@ def test_pipeline_carries_the_option_to_the_model(
         model: Any = pipeline.engine.engine.runner.model
         assert pipeline.dtype == resolved
         qkv = model.model.layers[0].self_attn.qkv_proj
-        assert isinstance(qkv, Int8Linear) and qkv.bias is not None and qkv.scales.dtype == resolved
+        assert isinstance(qkv, Int8Linear) and qkv.bias is not None and qkv.scales.dtype == BF16
         assert isinstance(model.lm_head, PackedLinear) == (native_bf16 and packing_applies(CPU, resolved))
 
         async def run() -> list[int]:
@@ -327,13 +329,13 @@ def test_model_spec_builds_the_quantization_config() -> None:
     [
         ({"quantization": "int3"}, "unknown quantization 'int3'; known: int8, int4"),
         ({"quantization": "int4", "quantization_group_size": 48}, "group size must be one of 32, 64"),
-        ({"quantization": "int8", "quantization_group_size": 32}, "applies to int4 only"),
+        ({"quantization": "int8", "quantization_group_size": 32}, "applies to int4 and auto only"),
         ({"quantization_group_size": 32}, "need quantization"),
         ({"quantization_lm_head": True}, "need quantization"),
         ({"quantization_keep_float": True}, "need quantization"),
         ({"quantization": "int4", "quantization_keep_float": 1}, "must be true or false"),
         ({"quantization": "int8", "quantization_lm_head": "yes"}, "must be true or false"),
-        ({"quantization": "int8", "task": "embedding"}, "task 'chat' only, not 'embedding'"),
+        ({"quantization": "int8", "task": "embedding"}, "tasks 'chat' and 'asr' only, not 'embedding'"),
     ],
 )
 def test_bad_quantization_settings_are_rejected(fields: dict[str, Any], message: str) -> None:

@@ -1,0 +1,113 @@
+"""``quantization = "auto"`` and float32 models on the CPU kernels: what auto resolves to per device, the
+row counts where a float32 dual layer takes the kernel, and the packaged model as an AVX2-only CPU runs
+it (float32, int4 kernels fed bf16 rows) agreeing with float32 itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoConfig
+
+from shared_engine.models.loader import build_decoder, iter_safetensors
+from shared_engine.quantization import DualLinear, Int4Linear, Int8Linear, QuantizationConfig
+
+CPU = torch.device("cpu")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_auto_is_int4_with_float_weights_on_a_cpu_and_nothing_on_cuda() -> None:
+    auto = QuantizationConfig("auto", group_size=64, lm_head=True)
+    assert auto.for_device(CPU) == QuantizationConfig("int4", 64, lm_head=True, keep_float=True)
+    assert auto.for_device(torch.device("cuda")) is None
+    int8 = QuantizationConfig("int8")
+    assert int8.for_device(torch.device("cuda")) is int8
+
+
+@pytest.mark.parametrize(("mode", "kernel_rows"), [("int4", 64), ("int8", 32)])
+def test_float32_dual_layers_take_the_kernel_up_to_its_crossover(mode: str, kernel_rows: int) -> None:
+    """A float32 projection answers up to ``kernel_rows`` rows through the kernel (rows rounded to bf16:
+    close to, not equal to, the float matmul) and more rows with its own float32 weight, exactly."""
+    torch.manual_seed(0)
+    linear = nn.Linear(576, 1536, bias=False)
+    quantized = Int4Linear(linear, 32) if mode == "int4" else Int8Linear(linear)
+    dual = DualLinear(quantized, linear)
+    with torch.inference_mode():
+        for rows in (1, kernel_rows, kernel_rows + 1):
+            x = torch.randn(rows, 576)
+            got, exact = dual(x), linear(x)
+            assert got.dtype == torch.float32
+            if rows <= kernel_rows:
+                assert torch.equal(got, quantized(x)) and not torch.equal(got, exact)
+                assert ((got - exact).norm() / exact.norm()) < 0.1
+            else:
+                assert torch.equal(got, exact)
+
+
+def test_auto_builds_dual_int4_layers_on_the_cpu(smollm2_folder: Path) -> None:
+    model: Any = build_decoder(
+        AutoConfig.from_pretrained(smollm2_folder), iter_safetensors(smollm2_folder), CPU, torch.float32,
+        QuantizationConfig("auto"),
+    )  # fmt: skip
+    layer = model.model.layers[0].mlp.down_proj
+    assert isinstance(layer, DualLinear) and isinstance(layer.quantized, Int4Linear)
+    assert layer.quantized.cpu_packed and isinstance(layer.float_linear, nn.Linear)
+
+
+# Runs in a fresh interpreter: ATen reads its instruction set once, at start-up.
+_AVX2_SCRIPT = """
+import json, torch
+from transformers import AutoConfig
+from benchmarks.quality import forced_argmax
+from benchmarks.quantization import greedy, make_engine
+from shared_engine.device import resolve_dtype
+from shared_engine.models.loader import build_decoder, iter_safetensors
+from shared_engine.quantization import QuantizationConfig
+from shared_engine.sampling_params import SamplingParams
+from transformers import AutoTokenizer
+from pathlib import Path
+folder = Path({folder!r})
+cpu = torch.device("cpu")
+dtype = resolve_dtype("auto", cpu)
+cfg, tok = AutoConfig.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+build = lambda q: build_decoder(cfg, iter_safetensors(folder), cpu, dtype, q)
+prompts = [tok.encode(p) for p in {prompts!r}]
+params = SamplingParams(24, temperature=0.0, ignore_eos=True)
+reference = greedy(make_engine(build(None), tok, cpu, dtype), prompts, params)
+auto = build(QuantizationConfig("auto"))
+same = total = 0
+for p, cont in zip(prompts, reference):
+    guesses = forced_argmax(auto, p + cont, cpu, dtype)[len(p) - 1 : len(p) - 1 + len(cont)]
+    same += sum(g == t for g, t in zip(guesses, cont)); total += len(cont)
+generated = greedy(make_engine(auto, tok, cpu, dtype), prompts, params)
+print(json.dumps({{
+    "capability": torch.backends.cpu.get_cpu_capability(), "dtype": str(dtype),
+    "agreement": same / total, "lengths": [len(g) for g in generated],
+}}))
+"""
+
+
+def test_the_packaged_model_as_an_avx2_cpu_runs_it_agrees_with_float32(smollm2_folder: Path) -> None:
+    """No native bf16 and ATen's AVX2 kernels, as on an AMD Zen 2/3: ``auto`` gives float32 activations
+    and int4 kernels, and teacher-forced greedy agreement with unquantized float32 holds (≥ 90%: the
+    bar for a default; benchmarks/quality.py measures it over the full prompt set)."""
+    prompts = ["The capital of France is", "def fibonacci(n):", "To make a cup of tea, first"]
+    env = {
+        **os.environ, "MMSERVE_CPU_BF16": "0", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+    }  # fmt: skip
+    script = _AVX2_SCRIPT.format(folder=str(smollm2_folder), prompts=prompts)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["capability"] == "AVX2" and result["dtype"] == "torch.float32"
+    assert result["agreement"] >= 0.9, result
+    assert result["lengths"] == [24] * len(prompts)
