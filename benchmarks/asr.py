@@ -17,6 +17,7 @@ import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from benchmarks import report
+from benchmarks.quantization import parse_variant
 from benchmarks.workload import corpus_words, default_corpus
 from pipelines.asr import ASRPipeline, ASRPipelineConfig
 from pipelines.asr.audio import resample
@@ -35,6 +37,7 @@ from pipelines.sources import resolve_source
 from pipelines.tts import TTSPipeline, TTSPipelineConfig
 from services.config.models import ModelSpec, load_model_specs
 from services.config.settings import Settings
+from shared_engine.quantization import QuantizationConfig
 
 
 def spec_named(name: str) -> ModelSpec:
@@ -83,9 +86,15 @@ def _summary(
 
 
 def ours(
-    spec: ModelSpec, clips: list[np.ndarray], texts: list[str], levels: list[int]
+    spec: ModelSpec,
+    clips: list[np.ndarray],
+    texts: list[str],
+    levels: list[int],
+    quantization: QuantizationConfig | None,
 ) -> list[dict[str, Any]]:
-    config = ASRPipelineConfig(spec.name, spec.source, spec.parts, spec.dtype, spec.device)
+    config = ASRPipelineConfig(
+        spec.name, spec.source, spec.parts, spec.dtype, spec.device, quantization=quantization
+    )
     pipeline = ASRPipeline(config, Settings.from_env().model_cache_dir)
     audio_s = sum(len(c) for c in clips) / 16_000
 
@@ -160,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--words", type=int, default=40, help="words per clip (~15 s of speech)")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--compute-types", default="int8,float32", help="faster-whisper compute types")
+    p.add_argument(
+        "--variants", default="config",
+        help="ours, comma-separated: 'config' (as models.toml has it) or a quantization as in "
+        "benchmarks/quantization.py (none, int8+head+float, ...)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     spec = spec_named(args.model)
     prepare_whisper_folder(spec.source, spec.parts, Settings.from_env().model_cache_dir)
@@ -173,14 +187,20 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": spec.dtype,
         "clips": len(clips),
         "audio_s": round(sum(len(c) for c in clips) / 16_000, 2),
-        "ours": ours(spec, clips, texts, levels),
+        "ours": {},
         "faster_whisper": {},
     }
+    for variant in args.variants.split(","):
+        q = spec.quantization_config if variant == "config" else parse_variant(variant)
+        payload["ours"][variant] = {
+            "quantization": None if q is None else asdict(q),
+            "levels": ours(spec, clips, texts, levels, q),
+        }
     ct2_dir = ct2_folder(spec, Settings.from_env().model_cache_dir / "ct2-joined")
     for compute_type in args.compute_types.split(","):
         payload["faster_whisper"][compute_type] = faster_whisper(ct2_dir, compute_type, clips, texts, levels)
     print(f"{args.model}, {len(clips)} clips, {payload['audio_s']} s of audio")
-    rows = [("ours (" + spec.dtype + ")", payload["ours"])]
+    rows = [(f"ours ({spec.dtype}, {v})", r["levels"]) for v, r in payload["ours"].items()]
     rows += [(f"faster-whisper {ct}", r) for ct, r in payload["faster_whisper"].items()]
     for name, results in rows:
         cells = "  ".join(f"c={r['concurrency']}: RTF {r['rtf']:.3f} WER {r['wer']:.1%}" for r in results)

@@ -42,9 +42,15 @@ def _quantized(linear: nn.Linear, config: QuantizationConfig) -> QuantizedLinear
 
 
 def _tied_embedding(model: nn.Module) -> nn.Embedding | None:
-    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
-    has_head = getattr(model, "lm_head", None) is not None
-    return embed if isinstance(embed, nn.Embedding) and not has_head else None
+    """The input embedding a model without an ``lm_head`` computes its logits with (Llama-style models keep
+    it under ``model``, Whisper's decoder under ``decoder``)."""
+    if getattr(model, "lm_head", None) is not None:
+        return None
+    for stack in ("model", "decoder"):
+        embed = getattr(getattr(model, stack, None), "embed_tokens", None)
+        if isinstance(embed, nn.Embedding):
+            return embed
+    return None
 
 
 def _quantize_head(model: nn.Module, config: QuantizationConfig, summary: QuantizationSummary) -> None:

@@ -35,6 +35,7 @@ from shared_engine.micro_batcher import BatchObserver, BatchStats, MicroBatchCon
 from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.models.whisper import CrossAttentionState
 from shared_engine.outputs import FinishReason, RequestOutput
+from shared_engine.quantization import QuantizationConfig
 from shared_engine.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class ASRPipelineConfig:
         default_factory=lambda: EngineConfig(cache=CacheConfig(memory_bytes=256 << 20))
     )
     batching: MicroBatchConfig = field(default_factory=lambda: MicroBatchConfig(max_batch_size=8))
+    quantization: QuantizationConfig | None = None  # the decoder's linear layers (None: as loaded)
 
     def __post_init__(self) -> None:
         if not self.name or not self.source:
@@ -109,8 +111,9 @@ class ASRPipeline:
         self.encoder = full.model.encoder.to(self.device).eval()
         del full
         decoder = build_decoder(
-            AutoConfig.from_pretrained(folder), iter_safetensors(folder), self.device, self.dtype
-        )
+            AutoConfig.from_pretrained(folder), iter_safetensors(folder), self.device, self.dtype,
+            config.quantization,
+        )  # fmt: skip
         self._cross_kv = cast(Any, decoder).cross_attention_kv
         engine = LLMEngine(
             decoder, cast(Tokenizer, self.tokenizer), config.engine, self.device, self.dtype,

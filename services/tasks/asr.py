@@ -33,6 +33,7 @@ class ASRService:
             dtype=spec.dtype,
             device=spec.device,
             engine=spec.engine.to_engine_config(),
+            quantization=spec.quantization_config,
         )
         if spec.batching is not None:
             config = replace(config, batching=spec.batching.to_config())

@@ -148,6 +148,10 @@ class WhisperDecoder(nn.Module):
         return d.layer_norm(h)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        # The head is tied to the embedding; it has a module of its own only when quantization gave it one.
+        head = getattr(self, "lm_head", None)
+        if head is not None:
+            return head(hidden).float()
         return F.linear(hidden, self.decoder.embed_tokens.weight).float()
 
     @torch.inference_mode()

