@@ -53,6 +53,9 @@ MAX_WER = 0.10  # over all sentences, each model
 # rate by ~0.05, and the concurrent test has seen 0.11 with tiny.en.
 MAX_WER_8_SENTENCES = 0.2
 MAX_SENTENCE_WER = 0.5  # any one sentence: catches a transcript that is empty or someone else's
+# One mid-length sentence that tiny.en transcribes well: one misheard word of its 16 (+ an inserted one,
+# seen once: "notices" as "notice of", 0.125) still passes; a wrong or truncated transcript does not.
+MAX_CLIP_WER = 0.2
 SENTENCES_FILE = Path(__file__).resolve().parents[1] / "data" / "speech" / "sentences.txt"
 GAP_S = 0.5  # silence between sentences joined into one file
 
@@ -429,7 +432,7 @@ def test_sdk_reads_every_format(client: openai.OpenAI, clip: Clip) -> None:
     )
     assert verbose.language == "english"
     assert verbose.duration == pytest.approx(clip.duration, abs=0.01)
-    assert verbose.segments and wer(clip.text, verbose.text) <= MAX_WER
+    assert verbose.segments and wer(clip.text, verbose.text) <= MAX_CLIP_WER, verbose.text
     srt = client.audio.transcriptions.create(model=TINY, file=("s.wav", wav), response_format="srt")
     assert isinstance(srt, str)
     check_timeline(parse_srt(srt), clip.duration)
