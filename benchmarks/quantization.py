@@ -11,8 +11,9 @@ tokens in greedy continuations (first 64 tokens) of fixed prompts, against the u
 
     .venv/bin/python benchmarks/quantization.py [--rounds 8] [--threads 1] [--variants none,int8,int4]
 
-A variant is ``none`` or ``MODE[-gGROUP][+head]``: ``int4-g32+head`` is int4 with groups of 32 and
-the LM head quantized too.
+A variant is ``none`` or ``MODE[-gGROUP][+head][+float]``: ``int4-g32+head`` is int4 with groups of 32
+and the LM head quantized too; ``auto`` is what ``quantization = "auto"`` gives on this device.
+``--cpu-isa avx2`` runs it all as an AVX2-only CPU would (benchmarks/cpu_isa.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch
 
 from benchmarks import report
 from benchmarks.chat_model import configured_chat_model
+from benchmarks.cpu_isa import ISAS, reexec_as
 from benchmarks.noise import CpuMeter
 from benchmarks.workload import build_prompts, corpus_words, default_corpus
 from shared_engine.attention import AttentionMetadata, PrefillChunk, allocate_kv_caches
@@ -57,8 +59,8 @@ HEAD_ROWS = 4
 
 
 def parse_variant(name: str) -> QuantizationConfig | None:
-    """``none``, or a mode (``int8``, ``int4``, ``int4-g64``) followed by ``+head`` (the LM head too) and
-    ``+float`` (float weights kept for larger batches), in any order."""
+    """``none``, or a mode (``int8``, ``int4``, ``int4-g64``, ``auto``) followed by ``+head`` (the LM head
+    too) and ``+float`` (float weights kept for larger batches), in any order."""
     if name == "none":
         return None
     base, *flags = name.split("+")
@@ -176,7 +178,8 @@ def format_table(payload: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"{payload['model']}  {m['cpu_model']}, {m['cpus_usable']} cores, {m['torch_threads']} "
-            f"torch threads, torch {m['torch_version']}, {m['dtype']}, {m['device']}",
+            f"torch threads, torch {m['torch_version']}, {m['dtype']}, {m['device']}, ISA "
+            f"{m['cpu_capability']} ({m['simulated_isa']})",
             f"load average before/after: {payload['loadavg_before']} / {payload['loadavg_after']}; "
             f"other processes' CPU during the speed runs (median): {payload['other_cores']} cores",
             "",
@@ -198,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per request in speed runs")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--cpu-isa", choices=ISAS, default="native", help="see benchmarks/cpu_isa.py")
     args = p.parse_args(argv)
+    reexec_as(args.cpu_isa)
     if args.threads:
         torch.set_num_threads(args.threads)
     chat = configured_chat_model(None, args.dtype)

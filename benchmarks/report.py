@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from benchmarks.cpu_isa import simulated_isa
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 LATENCIES = (("TTFT", "ttft_ms"), ("TPOT", "tpot_ms"), ("ITL", "itl_ms"), ("E2E", "e2e_ms"))
 
@@ -46,6 +48,7 @@ def machine_info(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     return {
         "cpu_model": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "simulated_isa": simulated_isa(),
         "cpu_flags": cpu_flags(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)),

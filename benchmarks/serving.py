@@ -40,6 +40,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 from transformers import AutoTokenizer
 
 from benchmarks import baseline, llama_cpp_build, llama_cpp_server, load, plots, report, server
+from benchmarks.cpu_isa import ISAS, reexec_as
 from benchmarks.metrics import SLO_METRICS, summarize
 from benchmarks.workload import Prompt, build_prompts, corpus_words, default_corpus
 from pipelines.sources import resolve_source
@@ -75,6 +76,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for GET /ready")
     p.add_argument("--results-dir", type=Path, default=report.RESULTS_DIR)
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument(
+        "--cpu-isa",
+        choices=ISAS,
+        default="native",
+        help="run every target as a CPU with only this ISA would (benchmarks/cpu_isa.py)",
+    )
     args = p.parse_args(argv)
     args.levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     if not args.levels or min(args.levels) < 1:
@@ -189,6 +196,7 @@ def log(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    reexec_as(args.cpu_isa)
     folder = args.model_path or server.resolve_model_folder(args.model)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     words = corpus_words(args.corpus)
@@ -206,11 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         levels += run_levels(args, "ours", server_context(args), make_prompts, args.model)
     if "llama.cpp" in args.target_list:
         gguf = gguf_of(args.model)
-        binary = llama_cpp_build.llama_server_binary()
+        binary = llama_cpp_build.llama_server_binary(isa=args.cpu_isa)
         peers["llama.cpp"] = {"version": llama_cpp_build.llama_cpp_version(binary), "gguf": str(gguf),
-                              "parallel": max(args.levels)}  # fmt: skip
+                              "parallel": max(args.levels), "isa": args.cpu_isa}  # fmt: skip
         context = llama_cpp_server.llama_server(
-            gguf, parallel=max(args.levels), ready_timeout=args.ready_timeout, alias=args.model
+            gguf, parallel=max(args.levels), ready_timeout=args.ready_timeout, alias=args.model, binary=binary
         )
         levels += run_levels(
             args, "llama.cpp", context, make_prompts, args.model, llama_cpp_server.request_overrides()
