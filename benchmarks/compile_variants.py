@@ -1,6 +1,8 @@
 """The model variants the compile benchmark times, without touching the engine's code: each a copy of the
-model whose ``forward`` is eager, compiled whole (``forward``, ``forward-all``) or run with only its MLPs
-and norms compiled (``mlp``), and the engine that runs one."""
+model whose ``forward`` is eager, compiled whole (``forward``, ``forward-all``; ``opaque-attention`` with
+attention and the packed linears as opaque operators, one graph per decode batch size:
+benchmarks/compile_opaque.py) or run with only its MLPs and norms compiled (``mlp``), and the engine
+that runs one."""
 
 from __future__ import annotations
 
@@ -9,12 +11,13 @@ from typing import Any
 
 import torch
 
+from benchmarks.compile_opaque import attention_context
 from benchmarks.offline_engine import make_engine as offline_engine
 from shared_engine.attention import AttentionMetadata
 from shared_engine.llm_engine import LLMEngine
 from shared_engine.models.base import DecoderArch, DecoderModel
 
-KINDS = ("forward", "forward-all", "mlp")
+KINDS = ("forward", "forward-all", "mlp", "opaque-attention")
 Forward = Callable[[torch.Tensor, torch.Tensor, AttentionMetadata, list[torch.Tensor]], Any]
 VariantSpec = tuple[str, str, str]  # name, kind, torch.compile mode
 
@@ -38,6 +41,8 @@ class Variant:
         kwargs: dict[str, Any] = {"dynamic": True} | ({} if mode == "default" else {"mode": mode})
         if kind in ("forward", "forward-all"):
             self._compiled = torch.compile(model.forward, **kwargs)
+        elif kind == "opaque-attention":
+            self._compiled = torch.compile(model.forward, fullgraph=True, **(kwargs | {"dynamic": False}))
         elif kind == "mlp":
             inner: Any = model
             for layer in inner.model.layers:
@@ -59,6 +64,10 @@ class Variant:
         fn = self._forward
         if self._compiled is not None and (self.kind == "forward-all" or not meta.prefills):
             fn = self._compiled
+        if self.kind == "opaque-attention" and fn is self._compiled:
+            with attention_context(meta):
+                hidden: torch.Tensor = fn(input_ids, positions, meta, kv_caches)
+            return hidden
         out: torch.Tensor = fn(input_ids, positions, meta, kv_caches)
         return out
 
