@@ -18,7 +18,9 @@ Achieved FLOP/s = 2 x params x tokens/s, with params the weights a decode token 
 every linear layer and the LM head (the tied embedding matrix counted once, as the LM head; the
 embedding lookup does no arithmetic), and without the LM head (non-embedding params); attention over
 the KV cache is left out of both (its share is shown). The memory-bound ceiling of a decode step is
-the bytes of those weights over the read bandwidth: batch-1 tokens/s can be no higher.
+the bytes of weights a step reads — at each batch size by the path each layer takes there (with
+``quantization = "auto"`` the int4 copies at one or two rows, the float weights above) — over the read
+bandwidth: batch-1 tokens/s can be no higher. ``--quantization`` (default: the configured model's).
 
     .venv/bin/python benchmarks/roofline.py [--threads N] [--batches 1,32] [--runs 3]
 
@@ -44,9 +46,10 @@ import torch
 from benchmarks import report
 from benchmarks.chat_model import configured_chat_model
 from benchmarks.offline_engine import corpus_ids, decode_prompts, greedy, kv_blocks, make_engine
+from benchmarks.quantization import parse_variant
 from benchmarks.roofline_decode import decode_point, decode_runs, profile_decode
 from benchmarks.roofline_microbench import DTYPE_NAMES, measure_machine
-from benchmarks.roofline_model import attention_flops, param_counts
+from benchmarks.roofline_model import attention_flops, param_counts, weight_bytes_read
 from benchmarks.roofline_report import format_profile, format_table
 
 WARMUP_TOKENS = 4
@@ -66,6 +69,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--runs", type=int, default=3, help="decode runs per batch size (median)")
     p.add_argument("--profile-steps", type=int, default=8, help="decode steps profiled at the largest batch")
+    p.add_argument(
+        "--quantization", default="config",
+        help="'config' (as models.toml has it) or a variant of benchmarks/quantization.py (none, auto, ...)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -80,14 +87,17 @@ def main(argv: list[str] | None = None) -> int:
 
     chat = configured_chat_model(args.device, args.dtype)
     device, dtype, tokenizer = chat.device, chat.dtype, chat.tokenizer
-    model = chat.build()
+    quantization = chat.spec.quantization_config if args.quantization == "config" else None
+    if args.quantization != "config":
+        quantization = parse_variant(args.quantization)
+    model = chat.build(quantization)
     batches = [int(b) for b in args.batches.split(",")]
     loadavg_before = os.getloadavg()
 
     squares = [int(s) for s in args.square.split(",")]
     machine = measure_machine(model, squares, batches, dtype, device, args.reps, args.min_time, args.bw_mib)
     params = param_counts(model)
-    weight_bytes = params["matmul"] * dtype.itemsize
+    bytes_read = {b: weight_bytes_read(model, b, dtype) for b in batches}
     corpus = corpus_ids(tokenizer)
     if len(corpus) <= args.prompt_len:
         p.error(f"--prompt-len must be below the corpus length ({len(corpus)} tokens)")
@@ -101,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     decode = []
     for b in batches:
         runs = decode_runs(engine, b, prompts, args.output_len, args.runs)
-        decode.append(decode_point(b, runs, params, weight_bytes, machine, dtype_name))
+        decode.append(decode_point(b, runs, params, bytes_read[b], machine, dtype_name))
     others = [r["other_cores"] for d in decode for r in d["runs"] if r["other_cores"] is not None]
     payload: dict[str, Any] = {
         **report.run_header("roofline", chat.spec.name, device, dtype, loadavg_before),
@@ -112,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         "bandwidth": machine.bandwidth,
         "microbench_other_cores": machine.other_cores,
         "params": params,
-        "weight_bytes": weight_bytes,
+        "quantization": args.quantization if quantization is None else quantization.mode,
+        "weight_bytes_read": bytes_read,
         "peak_gflop_s": machine.peak_gflop_s(dtype_name),
         "prompt_len": args.prompt_len,
         "output_len": args.output_len,

@@ -9,21 +9,69 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from shared_engine.packed_linear import PackedLinear
+from shared_engine.quantization import DualLinear, QuantizedLinear, TiedQuantizedHead
 
 Projection = tuple[Callable[[torch.Tensor], torch.Tensor], int, int]  # apply, in_features, out_features
 
 
+def _projection_modules(model: Any) -> list[tuple[str, nn.Module]]:
+    """The modules the model calls as its projections: a dual layer (quantized + float) is one, not its
+    two halves."""
+    found: list[tuple[str, nn.Module]] = []
+    for name, m in model.named_modules():
+        if name.startswith("lm_head") or any(name.startswith(f"{n}.") for n, _ in found):
+            continue
+        if isinstance(m, DualLinear) or hasattr(m, "in_features"):
+            found.append((name, m))
+    return found
+
+
+def _features(m: nn.Module) -> tuple[int, int]:
+    inner = m.quantized if isinstance(m, DualLinear) else m
+    return int(inner.in_features), int(inner.out_features)
+
+
 def projections(model: Any) -> list[Projection]:
     """Every matrix a decode token is multiplied by, as the model itself applies it (plain
-    ``nn.Linear``, oneDNN-packed or quantized layers): ``(apply, in_features, out_features)`` of each
+    ``nn.Linear``, oneDNN-packed, quantized or dual layers): ``(apply, in_features, out_features)`` of each
     layer's projections, then of the LM head (the tied embedding matrix when the model has no head)."""
-    layers = [
-        m for name, m in model.named_modules() if hasattr(m, "in_features") and not name.startswith("lm_head")
-    ]
+    layers = [(m, *_features(m)) for _, m in _projection_modules(model)]
     head = getattr(model, "lm_head", None)
     embed = model.model.embed_tokens.weight
     apply_head = head if head is not None else functools.partial(F.linear, weight=embed)
-    return [(m, m.in_features, m.out_features) for m in layers] + [(apply_head, *reversed(embed.shape))]
+    return [*layers, (apply_head, *reversed(embed.shape))]
+
+
+def _tensor_bytes(*tensors: torch.Tensor | None) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def _bytes_read(m: Any, rows: int, dtype: torch.dtype) -> int:
+    """Bytes of weight (and scales) one call of ``m`` with ``rows`` rows reads, by the path it takes."""
+    if isinstance(m, (DualLinear, TiedQuantizedHead)):
+        x = torch.empty(rows, m.quantized.in_features, dtype=dtype)
+        if m.quantized.beats_float(x):
+            return _bytes_read(m.quantized, rows, dtype)
+        return _bytes_read(m.float_linear if isinstance(m, DualLinear) else m.float_weight, rows, dtype)
+    if isinstance(m, torch.Tensor):
+        return _tensor_bytes(m)
+    if isinstance(m, QuantizedLinear):
+        return _tensor_bytes(*m.buffers())
+    if isinstance(m, PackedLinear):
+        return _tensor_bytes(m.packed)
+    return _tensor_bytes(m.weight)
+
+
+def weight_bytes_read(model: Any, rows: int, dtype: torch.dtype) -> int:
+    """Bytes of weights a forward of ``rows`` tokens reads: every projection by the path it takes at that
+    many rows (a quantized copy or the float weight), and the LM head. What bounds a decode step from
+    below at memory bandwidth."""
+    total = sum(_bytes_read(m, rows, dtype) for _, m in _projection_modules(model))
+    head = getattr(model, "lm_head", None)
+    return total + _bytes_read(head if head is not None else model.model.embed_tokens.weight, rows, dtype)
 
 
 def param_counts(model: Any) -> dict[str, int]:

@@ -46,7 +46,8 @@ def format_table(payload: dict[str, Any]) -> str:
         "",
         f"params: {p['total'] / 1e6:.1f} M unique (tied embedding once), {p['non_embedding'] / 1e6:.1f} M "
         f"non-embedding, LM head {p['lm_head'] / 1e6:.1f} M; a decode token multiplies "
-        f"{p['matmul'] / 1e6:.1f} M ({payload['weight_bytes'] / 2**20:.0f} MiB of weights per step)",
+        f"{p['matmul'] / 1e6:.1f} M; weights read per step (quantization {payload['quantization']}): "
+        + ", ".join(f"{b / 2**20:.1f} MiB at batch {n}" for n, b in payload["weight_bytes_read"].items()),
         "",
     ]
     lines += right_aligned(_decode_rows(payload["decode"]))
@@ -59,7 +60,7 @@ def format_table(payload: dict[str, Any]) -> str:
         f"% peak: of the best square matmul in {m['dtype']} ({payload['peak_gflop_s']:,.1f} GFLOP/s); "
         "% shape: of [batch x hidden] @ [hidden x intermediate];",
         "% linears: of the model's own linear layers at that batch (a step's matmuls alone); "
-        "mem-bound: batch x read bandwidth / weight bytes.",
+        "mem-bound: batch x read bandwidth / weight bytes read at that batch.",
     ]
     return "\n".join(lines)
 

@@ -111,3 +111,22 @@ def test_the_packaged_model_as_an_avx2_cpu_runs_it_agrees_with_float32(smollm2_f
     assert result["capability"] == "AVX2" and result["dtype"] == "torch.float32"
     assert result["agreement"] >= 0.9, result
     assert result["lengths"] == [24] * len(prompts)
+
+
+def test_the_roofline_counts_the_weights_each_batch_size_reads(smollm2_folder: Path) -> None:
+    """benchmarks/roofline.py's bandwidth ceiling: with auto, a one-row step reads the int4 copies (plus
+    the float LM head), a 32-row step the float weights: what the unquantized model reads."""
+    from benchmarks.roofline_model import projections, weight_bytes_read
+
+    cfg = AutoConfig.from_pretrained(smollm2_folder)
+    plain: Any = build_decoder(cfg, iter_safetensors(smollm2_folder), CPU, torch.bfloat16)
+    auto: Any = build_decoder(
+        cfg, iter_safetensors(smollm2_folder), CPU, torch.bfloat16, QuantizationConfig("auto")
+    )
+    assert len(projections(auto)) == len(projections(plain)) == 4 * cfg.num_hidden_layers + 1
+    full = weight_bytes_read(plain, 1, torch.bfloat16)
+    assert weight_bytes_read(plain, 32, torch.bfloat16) == full
+    assert weight_bytes_read(auto, 32, torch.bfloat16) == full
+    head = cfg.vocab_size * cfg.hidden_size * 2
+    int4_layers = weight_bytes_read(auto, 1, torch.bfloat16) - head
+    assert 0.2 < int4_layers / (full - head) < 0.35  # half a byte per weight, plus scales and zeros
