@@ -63,7 +63,7 @@ INT4_N_MULTIPLE = 16
 
 @dataclass(frozen=True)
 class QuantizationConfig:
-    """``mode``: int8 or int4; ``group_size``: input features per int4 scale/zero (ignored by int8);
+    """``mode``: int8, int4 or auto; ``group_size``: input features per int4 scale/zero (ignored by int8);
     ``lm_head``: also quantize the output projection (for tied embeddings: a quantized copy);
     ``keep_float``: keep each projection's floating-point weight too, for the calls with more rows than
     the weight-only kernel serves faster (see :class:`DualLinear`). ``auto`` is resolved per device by
