@@ -164,6 +164,14 @@ class QuantizedLinear(nn.Module):
     # Set by quantize_decoder when the float partner of a DualLinear is packed for oneDNN (a faster
     # matmul than F.linear, so the kernel wins on fewer rows).
     float_packed = False
+    # The most rows at which the kernel beats a float32 F.linear, a packed bf16 one and a plain bf16 one.
+    beats_fp32_rows = beats_packed_rows = beats_bf16_rows = 0
+
+    def _float_rows_limit(self, x: torch.Tensor) -> int:
+        """The most rows of ``x`` for which this layer's kernel beats the float matmul it would replace."""
+        if x.dtype == torch.float32:
+            return self.beats_fp32_rows
+        return self.beats_packed_rows if self.float_packed else self.beats_bf16_rows
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
@@ -177,6 +185,9 @@ def _takes_kernel_dtype(x: torch.Tensor) -> bool:
 class Int8Linear(QuantizedLinear):
     weight: torch.Tensor
     scales: torch.Tensor
+    beats_fp32_rows = _INT8_BEATS_FP32_MAX_ROWS
+    beats_packed_rows = _INT8_BEATS_PACKED_MAX_ROWS
+    beats_bf16_rows = _INT8_BEATS_BF16_MAX_ROWS
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__(linear)
@@ -193,11 +204,8 @@ class Int8Linear(QuantizedLinear):
         return _INT8_BEATS_FP32_MAX_ROWS if x.dtype == torch.float32 else _INT8_KERNEL_MAX_ROWS
 
     def beats_float(self, x: torch.Tensor) -> bool:
-        if x.dtype == torch.float32:
-            limit = _INT8_BEATS_FP32_MAX_ROWS
-        else:
-            limit = _INT8_BEATS_PACKED_MAX_ROWS if self.float_packed else _INT8_BEATS_BF16_MAX_ROWS
-        return x.reshape(-1, self.in_features).shape[0] <= min(limit, self._kernel_max_rows(x))
+        rows = x.reshape(-1, self.in_features).shape[0]
+        return rows <= min(self._float_rows_limit(x), self._kernel_max_rows(x))
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] <= self._kernel_max_rows(x):
@@ -210,6 +218,9 @@ class Int8Linear(QuantizedLinear):
 class Int4Linear(QuantizedLinear):
     weight: torch.Tensor
     scales_and_zeros: torch.Tensor
+    beats_fp32_rows = _INT4_BEATS_FP32_MAX_ROWS
+    beats_packed_rows = _INT4_BEATS_PACKED_MAX_ROWS
+    beats_bf16_rows = _INT4_BEATS_BF16_MAX_ROWS
 
     def __init__(self, linear: nn.Linear, group_size: int) -> None:
         super().__init__(linear)
@@ -232,12 +243,8 @@ class Int4Linear(QuantizedLinear):
         return QuantizedInt4(values.view(self.out_features, self.in_features), self.scales_and_zeros)
 
     def beats_float(self, x: torch.Tensor) -> bool:
-        if x.dtype == torch.float32:
-            limit = _INT4_BEATS_FP32_MAX_ROWS
-        else:
-            limit = _INT4_BEATS_PACKED_MAX_ROWS if self.float_packed else _INT4_BEATS_BF16_MAX_ROWS
         rows = x.reshape(-1, self.in_features).shape[0]
-        return self.cpu_packed and _takes_kernel_dtype(x) and rows <= limit
+        return self.cpu_packed and _takes_kernel_dtype(x) and rows <= self._float_rows_limit(x)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         if self.cpu_packed:
