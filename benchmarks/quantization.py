@@ -86,7 +86,7 @@ def perplexity(model: Any, ids: list[int], device: torch.device, dtype: torch.dt
             if n < 2:
                 break
             pos = torch.arange(n, device=device)
-            meta = AttentionMetadata(pos, 0, None, None, [PrefillChunk(0, n, 0, None)], [None])
+            meta = AttentionMetadata.prefill_only(pos, [PrefillChunk(0, n, 0, None)])
             hidden = model.forward(window, pos, meta, kv)
             # The LM head in slices of a decode step's size: a tied quantized head serves only those.
             logits = torch.cat([model.compute_logits(h) for h in hidden.split(HEAD_ROWS)])

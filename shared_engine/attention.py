@@ -3,12 +3,13 @@
 Layout: per layer, one tensor ``[2, num_kv_heads, num_blocks, block_size, head_dim]`` holds the keys
 (``[0]``) and the values (``[1]``); a token at position ``p`` of a request lives in slot
 ``block_ids[p // block_size] * block_size + p % block_size`` of every head. The flat batch holds every
-decode token first (one per request), then each prefill chunk in turn. Decodes are attended in one
-batched matmul over keys and values gathered through the block tables; each prefill chunk attends with
+decode token first (one per request), then each prefill chunk in turn. On a CPU, decodes are attended by
+the engine's kernel (``cpu_kernels``), which reads keys and values in place through the block tables;
+elsewhere in one batched matmul over keys and values gathered through them. Each prefill chunk attends with
 SDPA, straight on its fresh keys when it starts at position 0, or on keys gathered from the cache when
 it continues a cached prefix or earlier chunk.
 
-Heads lead the layout, and keys and values share one tensor, so that a decode step's whole gather is
+Heads lead the layout, and keys and values share one tensor, so that a gathering decode step's whole read is
 a single ``index_select`` of ``block_size x head_dim`` rows out of the cache seen as a matrix (row
 ``(kv * num_kv_heads + head) * num_blocks + block``), and what it returns is already ``[2, heads,
 requests, positions, head_dim]`` for the matmuls: no transposing copy. Measured on a 2-core CPU at 32
@@ -23,6 +24,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from shared_engine import cpu_kernels
 
 
 @dataclass
@@ -39,6 +42,11 @@ class PrefillChunk:
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [num_tokens] where each new token's key/value is written
     num_decodes: int
+    decode_block_tables: torch.Tensor | None  # [num_decodes, max_blocks] int64, padded with block 0
+    decode_lens: (
+        torch.Tensor | None
+    )  # [num_decodes] int64: positions each decode attends to, its own included
+    # Where the decode kernel is not used (see ``gathered_decode``):
     # [2 * num_kv_heads * num_decodes * max_blocks]: the cache rows the decodes read (see the module doc)
     decode_gather_index: torch.Tensor | None
     decode_mask: torch.Tensor | None  # [1, num_decodes, 1, max_blocks * block_size], True = attend
@@ -46,6 +54,11 @@ class AttentionMetadata:
     # Per request, in batch order (decodes, then prefill chunks): what an encoder-decoder model's
     # cross-attention reads. None entries for decoder-only models.
     encoder_states: list[Any] = field(default_factory=list)
+
+    @classmethod
+    def prefill_only(cls, slot_mapping: torch.Tensor, prefills: list[PrefillChunk]) -> AttentionMetadata:
+        """Prefill chunks of decoder-only requests, no decodes."""
+        return cls(slot_mapping, 0, None, None, None, None, prefills, [None] * len(prefills))
 
 
 def allocate_kv_caches(
@@ -62,12 +75,23 @@ def allocate_kv_caches(
     return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
 
 
+def gathered_decode(device: torch.device) -> bool:
+    """Whether decodes on ``device`` attend over gathered keys and values (the metadata then carries
+    ``decode_gather_index`` and ``decode_mask``) rather than through the CPU kernel."""
+    return not cpu_kernels.usable(device)
+
+
 def decode_gather_index(block_tables: torch.Tensor, kv_cache_shape: torch.Size) -> torch.Tensor:
     """Rows of the cache, seen as ``[2 * kv_heads * num_blocks, block_size * head_dim]``, holding the
     keys then the values of every head for ``block_tables`` (``[requests, max_blocks]``), in order."""
     planes, num_blocks = kv_cache_shape[0] * kv_cache_shape[1], kv_cache_shape[2]
     planes_start = torch.arange(planes, device=block_tables.device) * num_blocks
     return (planes_start[:, None] + block_tables.reshape(1, -1)).reshape(-1)
+
+
+def decode_mask(lengths: torch.Tensor, positions: int) -> torch.Tensor:
+    """``[1, requests, 1, positions]``: True where a position is below the request's length."""
+    return (torch.arange(positions, device=lengths.device)[None, :] < lengths[:, None])[None, :, None, :]
 
 
 def write_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slots: torch.Tensor) -> None:
@@ -91,7 +115,13 @@ def paged_attention(
     kv_heads, block_size = kv_cache.shape[1], kv_cache.shape[3]
     flat_k = kv_cache[0].view(kv_heads, -1, head_dim)
     flat_v = kv_cache[1].view(kv_heads, -1, head_dim)
-    if meta.num_decodes:
+    if meta.num_decodes and meta.decode_gather_index is None:
+        assert meta.decode_block_tables is not None and meta.decode_lens is not None
+        b = meta.num_decodes
+        cpu_kernels.paged_decode_attention(
+            out[:b], query[:b], kv_cache, meta.decode_block_tables, meta.decode_lens, scale
+        )
+    elif meta.num_decodes:
         b = meta.num_decodes
         assert meta.decode_gather_index is not None and meta.decode_mask is not None
         length = meta.decode_mask.shape[-1]

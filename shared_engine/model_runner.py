@@ -12,7 +12,14 @@ from typing import Any
 
 import torch
 
-from shared_engine.attention import AttentionMetadata, PrefillChunk, allocate_kv_caches, decode_gather_index
+from shared_engine.attention import (
+    AttentionMetadata,
+    PrefillChunk,
+    allocate_kv_caches,
+    decode_gather_index,
+    decode_mask,
+    gathered_decode,
+)
 from shared_engine.models.base import DecoderModel
 from shared_engine.outputs import StepResult
 from shared_engine.rejection_sampler import verify_and_sample
@@ -55,6 +62,7 @@ class ModelRunner:
         self.kv_caches = allocate_kv_caches(
             arch.num_layers, arch.num_kv_heads, num_blocks, block_size, arch.head_dim, dtype, device
         )
+        self.gathered_decode = gathered_decode(device)
 
     def _slots(self, block_ids: list[int], start: int, end: int) -> list[int]:
         bs = self.block_size
@@ -81,18 +89,16 @@ class ModelRunner:
             slots.extend(self._slots(s.block_ids, s.start, end))
 
         dev = self.device
-        gather = mask = None
+        tables = lengths = gather = mask = None
         decodes = [segments[i] for i in order[:num_decodes]]
         if decodes:
             width = max(len(s.block_ids) for s in decodes)
             table = [s.block_ids + [0] * (width - len(s.block_ids)) for s in decodes]
-            gather = decode_gather_index(
-                torch.tensor(table, dtype=torch.long, device=dev), self.kv_caches[0].shape
-            )
-            lengths = torch.tensor([s.start + 1 for s in decodes], device=dev)
-            mask = (torch.arange(width * self.block_size, device=dev)[None, :] < lengths[:, None])[
-                None, :, None, :
-            ]
+            tables = torch.tensor(table, dtype=torch.long, device=dev)
+            lengths = torch.tensor([s.start + 1 for s in decodes], dtype=torch.long, device=dev)
+            if self.gathered_decode:
+                gather = decode_gather_index(tables, self.kv_caches[0].shape)
+                mask = decode_mask(lengths, width * self.block_size)
         chunks: list[PrefillChunk] = []
         for i in order[num_decodes:]:
             s = segments[i]
@@ -105,6 +111,8 @@ class ModelRunner:
         meta = AttentionMetadata(
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
             num_decodes=num_decodes,
+            decode_block_tables=tables,
+            decode_lens=lengths,
             decode_gather_index=gather,
             decode_mask=mask,
             prefills=chunks,

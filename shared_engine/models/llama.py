@@ -8,12 +8,13 @@ batch sizes is where decode time goes.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared_engine import cpu_kernels
 from shared_engine.attention import AttentionMetadata, paged_attention
 from shared_engine.models.base import MODEL_REGISTRY, DecoderArch
 
@@ -24,8 +25,27 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
+    def _kernel_fits(self, x: torch.Tensor) -> bool:
+        return (
+            cpu_kernels.usable(x.device)
+            and x.dim() == 2
+            and x.is_contiguous()
+            and x.dtype == self.weight.dtype
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._kernel_fits(x):
+            return cpu_kernels.rms_norm(x, self.weight, self.eps)
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+
+    def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``residual + x`` normalised, and that sum: the next residual. Reuses (overwrites) ``x`` and
+        ``residual``, which the caller no longer needs."""
+        if self._kernel_fits(x) and residual.is_contiguous() and residual.dtype == x.dtype:
+            cpu_kernels.add_rms_norm_(x, residual, self.weight, self.eps)
+            return x, residual
+        residual = residual + x
+        return F.rms_norm(residual, self.weight.shape, self.weight, self.eps), residual
 
 
 def inverse_frequencies(arch: DecoderArch) -> tuple[torch.Tensor, float]:
@@ -131,13 +151,18 @@ class DecoderLayer(nn.Module):
 
     def forward(
         self,
-        h: torch.Tensor,
+        x: torch.Tensor,
+        residual: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         meta: AttentionMetadata,
         kv_cache: torch.Tensor,
-    ) -> torch.Tensor:
-        h = h + self.self_attn(self.input_layernorm(h), rope, meta, kv_cache)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` is this layer's input normalised, ``residual`` the un-normalised stream; returns the
+        MLP's output and the stream before it is added, so that the next norm fuses the add."""
+        x, residual = self.post_attention_layernorm.add_forward(
+            self.self_attn(x, rope, meta, kv_cache), residual
+        )
+        return self.mlp(x), residual
 
 
 class LlamaModel(nn.Module):
@@ -166,11 +191,15 @@ class LlamaForCausalLM(nn.Module):
         kv_caches: list[torch.Tensor],
     ) -> torch.Tensor:
         m = self.model
-        h = m.embed_tokens(input_ids)
-        rope = m.rotary_emb(positions, h.dtype)
-        for layer, kv_cache in zip(m.layers, kv_caches, strict=True):
-            h = layer(h, rope, meta, kv_cache)
-        return m.norm(h)
+        residual = m.embed_tokens(input_ids)
+        rope = m.rotary_emb(positions, residual.dtype)
+        layers = cast(list[DecoderLayer], list(m.layers))
+        x = layers[0].input_layernorm(residual)
+        for i, (layer, kv_cache) in enumerate(zip(layers, kv_caches, strict=True)):
+            x, residual = layer(x, residual, rope, meta, kv_cache)
+            norm = layers[i + 1].input_layernorm if i + 1 < len(layers) else m.norm
+            x, residual = norm.add_forward(x, residual)
+        return x
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # A tied model has an lm_head only when quantization or packing gave it its own copy.

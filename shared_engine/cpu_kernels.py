@@ -1,0 +1,108 @@
+"""The engine's own CPU kernels (``csrc/cpu_kernels.cpp``), for the operators of a decode step that ATen
+runs as many small calls: attention of one new token per request straight over the paged KV cache, and
+RMSNorm with the residual add fused in.
+
+Compiled on first use for the instruction set ATen itself picked on this CPU
+(``torch.backends.cpu.get_cpu_capability()``: AVX-512, AVX2 or none), one build per set, with torch's
+C++ extension loader (cached under ``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``).
+Where the build fails (no C++ compiler) or ``MMSERVE_CPU_KERNELS=0``, ``load()`` is False and callers
+run their composite torch operators instead, which CUDA tensors always do.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# "0" keeps the composite torch operators (to compare, or to test that path); unset or "1" uses the kernels.
+KERNELS_ENV = "MMSERVE_CPU_KERNELS"
+SOURCE = Path(__file__).parent / "csrc" / "cpu_kernels.cpp"
+ISA_FLAGS = {
+    "AVX512": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"),
+    "AVX2": ("-mavx2", "-mfma", "-mf16c"),
+}
+# -ffast-math lets GCC vectorize expf through glibc's vector math library; the kernels never rely on
+# infinities or NaN. -fopenmp: at::parallel_for runs on torch's OpenMP pool (the same libgomp).
+COMMON_FLAGS = ("-O3", "-ffast-math", "-fopenmp")
+
+
+@functools.cache
+def load() -> bool:
+    """Whether the kernels are registered as ``torch.ops.mmserve_cpu``: built (or found built) and
+    loaded once per process; False, with a warning saying why, where they cannot be."""
+    setting = os.environ.get(KERNELS_ENV, "1")
+    if setting not in ("0", "1"):
+        raise ValueError(f"{KERNELS_ENV} must be 0 or 1, got {setting!r}")
+    if setting == "0":
+        logger.info("CPU kernels off (%s=0): composite torch operators", KERNELS_ENV)
+        return False
+    capability = torch.backends.cpu.get_cpu_capability()
+    try:
+        load_extension = _extension_loader()
+        load_extension(
+            name=f"mmserve_cpu_kernels_{capability.lower()}",
+            sources=[str(SOURCE)],
+            extra_cflags=[*COMMON_FLAGS, *ISA_FLAGS.get(capability, ())],
+            extra_ldflags=["-fopenmp"],
+            is_python_module=False,
+        )
+    except Exception as exc:  # a missing compiler or ninja, a failed build: all mean the fallback
+        logger.warning("CPU kernels unavailable, using composite torch operators: %s", exc)
+        return False
+    logger.info("CPU kernels loaded (%s build)", capability)
+    return True
+
+
+def _extension_loader() -> Any:
+    # Importing the loader warns, on a CUDA build of torch without a CUDA toolkit, that none was found:
+    # true, and irrelevant to a CPU extension.
+    extension_logger = logging.getLogger("torch.utils.cpp_extension")
+    level = extension_logger.level
+    extension_logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils.cpp_extension import load as load_extension
+    finally:
+        extension_logger.setLevel(level)
+    return load_extension
+
+
+def usable(device: torch.device) -> bool:
+    """Whether tensors on ``device`` go through the kernels."""
+    return device.type == "cpu" and load()
+
+
+def paged_decode_attention(
+    out: torch.Tensor,
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+) -> None:
+    """``out`` ``[b, heads, dim]`` = attention of ``query`` (one token per request) over the first
+    ``context_lens[r]`` positions of request ``r`` in ``kv_cache``, through ``block_tables``
+    ``[b, max_blocks]``."""
+    torch.ops.mmserve_cpu.paged_decode_attention(out, query, kv_cache, block_tables, context_lens, scale)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    out = torch.empty_like(x)
+    torch.ops.mmserve_cpu.rms_norm(out, x, weight, eps)
+    return out
+
+
+def add_rms_norm_(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float) -> None:
+    """In place: ``residual += x``, then ``x = rms_norm(residual) * weight``."""
+    torch.ops.mmserve_cpu.fused_add_rms_norm(x, residual, weight, eps)
+
+
+if __name__ == "__main__":  # `make` builds them at install time, so that no request waits for the build
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    load()

@@ -1,0 +1,245 @@
+// CPU kernels for the decode step's small operators, where the step at low batch sizes is bound by the
+// number of ATen calls rather than by arithmetic: attention of one new token per request straight over
+// the paged KV cache (no gathered copy, no mask), and RMSNorm with the residual add fused in.
+// Arithmetic is in float32 whatever the storage dtype; loops are written for the compiler to vectorize.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+
+template <typename T>
+inline void load_float(const T* src, float* dst, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+template <>
+inline void load_float(const c10::BFloat16* src, float* dst, int64_t n) {
+  const uint16_t* bits = reinterpret_cast<const uint16_t*>(src);
+  uint32_t* out = reinterpret_cast<uint32_t*>(dst);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<uint32_t>(bits[i]) << 16;
+}
+
+template <typename T>
+inline void store_float(const float* src, T* dst, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
+}
+
+// Round to nearest even, as c10::BFloat16 does for finite values, in a form the compiler vectorizes.
+template <>
+inline void store_float(const float* src, c10::BFloat16* dst, int64_t n) {
+  const uint32_t* bits = reinterpret_cast<const uint32_t*>(src);
+  uint16_t* out = reinterpret_cast<uint16_t*>(dst);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<uint16_t>((bits[i] + 0x7FFFu + ((bits[i] >> 16) & 1u)) >> 16);
+}
+
+// Dot products of q with four rows of k at once: four independent accumulations for the FMA units.
+template <int64_t D>
+inline void dot4(const float* q, const float* k, int64_t dim, float* out) {
+  const int64_t n = D ? D : dim;
+  float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+  for (int64_t i = 0; i < n; ++i) {
+    a0 += q[i] * k[i];
+    a1 += q[i] * k[n + i];
+    a2 += q[i] * k[2 * n + i];
+    a3 += q[i] * k[3 * n + i];
+  }
+  out[0] = a0, out[1] = a1, out[2] = a2, out[3] = a3;
+}
+
+template <int64_t D>
+inline float dot(const float* q, const float* k, int64_t dim) {
+  const int64_t n = D ? D : dim;
+  float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) acc += q[i] * k[i];
+  return acc;
+}
+
+// acc += sum over rows p < count of weights[p] * v[p], the accumulator held across rows.
+template <int64_t D>
+inline void weighted_rows(const float* weights, const float* v, int64_t count, int64_t dim, float* acc) {
+  const int64_t n = D ? D : dim;
+  for (int64_t p = 0; p < count; ++p) {
+    const float w = weights[p];
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) acc[i] += w * v[p * n + i];
+  }
+}
+
+// One (request, kv head): the query heads of its group attend over its ``len`` positions. D is the head
+// size when known at compile time (0: ``dim``), which lets the compiler keep a row in registers.
+template <typename T, int64_t D>
+void attend_group(const T* q_src, int64_t q_stride, const T* keys, const T* values, const int64_t* table,
+                  int64_t len, int64_t block_size, int64_t group, int64_t dim, float scale, T* o_dst,
+                  int64_t o_stride, std::vector<float>& buf) {
+  buf.resize(group * dim * 2 + block_size * dim + group * len);
+  float* q = buf.data();
+  float* acc = q + group * dim;
+  float* rows = acc + group * dim;
+  float* scores = rows + block_size * dim;
+  for (int64_t g = 0; g < group; ++g) {
+    load_float(q_src + g * q_stride, q + g * dim, dim);
+    for (int64_t i = 0; i < dim; ++i) q[g * dim + i] *= scale;
+  }
+  for (int64_t start = 0; start < len; start += block_size) {
+    const int64_t count = std::min(block_size, len - start);
+    load_float(keys + table[start / block_size] * block_size * dim, rows, count * dim);
+    for (int64_t g = 0; g < group; ++g) {
+      float* s = scores + g * len + start;
+      int64_t p = 0;
+      for (; p + 4 <= count; p += 4) dot4<D>(q + g * dim, rows + p * dim, dim, s + p);
+      for (; p < count; ++p) s[p] = dot<D>(q + g * dim, rows + p * dim, dim);
+    }
+  }
+  for (int64_t g = 0; g < group; ++g) {
+    float* s = scores + g * len;
+    float m = s[0];
+    for (int64_t p = 1; p < len; ++p) m = std::max(m, s[p]);
+    float sum = 0.f;
+    for (int64_t p = 0; p < len; ++p) {
+      s[p] = std::exp(s[p] - m);
+      sum += s[p];
+    }
+    const float inv = 1.f / sum;
+    for (int64_t p = 0; p < len; ++p) s[p] *= inv;
+  }
+  std::fill(acc, acc + group * dim, 0.f);
+  for (int64_t start = 0; start < len; start += block_size) {
+    const int64_t count = std::min(block_size, len - start);
+    load_float(values + table[start / block_size] * block_size * dim, rows, count * dim);
+    for (int64_t g = 0; g < group; ++g) weighted_rows<D>(scores + g * len + start, rows, count, dim, acc + g * dim);
+  }
+  for (int64_t g = 0; g < group; ++g) {
+    T* o = o_dst + g * o_stride;
+    for (int64_t i = 0; i < dim; ++i) o[i] = static_cast<T>(acc[g * dim + i]);
+  }
+}
+
+// query [b, heads, dim] (any strides, last one 1); kv_cache [2, kv_heads, blocks, block_size, dim]
+// contiguous; block_tables [b, max_blocks] int64; context_lens [b] int64; out [b, heads, dim].
+template <typename T>
+void decode_attention_impl(at::Tensor& out, const at::Tensor& query, const at::Tensor& kv_cache,
+                           const at::Tensor& block_tables, const at::Tensor& context_lens, double scale) {
+  const int64_t batch = query.size(0), heads = query.size(1), dim = query.size(2);
+  const int64_t kv_heads = kv_cache.size(1), num_blocks = kv_cache.size(2), block_size = kv_cache.size(3);
+  const int64_t group = heads / kv_heads;
+  const int64_t plane = num_blocks * block_size * dim;  // one kv head's keys (or values)
+  const T* q_base = query.data_ptr<T>();
+  const T* cache = kv_cache.data_ptr<T>();
+  T* o_base = out.data_ptr<T>();
+  const int64_t* tables = block_tables.data_ptr<int64_t>();
+  const int64_t* lens = context_lens.data_ptr<int64_t>();
+  const int64_t table_width = block_tables.size(1);
+  const int64_t qs0 = query.stride(0), qs1 = query.stride(1), os0 = out.stride(0), os1 = out.stride(1);
+  const auto attend = dim == 64 ? attend_group<T, 64> : dim == 128 ? attend_group<T, 128> : attend_group<T, 0>;
+
+  at::parallel_for(0, batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t r = task / kv_heads, h = task % kv_heads;
+      attend(q_base + r * qs0 + h * group * qs1, qs1, cache + h * plane, cache + (kv_heads + h) * plane,
+             tables + r * table_width, lens[r], block_size, group, dim, static_cast<float>(scale),
+             o_base + r * os0 + h * group * os1, os1, buf);
+    }
+  });
+}
+
+void paged_decode_attention(at::Tensor out, const at::Tensor& query, const at::Tensor& kv_cache,
+                            const at::Tensor& block_tables, const at::Tensor& context_lens, double scale) {
+  TORCH_CHECK(query.dim() == 3 && query.stride(2) == 1, "query must be [batch, heads, dim], last dim dense");
+  TORCH_CHECK(kv_cache.dim() == 5 && kv_cache.is_contiguous(), "kv_cache must be a contiguous 5-d tensor");
+  TORCH_CHECK(out.sizes() == query.sizes() && out.stride(2) == 1, "out must match query");
+  TORCH_CHECK(kv_cache.scalar_type() == query.scalar_type() && out.scalar_type() == query.scalar_type(),
+              "query, kv_cache and out must share a dtype");
+  TORCH_CHECK(block_tables.scalar_type() == at::kLong && block_tables.is_contiguous(), "block_tables: int64");
+  TORCH_CHECK(context_lens.scalar_type() == at::kLong && context_lens.is_contiguous(), "context_lens: int64");
+  TORCH_CHECK(query.size(1) % kv_cache.size(1) == 0, "heads must be a multiple of kv heads");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, query.scalar_type(), "paged_decode_attention", [&] {
+    decode_attention_impl<scalar_t>(out, query, kv_cache, block_tables, context_lens, scale);
+  });
+}
+
+// residual += x (rounded to the storage dtype, as a separate add would), then
+// x = rms_norm(residual) * weight; both [tokens, hidden] contiguous. Without ``add``, x = rms_norm(residual).
+template <typename T>
+void add_rms_norm_impl(at::Tensor& x, at::Tensor& residual, const at::Tensor& weight, double eps, bool add) {
+  const int64_t rows = x.size(0), hidden = x.size(1);
+  T* xs = x.data_ptr<T>();
+  T* rs = residual.data_ptr<T>();
+  std::vector<float> w(hidden);
+  load_float(weight.data_ptr<T>(), w.data(), hidden);
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(2 * hidden);
+    float* __restrict r = buf.data();
+    float* __restrict y = r + hidden;
+    for (int64_t row = begin; row < end; ++row) {
+      load_float(rs + row * hidden, r, hidden);
+      if (add) {
+        load_float(xs + row * hidden, y, hidden);
+#pragma omp simd
+        for (int64_t i = 0; i < hidden; ++i) r[i] += y[i];
+        store_float(r, rs + row * hidden, hidden);
+        load_float(rs + row * hidden, r, hidden);  // the rounded sum, as the next layer reads it
+      }
+      float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+      for (int64_t i = 0; i < hidden; ++i) ss += r[i] * r[i];
+      const float inv = 1.f / std::sqrt(ss / static_cast<float>(hidden) + static_cast<float>(eps));
+#pragma omp simd
+      for (int64_t i = 0; i < hidden; ++i) y[i] = r[i] * inv * w[i];
+      store_float(y, xs + row * hidden, hidden);
+    }
+  });
+}
+
+void check_norm_args(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && residual.is_contiguous() && weight.is_contiguous(),
+              "x and residual must be contiguous [tokens, hidden]");
+  TORCH_CHECK(x.sizes() == residual.sizes() && weight.dim() == 1 && weight.size(0) == x.size(1),
+              "x, residual and weight sizes disagree");
+  TORCH_CHECK(x.scalar_type() == residual.scalar_type() && weight.scalar_type() == x.scalar_type(),
+              "x, residual and weight must share a dtype");
+}
+
+void fused_add_rms_norm(at::Tensor x, at::Tensor residual, const at::Tensor& weight, double eps) {
+  check_norm_args(x, residual, weight);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "fused_add_rms_norm", [&] {
+    add_rms_norm_impl<scalar_t>(x, residual, weight, eps, true);
+  });
+}
+
+void rms_norm(at::Tensor out, const at::Tensor& x, const at::Tensor& weight, double eps) {
+  check_norm_args(out, x, weight);
+  at::Tensor source = x;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rms_norm", [&] {
+    add_rms_norm_impl<scalar_t>(out, source, weight, eps, false);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY(mmserve_cpu, m) {
+  m.def("paged_decode_attention(Tensor(a!) out, Tensor query, Tensor kv_cache, Tensor block_tables, "
+        "Tensor context_lens, float scale) -> ()");
+  m.def("fused_add_rms_norm(Tensor(a!) x, Tensor(b!) residual, Tensor weight, float eps) -> ()");
+  m.def("rms_norm(Tensor(a!) out, Tensor x, Tensor weight, float eps) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(mmserve_cpu, CPU, m) {
+  m.impl("paged_decode_attention", &paged_decode_attention);
+  m.impl("fused_add_rms_norm", &fused_add_rms_norm);
+  m.impl("rms_norm", &rms_norm);
+}

@@ -1,0 +1,193 @@
+"""The engine's CPU kernels (shared_engine/csrc/cpu_kernels.cpp) against the composite torch operators they
+replace: decode attention over the paged cache, RMSNorm and RMSNorm with the residual add; the switch that
+turns them off; and a machine where they cannot be built falling back to those operators."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from shared_engine import cpu_kernels
+from shared_engine.attention import (
+    AttentionMetadata,
+    decode_gather_index,
+    decode_mask,
+    gathered_decode,
+    paged_attention,
+)
+from shared_engine.models.llama import RMSNorm
+
+CPU = torch.device("cpu")
+REPO = Path(__file__).resolve().parents[2]
+BLOCK = 16
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+
+
+@pytest.fixture
+def kernels_off(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``MMSERVE_CPU_KERNELS=0`` for the test: the composite torch operators everywhere."""
+    monkeypatch.setenv(cpu_kernels.KERNELS_ENV, "0")
+    cpu_kernels.load.cache_clear()
+    yield
+    cpu_kernels.load.cache_clear()
+
+
+def test_the_kernels_build_and_load_on_this_cpu() -> None:
+    assert cpu_kernels.load(), "the kernels should build wherever a C++ compiler is present"
+    assert cpu_kernels.usable(CPU) and not gathered_decode(CPU)
+    assert not cpu_kernels.usable(torch.device("meta"))
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    assert any(f"mmserve_cpu_kernels_{capability}" in path for path in torch.ops.loaded_libraries)
+
+
+def test_the_switch_turns_them_off_and_rejects_other_values(
+    kernels_off: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert not cpu_kernels.load() and gathered_decode(CPU)
+    monkeypatch.setenv(cpu_kernels.KERNELS_ENV, "yes")
+    cpu_kernels.load.cache_clear()
+    with pytest.raises(ValueError, match="MMSERVE_CPU_KERNELS must be 0 or 1"):
+        cpu_kernels.load()
+
+
+def _decode_meta(
+    tables: torch.Tensor, lengths: torch.Tensor, cache: torch.Tensor, gathered: bool
+) -> AttentionMetadata:
+    slots = torch.stack(
+        [tables[r, (n - 1) // BLOCK] * BLOCK + (n - 1) % BLOCK for r, n in enumerate(lengths)]
+    )
+    gather = decode_gather_index(tables, cache.shape) if gathered else None
+    mask = decode_mask(lengths, tables.shape[1] * BLOCK) if gathered else None
+    return AttentionMetadata(slots, len(lengths), tables, lengths, gather, mask, [], [])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "head_dim"),
+    [(9, 3, 64), (4, 4, 128), (6, 2, 80)],
+    ids=["gqa-64", "mha-128", "gqa-80"],
+)
+def test_decode_attention_matches_the_gathered_path(
+    dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int
+) -> None:
+    """Requests of 1 position, part of a block, exactly a block and several blocks, in scattered blocks,
+    with queries that are a strided view (as the split of a fused projection gives)."""
+    assert cpu_kernels.load()
+    torch.manual_seed(0)
+    lengths = torch.tensor([1, 7, BLOCK, 3 * BLOCK + 5])
+    width = math.ceil(int(lengths.max()) / BLOCK)
+    cache = torch.randn(2, kv_heads, 40, BLOCK, head_dim).to(dtype)
+    tables = torch.randperm(40)[: len(lengths) * width].view(len(lengths), width)
+    fused = torch.randn(len(lengths), heads + 2 * kv_heads, head_dim).to(dtype)
+    query, key, value = fused.split([heads, kv_heads, kv_heads], dim=1)
+    assert not query.is_contiguous()
+    scale = head_dim**-0.5
+
+    expected = paged_attention(
+        query, key, value, cache.clone(), _decode_meta(tables, lengths, cache, True), scale
+    )
+    got = paged_attention(
+        query, key, value, cache.clone(), _decode_meta(tables, lengths, cache, False), scale
+    )
+    assert got.dtype == dtype and got.shape == (len(lengths), heads, head_dim)
+    torch.testing.assert_close(got.float(), expected.float(), atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+    # A request of one position attends only to its own value (block 0 padding is never read).
+    own_value = value[0].repeat_interleave(heads // kv_heads, dim=0)
+    torch.testing.assert_close(got[0].float(), own_value.float(), atol=TOLERANCE[dtype], rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("rows", [1, 33])
+def test_rms_norm_and_the_fused_residual_add_match_torch(dtype: torch.dtype, rows: int) -> None:
+    assert cpu_kernels.load()
+    torch.manual_seed(0)
+    norm = RMSNorm(576, 1e-5).to(dtype)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x, residual = torch.randn(rows, 576).to(dtype), torch.randn(rows, 576).to(dtype)
+    tol = TOLERANCE[dtype]
+    with torch.inference_mode():
+        reference = F.rms_norm(x.float(), (576,), norm.weight.float(), 1e-5)
+        torch.testing.assert_close(norm(x).float(), reference, atol=tol, rtol=tol)
+
+        total = residual + x  # rounded to dtype, as the next layer reads the stream
+        normed, stream = norm.add_forward(x.clone(), residual.clone())
+        assert torch.equal(stream, total)
+        torch.testing.assert_close(
+            normed.float(), F.rms_norm(total.float(), (576,), norm.weight.float(), 1e-5), atol=tol, rtol=tol
+        )
+
+
+def test_the_model_gives_the_same_logits_with_and_without_the_kernels(
+    smollm2_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The packaged model in float32, a prefill then decodes of two requests: the kernels' logits and
+    the composite operators' agree to float32 rounding."""
+    from transformers import AutoConfig
+
+    from shared_engine.model_runner import ModelRunner, Segment
+    from shared_engine.models.loader import build_decoder, iter_safetensors
+
+    model = build_decoder(
+        AutoConfig.from_pretrained(smollm2_folder), iter_safetensors(smollm2_folder), CPU, torch.float32
+    )
+    prompts = [[1, 504, 3458, 282, 4649, 314], [2, 1068, 28, 7, 1]]
+
+    def run() -> torch.Tensor:
+        runner = ModelRunner(model, num_blocks=8, block_size=BLOCK, device=CPU, dtype=torch.float32)
+        blocks = [[0, 1], [2, 3]]
+        first = runner.last_logits([Segment(b, 0, p) for b, p in zip(blocks, prompts, strict=True)])
+        steps = [first]
+        tokens = first.argmax(-1).tolist()
+        lengths = [len(p) for p in prompts]
+        for _ in range(4):
+            segments = [Segment(b, n, [t]) for b, n, t in zip(blocks, lengths, tokens, strict=True)]
+            steps.append(runner.last_logits(segments))
+            tokens, lengths = steps[-1].argmax(-1).tolist(), [n + 1 for n in lengths]
+        return torch.stack(steps)
+
+    assert cpu_kernels.load()
+    with_kernels = run()
+    monkeypatch.setenv(cpu_kernels.KERNELS_ENV, "0")
+    cpu_kernels.load.cache_clear()
+    try:
+        composite = run()
+    finally:
+        cpu_kernels.load.cache_clear()
+    torch.testing.assert_close(with_kernels, composite, atol=2e-3, rtol=1e-4)
+
+
+_NO_COMPILER_SCRIPT = """
+import json, logging, torch
+logging.basicConfig(level=logging.WARNING)
+from shared_engine import cpu_kernels
+from shared_engine.attention import gathered_decode
+print(json.dumps({"loaded": cpu_kernels.load(), "gathered": gathered_decode(torch.device("cpu"))}))
+"""
+
+
+def test_without_a_compiler_the_engine_falls_back_to_torch_operators(tmp_path: Path) -> None:
+    """A machine with no C++ compiler (``CXX`` pointing at a failing command, an empty extension cache):
+    the kernels are unavailable, the warning says so, and decodes take the gathered path."""
+    env = {**os.environ, "CXX": "/bin/false", "TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    env.pop(cpu_kernels.KERNELS_ENV, None)
+    done = subprocess.run(
+        [sys.executable, "-c", _NO_COMPILER_SCRIPT],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"loaded": False, "gathered": True}
+    assert "CPU kernels unavailable, using composite torch operators" in done.stderr
