@@ -53,10 +53,12 @@ def _tied_embedding(model: nn.Module) -> nn.Embedding | None:
     return None
 
 
-def _quantize_head(model: nn.Module, config: QuantizationConfig, summary: QuantizationSummary) -> None:
+def _quantize_head(
+    model: nn.Module, config: QuantizationConfig, float_packed: bool, summary: QuantizationSummary
+) -> None:
     head = getattr(model, "lm_head", None)
     embed = _tied_embedding(model)
-    if embed is not None:
+    if embed is not None:  # a projection over the embedding's own weight
         head = nn.Linear(embed.embedding_dim, embed.num_embeddings, bias=False, device="meta")
         head.weight = embed.weight
     if not isinstance(head, nn.Linear):
@@ -66,7 +68,11 @@ def _quantize_head(model: nn.Module, config: QuantizationConfig, summary: Quanti
         summary.kept["lm_head"] = reason
         return
     quantized = _quantized(head, config)
-    model.lm_head = quantized if embed is None else TiedQuantizedHead(quantized, embed.weight)
+    if config.keep_float:
+        quantized.float_packed = float_packed
+        model.lm_head = DualLinear(quantized, head)
+    else:
+        model.lm_head = quantized if embed is None else TiedQuantizedHead(quantized, embed.weight)
     summary.quantized.append("lm_head")
 
 
@@ -97,13 +103,14 @@ def quantize_decoder(
             setattr(parent, child, quantized)
         summary.quantized.append(name)
     if config.lm_head:
-        _quantize_head(model, config, summary)
+        _quantize_head(model, config.head, float_packed, summary)
     for name, reason in summary.kept.items():
         logger.warning("%s stays in floating point: %s", name, reason)
     logger.info(
-        "quantized %d linear layers to %s%s%s (%d kept in floating point)",
+        "quantized %d linear layers to %s%s%s%s (%d kept in floating point)",
         len(summary.quantized), config.mode,
         f" (group size {config.group_size})" if config.mode == "int4" else "",
+        f", the LM head to {config.head.mode}" if config.lm_head and config.head is not config else "",
         ", float weights kept for larger batches" if config.keep_float else "", len(summary.kept),
     )  # fmt: skip
     return summary

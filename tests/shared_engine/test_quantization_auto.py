@@ -23,9 +23,11 @@ CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_auto_is_int4_with_float_weights_on_a_cpu_and_nothing_on_cuda() -> None:
-    auto = QuantizationConfig("auto", group_size=64, lm_head=True)
-    assert auto.for_device(CPU) == QuantizationConfig("int4", 64, lm_head=True, keep_float=True)
+def test_auto_is_int4_with_an_int8_head_and_float_weights_on_a_cpu_and_nothing_on_cuda() -> None:
+    auto = QuantizationConfig("auto", group_size=64)
+    on_cpu = auto.for_device(CPU)
+    assert on_cpu == QuantizationConfig("int4", 64, lm_head=True, keep_float=True, head_mode="int8")
+    assert on_cpu is not None and on_cpu.head == QuantizationConfig("int8", 64, lm_head=True, keep_float=True)
     assert auto.for_device(torch.device("cuda")) is None
     int8 = QuantizationConfig("int8")
     assert int8.for_device(torch.device("cuda")) is int8
@@ -59,6 +61,11 @@ def test_auto_builds_dual_int4_layers_on_the_cpu(smollm2_folder: Path) -> None:
     layer = model.model.layers[0].mlp.down_proj
     assert isinstance(layer, DualLinear) and isinstance(layer.quantized, Int4Linear)
     assert layer.quantized.cpu_packed and isinstance(layer.float_linear, nn.Linear)
+    head = (
+        model.lm_head
+    )  # SmolLM2 ties its head to the embedding: an int8 copy beside the shared float weight
+    assert isinstance(head, DualLinear) and isinstance(head.quantized, Int8Linear)
+    assert head.float_linear.weight is model.model.embed_tokens.weight
 
 
 # Runs in a fresh interpreter: ATen reads its instruction set once, at start-up.
@@ -90,14 +97,16 @@ generated = greedy(make_engine(auto, tok, cpu, dtype), prompts, params)
 print(json.dumps({{
     "capability": torch.backends.cpu.get_cpu_capability(), "dtype": str(dtype),
     "agreement": same / total, "lengths": [len(g) for g in generated],
+    "kernels": sorted(p for p in torch.ops.loaded_libraries if "mmserve_cpu_kernels" in p),
 }}))
 """
 
 
 def test_the_packaged_model_as_an_avx2_cpu_runs_it_agrees_with_float32(smollm2_folder: Path) -> None:
     """No native bf16 and ATen's AVX2 kernels, as on an AMD Zen 2/3: ``auto`` gives float32 activations
-    and int4 kernels, and teacher-forced greedy agreement with unquantized float32 holds (≥ 90%: the
-    bar for a default; benchmarks/quality.py measures it over the full prompt set)."""
+    and int4 kernels, the engine's own kernels are built for AVX2, and teacher-forced greedy agreement
+    with unquantized float32 holds (≥ 90%: the bar for a default; benchmarks/quality.py measures it over
+    the full prompt set)."""
     prompts = ["The capital of France is", "def fibonacci(n):", "To make a cup of tea, first"]
     env = {
         **os.environ, "MMSERVE_CPU_BF16": "0", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
@@ -109,13 +118,14 @@ def test_the_packaged_model_as_an_avx2_cpu_runs_it_agrees_with_float32(smollm2_f
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["capability"] == "AVX2" and result["dtype"] == "torch.float32"
+    assert len(result["kernels"]) == 1 and "mmserve_cpu_kernels_avx2" in result["kernels"][0], result
     assert result["agreement"] >= 0.9, result
     assert result["lengths"] == [24] * len(prompts)
 
 
 def test_the_roofline_counts_the_weights_each_batch_size_reads(smollm2_folder: Path) -> None:
-    """benchmarks/roofline.py's bandwidth ceiling: with auto, a one-row step reads the int4 copies (plus
-    the float LM head), a 32-row step the float weights: what the unquantized model reads."""
+    """benchmarks/roofline.py's bandwidth ceiling: with auto, a one-row step reads the int4 copies and the
+    int8 LM head, a 32-row step the float weights: what the unquantized model reads."""
     from benchmarks.roofline_model import projections, weight_bytes_read
 
     cfg = AutoConfig.from_pretrained(smollm2_folder)
@@ -128,5 +138,6 @@ def test_the_roofline_counts_the_weights_each_batch_size_reads(smollm2_folder: P
     assert weight_bytes_read(plain, 32, torch.bfloat16) == full
     assert weight_bytes_read(auto, 32, torch.bfloat16) == full
     head = cfg.vocab_size * cfg.hidden_size * 2
-    int4_layers = weight_bytes_read(auto, 1, torch.bfloat16) - head
+    int8_head = cfg.vocab_size * (cfg.hidden_size + 2)  # a byte per weight and a bf16 scale per row
+    int4_layers = weight_bytes_read(auto, 1, torch.bfloat16) - int8_head
     assert 0.2 < int4_layers / (full - head) < 0.35  # half a byte per weight, plus scales and zeros

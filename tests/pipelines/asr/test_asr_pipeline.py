@@ -23,7 +23,7 @@ from pipelines.tts import TTSPipeline, TTSPipelineConfig
 from shared_engine.errors import InvalidRequest
 from shared_engine.llm_engine import LLMEngine
 from shared_engine.outputs import RequestOutput
-from shared_engine.quantization import DualLinear, QuantizationConfig, TiedQuantizedHead
+from shared_engine.quantization import DualLinear, Int8Linear, QuantizationConfig
 from shared_engine.sampling_params import SamplingParams
 
 SENTENCES = [
@@ -194,7 +194,9 @@ def test_int8_decoder_with_its_tied_head_transcribes_as_the_float_one(
     quantized = ASRPipeline(config, tmp_path_factory.mktemp("asr-int8-cache"))
     try:
         decoder = quantized.engine.engine.runner.model
-        assert isinstance(getattr(decoder, "lm_head", None), TiedQuantizedHead)
+        head = getattr(decoder, "lm_head", None)
+        assert isinstance(head, DualLinear) and isinstance(head.quantized, Int8Linear)
+        assert head.float_linear.weight is decoder.decoder.embed_tokens.weight  # tied: no second float copy
         assert isinstance(decoder.decoder.layers[0].fc1, DualLinear)
         for sentence in SENTENCES:
             audio = _speech(sentence)
