@@ -1,6 +1,6 @@
 """The engine's own CPU kernels (``csrc/cpu_kernels.cpp``), for the operators of a decode step that ATen
-runs as many small calls: attention of one new token per request straight over the paged KV cache, and
-RMSNorm with the residual add fused in.
+runs as many small calls or slowly: attention of one new token per request straight over the paged KV
+cache, RMSNorm with the residual add fused in, and the sampler's selection of each row's most likely tokens.
 
 Compiled on first use for the instruction set ATen itself picked on this CPU
 (``torch.backends.cpu.get_cpu_capability()``: AVX-512, AVX2 or none), one build per set, with torch's
@@ -96,6 +96,13 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     out = torch.empty_like(x)
     torch.ops.mmserve_cpu.rms_norm(out, x, weight, eps)
     return out
+
+
+def top_probabilities(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest entries of each row of ``probs`` (float32, non-negative) and their indices, in no
+    particular order; of equal values the first ones."""
+    values, indices = torch.ops.mmserve_cpu.top_probabilities(probs.contiguous(), k)
+    return values, indices
 
 
 def add_rms_norm_(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float) -> None:

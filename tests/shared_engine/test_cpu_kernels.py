@@ -191,3 +191,23 @@ def test_without_a_compiler_the_engine_falls_back_to_torch_operators(tmp_path: P
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"loaded": False, "gathered": True}
     assert "CPU kernels unavailable, using composite torch operators" in done.stderr
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_top_probabilities_are_torch_topk_s_set_with_the_first_of_equal_values(rows: int) -> None:
+    """Probabilities rounded through bf16, as a bf16 model's are: many equal values, also at the k-th."""
+    assert cpu_kernels.load()
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(rows, 49152) * 3, dim=-1).bfloat16().float()
+    probs[:, 7] = 0.0
+    values, indices = cpu_kernels.top_probabilities(probs, 1024)
+    expected = probs.topk(1024, dim=-1).values
+    assert torch.equal(values.sort(dim=-1).values, expected.sort(dim=-1).values)
+    assert torch.equal(probs.gather(1, indices), values)
+    for r in range(rows):
+        kth = float(values[r].min())
+        tied = (probs[r] == kth).nonzero().flatten().tolist()
+        chosen = sorted(i for i in indices[r].tolist() if probs[r, i] == kth)
+        assert 0 < len(chosen) < len(tied) and chosen == tied[: len(chosen)]
+    one = cpu_kernels.top_probabilities(probs[:1], 1)
+    assert one[0].item() == probs[0].max().item() and one[1].item() == int(probs[0].argmax())
