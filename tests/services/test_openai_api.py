@@ -22,7 +22,9 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletio
 
 from tests.services.conftest import DEFAULT_MODEL, DISTRIBUTED
 
-FRANCE_QUESTION = "What is the capital of France?"
+# Asked so that the model is sure of its first token: to "What is the capital of France?" float32 SmolLM2
+# starts "The" only 0.08 logits ahead of "L" (L'Étoile...), which bf16 rounding decides either way.
+FRANCE_QUESTION = "Name the capital of France."
 FRANCE_PROMPT = "The capital of France is"
 STORY_PROMPT = "Once upon a time"
 # SmolLM2's token ids for FRANCE_PROMPT and STORY_PROMPT; the echo assertions below check them.
@@ -247,8 +249,8 @@ def test_chat_greedy_is_deterministic_and_content_parts_match_text(
         {
             "role": "user",
             "content": [
-                {"type": "text", "text": "What is the capital"},
-                {"type": "text", "text": " of France?"},
+                {"type": "text", "text": "Name the capital"},
+                {"type": "text", "text": " of France."},
             ],
         }
     ]
