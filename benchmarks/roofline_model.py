@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared_engine.dual_linear import DualLinear, TiedQuantizedHead
 from shared_engine.packed_linear import PackedLinear
-from shared_engine.quantization import DualLinear, QuantizedLinear, TiedQuantizedHead
+from shared_engine.quantization import QuantizedLinear
 
 Projection = tuple[Callable[[torch.Tensor], torch.Tensor], int, int]  # apply, in_features, out_features
 

@@ -158,17 +158,31 @@ class QuantizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        y = self._matmul(rows.contiguous())
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
+        y = self._with_bias(self._matmul(rows.contiguous()))
         return y.view(*x.shape[:-1], self.out_features)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def beats_float(self, x: torch.Tensor) -> bool:
-        """Whether a weight-only kernel serves these rows faster than a float matmul would."""
+    def kernel_rows(self, x: torch.Tensor) -> int:
+        """The most rows of ``x``'s dtype and device that the weight-only kernel serves faster than the float
+        matmul it replaces (0: none); it depends on nothing else about ``x``."""
         raise NotImplementedError
+
+    def kernel_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The kernel on ``x`` ``[rows, in_features]`` of at most ``kernel_rows(x)`` rows: the decode path,
+        with none of ``forward``'s reshaping and checks."""
+        return self._with_bias(self._kernel(x))
+
+    def _kernel(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def beats_float(self, x: torch.Tensor) -> bool:
+        """Whether the weight-only kernel serves these rows faster than a float matmul would."""
+        return x.reshape(-1, self.in_features).shape[0] <= self.kernel_rows(x)
+
+    def _with_bias(self, y: torch.Tensor) -> torch.Tensor:
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
     # Set by quantize_decoder when the float partner of a DualLinear is packed for oneDNN (a faster
     # matmul than F.linear, so the kernel wins on fewer rows).
@@ -212,14 +226,17 @@ class Int8Linear(QuantizedLinear):
             return 0
         return _INT8_BEATS_FP32_MAX_ROWS if x.dtype == torch.float32 else _INT8_KERNEL_MAX_ROWS
 
-    def beats_float(self, x: torch.Tensor) -> bool:
-        rows = x.reshape(-1, self.in_features).shape[0]
-        return rows <= min(self._float_rows_limit(x), self._kernel_max_rows(x))
+    def kernel_rows(self, x: torch.Tensor) -> int:
+        return min(self._float_rows_limit(x), self._kernel_max_rows(x))
+
+    def _kernel(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x if x.dtype == KERNEL_DTYPE else x.to(KERNEL_DTYPE)
+        y = torch.ops.aten._weight_int8pack_mm(rows.contiguous(), self.weight, self.scales)
+        return y if x.dtype == KERNEL_DTYPE else y.to(x.dtype)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] <= self._kernel_max_rows(x):
-            y = torch.ops.aten._weight_int8pack_mm(x.to(KERNEL_DTYPE), self.weight, self.scales)
-            return y.to(x.dtype)
+            return self._kernel(x)
         # Per-channel scales commute with the matmul: scale the [M, N] output, not the [N, K] weight.
         return F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
 
@@ -251,9 +268,15 @@ class Int4Linear(QuantizedLinear):
         values = torch.stack([self.weight & 0xF, self.weight >> 4], dim=-1)
         return QuantizedInt4(values.view(self.out_features, self.in_features), self.scales_and_zeros)
 
-    def beats_float(self, x: torch.Tensor) -> bool:
-        rows = x.reshape(-1, self.in_features).shape[0]
-        return self.cpu_packed and _takes_kernel_dtype(x) and rows <= self._float_rows_limit(x)
+    def kernel_rows(self, x: torch.Tensor) -> int:
+        return self._float_rows_limit(x) if self.cpu_packed and _takes_kernel_dtype(x) else 0
+
+    def _kernel(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x if x.dtype == KERNEL_DTYPE else x.to(KERNEL_DTYPE)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            rows.contiguous(), self.weight, self.group_size, self.scales_and_zeros
+        )
+        return y if x.dtype == KERNEL_DTYPE else y.to(x.dtype)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         if self.cpu_packed:
@@ -262,39 +285,5 @@ class Int4Linear(QuantizedLinear):
                     f"int4 layer packed for the CPU kernel called with {x.dtype} on {x.device}: quantize "
                     "the model on the device it runs on, in bfloat16 or float32"
                 )
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-                x.to(KERNEL_DTYPE), self.weight, self.group_size, self.scales_and_zeros
-            )
-            return y.to(x.dtype)
+            return self._kernel(x)
         return F.linear(x, dequantize_int4(self.unpacked(), self.group_size, x.dtype))
-
-
-class TiedQuantizedHead(nn.Module):
-    """An LM head tied to the input embedding, which must stay in floating point for lookups: a
-    quantized copy serves the calls where its kernel is faster (decode at small batch), the shared
-    float weight all others, so the copy costs memory but never speed."""
-
-    def __init__(self, quantized: QuantizedLinear, float_weight: torch.Tensor) -> None:
-        super().__init__()
-        self.quantized = quantized
-        self.float_weight = float_weight
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.quantized.beats_float(x):
-            return self.quantized(x)
-        return F.linear(x, self.float_weight)
-
-
-class DualLinear(nn.Module):
-    """A projection kept twice: quantized, for the calls whose rows the weight-only kernel serves faster
-    (decode at small batch, where a step's time is reading weights, and int4 reads a quarter of bf16's
-    bytes), and in floating point for the others (a float GEMM wins from a few rows on). Quantization's
-    speed at one request without its cost at many, for the memory of both copies."""
-
-    def __init__(self, quantized: QuantizedLinear, linear: nn.Linear) -> None:
-        super().__init__()
-        self.quantized = quantized
-        self.float_linear = linear  # an nn.Linear until pack_linears packs it
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.quantized(x) if self.quantized.beats_float(x) else self.float_linear(x)

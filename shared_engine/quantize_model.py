@@ -9,14 +9,13 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from shared_engine.dual_linear import DualLinear, TiedQuantizedHead
 from shared_engine.quantization import (
     INT4_N_MULTIPLE,
-    DualLinear,
     Int4Linear,
     Int8Linear,
     QuantizationConfig,
     QuantizedLinear,
-    TiedQuantizedHead,
 )
 
 logger = logging.getLogger(__name__)

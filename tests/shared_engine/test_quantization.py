@@ -18,15 +18,14 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Qwen2C
 from pipelines.llm import LLMPipeline, LLMPipelineConfig
 from services.config.models import ModelSpec, parse_model_specs
 from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from shared_engine.dual_linear import DualLinear, TiedQuantizedHead
 from shared_engine.llm_engine import LLMEngine
 from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.packed_linear import PackedLinear, packing_applies
 from shared_engine.quantization import (
-    DualLinear,
     Int4Linear,
     Int8Linear,
     QuantizationConfig,
-    TiedQuantizedHead,
     dequantize_int4,
     dequantize_int8,
     quantize_int4,

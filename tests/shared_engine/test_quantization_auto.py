@@ -16,8 +16,9 @@ import torch
 from torch import nn
 from transformers import AutoConfig
 
+from shared_engine.dual_linear import DualLinear
 from shared_engine.models.loader import build_decoder, iter_safetensors
-from shared_engine.quantization import DualLinear, Int4Linear, Int8Linear, QuantizationConfig
+from shared_engine.quantization import Int4Linear, Int8Linear, QuantizationConfig
 
 CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parents[2]
@@ -51,6 +52,8 @@ def test_float32_dual_layers_take_the_kernel_up_to_its_crossover(mode: str, kern
                 assert ((got - exact).norm() / exact.norm()) < 0.1
             else:
                 assert torch.equal(got, exact)
+            # Leading dimensions other than rows take the same path, through the general route.
+            assert torch.equal(dual(x.view(1, rows, 576)), got.view(1, rows, 1536))
 
 
 def test_auto_builds_dual_int4_layers_on_the_cpu(smollm2_folder: Path) -> None:

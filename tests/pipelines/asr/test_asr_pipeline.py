@@ -20,10 +20,11 @@ from pipelines.asr.audio import SAMPLE_RATE, resample
 from pipelines.asr.decoding import SuppressTokens
 from pipelines.sources import resolve_source
 from pipelines.tts import TTSPipeline, TTSPipelineConfig
+from shared_engine.dual_linear import DualLinear
 from shared_engine.errors import InvalidRequest
 from shared_engine.llm_engine import LLMEngine
 from shared_engine.outputs import RequestOutput
-from shared_engine.quantization import DualLinear, Int8Linear, QuantizationConfig
+from shared_engine.quantization import Int8Linear, QuantizationConfig
 from shared_engine.sampling_params import SamplingParams
 
 SENTENCES = [

@@ -1,0 +1,52 @@
+"""Quantized projections that keep a floating-point path: an LM head tied to the input embedding, and a
+projection held both quantized and in floating point. Each call takes the weight-only kernel where it is
+faster (decode at small batch sizes, bound by reading weights) and the float matmul elsewhere."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shared_engine.quantization import QuantizedLinear
+
+
+class TiedQuantizedHead(nn.Module):
+    """An LM head tied to the input embedding, which must stay in floating point for lookups: a
+    quantized copy serves the calls where its kernel is faster (decode at small batch), the shared
+    float weight all others, so the copy costs memory but never speed."""
+
+    def __init__(self, quantized: QuantizedLinear, float_weight: torch.Tensor) -> None:
+        super().__init__()
+        self.quantized = quantized
+        self.float_weight = float_weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantized.beats_float(x):
+            return self.quantized(x)
+        return F.linear(x, self.float_weight)
+
+
+class DualLinear(nn.Module):
+    """A projection kept twice: quantized, for the calls whose rows the weight-only kernel serves faster
+    (decode at small batch, where a step's time is reading weights, and int4 reads a quarter of bf16's
+    bytes), and in floating point for the others (a float GEMM wins from a few rows on). Quantization's
+    speed at one request without its cost at many, for the memory of both copies.
+
+    It is called a hundred times a decode step, so the row limit is looked up once per input dtype and
+    the kernel is called without ``QuantizedLinear.forward``'s reshaping and checks: 27 -> 15 us a call
+    at one row of SmolLM2's qkv projection, of which the kernel takes 14."""
+
+    def __init__(self, quantized: QuantizedLinear, linear: nn.Linear) -> None:
+        super().__init__()
+        self.quantized = quantized
+        self.float_linear = linear  # an nn.Linear until pack_linears packs it
+        self._kernel_rows: dict[torch.dtype, int] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        limit = self._kernel_rows.get(x.dtype)
+        if limit is None:
+            limit = self._kernel_rows[x.dtype] = self.quantized.kernel_rows(x)
+        if x.dim() == 2:
+            return self.quantized.kernel_forward(x) if x.shape[0] <= limit else self.float_linear(x)
+        return self.quantized(x) if self.quantized.beats_float(x) else self.float_linear(x)
