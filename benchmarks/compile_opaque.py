@@ -27,15 +27,26 @@ _step: dict[str, AttentionMetadata] = {}
 
 @torch.library.custom_op("mmserve_bench::paged_attention", mutates_args=())
 def _opaque_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, scale: float
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    kv_cache: torch.Tensor,
+    scale: float,
+    kv_written: bool,
 ) -> torch.Tensor:
     # kv_cache is written in place but not declared mutated: declaring it would make inductor copy it.
-    return paged_attention(query, key.contiguous(), value.contiguous(), kv_cache, _step["meta"], scale)
+    meta = _step["meta"]
+    return paged_attention(query, key.contiguous(), value.contiguous(), kv_cache, meta, scale, kv_written)
 
 
 @_opaque_attention.register_fake
 def _(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, scale: float
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    kv_cache: torch.Tensor,
+    scale: float,
+    kv_written: bool,
 ) -> torch.Tensor:
     return torch.empty_like(query)
 
@@ -59,8 +70,11 @@ def _attention(
     kv_cache: torch.Tensor,
     meta: AttentionMetadata,
     scale: float,
+    kv_written: bool = False,
 ) -> torch.Tensor:
-    out: torch.Tensor = torch.ops.mmserve_bench.paged_attention(query, key, value, kv_cache, scale)
+    out: torch.Tensor = torch.ops.mmserve_bench.paged_attention(
+        query, key, value, kv_cache, scale, kv_written
+    )
     return out
 
 

@@ -107,9 +107,12 @@ def paged_attention(
     kv_cache: torch.Tensor,
     meta: AttentionMetadata,
     scale: float,
+    kv_written: bool = False,
 ) -> torch.Tensor:
-    """query ``[T, H, D]``, key/value ``[T, KVH, D]`` → ``[T, H, D]``; writes key/value to the cache."""
-    write_kv(key, value, kv_cache, meta.slot_mapping)
+    """query ``[T, H, D]``, key/value ``[T, KVH, D]`` → ``[T, H, D]``; writes key/value to the cache
+    unless the caller did (``kv_written``)."""
+    if not kv_written:
+        write_kv(key, value, kv_cache, meta.slot_mapping)
     out = torch.empty_like(query)
     num_heads, head_dim = query.shape[1:]
     kv_heads, block_size = kv_cache.shape[1], kv_cache.shape[3]

@@ -1,6 +1,7 @@
 """The engine's own CPU kernels (``csrc/cpu_kernels.cpp``), for the operators of a decode step that ATen
 runs as many small calls or slowly: attention of one new token per request straight over the paged KV
-cache, RMSNorm with the residual add fused in, and the sampler's selection of each row's most likely tokens.
+cache, the rotary embedding with the cache write, RMSNorm with the residual add fused in, and the
+sampler's selection of each row's most likely tokens.
 
 Compiled on first use for the instruction set ATen itself picked on this CPU
 (``torch.backends.cpu.get_cpu_capability()``: AVX-512, AVX2 or none), one build per set, with torch's
@@ -56,8 +57,25 @@ def load() -> bool:
     except Exception as exc:  # a missing compiler or ninja, a failed build: all mean the fallback
         logger.warning("CPU kernels unavailable, using composite torch operators: %s", exc)
         return False
+    _register_fakes()
     logger.info("CPU kernels loaded (%s build)", capability)
     return True
+
+
+@functools.cache  # once per process, however often load() is asked again
+def _register_fakes() -> None:
+    """Shapes without computing, so that torch.compile can trace through the kernels."""
+
+    def mutates_only(*args: Any) -> None:
+        return None
+
+    for name in ("paged_decode_attention", "rms_norm", "fused_add_rms_norm", "rotary_cache_write"):
+        torch.library.register_fake(f"mmserve_cpu::{name}", mutates_only)
+
+    @torch.library.register_fake("mmserve_cpu::top_probabilities")
+    def _(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = probs.shape[0]
+        return probs.new_empty((rows, k)), probs.new_empty((rows, k), dtype=torch.long)
 
 
 def _extension_loader() -> Any:
@@ -103,6 +121,17 @@ def top_probabilities(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.
     particular order; of equal values the first ones."""
     values, indices = torch.ops.mmserve_cpu.top_probabilities(probs.contiguous(), k)
     return values, indices
+
+
+def rotary_cache_write_(
+    qkv: torch.Tensor, rope: Any, kv_cache: torch.Tensor, slots: torch.Tensor, heads: int, kv_heads: int
+) -> None:
+    """In place on ``qkv`` ``[tokens, (heads + 2 * kv_heads) * head_dim]``: the rotary embedding of its
+    query and key heads at ``rope.positions`` (float32 tables ``rope.cos_table``/``rope.signed_sin_table``,
+    rotate-half convention), then each token's key and value written to its slot of ``kv_cache``."""
+    torch.ops.mmserve_cpu.rotary_cache_write(
+        qkv, rope.positions, rope.cos_table, rope.signed_sin_table, kv_cache, slots, heads, kv_heads
+    )
 
 
 def add_rms_norm_(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float) -> None:

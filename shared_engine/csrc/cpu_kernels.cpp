@@ -231,6 +231,70 @@ void rms_norm(at::Tensor out, const at::Tensor& x, const at::Tensor& weight, dou
   });
 }
 
+// In place on the fused projection qkv [tokens, (heads + 2 * kv_heads) * dim]: rotary position embedding
+// of the query and key heads (rotate-half convention: x * cos + roll(x, dim / 2) * signed_sin, the tables
+// [positions, dim] float32 indexed by each token's position), then each token's key and value written
+// to its slot of kv_cache [2, kv_heads, blocks, block_size, dim].
+template <typename T>
+void rotary_cache_write_impl(at::Tensor& qkv, const at::Tensor& positions, const at::Tensor& cos,
+                             const at::Tensor& signed_sin, at::Tensor& kv_cache, const at::Tensor& slots,
+                             int64_t heads, int64_t kv_heads) {
+  const int64_t tokens = qkv.size(0), dim = kv_cache.size(4), half = dim / 2;
+  const int64_t width = (heads + 2 * kv_heads) * dim;
+  const int64_t plane = kv_cache.size(2) * kv_cache.size(3) * dim;  // one kv head's keys (or values)
+  T* data = qkv.data_ptr<T>();
+  T* cache = kv_cache.data_ptr<T>();
+  const int64_t* pos = positions.data_ptr<int64_t>();
+  const int64_t* slot = slots.data_ptr<int64_t>();
+  const float* cos_table = cos.data_ptr<float>();
+  const float* sin_table = signed_sin.data_ptr<float>();
+  at::parallel_for(0, tokens, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> x(dim), y(dim);
+    for (int64_t t = begin; t < end; ++t) {
+      T* row = data + t * width;
+      const float* c = cos_table + pos[t] * dim;
+      const float* sn = sin_table + pos[t] * dim;
+      for (int64_t h = 0; h < heads + kv_heads; ++h) {
+        T* head = row + h * dim;
+        load_float(head, x.data(), dim);
+        for (int64_t i = 0; i < half; ++i) {
+          y[i] = x[i] * c[i] + x[i + half] * sn[i];
+          y[i + half] = x[i + half] * c[i + half] + x[i] * sn[i + half];
+        }
+        store_float(y.data(), head, dim);
+      }
+      for (int64_t h = 0; h < kv_heads; ++h) {
+        const T* key = row + (heads + h) * dim;
+        const T* value = row + (heads + kv_heads + h) * dim;
+        std::copy(key, key + dim, cache + h * plane + slot[t] * dim);
+        std::copy(value, value + dim, cache + (kv_heads + h) * plane + slot[t] * dim);
+      }
+    }
+  });
+}
+
+void rotary_cache_write(at::Tensor qkv, const at::Tensor& positions, const at::Tensor& cos,
+                        const at::Tensor& signed_sin, at::Tensor kv_cache, const at::Tensor& slots,
+                        int64_t heads, int64_t kv_heads) {
+  TORCH_CHECK(kv_cache.dim() == 5 && kv_cache.is_contiguous() && kv_cache.size(1) == kv_heads,
+              "kv_cache must be a contiguous [2, kv_heads, blocks, block_size, dim] tensor");
+  const int64_t dim = kv_cache.size(4);
+  TORCH_CHECK(dim % 2 == 0, "the head size must be even");
+  TORCH_CHECK(qkv.dim() == 2 && qkv.is_contiguous() && qkv.size(1) == (heads + 2 * kv_heads) * dim,
+              "qkv must be contiguous [tokens, (heads + 2 * kv_heads) * dim]");
+  TORCH_CHECK(qkv.scalar_type() == kv_cache.scalar_type(), "qkv and kv_cache must share a dtype");
+  TORCH_CHECK(cos.scalar_type() == at::kFloat && signed_sin.scalar_type() == at::kFloat && cos.is_contiguous() &&
+                  signed_sin.is_contiguous() && cos.size(1) == dim && signed_sin.sizes() == cos.sizes(),
+              "cos and signed_sin must be contiguous float32 [positions, dim]");
+  TORCH_CHECK(positions.scalar_type() == at::kLong && slots.scalar_type() == at::kLong &&
+                  positions.is_contiguous() && slots.is_contiguous() && positions.numel() == qkv.size(0) &&
+                  slots.numel() == qkv.size(0),
+              "positions and slots: int64, one per token");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, qkv.scalar_type(), "rotary_cache_write", [&] {
+    rotary_cache_write_impl<scalar_t>(qkv, positions, cos, signed_sin, kv_cache, slots, heads, kv_heads);
+  });
+}
+
 // The k largest entries of each row of a non-negative float32 [rows, n] matrix (probabilities), in no
 // particular order; of equal values the first ones win. A radix select: non-negative floats order as
 // their bits do, so one pass counts the entries per 12-bit prefix, the prefix where the k-th largest
@@ -289,6 +353,8 @@ TORCH_LIBRARY(mmserve_cpu, m) {
   m.def("fused_add_rms_norm(Tensor(a!) x, Tensor(b!) residual, Tensor weight, float eps) -> ()");
   m.def("rms_norm(Tensor(a!) out, Tensor x, Tensor weight, float eps) -> ()");
   m.def("top_probabilities(Tensor probs, int k) -> (Tensor, Tensor)");
+  m.def("rotary_cache_write(Tensor(a!) qkv, Tensor positions, Tensor cos, Tensor signed_sin, "
+        "Tensor(b!) kv_cache, Tensor slots, int heads, int kv_heads) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(mmserve_cpu, CPU, m) {
@@ -296,4 +362,5 @@ TORCH_LIBRARY_IMPL(mmserve_cpu, CPU, m) {
   m.impl("fused_add_rms_norm", &fused_add_rms_norm);
   m.impl("rms_norm", &rms_norm);
   m.impl("top_probabilities", &top_probabilities);
+  m.impl("rotary_cache_write", &rotary_cache_write);
 }

@@ -8,7 +8,7 @@ batch sizes is where decode time goes.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +69,17 @@ def inverse_frequencies(arch: DecoderArch) -> tuple[torch.Tensor, float]:
     return inv_freq, float(scaling)
 
 
+class Rope(NamedTuple):
+    """One forward's rotary embedding: what the composite path multiplies by, and what the CPU kernel
+    looks up itself."""
+
+    cos: torch.Tensor  # [tokens, 1, head_dim], the model's dtype
+    signed_sin: torch.Tensor
+    positions: torch.Tensor  # [tokens] int64
+    cos_table: torch.Tensor  # [max_positions, head_dim] float32
+    signed_sin_table: torch.Tensor
+
+
 class RotaryEmbedding(nn.Module):
     """RoPE in the rotate-half convention, as ``x * cos + roll(x, d/2) * signed_sin``: rolling the
     last dimension by half swaps its halves, and the first half of ``signed_sin`` is negated, which
@@ -86,19 +97,27 @@ class RotaryEmbedding(nn.Module):
         sin = freqs.sin() * scaling
         self.register_buffer("signed_sin", torch.cat((-sin, sin), dim=-1), persistent=False)
 
-    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and signed sin ``[tokens, 1, head_dim]`` at ``positions``: looked up once per forward,
-        used by every layer."""
-        return (
+    def _apply(self, fn: Any, recurse: bool = True) -> RotaryEmbedding:
+        # Module.to(dtype) would round the tables: they follow the model's device but stay float32.
+        tables = self.cos, self.signed_sin
+        super()._apply(fn, recurse)
+        self.cos, self.signed_sin = (table.to(self.cos.device) for table in tables)
+        return self
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> Rope:
+        """The embedding at ``positions``: looked up once per forward, used by every layer."""
+        return Rope(
             self.cos[positions].to(dtype).unsqueeze(1),
             self.signed_sin[positions].to(dtype).unsqueeze(1),
+            positions,
+            self.cos,
+            self.signed_sin,
         )
 
 
-def apply_rotary(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def apply_rotary(x: torch.Tensor, rope: Rope) -> torch.Tensor:
     """Rotate ``x`` ``[tokens, heads, head_dim]`` (queries and keys together, one op chain)."""
-    cos, signed_sin = rope
-    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
+    return torch.addcmul(x * rope.cos, x.roll(x.shape[-1] // 2, dims=-1), rope.signed_sin)
 
 
 class Attention(nn.Module):
@@ -114,14 +133,26 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.q_size, arch.hidden_size, bias=False)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
-        meta: AttentionMetadata,
-        kv_cache: torch.Tensor,
+        self, x: torch.Tensor, rope: Rope, meta: AttentionMetadata, kv_cache: torch.Tensor
     ) -> torch.Tensor:
         t = x.shape[0]
-        qk, v = self.qkv_proj(x).split([self.q_size + self.kv_size, self.kv_size], dim=-1)
+        qkv = self.qkv_proj(x)
+        if (
+            cpu_kernels.usable(qkv.device)
+            and qkv.dim() == 2
+            and qkv.is_contiguous()
+            and qkv.dtype == kv_cache.dtype
+        ):
+            # Rotary embedding and the cache write in one call, in place on the projection.
+            cpu_kernels.rotary_cache_write_(
+                qkv, rope, kv_cache, meta.slot_mapping, self.num_heads, self.num_kv_heads
+            )
+            q, k, v = qkv.view(t, -1, self.head_dim).split(
+                [self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1
+            )
+            out = paged_attention(q, k, v, kv_cache, meta, self.scale, kv_written=True)
+            return self.o_proj(out.reshape(t, self.q_size))
+        qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
         qk = apply_rotary(qk.view(t, self.num_heads + self.num_kv_heads, self.head_dim), rope)
         q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         v = v.view(t, self.num_kv_heads, self.head_dim)
@@ -153,7 +184,7 @@ class DecoderLayer(nn.Module):
         self,
         x: torch.Tensor,
         residual: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: Rope,
         meta: AttentionMetadata,
         kv_cache: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:

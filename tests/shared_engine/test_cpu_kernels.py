@@ -211,3 +211,42 @@ def test_top_probabilities_are_torch_topk_s_set_with_the_first_of_equal_values(r
         assert 0 < len(chosen) < len(tied) and chosen == tied[: len(chosen)]
     one = cpu_kernels.top_probabilities(probs[:1], 1)
     assert one[0].item() == probs[0].max().item() and one[1].item() == int(probs[0].argmax())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_rotary_cache_write_matches_apply_rotary_and_write_kv(
+    smollm2_folder: Path, dtype: torch.dtype
+) -> None:
+    """The packaged model's rotary tables (float32 even in a bf16 model) on a fused projection of tokens at
+    scattered positions: rotated queries and keys, untouched values, and keys and values in their slots."""
+    from transformers import AutoConfig
+
+    from shared_engine.attention import write_kv
+    from shared_engine.models.base import DecoderArch
+    from shared_engine.models.llama import RotaryEmbedding, apply_rotary
+    from shared_engine.models.loader import arch_from_hf_config
+
+    assert cpu_kernels.load()
+    arch: DecoderArch = arch_from_hf_config(AutoConfig.from_pretrained(smollm2_folder))
+    rotary = RotaryEmbedding(arch).to(dtype)
+    assert rotary.cos.dtype == torch.float32 and rotary.signed_sin.dtype == torch.float32
+    heads, kv_heads, dim = arch.num_heads, arch.num_kv_heads, arch.head_dim
+    torch.manual_seed(0)
+    positions = torch.tensor([0, 5, 17, 300, 2047])
+    slots = torch.tensor([3, 40, 7, 22, 63])
+    qkv = torch.randn(len(positions), (heads + 2 * kv_heads) * dim).to(dtype)
+    rope = rotary(positions, dtype)
+
+    cache, expected_cache = (torch.zeros(2, kv_heads, 4, BLOCK, dim, dtype=dtype) for _ in range(2))
+    qk, v = qkv.split([(heads + kv_heads) * dim, kv_heads * dim], dim=-1)
+    rotated = apply_rotary(qk.reshape(len(positions), heads + kv_heads, dim), rope)
+    write_kv(rotated[:, heads:], v.reshape(len(positions), kv_heads, dim), expected_cache, slots)
+
+    fused = qkv.clone()
+    cpu_kernels.rotary_cache_write_(fused, rope, cache, slots, heads, kv_heads)
+    tol = TOLERANCE[dtype]
+    got = fused.view(len(positions), -1, dim)
+    torch.testing.assert_close(got[:, : heads + kv_heads].float(), rotated.float(), atol=tol, rtol=tol)
+    assert torch.equal(got[:, heads + kv_heads :], v.reshape(len(positions), kv_heads, dim))
+    torch.testing.assert_close(cache.float(), expected_cache.float(), atol=tol, rtol=tol)
+    assert torch.count_nonzero(cache[0].reshape(kv_heads, -1, dim)[:, slots].abs().sum(-1)) == kv_heads * 5
