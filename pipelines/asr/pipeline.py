@@ -99,6 +99,16 @@ class ASRPipeline:
         on_step: StepObserver | None = None,
         on_batch: BatchObserver | None = None,
     ) -> None:
+        # Built on the compute lane that will run it (see LLMPipeline).
+        compute_lane(resolve_device(config.device)).run(self._load, config, cache_dir, on_step, on_batch)
+
+    def _load(
+        self,
+        config: ASRPipelineConfig,
+        cache_dir: Path,
+        on_step: StepObserver | None,
+        on_batch: BatchObserver | None,
+    ) -> None:
         self.config = config
         self.name = config.name
         folder = prepare_whisper_folder(config.source, config.parts, cache_dir)

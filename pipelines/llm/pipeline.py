@@ -84,6 +84,11 @@ class LLMPipeline:
     def __init__(
         self, config: LLMPipelineConfig, cache_dir: Path, on_step: StepObserver | None = None
     ) -> None:
+        # Built on the compute lane that will step it: a second thread running parallel CPU code would
+        # keep an OpenMP team of its own and slow every step (shared_engine/compute.py).
+        compute_lane(resolve_device(config.device)).run(self._load, config, cache_dir, on_step)
+
+    def _load(self, config: LLMPipelineConfig, cache_dir: Path, on_step: StepObserver | None) -> None:
         self.config = config
         self.name = config.name
         folder = prepare_model_folder(config.source, cache_dir)
