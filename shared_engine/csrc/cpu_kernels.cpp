@@ -87,6 +87,10 @@ template <typename T, int64_t D>
 void attend_group(const T* q_src, int64_t q_stride, const T* keys, const T* values, const int64_t* table,
                   int64_t len, int64_t block_size, int64_t group, int64_t dim, float scale, T* o_dst,
                   int64_t o_stride, std::vector<float>& buf) {
+  if (len <= 0) {  // nothing to attend to (never for a decode, whose own token is cached): zeros
+    for (int64_t g = 0; g < group; ++g) std::fill(o_dst + g * o_stride, o_dst + g * o_stride + dim, T(0));
+    return;
+  }
   buf.resize(group * dim * 2 + block_size * dim + group * len);
   float* q = buf.data();
   float* acc = q + group * dim;

@@ -103,6 +103,10 @@ def test_decode_attention_matches_the_gathered_path(
     # A request of one position attends only to its own value (block 0 padding is never read).
     own_value = value[0].repeat_interleave(heads // kv_heads, dim=0)
     torch.testing.assert_close(got[0].float(), own_value.float(), atol=TOLERANCE[dtype], rtol=0)
+    # No position at all (no decode has that; the kernel answers zeros rather than reading garbage).
+    empty = torch.full_like(got, 7.0)
+    cpu_kernels.paged_decode_attention(empty, query, cache, tables, torch.zeros_like(lengths), scale)
+    assert torch.count_nonzero(empty) == 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
