@@ -51,7 +51,7 @@ def _variant_row(v: dict[str, Any], batches: list[int], check: dict[str, Any]) -
         str(v.get("graph_breaks", "-")),
     ]
     for b in batches:
-        d = v["decode"].get(str(b))
+        d = v.get("decode", {}).get(str(b))  # none for a variant that failed to compile
         row += (
             [f"{d['decode_tok_s']:,.1f}", f"{d['step_ms']:,.1f}", fmt_ratio(d.get("speedup"))]
             if d

@@ -91,9 +91,14 @@ def _extension_loader() -> Any:
     return load_extension
 
 
+@torch.compiler.assume_constant_result  # torch.compile takes the answer as given, not tracing load()
+def _loaded() -> bool:
+    return load()
+
+
 def usable(device: torch.device) -> bool:
     """Whether tensors on ``device`` go through the kernels."""
-    return device.type == "cpu" and load()
+    return device.type == "cpu" and _loaded()
 
 
 def paged_decode_attention(

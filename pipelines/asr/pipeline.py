@@ -117,9 +117,9 @@ class ASRPipeline:
         self.tokenizer: Any = AutoTokenizer.from_pretrained(folder)
         self.features = WhisperFeatureExtractor.from_pretrained(folder)
         self.vocab = WhisperVocab.from_tokenizer(self.tokenizer, GenerationConfig.from_pretrained(folder))
-        full = HFWhisper.from_pretrained(folder, dtype=self.dtype)
-        self.encoder = full.model.encoder.to(self.device).eval()
-        del full
+        self.encoder = (
+            HFWhisper.from_pretrained(folder, dtype=self.dtype).model.encoder.to(self.device).eval()
+        )
         decoder = build_decoder(
             AutoConfig.from_pretrained(folder), iter_safetensors(folder), self.device, self.dtype,
             config.quantization,

@@ -254,3 +254,17 @@ def test_rotary_cache_write_matches_apply_rotary_and_write_kv(
     assert torch.equal(got[:, heads + kv_heads :], v.reshape(len(positions), kv_heads, dim))
     torch.testing.assert_close(cache.float(), expected_cache.float(), atol=tol, rtol=tol)
     assert torch.count_nonzero(cache[0].reshape(kv_heads, -1, dim)[:, slots].abs().sum(-1)) == kv_heads * 5
+
+
+def test_torch_compile_traces_through_the_kernels_in_one_graph() -> None:
+    """What benchmarks/compile.py's opaque-attention variant needs: the switch is a constant to dynamo
+    and the in-place kernels have fake implementations, so a full graph compiles and agrees with eager."""
+    assert cpu_kernels.load()
+    torch.manual_seed(0)
+    norm = RMSNorm(64, 1e-5)
+    compiled = torch.compile(norm.add_forward, fullgraph=True, backend="aot_eager")
+    x, residual = torch.randn(3, 64), torch.randn(3, 64)
+    with torch.inference_mode():
+        got = compiled(x.clone(), residual.clone())
+        want = norm.add_forward(x.clone(), residual.clone())
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
