@@ -17,20 +17,14 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Qwen2C
 
 from pipelines.llm import LLMPipeline, LLMPipelineConfig
 from services.config.models import ModelSpec, parse_model_specs
+from shared_engine import cpu_kernels
 from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from shared_engine.dual_linear import DualLinear, TiedQuantizedHead
+from shared_engine.int_weights import dequantize_int4, dequantize_int8, quantize_int4, quantize_int8
 from shared_engine.llm_engine import LLMEngine
 from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.packed_linear import PackedLinear, packing_applies
-from shared_engine.quantization import (
-    Int4Linear,
-    Int8Linear,
-    QuantizationConfig,
-    dequantize_int4,
-    dequantize_int8,
-    quantize_int4,
-    quantize_int8,
-)
+from shared_engine.quantization import Int4Linear, Int8Linear, QuantizationConfig
 from shared_engine.quantize_model import quantize_decoder, weight_bytes
 from shared_engine.sampling_params import SamplingParams
 
@@ -109,6 +103,13 @@ def test_int4_group_32_recovers_the_q4_1_checkpoint(models: dict[str, Any]) -> N
     assert rel[32] < 0.01 < rel[64]
 
 
+def int8_per_group(x: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``x`` as the engine's int4 kernel sees it: rounded to symmetric int8 per group of features."""
+    groups = x.view(*x.shape[:-1], -1, group_size)
+    scales = groups.abs().amax(dim=-1, keepdim=True) / 127
+    return (torch.round(groups / scales.clamp(min=1e-30)) * scales).view_as(x)
+
+
 def _linear(k: int, n: int, dtype: torch.dtype, bias: bool = False) -> nn.Linear:
     torch.manual_seed(k + n)
     layer = nn.Linear(k, n, bias=bias)
@@ -135,16 +136,19 @@ def test_quantized_linear_matches_the_float_matmul(mode: str, rows: int, dtype: 
 
 @pytest.mark.parametrize("dtype", [BF16, torch.float32, torch.float16])
 def test_int4_layouts_compute_their_dequantized_weight(dtype: torch.dtype) -> None:
-    """The CPU kernel's packing (bf16 and float32 on the CPU, scales in bf16) and plain nibbles
-    (everything else, CUDA included) both compute x @ dequantize(quantize(w))ᵀ."""
+    """The CPU kernels' packings (bf16 and float32 on the CPU: the engine's kernel, scales in float16 and
+    activations rounded to int8 per group, or ATen's, scales in bf16) and plain nibbles (everything else,
+    CUDA included) all compute x @ dequantize(quantize(w))ᵀ."""
     layer = _linear(128, 64, dtype)
     q = Int4Linear(layer, 32)
     assert q.cpu_packed == (dtype != torch.float16)
-    scales_dtype = BF16 if q.cpu_packed else dtype
+    assert q.engine_kernel == (q.cpu_packed and cpu_kernels.int4_isa() is not None)
+    scales_dtype = torch.float16 if q.engine_kernel else BF16 if q.cpu_packed else dtype
     w = dequantize_int4(quantize_int4(layer.weight.detach(), 32, scales_dtype), 32, torch.float32)
     x = torch.randn(5, 128).to(dtype)
+    rows = int8_per_group(x.float(), 32) if q.engine_kernel else x.float()
     with torch.inference_mode():
-        torch.testing.assert_close(q(x).float(), x.float() @ w.t(), rtol=0.02, atol=0.02)
+        torch.testing.assert_close(q(x).float(), rows @ w.t(), rtol=0.02, atol=0.02)
 
 
 def test_int8_kernel_is_skipped_where_it_would_misread() -> None:

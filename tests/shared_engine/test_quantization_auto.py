@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig
 
+from shared_engine import cpu_kernels
 from shared_engine.dual_linear import DualLinear
 from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.quantization import Int4Linear, Int8Linear, QuantizationConfig
@@ -101,15 +102,16 @@ print(json.dumps({{
     "capability": torch.backends.cpu.get_cpu_capability(), "dtype": str(dtype),
     "agreement": same / total, "lengths": [len(g) for g in generated],
     "kernels": sorted(p for p in torch.ops.loaded_libraries if "mmserve_cpu_kernels" in p),
+    "int4_isa": auto.model.layers[0].mlp.down_proj.quantized.engine_isa,
 }}))
 """
 
 
 def test_the_packaged_model_as_an_avx2_cpu_runs_it_agrees_with_float32(smollm2_folder: Path) -> None:
     """No native bf16 and ATen's AVX2 kernels, as on an AMD Zen 2/3: ``auto`` gives float32 activations
-    and int4 kernels, the engine's own kernels are built for AVX2, and teacher-forced greedy agreement
-    with unquantized float32 holds (≥ 90%: the bar for a default; benchmarks/quality.py measures it over
-    the full prompt set)."""
+    and int4 kernels, the engine's own kernels (its int4 matmul included) are built for AVX2, and
+    teacher-forced greedy agreement with unquantized float32 holds (≥ 90%: the bar for a default;
+    benchmarks/quality.py measures it over the full prompt set)."""
     prompts = ["The capital of France is", "def fibonacci(n):", "To make a cup of tea, first"]
     env = {
         **os.environ, "MMSERVE_CPU_BF16": "0", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
@@ -122,6 +124,7 @@ def test_the_packaged_model_as_an_avx2_cpu_runs_it_agrees_with_float32(smollm2_f
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["capability"] == "AVX2" and result["dtype"] == "torch.float32"
     assert len(result["kernels"]) == 1 and "mmserve_cpu_kernels_avx2" in result["kernels"][0], result
+    assert result["int4_isa"] == cpu_kernels.INT4_AVX2, result  # the engine's int4 kernel, AVX2 build
     assert result["agreement"] >= 0.9, result
     assert result["lengths"] == [24] * len(prompts)
 

@@ -1,0 +1,146 @@
+"""The engine's int4 x int8 matmul (csrc/int4_linear.cpp): its weight layout, its arithmetic on every
+instruction set this CPU has (AVX-512 VNNI and AVX2 on an AVX-512 machine, AVX2 alone elsewhere), and
+the layer falling back to ATen's kernel where it cannot run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from shared_engine import cpu_kernels
+from shared_engine.int_weights import dequantize_int4, quantize_int4
+from shared_engine.quantization import Int4Linear
+
+ISAS = {"avx2": cpu_kernels.INT4_AVX2, "avx512-vnni": cpu_kernels.INT4_AVX512_VNNI}
+
+
+def _supported(isa: int) -> bool:
+    return cpu_kernels.load() and bool(torch.ops.mmserve_cpu.int4_linear_supported(isa))
+
+
+def _int4_weight(n: int, k: int, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Packed weight, packed scales and zeros, and the float32 weight they stand for."""
+    torch.manual_seed(n * 7 + k)
+    q = quantize_int4(torch.randn(n, k) * 0.05, group, torch.float16)
+    packed, scales_zeros = cpu_kernels.pack_int4(q.weight, q.scales_and_zeros)
+    return packed, scales_zeros, dequantize_int4(q, group, torch.float32)
+
+
+def _int8_rows(x: torch.Tensor, group: int) -> torch.Tensor:
+    """``x`` rounded as the kernel rounds it: symmetric int8 per group, values x * (127 / max |x|)."""
+    groups = x.float().view(x.shape[0], -1, group)
+    amax = groups.abs().amax(dim=-1, keepdim=True)
+    inverse = torch.where(amax > 0, 127 / amax, torch.zeros_like(amax))
+    return (torch.round(groups * inverse) * (amax / 127)).view(x.shape[0], -1)
+
+
+@pytest.mark.parametrize("isa", list(ISAS), ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    ("rows", "n", "k", "group"),
+    [(1, 16, 32, 32), (3, 960, 576, 32), (5, 48, 1536, 64), (9, 32, 256, 128), (2, 64, 512, 256)],
+)
+def test_int4_linear_computes_int8_rows_times_the_dequantized_weight(
+    isa: str, dtype: torch.dtype, rows: int, n: int, k: int, group: int
+) -> None:
+    """Every row tile (1-4 rows a pass on AVX-512, 1-2 on AVX2, with remainders) and every group size:
+    the same numbers as rounding the rows to int8 and multiplying by the dequantized weight in float64."""
+    if not _supported(ISAS[isa]):
+        pytest.skip(f"this CPU has no {isa}")
+    packed, scales_zeros, weight = _int4_weight(n, k, group)
+    x = torch.randn(rows, k).to(dtype)
+    x[0, :group] = 0  # an all-zero group has scale 0, not a division by zero
+    got = torch.ops.mmserve_cpu.int4_linear(x, packed, scales_zeros, group, ISAS[isa])
+    want = _int8_rows(x, group).double() @ weight.double().t()
+    assert got.dtype == dtype and got.shape == (rows, n)
+    tol = 1e-5 if dtype == torch.float32 else 8e-3
+    torch.testing.assert_close(got.double(), want, atol=tol * want.abs().max().item(), rtol=tol)
+
+
+def test_the_layout_puts_four_features_of_sixteen_rows_in_each_nibble_plane() -> None:
+    values = torch.randint(0, 16, (32, 16), dtype=torch.uint8)
+    scales_and_zeros = torch.randn(16 // 8, 32, 2)
+    packed, scales_zeros = cpu_kernels.pack_int4(values, scales_and_zeros)
+    assert packed.shape == (2, 2, 64) and scales_zeros.shape == (2, 2, 2, 16)
+    for block in range(2):
+        for step in range(2):
+            for row in range(16):
+                for i in range(4):
+                    byte = int(packed[block, step, 4 * row + i])
+                    assert byte & 0xF == values[16 * block + row, 8 * step + i]
+                    assert byte >> 4 == values[16 * block + row, 8 * step + 4 + i]
+    for g in range(2):
+        assert torch.equal(scales_zeros[:, g, 0].flatten(), scales_and_zeros[g, :, 0].half())
+        assert torch.equal(scales_zeros[:, g, 1].flatten(), scales_and_zeros[g, :, 1].half())
+
+
+def test_bad_arguments_are_refused_with_what_is_wrong() -> None:
+    if not _supported(cpu_kernels.INT4_AVX2):
+        pytest.skip("this CPU has no AVX2")
+    packed, scales_zeros, _ = _int4_weight(16, 64, 32)
+    run = torch.ops.mmserve_cpu.int4_linear
+    with pytest.raises(RuntimeError, match="packed weight must be uint8"):
+        run(torch.randn(1, 32), packed, scales_zeros, 32, cpu_kernels.INT4_AVX2)
+    with pytest.raises(RuntimeError, match="scales_zeros must be float16"):
+        run(torch.randn(1, 64), packed, scales_zeros.float(), 32, cpu_kernels.INT4_AVX2)
+    with pytest.raises(RuntimeError, match="unknown instruction set"):
+        run(torch.randn(1, 64), packed, scales_zeros, 32, 7)
+    with pytest.raises(ValueError, match="out_features % 16"):
+        cpu_kernels.pack_int4(torch.zeros(8, 64, dtype=torch.uint8), torch.zeros(2, 8, 2))
+
+
+def test_the_isa_follows_aten_s_capability_and_the_cpu() -> None:
+    isa = cpu_kernels.int4_isa()
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability == "AVX512" and _supported(cpu_kernels.INT4_AVX512_VNNI):
+        assert isa == cpu_kernels.INT4_AVX512_VNNI
+    elif capability in ("AVX512", "AVX2"):
+        assert isa == cpu_kernels.INT4_AVX2
+    else:
+        assert isa is None
+
+
+def _layer(n: int, k: int, dtype: torch.dtype) -> nn.Linear:
+    torch.manual_seed(0)
+    layer = nn.Linear(k, n, bias=True)
+    return layer.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_without_the_engine_s_kernel_int4_layers_use_aten_s(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
+) -> None:
+    """A CPU without AVX2 (or without the kernels): layers pack for ATen's int4 kernel, scales in bf16,
+    rows unrounded; both layers stay as close to the float layer as int4 allows."""
+    layer = _layer(64, 128, dtype)
+    x = torch.randn(3, 128).to(dtype)
+    monkeypatch.setattr(cpu_kernels, "int4_isa", lambda: None)
+    aten = Int4Linear(layer, 32)
+    assert aten.cpu_packed and not aten.engine_kernel and aten.scales_and_zeros.dtype == torch.bfloat16
+    monkeypatch.undo()
+    with torch.inference_mode():
+        got = aten(x).float()
+        exact = (
+            x.float()
+            @ dequantize_int4(quantize_int4(layer.weight.detach(), 32, torch.bfloat16), 32, torch.float32).t()
+            + layer.bias.float()
+        )
+    torch.testing.assert_close(got, exact, rtol=0.02, atol=0.02)
+    with torch.inference_mode():
+        float_rows = layer(x).float()
+        assert ((got - float_rows).norm() / float_rows.norm()).item() < 0.1
+        if cpu_kernels.int4_isa() is not None:
+            engine = Int4Linear(layer, 32)
+            assert engine.engine_kernel and engine.scales_and_zeros.dtype == torch.float16
+            assert ((engine(x).float() - float_rows).norm() / float_rows.norm()).item() < 0.1
+
+
+def test_int4_linear_traces_into_one_graph() -> None:
+    if cpu_kernels.int4_isa() is None:
+        pytest.skip("the engine's int4 kernel does not run on this CPU")
+    layer = Int4Linear(_layer(32, 64, torch.float32), 32)
+    compiled = torch.compile(layer.kernel_forward, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 64)
+    with torch.inference_mode():
+        assert torch.equal(compiled(x), layer.kernel_forward(x))
