@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 # "0" keeps the composite torch operators (to compare, or to test that path); unset or "1" uses the kernels.
 KERNELS_ENV = "MMSERVE_CPU_KERNELS"
-SOURCES = tuple(Path(__file__).parent / "csrc" / name for name in ("cpu_kernels.cpp", "int4_linear.cpp"))
+SOURCES = tuple(Path(__file__).parent / "csrc" / name for name in ("cpu_kernels.cpp", "quantized_linear.cpp"))
 ISA_FLAGS = {
     "AVX512": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"),
     "AVX2": ("-mavx2", "-mfma", "-mf16c"),
@@ -72,59 +72,10 @@ def _register_fakes() -> None:
     for name in ("paged_decode_attention", "rms_norm", "fused_add_rms_norm", "rotary_cache_write"):
         torch.library.register_fake(f"mmserve_cpu::{name}", mutates_only)
 
-    @torch.library.register_fake("mmserve_cpu::int4_linear")
-    def _(x: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tensor, group: int, isa: int) -> Any:
-        return x.new_empty((x.shape[0], packed.shape[0] * INT4_BLOCK_ROWS))
-
     @torch.library.register_fake("mmserve_cpu::top_probabilities")
     def _(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = probs.shape[0]
         return probs.new_empty((rows, k)), probs.new_empty((rows, k), dtype=torch.long)
-
-
-# int4_linear's instruction sets (csrc/int4_linear.cpp) and its weight layout's block of output rows.
-INT4_AVX2, INT4_AVX512_VNNI = 1, 2
-INT4_BLOCK_ROWS = 16
-
-
-@functools.cache
-def int4_isa() -> int | None:
-    """The instruction set ``int4_linear`` runs with on this CPU, or None where it cannot run (no
-    kernels, or no AVX2): AVX-512 VNNI where ATen itself runs AVX-512 and the CPU has VNNI, else AVX2
-    where ATen runs AVX2 or better (``ATEN_CPU_CAPABILITY=avx2`` on an AVX-512 CPU tests that path)."""
-    if not load():
-        return None
-    capability = torch.backends.cpu.get_cpu_capability()
-    supported = torch.ops.mmserve_cpu.int4_linear_supported
-    if capability == "AVX512" and supported(INT4_AVX512_VNNI):
-        return INT4_AVX512_VNNI
-    if capability in ("AVX512", "AVX2") and supported(INT4_AVX2):
-        return INT4_AVX2
-    return None
-
-
-def int4_linear(
-    x: torch.Tensor, packed: torch.Tensor, scales_zeros: torch.Tensor, group_size: int, isa: int
-) -> torch.Tensor:
-    """``x`` ``[rows, in_features]`` (contiguous float32 or bfloat16) times an int4 weight in the kernel's
-    layout (``pack_int4``), activations quantized to int8 per group, on ``isa`` (``int4_isa()``); the
-    result in ``x``'s dtype."""
-    return torch.ops.mmserve_cpu.int4_linear(x, packed, scales_zeros, group_size, isa)
-
-
-def pack_int4(values: torch.Tensor, scales_and_zeros: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``int4_linear``'s layout of int4 ``values`` (uint8 0..15, ``[N, K]``, N a multiple of 16) and
-    ``scales_and_zeros`` (``[K / group, N, 2]``, as ``int_weights.quantize_int4`` gives them): per block of
-    16 rows and 8 features, 64 bytes, byte ``4 * r + i`` = feature ``i`` of row ``r`` | feature ``4 + i``
-    << 4; scales and zeros float16 ``[N / 16, groups, 2, 16]``."""
-    n, k = values.shape
-    if n % INT4_BLOCK_ROWS or k % 8:
-        raise ValueError(f"int4_linear needs out_features % {INT4_BLOCK_ROWS} == 0 and in_features % 8 == 0")
-    blocks = values.view(n // INT4_BLOCK_ROWS, INT4_BLOCK_ROWS, k // 8, 2, 4).permute(0, 2, 3, 1, 4)
-    packed = (blocks[:, :, 0] | (blocks[:, :, 1] << 4)).reshape(n // INT4_BLOCK_ROWS, k // 8, 64)
-    groups = scales_and_zeros.shape[0]
-    sz = scales_and_zeros.to(torch.float16).view(groups, n // INT4_BLOCK_ROWS, INT4_BLOCK_ROWS, 2)
-    return packed.contiguous(), sz.permute(1, 0, 3, 2).contiguous()
 
 
 def _extension_loader() -> Any:

@@ -2,10 +2,11 @@
 
 ``F.linear`` on a CPU hands oneDNN a row-major weight, which it reorders into its blocked layout on
 every call. Reordering once at load time (what inductor's freezing pass does for compiled graphs)
-gives the same bits in bfloat16 and, measured on a 2-core AMD EPYC with AVX-512 BF16 (torch 2.11,
-SmolLM2-135M's shapes), 1.6-2.2x faster matmuls at 1 row, 1.5-1.9x at 32 and ~1.1x at 2,048: a
-decode step is many small matmuls, so this is where its time goes. float32 is left alone: there
-``F.linear`` goes to MKL rather than oneDNN, packing gained ~5% and changes the rounding.
+gives the same bits in bfloat16 (on a CPU with AMX, a few outputs in 10,000 one bf16 step apart
+from 32 rows on, where oneDNN picks another kernel) and, measured on a 2-core AMD EPYC with AVX-512
+BF16 (torch 2.11, SmolLM2-135M's shapes), 1.6-2.2x faster matmuls at 1 row, 1.5-1.9x at 32 and
+~1.1x at 2,048: a decode step is many small matmuls, so this is where its time goes. float32 is left
+alone: there ``F.linear`` goes to MKL rather than oneDNN, packing gained ~5% and changes the rounding.
 
 Only bfloat16 ``nn.Linear`` layers are packed (quantized ones keep their own kernels), only on a CPU
 with native bf16 (:func:`~shared_engine.device.cpu_bf16_native`; oneDNN refuses to pack bf16 weights

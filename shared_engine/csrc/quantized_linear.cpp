@@ -1,16 +1,20 @@
-// Int4 weight x int8 activation matmul for decode-sized row counts: the activations are quantized per
-// weight group (symmetric int8, one float scale each) and multiplied in integers, four products per
-// instruction lane (AVX-512 VNNI vpdpbusd, or AVX2 vpmaddubsw + vpmaddwd), with one float
-// multiply-add per group to apply both sides' scales. Converting every int4 weight to float instead
-// (what ATen's int4 kernel does) makes the matmul bound by arithmetic, not by reading the weights.
+// Int4 and int8 weight x int8 activation matmuls for decode-sized row counts: the activations are
+// quantized per group of input features (symmetric int8, one float scale each) and multiplied in
+// integers, four products per instruction lane (AVX-512 VNNI vpdpbusd, or AVX2 vpmaddubsw +
+// vpmaddwd), with one float multiply-add per group to apply both sides' scales. Converting every
+// weight to float instead (what ATen's weight-only kernels do) makes the matmul bound by arithmetic,
+// not by reading the weights.
 //
-// Weight layout, per block of 16 output rows and per 8 input features (64 bytes): byte 4 * r + i holds
+// Int4 layout, per block of 16 output rows and per 8 input features (64 bytes): byte 4 * r + i holds
 // row r's features i (low nibble) and 4 + i (high nibble), so that one vector of low nibbles is 16 rows
 // x 4 consecutive features, the shape vpdpbusd reduces. Scales and zeros are float16, [blocks, groups,
 // 2, 16]; a weight is (q - 8) * scale + zero, as for ATen's int4 kernel.
+// Int8 layout, per block of 16 rows and per 4 features (64 bytes): byte 4 * r + i is row r's feature i
+// (symmetric, -127..127), one float32 scale per row. Signed x signed goes through the unsigned x
+// signed instructions as |w| x (x with w's sign).
 //
 // Each instruction set is compiled into its own functions (target attributes) and chosen by the caller,
-// which checks the CPU first (int4_linear_supported); without AVX2 callers use ATen's kernel.
+// which checks the CPU first (int_matmul_supported); without AVX2 callers use ATen's kernel.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -78,8 +82,8 @@ void quantize_rows_impl(const T* x, int64_t rows, int64_t k, int64_t group, Quan
 
 // The arguments of one block of 16 output rows against up to MT rows of activations.
 struct BlockArgs {
-  const uint8_t* weight;  // the block's K / 8 * 64 bytes
-  const uint16_t* scales_zeros;  // the block's [groups, 2, 16] float16
+  const uint8_t* weight;  // the block's weights (int4: K / 8 * 64 bytes, int8: K / 4 * 64)
+  const void* scales;  // the block's int4 [groups, 2, 16] float16 scales and zeros, int8 [16] float32
   const int8_t* x;  // first activation row
   const float* x_scales;  // [rows, groups]
   const float* x_sums;
@@ -111,7 +115,7 @@ MMSERVE_TARGET_VNNI void block_vnni(const BlockArgs& a) {
         dots[m] = _mm512_dpbusd_epi32(dots[m], hi, _mm512_set1_epi32(four_bytes(x + 4)));
       }
     }
-    const uint16_t* sz = a.scales_zeros + g * 2 * kBlockRows;
+    const uint16_t* sz = static_cast<const uint16_t*>(a.scales) + g * 2 * kBlockRows;
     const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sz)));
     const __m512 zero = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sz + kBlockRows)));
     const __m512 offset = _mm512_fnmadd_ps(_mm512_set1_ps(8.f), scale, zero);  // zero - 8 * scale
@@ -154,7 +158,7 @@ MMSERVE_TARGET_AVX2 void block_avx2(const BlockArgs& a) {
         }
       }
     }
-    const uint16_t* sz = a.scales_zeros + g * 2 * kBlockRows;
+    const uint16_t* sz = static_cast<const uint16_t*>(a.scales) + g * 2 * kBlockRows;
     for (int h = 0; h < 2; ++h) {
       const __m256 scale = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sz + 8 * h)));
       const __m256 zero =
@@ -171,17 +175,93 @@ MMSERVE_TARGET_AVX2 void block_avx2(const BlockArgs& a) {
     for (int h = 0; h < 2; ++h) _mm256_storeu_ps(a.out + m * kBlockRows + 8 * h, acc[m][h]);
 }
 
+template <int MT>
+MMSERVE_TARGET_VNNI void int8_block_vnni(const BlockArgs& a) {
+  const int64_t groups = a.k / a.group, steps = a.group / 4;
+  __m512 acc[MT];
+  for (int m = 0; m < MT; ++m) acc[m] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i dots[MT];
+    for (int m = 0; m < MT; ++m) dots[m] = _mm512_setzero_si512();
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t feature = (g * steps + s) * 4;
+      const uint8_t* w = a.weight + feature * kBlockRows;
+      _mm_prefetch(reinterpret_cast<const char*>(w + kPrefetchBytes), _MM_HINT_T0);
+      const __m512i weights = _mm512_loadu_si512(w);
+      const __m512i magnitudes = _mm512_abs_epi8(weights);
+      const __mmask64 negative = _mm512_movepi8_mask(weights);
+      for (int m = 0; m < MT; ++m) {
+        const __m512i x = _mm512_set1_epi32(four_bytes(a.x + m * a.k + feature));
+        const __m512i signed_x = _mm512_mask_sub_epi8(x, negative, _mm512_setzero_si512(), x);
+        dots[m] = _mm512_dpbusd_epi32(dots[m], magnitudes, signed_x);
+      }
+    }
+    for (int m = 0; m < MT; ++m)
+      acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots[m]), _mm512_set1_ps(a.x_scales[m * groups + g]), acc[m]);
+  }
+  const __m512 row_scales = _mm512_loadu_ps(static_cast<const float*>(a.scales));
+  for (int m = 0; m < MT; ++m) _mm512_storeu_ps(a.out + m * kBlockRows, _mm512_mul_ps(acc[m], row_scales));
+}
+
+template <int MT>
+MMSERVE_TARGET_AVX2 void int8_block_avx2(const BlockArgs& a) {
+  const int64_t groups = a.k / a.group, steps = a.group / 4;
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[MT][2];
+  for (int m = 0; m < MT; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256i dots[MT][2];
+    for (int m = 0; m < MT; ++m) dots[m][0] = dots[m][1] = _mm256_setzero_si256();
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t feature = (g * steps + s) * 4;
+      const uint8_t* w = a.weight + feature * kBlockRows;
+      _mm_prefetch(reinterpret_cast<const char*>(w + kPrefetchBytes), _MM_HINT_T0);
+      __m256i weights[2], magnitudes[2];
+      for (int h = 0; h < 2; ++h) {
+        weights[h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32 * h));
+        magnitudes[h] = _mm256_abs_epi8(weights[h]);
+      }
+      for (int m = 0; m < MT; ++m) {
+        const __m256i x = _mm256_set1_epi32(four_bytes(a.x + m * a.k + feature));
+        for (int h = 0; h < 2; ++h) {
+          // |w| <= 127 times |x| <= 127, two per pair: at most 32258, no saturation.
+          const __m256i pairs = _mm256_maddubs_epi16(magnitudes[h], _mm256_sign_epi8(x, weights[h]));
+          dots[m][h] = _mm256_add_epi32(dots[m][h], _mm256_madd_epi16(pairs, ones));
+        }
+      }
+    }
+    for (int m = 0; m < MT; ++m) {
+      const __m256 x_scale = _mm256_set1_ps(a.x_scales[m * groups + g]);
+      for (int h = 0; h < 2; ++h) acc[m][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[m][h]), x_scale, acc[m][h]);
+    }
+  }
+  for (int h = 0; h < 2; ++h) {
+    const __m256 row_scales = _mm256_loadu_ps(static_cast<const float*>(a.scales) + 8 * h);
+    for (int m = 0; m < MT; ++m)
+      _mm256_storeu_ps(a.out + m * kBlockRows + 8 * h, _mm256_mul_ps(acc[m][h], row_scales));
+  }
+}
+
 using BlockFn = void (*)(const BlockArgs&);
 
 // Row tiles: as many activation rows per pass over a block's weights as the registers hold.
 template <int MT>
-struct VnniBlock {
+struct Int4Vnni {
   static void run(const BlockArgs& a) { block_vnni<MT>(a); }
 };
 template <int MT>
-struct Avx2Block {
+struct Int4Avx2 {
   static void run(const BlockArgs& a) { block_avx2<MT>(a); }
 };
+template <int MT>
+struct Int8Vnni {
+  static void run(const BlockArgs& a) { int8_block_vnni<MT>(a); }
+};
+template <int MT>
+struct Int8Avx2 {
+  static void run(const BlockArgs& a) { int8_block_avx2<MT>(a); }
+};
+constexpr int kMaxTileVnni = 4, kMaxTileAvx2 = 2;
 
 template <template <int> class Kernel, int MaxTile>
 BlockFn tile_kernel(int64_t rows) {
@@ -198,30 +278,26 @@ void store_rows(const float* src, T* dst, int64_t rows, int64_t n) {
     for (int64_t r = 0; r < kBlockRows; ++r) dst[m * n + r] = static_cast<T>(src[m * kBlockRows + r]);
 }
 
-void check_args(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales_zeros, int64_t group,
-                int64_t isa) {
-  TORCH_CHECK(isa == kAvx2 || isa == kAvx512Vnni, "int4_linear: unknown instruction set ", isa);
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "int4_linear: x must be contiguous [rows, in_features]");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
-              "int4_linear: x must be float32 or bfloat16");
-  TORCH_CHECK(group % kStepFeatures == 0 && group <= 256, "int4_linear: group size must be a multiple of 8, <= 256");
-  const int64_t k = x.size(1);
+void check_common(const char* op, const at::Tensor& x, const at::Tensor& packed, int64_t group, int64_t isa,
+                  int64_t step) {
+  TORCH_CHECK(isa == kAvx2 || isa == kAvx512Vnni, op, ": unknown instruction set ", isa);
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), op, ": x must be contiguous [rows, in_features]");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, op,
+              ": x must be float32 or bfloat16");
+  TORCH_CHECK(group > 0 && group % step == 0 && group <= 256, op, ": group size must be a multiple of ", step,
+              ", at most 256");
+  TORCH_CHECK(x.size(1) % group == 0, op, ": in_features must be a multiple of the group size");
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous() && packed.dim() == 3 &&
-                  packed.size(1) * kStepFeatures == k && packed.size(2) == kBlockRows * kStepFeatures / 2,
-              "int4_linear: packed weight must be uint8 [out_features / 16, in_features / 8, 64]");
-  TORCH_CHECK(k % group == 0, "int4_linear: in_features must be a multiple of the group size");
-  TORCH_CHECK(scales_zeros.scalar_type() == at::kHalf && scales_zeros.is_contiguous() &&
-                  scales_zeros.dim() == 4 && scales_zeros.size(0) == packed.size(0) &&
-                  scales_zeros.size(1) == k / group && scales_zeros.size(2) == 2 &&
-                  scales_zeros.size(3) == kBlockRows,
-              "int4_linear: scales_zeros must be float16 [out_features / 16, groups, 2, 16]");
+                  packed.size(1) * step == x.size(1) && packed.size(2) == 64,
+              op, ": packed weight must be uint8 [out_features / 16, in_features / ", step, ", 64]");
 }
 
-at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales_zeros,
-                       int64_t group, int64_t isa) {
-  check_args(x, packed, scales_zeros, group, isa);
+// What both formats share: the rows quantized, then each thread takes blocks of 16 output rows and runs
+// each against the rows, a tile at a time, storing in x's dtype.
+at::Tensor run_blocks(const at::Tensor& x, const at::Tensor& packed, const void* scales, int64_t scale_stride,
+                      int64_t group, BlockFn (*select)(int64_t), int64_t max_tile) {
   const int64_t rows = x.size(0), k = x.size(1), blocks = packed.size(0), n = blocks * kBlockRows;
-  const int64_t groups = k / group;
+  const int64_t groups = k / group, block_bytes = packed.size(1) * packed.size(2);
   QuantizedRows q{at::empty({rows, k}, x.options().dtype(at::kChar)),
                   at::empty({rows, groups}, x.options().dtype(at::kFloat)),
                   at::empty({rows, groups}, x.options().dtype(at::kFloat))};
@@ -232,23 +308,19 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, const at::
   } else {
     quantize_rows_impl(x.data_ptr<at::BFloat16>(), rows, k, group, q);
   }
-  const int max_tile = isa == kAvx512Vnni ? 4 : 2;
   const uint8_t* weight = packed.data_ptr<uint8_t>();
-  const uint16_t* sz = reinterpret_cast<const uint16_t*>(scales_zeros.data_ptr<at::Half>());
   const int8_t* xq = q.values.data_ptr<int8_t>();
   const float* x_scales = q.scales.data_ptr<float>();
   const float* x_sums = q.scaled_sums.data_ptr<float>();
   const bool is_float = x.scalar_type() == at::kFloat;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    float tile[4 * kBlockRows];
+    float tile[kMaxTileVnni * kBlockRows];
     for (int64_t b = begin; b < end; ++b) {
       for (int64_t m0 = 0; m0 < rows; m0 += max_tile) {
         const int64_t tile_rows = std::min<int64_t>(max_tile, rows - m0);
-        const BlockArgs args{weight + b * k * kBlockRows / 2, sz + b * groups * 2 * kBlockRows, xq + m0 * k,
-                             x_scales + m0 * groups, x_sums + m0 * groups, k, group, tile};
-        const BlockFn fn = isa == kAvx512Vnni ? tile_kernel<VnniBlock, 4>(tile_rows)
-                                              : tile_kernel<Avx2Block, 2>(tile_rows);
-        fn(args);
+        const BlockArgs args{weight + b * block_bytes, static_cast<const char*>(scales) + b * scale_stride,
+                             xq + m0 * k, x_scales + m0 * groups, x_sums + m0 * groups, k, group, tile};
+        select(tile_rows)(args);
         const int64_t offset = m0 * n + b * kBlockRows;
         if (is_float) {
           store_rows(tile, out.data_ptr<float>() + offset, tile_rows, n);
@@ -261,7 +333,34 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, const at::
   return out;
 }
 
-bool int4_linear_supported(int64_t isa) {
+at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales_zeros,
+                       int64_t group, int64_t isa) {
+  check_common("int4_linear", x, packed, group, isa, kStepFeatures);
+  const int64_t groups = x.size(1) / group;
+  TORCH_CHECK(scales_zeros.scalar_type() == at::kHalf && scales_zeros.is_contiguous() &&
+                  scales_zeros.dim() == 4 && scales_zeros.size(0) == packed.size(0) &&
+                  scales_zeros.size(1) == groups && scales_zeros.size(2) == 2 &&
+                  scales_zeros.size(3) == kBlockRows,
+              "int4_linear: scales_zeros must be float16 [out_features / 16, groups, 2, 16]");
+  const bool vnni = isa == kAvx512Vnni;
+  return run_blocks(x, packed, scales_zeros.data_ptr<at::Half>(), groups * 2 * kBlockRows * 2, group,
+                    vnni ? &tile_kernel<Int4Vnni, kMaxTileVnni> : &tile_kernel<Int4Avx2, kMaxTileAvx2>,
+                    vnni ? kMaxTileVnni : kMaxTileAvx2);
+}
+
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales, int64_t group,
+                       int64_t isa) {
+  check_common("int8_linear", x, packed, group, isa, 4);
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.dim() == 1 &&
+                  scales.size(0) == packed.size(0) * kBlockRows,
+              "int8_linear: scales must be float32 [out_features]");
+  const bool vnni = isa == kAvx512Vnni;
+  return run_blocks(x, packed, scales.data_ptr<float>(), kBlockRows * sizeof(float), group,
+                    vnni ? &tile_kernel<Int8Vnni, kMaxTileVnni> : &tile_kernel<Int8Avx2, kMaxTileAvx2>,
+                    vnni ? kMaxTileVnni : kMaxTileAvx2);
+}
+
+bool int_matmul_supported(int64_t isa) {
   __builtin_cpu_init();
   if (isa == kAvx512Vnni) {
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -276,7 +375,11 @@ bool int4_linear_supported(int64_t isa) {
 
 TORCH_LIBRARY_FRAGMENT(mmserve_cpu, m) {
   m.def("int4_linear(Tensor x, Tensor packed, Tensor scales_zeros, int group_size, int isa) -> Tensor");
-  m.def("int4_linear_supported(int isa) -> bool", &int4_linear_supported);
+  m.def("int8_linear(Tensor x, Tensor packed, Tensor scales, int group_size, int isa) -> Tensor");
+  m.def("int_matmul_supported(int isa) -> bool", &int_matmul_supported);
 }
 
-TORCH_LIBRARY_IMPL(mmserve_cpu, CPU, m) { m.impl("int4_linear", &int4_linear); }
+TORCH_LIBRARY_IMPL(mmserve_cpu, CPU, m) {
+  m.impl("int4_linear", &int4_linear);
+  m.impl("int8_linear", &int8_linear);
+}

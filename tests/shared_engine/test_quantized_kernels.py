@@ -1,6 +1,7 @@
-"""The engine's int4 x int8 matmul (csrc/int4_linear.cpp): its weight layout, its arithmetic on every
-instruction set this CPU has (AVX-512 VNNI and AVX2 on an AVX-512 machine, AVX2 alone elsewhere), and
-the layer falling back to ATen's kernel where it cannot run."""
+"""The engine's integer matmuls (csrc/quantized_linear.cpp), int4 and int8 weights x int8 activations:
+their weight layouts, their arithmetic on every instruction set this CPU has (AVX-512 VNNI and AVX2 on
+an AVX-512 machine, AVX2 alone elsewhere), and the layers falling back to ATen's kernels where they
+cannot run."""
 
 from __future__ import annotations
 
@@ -8,22 +9,22 @@ import pytest
 import torch
 from torch import nn
 
-from shared_engine import cpu_kernels
-from shared_engine.int_weights import dequantize_int4, quantize_int4
-from shared_engine.quantization import Int4Linear
+from shared_engine import cpu_kernels, int_matmul
+from shared_engine.int_weights import dequantize_int4, dequantize_int8, quantize_int4, quantize_int8
+from shared_engine.quantization import Int4Linear, Int8Linear
 
-ISAS = {"avx2": cpu_kernels.INT4_AVX2, "avx512-vnni": cpu_kernels.INT4_AVX512_VNNI}
+ISAS = {"avx2": int_matmul.INT_MATMUL_AVX2, "avx512-vnni": int_matmul.INT_MATMUL_AVX512_VNNI}
 
 
 def _supported(isa: int) -> bool:
-    return cpu_kernels.load() and bool(torch.ops.mmserve_cpu.int4_linear_supported(isa))
+    return cpu_kernels.load() and bool(torch.ops.mmserve_cpu.int_matmul_supported(isa))
 
 
 def _int4_weight(n: int, k: int, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Packed weight, packed scales and zeros, and the float32 weight they stand for."""
     torch.manual_seed(n * 7 + k)
     q = quantize_int4(torch.randn(n, k) * 0.05, group, torch.float16)
-    packed, scales_zeros = cpu_kernels.pack_int4(q.weight, q.scales_and_zeros)
+    packed, scales_zeros = int_matmul.pack_int4(q.weight, q.scales_and_zeros)
     return packed, scales_zeros, dequantize_int4(q, group, torch.float32)
 
 
@@ -58,10 +59,32 @@ def test_int4_linear_computes_int8_rows_times_the_dequantized_weight(
     torch.testing.assert_close(got.double(), want, atol=tol * want.abs().max().item(), rtol=tol)
 
 
+@pytest.mark.parametrize("isa", list(ISAS), ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(("rows", "n", "k"), [(1, 16, 32), (3, 4096, 576), (5, 48, 384), (9, 32, 64)])
+def test_int8_linear_computes_int8_rows_times_the_dequantized_weight(
+    isa: str, dtype: torch.dtype, rows: int, n: int, k: int
+) -> None:
+    """Negative weights and activations included (|w| times x with w's sign), every row tile."""
+    if not _supported(ISAS[isa]):
+        pytest.skip(f"this CPU has no {isa}")
+    torch.manual_seed(n + k)
+    q = quantize_int8(torch.randn(n, k) * 0.05, torch.float32)
+    packed = int_matmul.pack_int8(q.weight)
+    assert torch.equal(int_matmul.unpack_int8(packed), q.weight)
+    x = torch.randn(rows, k).to(dtype)
+    x[0, :32] = 0
+    got = torch.ops.mmserve_cpu.int8_linear(x, packed, q.scales, int_matmul.INT8_ACTIVATION_GROUP, ISAS[isa])
+    want = _int8_rows(x, int_matmul.INT8_ACTIVATION_GROUP).double() @ dequantize_int8(q, torch.float64).t()
+    assert got.dtype == dtype and got.shape == (rows, n)
+    tol = 1e-5 if dtype == torch.float32 else 8e-3
+    torch.testing.assert_close(got.double(), want, atol=tol * want.abs().max().item(), rtol=tol)
+
+
 def test_the_layout_puts_four_features_of_sixteen_rows_in_each_nibble_plane() -> None:
     values = torch.randint(0, 16, (32, 16), dtype=torch.uint8)
     scales_and_zeros = torch.randn(16 // 8, 32, 2)
-    packed, scales_zeros = cpu_kernels.pack_int4(values, scales_and_zeros)
+    packed, scales_zeros = int_matmul.pack_int4(values, scales_and_zeros)
     assert packed.shape == (2, 2, 64) and scales_zeros.shape == (2, 2, 2, 16)
     for block in range(2):
         for step in range(2):
@@ -76,27 +99,32 @@ def test_the_layout_puts_four_features_of_sixteen_rows_in_each_nibble_plane() ->
 
 
 def test_bad_arguments_are_refused_with_what_is_wrong() -> None:
-    if not _supported(cpu_kernels.INT4_AVX2):
+    if not _supported(int_matmul.INT_MATMUL_AVX2):
         pytest.skip("this CPU has no AVX2")
     packed, scales_zeros, _ = _int4_weight(16, 64, 32)
     run = torch.ops.mmserve_cpu.int4_linear
     with pytest.raises(RuntimeError, match="packed weight must be uint8"):
-        run(torch.randn(1, 32), packed, scales_zeros, 32, cpu_kernels.INT4_AVX2)
+        run(torch.randn(1, 32), packed, scales_zeros, 32, int_matmul.INT_MATMUL_AVX2)
     with pytest.raises(RuntimeError, match="scales_zeros must be float16"):
-        run(torch.randn(1, 64), packed, scales_zeros.float(), 32, cpu_kernels.INT4_AVX2)
+        run(torch.randn(1, 64), packed, scales_zeros.float(), 32, int_matmul.INT_MATMUL_AVX2)
     with pytest.raises(RuntimeError, match="unknown instruction set"):
         run(torch.randn(1, 64), packed, scales_zeros, 32, 7)
     with pytest.raises(ValueError, match="out_features % 16"):
-        cpu_kernels.pack_int4(torch.zeros(8, 64, dtype=torch.uint8), torch.zeros(2, 8, 2))
+        int_matmul.pack_int4(torch.zeros(8, 64, dtype=torch.uint8), torch.zeros(2, 8, 2))
+    int8 = int_matmul.pack_int8(torch.zeros(16, 64, dtype=torch.int8))
+    with pytest.raises(RuntimeError, match="scales must be float32"):
+        torch.ops.mmserve_cpu.int8_linear(torch.randn(1, 64), int8, torch.ones(16).half(), 32, 1)
+    with pytest.raises(RuntimeError, match="in_features must be a multiple of the group size"):
+        torch.ops.mmserve_cpu.int8_linear(torch.randn(1, 64), int8, torch.ones(16), 48, 1)
 
 
 def test_the_isa_follows_aten_s_capability_and_the_cpu() -> None:
-    isa = cpu_kernels.int4_isa()
+    isa = int_matmul.int_matmul_isa()
     capability = torch.backends.cpu.get_cpu_capability()
-    if capability == "AVX512" and _supported(cpu_kernels.INT4_AVX512_VNNI):
-        assert isa == cpu_kernels.INT4_AVX512_VNNI
+    if capability == "AVX512" and _supported(int_matmul.INT_MATMUL_AVX512_VNNI):
+        assert isa == int_matmul.INT_MATMUL_AVX512_VNNI
     elif capability in ("AVX512", "AVX2"):
-        assert isa == cpu_kernels.INT4_AVX2
+        assert isa == int_matmul.INT_MATMUL_AVX2
     else:
         assert isa is None
 
@@ -115,7 +143,7 @@ def test_without_the_engine_s_kernel_int4_layers_use_aten_s(
     rows unrounded; both layers stay as close to the float layer as int4 allows."""
     layer = _layer(64, 128, dtype)
     x = torch.randn(3, 128).to(dtype)
-    monkeypatch.setattr(cpu_kernels, "int4_isa", lambda: None)
+    monkeypatch.setattr(int_matmul, "int_matmul_isa", lambda: None)
     aten = Int4Linear(layer, 32)
     assert aten.cpu_packed and not aten.engine_kernel and aten.scales_and_zeros.dtype == torch.bfloat16
     monkeypatch.undo()
@@ -130,16 +158,41 @@ def test_without_the_engine_s_kernel_int4_layers_use_aten_s(
     with torch.inference_mode():
         float_rows = layer(x).float()
         assert ((got - float_rows).norm() / float_rows.norm()).item() < 0.1
-        if cpu_kernels.int4_isa() is not None:
+        if int_matmul.int_matmul_isa() is not None:
             engine = Int4Linear(layer, 32)
             assert engine.engine_kernel and engine.scales_and_zeros.dtype == torch.float16
             assert ((engine(x).float() - float_rows).norm() / float_rows.norm()).item() < 0.1
 
 
-def test_int4_linear_traces_into_one_graph() -> None:
-    if cpu_kernels.int4_isa() is None:
-        pytest.skip("the engine's int4 kernel does not run on this CPU")
-    layer = Int4Linear(_layer(32, 64, torch.float32), 32)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_int8_layers_take_the_engine_s_kernel_for_few_rows_and_dequantize_for_many(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
+) -> None:
+    layer = _layer(64, 128, dtype)
+    engine = Int8Linear(layer)
+    if int_matmul.int_matmul_isa() is None:
+        pytest.skip("the engine's integer kernels do not run on this CPU")
+    assert (
+        engine.engine_kernel and engine.weight.shape == (4, 32, 64) and engine.scales.dtype == torch.float32
+    )
+    monkeypatch.setattr(int_matmul, "int_matmul_isa", lambda: None)
+    aten = Int8Linear(layer)
+    assert not aten.engine_kernel and aten.weight.shape == (64, 128)
+    for rows in (2, 200):  # the kernel, then dequantize-then-matmul through the unpacked layout
+        x = torch.randn(rows, 128).to(dtype)
+        with torch.inference_mode():
+            want = layer(x).float()
+            for q in (engine, aten):
+                assert ((q(x).float() - want).norm() / want.norm()).item() < 0.03
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_the_integer_kernels_trace_into_one_graph(bits: int) -> None:
+    if int_matmul.int_matmul_isa() is None:
+        pytest.skip("the engine's integer kernels do not run on this CPU")
+    linear = _layer(32, 64, torch.float32)
+    layer = Int4Linear(linear, 32) if bits == 4 else Int8Linear(linear)
+    assert layer.engine_kernel
     compiled = torch.compile(layer.kernel_forward, fullgraph=True, backend="aot_eager")
     x = torch.randn(2, 64)
     with torch.inference_mode():
