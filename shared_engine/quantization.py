@@ -1,25 +1,24 @@
 """Weight-only quantization of a decoder's linear layers: int8 per output channel, int4 per group.
 
 Only the weights shrink; everything around the matmuls stays in the model's dtype. Each quantized layer
-picks, per call, between torch's own weight-only CPU kernels and dequantize-then-matmul, by device,
-dtype and number of rows. What decides it, measured on a 2-core AMD EPYC with AVX-512 BF16 (torch 2.11,
-SmolLM2-135M's projection shapes; benchmarks/RESULTS.md has the whole-model figures):
+picks, per call, between a CPU kernel and dequantize-then-matmul, by device, dtype and number of rows.
+On a CPU with AVX2 the kernels are the engine's own (``int_matmul``: activations rounded to int8 per
+group, integer dot products; figures by the constants below, measured on a 2-core Xeon with AMX); on
+one without, torch's ``_weight_int8pack_mm`` / ``_weight_int4pack_mm_for_cpu``, measured on a 2-core
+AMD EPYC with AVX-512 BF16 (torch 2.11, SmolLM2-135M's projection shapes):
 
-- bfloat16, up to 8 rows: ``_weight_int8pack_mm`` and ``_weight_int4pack_mm_for_cpu`` take 0.5-0.7x
-  the time of a bf16 ``F.linear``: a decode step at small batch is bound by reading weights.
-- bfloat16, 16 rows and more: both kernels cost time linear in the rows and fall behind the bf16 GEMM
-  (2-2.5x at 32 rows); int8 switches to dequantize-then-matmul past 8 rows (the two meet at 8-16).
-- float32 on a CPU: the kernels' float32 paths are slow (10-20x ``F.linear``), but their bfloat16 paths
-  are not, and they need no native bf16: they widen each bf16 value to float32 and multiply-add in
-  float32, on AVX2 as on AVX-512. So a float32 layer hands the kernel its rows rounded to bfloat16 and
-  widens the result back. With ``ATEN_CPU_CAPABILITY=avx2`` (what an AVX2-only CPU runs), SmolLM2's
-  121 projections at one row take 8 ms this way against 33 ms of float32 ``F.linear`` (int4; int8:
-  8 ms), at 32 rows 63 against 76 ms; int4 stays ahead to 64 rows, int8 to ~40.
+- bfloat16, up to 8 rows: torch's kernels take 0.5-0.7x the time of a bf16 ``F.linear``: a decode
+  step at small batch is bound by reading weights. From 16 rows they cost time linear in the rows and
+  fall behind the bf16 GEMM (2-2.5x at 32 rows); int8 switches to dequantize-then-matmul past 8 rows.
+- float32: their float32 paths are slow (10-20x ``F.linear``), their bfloat16 paths are not and need
+  no native bf16, so a float32 layer hands them its rows rounded to bfloat16. As AVX2
+  (``ATEN_CPU_CAPABILITY=avx2``) SmolLM2's 121 projections at one row take 8 ms this way against 33 ms
+  of float32 ``F.linear``, at 32 rows 63 against 76 ms; int4 stays ahead to 64 rows, int8 to ~40.
 - CUDA: always dequantize-then-matmul (correct everywhere, not expected to be faster there).
 
-The int4 kernel reads a weight layout that depends on the CPU's instruction set, so an int4 layer
-packs for it only when it is built on the CPU; elsewhere it keeps plain nibbles. A model is quantized
-on the device it will run on (``build_decoder`` does it after moving the weights).
+Both kernels' weight layouts are for a CPU, so a layer packs for one only when it is built on the CPU;
+elsewhere it keeps plain values. A model is quantized on the device it will run on (``build_decoder``
+does it after moving the weights).
 
 ``auto`` is what a CPU deployment should run: int4 in groups of 32 with the float weights kept
 (:class:`DualLinear`) on a CPU, nothing on CUDA, where bf16 matmuls are not bound by a CPU's memory.

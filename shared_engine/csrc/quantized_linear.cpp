@@ -312,23 +312,28 @@ at::Tensor run_blocks(const at::Tensor& x, const at::Tensor& packed, const void*
   const int8_t* xq = q.values.data_ptr<int8_t>();
   const float* x_scales = q.scales.data_ptr<float>();
   const float* x_sums = q.scaled_sums.data_ptr<float>();
-  const bool is_float = x.scalar_type() == at::kFloat;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    float tile[kMaxTileVnni * kBlockRows];
-    for (int64_t b = begin; b < end; ++b) {
-      for (int64_t m0 = 0; m0 < rows; m0 += max_tile) {
-        const int64_t tile_rows = std::min<int64_t>(max_tile, rows - m0);
-        const BlockArgs args{weight + b * block_bytes, static_cast<const char*>(scales) + b * scale_stride,
-                             xq + m0 * k, x_scales + m0 * groups, x_sums + m0 * groups, k, group, tile};
-        select(tile_rows)(args);
-        const int64_t offset = m0 * n + b * kBlockRows;
-        if (is_float) {
-          store_rows(tile, out.data_ptr<float>() + offset, tile_rows, n);
-        } else {
-          store_rows(tile, out.data_ptr<at::BFloat16>() + offset, tile_rows, n);
-        }
+  float* out_float = x.scalar_type() == at::kFloat ? out.data_ptr<float>() : nullptr;
+  at::BFloat16* out_bf16 = out_float ? nullptr : out.data_ptr<at::BFloat16>();
+  auto run_block = [&](int64_t b, float* tile) {
+    for (int64_t m0 = 0; m0 < rows; m0 += max_tile) {
+      const int64_t tile_rows = std::min<int64_t>(max_tile, rows - m0);
+      const BlockArgs args{weight + b * block_bytes, static_cast<const char*>(scales) + b * scale_stride,
+                           xq + m0 * k, x_scales + m0 * groups, x_sums + m0 * groups, k, group, tile};
+      select(tile_rows)(args);
+      const int64_t offset = m0 * n + b * kBlockRows;
+      if (out_float) {
+        store_rows(tile, out_float + offset, tile_rows, n);
+      } else {
+        store_rows(tile, out_bf16 + offset, tile_rows, n);
       }
     }
+  };
+  // Each thread streams one contiguous share of the blocks: taking small chunks as they come instead
+  // (against preemption by the server's other threads) broke the hardware prefetcher's streams and
+  // measured 20% slower at one row.
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    float tile[kMaxTileVnni * kBlockRows];
+    for (int64_t b = begin; b < end; ++b) run_block(b, tile);
   });
   return out;
 }
