@@ -37,7 +37,7 @@ from pipelines.sources import resolve_source
 from pipelines.tts import TTSPipeline, TTSPipelineConfig
 from services.config.models import ModelSpec, load_model_specs
 from services.config.settings import Settings
-from shared_engine.quantization import QuantizationConfig
+from shared_engine.quantization_config import QuantizationConfig
 
 
 def spec_named(name: str) -> ModelSpec:

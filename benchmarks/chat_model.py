@@ -15,7 +15,7 @@ from services.config.models import ModelSpec, load_model_specs
 from services.config.settings import Settings
 from shared_engine.device import resolve_device, resolve_dtype
 from shared_engine.models.loader import build_decoder, iter_safetensors
-from shared_engine.quantization import QuantizationConfig
+from shared_engine.quantization_config import QuantizationConfig
 
 
 @dataclass(frozen=True)

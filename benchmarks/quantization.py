@@ -11,8 +11,9 @@ tokens in greedy continuations (first 64 tokens) of fixed prompts, against the u
 
     .venv/bin/python benchmarks/quantization.py [--rounds 8] [--threads 1] [--variants none,int8,int4]
 
-A variant is ``none`` or ``MODE[-gGROUP][+head][+float]``: ``int4-g32+head`` is int4 with groups of 32
-and the LM head quantized too; ``auto`` is what ``quantization = "auto"`` gives on this device.
+A variant is ``none`` or ``MODE[-gGROUP][+head][+float][+weight-only]``: ``int4-g32+head`` is int4 with
+groups of 32 and the LM head quantized too, ``+weight-only`` keeps activations in floating point;
+``auto`` is what ``quantization = "auto"`` gives on this device.
 ``--cpu-isa avx2`` runs it all as an AVX2-only CPU would (benchmarks/cpu_isa.py).
 """
 
@@ -40,7 +41,7 @@ from benchmarks.workload import build_prompts, corpus_words, default_corpus
 from shared_engine.attention import AttentionMetadata, PrefillChunk, allocate_kv_caches
 from shared_engine.config import CacheConfig, EngineConfig
 from shared_engine.llm_engine import LLMEngine
-from shared_engine.quantization import DEFAULT_INT4_GROUP_SIZE, QuantizationConfig
+from shared_engine.quantization_config import DEFAULT_INT4_GROUP_SIZE, QuantizationConfig
 from shared_engine.quantize_model import weight_bytes
 from shared_engine.sampling_params import SamplingParams
 
@@ -60,15 +61,17 @@ HEAD_ROWS = 4
 
 def parse_variant(name: str) -> QuantizationConfig | None:
     """``none``, or a mode (``int8``, ``int4``, ``int4-g64``, ``auto``) followed by ``+head`` (the LM head
-    too) and ``+float`` (float weights kept for larger batches), in any order."""
+    too), ``+float`` (float weights kept for larger batches) and ``+weight-only`` (activations kept in
+    floating point), in any order."""
     if name == "none":
         return None
     base, *flags = name.split("+")
     mode, _, group = base.partition("-g")
-    if set(flags) - {"head", "float"} or len(set(flags)) != len(flags):
-        raise ValueError(f"variant {name!r}: only '+head' and '+float' may follow the mode")
+    if set(flags) - {"head", "float", "weight-only"} or len(set(flags)) != len(flags):
+        raise ValueError(f"variant {name!r}: only '+head', '+float' and '+weight-only' may follow the mode")
     size = int(group) if group else DEFAULT_INT4_GROUP_SIZE
-    return QuantizationConfig(mode, size, "head" in flags, "float" in flags)
+    activations = "float" if "weight-only" in flags else "int8"
+    return QuantizationConfig(mode, size, "head" in flags, "float" in flags, activations=activations)
 
 
 def perplexity(model: Any, ids: list[int], device: torch.device, dtype: torch.dtype) -> float:

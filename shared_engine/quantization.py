@@ -27,7 +27,6 @@ does it after moving the weights).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -38,11 +37,8 @@ from shared_engine.int_weights import QuantizedInt4, dequantize_int4, quantize_i
 
 logger = logging.getLogger(__name__)
 
-QUANTIZATION_MODES = ("int8", "int4", "auto")
 # The dtype the CPU kernels take activations and scales in, whatever the model's floating-point dtype.
 KERNEL_DTYPE = torch.bfloat16
-INT4_GROUP_SIZES = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu accepts
-DEFAULT_INT4_GROUP_SIZE = 32  # measured best: groups of 64 cost SmolLM2 +49% perplexity, 32 +0.4%
 
 # Row counts past which the int8 kernel loses to dequantize-then-matmul (see the module docstring),
 # and past which each kernel loses to a bf16 F.linear on an LM head's shape (576 -> 49152).
@@ -70,47 +66,6 @@ _ENGINE_INT8_BEATS_PACKED_MAX_ROWS = 4
 _INT8_KERNEL_K_MULTIPLE = 16
 # The CPU int4 packing needs the output features in tiles of 16.
 INT4_N_MULTIPLE = 16
-
-
-@dataclass(frozen=True)
-class QuantizationConfig:
-    """``mode``: int8, int4 or auto; ``group_size``: input features per int4 scale/zero (ignored by int8);
-    ``lm_head``: also quantize the output projection (for tied embeddings: a quantized copy);
-    ``keep_float``: keep each projection's floating-point weight too, for the calls with more rows than
-    the weight-only kernel serves faster (see :class:`DualLinear`); ``head_mode``: the LM head's mode if
-    not ``mode``. ``auto`` is resolved per device by :meth:`for_device` before a model is built."""
-
-    mode: str
-    group_size: int = DEFAULT_INT4_GROUP_SIZE
-    lm_head: bool = False
-    keep_float: bool = False
-    head_mode: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.mode not in QUANTIZATION_MODES:
-            raise ValueError(f"unknown quantization {self.mode!r}; known: {', '.join(QUANTIZATION_MODES)}")
-        if self.head_mode not in (None, "int8", "int4"):
-            raise ValueError(f"the LM head's quantization must be int8 or int4, got {self.head_mode!r}")
-        if self.group_size not in INT4_GROUP_SIZES:
-            raise ValueError(
-                f"quantization group size must be one of {', '.join(map(str, INT4_GROUP_SIZES))}, "
-                f"got {self.group_size!r}"
-            )
-
-    def for_device(self, device: torch.device) -> QuantizationConfig | None:
-        """``auto`` on a CPU: int4 projections (this group size), an int8 LM head (int4 there costs SmolLM2
-        +6.6% perplexity), float weights kept; nothing elsewhere. Other modes are already concrete."""
-        if self.mode != "auto":
-            return self
-        if device.type != "cpu":
-            return None
-        return QuantizationConfig("int4", self.group_size, lm_head=True, keep_float=True, head_mode="int8")
-
-    @property
-    def head(self) -> QuantizationConfig:
-        if self.head_mode is None or self.head_mode == self.mode:
-            return self
-        return QuantizationConfig(self.head_mode, self.group_size, self.lm_head, self.keep_float)
 
 
 class QuantizedLinear(nn.Module):
@@ -174,13 +129,12 @@ def _takes_kernel_dtype(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float32)
 
 
-def _engine_isa(weight: torch.Tensor, out_features: int, in_features: int, group: int) -> int:
-    """The instruction set of the engine's integer matmul for this layer, 0 where it cannot serve it."""
-    if (
-        not _takes_kernel_dtype(weight)
-        or out_features % int_matmul.INT_MATMUL_BLOCK_ROWS
-        or in_features % group
-    ):
+def _engine_isa(linear: nn.Linear, group: int, int8_activations: bool) -> int:
+    """The instruction set of the engine's integer matmul for this layer, 0 where it cannot or may not
+    serve it."""
+    if not (int8_activations and _takes_kernel_dtype(linear.weight)):
+        return 0
+    if linear.out_features % int_matmul.INT_MATMUL_BLOCK_ROWS or linear.in_features % group:
         return 0
     return int_matmul.int_matmul_isa() or 0
 
@@ -196,12 +150,10 @@ class Int8Linear(QuantizedLinear):
     beats_packed_rows = _INT8_BEATS_PACKED_MAX_ROWS
     beats_bf16_rows = _INT8_BEATS_BF16_MAX_ROWS
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, int8_activations: bool = True) -> None:
         super().__init__(linear)
         w = linear.weight.detach()
-        self.engine_isa = _engine_isa(
-            w, self.out_features, self.in_features, int_matmul.INT8_ACTIVATION_GROUP
-        )
+        self.engine_isa = _engine_isa(linear, int_matmul.INT8_ACTIVATION_GROUP, int8_activations)
         self.engine_kernel = self.engine_isa != 0
         scales_dtype = (
             torch.float32 if self.engine_kernel else KERNEL_DTYPE if w.device.type == "cpu" else w.dtype
@@ -247,12 +199,12 @@ class Int4Linear(QuantizedLinear):
     beats_packed_rows = _INT4_BEATS_PACKED_MAX_ROWS
     beats_bf16_rows = _INT4_BEATS_BF16_MAX_ROWS
 
-    def __init__(self, linear: nn.Linear, group_size: int) -> None:
+    def __init__(self, linear: nn.Linear, group_size: int, int8_activations: bool = True) -> None:
         super().__init__(linear)
         w = linear.weight.detach()
         self.group_size = group_size
         self.cpu_packed = _takes_kernel_dtype(w)
-        self.engine_isa = _engine_isa(w, self.out_features, self.in_features, group_size)
+        self.engine_isa = _engine_isa(linear, group_size, int8_activations)
         self.engine_kernel = self.engine_isa != 0
         scales_dtype = torch.float16 if self.engine_kernel else KERNEL_DTYPE if self.cpu_packed else w.dtype
         q = quantize_int4(w, group_size, scales_dtype)

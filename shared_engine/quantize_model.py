@@ -10,13 +10,8 @@ import torch
 from torch import nn
 
 from shared_engine.dual_linear import DualLinear, TiedQuantizedHead
-from shared_engine.quantization import (
-    INT4_N_MULTIPLE,
-    Int4Linear,
-    Int8Linear,
-    QuantizationConfig,
-    QuantizedLinear,
-)
+from shared_engine.quantization import INT4_N_MULTIPLE, Int4Linear, Int8Linear, QuantizedLinear
+from shared_engine.quantization_config import QuantizationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +32,10 @@ def _unfit_reason(linear: nn.Linear, config: QuantizationConfig) -> str | None:
 
 
 def _quantized(linear: nn.Linear, config: QuantizationConfig) -> QuantizedLinear:
-    return Int8Linear(linear) if config.mode == "int8" else Int4Linear(linear, config.group_size)
+    int8_activations = config.activations == "int8"
+    if config.mode == "int8":
+        return Int8Linear(linear, int8_activations)
+    return Int4Linear(linear, config.group_size, int8_activations)
 
 
 def _tied_embedding(model: nn.Module) -> nn.Embedding | None:

@@ -35,7 +35,7 @@ from shared_engine.micro_batcher import BatchObserver, BatchStats, MicroBatchCon
 from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.models.whisper import CrossAttentionState
 from shared_engine.outputs import FinishReason, RequestOutput
-from shared_engine.quantization import QuantizationConfig
+from shared_engine.quantization_config import QuantizationConfig
 from shared_engine.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from shared_engine.errors import InvalidRequest
 from shared_engine.llm_engine import EngineStats, LLMEngine
 from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.outputs import RequestOutput
-from shared_engine.quantization import QuantizationConfig
+from shared_engine.quantization_config import QuantizationConfig
 from shared_engine.sampling_params import SamplingParams
 from shared_engine.structured_output import StructuredOutputs
 

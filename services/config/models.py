@@ -11,7 +11,7 @@ from pipelines.sources import check_source_allowed
 from services.config.settings import Settings
 from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
 from shared_engine.micro_batcher import MicroBatchConfig
-from shared_engine.quantization import DEFAULT_INT4_GROUP_SIZE, QuantizationConfig
+from shared_engine.quantization_config import DEFAULT_INT4_GROUP_SIZE, QuantizationConfig
 
 TASKS = ("chat", "embedding", "vision", "asr", "tts", "rerank")
 QUANTIZABLE_TASKS = ("chat", "asr")  # the tasks whose model decodes on the engine
@@ -135,6 +135,9 @@ class ModelSpec:
     quantization_lm_head: bool = False
     # Keep the float weights too, for batches the float matmul serves faster (shared_engine DualLinear).
     quantization_keep_float: bool = False
+    # "int8" (default): the engine's integer kernels round each layer's input to int8 per group;
+    # "float": torch's weight-only kernels, inputs unrounded (what Whisper's decoder needs).
+    quantization_activations: str | None = None
     speculative: SpeculativeOptions | None = None  # chat only: speculative decoding
     rerank: RerankOptions | None = None  # rerank only (None: the defaults)
 
@@ -172,10 +175,11 @@ class ModelSpec:
                 self.quantization_group_size is not None
                 or self.quantization_lm_head
                 or self.quantization_keep_float
+                or self.quantization_activations is not None
             ):
                 raise ValueError(
-                    "quantization_group_size, quantization_lm_head and quantization_keep_float need "
-                    "quantization"
+                    "quantization_group_size, quantization_lm_head, quantization_keep_float and "
+                    "quantization_activations need quantization"
                 )
             return None
         if self.task not in QUANTIZABLE_TASKS:
@@ -193,6 +197,7 @@ class ModelSpec:
             DEFAULT_INT4_GROUP_SIZE if group_size is None else group_size,
             self.quantization_lm_head,
             self.quantization_keep_float,
+            activations=self.quantization_activations or "int8",
         )
 
 

@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from shared_engine.models.base import MODEL_REGISTRY, DecoderArch, DecoderModel
 from shared_engine.packed_linear import pack_linears, packing_applies
-from shared_engine.quantization import QuantizationConfig
+from shared_engine.quantization_config import QuantizationConfig
 from shared_engine.quantize_model import quantize_decoder
 
 

@@ -16,7 +16,8 @@ from shared_engine.config import CacheConfig, EngineConfig
 from shared_engine.llm_engine import LLMEngine
 from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.packed_linear import PackedLinear, pack_linears, packing_applies
-from shared_engine.quantization import Int8Linear, QuantizationConfig
+from shared_engine.quantization import Int8Linear
+from shared_engine.quantization_config import QuantizationConfig
 from shared_engine.sampling_params import SamplingParams
 
 CPU = torch.device("cpu")

@@ -24,7 +24,8 @@ from shared_engine.int_weights import dequantize_int4, dequantize_int8, quantize
 from shared_engine.llm_engine import LLMEngine
 from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.packed_linear import PackedLinear, packing_applies
-from shared_engine.quantization import Int4Linear, Int8Linear, QuantizationConfig
+from shared_engine.quantization import Int4Linear, Int8Linear
+from shared_engine.quantization_config import QuantizationConfig
 from shared_engine.quantize_model import quantize_decoder, weight_bytes
 from shared_engine.sampling_params import SamplingParams
 
@@ -325,6 +326,11 @@ def test_model_spec_builds_the_quantization_config() -> None:
     assert spec.quantization_config == QuantizationConfig("int4", 64, lm_head=True)
     spec = _spec(quantization="int4", quantization_keep_float=True)
     assert spec.quantization_config == QuantizationConfig("int4", keep_float=True)
+    spec = _spec(quantization="auto", quantization_activations="float")
+    assert spec.quantization_config == QuantizationConfig("auto", activations="float")
+    assert spec.quantization_config.for_device(CPU) == QuantizationConfig(
+        "int4", 32, lm_head=True, keep_float=True, head_mode="int8", activations="float"
+    )
     table = {"models": [{"name": "m", "task": "chat", "source": "x", "quantization": "int4"}]}
     assert parse_model_specs(table)[0].quantization == "int4"
 
@@ -338,6 +344,8 @@ def test_model_spec_builds_the_quantization_config() -> None:
         ({"quantization_group_size": 32}, "need quantization"),
         ({"quantization_lm_head": True}, "need quantization"),
         ({"quantization_keep_float": True}, "need quantization"),
+        ({"quantization_activations": "float"}, "need quantization"),
+        ({"quantization": "int8", "quantization_activations": "int4"}, "activations must be int8 or float"),
         ({"quantization": "int4", "quantization_keep_float": 1}, "must be true or false"),
         ({"quantization": "int8", "quantization_lm_head": "yes"}, "must be true or false"),
         ({"quantization": "int8", "task": "embedding"}, "tasks 'chat' and 'asr' only, not 'embedding'"),

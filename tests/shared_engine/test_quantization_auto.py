@@ -19,7 +19,8 @@ from transformers import AutoConfig
 from shared_engine import int_matmul
 from shared_engine.dual_linear import DualLinear
 from shared_engine.models.loader import build_decoder, iter_safetensors
-from shared_engine.quantization import Int4Linear, Int8Linear, QuantizationConfig
+from shared_engine.quantization import Int4Linear, Int8Linear
+from shared_engine.quantization_config import QuantizationConfig
 
 CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parents[2]
@@ -80,7 +81,7 @@ from benchmarks.quality import forced_argmax
 from benchmarks.quantization import greedy, make_engine
 from shared_engine.device import resolve_dtype
 from shared_engine.models.loader import build_decoder, iter_safetensors
-from shared_engine.quantization import QuantizationConfig
+from shared_engine.quantization_config import QuantizationConfig
 from shared_engine.sampling_params import SamplingParams
 from transformers import AutoTokenizer
 from pathlib import Path

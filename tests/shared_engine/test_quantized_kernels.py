@@ -187,6 +187,18 @@ def test_int8_layers_take_the_engine_s_kernel_for_few_rows_and_dequantize_for_ma
 
 
 @pytest.mark.parametrize("bits", [4, 8])
+def test_weight_only_layers_keep_their_inputs_in_float(bits: int) -> None:
+    """``activations = "float"`` (what Whisper's decoder runs): torch's kernels, no int8 rounding."""
+    linear = _layer(64, 128, torch.float32)
+    layer = Int4Linear(linear, 32, int8_activations=False) if bits == 4 else Int8Linear(linear, False)
+    assert not layer.engine_kernel and layer.weight.dtype in (torch.uint8, torch.int8, torch.int32)
+    x = torch.randn(3, 128)
+    with torch.inference_mode():
+        want = layer(x).float()
+        assert ((want - linear(x)).norm() / linear(x).norm()).item() < 0.1
+
+
+@pytest.mark.parametrize("bits", [4, 8])
 def test_the_integer_kernels_trace_into_one_graph(bits: int) -> None:
     if int_matmul.int_matmul_isa() is None:
         pytest.skip("the engine's integer kernels do not run on this CPU")

