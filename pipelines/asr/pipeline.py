@@ -285,8 +285,6 @@ class ASRPipeline:
             logprobs = logprobs[: len(tokens)]
         return _Decoded(tokens, logprobs, reason, temperature)
 
-    # -- lifecycle --------------------------------------------------------------------------------
-
     def stats(self) -> EngineStats:
         return self.engine.stats()
 
