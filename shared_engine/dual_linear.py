@@ -4,11 +4,30 @@ faster (decode at small batch sizes, bound by reading weights) and the float mat
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from shared_engine.quantization import QuantizedLinear
+
+_FLOAT_ONLY: ContextVar[bool] = ContextVar("mmserve_float_weights_only", default=False)
+
+
+@contextmanager
+def float_weights_only(active: bool = True) -> Iterator[None]:
+    """While active, every :class:`DualLinear` takes its float weight whatever the rows. The model runner
+    sets it for steps that compute prompt tokens: a prompt's last few tokens, recomputed after a prefix
+    cache hit, would otherwise take the quantized kernel where the full prompt took the float weights,
+    and a seeded request would not repeat itself (the engine's kernels round inputs to int8)."""
+    token = _FLOAT_ONLY.set(active)
+    try:
+        yield
+    finally:
+        _FLOAT_ONLY.reset(token)
 
 
 class TiedQuantizedHead(nn.Module):
@@ -47,6 +66,8 @@ class DualLinear(nn.Module):
         limit = self._kernel_rows.get(x.dtype)
         if limit is None:
             limit = self._kernel_rows[x.dtype] = self.quantized.kernel_rows(x)
+        if _FLOAT_ONLY.get():
+            return self.float_linear(x)
         if x.dim() == 2:
             return self.quantized.kernel_forward(x) if x.shape[0] <= limit else self.float_linear(x)
         return self.quantized(x) if self.quantized.beats_float(x) else self.float_linear(x)

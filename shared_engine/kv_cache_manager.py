@@ -72,9 +72,11 @@ class KVCacheManager:
         """The longest run of cached full blocks that prefixes ``request``'s tokens.
 
         The last token is never served from cache: the model must run on at least one token to
-        produce the logits of the next one.
+        produce the logits of the next one. A seeded request reads nothing from cache: a prompt's tail
+        computed against cached keys and values takes another attention path than the whole prompt,
+        whose rounding can change a sampled token, and the same seed must give the same answer.
         """
-        if not self.enable_prefix_caching:
+        if not self.enable_prefix_caching or request.params.seed is not None:
             return ComputedBlocks([], [])
         tokens = request.all_token_ids
         max_blocks = (len(tokens) - 1) // self.block_size

@@ -20,6 +20,7 @@ from shared_engine.attention import (
     decode_mask,
     gathered_decode,
 )
+from shared_engine.dual_linear import float_weights_only
 from shared_engine.models.base import DecoderModel
 from shared_engine.outputs import StepResult
 from shared_engine.rejection_sampler import verify_and_sample
@@ -126,7 +127,8 @@ class ModelRunner:
     def forward(self, segments: list[Segment]) -> tuple[torch.Tensor, list[int]]:
         """Run ``segments`` as one batch: hidden states ``[tokens, hidden]`` and each segment's offset."""
         ids, pos, meta, offsets = self._prepare(segments)
-        return self.model.forward(ids, pos, meta, self.kv_caches), offsets
+        with float_weights_only(bool(meta.prefills)):
+            return self.model.forward(ids, pos, meta, self.kv_caches), offsets
 
     @torch.inference_mode()
     def last_logits(self, segments: list[Segment]) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared_engine.kv_cache_manager import ComputedBlocks, KVCacheManager, hash_block
+from shared_engine.sampling_params import SamplingParams
 from tests.shared_engine.factories import (
     check_invariants,
     fill_blocks,
@@ -134,6 +135,18 @@ def test_allocate_returns_none_and_changes_nothing_when_pool_too_small() -> None
     assert _snapshot(kv) == before
     assert a.block_ids == [0, 1, 2]
     check_invariants(kv, [a, c])
+
+
+def test_a_seeded_request_reads_nothing_from_the_prefix_cache() -> None:
+    """Its answer must not depend on whether its prompt was cached (a cached prefix changes rounding)."""
+    kv = make_kv(num_blocks=8)
+    a = make_request("a", prompt(9))
+    fill_blocks(kv, a)
+    kv.free(a)
+    unseeded = make_request("b", prompt(9), params=SamplingParams(max_tokens=4, temperature=1.0))
+    assert kv.get_computed_blocks(unseeded).block_ids == [0, 1]
+    seeded = make_request("c", prompt(9), params=SamplingParams(max_tokens=4, temperature=1.0, seed=3))
+    assert kv.get_computed_blocks(seeded).block_ids == []
 
 
 def test_revived_prefix_hits_count_against_the_free_pool() -> None:
