@@ -195,9 +195,11 @@ def test_json_object_answers_are_objects(
             assert text(tokenizer, tokens).startswith("{") and len(tokens) == 48
 
 
-def test_batch_chunking_preemption_and_prefix_caching_change_nothing(
+def test_batch_chunking_and_preemption_change_nothing(
     model: Any, tokenizer: Any, structured: StructuredOutputs, prompts: list[list[int]]
 ) -> None:
+    """Seeded constrained requests, alone or batched, chunked and preempted: the same tokens. Seeded
+    requests read nothing from the prefix cache (a cached prefix rounds differently), so it stays unused."""
     params = [schema_params(0.9, seed) for seed in range(len(prompts))]
     alone = [
         run(make_engine(model, tokenizer, structured), [p], [q])[0]
@@ -208,7 +210,7 @@ def test_batch_chunking_preemption_and_prefix_caching_change_nothing(
     batched = run(squeezed, prompts + prompts, params + params)
     assert batched == alone + alone
     assert squeezed.stats().num_preemptions > 0
-    assert squeezed.stats().prefix_cache_hits > 0
+    assert squeezed.stats().prefix_cache_queries > 0 and squeezed.stats().prefix_cache_hits == 0
 
 
 @pytest.mark.parametrize("method", ["ngram", "draft_model"])
