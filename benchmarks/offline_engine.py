@@ -27,10 +27,13 @@ def make_engine(
     dtype: torch.dtype,
     blocks: int,
     scheduler: SchedulerConfig | None = None,
+    kv_cache_dtype: str = "auto",
 ) -> LLMEngine:
-    """An engine over ``model`` with ``blocks`` KV blocks, no prefix caching, no EOS tokens (the
-    requests are ``ignore_eos``) and ``scheduler`` (default: the engine's)."""
-    cache = CacheConfig(block_size=BLOCK_SIZE, num_blocks=blocks, enable_prefix_caching=False)
+    """An engine over ``model`` with ``blocks`` KV blocks of ``kv_cache_dtype``, no prefix caching, no
+    EOS tokens (the requests are ``ignore_eos``) and ``scheduler`` (default: the engine's)."""
+    cache = CacheConfig(
+        block_size=BLOCK_SIZE, num_blocks=blocks, enable_prefix_caching=False, dtype=kv_cache_dtype
+    )
     config = EngineConfig(cache=cache, scheduler=scheduler or SchedulerConfig())
     return LLMEngine(model, tokenizer, config, device, dtype, frozenset())
 

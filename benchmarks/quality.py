@@ -10,6 +10,9 @@ A variant that keeps float weights beside the quantized ones (``+float``, ``auto
 ``keep_float`` off: its quantized half is what decodes at small batch sizes run, and its float half is
 the reference's own weights, so measuring the pair would mostly measure float32 against itself.
 
+Each variant stores keys and values as the engine's default cache does (bfloat16 under a float32 model:
+the ``fp32`` variant measures that rounding alone); the reference keeps them in float32.
+
 Targets (the default's): agreement ≥ 90% of tokens, perplexity within 5% of float32's.
 
     .venv/bin/python benchmarks/quality.py [--variants bf16,bf16+int8,bf16+int4,fp32+int8]
@@ -32,7 +35,7 @@ from benchmarks import report
 from benchmarks.chat_model import configured_chat_model
 from benchmarks.quantization import AGREEMENT_PROMPTS, greedy, make_engine, parse_variant, perplexity
 from benchmarks.workload import default_corpus
-from shared_engine.attention import AttentionMetadata, PrefillChunk, allocate_kv_caches
+from shared_engine.attention import AttentionMetadata, PrefillChunk, allocate_kv_caches, kv_cache_dtype
 from shared_engine.device import DTYPES
 from shared_engine.sampling_params import SamplingParams
 
@@ -53,7 +56,10 @@ def forced_argmax(model: Any, sequence: list[int], device: torch.device, dtype: 
     """The model's most likely next token at every position of ``sequence``, in one prefill."""
     arch, block = model.arch, 16
     blocks = -(-len(sequence) // block)
-    kv = allocate_kv_caches(arch.num_layers, arch.num_kv_heads, blocks, block, arch.head_dim, dtype, device)
+    kv_dtype = kv_cache_dtype("auto", dtype)
+    kv = allocate_kv_caches(
+        arch.num_layers, arch.num_kv_heads, blocks, block, arch.head_dim, kv_dtype, device
+    )
     ids = torch.tensor(sequence, device=device)
     pos = torch.arange(len(sequence), device=device)
     meta = AttentionMetadata.prefill_only(pos, [PrefillChunk(0, len(sequence), 0, None)])
@@ -97,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print("float32 reference ...", flush=True)
     fp32 = chat.build(None, torch.float32)
-    reference = greedy(make_engine(fp32, tokenizer, device, torch.float32), prompts, params)
-    fp32_ppl = perplexity(fp32, text_ids, device, torch.float32)
+    # The reference keeps float32 keys and values too; every variant stores them as the default does.
+    reference = greedy(make_engine(fp32, tokenizer, device, torch.float32, "float32"), prompts, params)
+    fp32_ppl = perplexity(fp32, text_ids, device, torch.float32, "float32")
     del fp32
     rows: dict[str, dict[str, Any]] = {}
     for name in args.variants.split(","):

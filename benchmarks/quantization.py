@@ -38,7 +38,7 @@ from benchmarks.chat_model import configured_chat_model
 from benchmarks.cpu_isa import ISAS, reexec_as
 from benchmarks.noise import CpuMeter
 from benchmarks.workload import build_prompts, corpus_words, default_corpus
-from shared_engine.attention import AttentionMetadata, PrefillChunk, allocate_kv_caches
+from shared_engine.attention import AttentionMetadata, PrefillChunk, allocate_kv_caches, kv_cache_dtype
 from shared_engine.config import CacheConfig, EngineConfig
 from shared_engine.llm_engine import LLMEngine
 from shared_engine.quantization_config import DEFAULT_INT4_GROUP_SIZE, QuantizationConfig
@@ -74,12 +74,16 @@ def parse_variant(name: str) -> QuantizationConfig | None:
     return QuantizationConfig(mode, size, "head" in flags, "float" in flags, activations=activations)
 
 
-def perplexity(model: Any, ids: list[int], device: torch.device, dtype: torch.dtype) -> float:
-    """exp(mean next-token NLL) over non-overlapping windows, each a fresh prefill."""
+def perplexity(
+    model: Any, ids: list[int], device: torch.device, dtype: torch.dtype, kv_cache: str = "auto"
+) -> float:
+    """exp(mean next-token NLL) over non-overlapping windows, each a fresh prefill, keys and values
+    rounded as a ``kv_cache`` cache stores them."""
     arch = model.arch
     block = 16
+    kv_dtype = kv_cache_dtype(kv_cache, dtype)
     kv = allocate_kv_caches(
-        arch.num_layers, arch.num_kv_heads, PPL_WINDOW // block, block, arch.head_dim, dtype, device
+        arch.num_layers, arch.num_kv_heads, PPL_WINDOW // block, block, arch.head_dim, kv_dtype, device
     )
     nll, count = 0.0, 0
     with torch.inference_mode():
@@ -98,8 +102,10 @@ def perplexity(model: Any, ids: list[int], device: torch.device, dtype: torch.dt
     return math.exp(nll / count)
 
 
-def make_engine(model: Any, tokenizer: Any, device: torch.device, dtype: torch.dtype) -> LLMEngine:
-    cache = CacheConfig(memory_bytes=256 << 20, enable_prefix_caching=False)
+def make_engine(
+    model: Any, tokenizer: Any, device: torch.device, dtype: torch.dtype, kv_cache: str = "auto"
+) -> LLMEngine:
+    cache = CacheConfig(memory_bytes=256 << 20, enable_prefix_caching=False, dtype=kv_cache)
     return LLMEngine(model, tokenizer, EngineConfig(cache=cache), device, dtype, frozenset())
 
 

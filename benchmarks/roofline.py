@@ -51,6 +51,7 @@ from benchmarks.roofline_decode import decode_point, decode_runs, profile_decode
 from benchmarks.roofline_microbench import DTYPE_NAMES, measure_machine
 from benchmarks.roofline_model import attention_flops, param_counts, weight_bytes_read
 from benchmarks.roofline_report import format_profile, format_table
+from shared_engine.config import KV_CACHE_DTYPES
 
 WARMUP_TOKENS = 4
 
@@ -60,6 +61,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--device", default=None, help="default: the model's configured device (auto)")
     p.add_argument("--dtype", default="auto", help="the engine's dtype")
+    p.add_argument(
+        "--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES, help="what the KV cache stores"
+    )
     p.add_argument("--square", default="2048", help="comma-separated sizes of square matmuls")
     p.add_argument("--reps", type=int, default=5, help="timed runs per matmul / bandwidth figure")
     p.add_argument("--min-time", type=float, default=0.2, help="seconds each timed run lasts at least")
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--prompt-len must be below the corpus length ({len(corpus)} tokens)")
     prompts = decode_prompts(corpus, max(batches), args.prompt_len)
     blocks = kv_blocks(max(batches), args.prompt_len, args.output_len)
-    engine = make_engine(model, tokenizer, device, dtype, blocks)
+    engine = make_engine(model, tokenizer, device, dtype, blocks, kv_cache_dtype=args.kv_cache_dtype)
     engine.generate(prompts[: max(batches)], greedy(WARMUP_TOKENS))
 
     attention = attention_flops(model.arch, args.prompt_len + args.output_len / 2)  # at the mean context
@@ -115,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     others = [r["other_cores"] for d in decode for r in d["runs"] if r["other_cores"] is not None]
     payload: dict[str, Any] = {
         **report.run_header("roofline", chat.spec.name, device, dtype, loadavg_before),
+        "kv_cache_dtype": str(engine.runner.kv_caches[0].dtype).removeprefix("torch."),
         "reps": args.reps,
         "min_time_s": args.min_time,
         "matmul": machine.matmul,

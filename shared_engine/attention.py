@@ -9,6 +9,11 @@ elsewhere in one batched matmul over keys and values gathered through them. Each
 SDPA, straight on its fresh keys when it starts at position 0, or on keys gathered from the cache when
 it continues a cached prefix or earlier chunk.
 
+The cache may hold keys and values in a narrower dtype than the model computes in (``kv_cache_dtype``):
+a float32 model stores them in bfloat16 by default, as llama.cpp stores float16, which halves the bytes
+a decode step's attention reads. They are rounded once, when written; prefill attention over fresh keys
+rounds them the same way, so a prompt attends to the same values whether it is cached, chunked or whole.
+
 Heads lead the layout, and keys and values share one tensor, so that a gathering decode step's whole read is
 a single ``index_select`` of ``block_size x head_dim`` rows out of the cache seen as a matrix (row
 ``(kv * num_kv_heads + head) * num_blocks + block``), and what it returns is already ``[2, heads,
@@ -26,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from shared_engine import cpu_kernels
+from shared_engine.config import KV_CACHE_DTYPES
 
 
 @dataclass
@@ -59,6 +65,19 @@ class AttentionMetadata:
     def prefill_only(cls, slot_mapping: torch.Tensor, prefills: list[PrefillChunk]) -> AttentionMetadata:
         """Prefill chunks of decoder-only requests, no decodes."""
         return cls(slot_mapping, 0, None, None, None, None, prefills, [None] * len(prefills))
+
+
+def kv_cache_dtype(name: str, model_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the KV cache stores for a model computing in ``model_dtype``: ``auto`` is bfloat16 for a
+    float32 model and the model's own dtype otherwise; a 16-bit model's cache cannot be wider or other."""
+    if name not in KV_CACHE_DTYPES:
+        raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {name!r}")
+    if name == "auto":
+        return torch.bfloat16 if model_dtype == torch.float32 else model_dtype
+    dtype: torch.dtype = getattr(torch, name)
+    if dtype != model_dtype and model_dtype != torch.float32:
+        raise ValueError(f"a {model_dtype} model's KV cache is {model_dtype} (or auto), not {name}")
+    return dtype
 
 
 def allocate_kv_caches(
@@ -96,8 +115,14 @@ def decode_mask(lengths: torch.Tensor, positions: int) -> torch.Tensor:
 
 def write_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slots: torch.Tensor) -> None:
     kv_heads, head_dim = kv_cache.shape[1], kv_cache.shape[-1]
-    kv_cache[0].view(kv_heads, -1, head_dim).index_copy_(1, slots, key.transpose(0, 1))
-    kv_cache[1].view(kv_heads, -1, head_dim).index_copy_(1, slots, value.transpose(0, 1))
+    dtype = kv_cache.dtype
+    kv_cache[0].view(kv_heads, -1, head_dim).index_copy_(1, slots, key.transpose(0, 1).to(dtype))
+    kv_cache[1].view(kv_heads, -1, head_dim).index_copy_(1, slots, value.transpose(0, 1).to(dtype))
+
+
+def as_cached(x: torch.Tensor, cache_dtype: torch.dtype) -> torch.Tensor:
+    """``x`` rounded as the cache stores it, in its own dtype."""
+    return x if x.dtype == cache_dtype else x.to(cache_dtype).to(x.dtype)
 
 
 def paged_attention(
@@ -129,7 +154,7 @@ def paged_attention(
         assert meta.decode_gather_index is not None and meta.decode_mask is not None
         length = meta.decode_mask.shape[-1]
         rows = kv_cache.view(-1, block_size * head_dim).index_select(0, meta.decode_gather_index)
-        keys, values = rows.view(2, kv_heads, b, length, head_dim)
+        keys, values = rows.to(query.dtype).view(2, kv_heads, b, length, head_dim)
         # Grouped-query attention without materialising repeated keys: the query heads that share a
         # kv head are laid out as that head's extra "rows".
         q = query[:b].view(b, kv_heads, num_heads // kv_heads, head_dim).transpose(0, 1)
@@ -140,12 +165,12 @@ def paged_attention(
     for chunk in meta.prefills:
         q = query[chunk.start : chunk.end].transpose(0, 1).unsqueeze(0)
         if chunk.slots is None:
-            k = key[chunk.start : chunk.end].transpose(0, 1).unsqueeze(0)
-            v = value[chunk.start : chunk.end].transpose(0, 1).unsqueeze(0)
+            k = as_cached(key[chunk.start : chunk.end], kv_cache.dtype).transpose(0, 1).unsqueeze(0)
+            v = as_cached(value[chunk.start : chunk.end], kv_cache.dtype).transpose(0, 1).unsqueeze(0)
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
         else:
-            k = flat_k.index_select(1, chunk.slots).unsqueeze(0)
-            v = flat_v.index_select(1, chunk.slots).unsqueeze(0)
+            k = flat_k.index_select(1, chunk.slots).to(query.dtype).unsqueeze(0)
+            v = flat_v.index_select(1, chunk.slots).to(query.dtype).unsqueeze(0)
             n = chunk.end - chunk.start
             ctx = chunk.num_computed + n
             q_pos = torch.arange(chunk.num_computed, ctx, device=query.device)

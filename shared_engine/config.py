@@ -4,21 +4,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# What the KV cache stores: "auto" is bfloat16 under a float32 model, else the model's own dtype.
+KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "float32")
+
 
 @dataclass(frozen=True)
 class CacheConfig:
     """Paged KV cache: fixed-size blocks, optionally reused across requests by prefix hash.
 
     Exactly one of ``num_blocks`` and ``memory_bytes`` decides the pool size; when ``num_blocks`` is
-    set it wins (tests use it to force preemption with a tiny pool).
+    set it wins (tests use it to force preemption with a tiny pool). ``dtype``: what keys and values are
+    stored as (``KV_CACHE_DTYPES``; attention computes in the model's dtype whatever it is).
     """
 
     block_size: int = 16
     memory_bytes: int = 1 << 30
     num_blocks: int | None = None
     enable_prefix_caching: bool = True
+    dtype: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"KV cache dtype must be one of {KV_CACHE_DTYPES}, got {self.dtype!r}")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a positive power of two, got {self.block_size}")
         if self.num_blocks is not None and self.num_blocks < 1:

@@ -101,6 +101,11 @@ def usable(device: torch.device) -> bool:
     return device.type == "cpu" and _loaded()
 
 
+def cache_dtype_fits(compute: torch.dtype, cache: torch.dtype) -> bool:
+    """Whether the kernels take a KV cache of ``cache`` dtype under queries and projections of ``compute``."""
+    return cache == compute or (compute == torch.float32 and cache in (torch.bfloat16, torch.float16))
+
+
 def paged_decode_attention(
     out: torch.Tensor,
     query: torch.Tensor,

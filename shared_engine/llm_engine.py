@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from shared_engine.attention import kv_cache_dtype
 from shared_engine.config import EngineConfig
 from shared_engine.detokenizer import IncrementalDetokenizer, Tokenizer
 from shared_engine.errors import ContextLengthExceeded, DuplicateRequest, InvalidRequest, Overloaded
@@ -75,14 +76,15 @@ class LLMEngine:
             # input too: two requests with the same prompt tokens must not share blocks.
             logger.info("prefix caching is off for %s (an encoder-decoder model)", arch.architecture)
             cache = replace(cache, enable_prefix_caching=False)
+        kv_dtype = kv_cache_dtype(cache.dtype, dtype)
         num_blocks = cache.num_blocks or num_blocks_for_memory(
-            cache.memory_bytes, arch.kv_bytes_per_token, cache.block_size, dtype
+            cache.memory_bytes, arch.kv_bytes_per_token, cache.block_size, kv_dtype
         )
         self.kv = KVCacheManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.kv, config.speculative)
-        self.runner = ModelRunner(model, num_blocks, cache.block_size, device, dtype)
+        self.runner = ModelRunner(model, num_blocks, cache.block_size, device, dtype, kv_dtype)
         self.proposer = make_proposer(
-            config.speculative, model, draft_model, num_blocks, cache.block_size, device, dtype
+            config.speculative, model, draft_model, num_blocks, cache.block_size, device, dtype, kv_dtype
         )
         self.structured = structured
         self._grammars: dict[str, RequestGrammar] = {}  # the constrained requests' matchers
@@ -90,10 +92,10 @@ class LLMEngine:
         self.live: dict[str, _Live] = {}
         self._mean_e2e_s: float | None = None  # recent finished requests', for Retry-After
         self._last_batch = (0, 0)
-        kv_mib = num_blocks * cache.block_size * arch.kv_bytes_per_token * dtype.itemsize / 2**20
+        kv_mib = num_blocks * cache.block_size * arch.kv_bytes_per_token * kv_dtype.itemsize / 2**20
         logger.info(
-            "engine ready: %d KV blocks of %d tokens (%.1f MiB), max_model_len %d, dtype %s, device %s",
-            num_blocks, cache.block_size, kv_mib, self.max_model_len, dtype, device,
+            "engine ready: %d KV blocks of %d tokens (%.1f MiB %s), max_model_len %d, dtype %s, device %s",
+            num_blocks, cache.block_size, kv_mib, kv_dtype, self.max_model_len, dtype, device,
         )  # fmt: skip
 
     # -- requests --------------------------------------------------------------------------------

@@ -53,15 +53,28 @@ def num_blocks_for_memory(
 
 class ModelRunner:
     def __init__(
-        self, model: DecoderModel, num_blocks: int, block_size: int, device: torch.device, dtype: torch.dtype
+        self,
+        model: DecoderModel,
+        num_blocks: int,
+        block_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        kv_dtype: torch.dtype | None = None,
     ) -> None:
+        """``kv_dtype``: what the KV cache stores (None: ``dtype``; see ``attention.kv_cache_dtype``)."""
         self.model = model
         self.device = device
         self.dtype = dtype
         self.block_size = block_size
         arch = model.arch
         self.kv_caches = allocate_kv_caches(
-            arch.num_layers, arch.num_kv_heads, num_blocks, block_size, arch.head_dim, dtype, device
+            arch.num_layers,
+            arch.num_kv_heads,
+            num_blocks,
+            block_size,
+            arch.head_dim,
+            kv_dtype or dtype,
+            device,
         )
         self.gathered_decode = gathered_decode(device)
 

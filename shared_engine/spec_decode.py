@@ -72,8 +72,9 @@ class DraftModelProposer:
         block_size: int,
         device: torch.device,
         dtype: torch.dtype,
+        kv_dtype: torch.dtype | None = None,
     ) -> None:
-        self.runner = ModelRunner(model, num_blocks, block_size, device, dtype)
+        self.runner = ModelRunner(model, num_blocks, block_size, device, dtype, kv_dtype)
 
     @torch.inference_mode()
     def propose(self, items: Sequence[ScheduledRequest], samplers: dict[str, RequestSampler]) -> None:
@@ -124,6 +125,7 @@ def make_proposer(
     block_size: int,
     device: torch.device,
     dtype: torch.dtype,
+    kv_dtype: torch.dtype | None = None,
 ) -> Proposer | None:
     """The proposer ``config`` asks for (None: no speculative decoding), checked against the models."""
     if config is None:
@@ -143,4 +145,4 @@ def make_proposer(
         )
     if draft.arch.is_encoder_decoder or model.arch.is_encoder_decoder:
         raise ValueError("speculative decoding with a draft model takes decoder-only models")
-    return DraftModelProposer(draft, num_blocks, block_size, device, dtype)
+    return DraftModelProposer(draft, num_blocks, block_size, device, dtype, kv_dtype)

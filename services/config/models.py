@@ -55,6 +55,7 @@ class EngineOptions:
     kv_cache_num_blocks: int | None = None
     block_size: int = 16
     enable_prefix_caching: bool = True
+    kv_cache_dtype: str = "auto"  # shared_engine.config.KV_CACHE_DTYPES
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     enable_chunked_prefill: bool = True
@@ -69,6 +70,7 @@ class EngineOptions:
                 memory_bytes=self.kv_cache_memory_mb * _MIB,
                 num_blocks=self.kv_cache_num_blocks,
                 enable_prefix_caching=self.enable_prefix_caching,
+                dtype=self.kv_cache_dtype,
             ),
             scheduler=SchedulerConfig(
                 max_num_seqs=self.max_num_seqs,

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <cmath>
 #include <limits>
@@ -44,6 +45,17 @@ inline void store_float(const float* src, c10::BFloat16* dst, int64_t n) {
   uint16_t* out = reinterpret_cast<uint16_t*>(dst);
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<uint16_t>((bits[i] + 0x7FFFu + ((bits[i] >> 16) & 1u)) >> 16);
+}
+
+// n values of src into dst's dtype: a copy when they match, else through float32 (``buf``: n floats).
+template <typename T, typename C>
+inline void store_as(const T* src, C* dst, int64_t n, float* buf) {
+  if constexpr (std::is_same_v<T, C>) {
+    std::copy(src, src + n, dst);
+  } else {
+    load_float(src, buf, n);
+    store_float(buf, dst, n);
+  }
 }
 
 // Dot products of q with four rows of k at once: four independent accumulations for the FMA units.
@@ -83,8 +95,8 @@ inline void weighted_rows(const float* weights, const float* v, int64_t count, i
 
 // One (request, kv head): the query heads of its group attend over its ``len`` positions. D is the head
 // size when known at compile time (0: ``dim``), which lets the compiler keep a row in registers.
-template <typename T, int64_t D>
-void attend_group(const T* q_src, int64_t q_stride, const T* keys, const T* values, const int64_t* table,
+template <typename T, typename C, int64_t D>
+void attend_group(const T* q_src, int64_t q_stride, const C* keys, const C* values, const int64_t* table,
                   int64_t len, int64_t block_size, int64_t group, int64_t dim, float scale, T* o_dst,
                   int64_t o_stride, std::vector<float>& buf) {
   if (len <= 0) {  // nothing to attend to (never for a decode, whose own token is cached): zeros
@@ -113,13 +125,16 @@ void attend_group(const T* q_src, int64_t q_stride, const T* keys, const T* valu
   for (int64_t g = 0; g < group; ++g) {
     float* s = scores + g * len;
     float m = s[0];
+#pragma omp simd reduction(max : m)
     for (int64_t p = 1; p < len; ++p) m = std::max(m, s[p]);
     float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
     for (int64_t p = 0; p < len; ++p) {
       s[p] = std::exp(s[p] - m);
       sum += s[p];
     }
     const float inv = 1.f / sum;
+#pragma omp simd
     for (int64_t p = 0; p < len; ++p) s[p] *= inv;
   }
   std::fill(acc, acc + group * dim, 0.f);
@@ -135,8 +150,9 @@ void attend_group(const T* q_src, int64_t q_stride, const T* keys, const T* valu
 }
 
 // query [b, heads, dim] (any strides, last one 1); kv_cache [2, kv_heads, blocks, block_size, dim]
-// contiguous; block_tables [b, max_blocks] int64; context_lens [b] int64; out [b, heads, dim].
-template <typename T>
+// contiguous, of dtype C (T's, or a 16-bit one for a float32 model); block_tables [b, max_blocks] int64;
+// context_lens [b] int64; out [b, heads, dim].
+template <typename T, typename C>
 void decode_attention_impl(at::Tensor& out, const at::Tensor& query, const at::Tensor& kv_cache,
                            const at::Tensor& block_tables, const at::Tensor& context_lens, double scale) {
   const int64_t batch = query.size(0), heads = query.size(1), dim = query.size(2);
@@ -144,13 +160,14 @@ void decode_attention_impl(at::Tensor& out, const at::Tensor& query, const at::T
   const int64_t group = heads / kv_heads;
   const int64_t plane = num_blocks * block_size * dim;  // one kv head's keys (or values)
   const T* q_base = query.data_ptr<T>();
-  const T* cache = kv_cache.data_ptr<T>();
+  const C* cache = kv_cache.data_ptr<C>();
   T* o_base = out.data_ptr<T>();
   const int64_t* tables = block_tables.data_ptr<int64_t>();
   const int64_t* lens = context_lens.data_ptr<int64_t>();
   const int64_t table_width = block_tables.size(1);
   const int64_t qs0 = query.stride(0), qs1 = query.stride(1), os0 = out.stride(0), os1 = out.stride(1);
-  const auto attend = dim == 64 ? attend_group<T, 64> : dim == 128 ? attend_group<T, 128> : attend_group<T, 0>;
+  const auto attend =
+      dim == 64 ? attend_group<T, C, 64> : dim == 128 ? attend_group<T, C, 128> : attend_group<T, C, 0>;
 
   at::parallel_for(0, batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> buf;
@@ -163,18 +180,29 @@ void decode_attention_impl(at::Tensor& out, const at::Tensor& query, const at::T
   });
 }
 
+// Calls fn(T(), C()) for a query/projection dtype T and a cache dtype C: the same, or float32 computation
+// over a bfloat16 or float16 cache (half the bytes each decode step reads).
+template <typename Fn>
+void dispatch_cache_dtypes(at::ScalarType compute, at::ScalarType cache, const char* name, Fn&& fn) {
+  if (compute == at::kFloat && cache == at::kBFloat16) return fn(float(), c10::BFloat16());
+  if (compute == at::kFloat && cache == at::kHalf) return fn(float(), c10::Half());
+  TORCH_CHECK(compute == cache, name, ": the cache must have the computation's dtype, or be bfloat16 or "
+              "float16 under float32, got ", cache, " under ", compute);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, compute, "dispatch_cache_dtypes",
+                                  [&] { fn(scalar_t(), scalar_t()); });
+}
+
 void paged_decode_attention(at::Tensor out, const at::Tensor& query, const at::Tensor& kv_cache,
                             const at::Tensor& block_tables, const at::Tensor& context_lens, double scale) {
   TORCH_CHECK(query.dim() == 3 && query.stride(2) == 1, "query must be [batch, heads, dim], last dim dense");
   TORCH_CHECK(kv_cache.dim() == 5 && kv_cache.is_contiguous(), "kv_cache must be a contiguous 5-d tensor");
   TORCH_CHECK(out.sizes() == query.sizes() && out.stride(2) == 1, "out must match query");
-  TORCH_CHECK(kv_cache.scalar_type() == query.scalar_type() && out.scalar_type() == query.scalar_type(),
-              "query, kv_cache and out must share a dtype");
+  TORCH_CHECK(out.scalar_type() == query.scalar_type(), "query and out must share a dtype");
   TORCH_CHECK(block_tables.scalar_type() == at::kLong && block_tables.is_contiguous(), "block_tables: int64");
   TORCH_CHECK(context_lens.scalar_type() == at::kLong && context_lens.is_contiguous(), "context_lens: int64");
   TORCH_CHECK(query.size(1) % kv_cache.size(1) == 0, "heads must be a multiple of kv heads");
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, query.scalar_type(), "paged_decode_attention", [&] {
-    decode_attention_impl<scalar_t>(out, query, kv_cache, block_tables, context_lens, scale);
+  dispatch_cache_dtypes(query.scalar_type(), kv_cache.scalar_type(), "paged_decode_attention", [&](auto t, auto c) {
+    decode_attention_impl<decltype(t), decltype(c)>(out, query, kv_cache, block_tables, context_lens, scale);
   });
 }
 
@@ -239,7 +267,7 @@ void rms_norm(at::Tensor out, const at::Tensor& x, const at::Tensor& weight, dou
 // of the query and key heads (rotate-half convention: x * cos + roll(x, dim / 2) * signed_sin, the tables
 // [positions, dim] float32 indexed by each token's position), then each token's key and value written
 // to its slot of kv_cache [2, kv_heads, blocks, block_size, dim].
-template <typename T>
+template <typename T, typename C>
 void rotary_cache_write_impl(at::Tensor& qkv, const at::Tensor& positions, const at::Tensor& cos,
                              const at::Tensor& signed_sin, at::Tensor& kv_cache, const at::Tensor& slots,
                              int64_t heads, int64_t kv_heads) {
@@ -247,7 +275,7 @@ void rotary_cache_write_impl(at::Tensor& qkv, const at::Tensor& positions, const
   const int64_t width = (heads + 2 * kv_heads) * dim;
   const int64_t plane = kv_cache.size(2) * kv_cache.size(3) * dim;  // one kv head's keys (or values)
   T* data = qkv.data_ptr<T>();
-  T* cache = kv_cache.data_ptr<T>();
+  C* cache = kv_cache.data_ptr<C>();
   const int64_t* pos = positions.data_ptr<int64_t>();
   const int64_t* slot = slots.data_ptr<int64_t>();
   const float* cos_table = cos.data_ptr<float>();
@@ -270,8 +298,8 @@ void rotary_cache_write_impl(at::Tensor& qkv, const at::Tensor& positions, const
       for (int64_t h = 0; h < kv_heads; ++h) {
         const T* key = row + (heads + h) * dim;
         const T* value = row + (heads + kv_heads + h) * dim;
-        std::copy(key, key + dim, cache + h * plane + slot[t] * dim);
-        std::copy(value, value + dim, cache + (kv_heads + h) * plane + slot[t] * dim);
+        store_as(key, cache + h * plane + slot[t] * dim, dim, x.data());
+        store_as(value, cache + (kv_heads + h) * plane + slot[t] * dim, dim, x.data());
       }
     }
   });
@@ -286,7 +314,6 @@ void rotary_cache_write(at::Tensor qkv, const at::Tensor& positions, const at::T
   TORCH_CHECK(dim % 2 == 0, "the head size must be even");
   TORCH_CHECK(qkv.dim() == 2 && qkv.is_contiguous() && qkv.size(1) == (heads + 2 * kv_heads) * dim,
               "qkv must be contiguous [tokens, (heads + 2 * kv_heads) * dim]");
-  TORCH_CHECK(qkv.scalar_type() == kv_cache.scalar_type(), "qkv and kv_cache must share a dtype");
   TORCH_CHECK(cos.scalar_type() == at::kFloat && signed_sin.scalar_type() == at::kFloat && cos.is_contiguous() &&
                   signed_sin.is_contiguous() && cos.size(1) == dim && signed_sin.sizes() == cos.sizes(),
               "cos and signed_sin must be contiguous float32 [positions, dim]");
@@ -294,8 +321,9 @@ void rotary_cache_write(at::Tensor qkv, const at::Tensor& positions, const at::T
                   positions.is_contiguous() && slots.is_contiguous() && positions.numel() == qkv.size(0) &&
                   slots.numel() == qkv.size(0),
               "positions and slots: int64, one per token");
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, qkv.scalar_type(), "rotary_cache_write", [&] {
-    rotary_cache_write_impl<scalar_t>(qkv, positions, cos, signed_sin, kv_cache, slots, heads, kv_heads);
+  dispatch_cache_dtypes(qkv.scalar_type(), kv_cache.scalar_type(), "rotary_cache_write", [&](auto t, auto c) {
+    rotary_cache_write_impl<decltype(t), decltype(c)>(qkv, positions, cos, signed_sin, kv_cache, slots, heads,
+                                                      kv_heads);
   });
 }
 

@@ -141,7 +141,7 @@ class Attention(nn.Module):
             cpu_kernels.usable(qkv.device)
             and qkv.dim() == 2
             and qkv.is_contiguous()
-            and qkv.dtype == kv_cache.dtype
+            and cpu_kernels.cache_dtype_fits(qkv.dtype, kv_cache.dtype)
         ):
             # Rotary embedding and the cache write in one call, in place on the projection.
             cpu_kernels.rotary_cache_write_(

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from shared_engine import cpu_kernels
 from shared_engine.attention import (
     AttentionMetadata,
+    as_cached,
     decode_gather_index,
     decode_mask,
     gathered_decode,
@@ -70,22 +71,34 @@ def _decode_meta(
     return AttentionMetadata(slots, len(lengths), tables, lengths, gather, mask, [], [])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+# (computation dtype, cache dtype): the same, or a float32 model over a 16-bit cache
+DTYPE_PAIRS = [
+    (torch.float32, torch.float32),
+    (torch.bfloat16, torch.bfloat16),
+    (torch.float16, torch.float16),
+    (torch.float32, torch.bfloat16),
+    (torch.float32, torch.float16),
+]
+PAIR_IDS = ["float32", "bfloat16", "float16", "float32-over-bfloat16", "float32-over-float16"]
+
+
+@pytest.mark.parametrize(("dtype", "cache_dtype"), DTYPE_PAIRS, ids=PAIR_IDS)
 @pytest.mark.parametrize(
     ("heads", "kv_heads", "head_dim"),
     [(9, 3, 64), (4, 4, 128), (6, 2, 80)],
     ids=["gqa-64", "mha-128", "gqa-80"],
 )
 def test_decode_attention_matches_the_gathered_path(
-    dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int
+    dtype: torch.dtype, cache_dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int
 ) -> None:
     """Requests of 1 position, part of a block, exactly a block and several blocks, in scattered blocks,
-    with queries that are a strided view (as the split of a fused projection gives)."""
+    with queries that are a strided view (as the split of a fused projection gives). Both paths read the
+    same rounded cache, so a float32 model over a 16-bit cache agrees to float32 rounding."""
     assert cpu_kernels.load()
     torch.manual_seed(0)
     lengths = torch.tensor([1, 7, BLOCK, 3 * BLOCK + 5])
     width = math.ceil(int(lengths.max()) / BLOCK)
-    cache = torch.randn(2, kv_heads, 40, BLOCK, head_dim).to(dtype)
+    cache = torch.randn(2, kv_heads, 40, BLOCK, head_dim).to(cache_dtype)
     tables = torch.randperm(40)[: len(lengths) * width].view(len(lengths), width)
     fused = torch.randn(len(lengths), heads + 2 * kv_heads, head_dim).to(dtype)
     query, key, value = fused.split([heads, kv_heads, kv_heads], dim=1)
@@ -100,13 +113,26 @@ def test_decode_attention_matches_the_gathered_path(
     )
     assert got.dtype == dtype and got.shape == (len(lengths), heads, head_dim)
     torch.testing.assert_close(got.float(), expected.float(), atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
-    # A request of one position attends only to its own value (block 0 padding is never read).
-    own_value = value[0].repeat_interleave(heads // kv_heads, dim=0)
+    # A request of one position attends only to its own value, as cached (block 0 padding is never read).
+    own_value = as_cached(value[0], cache_dtype).repeat_interleave(heads // kv_heads, dim=0)
     torch.testing.assert_close(got[0].float(), own_value.float(), atol=TOLERANCE[dtype], rtol=0)
     # No position at all (no decode has that; the kernel answers zeros rather than reading garbage).
     empty = torch.full_like(got, 7.0)
     cpu_kernels.paged_decode_attention(empty, query, cache, tables, torch.zeros_like(lengths), scale)
     assert torch.count_nonzero(empty) == 0
+
+
+def test_a_cache_wider_than_or_unlike_the_computation_is_refused() -> None:
+    assert cpu_kernels.load()
+    assert not cpu_kernels.cache_dtype_fits(torch.bfloat16, torch.float32)
+    assert not cpu_kernels.cache_dtype_fits(torch.float16, torch.bfloat16)
+    query = torch.randn(1, 2, 64, dtype=torch.bfloat16)
+    cache = torch.zeros(2, 1, 2, BLOCK, 64)
+    one = torch.ones(1, dtype=torch.long)
+    with pytest.raises(RuntimeError, match="bfloat16 or float16 under float32"):
+        cpu_kernels.paged_decode_attention(
+            torch.empty_like(query), query, cache, one.view(1, 1) * 0, one, 1.0
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -217,9 +243,9 @@ def test_top_probabilities_are_torch_topk_s_set_with_the_first_of_equal_values(r
     assert one[0].item() == probs[0].max().item() and one[1].item() == int(probs[0].argmax())
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(("dtype", "cache_dtype"), DTYPE_PAIRS[:2] + DTYPE_PAIRS[3:4], ids=str)
 def test_rotary_cache_write_matches_apply_rotary_and_write_kv(
-    smollm2_folder: Path, dtype: torch.dtype
+    smollm2_folder: Path, dtype: torch.dtype, cache_dtype: torch.dtype
 ) -> None:
     """The packaged model's rotary tables (float32 even in a bf16 model) on a fused projection of tokens at
     scattered positions: rotated queries and keys, untouched values, and keys and values in their slots."""
@@ -241,7 +267,7 @@ def test_rotary_cache_write_matches_apply_rotary_and_write_kv(
     qkv = torch.randn(len(positions), (heads + 2 * kv_heads) * dim).to(dtype)
     rope = rotary(positions, dtype)
 
-    cache, expected_cache = (torch.zeros(2, kv_heads, 4, BLOCK, dim, dtype=dtype) for _ in range(2))
+    cache, expected_cache = (torch.zeros(2, kv_heads, 4, BLOCK, dim, dtype=cache_dtype) for _ in range(2))
     qk, v = qkv.split([(heads + kv_heads) * dim, kv_heads * dim], dim=-1)
     rotated = apply_rotary(qk.reshape(len(positions), heads + kv_heads, dim), rope)
     write_kv(rotated[:, heads:], v.reshape(len(positions), kv_heads, dim), expected_cache, slots)
@@ -252,7 +278,9 @@ def test_rotary_cache_write_matches_apply_rotary_and_write_kv(
     got = fused.view(len(positions), -1, dim)
     torch.testing.assert_close(got[:, : heads + kv_heads].float(), rotated.float(), atol=tol, rtol=tol)
     assert torch.equal(got[:, heads + kv_heads :], v.reshape(len(positions), kv_heads, dim))
-    torch.testing.assert_close(cache.float(), expected_cache.float(), atol=tol, rtol=tol)
+    # A value rounds to the same 16-bit neighbours unless float32 rounding moved it across a midpoint.
+    cache_tol = TOLERANCE[cache_dtype]
+    torch.testing.assert_close(cache.float(), expected_cache.float(), atol=cache_tol, rtol=cache_tol)
     assert torch.count_nonzero(cache[0].reshape(kv_heads, -1, dim)[:, slots].abs().sum(-1)) == kv_heads * 5
 
 

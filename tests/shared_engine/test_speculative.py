@@ -64,7 +64,9 @@ def prompt_ids(tokenizer: Any) -> list[list[int]]:
 def make_engine(
     model: Any, tokenizer: Any, spec: SpeculativeConfig | None, draft: Any = None, **kw: Any
 ) -> LLMEngine:
-    cache = CacheConfig(block_size=16, num_blocks=kw.pop("num_blocks", 256))
+    # Token-for-token comparisons across batch shapes and code paths: float32 keys and values, as
+    # a bfloat16 cache would turn their float32 rounding differences into bfloat16 steps.
+    cache = CacheConfig(block_size=16, num_blocks=kw.pop("num_blocks", 256), dtype="float32")
     scheduler = SchedulerConfig(max_num_seqs=kw.pop("max_num_seqs", 64))
     assert not kw, f"unknown options {kw}"
     config = EngineConfig(cache=cache, scheduler=scheduler, speculative=spec)

@@ -80,8 +80,10 @@ def make_engine(
     spec: SpeculativeConfig | None = None,
     draft: Any = None,
 ) -> LLMEngine:
+    # Token-for-token comparisons across batch shapes and code paths: float32 keys and values, as
+    # a bfloat16 cache would turn their float32 rounding differences into bfloat16 steps.
     config = EngineConfig(
-        cache=CacheConfig(block_size=16, num_blocks=num_blocks),
+        cache=CacheConfig(block_size=16, num_blocks=num_blocks, dtype="float32"),
         scheduler=SchedulerConfig(max_num_batched_tokens=budget),
         speculative=spec,
     )
