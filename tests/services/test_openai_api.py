@@ -683,7 +683,7 @@ def test_prefix_caching_reports_cached_tokens(client: openai.OpenAI, model_id: s
         {"role": "system", "content": system},
         {"role": "user", "content": "Say hello."},
     ]
-    options: dict[str, Any] = {"max_tokens": 2, "logprobs": True, "top_logprobs": 2}
+    options: dict[str, Any] = {"max_tokens": 2, "logprobs": True, "top_logprobs": 5}
     first = chat(client, model_id, messages, **options)
     second = chat(client, model_id, messages, **options)
     if DISTRIBUTED:
@@ -698,7 +698,8 @@ def test_prefix_caching_reports_cached_tokens(client: openai.OpenAI, model_id: s
     cached = second.usage.prompt_tokens_details.cached_tokens
     assert 0 < cached <= second.usage.prompt_tokens
     # The same greedy answer, unless bf16 rounding (a full prefill and one over cached keys add up in a
-    # different order) decided a near tie: then the other token was the first answer's runner-up.
+    # different order) decided a near tie: then the other token was one of the first answer's runners-up
+    # (a tie can be three-way: " there", "!" and "." within 0.07 of each other once).
     first_lp, second_lp = first.choices[0].logprobs, second.choices[0].logprobs
     assert first_lp is not None and first_lp.content and second_lp is not None and second_lp.content
     for a, b in zip(first_lp.content, second_lp.content, strict=True):
