@@ -83,9 +83,7 @@ class LLMEngine:
         self.kv = KVCacheManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.kv, config.speculative)
         self.runner = ModelRunner(model, num_blocks, cache.block_size, device, dtype, kv_dtype)
-        self.proposer = make_proposer(
-            config.speculative, model, draft_model, num_blocks, cache.block_size, device, dtype, kv_dtype
-        )
+        self.proposer = make_proposer(config.speculative, self.runner, draft_model)
         self.structured = structured
         self._grammars: dict[str, RequestGrammar] = {}  # the constrained requests' matchers
         self._spec_counts = [0, 0, 0]  # drafts, draft tokens, accepted tokens

@@ -65,7 +65,9 @@ class ModelRunner:
         self.model = model
         self.device = device
         self.dtype = dtype
+        self.num_blocks = num_blocks
         self.block_size = block_size
+        self.kv_dtype = kv_dtype or dtype
         arch = model.arch
         self.kv_caches = allocate_kv_caches(
             arch.num_layers,
@@ -73,10 +75,15 @@ class ModelRunner:
             num_blocks,
             block_size,
             arch.head_dim,
-            kv_dtype or dtype,
+            self.kv_dtype,
             device,
         )
         self.gathered_decode = gathered_decode(device)
+
+    def for_model(self, model: DecoderModel) -> ModelRunner:
+        """A runner of ``model`` (a draft) with this one's blocks, device and dtypes, and caches of its own:
+        the same block ids and slots then address both."""
+        return ModelRunner(model, self.num_blocks, self.block_size, self.device, self.dtype, self.kv_dtype)
 
     def _slots(self, block_ids: list[int], start: int, end: int) -> list[int]:
         bs = self.block_size

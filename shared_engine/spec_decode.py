@@ -65,16 +65,8 @@ class DraftModelProposer:
     requests and sampled from the draft's distribution otherwise (kept for rejection sampling).
     """
 
-    def __init__(
-        self,
-        model: DecoderModel,
-        num_blocks: int,
-        block_size: int,
-        device: torch.device,
-        dtype: torch.dtype,
-        kv_dtype: torch.dtype | None = None,
-    ) -> None:
-        self.runner = ModelRunner(model, num_blocks, block_size, device, dtype, kv_dtype)
+    def __init__(self, runner: ModelRunner) -> None:
+        self.runner = runner
 
     @torch.inference_mode()
     def propose(self, items: Sequence[ScheduledRequest], samplers: dict[str, RequestSampler]) -> None:
@@ -118,16 +110,11 @@ class DraftModelProposer:
 
 
 def make_proposer(
-    config: SpeculativeConfig | None,
-    model: DecoderModel,
-    draft: DecoderModel | None,
-    num_blocks: int,
-    block_size: int,
-    device: torch.device,
-    dtype: torch.dtype,
-    kv_dtype: torch.dtype | None = None,
+    config: SpeculativeConfig | None, target: ModelRunner, draft: DecoderModel | None
 ) -> Proposer | None:
-    """The proposer ``config`` asks for (None: no speculative decoding), checked against the models."""
+    """The proposer ``config`` asks for (None: no speculative decoding), checked against the target's
+    model; a draft model runs beside ``target`` in the same block layout."""
+    model = target.model
     if config is None:
         if draft is not None:
             raise ValueError("a draft model needs a speculative config with method 'draft_model'")
@@ -145,4 +132,4 @@ def make_proposer(
         )
     if draft.arch.is_encoder_decoder or model.arch.is_encoder_decoder:
         raise ValueError("speculative decoding with a draft model takes decoder-only models")
-    return DraftModelProposer(draft, num_blocks, block_size, device, dtype, kv_dtype)
+    return DraftModelProposer(target.for_model(draft))
