@@ -63,11 +63,11 @@ class DualLinear(nn.Module):
         self._kernel_rows: dict[torch.dtype, int] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _FLOAT_ONLY.get():
+            return self.float_linear(x)
         limit = self._kernel_rows.get(x.dtype)
         if limit is None:
             limit = self._kernel_rows[x.dtype] = self.quantized.kernel_rows(x)
-        if _FLOAT_ONLY.get():
-            return self.float_linear(x)
         if x.dim() == 2:
             return self.quantized.kernel_forward(x) if x.shape[0] <= limit else self.float_linear(x)
         return self.quantized(x) if self.quantized.beats_float(x) else self.float_linear(x)
