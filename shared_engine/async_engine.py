@@ -13,7 +13,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any
 
 from shared_engine.compute import CallerThread, Lane
@@ -26,38 +28,61 @@ from shared_engine.timing import report
 logger = logging.getLogger(__name__)
 
 StepObserver = Callable[[LLMEngine, list[RequestOutput], float], None]
+# A group's outputs, each with its request's position in the group.
+GroupOutputs = AsyncGenerator[tuple[int, RequestOutput], None]
 
 
-class _Stream:
-    """One request's outputs on their way from the engine thread to the awaiting coroutine."""
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One request for the engine: ``encoder_state`` is what an encoder-decoder model's
+    cross-attention reads (see Request)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, final_only: bool) -> None:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    encoder_state: Any = None
+
+
+class _GroupStream:
+    """A group of requests' outputs on their way from the engine thread to the awaiting coroutine,
+    each tagged with the request's position in the group."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, requests: Sequence[GenerationRequest]) -> None:
         self.loop = loop
-        self.queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
-        self.final_only = final_only
-        self.held: list[RequestOutput] = []  # engine thread only: a final-only request's increments
+        self.queue: asyncio.Queue[tuple[int, RequestOutput] | BaseException] = asyncio.Queue()
+        self.final_only = [r.params.output_kind == OutputKind.FINAL_ONLY for r in requests]
+        # Engine thread only: a final-only request's increments until its last.
+        self.held: list[list[RequestOutput]] = [[] for _ in requests]
+        self.error: BaseException | None = None
 
-    def put(self, item: RequestOutput | BaseException) -> None:
-        if isinstance(item, RequestOutput) and self.final_only:
-            self.held.append(item)
+    def put(self, index: int, item: RequestOutput) -> None:
+        if self.final_only[index]:
+            self.held[index].append(item)
             if not item.finished:
                 return
-            item, self.held = merge_outputs(self.held), []
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+            item, self.held[index] = merge_outputs(self.held[index]), []
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, item))
 
-    async def get(self) -> RequestOutput:
-        """The next output; increments that queued up while the caller was busy come as one."""
-        item = await self.queue.get()
-        if isinstance(item, BaseException):
-            raise item
-        ready = [item]
-        while not ready[-1].finished and not self.queue.empty():
-            nxt = self.queue.get_nowait()
-            if isinstance(nxt, BaseException):
-                self.queue.put_nowait(nxt)  # delivered after what came before it
+    def fail(self, error: BaseException) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, error)
+
+    async def get(self) -> list[tuple[int, RequestOutput]]:
+        """The next outputs; increments of a request that queued up while the caller was busy come as
+        one. An error is raised after the outputs that came before it."""
+        if self.error is not None:
+            raise self.error
+        items = [await self.queue.get()]
+        while not self.queue.empty():
+            items.append(self.queue.get_nowait())
+        runs: dict[int, list[RequestOutput]] = {}
+        for item in items:
+            if isinstance(item, BaseException):
+                self.error = item
                 break
-            ready.append(nxt)
-        return merge_outputs(ready)
+            runs.setdefault(item[0], []).append(item[1])
+        if not runs and self.error is not None:
+            raise self.error
+        return [(index, merge_outputs(outs)) for index, outs in runs.items()]
 
 
 class AsyncLLMEngine:
@@ -68,7 +93,7 @@ class AsyncLLMEngine:
         self.on_step = on_step
         self.lane = lane or CallerThread()
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, tuple[_GroupStream, int]] = {}
         self._stopped = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
@@ -83,38 +108,47 @@ class AsyncLLMEngine:
         params: SamplingParams,
         encoder_state: Any = None,
     ) -> AsyncIterator[RequestOutput]:
-        """Stream the request's outputs. Closing the iterator early (client gone) aborts the request.
+        """Stream one request's outputs (see ``generate_group``)."""
+        request = GenerationRequest(request_id, prompt_token_ids, params, encoder_state)
+        async with aclosing(self.generate_group([request])) as outputs:
+            async for _, out in outputs:
+                yield out
 
-        ``encoder_state`` is what an encoder-decoder model's cross-attention reads (see Request). The
-        request arrives now: time until the engine thread takes it counts as queue time. Its timing is
-        reported to the caller's open ``timing.measure()``, if any."""
+    async def generate_group(self, requests: Sequence[GenerationRequest]) -> GroupOutputs:
+        """Stream several requests' outputs, each tagged with the request's position in ``requests``.
+        Closing the iterator early (client gone) aborts the requests still running.
+
+        The engine takes the whole group between two steps, so its requests are scheduled together
+        whatever else arrives: the ``n`` choices of one completion are computed alike each time, and a
+        seeded repeat draws the same tokens. If the engine refuses one request (a validation error,
+        raised here) it takes none. The requests arrive now: time until the engine thread takes them
+        counts as queue time. Their timing is reported to the caller's open ``timing.measure()``, if any."""
         if self._error is not None or self._stopped.is_set():
             raise EngineDead("the LLM engine has stopped") from self._error
-        if params.guided is not None:
-            # Compiling a new grammar takes milliseconds to seconds: off both the event loop and the
-            # engine thread (a bad grammar is refused here, before anything is queued).
-            await asyncio.to_thread(self.engine.precompile, params)
-        stream = _Stream(asyncio.get_running_loop(), params.output_kind == OutputKind.FINAL_ONLY)
+        for request in requests:
+            if request.params.guided is not None:
+                # Compiling a new grammar takes milliseconds to seconds: off both the event loop and
+                # the engine thread (a bad grammar is refused here, before anything is queued).
+                await asyncio.to_thread(self.engine.precompile, request.params)
+        stream = _GroupStream(asyncio.get_running_loop(), requests)
         ready: asyncio.Future[None] = stream.loop.create_future()
-        self._streams[request_id] = stream
-        arrival = time.monotonic()
-        self._commands.put(
-            ("add", (request_id, prompt_token_ids, params, encoder_state, arrival, stream, ready))
-        )
-        finished = False
+        for index, request in enumerate(requests):
+            self._streams[request.request_id] = (stream, index)
+        self._commands.put(("add", (list(requests), time.monotonic(), stream, ready)))
+        running = {r.request_id for r in requests}
         try:
             await ready  # raises the engine's validation error, if any
-            while True:
-                item = await stream.get()
-                finished = item.finished
-                if item.metrics is not None:
-                    report(item.metrics.queue_s, item.metrics.inference_s)
-                yield item
-                if finished:
-                    return
+            while running:
+                for index, out in await stream.get():
+                    if out.finished:
+                        running.discard(out.request_id)
+                    if out.metrics is not None:
+                        report(out.metrics.queue_s, out.metrics.inference_s)
+                    yield index, out
         finally:
-            self._streams.pop(request_id, None)
-            if not finished:
+            for request in requests:
+                self._streams.pop(request.request_id, None)
+            for request_id in running:
                 self.abort(request_id)
 
     def abort(self, request_id: str) -> None:
@@ -136,10 +170,17 @@ class AsyncLLMEngine:
 
     def _handle(self, kind: str, payload: Any) -> None:
         if kind == "add":
-            request_id, prompt, params, encoder_state, arrival, stream, ready = payload
+            requests, arrival, stream, ready = payload
+            added: list[str] = []
             try:
-                self.engine.add_request(request_id, prompt, params, arrival, encoder_state)
+                for r in requests:
+                    self.engine.add_request(
+                        r.request_id, r.prompt_token_ids, r.params, arrival, r.encoder_state
+                    )
+                    added.append(r.request_id)
             except Exception as exc:  # validation errors go back to the caller that sent them
+                for request_id in added:
+                    self.engine.abort_request(request_id)
                 stream.loop.call_soon_threadsafe(_settle, ready, exc)
             else:
                 stream.loop.call_soon_threadsafe(_settle, ready, None)
@@ -174,15 +215,15 @@ class AsyncLLMEngine:
                     except Exception:
                         logger.exception("step observer failed")
                 for out in outputs:
-                    stream = self._streams.get(out.request_id)
-                    if stream is not None:
-                        stream.put(out)
+                    entry = self._streams.get(out.request_id)
+                    if entry is not None:
+                        entry[0].put(entry[1], out)
         except BaseException as exc:
             logger.exception("LLM engine loop died")
             self._error = exc
             dead = EngineDead(f"the LLM engine stopped: {exc}")
-            for stream in list(self._streams.values()):
-                stream.put(dead)
+            for stream in {id(s): s for s, _ in list(self._streams.values())}.values():
+                stream.fail(dead)
 
 
 def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -14,7 +14,7 @@ from transformers import AutoConfig, GenerationConfig
 
 from pipelines.llm.loader import prepare_model_folder
 from pipelines.llm.tokenizer import ChatTokenizer
-from shared_engine.async_engine import AsyncLLMEngine, StepObserver
+from shared_engine.async_engine import AsyncLLMEngine, GenerationRequest, GroupOutputs, StepObserver
 from shared_engine.compute import compute_lane
 from shared_engine.config import EngineConfig
 from shared_engine.detokenizer import Tokenizer
@@ -22,9 +22,7 @@ from shared_engine.device import resolve_device, resolve_dtype
 from shared_engine.errors import InvalidRequest
 from shared_engine.llm_engine import EngineStats, LLMEngine
 from shared_engine.models.loader import build_decoder, iter_safetensors
-from shared_engine.outputs import RequestOutput
 from shared_engine.quantization_config import QuantizationConfig
-from shared_engine.sampling_params import SamplingParams
 from shared_engine.structured_output import StructuredOutputs
 
 logger = logging.getLogger(__name__)
@@ -74,6 +72,13 @@ def structured_outputs(
         tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(eos_ids)
     )
     return StructuredOutputs(info, pin_memory=device.type == "cuda")
+
+
+def check_prompts(requests: Sequence[GenerationRequest]) -> None:
+    if not requests:
+        raise InvalidRequest("no prompt to generate from", param="prompt")
+    if any(not r.prompt_token_ids for r in requests):
+        raise InvalidRequest("the prompt is empty", param="prompt")
 
 
 class LLMPipeline:
@@ -142,12 +147,11 @@ class LLMPipeline:
     def decode_token(self, token_id: int) -> str:
         return self.text.decode_token(token_id)
 
-    def generate(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
-    ) -> AsyncIterator[RequestOutput]:
-        if not prompt_token_ids:
-            raise InvalidRequest("the prompt is empty", param="prompt")
-        return self.engine.generate(request_id, prompt_token_ids, params)
+    def generate(self, requests: Sequence[GenerationRequest]) -> GroupOutputs:
+        """The requests' outputs, tagged with each one's position; the engine schedules them together
+        (see AsyncLLMEngine.generate_group)."""
+        check_prompts(requests)
+        return self.engine.generate_group(requests)
 
     def stats(self) -> EngineStats:
         return self.engine.stats()

@@ -103,16 +103,15 @@ async def create(service: Chat, body: ChatCompletionRequest) -> ChatCompletion |
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     guided = guided or plan.guided
     choices = [
-        ChoiceSpec(i, prompt_ids, sampling_params(body, max_tokens, logprobs, i, guided))
-        for i in range(body.n)
+        ChoiceSpec(prompt_ids, sampling_params(body, max_tokens, logprobs, i, guided)) for i in range(body.n)
     ]
     request_id = new_id("chatcmpl")
-    streams = await start_choices(service, request_id, choices)
+    outputs = await start_choices(service, request_id, choices)
     if body.stream:
         chunk = ChunkWriter(request_id, "chat.completion.chunk", body.model, wants_usage(body))
-        return stream_chat(service, body, chunk, streams, plan.active)
+        return stream_chat(service, body, chunk, outputs, plan.active)
 
-    results, usage = await collect(streams, lambda i: 0)
+    results, usage = await collect(outputs, body.n, lambda i: 0)
     out = []
     for i, r in enumerate(results):
         message, reason = _message(r, plan.active)

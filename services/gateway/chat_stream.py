@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from services.gateway.generation import ChunkWriter, UsageTally, merge
+from services.gateway.generation import ChunkWriter, UsageTally
 from services.gateway.schemas import ChatCompletionRequest, ChatLogprobs, ChatTokenLogprob, TopLogprob
 from services.gateway.tool_parser import ToolCallParser
 from services.registry import Chat
+from shared_engine.async_engine import GroupOutputs
 from shared_engine.outputs import RequestOutput, TokenLogprob
 
 
@@ -53,15 +54,15 @@ async def stream_chat(
     service: Chat,
     body: ChatCompletionRequest,
     chunk: ChunkWriter,
-    streams: list[AsyncIterator[RequestOutput]],
+    outputs: GroupOutputs,
     tools: bool,
 ) -> AsyncIterator[bytes]:
-    parsers = [ToolCallParser() if tools else None for _ in streams]
-    for i in range(len(streams)):
+    parsers = [ToolCallParser() if tools else None for _ in range(body.n)]
+    for i in range(body.n):
         role = {"role": "assistant", "content": None if tools else ""}
         yield chunk([{"index": i, "delta": role, "logprobs": None, "finish_reason": None}])
     tally = UsageTally()
-    async for i, out in merge(streams):
+    async for i, out in outputs:
         tally.add(0, i, out)
         lp = chat_logprobs(service, out.logprobs) if body.logprobs and out.logprobs else None
         deltas = _deltas(out, parsers[i]) or ([{}] if lp else [])

@@ -11,7 +11,6 @@ from services.gateway.generation import (
     ChunkWriter,
     UsageTally,
     collect,
-    merge,
     new_id,
     now,
     sampling_params,
@@ -20,8 +19,9 @@ from services.gateway.generation import (
 )
 from services.gateway.schemas import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from services.registry import Chat
+from shared_engine.async_engine import GroupOutputs
 from shared_engine.errors import InvalidRequest
-from shared_engine.outputs import RequestOutput, TokenLogprob
+from shared_engine.outputs import TokenLogprob
 
 
 def prompt_token_lists(service: Chat, prompt: str | list[Any]) -> list[list[int]]:
@@ -72,20 +72,18 @@ async def create(service: Chat, body: CompletionRequest) -> Completion | AsyncIt
     guided, _ = output_constraint(body)
     prompts = prompt_token_lists(service, body.prompt)
     choices = []
-    for p, ids in enumerate(prompts):
+    for ids in prompts:
         max_tokens = service.resolve_max_tokens(body.max_tokens, len(ids), "prompt")
         for j in range(body.n):
-            choices.append(
-                ChoiceSpec(p * body.n + j, ids, sampling_params(body, max_tokens, body.logprobs, j, guided))
-            )
+            choices.append(ChoiceSpec(ids, sampling_params(body, max_tokens, body.logprobs, j, guided)))
     request_id = new_id("cmpl")
-    streams = await start_choices(service, request_id, choices)
+    outputs = await start_choices(service, request_id, choices)
     echoes = [service.decode(c.prompt_ids) if body.echo else "" for c in choices]
     if body.stream:
         chunk = ChunkWriter(request_id, "text_completion", body.model, wants_usage(body))
-        return _stream(service, body, chunk, streams, echoes)
+        return _stream(service, body, chunk, outputs, echoes)
 
-    results, usage = await collect(streams, lambda i: i // body.n)
+    results, usage = await collect(outputs, len(choices), lambda i: i // body.n)
     return Completion(
         id=request_id,
         created=now(),
@@ -109,7 +107,7 @@ async def _stream(
     service: Chat,
     body: CompletionRequest,
     chunk: ChunkWriter,
-    streams: list[AsyncIterator[RequestOutput]],
+    outputs: GroupOutputs,
     echoes: list[str],
 ) -> AsyncIterator[bytes]:
     offsets = [len(e) for e in echoes]
@@ -117,7 +115,7 @@ async def _stream(
         if echo:
             yield chunk([{"index": i, "text": echo, "logprobs": None, "finish_reason": None}])
     tally = UsageTally()
-    async for i, out in merge(streams):
+    async for i, out in outputs:
         tally.add(i // body.n, i, out)
         lp = _logprobs(service, out.logprobs, offsets[i]) if body.logprobs is not None else None
         offsets[i] += len(out.text)

@@ -3,16 +3,17 @@ choices on the engine, merging their streams, and tallying usage."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
 from services.gateway.schemas import PromptTokensDetails, SamplingFields, Usage
 from services.gateway.sse import event
 from services.registry import Chat
+from shared_engine.async_engine import GenerationRequest, GroupOutputs
 from shared_engine.errors import InvalidRequest
 from shared_engine.guided import GuidedDecoding
 from shared_engine.outputs import RequestOutput, TokenLogprob
@@ -63,65 +64,29 @@ def sampling_params(
 
 @dataclass
 class ChoiceSpec:
-    index: int
     prompt_ids: list[int]
     params: SamplingParams
 
 
-async def _prepend(first: RequestOutput, rest: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
-    yield first
-    if first.finished:
-        return
-    async for out in rest:
-        yield out
-
-
-async def start_choices(
-    service: Chat, request_id: str, choices: list[ChoiceSpec]
-) -> list[AsyncIterator[RequestOutput]]:
-    """Submit every choice and wait for its first output, so that a request the engine refuses is
-    answered with a 4xx before any byte of a stream is sent."""
-    streams = [service.generate(f"{request_id}-{c.index}", c.prompt_ids, c.params) for c in choices]
-    firsts = await asyncio.gather(*(anext(s) for s in streams), return_exceptions=True)
-    failure = next((f for f in firsts if isinstance(f, BaseException)), None)
-    if failure is not None:
-        for s in streams:
-            await s.aclose()  # type: ignore[attr-defined]
-        raise failure
-    return [_prepend(f, s) for f, s in zip(firsts, streams, strict=True)]  # type: ignore[arg-type]
-
-
-async def merge(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[tuple[int, RequestOutput]]:
-    """Interleave several choices' outputs as they come, tagged with the choice's position."""
-    if len(streams) == 1:
-        async for out in streams[0]:
-            yield 0, out
-        return
-    queue: asyncio.Queue[tuple[int, RequestOutput | Exception | None]] = asyncio.Queue()
-
-    async def pump(i: int, stream: AsyncIterator[RequestOutput]) -> None:
-        try:
-            async for out in stream:
-                queue.put_nowait((i, out))
-        except Exception as exc:
-            queue.put_nowait((i, exc))
-        finally:
-            queue.put_nowait((i, None))
-
-    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
-    remaining = len(tasks)
+async def start_choices(service: Chat, request_id: str, choices: list[ChoiceSpec]) -> GroupOutputs:
+    """Submit the choices as one group (scheduled together, so a seeded repeat draws the same
+    tokens) and wait for the first output, so that a request the engine refuses is answered with a
+    4xx before any byte of a stream is sent. Outputs come tagged with the choice's position."""
+    requests = [GenerationRequest(f"{request_id}-{i}", c.prompt_ids, c.params) for i, c in enumerate(choices)]
+    outputs = service.generate(requests)
     try:
-        while remaining:
-            i, item = await queue.get()
-            if item is None:
-                remaining -= 1
-            elif isinstance(item, Exception):
-                raise item
-            else:
-                yield i, item
-    finally:
-        for t in tasks:
-            t.cancel()
+        first = await anext(outputs)
+    except BaseException:
+        await outputs.aclose()
+        raise
+    return _prepend(first, outputs)
+
+
+async def _prepend(first: tuple[int, RequestOutput], rest: GroupOutputs) -> GroupOutputs:
+    async with aclosing(rest):
+        yield first
+        async for item in rest:
+            yield item
 
 
 @dataclass
@@ -164,12 +129,12 @@ class UsageTally:
 
 
 async def collect(
-    streams: list[AsyncIterator[RequestOutput]], prompt_of: Callable[[int], int]
+    outputs: GroupOutputs, n: int, prompt_of: Callable[[int], int]
 ) -> tuple[list[ChoiceResult], Usage]:
-    """Run every choice to the end (non-streaming responses)."""
-    results = [ChoiceResult() for _ in streams]
+    """Run the ``n`` choices to the end (non-streaming responses)."""
+    results = [ChoiceResult() for _ in range(n)]
     tally = UsageTally()
-    async for i, out in merge(streams):
+    async for i, out in outputs:
         results[i].add(out)
         tally.add(prompt_of(i), i, out)
     return results, tally.usage()

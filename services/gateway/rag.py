@@ -17,6 +17,7 @@ from services.gateway.retrieval_schemas import Citation, RagRequest, RagResponse
 from services.gateway.schemas import PromptTokensDetails, Usage
 from services.gateway.sse import event
 from services.registry import Chat, ModelRegistry, Reranker
+from shared_engine.async_engine import GroupOutputs
 from shared_engine.outputs import RequestOutput
 from shared_engine.sampling_params import OutputKind, SamplingParams
 
@@ -92,9 +93,7 @@ def nothing_found(collection: str) -> str:
     )
 
 
-async def _generate(
-    service: Chat, body: RagRequest, hits: list[SearchResult]
-) -> AsyncIterator[RequestOutput]:
+async def _generate(service: Chat, body: RagRequest, hits: list[SearchResult]) -> GroupOutputs:
     """Submit the prompt and wait for its first output, so an engine refusal is a 4xx before any
     byte of a stream is sent; the returned iterator starts with that first output."""
     prompt = service.encode_chat(build_messages(body.query, hits))
@@ -104,8 +103,7 @@ async def _generate(
         temperature=body.temperature,
         output_kind=OutputKind.DELTA if body.stream else OutputKind.FINAL_ONLY,
     )
-    (stream,) = await start_choices(service, new_id("rag"), [ChoiceSpec(0, prompt, params)])
-    return stream
+    return await start_choices(service, new_id("rag"), [ChoiceSpec(prompt, params)])
 
 
 def _chat_service(registry: ModelRegistry, model: str | None) -> Chat:
@@ -127,7 +125,7 @@ async def answer(registry: ModelRegistry, body: RagRequest) -> RagResponse | Asy
     if outputs is None:
         return RagResponse(nothing_found(body.collection), [], _usage(None), service.name)
     text, last = [], None
-    async for out in outputs:
+    async for _, out in outputs:
         text.append(out.text)
         last = out
     reply = "".join(text).strip()
@@ -135,7 +133,7 @@ async def answer(registry: ModelRegistry, body: RagRequest) -> RagResponse | Asy
 
 
 async def _stream(
-    body: RagRequest, hits: list[SearchResult], outputs: AsyncIterator[RequestOutput] | None
+    body: RagRequest, hits: list[SearchResult], outputs: GroupOutputs | None
 ) -> AsyncIterator[bytes]:
     everything = citations(hits)
     yield event({"object": "rag.citations", "citations": everything})
@@ -144,7 +142,7 @@ async def _stream(
         yield event({"object": "rag.done", "citations": [], "usage": _usage(None)})
         return
     text, last = [], None
-    async for out in outputs:
+    async for _, out in outputs:
         text.append(out.text)
         last = out
         if out.text:

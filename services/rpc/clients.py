@@ -4,14 +4,14 @@ workers hold the weights."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from pipelines.asr import Segment, Transcription
 from pipelines.embedding import EmbeddingTokenizer
-from pipelines.llm import ChatTokenizer
+from pipelines.llm import ChatTokenizer, check_prompts
 from pipelines.llm.loader import prepare_model_folder
 from pipelines.rerank import RerankScores
 from pipelines.sources import resolve_source
@@ -26,7 +26,6 @@ from services.rpc import (
     asr_pb2_grpc,
     embedding_pb2,
     embedding_pb2_grpc,
-    llm_pb2,
     llm_pb2_grpc,
     rerank_pb2,
     rerank_pb2_grpc,
@@ -36,12 +35,10 @@ from services.rpc import (
     vision_pb2_grpc,
 )
 from services.rpc.channels import Channels
-from services.rpc.llm_codec import output_from_proto, params_to_proto
+from services.rpc.llm_codec import output_from_proto, requests_to_proto
 from services.rpc.timing import timed
 from services.tasks.llm import ChatText
-from shared_engine.errors import InvalidRequest
-from shared_engine.outputs import RequestOutput
-from shared_engine.sampling_params import SamplingParams
+from shared_engine.async_engine import GenerationRequest, GroupOutputs
 
 
 def _vectors(blobs: Sequence[bytes]) -> list[np.ndarray]:
@@ -185,22 +182,16 @@ class RemoteLLMService(_Remote, ChatText):
     def max_model_len(self) -> int:
         return int(self.info.max_model_len)
 
-    async def generate(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
-    ) -> AsyncIterator[RequestOutput]:
-        if not prompt_token_ids:
-            raise InvalidRequest("the prompt is empty", param="prompt")
-        request = llm_pb2.GenerateRequest(
-            model=self.name,
-            request_id=request_id,
-            prompt_token_ids=prompt_token_ids,
-            params=params_to_proto(params),
-        )
-        stream = self.channels.stream(llm_pb2_grpc.LLMStub, "Generate", request, prompt_token_ids)
+    async def generate(self, requests: Sequence[GenerationRequest]) -> GroupOutputs:
+        """One call for the group, so one worker's engine takes it whole (see llm.proto)."""
+        check_prompts(requests)
+        request = requests_to_proto(self.name, requests)
+        request_ids = [r.request_id for r in requests]
+        stream = self.channels.stream(llm_pb2_grpc.LLMStub, "Generate", request, requests[0].prompt_token_ids)
         async for message in stream:
-            out = output_from_proto(message, request_id)
+            index, out = output_from_proto(message, request_ids)
             record_output(out)
-            yield out
+            yield index, out
 
 
 class RemoteRerankService(_Remote):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from services.rpc import llm_pb2
+from shared_engine.async_engine import GenerationRequest
 from shared_engine.errors import InvalidRequest
 from shared_engine.guided import GuidedDecoding, GuidedKind
 from shared_engine.outputs import FinishReason, RequestMetrics, RequestOutput, TokenLogprob
@@ -60,6 +62,25 @@ def params_from_proto(m: Any) -> SamplingParams:
         raise InvalidRequest(str(exc)) from None
 
 
+def requests_to_proto(model: str, requests: Sequence[GenerationRequest]) -> Any:
+    return llm_pb2.GenerateRequest(
+        model=model,
+        requests=[
+            llm_pb2.Request(
+                request_id=r.request_id, prompt_token_ids=r.prompt_token_ids, params=params_to_proto(r.params)
+            )
+            for r in requests
+        ],
+    )
+
+
+def requests_from_proto(m: Any) -> list[GenerationRequest]:
+    return [
+        GenerationRequest(r.request_id, list(r.prompt_token_ids), params_from_proto(r.params))
+        for r in m.requests
+    ]
+
+
 def metrics_to_proto(m: RequestMetrics) -> Any:
     return llm_pb2.RequestMetrics(
         queue_s=m.queue_s, ttft_s=m.ttft_s, e2e_s=m.e2e_s, inference_s=m.inference_s
@@ -78,8 +99,9 @@ def metrics_from_proto(m: Any, out: Any) -> RequestMetrics:
     )
 
 
-def output_to_proto(out: RequestOutput) -> Any:
+def output_to_proto(index: int, out: RequestOutput) -> Any:
     return llm_pb2.GenerateOutput(
+        index=index,
         text=out.text,
         token_ids=out.token_ids,
         num_prompt_tokens=out.num_prompt_tokens,
@@ -99,9 +121,12 @@ def output_to_proto(out: RequestOutput) -> Any:
     )
 
 
-def output_from_proto(m: Any, request_id: str) -> RequestOutput:
-    return RequestOutput(
-        request_id=request_id,
+def output_from_proto(m: Any, request_ids: Sequence[str]) -> tuple[int, RequestOutput]:
+    """The output and its request's position in the call."""
+    if not 0 <= m.index < len(request_ids):
+        raise ValueError(f"the worker answered for request {m.index} of {len(request_ids)}")
+    return m.index, RequestOutput(
+        request_id=request_ids[m.index],
         text=m.text,
         token_ids=list(m.token_ids),
         num_prompt_tokens=m.num_prompt_tokens,

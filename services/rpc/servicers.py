@@ -27,7 +27,7 @@ from services.rpc import (
     vision_pb2,
     vision_pb2_grpc,
 )
-from services.rpc.llm_codec import output_to_proto, params_from_proto
+from services.rpc.llm_codec import output_to_proto, requests_from_proto
 from services.rpc.status import to_status
 from services.rpc.timing import timing_metadata
 from services.tasks.asr import ASRService
@@ -96,10 +96,8 @@ class LLMServicer(llm_pb2_grpc.LLMServicer):
         # stream aborts the request in the engine, freeing its KV blocks.
         try:
             service = _pick(self.services, request.model, "chat")
-            params = params_from_proto(request.params)
-            stream = service.generate(request.request_id, list(request.prompt_token_ids), params)
-            async for out in stream:
-                yield output_to_proto(out)
+            async for index, out in service.generate(requests_from_proto(request)):
+                yield output_to_proto(index, out)
         except Exception as exc:
             await _fail(context, exc)
 

@@ -3,18 +3,16 @@ checks), shared with the remote client, and the in-process engine."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from pipelines.llm import ChatTokenizer, LLMPipeline, LLMPipelineConfig
 from services.config.models import ModelSpec
 from services.config.settings import Settings
 from services.observability.timing import record_output
-from shared_engine.async_engine import StepObserver
+from shared_engine.async_engine import GenerationRequest, GroupOutputs, StepObserver
 from shared_engine.errors import ContextLengthExceeded
 from shared_engine.llm_engine import EngineStats
-from shared_engine.outputs import RequestOutput
-from shared_engine.sampling_params import SamplingParams
 
 
 class ChatText:
@@ -81,10 +79,8 @@ class LLMService(ChatText):
     def is_alive(self) -> bool:
         return self.pipeline.is_alive
 
-    def generate(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
-    ) -> AsyncIterator[RequestOutput]:
-        return _timed(self.pipeline.generate(request_id, prompt_token_ids, params))
+    def generate(self, requests: Sequence[GenerationRequest]) -> GroupOutputs:
+        return _timed(self.pipeline.generate(requests))
 
     def stats(self) -> EngineStats:
         return self.pipeline.stats()
@@ -93,11 +89,11 @@ class LLMService(ChatText):
         self.pipeline.shutdown()
 
 
-async def _timed(stream: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
+async def _timed(stream: GroupOutputs) -> GroupOutputs:
     try:
-        async for out in stream:
+        async for index, out in stream:
             record_output(out)
-            yield out
+            yield index, out
     finally:
-        # Closing the engine's stream aborts the request if it still runs.
-        await stream.aclose()  # type: ignore[attr-defined]
+        # Closing the engine's stream aborts the requests still running.
+        await stream.aclose()

@@ -14,6 +14,7 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
+from shared_engine.async_engine import GenerationRequest
 from shared_engine.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ async def warm_up(service: Any) -> None:
     if task == "chat":
         ids = service.encode_chat([{"role": "user", "content": "Hello!"}])
         params = SamplingParams(max_tokens=2, temperature=0.0)
-        async for _ in service.generate(f"warmup-{service.name}", ids, params):
+        async for _ in service.generate([GenerationRequest(f"warmup-{service.name}", ids, params)]):
             pass
     elif task == "embedding":
         await service.embed(service.tokenize(["warm up"], truncate=True))

@@ -45,9 +45,10 @@ from skimage import data as samples
 from pipelines.embedding import EmbeddingPipeline, EmbeddingPipelineConfig
 from services.commands.probe import grpc_serving
 from services.config.models import load_model_specs
-from services.rpc import llm_pb2, llm_pb2_grpc
+from services.rpc import llm_pb2_grpc
 from services.rpc.channels import Channels
-from services.rpc.llm_codec import params_to_proto
+from services.rpc.llm_codec import requests_to_proto
+from shared_engine.async_engine import GenerationRequest
 from shared_engine.sampling_params import SamplingParams
 from tests.helpers.api import error_of
 from tests.helpers.server import (
@@ -430,11 +431,9 @@ def wait_idle(topology: Topology, names: tuple[str, ...], timeout: float) -> dic
 
 def generate_directly(address: str, max_tokens: int = 8) -> list[Any]:
     """A short greedy request straight to one chat worker over gRPC, bypassing the gateway."""
-    request = llm_pb2.GenerateRequest(
-        model=CHAT_MODEL,
-        request_id=f"direct-{time.monotonic_ns()}",
-        prompt_token_ids=[504] * 10,
-        params=params_to_proto(SamplingParams(max_tokens=max_tokens, temperature=0.0)),
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    request = requests_to_proto(
+        CHAT_MODEL, [GenerationRequest(f"direct-{time.monotonic_ns()}", [504] * 10, params)]
     )
     with grpc.insecure_channel(address) as channel:
         return list(llm_pb2_grpc.LLMStub(channel).Generate(request, timeout=120.0))
@@ -781,12 +780,8 @@ def test_call_to_a_loading_replica_moves_to_a_serving_one(topology: Topology) ->
     victim, survivor = CHAT_REPLICAS
     assert grpc_serving(topology.address(survivor))
     _restart_and_catch_loading(topology, victim)
-    request = llm_pb2.GenerateRequest(
-        model=CHAT_MODEL,
-        request_id="loading-replica",
-        prompt_token_ids=[504] * 10,
-        params=params_to_proto(SamplingParams(max_tokens=4, temperature=0.0)),
-    )
+    params = SamplingParams(max_tokens=4, temperature=0.0)
+    request = requests_to_proto(CHAT_MODEL, [GenerationRequest("loading-replica", [504] * 10, params)])
 
     async def generate() -> list[Any]:
         # the gateway's own client for the chat task, the loading replica first in its turn

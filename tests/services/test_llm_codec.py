@@ -6,9 +6,18 @@ from __future__ import annotations
 import pytest
 
 from services.rpc import llm_pb2
-from services.rpc.llm_codec import params_from_proto, params_to_proto
+from services.rpc.llm_codec import (
+    output_from_proto,
+    output_to_proto,
+    params_from_proto,
+    params_to_proto,
+    requests_from_proto,
+    requests_to_proto,
+)
+from shared_engine.async_engine import GenerationRequest
 from shared_engine.errors import InvalidRequest
 from shared_engine.guided import GuidedDecoding, GuidedKind
+from shared_engine.outputs import FinishReason, RequestOutput
 from shared_engine.sampling_params import OutputKind, SamplingParams
 
 
@@ -44,3 +53,19 @@ def test_an_unknown_constraint_kind_is_refused() -> None:
     wire.guided.kind = "telepathy"
     with pytest.raises(InvalidRequest, match="telepathy"):
         params_from_proto(wire)
+
+
+def test_a_group_of_requests_round_trips_and_outputs_name_their_request() -> None:
+    requests = [
+        GenerationRequest("cmpl-1-0", [1, 2, 3], SamplingParams(seed=7, max_tokens=4)),
+        GenerationRequest("cmpl-1-1", [1, 2, 3], SamplingParams(seed=8, max_tokens=4)),
+    ]
+    wire = llm_pb2.GenerateRequest.FromString(requests_to_proto("m", requests).SerializeToString())
+    assert wire.model == "m" and requests_from_proto(wire) == requests
+    out = RequestOutput("worker-side-id", "hi", [5], 3, 1, finish_reason=FinishReason.LENGTH)
+    message = llm_pb2.GenerateOutput.FromString(output_to_proto(1, out).SerializeToString())
+    index, back = output_from_proto(message, [r.request_id for r in requests])
+    assert index == 1 and back.request_id == "cmpl-1-1" and back.token_ids == [5]
+    assert back.finish_reason == FinishReason.LENGTH
+    with pytest.raises(ValueError, match="request 1 of 1"):
+        output_from_proto(message, ["only-one"])

@@ -13,6 +13,7 @@ from services.config.models import parse_model_specs
 from services.config.settings import Settings
 from services.observability.metrics import EngineMetrics
 from services.tasks.llm import LLMService
+from shared_engine.async_engine import GenerationRequest
 from shared_engine.sampling_params import OutputKind, SamplingParams
 from tests.conftest import DEFAULT_CHAT_SOURCE
 
@@ -64,7 +65,8 @@ def test_a_draft_model_from_the_config_decodes_and_is_counted() -> None:
         )
 
         async def run() -> list[int]:
-            return [t async for out in service.generate("r1", prompt, params) for t in out.token_ids]
+            outputs = service.generate([GenerationRequest("r1", prompt, params)])
+            return [t async for _, out in outputs for t in out.token_ids]
 
         tokens = asyncio.run(run())
         assert len(tokens) == 12

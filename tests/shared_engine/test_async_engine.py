@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig
 
-from shared_engine.async_engine import AsyncLLMEngine
+from shared_engine.async_engine import AsyncLLMEngine, GenerationRequest
 from shared_engine.compute import ComputeLane
 from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from shared_engine.errors import ContextLengthExceeded, Overloaded
@@ -194,3 +194,54 @@ async def test_a_prompt_past_the_waiting_token_budget_is_refused(smollm2_folder:
         assert len(await _collect(front, "small", one_token)) == 1
     finally:
         front.shutdown()
+
+
+def _group(params: SamplingParams, *prompts: list[int]) -> list[GenerationRequest]:
+    return [GenerationRequest(f"g{i}", p, params) for i, p in enumerate(prompts)]
+
+
+async def test_a_group_is_scheduled_together_while_the_engine_is_busy(smollm2_folder: Path) -> None:
+    steps: list[set[str]] = []
+    front = AsyncLLMEngine(
+        _tiny_engine(smollm2_folder, EngineConfig(cache=CacheConfig(block_size=8, num_blocks=128))),
+        on_step=lambda _engine, outputs, _s: steps.append({o.request_id for o in outputs}),
+    )
+    long = SamplingParams(max_tokens=300, temperature=0, ignore_eos=True)
+    short = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True, logprobs=1)
+    try:
+        busy = front.generate("busy", [7, 8, 9], long)
+        await anext(busy)  # the step loop is running when the group arrives
+        tokens: dict[int, list[int]] = {0: [], 1: [], 2: []}
+        async for index, out in front.generate_group(_group(short, [1, 2], [3, 4, 5], [6] * 9)):
+            assert out.request_id == f"g{index}"
+            tokens[index].extend(out.token_ids)
+        await busy.aclose()  # type: ignore[attr-defined]
+    finally:
+        front.shutdown()
+    assert all(len(t) == 6 for t in tokens.values())
+    group = {"g0", "g1", "g2"}
+    first = next(s for s in steps if s & group)
+    assert group <= first, steps  # the three prompts were computed in one step
+    assert "busy" in first
+
+
+async def test_a_group_with_one_refused_request_adds_none(engine: AsyncLLMEngine) -> None:
+    params = SamplingParams(max_tokens=500, temperature=0)
+    with pytest.raises(ContextLengthExceeded):
+        async for _ in engine.generate_group(_group(params, [1, 2, 3], list(range(1, 100)))):
+            pass
+    stats = engine.stats()
+    assert stats.num_running == 0 and stats.num_waiting == 0 and stats.kv_cache_usage == 0.0
+
+
+async def test_closing_a_group_aborts_every_request(engine: AsyncLLMEngine) -> None:
+    params = SamplingParams(max_tokens=400, temperature=0, ignore_eos=True)
+    outputs = engine.generate_group(_group(params, list(range(1, 30)), list(range(2, 40))))
+    seen: set[int] = set()
+    async for index, _ in outputs:
+        seen.add(index)
+        if seen == {0, 1}:
+            break
+    await outputs.aclose()
+    await _wait_idle(engine)
+    assert engine.stats().kv_cache_usage == 0.0

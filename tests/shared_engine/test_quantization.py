@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Qwen2C
 from pipelines.llm import LLMPipeline, LLMPipelineConfig
 from services.config.models import ModelSpec, parse_model_specs
 from shared_engine import int_matmul
+from shared_engine.async_engine import GenerationRequest
 from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from shared_engine.dual_linear import DualLinear, TiedQuantizedHead
 from shared_engine.int_weights import dequantize_int4, dequantize_int8, quantize_int4, quantize_int8
@@ -306,7 +307,7 @@ def test_pipeline_carries_the_option_to_the_model(
         async def run() -> list[int]:
             return [
                 t
-                async for out in pipeline.generate("r", pipeline.encode("Hi"), GREEDY)
+                async for _, out in pipeline.generate([GenerationRequest("r", pipeline.encode("Hi"), GREEDY)])
                 for t in out.token_ids
             ]
 

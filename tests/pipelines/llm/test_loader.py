@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2
 from pipelines.llm import LLMPipeline, LLMPipelineConfig
 from pipelines.llm.loader import prepare_model_folder
 from pipelines.sources import resolve_source
+from shared_engine.async_engine import GenerationRequest
 from shared_engine.config import CacheConfig, EngineConfig
 from shared_engine.sampling_params import SamplingParams
 
@@ -70,7 +71,7 @@ def _greedy_reference(folder: Path, prompts: list[list[int]]) -> list[list[int]]
 async def _generate_all(pipeline: LLMPipeline, prompts: list[list[int]]) -> list[list[int]]:
     async def one(i: int, ids: list[int]) -> list[int]:
         tokens: list[int] = []
-        async for out in pipeline.generate(f"r{i}", ids, GREEDY):
+        async for _, out in pipeline.generate([GenerationRequest(f"r{i}", ids, GREEDY)]):
             tokens.extend(out.token_ids)
         return tokens
 
