@@ -2,9 +2,9 @@
 
 ``avx2`` stands for an AVX2-only x86 CPU (AMD Zen 2/3, Intel before Ice Lake): no native bf16 for the
 service (``MMSERVE_CPU_BF16=0``, so ``dtype = "auto"`` is float32), ATen's AVX2 kernels
-(``ATEN_CPU_CAPABILITY``), and oneDNN and MKL held to AVX2; llama.cpp is built for AVX2 in a build folder
-of its own. Memory bandwidth and cache sizes stay this machine's, so the figures are those of a CPU with
-this one's memory and the other's instructions: compare the targets within one run.
+(``ATEN_CPU_CAPABILITY``), and oneDNN, MKL and fbgemm held to AVX2; llama.cpp is built for AVX2 in a
+build folder of its own. Memory bandwidth and cache sizes stay this machine's, so the figures are those
+of a CPU with this one's memory and the other's instructions: compare the targets within one run.
 
 These variables are read when torch loads, so a benchmark asked for another ISA starts itself again with
 them set (:func:`reexec_as`) before doing anything else.
@@ -24,6 +24,7 @@ ISA_ENV: dict[str, dict[str, str]] = {
         "ATEN_CPU_CAPABILITY": "avx2",
         "ONEDNN_MAX_CPU_ISA": "AVX2",
         "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
     },
 }
 # llama.cpp's CPU backend flags per ISA (ggml's CMake options).

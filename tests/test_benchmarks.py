@@ -6,12 +6,13 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from benchmarks import quality, quantization
+from benchmarks import dynamic_int8_prefill, quality, quantization
 from benchmarks.chat_model import configured_chat_model
 from benchmarks.load import arrival_times, request_body
 from benchmarks.metrics import RequestResult, RunResult, summarize
@@ -76,3 +77,26 @@ def test_teacher_forced_agreement_reads_the_continuation_a_model_itself_generate
     unknown = [[chat.tokenizer.unk_token_id] * len(own[0])]
     assert quality.teacher_forced(model, prompts, unknown, chat.device, torch.float32) == 0.0
     assert quality.free_running(own, own) == 1.0 and quality.free_running(own, unknown) == 0.0
+
+
+@pytest.fixture()
+def fbgemm() -> Iterator[None]:
+    before = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "fbgemm"
+    yield
+    torch.backends.quantized.engine = before
+
+
+@pytest.mark.usefixtures("fbgemm")
+def test_dynamic_int8_replaces_every_linear_but_the_lm_head_and_stays_close() -> None:
+    model = torch.nn.Sequential()
+    model.add_module("proj", torch.nn.Linear(64, 32))
+    model.add_module("lm_head", torch.nn.Linear(32, 8, bias=False))
+    x = torch.randn(5, 64)
+    expected = model(x)
+    dynamic_int8_prefill.make_dynamic(model)
+    assert isinstance(model.proj, torch.ao.nn.quantized.dynamic.Linear)
+    assert type(model.lm_head) is torch.nn.Linear
+    got = model(x)
+    assert not torch.equal(got, expected)
+    torch.testing.assert_close(got, expected, atol=0.05, rtol=0.05)
