@@ -22,15 +22,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared_engine import cpu_kernels
 from shared_engine.attention import AttentionMetadata, paged_attention
 from shared_engine.models.base import MODEL_REGISTRY, DecoderArch
 
 
 @dataclass(frozen=True)
 class CrossAttentionState:
-    """One request's cross-attention keys and values, per layer, each ``[heads, frames, head_dim]``."""
+    """One request's cross-attention keys and values, per layer, each ``[2, heads, 1, frames, head_dim]``:
+    the paged KV cache's layout with all frames in one block, so that a decode row attends through the
+    same CPU kernel as self-attention."""
 
-    kv: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    kv: tuple[torch.Tensor, ...]
 
 
 class SelfAttention(nn.Module):
@@ -56,23 +59,31 @@ class CrossAttention(nn.Module):
         self.v_proj = nn.Linear(arch.hidden_size, arch.hidden_size)
         self.out_proj = nn.Linear(arch.hidden_size, arch.hidden_size)
 
-    def project_kv(self, encoder_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[B, frames, d]`` → keys and values ``[B, heads, frames, head_dim]``."""
+    def project_kv(self, encoder_hidden: torch.Tensor) -> torch.Tensor:
+        """``[B, frames, d]`` → keys and values ``[B, 2, heads, 1, frames, head_dim]``."""
         b, frames, _ = encoder_hidden.shape
         k = self.k_proj(encoder_hidden).view(b, frames, self.num_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(encoder_hidden).view(b, frames, self.num_heads, self.head_dim).transpose(1, 2)
-        return k.contiguous(), v.contiguous()
+        return torch.stack([k, v], dim=1).unsqueeze(3).contiguous()
 
     def forward(
-        self,
-        x: torch.Tensor,
-        spans: Sequence[tuple[int, int]],
-        kv: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        self, x: torch.Tensor, spans: Sequence[tuple[int, int]], kv: Sequence[torch.Tensor]
     ) -> torch.Tensor:
         q = self.q_proj(x).view(x.shape[0], self.num_heads, self.head_dim)
         out = torch.empty_like(q)
-        for (start, end), (k, v) in zip(spans, kv, strict=True):
+        kernel = (
+            cpu_kernels.usable(x.device) and bool(kv) and cpu_kernels.cache_dtype_fits(q.dtype, kv[0].dtype)
+        )
+        one_block = torch.zeros(1, 1, dtype=torch.long)
+        for (start, end), layer_kv in zip(spans, kv, strict=True):
+            if kernel and end - start == 1:  # a decode row: 3x faster than SDPA for one query
+                frames = torch.tensor([layer_kv.shape[3]])
+                cpu_kernels.paged_decode_attention(
+                    out[start:end], q[start:end], layer_kv, one_block, frames, self.head_dim**-0.5
+                )
+                continue
             rows = q[start:end].transpose(0, 1)  # [heads, n, head_dim]
+            k, v = layer_kv[0, :, 0].to(q.dtype), layer_kv[1, :, 0].to(q.dtype)
             out[start:end] = F.scaled_dot_product_attention(rows, k, v).transpose(0, 1)
         return self.out_proj(out.reshape(x.shape[0], -1))
 
@@ -95,7 +106,7 @@ class DecoderLayer(nn.Module):
         meta: AttentionMetadata,
         kv_cache: torch.Tensor,
         spans: Sequence[tuple[int, int]],
-        cross_kv: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        cross_kv: Sequence[torch.Tensor],
     ) -> torch.Tensor:
         h = h + self.self_attn(self.self_attn_layer_norm(h), meta, kv_cache)
         h = h + self.encoder_attn(self.encoder_attn_layer_norm(h), spans, cross_kv)
@@ -158,10 +169,7 @@ class WhisperDecoder(nn.Module):
     def cross_attention_kv(self, encoder_hidden: torch.Tensor) -> list[CrossAttentionState]:
         """Encoder output ``[B, frames, d]`` → one :class:`CrossAttentionState` per batch row."""
         per_layer = [layer.encoder_attn.project_kv(encoder_hidden) for layer in self.decoder.typed_layers()]
-        return [
-            CrossAttentionState(tuple((k[b], v[b]) for k, v in per_layer))
-            for b in range(encoder_hidden.shape[0])
-        ]
+        return [CrossAttentionState(tuple(kv[b] for kv in per_layer)) for b in range(encoder_hidden.shape[0])]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy the decoder half of a Hugging Face Whisper state dict in (encoder tensors are skipped)."""

@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
+from shared_engine import cpu_kernels
 from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from shared_engine.errors import InvalidRequest
 from shared_engine.llm_engine import LLMEngine
@@ -120,9 +121,18 @@ def _run(engine: LLMEngine, states: list[CrossAttentionState], params: SamplingP
 GREEDY = SamplingParams(max_tokens=MAX_NEW, temperature=0.0, ignore_eos=True)
 
 
+@pytest.mark.parametrize("kernels", [True, False], ids=["cpu-kernels", "composite"])
 def test_batched_greedy_equals_transformers(
-    whisper_folder: Path, hf_model: WhisperForConditionalGeneration, encoder_hidden: torch.Tensor
+    whisper_folder: Path,
+    hf_model: WhisperForConditionalGeneration,
+    encoder_hidden: torch.Tensor,
+    kernels: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Decode rows attend to the encoder through the paged-attention kernel where it is built, through
+    # scaled_dot_product_attention elsewhere (and on CUDA): both must give transformers' tokens.
+    if not kernels:
+        monkeypatch.setattr(cpu_kernels, "usable", lambda device: False)
     expected = [_reference(hf_model, encoder_hidden[i], p) for i, p in enumerate(PROMPTS)]
     assert len({tuple(e) for e in expected}) == len(PROMPTS), "the audio inputs should lead apart"
     assert all(len(set(e)) > 3 for e in expected), "greedy paths should not just repeat a token"
