@@ -103,16 +103,17 @@ class TimestampRules:
                 logits[ts:] = inf
             else:  # an open segment end: another timestamp or the end of text
                 logits[: self.eot] = inf
-        stamps = [t for t in outputs if t >= ts]
-        if stamps:
+        latest = next((t for t in reversed(outputs) if t >= ts), None)
+        if latest is not None:
             # Never back in time, and every segment has a non-zero length.
-            floor = stamps[-1] if last_ts and not penultimate_ts else stamps[-1] + 1
+            floor = latest if last_ts and not penultimate_ts else latest + 1
             logits[ts:floor] = inf
         else:
             logits[:ts] = inf
             logits[self.max_initial + 1 :] = inf
-        logprobs = torch.log_softmax(logits, dim=-1)
-        if torch.logsumexp(logprobs[ts:], dim=-1) > logprobs[:ts].max():
+        # A timestamp when their total probability beats every text token's: the comparison of log
+        # probabilities, whose shared normaliser cancels.
+        if torch.logsumexp(logits[ts:], dim=-1) > logits[:ts].max():
             logits[:ts] = inf
 
 
