@@ -74,9 +74,9 @@ class CrossAttention(nn.Module):
         kernel = (
             cpu_kernels.usable(x.device) and bool(kv) and cpu_kernels.cache_dtype_fits(q.dtype, kv[0].dtype)
         )
-        one_block = torch.zeros(1, 1, dtype=torch.long)
+        one_block = torch.zeros(1, 1, dtype=torch.long) if kernel else None  # every frame in block 0
         for (start, end), layer_kv in zip(spans, kv, strict=True):
-            if kernel and end - start == 1:  # a decode row: 3x faster than SDPA for one query
+            if one_block is not None and end - start == 1:  # a decode row: 3x faster than SDPA for it
                 frames = torch.tensor([layer_kv.shape[3]])
                 cpu_kernels.paged_decode_attention(
                     out[start:end], q[start:end], layer_kv, one_block, frames, self.head_dim**-0.5
