@@ -125,11 +125,11 @@ class AsyncLLMEngine:
         counts as queue time. Their timing is reported to the caller's open ``timing.measure()``, if any."""
         if self._error is not None or self._stopped.is_set():
             raise EngineDead("the LLM engine has stopped") from self._error
-        for request in requests:
-            if request.params.guided is not None:
-                # Compiling a new grammar takes milliseconds to seconds: off both the event loop and
-                # the engine thread (a bad grammar is refused here, before anything is queued).
-                await asyncio.to_thread(self.engine.precompile, request.params)
+        # Compiling a new grammar takes milliseconds to seconds: off both the event loop and the engine
+        # thread (a bad grammar is refused here, before anything is queued); n choices share one.
+        grammars = {r.params.guided: r.params for r in requests if r.params.guided is not None}
+        for params in grammars.values():
+            await asyncio.to_thread(self.engine.precompile, params)
         stream = _GroupStream(asyncio.get_running_loop(), requests)
         ready: asyncio.Future[None] = stream.loop.create_future()
         for index, request in enumerate(requests):

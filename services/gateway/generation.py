@@ -1,5 +1,5 @@
 """What chat and text completions share: sampling parameters from a request body, starting the
-choices on the engine, merging their streams, and tallying usage."""
+choices on the engine as one group, and tallying usage."""
 
 from __future__ import annotations
 

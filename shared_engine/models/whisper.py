@@ -75,11 +75,15 @@ class CrossAttention(nn.Module):
             cpu_kernels.usable(x.device) and bool(kv) and cpu_kernels.cache_dtype_fits(q.dtype, kv[0].dtype)
         )
         one_block = torch.zeros(1, 1, dtype=torch.long) if kernel else None  # every frame in block 0
+        frames: dict[int, torch.Tensor] = {}  # context lengths, as the kernel takes them
         for (start, end), layer_kv in zip(spans, kv, strict=True):
             if one_block is not None and end - start == 1:  # a decode row: 3x faster than SDPA for it
-                frames = torch.tensor([layer_kv.shape[3]])
+                n = layer_kv.shape[3]
+                lens = frames.get(n)
+                if lens is None:
+                    lens = frames[n] = torch.tensor([n])
                 cpu_kernels.paged_decode_attention(
-                    out[start:end], q[start:end], layer_kv, one_block, frames, self.head_dim**-0.5
+                    out[start:end], q[start:end], layer_kv, one_block, lens, self.head_dim**-0.5
                 )
                 continue
             rows = q[start:end].transpose(0, 1)  # [heads, n, head_dim]
