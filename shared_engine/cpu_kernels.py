@@ -1,7 +1,9 @@
 """The engine's own CPU kernels (``csrc/cpu_kernels.cpp``), for the operators of a decode step that ATen
 runs as many small calls or slowly: attention of one new token per request straight over the paged KV
-cache, the rotary embedding with the cache write, RMSNorm with the residual add fused in, and the
-sampler's selection of each row's most likely tokens.
+cache, the rotary embedding with the cache write, RMSNorm with the residual add fused in, SiLU times the
+up projection, and the sampler's selection of each row's most likely tokens. The same build holds the
+integer matmuls (``int_matmul``) and the call that runs a decoder's whole layer stack
+(``decode_layers``).
 
 Compiled on first use for the instruction set ATen itself picked on this CPU
 (``torch.backends.cpu.get_cpu_capability()``: AVX-512, AVX2 or none), one build per set, with torch's
@@ -24,7 +26,10 @@ logger = logging.getLogger(__name__)
 
 # "0" keeps the composite torch operators (to compare, or to test that path); unset or "1" uses the kernels.
 KERNELS_ENV = "MMSERVE_CPU_KERNELS"
-SOURCES = tuple(Path(__file__).parent / "csrc" / name for name in ("cpu_kernels.cpp", "quantized_linear.cpp"))
+SOURCES = tuple(
+    Path(__file__).parent / "csrc" / name
+    for name in ("cpu_kernels.cpp", "quantized_linear.cpp", "decode_layers.cpp")
+)
 ISA_FLAGS = {
     "AVX512": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"),
     "AVX2": ("-mavx2", "-mfma", "-mf16c"),
@@ -69,7 +74,8 @@ def _register_fakes() -> None:
     def mutates_only(*args: Any) -> None:
         return None
 
-    for name in ("paged_decode_attention", "rms_norm", "fused_add_rms_norm", "rotary_cache_write"):
+    kernels = ("paged_decode_attention", "rms_norm", "fused_add_rms_norm", "rotary_cache_write", "silu_mul")
+    for name in kernels:
         torch.library.register_fake(f"mmserve_cpu::{name}", mutates_only)
 
     @torch.library.register_fake("mmserve_cpu::top_probabilities")
@@ -142,6 +148,14 @@ def rotary_cache_write_(
     torch.ops.mmserve_cpu.rotary_cache_write(
         qkv, rope.positions, rope.cos_table, rope.signed_sin_table, kv_cache, slots, heads, kv_heads
     )
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` of ``gate_up`` ``[rows, 2 * n]`` (contiguous; gate the first half), computed in
+    float32: one call where ATen makes three."""
+    out = gate_up.new_empty((gate_up.shape[0], gate_up.shape[1] // 2))
+    torch.ops.mmserve_cpu.silu_mul(out, gate_up)
+    return out
 
 
 def add_rms_norm_(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float) -> None:

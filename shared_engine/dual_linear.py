@@ -30,6 +30,11 @@ def float_weights_only(active: bool = True) -> Iterator[None]:
         _FLOAT_ONLY.reset(token)
 
 
+def float_weights_forced() -> bool:
+    """Whether ``float_weights_only`` is active here."""
+    return _FLOAT_ONLY.get()
+
+
 class TiedQuantizedHead(nn.Module):
     """An LM head tied to the input embedding, which must stay in floating point for lookups: a
     quantized copy serves the calls where its kernel is faster (decode at small batch), the shared

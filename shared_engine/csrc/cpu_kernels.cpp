@@ -8,6 +8,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "kernels.h"
+
 #include <algorithm>
 #include <tuple>
 #include <type_traits>
@@ -192,6 +194,10 @@ void dispatch_cache_dtypes(at::ScalarType compute, at::ScalarType cache, const c
                                   [&] { fn(scalar_t(), scalar_t()); });
 }
 
+}  // namespace
+
+namespace mmserve {
+
 void paged_decode_attention(at::Tensor out, const at::Tensor& query, const at::Tensor& kv_cache,
                             const at::Tensor& block_tables, const at::Tensor& context_lens, double scale) {
   TORCH_CHECK(query.dim() == 3 && query.stride(2) == 1, "query must be [batch, heads, dim], last dim dense");
@@ -205,6 +211,10 @@ void paged_decode_attention(at::Tensor out, const at::Tensor& query, const at::T
     decode_attention_impl<decltype(t), decltype(c)>(out, query, kv_cache, block_tables, context_lens, scale);
   });
 }
+
+}  // namespace mmserve
+
+namespace {
 
 // residual += x (rounded to the storage dtype, as a separate add would), then
 // x = rms_norm(residual) * weight; both [tokens, hidden] contiguous. Without ``add``, x = rms_norm(residual).
@@ -248,6 +258,10 @@ void check_norm_args(const at::Tensor& x, const at::Tensor& residual, const at::
               "x, residual and weight must share a dtype");
 }
 
+}  // namespace
+
+namespace mmserve {
+
 void fused_add_rms_norm(at::Tensor x, at::Tensor residual, const at::Tensor& weight, double eps) {
   check_norm_args(x, residual, weight);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "fused_add_rms_norm", [&] {
@@ -262,6 +276,10 @@ void rms_norm(at::Tensor out, const at::Tensor& x, const at::Tensor& weight, dou
     add_rms_norm_impl<scalar_t>(out, source, weight, eps, false);
   });
 }
+
+}  // namespace mmserve
+
+namespace {
 
 // In place on the fused projection qkv [tokens, (heads + 2 * kv_heads) * dim]: rotary position embedding
 // of the query and key heads (rotate-half convention: x * cos + roll(x, dim / 2) * signed_sin, the tables
@@ -305,6 +323,45 @@ void rotary_cache_write_impl(at::Tensor& qkv, const at::Tensor& positions, const
   });
 }
 
+// out [rows, n] = silu(gate) * up of gate_up [rows, 2 * n] (gate the first half), in float32.
+template <typename T>
+void silu_mul_impl(at::Tensor& out, const at::Tensor& gate_up) {
+  const int64_t rows = out.size(0), n = out.size(1);
+  const T* src = gate_up.data_ptr<T>();
+  T* dst = out.data_ptr<T>();
+  at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(3 * n);
+    float* __restrict gate = buf.data();
+    float* __restrict up = gate + n;
+    float* __restrict y = up + n;
+    for (int64_t row = begin; row < end; ++row) {
+      load_float(src + row * 2 * n, gate, n);
+      load_float(src + row * 2 * n + n, up, n);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        // exp of at most 80 stays finite (-ffast-math assumes no infinities); silu is then ~0 anyway
+        y[i] = gate[i] / (1.f + std::exp(std::min(-gate[i], 80.f))) * up[i];
+      }
+      store_float(y, dst + row * n, n);
+    }
+  });
+}
+
+}  // namespace
+
+namespace mmserve {
+
+void silu_mul(at::Tensor out, const at::Tensor& gate_up) {
+  TORCH_CHECK(gate_up.dim() == 2 && gate_up.is_contiguous() && gate_up.size(1) % 2 == 0,
+              "gate_up must be contiguous [rows, 2 * n]");
+  TORCH_CHECK(out.dim() == 2 && out.is_contiguous() && out.size(0) == gate_up.size(0) &&
+                  out.size(1) * 2 == gate_up.size(1) && out.scalar_type() == gate_up.scalar_type(),
+              "out must be contiguous [rows, n] of gate_up's dtype");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "silu_mul", [&] {
+    silu_mul_impl<scalar_t>(out, gate_up);
+  });
+}
+
 void rotary_cache_write(at::Tensor qkv, const at::Tensor& positions, const at::Tensor& cos,
                         const at::Tensor& signed_sin, at::Tensor kv_cache, const at::Tensor& slots,
                         int64_t heads, int64_t kv_heads) {
@@ -326,6 +383,10 @@ void rotary_cache_write(at::Tensor qkv, const at::Tensor& positions, const at::T
                                                       kv_heads);
   });
 }
+
+}  // namespace mmserve
+
+namespace {
 
 // The k largest entries of each row of a non-negative float32 [rows, n] matrix (probabilities), in no
 // particular order; of equal values the first ones win. A radix select: non-negative floats order as
@@ -387,12 +448,14 @@ TORCH_LIBRARY(mmserve_cpu, m) {
   m.def("top_probabilities(Tensor probs, int k) -> (Tensor, Tensor)");
   m.def("rotary_cache_write(Tensor(a!) qkv, Tensor positions, Tensor cos, Tensor signed_sin, "
         "Tensor(b!) kv_cache, Tensor slots, int heads, int kv_heads) -> ()");
+  m.def("silu_mul(Tensor(a!) out, Tensor gate_up) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(mmserve_cpu, CPU, m) {
-  m.impl("paged_decode_attention", &paged_decode_attention);
-  m.impl("fused_add_rms_norm", &fused_add_rms_norm);
-  m.impl("rms_norm", &rms_norm);
+  m.impl("paged_decode_attention", &mmserve::paged_decode_attention);
+  m.impl("fused_add_rms_norm", &mmserve::fused_add_rms_norm);
+  m.impl("rms_norm", &mmserve::rms_norm);
   m.impl("top_probabilities", &top_probabilities);
-  m.impl("rotary_cache_write", &rotary_cache_write);
+  m.impl("rotary_cache_write", &mmserve::rotary_cache_write);
+  m.impl("silu_mul", &mmserve::silu_mul);
 }

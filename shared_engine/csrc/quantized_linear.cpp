@@ -21,6 +21,8 @@
 #include <immintrin.h>
 #include <torch/library.h>
 
+#include "kernels.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -338,6 +340,10 @@ at::Tensor run_blocks(const at::Tensor& x, const at::Tensor& packed, const void*
   return out;
 }
 
+}  // namespace
+
+namespace mmserve {
+
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales_zeros,
                        int64_t group, int64_t isa) {
   check_common("int4_linear", x, packed, group, isa, kStepFeatures);
@@ -365,6 +371,10 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
                     vnni ? kMaxTileVnni : kMaxTileAvx2);
 }
 
+}  // namespace mmserve
+
+namespace {
+
 bool int_matmul_supported(int64_t isa) {
   __builtin_cpu_init();
   if (isa == kAvx512Vnni) {
@@ -385,6 +395,6 @@ TORCH_LIBRARY_FRAGMENT(mmserve_cpu, m) {
 }
 
 TORCH_LIBRARY_IMPL(mmserve_cpu, CPU, m) {
-  m.impl("int4_linear", &int4_linear);
-  m.impl("int8_linear", &int8_linear);
+  m.impl("int4_linear", &mmserve::int4_linear);
+  m.impl("int8_linear", &mmserve::int8_linear);
 }

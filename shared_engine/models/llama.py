@@ -16,6 +16,7 @@ from torch import nn
 
 from shared_engine import cpu_kernels
 from shared_engine.attention import AttentionMetadata, paged_attention
+from shared_engine.decode_layers import DecodeLayers
 from shared_engine.models.base import MODEL_REGISTRY, DecoderArch
 
 
@@ -168,7 +169,10 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(arch.intermediate_size, arch.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
+        gate_up = self.gate_up_proj(x)
+        if cpu_kernels.usable(gate_up.device) and gate_up.dim() == 2 and gate_up.is_contiguous():
+            return self.down_proj(cpu_kernels.silu_mul(gate_up))
+        gate, up = gate_up.split(self.intermediate_size, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 
@@ -207,12 +211,26 @@ class LlamaModel(nn.Module):
 
 @MODEL_REGISTRY.register("LlamaForCausalLM", "Qwen2ForCausalLM")
 class LlamaForCausalLM(nn.Module):
+    # Decode-only steps through the layer stack's single kernel call where it serves them (set False to
+    # compare with the modules).
+    fused_decode = True
+
     def __init__(self, arch: DecoderArch) -> None:
         super().__init__()
         self.arch = arch
         self.model = LlamaModel(arch)
         if not arch.tie_word_embeddings:
             self.lm_head = nn.Linear(arch.hidden_size, arch.vocab_size, bias=False)
+        self._decode_layers: DecodeLayers | None = None
+        self._decode_layers_planned = False
+
+    def decode_layers(self) -> DecodeLayers | None:
+        """The layer stack's kernel call, planned at the first forward: a model's modules are final once
+        it is built (``build_decoder`` quantizes and packs before returning it)."""
+        if not self._decode_layers_planned:
+            self._decode_layers = DecodeLayers.plan(list(self.model.layers), self.model.norm)
+            self._decode_layers_planned = True
+        return self._decode_layers
 
     def forward(
         self,
@@ -226,6 +244,9 @@ class LlamaForCausalLM(nn.Module):
         rope = m.rotary_emb(positions, residual.dtype)
         layers = cast(list[DecoderLayer], list(m.layers))
         x = layers[0].input_layernorm(residual)
+        fused = self.decode_layers() if self.fused_decode else None
+        if fused is not None and fused.serves(x, meta, kv_caches):
+            return fused(x, residual, rope, meta, kv_caches)
         for i, (layer, kv_cache) in enumerate(zip(layers, kv_caches, strict=True)):
             x, residual = layer(x, residual, rope, meta, kv_cache)
             norm = layers[i + 1].input_layernorm if i + 1 < len(layers) else m.norm

@@ -1,5 +1,6 @@
 """The engine's CPU kernels (shared_engine/csrc/cpu_kernels.cpp) against the composite torch operators they
-replace: decode attention over the paged cache, RMSNorm and RMSNorm with the residual add; the switch that
+replace: decode attention over the paged cache, RMSNorm and RMSNorm with the residual add, SiLU times the
+up projection; the switch that
 turns them off; and a machine where they cannot be built falling back to those operators."""
 
 from __future__ import annotations
@@ -155,6 +156,20 @@ def test_rms_norm_and_the_fused_residual_add_match_torch(dtype: torch.dtype, row
         torch.testing.assert_close(
             normed.float(), F.rms_norm(total.float(), (576,), norm.weight.float(), 1e-5), atol=tol, rtol=tol
         )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_silu_mul_matches_torch(dtype: torch.dtype) -> None:
+    """Including gates far below zero, where exp(-gate) would overflow float32."""
+    assert cpu_kernels.load()
+    torch.manual_seed(0)
+    gate_up = (torch.randn(5, 2 * 1536) * 4).to(dtype)
+    gate_up[0, :4] = torch.tensor([-200.0, -89.0, 0.0, 200.0]).to(dtype)
+    gate, up = gate_up.float().chunk(2, dim=-1)
+    got = cpu_kernels.silu_mul(gate_up)
+    assert got.dtype == dtype and got.shape == (5, 1536)
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(got.float(), F.silu(gate) * up, atol=tol, rtol=tol)
 
 
 def test_the_model_gives_the_same_logits_with_and_without_the_kernels(

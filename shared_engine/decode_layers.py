@@ -1,0 +1,113 @@
+"""A Llama-family decoder's layer stack at a step of decode tokens only, in one call of the engine's CPU
+kernels (``csrc/decode_layers.cpp``).
+
+The layers' modules call the same kernels in the same order (so the results are the same), but through
+~15 Python-level operator calls a layer; at one request on two cores those cost about a third of the
+step. The call serves a step when every projection of every layer runs the engine's int4 kernel at the
+step's rows (``quantization = "auto"`` or ``"int4"`` on a CPU with AVX2), the KV cache is read by the
+decode-attention kernel, and no ``float_weights_only`` is active; the modules serve every other step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from shared_engine import cpu_kernels
+from shared_engine.attention import AttentionMetadata
+from shared_engine.dual_linear import DualLinear, float_weights_forced
+from shared_engine.quantization import Int4Linear
+
+# No row limit: an int4 layer without a float partner always takes its kernel.
+_UNLIMITED = 1 << 30
+
+
+def _int4_kernel_layer(module: nn.Module) -> tuple[Int4Linear, bool] | None:
+    """The engine-kernel int4 layer behind a projection, and whether a float partner takes over at more
+    rows (a DualLinear), or None where the projection is anything else."""
+    dual = isinstance(module, DualLinear)
+    layer = module.quantized if isinstance(module, DualLinear) else module
+    if isinstance(layer, Int4Linear) and layer.engine_kernel:
+        return layer, dual
+    return None
+
+
+class DecodeLayers:
+    """The layer stack's weights in the kernel's order, and the shapes it needs; built by ``plan``."""
+
+    def __init__(self, layers: Sequence[Any], final_norm: Any, projections: list[tuple[Int4Linear, bool]]):
+        attention = layers[0].self_attn
+        self.heads, self.kv_heads, self.scale = attention.num_heads, attention.num_kv_heads, attention.scale
+        self.eps = final_norm.eps
+        self.dtype = final_norm.weight.dtype
+        self.group, self.isa = projections[0][0].group_size, projections[0][0].engine_isa
+        self._duals = [layer for layer, dual in projections if dual]
+        self._row_limits: dict[torch.dtype, int] = {}
+        empty = final_norm.weight.new_empty(0)
+        weights: list[torch.Tensor] = []
+        next_norms = [layer.input_layernorm for layer in layers[1:]] + [final_norm]
+        for index, (layer, next_norm) in enumerate(zip(layers, next_norms, strict=True)):
+            qkv, o, gate_up, down = (p for p, _ in projections[4 * index : 4 * index + 4])
+            weights += [qkv.weight, qkv.scales_and_zeros, empty if qkv.bias is None else qkv.bias]
+            for p in (o, gate_up, down):
+                weights += [p.weight, p.scales_and_zeros]
+            weights += [layer.post_attention_layernorm.weight, next_norm.weight]
+        self.weights = weights
+
+    @classmethod
+    def plan(cls, layers: Sequence[Any], final_norm: Any) -> DecodeLayers | None:
+        """The stack's call, or None where some projection is not an int4 layer on the engine's kernel,
+        they differ in group size or instruction set, or a projection but qkv has a bias."""
+        projections = []
+        for layer in layers:
+            attention, mlp = layer.self_attn, layer.mlp
+            for module in (attention.qkv_proj, attention.o_proj, mlp.gate_up_proj, mlp.down_proj):
+                found = _int4_kernel_layer(module)
+                if found is None:
+                    return None
+                projections.append(found)
+        if not projections or len({(p.group_size, p.engine_isa) for p, _ in projections}) != 1:
+            return None
+        if any(p.bias is not None for i, (p, _) in enumerate(projections) if i % 4):
+            return None
+        return cls(layers, final_norm, projections)
+
+    def _row_limit(self, x: torch.Tensor) -> int:
+        limit = self._row_limits.get(x.dtype)
+        if limit is None:
+            limit = min((p.kernel_rows(x) for p in self._duals), default=_UNLIMITED)
+            self._row_limits[x.dtype] = limit
+        return limit
+
+    def serves(self, x: torch.Tensor, meta: AttentionMetadata, kv_caches: list[torch.Tensor]) -> bool:
+        """Whether this step (normalised input ``x``) is one the call computes as the modules would."""
+        return (
+            not meta.prefills
+            and meta.num_decodes == x.shape[0]
+            and meta.decode_gather_index is None
+            and x.dtype == self.dtype
+            and x.device.type == "cpu"
+            and cpu_kernels.cache_dtype_fits(x.dtype, kv_caches[0].dtype)
+            and x.shape[0] <= self._row_limit(x)
+            and not float_weights_forced()
+            and not torch.compiler.is_compiling()
+        )
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor,
+        rope: Any,
+        meta: AttentionMetadata,
+        kv_caches: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """The final norm's output for ``x``, the first layer's normalised input; ``residual`` is
+        updated in place, as the modules update it."""
+        return torch.ops.mmserve_cpu.decode_layers(
+            x, residual, self.weights, kv_caches, rope.positions, rope.cos_table, rope.signed_sin_table,
+            meta.slot_mapping, meta.decode_block_tables, meta.decode_lens, self.heads, self.kv_heads,
+            self.scale, self.eps, self.group, self.isa,
+        )  # fmt: skip
