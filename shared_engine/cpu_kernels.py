@@ -2,8 +2,8 @@
 runs as many small calls or slowly: attention of one new token per request straight over the paged KV
 cache, the rotary embedding with the cache write, RMSNorm with the residual add fused in, SiLU times the
 up projection, and the sampler's selection of each row's most likely tokens. The same build holds the
-integer matmuls (``int_matmul``) and the call that runs a decoder's whole layer stack
-(``decode_layers``).
+integer matmuls (``int_matmul``) and the calls that run a decoder's whole layer stack
+(``decode_layers``, ``whisper_decode_layers``).
 
 Compiled on first use for the instruction set ATen itself picked on this CPU
 (``torch.backends.cpu.get_cpu_capability()``: AVX-512, AVX2 or none), one build per set, with torch's
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 KERNELS_ENV = "MMSERVE_CPU_KERNELS"
 SOURCES = tuple(
     Path(__file__).parent / "csrc" / name
-    for name in ("cpu_kernels.cpp", "quantized_linear.cpp", "decode_layers.cpp")
+    for name in ("cpu_kernels.cpp", "quantized_linear.cpp", "decode_layers.cpp", "whisper_decode_layers.cpp")
 )
 ISA_FLAGS = {
     "AVX512": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"),

@@ -25,6 +25,7 @@ from torch import nn
 from shared_engine import cpu_kernels
 from shared_engine.attention import AttentionMetadata, paged_attention
 from shared_engine.models.base import MODEL_REGISTRY, DecoderArch
+from shared_engine.whisper_decode_layers import WhisperDecodeLayers
 
 
 @dataclass(frozen=True)
@@ -139,11 +140,25 @@ def _row_spans(meta: AttentionMetadata) -> list[tuple[int, int]]:
 @MODEL_REGISTRY.register("WhisperForConditionalGeneration")
 class WhisperDecoder(nn.Module):
     _prefix = "model.decoder."
+    # Decode-only steps through the layers' single kernel call where it serves them (set False to
+    # compare with the modules).
+    fused_decode = True
 
     def __init__(self, arch: DecoderArch) -> None:
         super().__init__()
         self.arch = arch
         self.decoder = Decoder(arch)
+        self._decode_layers: WhisperDecodeLayers | None = None
+        self._decode_layers_planned = False
+
+    def decode_layers(self) -> WhisperDecodeLayers | None:
+        """The layers' kernel call, planned at the first forward: a model's modules are final once it is
+        built (``build_decoder`` quantizes before returning it)."""
+        if not self._decode_layers_planned:
+            layers = self.decoder.typed_layers()
+            self._decode_layers = WhisperDecodeLayers.plan(layers, self.decoder.layer_norm)
+            self._decode_layers_planned = True
+        return self._decode_layers
 
     def forward(
         self,
@@ -158,6 +173,9 @@ class WhisperDecoder(nn.Module):
         spans = _row_spans(meta)
         d = self.decoder
         h = d.embed_tokens(input_ids) + d.embed_positions(positions)
+        fused = self.decode_layers() if self.fused_decode else None
+        if fused is not None and fused.serves(h, meta, kv_caches):
+            return fused(h, meta, kv_caches)
         for i, (layer, kv_cache) in enumerate(zip(d.layers, kv_caches, strict=True)):
             h = layer(h, meta, kv_cache, spans, [s.kv[i] for s in states])
         return d.layer_norm(h)

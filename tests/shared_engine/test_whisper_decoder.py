@@ -18,6 +18,7 @@ from shared_engine.errors import InvalidRequest
 from shared_engine.llm_engine import LLMEngine
 from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.models.whisper import CrossAttentionState, WhisperDecoder
+from shared_engine.quantization_config import QuantizationConfig
 from shared_engine.sampling_params import SamplingParams
 
 VOCAB, FRAMES, MAX_NEW = 300, 40, 14
@@ -93,12 +94,15 @@ def _reference(hf: WhisperForConditionalGeneration, hidden: torch.Tensor, prompt
     return ids[len(prompt) :]
 
 
-def _engine(folder: Path, num_blocks: int = 64, max_seqs: int = 8) -> tuple[LLMEngine, WhisperDecoder]:
+def _engine(
+    folder: Path, num_blocks: int = 64, max_seqs: int = 8, quantization: QuantizationConfig | None = None
+) -> tuple[LLMEngine, WhisperDecoder]:
     from transformers import AutoConfig
 
     model = build_decoder(
-        AutoConfig.from_pretrained(folder), iter_safetensors(folder), torch.device("cpu"), torch.float32
-    )
+        AutoConfig.from_pretrained(folder), iter_safetensors(folder), torch.device("cpu"), torch.float32,
+        quantization,
+    )  # fmt: skip
     assert isinstance(model, WhisperDecoder)
     config = EngineConfig(
         cache=CacheConfig(block_size=4, num_blocks=num_blocks),
@@ -140,6 +144,41 @@ def test_batched_greedy_equals_transformers(
     assert not engine.kv.enable_prefix_caching  # token hashes cannot see the audio
     states = model.cross_attention_kv(encoder_hidden)
     assert _run(engine, states, GREEDY) == expected
+
+
+# What models.toml configures for the packaged Whisper models: int8 projections and head on torch's
+# weight-only kernel, float weights kept for larger steps.
+INT8_FLOAT_INPUTS = QuantizationConfig("int8", lm_head=True, keep_float=True, activations="float")
+
+
+@pytest.mark.parametrize("quantization", [None, INT8_FLOAT_INPUTS], ids=["float32", "int8"])
+def test_decode_steps_through_the_layers_kernel_equal_the_modules(
+    whisper_folder: Path, encoder_hidden: torch.Tensor, quantization: QuantizationConfig | None
+) -> None:
+    """The same tokens and log-probabilities with the decode-only steps in one kernel call as through the
+    modules; the prompts' steps go through the modules either way."""
+    params = SamplingParams(max_tokens=MAX_NEW, temperature=0.0, ignore_eos=True, logprobs=3)
+    engine, model = _engine(whisper_folder, quantization=quantization)
+    assert model.decode_layers() is not None
+    layer_calls = []
+    model.decoder.layers[0].register_forward_hook(lambda *args: layer_calls.append(1))
+    states = model.cross_attention_kv(encoder_hidden)
+
+    def run(fused: bool) -> list[list[Any]]:
+        model.fused_decode = fused
+        for i, (prompt, state) in enumerate(zip(PROMPTS, states, strict=True)):
+            engine.add_request(f"{fused}{i}", prompt, params, encoder_state=state)
+        outputs: dict[str, list[Any]] = {f"{fused}{i}": [] for i in range(len(PROMPTS))}
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                outputs[out.request_id].extend(out.logprobs)
+        return list(outputs.values())
+
+    fused = run(True)
+    prompt_steps = len(layer_calls)
+    assert 1 <= prompt_steps < 4  # the prompts' steps only (three prompts of at most 64 tokens together)
+    assert run(False) == fused
+    assert len(layer_calls) - prompt_steps >= MAX_NEW  # every step, through the modules
 
 
 def test_preemption_keeps_cross_attention_state(
