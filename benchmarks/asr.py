@@ -37,6 +37,7 @@ from pipelines.sources import resolve_source
 from pipelines.tts import TTSPipeline, TTSPipelineConfig
 from services.config.models import ModelSpec, load_model_specs
 from services.config.settings import Settings
+from shared_engine.config import KV_CACHE_DTYPES, CacheConfig, EngineConfig
 from shared_engine.quantization_config import QuantizationConfig
 
 
@@ -91,9 +92,11 @@ def ours(
     texts: list[str],
     levels: list[int],
     quantization: QuantizationConfig | None,
+    kv_cache_dtype: str = "auto",
 ) -> list[dict[str, Any]]:
+    engine = EngineConfig(cache=CacheConfig(memory_bytes=256 << 20, dtype=kv_cache_dtype))
     config = ASRPipelineConfig(
-        spec.name, spec.source, spec.parts, spec.dtype, spec.device, quantization=quantization
+        spec.name, spec.source, spec.parts, spec.dtype, spec.device, engine, quantization=quantization
     )
     pipeline = ASRPipeline(config, Settings.from_env().model_cache_dir)
     audio_s = sum(len(c) for c in clips) / 16_000
@@ -174,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         help="ours, comma-separated: 'config' (as models.toml has it) or a quantization as in "
         "benchmarks/quantization.py (none, int8+head+float, ...)",
     )  # fmt: skip
+    p.add_argument(
+        "--kv-cache-dtypes", default="auto",
+        help="ours, comma-separated: what the decoder's KV cache and cross-attention states store "
+        f"({', '.join(KV_CACHE_DTYPES)}; auto: bfloat16 under a float32 model)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     spec = spec_named(args.model)
     prepare_whisper_folder(spec.source, spec.parts, Settings.from_env().model_cache_dir)
@@ -192,19 +200,23 @@ def main(argv: list[str] | None = None) -> int:
     }
     for variant in args.variants.split(","):
         q = spec.quantization_config if variant == "config" else parse_variant(variant)
-        payload["ours"][variant] = {
-            "quantization": None if q is None else asdict(q),
-            "levels": ours(spec, clips, texts, levels, q),
-        }
+        for kv_dtype in args.kv_cache_dtypes.split(","):
+            key = variant if kv_dtype == "auto" else f"{variant}, kv {kv_dtype}"
+            payload["ours"][key] = {
+                "quantization": None if q is None else asdict(q),
+                "kv_cache_dtype": kv_dtype,
+                "levels": ours(spec, clips, texts, levels, q, kv_dtype),
+            }
     ct2_dir = ct2_folder(spec, Settings.from_env().model_cache_dir / "ct2-joined")
     for compute_type in args.compute_types.split(","):
         payload["faster_whisper"][compute_type] = faster_whisper(ct2_dir, compute_type, clips, texts, levels)
     print(f"{args.model}, {len(clips)} clips, {payload['audio_s']} s of audio")
     rows = [(f"ours ({spec.dtype}, {v})", r["levels"]) for v, r in payload["ours"].items()]
     rows += [(f"faster-whisper {ct}", r) for ct, r in payload["faster_whisper"].items()]
+    width = max(len(name) for name, _ in rows)
     for name, results in rows:
         cells = "  ".join(f"c={r['concurrency']}: RTF {r['rtf']:.3f} WER {r['wer']:.1%}" for r in results)
-        print(f"{name:<24} {cells}")
+        print(f"{name:<{width}} {cells}")
     print(f"results: {report.write_results(payload, name=f'asr-{args.model}')}")
     return 0
 

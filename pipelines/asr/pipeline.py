@@ -8,6 +8,7 @@ one request follow each other: where the next starts depends on the timestamps d
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
@@ -124,11 +125,13 @@ class ASRPipeline:
             AutoConfig.from_pretrained(folder), iter_safetensors(folder), self.device, self.dtype,
             config.quantization,
         )  # fmt: skip
-        self._cross_kv = cast(Any, decoder).cross_attention_kv
         engine = LLMEngine(
             decoder, cast(Tokenizer, self.tokenizer), config.engine, self.device, self.dtype,
             frozenset({self.vocab.eot}),
         )  # fmt: skip
+        # Cross-attention keys and values are stored as the engine's KV cache stores its own.
+        cache_dtype = engine.runner.kv_dtype
+        self._cross_kv = functools.partial(cast(Any, decoder).cross_attention_kv, dtype=cache_dtype)
         self.max_target_len = engine.max_model_len
         self.lane = compute_lane(self.device)
         self.engine = AsyncLLMEngine(engine, on_step, self.lane)

@@ -60,12 +60,12 @@ class CrossAttention(nn.Module):
         self.v_proj = nn.Linear(arch.hidden_size, arch.hidden_size)
         self.out_proj = nn.Linear(arch.hidden_size, arch.hidden_size)
 
-    def project_kv(self, encoder_hidden: torch.Tensor) -> torch.Tensor:
-        """``[B, frames, d]`` → keys and values ``[B, 2, heads, 1, frames, head_dim]``."""
+    def project_kv(self, encoder_hidden: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``[B, frames, d]`` → keys and values ``[B, 2, heads, 1, frames, head_dim]`` in ``dtype``."""
         b, frames, _ = encoder_hidden.shape
         k = self.k_proj(encoder_hidden).view(b, frames, self.num_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(encoder_hidden).view(b, frames, self.num_heads, self.head_dim).transpose(1, 2)
-        return torch.stack([k, v], dim=1).unsqueeze(3).contiguous()
+        return torch.stack([k, v], dim=1).unsqueeze(3).to(dtype).contiguous()
 
     def forward(
         self, x: torch.Tensor, spans: Sequence[tuple[int, int]], kv: Sequence[torch.Tensor]
@@ -188,9 +188,15 @@ class WhisperDecoder(nn.Module):
         return F.linear(hidden, self.decoder.embed_tokens.weight).float()
 
     @torch.inference_mode()
-    def cross_attention_kv(self, encoder_hidden: torch.Tensor) -> list[CrossAttentionState]:
-        """Encoder output ``[B, frames, d]`` → one :class:`CrossAttentionState` per batch row."""
-        per_layer = [layer.encoder_attn.project_kv(encoder_hidden) for layer in self.decoder.typed_layers()]
+    def cross_attention_kv(
+        self, encoder_hidden: torch.Tensor, dtype: torch.dtype | None = None
+    ) -> list[CrossAttentionState]:
+        """Encoder output ``[B, frames, d]`` → one :class:`CrossAttentionState` per batch row, its keys and
+        values stored in ``dtype`` (default: the encoder output's), as the engine's KV cache stores its own
+        (``attention.kv_cache_dtype``): a float32 model's decode rows then read half the bytes."""
+        dtype = dtype or encoder_hidden.dtype
+        layers = self.decoder.typed_layers()
+        per_layer = [layer.encoder_attn.project_kv(encoder_hidden, dtype) for layer in layers]
         return [CrossAttentionState(tuple(kv[b] for kv in per_layer)) for b in range(encoder_hidden.shape[0])]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

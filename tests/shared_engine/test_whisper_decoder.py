@@ -16,6 +16,7 @@ from shared_engine import cpu_kernels
 from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from shared_engine.errors import InvalidRequest
 from shared_engine.llm_engine import LLMEngine
+from shared_engine.model_runner import ModelRunner, Segment
 from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.models.whisper import CrossAttentionState, WhisperDecoder
 from shared_engine.quantization_config import QuantizationConfig
@@ -179,6 +180,31 @@ def test_decode_steps_through_the_layers_kernel_equal_the_modules(
     assert 1 <= prompt_steps < 4  # the prompts' steps only (three prompts of at most 64 tokens together)
     assert run(False) == fused
     assert len(layer_calls) - prompt_steps >= MAX_NEW  # every step, through the modules
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["cpu-kernels", "composite"])
+def test_cross_attention_states_in_bfloat16_stay_close_to_float32(
+    whisper_folder: Path, encoder_hidden: torch.Tensor, kernels: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the speech pipeline stores under a float32 model's bfloat16 KV cache: the prompts' and a
+    decode step's hidden states within bfloat16 rounding of the float32 states' (this test model's large
+    weights turn that rounding into other greedy tokens after a few steps; the pipeline's transcription
+    tests check the real models' words)."""
+    if not kernels:
+        monkeypatch.setattr(cpu_kernels, "usable", lambda device: False)
+    _, model = _engine(whisper_folder)
+    hidden = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        states = model.cross_attention_kv(encoder_hidden, dtype)
+        assert all(kv.dtype == dtype for kv in states[0].kv)
+        runner = ModelRunner(model, 8, 4, torch.device("cpu"), torch.float32)
+        pairs = enumerate(zip(PROMPTS, states, strict=True))
+        segments = [Segment([2 * i, 2 * i + 1], 0, p[:2], s) for i, (p, s) in pairs]
+        prompts, _ = runner.forward(segments)
+        decodes, _ = runner.forward([Segment(s.block_ids, 2, [7], s.encoder_state) for s in segments])
+        hidden[dtype] = torch.cat([prompts, decodes])
+    error = (hidden[torch.bfloat16] - hidden[torch.float32]).norm() / hidden[torch.float32].norm()
+    assert 0 < error < 1e-2
 
 
 def test_preemption_keeps_cross_attention_state(
