@@ -129,12 +129,14 @@ def _takes_kernel_dtype(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float32)
 
 
-def _engine_isa(linear: nn.Linear, group: int, int8_activations: bool) -> int:
+def _engine_isa(linear: nn.Linear, group: int, int8_activations: bool, pads_rows: bool = False) -> int:
     """The instruction set of the engine's integer matmul for this layer, 0 where it cannot or may not
-    serve it."""
+    serve it (``pads_rows``: the layer pads its output features to the kernel's block of rows)."""
     if not (int8_activations and _takes_kernel_dtype(linear.weight)):
         return 0
-    if linear.out_features % int_matmul.INT_MATMUL_BLOCK_ROWS or linear.in_features % group:
+    if linear.in_features % group:
+        return 0
+    if linear.out_features % int_matmul.INT_MATMUL_BLOCK_ROWS and not pads_rows:
         return 0
     return int_matmul.int_matmul_isa() or 0
 
@@ -142,7 +144,8 @@ def _engine_isa(linear: nn.Linear, group: int, int8_activations: bool) -> int:
 class Int8Linear(QuantizedLinear):
     """Int8 per output channel. On a CPU its weights are packed for the engine's own kernel where that
     runs (``int_matmul.int_matmul_isa``: int8 activations, integer dot products) or else kept for
-    ATen's."""
+    ATen's. For the engine's kernel, output features are padded with zero rows to its block of 16 (a
+    Whisper head's 51,865), cut from every result."""
 
     weight: torch.Tensor
     scales: torch.Tensor
@@ -153,16 +156,21 @@ class Int8Linear(QuantizedLinear):
     def __init__(self, linear: nn.Linear, int8_activations: bool = True) -> None:
         super().__init__(linear)
         w = linear.weight.detach()
-        self.engine_isa = _engine_isa(linear, int_matmul.INT8_ACTIVATION_GROUP, int8_activations)
+        self.engine_isa = _engine_isa(linear, int_matmul.INT8_ACTIVATION_GROUP, int8_activations, True)
         self.engine_kernel = self.engine_isa != 0
         scales_dtype = (
             torch.float32 if self.engine_kernel else KERNEL_DTYPE if w.device.type == "cpu" else w.dtype
         )
         q = quantize_int8(w, scales_dtype)
-        self.register_buffer("weight", int_matmul.pack_int8(q.weight) if self.engine_kernel else q.weight)
+        values, scales = q.weight, q.scales
         if self.engine_kernel:
+            padding = -self.out_features % int_matmul.INT_MATMUL_BLOCK_ROWS
+            values = torch.cat([values, values.new_zeros(padding, self.in_features)])
+            scales = torch.cat([scales, scales.new_zeros(padding)])
+            values = int_matmul.pack_int8(values)
             self.beats_packed_rows = _ENGINE_INT8_BEATS_PACKED_MAX_ROWS
-        self.register_buffer("scales", q.scales)
+        self.register_buffer("weight", values)
+        self.register_buffer("scales", scales)
         self._kernel_shape_ok = self.engine_kernel or self.in_features % _INT8_KERNEL_K_MULTIPLE == 0
 
     def _kernel_max_rows(self, x: torch.Tensor) -> int:
@@ -176,7 +184,8 @@ class Int8Linear(QuantizedLinear):
 
     def _kernel(self, x: torch.Tensor) -> torch.Tensor:
         if self.engine_kernel:
-            return int_matmul.int8_linear(x.contiguous(), self.weight, self.scales, self.engine_isa)
+            y = int_matmul.int8_linear(x.contiguous(), self.weight, self.scales, self.engine_isa)
+            return y if y.shape[1] == self.out_features else y[:, : self.out_features].contiguous()
         rows = x if x.dtype == KERNEL_DTYPE else x.to(KERNEL_DTYPE)
         y = torch.ops.aten._weight_int8pack_mm(rows.contiguous(), self.weight, self.scales)
         return y if x.dtype == KERNEL_DTYPE else y.to(x.dtype)
@@ -184,9 +193,10 @@ class Int8Linear(QuantizedLinear):
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] <= self._kernel_max_rows(x):
             return self._kernel(x)
-        weight = int_matmul.unpack_int8(self.weight) if self.engine_kernel else self.weight
+        n = self.out_features
+        weight = int_matmul.unpack_int8(self.weight)[:n] if self.engine_kernel else self.weight
         # Per-channel scales commute with the matmul: scale the [M, N] output, not the [N, K] weight.
-        return F.linear(x, weight.to(x.dtype)) * self.scales.to(x.dtype)
+        return F.linear(x, weight.to(x.dtype)) * self.scales[:n].to(x.dtype)
 
 
 class Int4Linear(QuantizedLinear):

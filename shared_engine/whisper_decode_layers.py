@@ -3,10 +3,10 @@
 
 The layers' modules run the same operators in the same order (so the results are the same), but through
 ~40 Python-level operator calls a layer: with Whisper's few small layers those are a third of a decode
-step. The call serves a step when every projection is a float ``nn.Linear`` or an int8 layer on torch's
-weight-only kernel (``quantization_activations = "float"``, what models.toml configures) taking that
-kernel at the step's rows, the caches are read by the decode-attention kernel, and no
-``float_weights_only`` is active; the modules serve every other step.
+step. The call serves a step when every projection is a float ``nn.Linear`` or an int8 layer with its
+float weights kept (``quantization_keep_float``, what models.toml configures) taking its kernel at the
+step's rows, the caches are read by the decode-attention kernel, and no ``float_weights_only`` is active;
+the modules serve every other step.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from torch import nn
 from shared_engine import cpu_kernels
 from shared_engine.attention import AttentionMetadata
 from shared_engine.dual_linear import DualLinear, float_weights_forced
+from shared_engine.int_matmul import INT8_ACTIVATION_GROUP
 from shared_engine.quantization import Int8Linear
 
 _UNLIMITED = 1 << 30
@@ -31,11 +32,10 @@ def _projection(module: nn.Module) -> tuple[list[torch.Tensor], Int8Linear | Non
     if type(module) is nn.Linear:
         empty = module.weight.new_empty(0)
         return [module.weight, empty, empty if module.bias is None else module.bias], None
-    if isinstance(module, DualLinear):
+    if isinstance(module, DualLinear) and isinstance(module.quantized, Int8Linear):
         layer = module.quantized
-        if isinstance(layer, Int8Linear) and not layer.engine_kernel:
-            bias = layer.scales.new_empty(0) if layer.bias is None else layer.bias
-            return [layer.weight, layer.scales, bias], layer
+        bias = layer.scales.new_empty(0) if layer.bias is None else layer.bias
+        return [layer.weight, layer.scales, bias], layer
     return None
 
 
@@ -44,6 +44,8 @@ class WhisperDecodeLayers:
 
     def __init__(self, weights: list[torch.Tensor], int8: list[Int8Linear], heads: int, eps: float):
         self.weights, self._int8, self.heads, self.eps = weights, int8, heads, eps
+        # The instruction set of the engine's int8 kernel, for the layers on it (all on one CPU alike).
+        self.isa = max((layer.engine_isa for layer in int8), default=0)
         self.dtype = weights[-1].dtype
         self._row_limits: dict[torch.dtype, int] = {}
 
@@ -105,5 +107,5 @@ class WhisperDecodeLayers:
         head_dim = h.shape[1] // self.heads
         return torch.ops.mmserve_cpu.whisper_decode_layers(
             h, self.weights, kv_caches, cross, meta.slot_mapping, meta.decode_block_tables, meta.decode_lens,
-            self.heads, head_dim**-0.5, self.eps,
+            self.heads, head_dim**-0.5, self.eps, INT8_ACTIVATION_GROUP, self.isa,
         )  # fmt: skip

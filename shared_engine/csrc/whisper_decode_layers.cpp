@@ -5,7 +5,7 @@
 // Per layer, weights holds kWeightsPerLayer tensors: for each of the self-attention's fused qkv and
 // output projections, the cross-attention's query and output projections, fc1 and fc2, three tensors
 // (weight, then scales or an empty tensor, then bias or an empty tensor: a float weight is applied as
-// F.linear does, an int8 one as the weight-only kernel's path does, on rows rounded to bfloat16), and for
+// F.linear does, an int8 one as its layer's kernel does), and for
 // each of the three layer norms, weight and bias; after the last layer, the final norm's weight and bias.
 
 #include <ATen/ATen.h>
@@ -17,16 +17,22 @@ namespace {
 
 constexpr int64_t kWeightsPerLayer = 24;
 
-// One projection: float (F.linear) or int8 weight-only (torch's kernel on bfloat16 rows), plus bias.
-at::Tensor project(const at::Tensor& x, const at::Tensor* w) {
+// One projection, plus bias: float (F.linear), int8 on the engine's kernel (a weight packed in its
+// three-dimensional layout; rows rounded to int8 per group), or int8 on torch's weight-only kernel (rows
+// rounded to bfloat16).
+at::Tensor project(const at::Tensor& x, const at::Tensor* w, int64_t int8_group, int64_t isa) {
   const at::Tensor& weight = w[0];
   const at::Tensor& scales = w[1];
   const at::Tensor& bias = w[2];
   if (!scales.numel()) return bias.numel() ? at::linear(x, weight, bias) : at::linear(x, weight);
-  const bool bf16 = x.scalar_type() == at::kBFloat16;
-  const at::Tensor rows = bf16 ? x : x.to(at::kBFloat16);
-  at::Tensor y = at::_weight_int8pack_mm(rows.contiguous(), weight, scales);
-  if (!bf16) y = y.to(x.scalar_type());
+  at::Tensor y;
+  if (weight.dim() == 3) {
+    y = mmserve::int8_linear(x, weight, scales, int8_group, isa);
+  } else {
+    const bool bf16 = x.scalar_type() == at::kBFloat16;
+    y = at::_weight_int8pack_mm((bf16 ? x : x.to(at::kBFloat16)).contiguous(), weight, scales);
+    if (!bf16) y = y.to(x.scalar_type());
+  }
   return bias.numel() ? y + bias : y;
 }
 
@@ -38,7 +44,8 @@ at::Tensor layer_norm(const at::Tensor& x, const at::Tensor* w, double eps) {
 // keys and values [2, heads, 1, frames, head_dim]. Returns the final norm's output.
 at::Tensor whisper_decode_layers(const at::Tensor& h_in, at::TensorList weights, at::TensorList kv_caches,
                                  at::TensorList cross_kv, const at::Tensor& slots, const at::Tensor& block_tables,
-                                 const at::Tensor& context_lens, int64_t heads, double scale, double eps) {
+                                 const at::Tensor& context_lens, int64_t heads, double scale, double eps,
+                                 int64_t int8_group, int64_t isa) {
   const int64_t layers = static_cast<int64_t>(kv_caches.size());
   TORCH_CHECK(layers > 0 && static_cast<int64_t>(weights.size()) == layers * kWeightsPerLayer + 2,
               "whisper_decode_layers: ", kWeightsPerLayer, " weights per layer and the final norm's two expected");
@@ -52,7 +59,7 @@ at::Tensor whisper_decode_layers(const at::Tensor& h_in, at::TensorList weights,
     const at::Tensor& cache = kv_caches[layer];
     const int64_t kv_heads = cache.size(1);
 
-    const at::Tensor qkv = project(layer_norm(h, w + 6, eps), w);
+    const at::Tensor qkv = project(layer_norm(h, w + 6, eps), w, int8_group, isa);
     const auto parts = qkv.chunk(3, -1);
     const at::Tensor q = parts[0].view({tokens, heads, dim});
     const at::Tensor k = parts[1].view({tokens, kv_heads, dim});
@@ -61,9 +68,10 @@ at::Tensor whisper_decode_layers(const at::Tensor& h_in, at::TensorList weights,
     cache[1].view({kv_heads, -1, dim}).index_copy_(1, slots, v.transpose(0, 1).to(cache.scalar_type()));
     at::Tensor attention = at::empty({tokens, heads, dim}, h.options());
     mmserve::paged_decode_attention(attention, q, cache, block_tables, context_lens, scale);
-    h = h + project(attention.view({tokens, d}), w + 3);
+    h = h + project(attention.view({tokens, d}), w + 3, int8_group, isa);
 
-    const at::Tensor cross_q = project(layer_norm(h, w + 14, eps), w + 8).view({tokens, heads, dim});
+    const at::Tensor cross_q =
+        project(layer_norm(h, w + 14, eps), w + 8, int8_group, isa).view({tokens, heads, dim});
     at::Tensor cross = at::empty({tokens, heads, dim}, h.options());
     for (int64_t t = 0; t < tokens; ++t) {
       const at::Tensor& kv = cross_kv[layer * tokens + t];
@@ -71,9 +79,10 @@ at::Tensor whisper_decode_layers(const at::Tensor& h_in, at::TensorList weights,
       mmserve::paged_decode_attention(cross.narrow(0, t, 1), cross_q.narrow(0, t, 1), kv, one_block, frames,
                                       scale);
     }
-    h = h + project(cross.view({tokens, d}), w + 11);
+    h = h + project(cross.view({tokens, d}), w + 11, int8_group, isa);
 
-    h = h + project(at::gelu(project(layer_norm(h, w + 22, eps), w + 16)), w + 19);
+    const at::Tensor hidden = at::gelu(project(layer_norm(h, w + 22, eps), w + 16, int8_group, isa));
+    h = h + project(hidden, w + 19, int8_group, isa);
   }
   return layer_norm(h, weights.data() + layers * kWeightsPerLayer, eps);
 }
@@ -82,7 +91,8 @@ at::Tensor whisper_decode_layers(const at::Tensor& h_in, at::TensorList weights,
 
 TORCH_LIBRARY_FRAGMENT(mmserve_cpu, m) {
   m.def("whisper_decode_layers(Tensor h, Tensor[] weights, Tensor(a!)[] kv_caches, Tensor[] cross_kv, "
-        "Tensor slots, Tensor block_tables, Tensor context_lens, int heads, float scale, float eps) -> Tensor");
+        "Tensor slots, Tensor block_tables, Tensor context_lens, int heads, float scale, float eps, "
+        "int int8_group, int isa) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(mmserve_cpu, CPU, m) { m.impl("whisper_decode_layers", &whisper_decode_layers); }

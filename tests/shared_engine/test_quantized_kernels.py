@@ -186,6 +186,21 @@ def test_int8_layers_take_the_engine_s_kernel_for_few_rows_and_dequantize_for_ma
                 assert ((q(x).float() - want).norm() / want.norm()).item() < 0.03
 
 
+def test_int8_layers_of_any_width_take_the_engine_s_kernel() -> None:
+    """Output features padded to the kernel's block of 16 (Whisper's head has 51,865), cut from results."""
+    if int_matmul.int_matmul_isa() is None:
+        pytest.skip("the engine's integer kernels do not run on this CPU")
+    layer = _layer(50, 128, torch.float32)
+    engine = Int8Linear(layer)
+    assert engine.engine_kernel and engine.weight.shape == (4, 32, 64) and engine.scales.shape == (64,)
+    for rows in (1, 3, 200):  # the kernel, then dequantize-then-matmul
+        x = torch.randn(rows, 128)
+        with torch.inference_mode():
+            want, got = layer(x), engine(x)
+        assert got.shape == (rows, 50) and got.is_contiguous()
+        assert ((got - want).norm() / want.norm()).item() < 0.03
+
+
 @pytest.mark.parametrize("bits", [4, 8])
 def test_weight_only_layers_keep_their_inputs_in_float(bits: int) -> None:
     """``activations = "float"`` (what Whisper's decoder runs): torch's kernels, no int8 rounding."""
