@@ -89,7 +89,7 @@ class DecodeLayers:
             and meta.num_decodes == x.shape[0]
             and meta.decode_gather_index is None
             and x.dtype == self.dtype
-            and x.device.type == "cpu"
+            and cpu_kernels.usable(x.device)
             and cpu_kernels.cache_dtype_fits(x.dtype, kv_caches[0].dtype)
             and x.shape[0] <= self._row_limit(x)
             and not float_weights_forced()
