@@ -60,7 +60,7 @@ class DecodeLayers:
     @classmethod
     def plan(cls, layers: Sequence[Any], final_norm: Any) -> DecodeLayers | None:
         """The stack's call, or None where some projection is not an int4 layer on the engine's kernel,
-        they differ in group size or instruction set, or a projection but qkv has a bias."""
+        they differ in group size or instruction set, or a projection other than qkv has a bias."""
         projections = []
         for layer in layers:
             attention, mlp = layer.self_attn, layer.mlp

@@ -51,6 +51,8 @@ class WhisperDecodeLayers:
 
     @classmethod
     def plan(cls, layers: Sequence[Any], final_norm: nn.LayerNorm) -> WhisperDecodeLayers | None:
+        """The layers' call, or None where a projection is neither a float ``nn.Linear`` nor an int8 layer
+        with its float weight kept, or the norms lack a bias or differ in epsilon."""
         weights: list[torch.Tensor] = []
         int8: list[Int8Linear] = []
         norms = [final_norm]
