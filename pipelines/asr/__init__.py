@@ -2,7 +2,8 @@
 decoder on the shared engine."""
 
 from pipelines.asr.audio import AudioTooLong, decode_audio
-from pipelines.asr.pipeline import ASRPipeline, ASRPipelineConfig, Transcription
+from pipelines.asr.config import ASRPipelineConfig
+from pipelines.asr.pipeline import ASRPipeline, Transcription
 from pipelines.asr.segments import Segment, compression_ratio
 
 __all__ = [

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,21 +22,20 @@ from transformers import WhisperForConditionalGeneration as HFWhisper
 from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
 from pipelines.asr.audio import SAMPLE_RATE
+from pipelines.asr.config import ASRPipelineConfig
 from pipelines.asr.decoding import OnlyTokens, SuppressTokens, TimestampRules, WhisperVocab
 from pipelines.asr.loader import prepare_whisper_folder
 from pipelines.asr.segments import Segment, compression_ratio, split_window
 from shared_engine.async_engine import AsyncLLMEngine, StepObserver
 from shared_engine.compute import compute_lane
-from shared_engine.config import CacheConfig, EngineConfig
 from shared_engine.detokenizer import Tokenizer
 from shared_engine.device import resolve_device, resolve_dtype
 from shared_engine.errors import InvalidRequest
 from shared_engine.llm_engine import EngineStats, LLMEngine
-from shared_engine.micro_batcher import BatchObserver, BatchStats, MicroBatchConfig, MicroBatcher
+from shared_engine.micro_batcher import BatchObserver, BatchStats, MicroBatcher
 from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.models.whisper import CrossAttentionState
 from shared_engine.outputs import FinishReason, RequestOutput
-from shared_engine.quantization_config import QuantizationConfig
 from shared_engine.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -50,24 +49,6 @@ FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 MAX_COMPRESSION_RATIO = 2.4
 MIN_AVG_LOGPROB = -1.0
 TASKS = ("transcribe", "translate")
-
-
-@dataclass(frozen=True)
-class ASRPipelineConfig:
-    name: str
-    source: str
-    parts: tuple[str, ...] = ()
-    dtype: str = "float32"
-    device: str = "auto"
-    engine: EngineConfig = field(
-        default_factory=lambda: EngineConfig(cache=CacheConfig(memory_bytes=256 << 20))
-    )
-    batching: MicroBatchConfig = field(default_factory=lambda: MicroBatchConfig(max_batch_size=8))
-    quantization: QuantizationConfig | None = None  # the decoder's linear layers (None: as loaded)
-
-    def __post_init__(self) -> None:
-        if not self.name or not self.source:
-            raise ValueError("a speech recognition model needs a name and a source")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,28 @@
+"""A speech recognition model's configuration: where its weights are, how its decoder runs on the shared
+engine and how its encoder batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shared_engine.config import CacheConfig, EngineConfig
+from shared_engine.micro_batcher import MicroBatchConfig
+from shared_engine.quantization_config import QuantizationConfig
+
+
+@dataclass(frozen=True)
+class ASRPipelineConfig:
+    name: str
+    source: str
+    parts: tuple[str, ...] = ()
+    dtype: str = "float32"
+    device: str = "auto"
+    engine: EngineConfig = field(
+        default_factory=lambda: EngineConfig(cache=CacheConfig(memory_bytes=256 << 20))
+    )
+    batching: MicroBatchConfig = field(default_factory=lambda: MicroBatchConfig(max_batch_size=8))
+    quantization: QuantizationConfig | None = None  # the decoder's linear layers (None: as loaded)
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.source:
+            raise ValueError("a speech recognition model needs a name and a source")
