@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         model, engine, requests = (
             chat_setup(batch, args.tokens) if args.model == "chat" else whisper_setup(args.model, batch)
         )
-        assert model.decode_layers() is not None, "this model's layers have no single call to compare"
+        assert model.decode_layers is not None, "this model's layers have no single call to compare"
         dtype = model.model.norm.weight.dtype if args.model == "chat" else torch.float32
         layer_forwards: list[int] = []
         first_layer = model.model.layers[0] if args.model == "chat" else model.decoder.layers[0]

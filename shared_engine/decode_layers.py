@@ -19,10 +19,45 @@ from torch import nn
 from shared_engine import cpu_kernels
 from shared_engine.attention import AttentionMetadata
 from shared_engine.dual_linear import DualLinear, float_weights_forced
-from shared_engine.quantization import Int4Linear
+from shared_engine.quantization import Int4Linear, QuantizedLinear
 
-# No row limit: an int4 layer without a float partner always takes its kernel.
+# No row limit: a quantized layer without a float partner always takes its kernel.
 _UNLIMITED = 1 << 30
+
+
+class KernelRowLimit:
+    """The most rows at which every one of ``layers`` (the quantized halves of dual layers) takes its
+    kernel rather than its float weight, per input dtype, looked up once each."""
+
+    def __init__(self, layers: Sequence[QuantizedLinear]) -> None:
+        self._layers = layers
+        self._limits: dict[torch.dtype, int] = {}
+
+    def __call__(self, x: torch.Tensor) -> int:
+        limit = self._limits.get(x.dtype)
+        if limit is None:
+            limit = min((p.kernel_rows(x) for p in self._layers), default=_UNLIMITED)
+            self._limits[x.dtype] = limit
+        return limit
+
+
+def decode_only_step(
+    x: torch.Tensor, meta: AttentionMetadata, kv_caches: list[torch.Tensor], dtype: torch.dtype, rows: int
+) -> bool:
+    """Whether a layer-stack call computes this step as the modules would: decode tokens only (``x``, one
+    row each) attending through the CPU kernel, in ``dtype``, at most ``rows`` of them, no float weights
+    forced and nothing being traced."""
+    return (
+        not meta.prefills
+        and meta.num_decodes == x.shape[0]
+        and meta.decode_gather_index is None
+        and x.dtype == dtype
+        and cpu_kernels.usable(x.device)
+        and cpu_kernels.cache_dtype_fits(x.dtype, kv_caches[0].dtype)
+        and x.shape[0] <= rows
+        and not float_weights_forced()
+        and not torch.compiler.is_compiling()
+    )
 
 
 def _int4_kernel_layer(module: nn.Module) -> tuple[Int4Linear, bool] | None:
@@ -44,8 +79,7 @@ class DecodeLayers:
         self.eps = final_norm.eps
         self.dtype = final_norm.weight.dtype
         self.group, self.isa = projections[0][0].group_size, projections[0][0].engine_isa
-        self._duals = [layer for layer, dual in projections if dual]
-        self._row_limits: dict[torch.dtype, int] = {}
+        self.row_limit = KernelRowLimit([layer for layer, dual in projections if dual])
         empty = final_norm.weight.new_empty(0)
         weights: list[torch.Tensor] = []
         next_norms = [layer.input_layernorm for layer in layers[1:]] + [final_norm]
@@ -75,26 +109,9 @@ class DecodeLayers:
             return None
         return cls(layers, final_norm, projections)
 
-    def _row_limit(self, x: torch.Tensor) -> int:
-        limit = self._row_limits.get(x.dtype)
-        if limit is None:
-            limit = min((p.kernel_rows(x) for p in self._duals), default=_UNLIMITED)
-            self._row_limits[x.dtype] = limit
-        return limit
-
     def serves(self, x: torch.Tensor, meta: AttentionMetadata, kv_caches: list[torch.Tensor]) -> bool:
         """Whether this step (normalised input ``x``) is one the call computes as the modules would."""
-        return (
-            not meta.prefills
-            and meta.num_decodes == x.shape[0]
-            and meta.decode_gather_index is None
-            and x.dtype == self.dtype
-            and cpu_kernels.usable(x.device)
-            and cpu_kernels.cache_dtype_fits(x.dtype, kv_caches[0].dtype)
-            and x.shape[0] <= self._row_limit(x)
-            and not float_weights_forced()
-            and not torch.compiler.is_compiling()
-        )
+        return decode_only_step(x, meta, kv_caches, self.dtype, self.row_limit(x))
 
     def __call__(
         self,

@@ -19,11 +19,10 @@ from torch import nn
 
 from shared_engine import cpu_kernels
 from shared_engine.attention import AttentionMetadata
-from shared_engine.dual_linear import DualLinear, float_weights_forced
+from shared_engine.decode_layers import KernelRowLimit, decode_only_step
+from shared_engine.dual_linear import DualLinear
 from shared_engine.int_matmul import INT8_ACTIVATION_GROUP
 from shared_engine.quantization import Int8Linear
-
-_UNLIMITED = 1 << 30
 
 
 def _projection(module: nn.Module) -> tuple[list[torch.Tensor], Int8Linear | None] | None:
@@ -43,11 +42,11 @@ class WhisperDecodeLayers:
     """The layers' weights in the kernel's order and what the call needs; built by ``plan``."""
 
     def __init__(self, weights: list[torch.Tensor], int8: list[Int8Linear], heads: int, eps: float):
-        self.weights, self._int8, self.heads, self.eps = weights, int8, heads, eps
+        self.weights, self.heads, self.eps = weights, heads, eps
         # The instruction set of the engine's int8 kernel, for the layers on it (all on one CPU alike).
         self.isa = max((layer.engine_isa for layer in int8), default=0)
         self.dtype = weights[-1].dtype
-        self._row_limits: dict[torch.dtype, int] = {}
+        self.row_limit = KernelRowLimit(int8)
 
     @classmethod
     def plan(cls, layers: Sequence[Any], final_norm: nn.LayerNorm) -> WhisperDecodeLayers | None:
@@ -77,27 +76,10 @@ class WhisperDecodeLayers:
             return None
         return cls(weights, int8, layers[0].self_attn.num_heads, final_norm.eps)
 
-    def _row_limit(self, x: torch.Tensor) -> int:
-        limit = self._row_limits.get(x.dtype)
-        if limit is None:
-            limit = min((p.kernel_rows(x) for p in self._int8), default=_UNLIMITED)
-            self._row_limits[x.dtype] = limit
-        return limit
-
     def serves(self, h: torch.Tensor, meta: AttentionMetadata, kv_caches: list[torch.Tensor]) -> bool:
         """Whether this step (embedded tokens ``h``) is one the call computes as the modules would."""
-        states = meta.encoder_states
-        return (
-            not meta.prefills
-            and meta.num_decodes == h.shape[0]
-            and meta.decode_gather_index is None
-            and h.dtype == self.dtype
-            and cpu_kernels.usable(h.device)
-            and cpu_kernels.cache_dtype_fits(h.dtype, kv_caches[0].dtype)
-            and all(cpu_kernels.cache_dtype_fits(h.dtype, s.kv[0].dtype) for s in states)
-            and h.shape[0] <= self._row_limit(h)
-            and not float_weights_forced()
-            and not torch.compiler.is_compiling()
+        return decode_only_step(h, meta, kv_caches, self.dtype, self.row_limit(h)) and all(
+            cpu_kernels.cache_dtype_fits(h.dtype, s.kv[0].dtype) for s in meta.encoder_states
         )
 
     def __call__(

@@ -7,6 +7,7 @@ batch sizes is where decode time goes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any, NamedTuple, cast
 
@@ -221,16 +222,12 @@ class LlamaForCausalLM(nn.Module):
         self.model = LlamaModel(arch)
         if not arch.tie_word_embeddings:
             self.lm_head = nn.Linear(arch.hidden_size, arch.vocab_size, bias=False)
-        self._decode_layers: DecodeLayers | None = None
-        self._decode_layers_planned = False
 
+    @functools.cached_property
     def decode_layers(self) -> DecodeLayers | None:
         """The layer stack's kernel call, planned at the first forward: a model's modules are final once
         it is built (``build_decoder`` quantizes and packs before returning it)."""
-        if not self._decode_layers_planned:
-            self._decode_layers = DecodeLayers.plan(list(self.model.layers), self.model.norm)
-            self._decode_layers_planned = True
-        return self._decode_layers
+        return DecodeLayers.plan(list(self.model.layers), self.model.norm)
 
     def forward(
         self,
@@ -244,7 +241,7 @@ class LlamaForCausalLM(nn.Module):
         rope = m.rotary_emb(positions, residual.dtype)
         layers = cast(list[DecoderLayer], list(m.layers))
         x = layers[0].input_layernorm(residual)
-        fused = self.decode_layers() if self.fused_decode else None
+        fused = self.decode_layers if self.fused_decode else None
         if fused is not None and fused.serves(x, meta, kv_caches):
             return fused(x, residual, rope, meta, kv_caches)
         for i, (layer, kv_cache) in enumerate(zip(layers, kv_caches, strict=True)):

@@ -14,6 +14,7 @@ part of the fused bias stays zero).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -148,17 +149,12 @@ class WhisperDecoder(nn.Module):
         super().__init__()
         self.arch = arch
         self.decoder = Decoder(arch)
-        self._decode_layers: WhisperDecodeLayers | None = None
-        self._decode_layers_planned = False
 
+    @functools.cached_property
     def decode_layers(self) -> WhisperDecodeLayers | None:
         """The layers' kernel call, planned at the first forward: a model's modules are final once it is
         built (``build_decoder`` quantizes before returning it)."""
-        if not self._decode_layers_planned:
-            layers = self.decoder.typed_layers()
-            self._decode_layers = WhisperDecodeLayers.plan(layers, self.decoder.layer_norm)
-            self._decode_layers_planned = True
-        return self._decode_layers
+        return WhisperDecodeLayers.plan(self.decoder.typed_layers(), self.decoder.layer_norm)
 
     def forward(
         self,
@@ -173,7 +169,7 @@ class WhisperDecoder(nn.Module):
         spans = _row_spans(meta)
         d = self.decoder
         h = d.embed_tokens(input_ids) + d.embed_positions(positions)
-        fused = self.decode_layers() if self.fused_decode else None
+        fused = self.decode_layers if self.fused_decode else None
         if fused is not None and fused.serves(h, meta, kv_caches):
             return fused(h, meta, kv_caches)
         for i, (layer, kv_cache) in enumerate(zip(d.layers, kv_caches, strict=True)):

@@ -68,8 +68,8 @@ def decode_run(model: Any, dtype: torch.dtype, fused: bool, steps: int = 4) -> t
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_decode_steps_through_the_kernel_equal_the_modules(smollm2_folder: Path, dtype: torch.dtype) -> None:
     model = build(smollm2_folder, dtype)
-    assert model.decode_layers() is not None
-    rows_limit = model.decode_layers()._row_limit(torch.empty(0, dtype=dtype))
+    assert model.decode_layers is not None
+    rows_limit = model.decode_layers.row_limit(torch.empty(0, dtype=dtype))
     with torch.inference_mode():
         fused, fused_calls = decode_run(model, dtype, fused=True)
         modules, module_calls = decode_run(model, dtype, fused=False)
@@ -83,9 +83,9 @@ def test_decode_steps_through_the_kernel_equal_the_modules(smollm2_folder: Path,
 def test_steps_it_cannot_serve_go_through_the_modules(smollm2_folder: Path) -> None:
     """A step with a prompt in it, more decodes than the int4 kernel serves, or float weights forced."""
     model = build(smollm2_folder, torch.bfloat16)
-    plan = model.decode_layers()
+    plan = model.decode_layers
     assert plan is not None
-    limit = plan._row_limit(torch.empty(0, dtype=torch.bfloat16))
+    limit = plan.row_limit(torch.empty(0, dtype=torch.bfloat16))
     calls = LayerCalls(model)
     blocks = 2 * (limit + 2)
     runner = ModelRunner(model, num_blocks=blocks, block_size=BLOCK, device=CPU, dtype=torch.bfloat16)
@@ -106,9 +106,9 @@ def test_steps_it_cannot_serve_go_through_the_modules(smollm2_folder: Path) -> N
 
 
 def test_only_int4_layers_on_the_engine_kernel_are_planned(smollm2_folder: Path) -> None:
-    assert build(smollm2_folder, torch.float32, None).decode_layers() is None
-    assert build(smollm2_folder, torch.float32, QuantizationConfig("int8")).decode_layers() is None
+    assert build(smollm2_folder, torch.float32, None).decode_layers is None
+    assert build(smollm2_folder, torch.float32, QuantizationConfig("int8")).decode_layers is None
     int4_alone = build(smollm2_folder, torch.float32, QuantizationConfig("int4"))
-    plan = int4_alone.decode_layers()
-    assert plan is not None and plan._row_limit(torch.empty(0)) > 1000  # no float partner to hand over to
+    plan = int4_alone.decode_layers
+    assert plan is not None and plan.row_limit(torch.empty(0)) > 1000  # no float partner to hand over to
     assert isinstance(int4_alone, LlamaForCausalLM) and len(plan.weights) == 11 * int4_alone.arch.num_layers

@@ -19,6 +19,7 @@ from shared_engine.llm_engine import LLMEngine
 from shared_engine.model_runner import ModelRunner, Segment
 from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.models.whisper import CrossAttentionState, WhisperDecoder
+from shared_engine.outputs import RequestOutput, TokenLogprob
 from shared_engine.quantization_config import QuantizationConfig
 from shared_engine.sampling_params import SamplingParams
 
@@ -113,14 +114,21 @@ def _engine(
     return engine, model
 
 
-def _run(engine: LLMEngine, states: list[CrossAttentionState], params: SamplingParams) -> list[list[int]]:
+def _outputs(
+    engine: LLMEngine, states: list[CrossAttentionState], params: SamplingParams, tag: str = "r"
+) -> list[list[RequestOutput]]:
+    """Each prompt's outputs, run to the end with its encoder state."""
     for i, (prompt, state) in enumerate(zip(PROMPTS, states, strict=True)):
-        engine.add_request(f"r{i}", prompt, params, encoder_state=state)
-    tokens: dict[str, list[int]] = {f"r{i}": [] for i in range(len(PROMPTS))}
+        engine.add_request(f"{tag}{i}", prompt, params, encoder_state=state)
+    outputs: dict[str, list[RequestOutput]] = {f"{tag}{i}": [] for i in range(len(PROMPTS))}
     while engine.has_unfinished_requests():
         for out in engine.step():
-            tokens[out.request_id].extend(out.token_ids)
-    return [tokens[f"r{i}"] for i in range(len(PROMPTS))]
+            outputs[out.request_id].append(out)
+    return list(outputs.values())
+
+
+def _run(engine: LLMEngine, states: list[CrossAttentionState], params: SamplingParams) -> list[list[int]]:
+    return [[t for out in outs for t in out.token_ids] for outs in _outputs(engine, states, params)]
 
 
 GREEDY = SamplingParams(max_tokens=MAX_NEW, temperature=0.0, ignore_eos=True)
@@ -160,20 +168,15 @@ def test_decode_steps_through_the_layers_kernel_equal_the_modules(
     modules; the prompts' steps go through the modules either way."""
     params = SamplingParams(max_tokens=MAX_NEW, temperature=0.0, ignore_eos=True, logprobs=3)
     engine, model = _engine(whisper_folder, quantization=quantization)
-    assert model.decode_layers() is not None
+    assert model.decode_layers is not None
     layer_calls = []
     model.decoder.layers[0].register_forward_hook(lambda *args: layer_calls.append(1))
     states = model.cross_attention_kv(encoder_hidden)
 
-    def run(fused: bool) -> list[list[Any]]:
+    def run(fused: bool) -> list[list[TokenLogprob]]:
         model.fused_decode = fused
-        for i, (prompt, state) in enumerate(zip(PROMPTS, states, strict=True)):
-            engine.add_request(f"{fused}{i}", prompt, params, encoder_state=state)
-        outputs: dict[str, list[Any]] = {f"{fused}{i}": [] for i in range(len(PROMPTS))}
-        while engine.has_unfinished_requests():
-            for out in engine.step():
-                outputs[out.request_id].extend(out.logprobs)
-        return list(outputs.values())
+        outputs = _outputs(engine, states, params, tag=str(fused))
+        return [[lp for out in outs for lp in out.logprobs] for outs in outputs]
 
     fused = run(True)
     prompt_steps = len(layer_calls)
