@@ -1,9 +1,10 @@
-// Int4 and int8 weight x int8 activation matmuls for decode-sized row counts: the activations are
+// Int4 and int8 weight x int8 activation matmuls, made for decode-sized row counts: the activations are
 // quantized per group of input features (symmetric int8, one float scale each) and multiplied in
 // integers, four products per instruction lane (AVX-512 VNNI vpdpbusd, or AVX2 vpmaddubsw +
 // vpmaddwd), with one float multiply-add per group to apply both sides' scales. Converting every
 // weight to float instead (what ATen's weight-only kernels do) makes the matmul bound by arithmetic,
-// not by reading the weights.
+// not by reading the weights. As AVX2, int4 in groups of 32 has a second kernel for a prompt's many
+// rows, which beats a float32 GEMM there too (AVX2 has no bf16 to do better with).
 //
 // Int4 layout, per block of 16 output rows and per 8 input features (64 bytes): byte 4 * r + i holds
 // row r's features i (low nibble) and 4 + i (high nibble), so that one vector of low nibbles is 16 rows
@@ -26,6 +27,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 namespace {
 
@@ -41,20 +43,26 @@ inline int32_t four_bytes(const int8_t* p) {
   return v;
 }
 
-// One row of activations per weight group: int8 values, their scale, and scale * sum(values), which
-// carries the weights' zero points.
+// One row of activations per weight group: int8 values, their scale, scale * sum(values), which carries
+// the weights' zero points, and 8 * sum(values), which the AVX2 int4 kernel takes from its integer sums
+// to centre unsigned nibbles (q - 8).
 struct QuantizedRows {
   at::Tensor values;  // int8 [rows, K]
   at::Tensor scales;  // float [rows, groups]
   at::Tensor scaled_sums;  // float [rows, groups]
+  at::Tensor sums_times_8;  // int32 [rows, groups]
 };
 
+// offset_to_unsigned: values are stored as x + 128 (1..255, unsigned bytes) for the many-rows kernel.
 template <typename T>
-void quantize_rows_impl(const T* x, int64_t rows, int64_t k, int64_t group, QuantizedRows& q) {
+void quantize_rows_impl(const T* x, int64_t rows, int64_t k, int64_t group, bool offset_to_unsigned,
+                        QuantizedRows& q) {
   int8_t* values = q.values.data_ptr<int8_t>();
   float* scales = q.scales.data_ptr<float>();
   float* sums = q.scaled_sums.data_ptr<float>();
+  int32_t* sums_times_8 = q.sums_times_8.data_ptr<int32_t>();
   const int64_t groups = k / group;
+  const int32_t offset = offset_to_unsigned ? 128 : 0;
   at::parallel_for(0, rows * groups, 64, [&](int64_t begin, int64_t end) {
     float buffer[256];
     for (int64_t index = begin; index < end; ++index) {
@@ -73,11 +81,12 @@ void quantize_rows_impl(const T* x, int64_t rows, int64_t k, int64_t group, Quan
 #pragma omp simd reduction(+ : sum)
       for (int64_t i = 0; i < group; ++i) {
         const int32_t v = static_cast<int32_t>(std::nearbyint(buffer[i] * inverse));
-        dst[i] = static_cast<int8_t>(v);
+        dst[i] = static_cast<int8_t>(static_cast<uint8_t>(v + offset));
         sum += v;
       }
       scales[index] = scale;
       sums[index] = scale * static_cast<float>(sum);
+      sums_times_8[index] = 8 * sum;
     }
   });
 }
@@ -89,6 +98,7 @@ struct BlockArgs {
   const int8_t* x;  // first activation row
   const float* x_scales;  // [rows, groups]
   const float* x_sums;
+  const int32_t* x_sums_times_8;
   int64_t k, group;
   float* out;  // [MT, 16], contiguous
 };
@@ -130,6 +140,14 @@ MMSERVE_TARGET_VNNI void block_vnni(const BlockArgs& a) {
   for (int m = 0; m < MT; ++m) _mm512_storeu_ps(a.out + m * kBlockRows, acc[m]);
 }
 
+// A group's share of a row's output: sum (q - 8) x times both scales, plus the zero point times the
+// row's scaled sum, the same float operations in both AVX2 int4 kernels.
+MMSERVE_TARGET_AVX2 inline __m256 scale_group(__m256i centred_dots, __m256 scale, __m256 zero, float x_scale,
+                                              float x_sum, __m256 acc) {
+  const __m256 scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(centred_dots), scale);
+  return _mm256_fmadd_ps(zero, _mm256_set1_ps(x_sum), _mm256_fmadd_ps(scaled, _mm256_set1_ps(x_scale), acc));
+}
+
 template <int MT>
 MMSERVE_TARGET_AVX2 void block_avx2(const BlockArgs& a) {
   const int64_t groups = a.k / a.group, steps = a.group / kStepFeatures;
@@ -165,11 +183,10 @@ MMSERVE_TARGET_AVX2 void block_avx2(const BlockArgs& a) {
       const __m256 scale = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sz + 8 * h)));
       const __m256 zero =
           _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sz + kBlockRows + 8 * h)));
-      const __m256 offset = _mm256_fnmadd_ps(_mm256_set1_ps(8.f), scale, zero);
       for (int m = 0; m < MT; ++m) {
-        const __m256 scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(dots[m][h]), scale);
-        acc[m][h] = _mm256_fmadd_ps(scaled, _mm256_set1_ps(a.x_scales[m * groups + g]), acc[m][h]);
-        acc[m][h] = _mm256_fmadd_ps(offset, _mm256_set1_ps(a.x_sums[m * groups + g]), acc[m][h]);
+        // sum (q - 8) x, exactly as the many-rows kernel has it: both round the same integers alike.
+        const __m256i centred = _mm256_sub_epi32(dots[m][h], _mm256_set1_epi32(a.x_sums_times_8[m * groups + g]));
+        acc[m][h] = scale_group(centred, scale, zero, a.x_scales[m * groups + g], a.x_sums[m * groups + g], acc[m][h]);
       }
     }
   }
@@ -244,6 +261,98 @@ MMSERVE_TARGET_AVX2 void int8_block_avx2(const BlockArgs& a) {
   }
 }
 
+// Many rows against int4 weights in groups of 32 (AVX2). Each block's weights are widened once, per
+// thread, to signed bytes (q - 8) that vpmaddubsw reads straight from memory, against activations stored
+// as x + 128 (unsigned): per row and 8 features two broadcasts, four multiply-adds and four int16 sums,
+// nothing spent unpacking nibbles again for every tile of rows. A group's eight products per lane are at
+// most 8 * 2 * 255 * 8 = 32640, so they sum in int16. sum (q - 8) x = sum (q - 8)(x + 128) - 128 sum (q - 8),
+// the last term a constant of the weights, computed once per block. On one core with everything in
+// cache it is 15-20% faster than the narrow kernel from 16 rows; in a decode step of 8 or 32 rows it
+// measured slower (reading the packed weights once for widening, not prefetched), so it takes over at
+// 64 rows, where a prompt's rows are: 1.3-1.6x float32 at 158 rows (benchmarks/int4_kernel.py).
+constexpr int64_t kWideGroup = 32;
+constexpr int64_t kWideMinRows = 64;
+// Rows per pass over a thread's blocks: a chunk's activations (128 x K bytes) stay in the core's cache.
+constexpr int64_t kRowChunk = 128;
+// Per 8 features, 128 bytes: low nibbles of rows 0-7 | of rows 8-15 | high nibbles of rows 0-7 | 8-15.
+constexpr int64_t kWideStepBytes = 128;
+// Per group of 32 features, 3 x 16 values: the scales (float), 128 * sum(q - 8) (int32), the zeros (float).
+constexpr int64_t kWideParams = 48;
+
+MMSERVE_TARGET_AVX2 void widen_int4_avx2(const uint8_t* packed, const void* scales, int64_t k, int8_t* weight,
+                                         float* params) {
+  const __m256i low_nibbles = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
+  const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+  const uint16_t* sz = static_cast<const uint16_t*>(scales);
+  for (int64_t g = 0; g < k / kWideGroup; ++g) {
+    __m256i sums[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+    for (int64_t s = 0; s < kWideGroup / kStepFeatures; ++s) {
+      const int64_t step = g * (kWideGroup / kStepFeatures) + s;
+      const uint8_t* src = packed + step * 64;
+      int8_t* dst = weight + step * kWideStepBytes;
+      for (int h = 0; h < 2; ++h) {
+        const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 32 * h));
+        const __m256i lo = _mm256_sub_epi8(_mm256_and_si256(p, low_nibbles), eight);
+        const __m256i hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(p, 4), low_nibbles), eight);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 32 * h), lo);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 64 + 32 * h), hi);
+        sums[h] = _mm256_add_epi16(sums[h], _mm256_add_epi16(_mm256_maddubs_epi16(ones8, lo),
+                                                             _mm256_maddubs_epi16(ones8, hi)));
+      }
+    }
+    float* p = params + g * kWideParams;
+    for (int h = 0; h < 2; ++h) {
+      const __m256i weight_sum = _mm256_madd_epi16(sums[h], ones16);
+      const __m256 scale = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sz + g * 32 + 8 * h)));
+      const __m256 zero =
+          _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sz + g * 32 + 16 + 8 * h)));
+      _mm256_storeu_ps(p + 8 * h, scale);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + 16 + 8 * h), _mm256_slli_epi32(weight_sum, 7));
+      _mm256_storeu_ps(p + 32 + 8 * h, zero);
+    }
+  }
+}
+
+template <int MT>
+MMSERVE_TARGET_AVX2 void wide_block_avx2(const BlockArgs& a) {
+  const int64_t k = a.k, groups = k / kWideGroup;
+  const int8_t* const xq = a.x;
+  const __m256i ones = _mm256_set1_epi16(1);
+  const int8_t* weight = reinterpret_cast<const int8_t*>(a.weight);
+  const float* params = static_cast<const float*>(a.scales);
+  for (int m = 0; m < MT * 2; ++m) _mm256_storeu_ps(a.out + 8 * m, _mm256_setzero_ps());
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256i sums[MT][2];
+    for (int m = 0; m < MT; ++m) sums[m][0] = sums[m][1] = _mm256_setzero_si256();
+    // Unrolled, GCC computes all four steps' products before summing any, and spills them.
+#pragma GCC unroll 1
+    for (int64_t s = 0; s < kWideGroup / kStepFeatures; ++s) {
+      const int64_t feature = g * kWideGroup + s * kStepFeatures;
+      const __m256i* w = reinterpret_cast<const __m256i*>(weight + feature / kStepFeatures * kWideStepBytes);
+      for (int m = 0; m < MT; ++m) {
+        const int8_t* x = xq + m * k + feature;
+        const __m256i x_lo = _mm256_set1_epi32(four_bytes(x)), x_hi = _mm256_set1_epi32(four_bytes(x + 4));
+        for (int h = 0; h < 2; ++h) {
+          const __m256i products = _mm256_add_epi16(_mm256_maddubs_epi16(x_lo, _mm256_loadu_si256(w + h)),
+                                                    _mm256_maddubs_epi16(x_hi, _mm256_loadu_si256(w + 2 + h)));
+          sums[m][h] = _mm256_add_epi16(sums[m][h], products);
+        }
+      }
+    }
+    const float* p = params + g * kWideParams;
+    for (int h = 0; h < 2; ++h) {
+      const __m256 scale = _mm256_loadu_ps(p + 8 * h), zero = _mm256_loadu_ps(p + 32 + 8 * h);
+      const __m256i weight_sum = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16 + 8 * h));
+      for (int m = 0; m < MT; ++m) {
+        const __m256i centred = _mm256_sub_epi32(_mm256_madd_epi16(sums[m][h], ones), weight_sum);
+        float* out = a.out + m * kBlockRows + 8 * h;
+        _mm256_storeu_ps(out, scale_group(centred, scale, zero, a.x_scales[m * groups + g],
+                                          a.x_sums[m * groups + g], _mm256_loadu_ps(out)));
+      }
+    }
+  }
+}
+
 using BlockFn = void (*)(const BlockArgs&);
 
 // Row tiles: as many activation rows per pass over a block's weights as the registers hold.
@@ -263,7 +372,12 @@ template <int MT>
 struct Int8Avx2 {
   static void run(const BlockArgs& a) { int8_block_avx2<MT>(a); }
 };
-constexpr int kMaxTileVnni = 4, kMaxTileAvx2 = 2;
+template <int MT>
+struct Int4WideAvx2 {
+  static void run(const BlockArgs& a) { wide_block_avx2<MT>(a); }
+};
+constexpr int kMaxTileVnni = 4, kMaxTileAvx2 = 2, kMaxTileWide = 4;
+constexpr int kMaxTile = std::max({kMaxTileVnni, kMaxTileAvx2, kMaxTileWide});
 
 template <template <int> class Kernel, int MaxTile>
 BlockFn tile_kernel(int64_t rows) {
@@ -294,33 +408,44 @@ void check_common(const char* op, const at::Tensor& x, const at::Tensor& packed,
               op, ": packed weight must be uint8 [out_features / 16, in_features / ", step, ", 64]");
 }
 
-// What both formats share: the rows quantized, then each thread takes blocks of 16 output rows and runs
+// Where a tile kernel reads a block from: the packed weights as they are, or, for the many-rows kernel,
+// a buffer of the thread's that the block is widened into first.
+struct Widening {
+  void (*widen)(const uint8_t* packed, const void* scales, int64_t k, int8_t* weight, float* params);
+  int64_t weight_bytes_per_step, params_per_group, step, group;
+};
+
+// What every kernel shares: the rows quantized, then each thread takes blocks of 16 output rows and runs
 // each against the rows, a tile at a time, storing in x's dtype.
 at::Tensor run_blocks(const at::Tensor& x, const at::Tensor& packed, const void* scales, int64_t scale_stride,
-                      int64_t group, BlockFn (*select)(int64_t), int64_t max_tile) {
+                      int64_t group, BlockFn (*select)(int64_t), int64_t max_tile, const Widening* widening) {
   const int64_t rows = x.size(0), k = x.size(1), blocks = packed.size(0), n = blocks * kBlockRows;
   const int64_t groups = k / group, block_bytes = packed.size(1) * packed.size(2);
   QuantizedRows q{at::empty({rows, k}, x.options().dtype(at::kChar)),
                   at::empty({rows, groups}, x.options().dtype(at::kFloat)),
-                  at::empty({rows, groups}, x.options().dtype(at::kFloat))};
+                  at::empty({rows, groups}, x.options().dtype(at::kFloat)),
+                  at::empty({rows, groups}, x.options().dtype(at::kInt))};
   at::Tensor out = at::empty({rows, n}, x.options());
   if (rows == 0) return out;
+  const bool unsigned_x = widening != nullptr;
   if (x.scalar_type() == at::kFloat) {
-    quantize_rows_impl(x.data_ptr<float>(), rows, k, group, q);
+    quantize_rows_impl(x.data_ptr<float>(), rows, k, group, unsigned_x, q);
   } else {
-    quantize_rows_impl(x.data_ptr<at::BFloat16>(), rows, k, group, q);
+    quantize_rows_impl(x.data_ptr<at::BFloat16>(), rows, k, group, unsigned_x, q);
   }
   const uint8_t* weight = packed.data_ptr<uint8_t>();
   const int8_t* xq = q.values.data_ptr<int8_t>();
   const float* x_scales = q.scales.data_ptr<float>();
   const float* x_sums = q.scaled_sums.data_ptr<float>();
+  const int32_t* x_sums_times_8 = q.sums_times_8.data_ptr<int32_t>();
   float* out_float = x.scalar_type() == at::kFloat ? out.data_ptr<float>() : nullptr;
   at::BFloat16* out_bf16 = out_float ? nullptr : out.data_ptr<at::BFloat16>();
-  auto run_block = [&](int64_t b, float* tile) {
-    for (int64_t m0 = 0; m0 < rows; m0 += max_tile) {
-      const int64_t tile_rows = std::min<int64_t>(max_tile, rows - m0);
-      const BlockArgs args{weight + b * block_bytes, static_cast<const char*>(scales) + b * scale_stride,
-                           xq + m0 * k, x_scales + m0 * groups, x_sums + m0 * groups, k, group, tile};
+  auto run_block = [&](int64_t b, const uint8_t* block_weight, const void* block_scales, int64_t row_begin,
+                       int64_t row_end, float* tile) {
+    for (int64_t m0 = row_begin; m0 < row_end; m0 += max_tile) {
+      const int64_t tile_rows = std::min<int64_t>(max_tile, row_end - m0);
+      const BlockArgs args{block_weight, block_scales, xq + m0 * k, x_scales + m0 * groups, x_sums + m0 * groups,
+                           x_sums_times_8 + m0 * groups, k, group, tile};
       select(tile_rows)(args);
       const int64_t offset = m0 * n + b * kBlockRows;
       if (out_float) {
@@ -334,8 +459,26 @@ at::Tensor run_blocks(const at::Tensor& x, const at::Tensor& packed, const void*
   // (against preemption by the server's other threads) broke the hardware prefetcher's streams and
   // measured 20% slower at one row.
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    float tile[kMaxTileVnni * kBlockRows];
-    for (int64_t b = begin; b < end; ++b) run_block(b, tile);
+    float tile[kMaxTile * kBlockRows];
+    // Aligned: vpmaddubsw's 32-byte reads of the widened weights then never split a cache line (18% faster).
+    std::vector<int8_t> wide_buffer(widening ? k / widening->step * widening->weight_bytes_per_step + 64 : 0);
+    int8_t* wide_weight = reinterpret_cast<int8_t*>((reinterpret_cast<uintptr_t>(wide_buffer.data()) + 63) & ~uintptr_t{63});
+    std::vector<float> wide_params(widening ? k / widening->group * widening->params_per_group : 0);
+    // Many rows are taken a chunk at a time, each against all of the thread's blocks.
+    const int64_t chunk = widening ? kRowChunk : rows;
+    for (int64_t row_begin = 0; row_begin < rows; row_begin += chunk) {
+      const int64_t row_end = std::min(rows, row_begin + chunk);
+      for (int64_t b = begin; b < end; ++b) {
+        const uint8_t* block_weight = weight + b * block_bytes;
+        const void* block_scales = static_cast<const char*>(scales) + b * scale_stride;
+        if (widening) {
+          widening->widen(block_weight, block_scales, k, wide_weight, wide_params.data());
+          block_weight = reinterpret_cast<const uint8_t*>(wide_weight);
+          block_scales = wide_params.data();
+        }
+        run_block(b, block_weight, block_scales, row_begin, row_end, tile);
+      }
+    }
   });
   return out;
 }
@@ -354,9 +497,16 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, const at::
                   scales_zeros.size(3) == kBlockRows,
               "int4_linear: scales_zeros must be float16 [out_features / 16, groups, 2, 16]");
   const bool vnni = isa == kAvx512Vnni;
-  return run_blocks(x, packed, scales_zeros.data_ptr<at::Half>(), groups * 2 * kBlockRows * 2, group,
+  const void* scales = scales_zeros.data_ptr<at::Half>();
+  const int64_t scale_stride = groups * 2 * kBlockRows * 2;
+  if (!vnni && group == kWideGroup && x.size(0) >= kWideMinRows) {
+    static constexpr Widening widening{&widen_int4_avx2, kWideStepBytes, kWideParams, kStepFeatures, kWideGroup};
+    return run_blocks(x, packed, scales, scale_stride, group, &tile_kernel<Int4WideAvx2, kMaxTileWide>,
+                      kMaxTileWide, &widening);
+  }
+  return run_blocks(x, packed, scales, scale_stride, group,
                     vnni ? &tile_kernel<Int4Vnni, kMaxTileVnni> : &tile_kernel<Int4Avx2, kMaxTileAvx2>,
-                    vnni ? kMaxTileVnni : kMaxTileAvx2);
+                    vnni ? kMaxTileVnni : kMaxTileAvx2, nullptr);
 }
 
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales, int64_t group,
@@ -368,7 +518,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
   const bool vnni = isa == kAvx512Vnni;
   return run_blocks(x, packed, scales.data_ptr<float>(), kBlockRows * sizeof(float), group,
                     vnni ? &tile_kernel<Int8Vnni, kMaxTileVnni> : &tile_kernel<Int8Avx2, kMaxTileAvx2>,
-                    vnni ? kMaxTileVnni : kMaxTileAvx2);
+                    vnni ? kMaxTileVnni : kMaxTileAvx2, nullptr);
 }
 
 }  // namespace mmserve

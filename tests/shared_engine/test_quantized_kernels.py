@@ -40,12 +40,16 @@ def _int8_rows(x: torch.Tensor, group: int) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize(
     ("rows", "n", "k", "group"),
-    [(1, 16, 32, 32), (3, 960, 576, 32), (5, 48, 1536, 64), (9, 32, 256, 128), (2, 64, 512, 256)],
-)
+    [
+        (1, 16, 32, 32), (3, 960, 576, 32), (5, 48, 1536, 64), (9, 32, 256, 128), (2, 64, 512, 256),
+        (70, 96, 576, 32), (131, 32, 1536, 32), (67, 16, 256, 64),
+    ],
+)  # fmt: skip
 def test_int4_linear_computes_int8_rows_times_the_dequantized_weight(
     isa: str, dtype: torch.dtype, rows: int, n: int, k: int, group: int
 ) -> None:
-    """Every row tile (1-4 rows a pass on AVX-512, 1-2 on AVX2, with remainders) and every group size:
+    """Every row tile (1-4 rows a pass on AVX-512, 1-2 on AVX2, with remainders), every group size, and
+    on AVX2 the many-rows kernel (from 64 rows in groups of 32; its tiles of 1-4 rows, chunks of 128):
     the same numbers as rounding the rows to int8 and multiplying by the dequantized weight in float64."""
     if not _supported(ISAS[isa]):
         pytest.skip(f"this CPU has no {isa}")
@@ -57,6 +61,28 @@ def test_int4_linear_computes_int8_rows_times_the_dequantized_weight(
     assert got.dtype == dtype and got.shape == (rows, n)
     tol = 1e-5 if dtype == torch.float32 else 8e-3
     torch.testing.assert_close(got.double(), want, atol=tol * want.abs().max().item(), rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_int4_rows_come_out_the_same_however_many_are_computed_together(dtype: torch.dtype) -> None:
+    """AVX2 computes many rows with another kernel than few (weights widened once per block); both take
+    the same integer sums through the same float steps, so a row's result does not depend on its batch:
+    a prompt recomputed in part after a prefix-cache hit, or a request decoded beside others, gives the
+    very numbers it gave alone."""
+    isa = int_matmul.INT_MATMUL_AVX2
+    if not _supported(isa):
+        pytest.skip("this CPU has no AVX2")
+    packed, scales_zeros, _ = _int4_weight(64, 576, 32)
+    x = torch.randn(200, 576).to(dtype)
+    together = torch.ops.mmserve_cpu.int4_linear(x, packed, scales_zeros, 32, isa)
+    for rows in (1, 3, 8, 63):
+        apart = torch.cat(
+            [
+                torch.ops.mmserve_cpu.int4_linear(x[i : i + rows].contiguous(), packed, scales_zeros, 32, isa)
+                for i in range(0, 200, rows)
+            ]
+        )
+        assert torch.equal(together, apart), rows
 
 
 @pytest.mark.parametrize("isa", list(ISAS), ids=str)
