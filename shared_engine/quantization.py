@@ -21,7 +21,10 @@ elsewhere it keeps plain values. A model is quantized on the device it will run 
 does it after moving the weights).
 
 ``auto`` is what a CPU deployment should run: int4 in groups of 32 with the float weights kept
-(:class:`DualLinear`) on a CPU, nothing on CUDA, where bf16 matmuls are not bound by a CPU's memory.
+(:class:`DualLinear`) on a CPU, nothing on CUDA, where bf16 matmuls are not bound by a CPU's memory. Where
+the engine's int4 kernel runs as AVX2 (no AVX-512 VNNI, so no native bf16 either) it is faster than the
+float matmul at every row count, prompts included, and the float weights are not kept
+(:attr:`Int4Linear.outruns_float`).
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ _INT4_BEATS_PACKED_MAX_ROWS = 2
 # Against float32 F.linear, the kernels fed bf16 rows (module docstring), with ATEN_CPU_CAPABILITY=avx2.
 _INT8_BEATS_FP32_MAX_ROWS = 32
 _INT4_BEATS_FP32_MAX_ROWS = 64
+# A kernel that outruns the float matmul at every row count has no row limit.
+UNLIMITED_ROWS = 1 << 30
 # The engine's int4 kernel (int_matmul.int4_linear), on the same 121 projections: 1.9 ms at one row
 # (AVX-512 VNNI; ATen's kernel 3.5 ms, packed bf16 4.7 ms), 3.4 ms at 4 rows (packed 5.0), 5.9 at 8
 # (packed 4.8, plain bf16 9.6), 21 ms at 32 (float32 F.linear 37); as AVX2: 1.7 / 3.9 / 7.1 / 25 ms
@@ -237,8 +242,18 @@ class Int4Linear(QuantizedLinear):
         values = torch.stack([self.weight & 0xF, self.weight >> 4], dim=-1)
         return QuantizedInt4(values.view(self.out_features, self.in_features), self.scales_and_zeros)
 
+    @property
+    def outruns_float(self) -> bool:
+        """Whether its kernel beats a float matmul of these weights at every row count, so that a float
+        copy would only cost memory: the engine's kernel as AVX2, which has no native bf16 to lose to.
+        Against float32 ``F.linear`` held to AVX2, on SmolLM2's projections: 1.3-1.6x at a prompt's 158
+        rows, 1.2-1.3x at 1,024, 1.5-2.2x at 32 (``benchmarks/int4_kernel.py``)."""
+        return self.engine_isa == int_matmul.INT_MATMUL_AVX2
+
     def kernel_rows(self, x: torch.Tensor) -> int:
-        return self._float_rows_limit(x) if self.cpu_packed and _takes_kernel_dtype(x) else 0
+        if not (self.cpu_packed and _takes_kernel_dtype(x)):
+            return 0
+        return UNLIMITED_ROWS if self.outruns_float else self._float_rows_limit(x)
 
     def _kernel(self, x: torch.Tensor) -> torch.Tensor:
         if self.engine_kernel:

@@ -80,11 +80,13 @@ def quantize_decoder(
     """Replace the decoder's ``nn.Linear`` projections in place (and the LM head when asked).
 
     Layers whose shapes the mode cannot take stay in floating point, each one logged with the reason.
-    With ``config.keep_float`` each becomes a :class:`DualLinear`; ``float_packed``: its float weight will
-    be packed for oneDNN (``pack_linears`` after this), which moves the kernel's break-even row count.
+    With ``config.keep_float`` each becomes a :class:`DualLinear`, unless its kernel outruns the float
+    matmul at every row count (``Int4Linear.outruns_float``); ``float_packed``: its float weight will be
+    packed for oneDNN (``pack_linears`` after this), which moves the kernel's break-even row count.
     """
     targets = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"]
     summary = QuantizationSummary([], {})
+    dual = 0
     for name, linear in targets:
         reason = _unfit_reason(linear, config)
         if reason is not None:
@@ -93,9 +95,10 @@ def quantize_decoder(
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         quantized = _quantized(linear, config)
-        if config.keep_float:
+        if config.keep_float and not (isinstance(quantized, Int4Linear) and quantized.outruns_float):
             quantized.float_packed = float_packed
             setattr(parent, child, DualLinear(quantized, linear))
+            dual += 1
         else:
             setattr(parent, child, quantized)
         summary.quantized.append(name)
@@ -108,7 +111,7 @@ def quantize_decoder(
         len(summary.quantized), config.mode,
         f" (group size {config.group_size})" if config.mode == "int4" else "",
         f", the LM head to {config.head.mode}" if config.lm_head and config.head is not config else "",
-        ", float weights kept for larger batches" if config.keep_float else "", len(summary.kept),
+        f", float weights kept beside {dual} for larger batches" if dual else "", len(summary.kept),
     )  # fmt: skip
     return summary
 

@@ -130,8 +130,8 @@ class ModelSpec:
     engine: EngineOptions = field(default_factory=EngineOptions)
     batching: BatchingOptions | None = None  # None: the pipeline's own default for its model
     # Weight-only quantization of the linear layers of a chat model, or of a speech model's decoder:
-    # "int8" | "int4" | "auto" (None: as loaded). auto: int4 with the float weights kept on a CPU, none
-    # on CUDA.
+    # "int8" | "int4" | "auto" (None: as loaded). auto: int4 with the float weights kept on a CPU (not
+    # where the int4 kernel runs as AVX2: it is the faster at every batch size there), none on CUDA.
     quantization: str | None = None
     quantization_group_size: int | None = None  # int4 only; default DEFAULT_INT4_GROUP_SIZE
     quantization_lm_head: bool = False

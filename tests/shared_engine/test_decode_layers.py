@@ -16,6 +16,7 @@ from shared_engine.dual_linear import float_weights_only
 from shared_engine.model_runner import ModelRunner, Segment
 from shared_engine.models.llama import LlamaForCausalLM
 from shared_engine.models.loader import build_decoder, iter_safetensors
+from shared_engine.quantization import UNLIMITED_ROWS
 from shared_engine.quantization_config import QuantizationConfig
 
 CPU = torch.device("cpu")
@@ -81,28 +82,32 @@ def test_decode_steps_through_the_kernel_equal_the_modules(smollm2_folder: Path,
 
 
 def test_steps_it_cannot_serve_go_through_the_modules(smollm2_folder: Path) -> None:
-    """A step with a prompt in it, more decodes than the int4 kernel serves, or float weights forced."""
+    """A step with a prompt in it, more decodes than the int4 kernel serves (where a float partner takes
+    over: not where the kernel runs as AVX2), or float weights forced."""
     model = build(smollm2_folder, torch.bfloat16)
     plan = model.decode_layers
     assert plan is not None
     limit = plan.row_limit(torch.empty(0, dtype=torch.bfloat16))
+    bounded = limit < UNLIMITED_ROWS
+    requests = limit + 1 if bounded else 4
     calls = LayerCalls(model)
-    blocks = 2 * (limit + 2)
+    blocks = 2 * requests + 2
     runner = ModelRunner(model, num_blocks=blocks, block_size=BLOCK, device=CPU, dtype=torch.bfloat16)
     with torch.inference_mode():
-        prompts = [Segment([2 * i, 2 * i + 1], 0, [1, 2, 3 + i]) for i in range(limit + 1)]
+        prompts = [Segment([2 * i, 2 * i + 1], 0, [1, 2, 3 + i]) for i in range(requests)]
         runner.forward(prompts)
         decodes = [Segment(s.block_ids, 3, [7]) for s in prompts]
-        runner.forward([decodes[0], Segment([2 * limit + 2], 0, [4, 5])])  # a decode beside a prompt
-        runner.forward(decodes)  # one more decode than the kernel's rows
-        assert calls.count == 3
+        runner.forward([decodes[0], Segment([2 * requests], 0, [4, 5])])  # a decode beside a prompt
+        runner.forward(decodes)  # one more decode than the kernel's rows, where it has a limit
+        modules = 3 if bounded else 2
+        assert calls.count == modules
         # The runner forces float weights only for prompts; a caller of the model may for decodes too.
         ids, positions, meta, _ = runner._prepare([Segment(decodes[0].block_ids, 4, [8])])
         with float_weights_only():
             model.forward(ids, positions, meta, runner.kv_caches)
-        assert calls.count == 4
+        assert calls.count == modules + 1
         runner.forward([Segment(decodes[0].block_ids, 5, [9])])
-        assert calls.count == 4  # the stack's kernel
+        assert calls.count == modules + 1  # the stack's kernel
 
 
 def test_only_int4_layers_on_the_engine_kernel_are_planned(smollm2_folder: Path) -> None:

@@ -201,19 +201,25 @@ def test_dual_layers_take_the_kernel_for_few_rows_and_the_float_weight_for_many(
     smollm2_folder: Path, hf_config: Any, tokenizer: Any, mode: str
 ) -> None:
     """With keep_float, each projection answers one row with its quantized weight and 32 rows with its
-    float weight (packed for oneDNN where the CPU has native bf16): the outputs are those of each."""
+    float weight (packed for oneDNN where the CPU has native bf16): the outputs are those of each. Where
+    the int4 kernel runs as AVX2 it answers both, and no float copy is kept."""
     config = QuantizationConfig(mode, keep_float=True)
     model = build_decoder(hf_config, iter_safetensors(smollm2_folder), CPU, BF16, config)
     layer = model.model.layers[0].mlp.down_proj
-    assert isinstance(layer, DualLinear)
-    packed = packing_applies(CPU, BF16)
-    assert isinstance(layer.float_linear, PackedLinear if packed else nn.Linear)
-    assert layer.quantized.float_packed == packed
     with torch.inference_mode():
-        one, many = torch.randn(1, layer.quantized.in_features), torch.randn(32, layer.quantized.in_features)
-        one, many = one.to(BF16), many.to(BF16)
-        assert torch.equal(layer(one), layer.quantized(one))
-        assert torch.equal(layer(many), layer.float_linear(many))
+        if mode == "int4" and int_matmul.int_matmul_isa() == int_matmul.INT_MATMUL_AVX2:
+            assert isinstance(layer, Int4Linear) and layer.outruns_float
+            many = torch.randn(32, layer.in_features).to(BF16)
+            assert torch.equal(layer(many), layer.kernel_forward(many))
+        else:
+            assert isinstance(layer, DualLinear)
+            packed = packing_applies(CPU, BF16)
+            assert isinstance(layer.float_linear, PackedLinear if packed else nn.Linear)
+            assert layer.quantized.float_packed == packed
+            features = layer.quantized.in_features
+            one, many = torch.randn(1, features).to(BF16), torch.randn(32, features).to(BF16)
+            assert torch.equal(layer(one), layer.quantized(one))
+            assert torch.equal(layer(many), layer.float_linear(many))
     engine = LLMEngine(
         model, tokenizer, EngineConfig(cache=CacheConfig(num_blocks=64)), CPU, BF16, frozenset()
     )
