@@ -246,8 +246,9 @@ class Int4Linear(QuantizedLinear):
     def outruns_float(self) -> bool:
         """Whether its kernel beats a float matmul of these weights at every row count, so that a float
         copy would only cost memory: the engine's kernel as AVX2, which has no native bf16 to lose to.
-        Against float32 ``F.linear`` held to AVX2, on SmolLM2's projections: 1.3-1.6x at a prompt's 158
-        rows, 1.2-1.3x at 1,024, 1.5-2.2x at 32 (``benchmarks/int4_kernel.py``)."""
+        Against float32 ``F.linear`` held to AVX2, on SmolLM2's projections: 1.1-1.6x at a prompt's 158
+        rows, 1.2-1.5x at 1,024, 1.2-1.7x at 32, 1.7-5.6x at one row but for the smallest (0.9x with its
+        float32 weight hot in cache, which a whole model's are not) (``benchmarks/int4_kernel.py``)."""
         return self.engine_isa == int_matmul.INT_MATMUL_AVX2
 
     def kernel_rows(self, x: torch.Tensor) -> int:

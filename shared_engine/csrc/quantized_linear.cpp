@@ -269,7 +269,7 @@ MMSERVE_TARGET_AVX2 void int8_block_avx2(const BlockArgs& a) {
 // the last term a constant of the weights, computed once per block. On one core with everything in
 // cache it is 15-20% faster than the narrow kernel from 16 rows; in a decode step of 8 or 32 rows it
 // measured slower (reading the packed weights once for widening, not prefetched), so it takes over at
-// 64 rows, where a prompt's rows are: 1.3-1.6x float32 at 158 rows (benchmarks/int4_kernel.py).
+// 64 rows, where a prompt's rows are: 1.1-1.6x float32 at 158 rows (benchmarks/int4_kernel.py).
 constexpr int64_t kWideGroup = 32;
 constexpr int64_t kWideMinRows = 64;
 // Rows per pass over a thread's blocks: a chunk's activations (128 x K bytes) stay in the core's cache.
