@@ -19,10 +19,7 @@ from torch import nn
 from shared_engine import cpu_kernels
 from shared_engine.attention import AttentionMetadata
 from shared_engine.dual_linear import DualLinear, float_weights_forced
-from shared_engine.quantization import Int4Linear, QuantizedLinear
-
-# No row limit: a quantized layer without a float partner always takes its kernel.
-_UNLIMITED = 1 << 30
+from shared_engine.quantization import UNLIMITED_ROWS, Int4Linear, QuantizedLinear
 
 
 class KernelRowLimit:
@@ -36,7 +33,7 @@ class KernelRowLimit:
     def __call__(self, x: torch.Tensor) -> int:
         limit = self._limits.get(x.dtype)
         if limit is None:
-            limit = min((p.kernel_rows(x) for p in self._layers), default=_UNLIMITED)
+            limit = min((p.kernel_rows(x) for p in self._layers), default=UNLIMITED_ROWS)
             self._limits[x.dtype] = limit
         return limit
 

@@ -119,6 +119,12 @@ class QuantizedLinear(nn.Module):
     # The most rows at which the kernel beats a float32 F.linear, a packed bf16 one and a plain bf16 one.
     beats_fp32_rows = beats_packed_rows = beats_bf16_rows = 0
 
+    @property
+    def outruns_float(self) -> bool:
+        """Whether the kernel beats a float matmul of these weights at every row count, so that a float
+        copy beside it would only cost memory."""
+        return False
+
     def _float_rows_limit(self, x: torch.Tensor) -> int:
         """The most rows of ``x`` for which this layer's kernel beats the float matmul it would replace."""
         if x.dtype == torch.float32:
@@ -244,8 +250,7 @@ class Int4Linear(QuantizedLinear):
 
     @property
     def outruns_float(self) -> bool:
-        """Whether its kernel beats a float matmul of these weights at every row count, so that a float
-        copy would only cost memory: the engine's kernel as AVX2, which has no native bf16 to lose to.
+        """The engine's kernel as AVX2, which has no native bf16 to lose to.
         Against float32 ``F.linear`` held to AVX2, on SmolLM2's projections: 1.1-1.6x at a prompt's 158
         rows, 1.2-1.5x at 1,024, 1.2-1.7x at 32, 1.7-5.6x at one row but for the smallest (0.9x with its
         float32 weight hot in cache, which a whole model's are not) (``benchmarks/int4_kernel.py``)."""

@@ -81,7 +81,7 @@ def quantize_decoder(
 
     Layers whose shapes the mode cannot take stay in floating point, each one logged with the reason.
     With ``config.keep_float`` each becomes a :class:`DualLinear`, unless its kernel outruns the float
-    matmul at every row count (``Int4Linear.outruns_float``); ``float_packed``: its float weight will be
+    matmul at every row count (``QuantizedLinear.outruns_float``); ``float_packed``: its float weight will be
     packed for oneDNN (``pack_linears`` after this), which moves the kernel's break-even row count.
     """
     targets = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"]
@@ -95,7 +95,7 @@ def quantize_decoder(
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         quantized = _quantized(linear, config)
-        if config.keep_float and not (isinstance(quantized, Int4Linear) and quantized.outruns_float):
+        if config.keep_float and not quantized.outruns_float:
             quantized.float_packed = float_packed
             setattr(parent, child, DualLinear(quantized, linear))
             dual += 1
