@@ -2,7 +2,8 @@
 runs as many small calls or slowly: attention of one new token per request straight over the paged KV
 cache, the rotary embedding with the cache write, RMSNorm with the residual add fused in, SiLU times the
 up projection, and the sampler's selection of each row's most likely tokens. The same build holds the
-integer matmuls (``int_matmul``) and the calls that run a decoder's whole layer stack
+integer matmuls (``int_matmul``), the rounding of many rows to int8 around oneDNN's integer GEMM
+(``row_int8_linear``) and the calls that run a decoder's whole layer stack
 (``decode_layers``, ``whisper_decode_layers``).
 
 Compiled on first use for the instruction set ATen itself picked on this CPU
@@ -28,7 +29,13 @@ logger = logging.getLogger(__name__)
 KERNELS_ENV = "MMSERVE_CPU_KERNELS"
 SOURCES = tuple(
     Path(__file__).parent / "csrc" / name
-    for name in ("cpu_kernels.cpp", "quantized_linear.cpp", "decode_layers.cpp", "whisper_decode_layers.cpp")
+    for name in (
+        "cpu_kernels.cpp",
+        "quantized_linear.cpp",
+        "decode_layers.cpp",
+        "whisper_decode_layers.cpp",
+        "int8_rows.cpp",
+    )
 )
 ISA_FLAGS = {
     "AVX512": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"),

@@ -25,7 +25,9 @@ from torch import nn
 
 from shared_engine import cpu_kernels
 from shared_engine.attention import AttentionMetadata, paged_attention
+from shared_engine.dual_linear import DualLinear
 from shared_engine.models.base import MODEL_REGISTRY, DecoderArch
+from shared_engine.row_int8_linear import RowInt8Linear, rows_int8_available, weight_max
 from shared_engine.whisper_decode_layers import WhisperDecodeLayers
 
 
@@ -182,6 +184,25 @@ class WhisperDecoder(nn.Module):
         if head is not None:
             return head(hidden).float()
         return F.linear(hidden, self.decoder.embed_tokens.weight).float()
+
+    def round_cross_projection_rows(self) -> int:
+        """Put the cross-attention key and value projections, which only ever see an encoder's frames
+        (1,500 rows a window), on int8 weights with inputs rounded per row (``row_int8_linear``), where
+        that path runs; how many were replaced. A :class:`DualLinear` there gives up its weight-only copy,
+        which no call of that many rows takes."""
+        if not rows_int8_available(self):
+            return 0
+        limit = weight_max()
+        replaced = 0
+        for layer in self.decoder.typed_layers():
+            attn = layer.encoder_attn
+            for name in ("k_proj", "v_proj"):
+                module = getattr(attn, name)
+                linear = module.float_linear if isinstance(module, DualLinear) else module
+                if isinstance(linear, nn.Linear):
+                    setattr(attn, name, RowInt8Linear(linear, limit))
+                    replaced += 1
+        return replaced
 
     @torch.inference_mode()
     def cross_attention_kv(
