@@ -36,6 +36,7 @@ from shared_engine.micro_batcher import BatchObserver, BatchStats, MicroBatcher
 from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.models.whisper import CrossAttentionState
 from shared_engine.outputs import FinishReason, RequestOutput
+from shared_engine.row_int8_linear import quantize_rows_linears
 from shared_engine.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,9 @@ class ASRPipeline:
             AutoConfig.from_pretrained(folder), iter_safetensors(folder), self.device, self.dtype,
             config.quantization,
         )  # fmt: skip
+        if config.encoder_quantization == "int8":
+            replaced = quantize_rows_linears(self.encoder) + cast(Any, decoder).round_cross_projection_rows()
+            logger.info("speech model %s: %d linear layers over encoder frames in int8", self.name, replaced)
         engine = LLMEngine(
             decoder, cast(Tokenizer, self.tokenizer), config.engine, self.device, self.dtype,
             frozenset({self.vocab.eot}),

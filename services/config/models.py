@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pipelines.asr.config import ENCODER_QUANTIZATIONS
 from pipelines.sources import check_source_allowed
 from services.config.settings import Settings
 from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig, SpeculativeConfig
@@ -140,6 +141,9 @@ class ModelSpec:
     # "int8" (default): the engine's integer kernels round each layer's input to int8 per group;
     # "float": torch's weight-only kernels, inputs unrounded (what Whisper's decoder needs).
     quantization_activations: str | None = None
+    # asr only: "int8" runs the encoder's linear layers in int8, each input row rounded with a scale of its
+    # own (shared_engine/row_int8_linear.py), where the model is float32 on a CPU; None: as loaded.
+    encoder_quantization: str | None = None
     speculative: SpeculativeOptions | None = None  # chat only: speculative decoding
     rerank: RerankOptions | None = None  # rerank only (None: the defaults)
 
@@ -156,6 +160,13 @@ class ModelSpec:
             self.quantization_config  # noqa: B018 (validates the quantization fields)
         except ValueError as exc:
             raise ValueError(f"model {self.name!r}: {exc}") from None
+        if self.encoder_quantization is not None and self.task != "asr":
+            raise ValueError(f"model {self.name!r}: encoder_quantization applies to task 'asr' only")
+        if self.encoder_quantization not in ENCODER_QUANTIZATIONS:
+            raise ValueError(
+                f"model {self.name!r}: encoder_quantization must be 'int8' or left out, "
+                f"got {self.encoder_quantization!r}"
+            )
         if self.speculative is not None and self.task != "chat":
             raise ValueError(f"model {self.name!r}: speculative decoding applies to task 'chat' only")
         if self.rerank is not None and self.task != "rerank":

@@ -34,6 +34,7 @@ class ASRService:
             device=spec.device,
             engine=spec.engine.to_engine_config(),
             quantization=spec.quantization_config,
+            encoder_quantization=spec.encoder_quantization,
         )
         if spec.batching is not None:
             config = replace(config, batching=spec.batching.to_config())

@@ -356,6 +356,8 @@ def test_model_spec_builds_the_quantization_config() -> None:
         ({"quantization": "int4", "quantization_keep_float": 1}, "must be true or false"),
         ({"quantization": "int8", "quantization_lm_head": "yes"}, "must be true or false"),
         ({"quantization": "int8", "task": "embedding"}, "tasks 'chat' and 'asr' only, not 'embedding'"),
+        ({"encoder_quantization": "int8"}, "encoder_quantization applies to task 'asr' only"),
+        ({"task": "asr", "encoder_quantization": "int4"}, "encoder_quantization must be 'int8' or left out"),
     ],
 )
 def test_bad_quantization_settings_are_rejected(fields: dict[str, Any], message: str) -> None:

