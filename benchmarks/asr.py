@@ -7,12 +7,16 @@ the passages are reported too (a speed-up that broke transcripts would show ther
 
     .venv/bin/pip install -e '.[bench]'    # faster-whisper
     .venv/bin/python benchmarks/asr.py [--model whisper-tiny.en] [--clips 8] [--concurrency 8]
+
+The voice reads with random variation, so each run hears different audio; ``--clips-file F.npz`` saves
+the clips on the first run and reads them back on later ones, for comparisons on the very same audio.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import re
 import sys
 import time
@@ -83,7 +87,21 @@ def _summary(
         "audio_s": round(audio_s, 2),
         "rtf": round(wall / audio_s, 4),
         "wer": round(sum(wer(t, o) for t, o in zip(texts, outs, strict=True)) / len(texts), 4),
+        "transcripts": outs,
     }
+
+
+def load_or_synthesize(texts: list[str], path: Path | None) -> list[np.ndarray]:
+    """The clips saved in ``path`` for these texts, else fresh ones (saved there when given)."""
+    if path is not None and path.is_file():
+        with np.load(path) as saved:
+            if [str(t) for t in saved["texts"]] != texts:
+                raise SystemExit(f"{path} holds clips of other passages; remove it or change --clips/--words")
+            return [saved[f"clip{i}"] for i in range(len(texts))]
+    clips = synthesize(texts)
+    if path is not None:
+        np.savez(path, texts=np.array(texts), **{f"clip{i}": c for i, c in enumerate(clips)})
+    return clips
 
 
 def ours(
@@ -93,11 +111,13 @@ def ours(
     levels: list[int],
     quantization: QuantizationConfig | None,
     kv_cache_dtype: str = "auto",
+    encoder_quantization: str | None = None,
 ) -> list[dict[str, Any]]:
     engine = EngineConfig(cache=CacheConfig(memory_bytes=256 << 20, dtype=kv_cache_dtype))
     config = ASRPipelineConfig(
-        spec.name, spec.source, spec.parts, spec.dtype, spec.device, engine, quantization=quantization
-    )
+        spec.name, spec.source, spec.parts, spec.dtype, spec.device, engine, quantization=quantization,
+        encoder_quantization=encoder_quantization,
+    )  # fmt: skip
     pipeline = ASRPipeline(config, Settings.from_env().model_cache_dir)
     audio_s = sum(len(c) for c in clips) / 16_000
 
@@ -171,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clips", type=int, default=8)
     p.add_argument("--words", type=int, default=40, help="words per clip (~15 s of speech)")
     p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--compute-types", default="int8,float32", help="faster-whisper compute types")
+    p.add_argument("--clips-file", type=Path, help="saved clips (.npz): read if present, else written")
+    p.add_argument(
+        "--compute-types", default="int8,float32", help="faster-whisper compute types (empty: ours only)"
+    )
     p.add_argument(
         "--variants", default="config",
         help="ours, comma-separated: 'config' (as models.toml has it) or a quantization as in "
@@ -182,11 +205,16 @@ def main(argv: list[str] | None = None) -> int:
         help="ours, comma-separated: what the decoder's KV cache and cross-attention states store "
         f"({', '.join(KV_CACHE_DTYPES)}; auto: bfloat16 under a float32 model)",
     )  # fmt: skip
+    p.add_argument(
+        "--encoders", default="config",
+        help="ours, comma-separated: the encoder's quantization, 'config' (as models.toml has it), none "
+        "or int8",
+    )  # fmt: skip
     args = p.parse_args(argv)
     spec = spec_named(args.model)
     prepare_whisper_folder(spec.source, spec.parts, Settings.from_env().model_cache_dir)
     texts = passages(args.clips, args.words)
-    clips = synthesize(texts)
+    clips = load_or_synthesize(texts, args.clips_file)
     levels = [1, args.concurrency]
     payload: dict[str, Any] = {
         "benchmark": "asr",
@@ -200,15 +228,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     for variant in args.variants.split(","):
         q = spec.quantization_config if variant == "config" else parse_variant(variant)
-        for kv_dtype in args.kv_cache_dtypes.split(","):
+        for kv_dtype, encoder in itertools.product(args.kv_cache_dtypes.split(","), args.encoders.split(",")):
+            encoder_q = {"config": spec.encoder_quantization, "none": None}.get(encoder, encoder)
             key = variant if kv_dtype == "auto" else f"{variant}, kv {kv_dtype}"
+            key += "" if encoder == "config" else f", encoder {encoder}"
             payload["ours"][key] = {
                 "quantization": None if q is None else asdict(q),
                 "kv_cache_dtype": kv_dtype,
-                "levels": ours(spec, clips, texts, levels, q, kv_dtype),
+                "encoder_quantization": encoder_q,
+                "levels": ours(spec, clips, texts, levels, q, kv_dtype, encoder_q),
             }
     ct2_dir = ct2_folder(spec, Settings.from_env().model_cache_dir / "ct2-joined")
-    for compute_type in args.compute_types.split(","):
+    for compute_type in filter(None, args.compute_types.split(",")):
         payload["faster_whisper"][compute_type] = faster_whisper(ct2_dir, compute_type, clips, texts, levels)
     print(f"{args.model}, {len(clips)} clips, {payload['audio_s']} s of audio")
     rows = [(f"ours ({spec.dtype}, {v})", r["levels"]) for v, r in payload["ours"].items()]
