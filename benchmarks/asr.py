@@ -100,7 +100,8 @@ def load_or_synthesize(texts: list[str], path: Path | None) -> list[np.ndarray]:
             return [saved[f"clip{i}"] for i in range(len(texts))]
     clips = synthesize(texts)
     if path is not None:
-        np.savez(path, texts=np.array(texts), **{f"clip{i}": c for i, c in enumerate(clips)})
+        arrays: dict[str, Any] = {"texts": np.array(texts), **{f"clip{i}": c for i, c in enumerate(clips)}}
+        np.savez(path, **arrays)
     return clips
 
 
