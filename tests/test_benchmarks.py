@@ -1,5 +1,5 @@
 """The benchmarks' own logic: Poisson arrivals, goodput against objectives, prompt files, the quality
-benchmark's agreement measures."""
+benchmark's agreement measures, the speech benchmark's saved clips."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import math
 import statistics
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
-from benchmarks import dynamic_int8_prefill, quality, quantization
+from benchmarks import asr, dynamic_int8_prefill, quality, quantization
 from benchmarks.chat_model import configured_chat_model
 from benchmarks.load import arrival_times, request_body
 from benchmarks.metrics import RequestResult, RunResult, summarize
@@ -108,3 +110,23 @@ def test_int8_activations_replace_every_linear_but_the_lm_head_and_stay_close(
     if granularity == "token" and not dynamic_int8_prefill.int_mm_is_exact(10, 64, 32):
         return  # int8 products saturate without VNNI: the benchmark reports it, nothing to compare
     torch.testing.assert_close(got, expected, atol=0.05, rtol=0.05)
+
+
+def test_speech_clips_are_synthesized_once_then_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``asr.py --clips-file``: the first run's clips (the voice reads with random variation) are what
+    later runs hear, and clips of other passages are refused rather than mixed up."""
+    path = tmp_path / "clips.npz"
+    texts = ["Rivers carry water to the sea.", "She bought seven apples."]
+    first = asr.load_or_synthesize(texts, path)
+    assert path.is_file() and len(first) == 2 and all(len(c) > 16_000 // 2 for c in first)
+
+    def no_voice(texts: list[str]) -> list[Any]:
+        raise AssertionError("the saved clips should have been read")
+
+    monkeypatch.setattr(asr, "synthesize", no_voice)
+    again = asr.load_or_synthesize(texts, path)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    with pytest.raises(SystemExit, match="other passages"):
+        asr.load_or_synthesize([*texts[:1], "Something else entirely."], path)
