@@ -34,7 +34,8 @@ from benchmarks.asr import ct2_folder, spec_named
 from benchmarks.cpu_isa import ISAS, reexec_as
 from pipelines.asr.loader import prepare_whisper_folder
 from services.config.settings import Settings
-from shared_engine.row_int8_linear import quantize_rows_linears
+from shared_engine.models.whisper_encoder import Int8RowsWhisperEncoder
+from shared_engine.row_int8_linear import rows_int8_available
 
 MEL_BINS, FRAMES = 80, 3000
 
@@ -64,11 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     spec = spec_named(args.model)
     settings = Settings.from_env()
     folder = prepare_whisper_folder(spec.source, spec.parts, settings.model_cache_dir)
-    float_encoder, int8_encoder = (
-        WhisperForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).model.encoder.eval()
-        for _ in range(2)
-    )
-    replaced = quantize_rows_linears(int8_encoder)
+    hf = WhisperForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).model.encoder.eval()
+    float_encoder = lambda mel: hf(mel).last_hidden_state  # noqa: E731
+    int8_encoder = Int8RowsWhisperEncoder(hf) if rows_int8_available(hf) else None
     ct2 = ctranslate2.models.Whisper(
         str(ct2_folder(spec, settings.model_cache_dir / "ct2-joined")),
         device="cpu", compute_type="int8", intra_threads=torch.get_num_threads(),
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             "ctranslate2 int8": functools.partial(ct2.encode, features),
             "ours float32": functools.partial(float_encoder, mel),
         }
-        if replaced:
+        if int8_encoder is not None:
             runs["ours int8 rows"] = functools.partial(int8_encoder, mel)
         with torch.inference_mode():
             for name, run in runs.items():

@@ -11,20 +11,16 @@ Without AVX-512 VNNI, oneDNN multiplies int8 through ``vpmaddubsw``, whose 16-bi
 saturate on full-range operands (its unsigned side goes up to 255): weights there are kept to +-63, so
 that every pair fits and the integer result is exact. With VNNI they use the full +-127.
 
-Only float32 on a CPU with the engine's kernels built takes this path (:func:`quantize_rows_linears`
-leaves other layers as they are): bf16 and CUDA matmuls are fast enough already.
+Only float32 on a CPU with the engine's kernels built takes this path (:func:`rows_int8_available`):
+bf16 and CUDA matmuls are fast enough already.
 """
 
 from __future__ import annotations
-
-import logging
 
 import torch
 from torch import nn
 
 from shared_engine import cpu_kernels, int_matmul
-
-logger = logging.getLogger(__name__)
 
 # The largest weight magnitude at which oneDNN's int8 GEMM is exact without VNNI (module docstring).
 SATURATION_FREE_WEIGHT_MAX = 63
@@ -65,11 +61,15 @@ class RowInt8Linear(nn.Module):
         self.register_buffer("bias", bias)
         self.max_weight = max_weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None, gelu: bool = False
+    ) -> torch.Tensor:
+        """``linear(x)``; with ``gelu``, GELU of it (exact); with ``residual`` (the output's shape,
+        contiguous float32), that added last — in the pass that turns the integer products into floats."""
         rows = x.reshape(-1, self.in_features).contiguous()
         q, row_scales = quantize_rows(rows)
         acc = torch._int_mm(q, self.weight)
-        y = torch.ops.mmserve_cpu.dequantize_rows_(acc, row_scales, self.scales, self.bias)
+        y = torch.ops.mmserve_cpu.dequantize_rows_(acc, row_scales, self.scales, self.bias, residual, gelu)
         return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -87,18 +87,3 @@ def rows_int8_available(module: nn.Module) -> bool:
         and cpu_kernels.load()
         and int_matmul.int_matmul_isa() is not None
     )
-
-
-def quantize_rows_linears(module: nn.Module) -> int:
-    """Replace every ``nn.Linear`` inside ``module`` by a :class:`RowInt8Linear`, in place, where the path
-    is available (:func:`rows_int8_available`); how many were replaced (0: left as it was)."""
-    if not rows_int8_available(module):
-        logger.info("int8 rows unavailable here (needs float32 on a CPU with the engine's kernels)")
-        return 0
-    limit = weight_max()
-    targets = [(name, m) for name, m in module.named_modules() if isinstance(m, nn.Linear)]
-    for name, linear in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        setattr(parent, child, RowInt8Linear(linear, limit))
-    return len(targets)

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
+from torch import nn
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig, WhisperFeatureExtractor
 from transformers import WhisperForConditionalGeneration as HFWhisper
 from transformers.models.whisper.tokenization_whisper import LANGUAGES
@@ -35,8 +36,9 @@ from shared_engine.llm_engine import EngineStats, LLMEngine
 from shared_engine.micro_batcher import BatchObserver, BatchStats, MicroBatcher
 from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.models.whisper import CrossAttentionState
+from shared_engine.models.whisper_encoder import Int8RowsWhisperEncoder
 from shared_engine.outputs import FinishReason, RequestOutput
-from shared_engine.row_int8_linear import quantize_rows_linears
+from shared_engine.row_int8_linear import rows_int8_available
 from shared_engine.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -100,16 +102,22 @@ class ASRPipeline:
         self.tokenizer: Any = AutoTokenizer.from_pretrained(folder)
         self.features = WhisperFeatureExtractor.from_pretrained(folder)
         self.vocab = WhisperVocab.from_tokenizer(self.tokenizer, GenerationConfig.from_pretrained(folder))
-        self.encoder = (
-            HFWhisper.from_pretrained(folder, dtype=self.dtype).model.encoder.to(self.device).eval()
-        )
+        encoder = HFWhisper.from_pretrained(folder, dtype=self.dtype).model.encoder.to(self.device).eval()
         decoder = build_decoder(
             AutoConfig.from_pretrained(folder), iter_safetensors(folder), self.device, self.dtype,
             config.quantization,
         )  # fmt: skip
-        if config.encoder_quantization == "int8":
-            replaced = quantize_rows_linears(self.encoder) + cast(Any, decoder).round_cross_projection_rows()
-            logger.info("speech model %s: %d linear layers over encoder frames in int8", self.name, replaced)
+        self.encoder: nn.Module = encoder
+        if config.encoder_quantization == "int8" and rows_int8_available(encoder):
+            self.encoder = Int8RowsWhisperEncoder(encoder)
+            cross = cast(Any, decoder).round_cross_projection_rows()
+            logger.info(
+                "speech model %s: encoder and %d cross-attention projections in int8", self.name, cross
+            )
+        elif config.encoder_quantization == "int8":
+            logger.info(
+                "speech model %s: encoder in %s (int8 rows need float32 on a CPU)", self.name, self.dtype
+            )
         engine = LLMEngine(
             decoder, cast(Tokenizer, self.tokenizer), config.engine, self.device, self.dtype,
             frozenset({self.vocab.eot}),
@@ -148,7 +156,8 @@ class ASRPipeline:
     @torch.inference_mode()
     def encode_batch(self, mels: list[np.ndarray]) -> list[CrossAttentionState]:
         x = torch.from_numpy(np.stack(mels)).to(self.device, self.dtype)
-        hidden = self.encoder(x).last_hidden_state
+        out = self.encoder(x)
+        hidden = out if isinstance(out, torch.Tensor) else out.last_hidden_state  # transformers' module
         return cast(list[CrossAttentionState], self._cross_kv(hidden))
 
     # -- requests ---------------------------------------------------------------------------------

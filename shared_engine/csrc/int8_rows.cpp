@@ -36,10 +36,12 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_int8(const at::Tensor& x) {
   return {q, scales};
 }
 
-// acc [rows, n] int32 becomes acc * row_scales[:, None] * col_scales[None, :] (+ bias), as float32 in
-// the same memory; the float32 view of it is returned.
+// acc [rows, n] int32 becomes acc * row_scales[:, None] * col_scales[None, :] (+ bias), then GELU (exact,
+// erf) when asked, then + residual when given, as float32 in the same memory; the float32 view of it is
+// returned. What a transformer layer does after a matmul, without a pass over memory for each step.
 at::Tensor dequantize_rows_(at::Tensor acc, const at::Tensor& row_scales, const at::Tensor& col_scales,
-                            const c10::optional<at::Tensor>& bias) {
+                            const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
+                            bool gelu) {
   TORCH_CHECK(acc.dim() == 2 && acc.scalar_type() == at::kInt && acc.is_contiguous(),
               "dequantize_rows_ takes a contiguous int32 [rows, n] tensor");
   const int64_t rows = acc.size(0), n = acc.size(1);
@@ -52,19 +54,32 @@ at::Tensor dequantize_rows_(at::Tensor acc, const at::Tensor& row_scales, const 
     TORCH_CHECK(bias->numel() == n && bias->scalar_type() == at::kFloat && bias->is_contiguous(),
                 "dequantize_rows_: the bias must be contiguous float32 [n]");
   }
+  const bool has_residual = residual.has_value() && residual->defined();
+  if (has_residual) {
+    TORCH_CHECK(residual->numel() == rows * n && residual->scalar_type() == at::kFloat &&
+                    residual->is_contiguous(),
+                "dequantize_rows_: the residual must be contiguous float32 [rows, n]");
+  }
   int32_t* data = acc.data_ptr<int32_t>();
   const float* rs = row_scales.data_ptr<float>();
   const float* cs = col_scales.data_ptr<float>();
   const float* b = has_bias ? bias->data_ptr<float>() : nullptr;
+  const float* res = has_residual ? residual->data_ptr<float>() : nullptr;
   at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       int32_t* in = data + r * n;
       float* out = reinterpret_cast<float*>(in);
       const float s = rs[r];
+      for (int64_t j = 0; j < n; ++j) out[j] = static_cast<float>(in[j]) * s * cs[j];
       if (b != nullptr) {
-        for (int64_t j = 0; j < n; ++j) out[j] = static_cast<float>(in[j]) * s * cs[j] + b[j];
-      } else {
-        for (int64_t j = 0; j < n; ++j) out[j] = static_cast<float>(in[j]) * s * cs[j];
+        for (int64_t j = 0; j < n; ++j) out[j] += b[j];
+      }
+      if (gelu) {
+        for (int64_t j = 0; j < n; ++j) out[j] = 0.5f * out[j] * (1.f + std::erf(out[j] * 0.70710678f));
+      }
+      if (res != nullptr) {
+        const float* add = res + r * n;
+        for (int64_t j = 0; j < n; ++j) out[j] += add[j];
       }
     }
   });
@@ -75,7 +90,8 @@ at::Tensor dequantize_rows_(at::Tensor acc, const at::Tensor& row_scales, const 
 
 TORCH_LIBRARY_FRAGMENT(mmserve_cpu, m) {
   m.def("quantize_rows_int8(Tensor x) -> (Tensor, Tensor)");
-  m.def("dequantize_rows_(Tensor(a!) acc, Tensor row_scales, Tensor col_scales, Tensor? bias) -> Tensor(a!)");
+  m.def("dequantize_rows_(Tensor(a!) acc, Tensor row_scales, Tensor col_scales, Tensor? bias, Tensor? residual, "
+        "bool gelu) -> Tensor(a!)");
 }
 
 TORCH_LIBRARY_IMPL(mmserve_cpu, CPU, m) {

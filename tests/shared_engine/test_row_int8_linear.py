@@ -1,6 +1,7 @@
 """Int8 linear layers for many rows: the row rounding and the in-place rescale against torch's own
 arithmetic, oneDNN's integer GEMM exact at the weight range chosen for this CPU (the saturation that
-full-range weights hit without VNNI), the layer against float32, and where the path is refused."""
+full-range weights hit without VNNI), the layer against float32 (GELU and a residual folded in), and
+where the path is refused."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from shared_engine.row_int8_linear import (
     SATURATION_FREE_WEIGHT_MAX,
     RowInt8Linear,
     quantize_rows,
-    quantize_rows_linears,
     rows_int8_available,
     weight_max,
 )
@@ -51,7 +51,7 @@ def test_int32_products_become_float_in_place(with_bias: bool) -> None:
     if bias is not None:
         expected += bias.double()
     pointer = acc.data_ptr()
-    y = torch.ops.mmserve_cpu.dequantize_rows_(acc, rows, cols, bias)
+    y = torch.ops.mmserve_cpu.dequantize_rows_(acc, rows, cols, bias, None, False)
     assert y.dtype == torch.float32 and y.data_ptr() == pointer  # no new memory for the result
     torch.testing.assert_close(y.double(), expected, rtol=1e-6, atol=1e-3)
 
@@ -96,18 +96,20 @@ def test_layer_follows_float32(limit: int, bias: bool) -> None:
 
 
 @needs_kernels
-def test_replaces_float32_linears_only() -> None:
-    model = nn.Sequential(nn.Linear(64, 32), nn.GELU(), nn.Sequential(nn.Linear(32, 16)))
-    x = torch.randn(40, 64)
+def test_gelu_and_residual_are_applied_in_the_same_pass() -> None:
+    torch.manual_seed(4)
+    linear = nn.Linear(64, 96)
+    layer = RowInt8Linear(linear, weight_max())
+    x, residual = torch.randn(50, 64), torch.randn(50, 96)
     with torch.inference_mode():
-        want = model(x)
-        assert quantize_rows_linears(model) == 2
-        assert isinstance(model[0], RowInt8Linear) and isinstance(model[2][0], RowInt8Linear)
-        torch.testing.assert_close(model(x), want, rtol=0.05, atol=0.05)
+        plain = layer(x)
+        torch.testing.assert_close(layer(x, gelu=True), torch.nn.functional.gelu(plain), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(layer(x, residual=residual), plain + residual, rtol=1e-5, atol=1e-5)
+        both = layer(x, residual=residual, gelu=True)
+        torch.testing.assert_close(both, torch.nn.functional.gelu(plain) + residual, rtol=1e-5, atol=1e-5)
 
 
-def test_other_dtypes_keep_their_layers() -> None:
-    """bf16 (and CUDA, and a CPU without the kernels) keep nn.Linear: no path, no change."""
-    half = nn.Sequential(nn.Linear(64, 32)).to(torch.bfloat16)
-    assert not rows_int8_available(half)
-    assert quantize_rows_linears(half) == 0 and isinstance(half[0], nn.Linear)
+def test_float32_on_a_cpu_only() -> None:
+    """bf16 (and CUDA, and a CPU without the kernels) have no int8-rows path."""
+    assert not rows_int8_available(nn.Linear(64, 32).to(torch.bfloat16))
+    assert not rows_int8_available(nn.Identity())  # no weights at all
