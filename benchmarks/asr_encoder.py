@@ -66,7 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     folder = prepare_whisper_folder(spec.source, spec.parts, settings.model_cache_dir)
     hf = WhisperForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).model.encoder.eval()
-    float_encoder = lambda mel: hf(mel).last_hidden_state  # noqa: E731
     int8_encoder = Int8RowsWhisperEncoder(hf) if rows_int8_available(hf) else None
     ct2 = ctranslate2.models.Whisper(
         str(ct2_folder(spec, settings.model_cache_dir / "ct2-joined")),
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         features = ctranslate2.StorageView.from_array(mel.numpy().astype(np.float32))
         runs: dict[str, Callable[[], Any]] = {
             "ctranslate2 int8": functools.partial(ct2.encode, features),
-            "ours float32": functools.partial(float_encoder, mel),
+            "ours float32": functools.partial(hf, mel),
         }
         if int8_encoder is not None:
             runs["ours int8 rows"] = functools.partial(int8_encoder, mel)

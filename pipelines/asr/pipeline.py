@@ -156,8 +156,7 @@ class ASRPipeline:
     @torch.inference_mode()
     def encode_batch(self, mels: list[np.ndarray]) -> list[CrossAttentionState]:
         x = torch.from_numpy(np.stack(mels)).to(self.device, self.dtype)
-        out = self.encoder(x)
-        hidden = out if isinstance(out, torch.Tensor) else out.last_hidden_state  # transformers' module
+        hidden = self.encoder(x).last_hidden_state
         return cast(list[CrossAttentionState], self._cross_kv(hidden))
 
     # -- requests ---------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_outputs import BaseModelOutput
 
 from shared_engine.row_int8_linear import RowInt8Linear, weight_max
 
@@ -56,7 +57,7 @@ class _EncoderLayer(nn.Module):
 
 class Int8RowsWhisperEncoder(nn.Module):
     """``encoder`` (transformers' ``WhisperEncoder``, float32 on a CPU where ``rows_int8_available``)
-    as int8 rows: log-mel ``[B, mels, 3000]`` → hidden states ``[B, 1500, d]``."""
+    as int8 rows, in its place: log-mel ``[B, mels, 3000]`` → ``last_hidden_state`` ``[B, 1500, d]``."""
 
     conv1: nn.Conv1d
     conv2: nn.Conv1d
@@ -73,10 +74,10 @@ class Int8RowsWhisperEncoder(nn.Module):
         self.layer_norm = encoder.layer_norm
 
     @torch.inference_mode()
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+    def forward(self, mel: torch.Tensor) -> BaseModelOutput:
         x = F.gelu(self.conv2(F.gelu(self.conv1(mel))))  # [B, d, frames]
         batch, d, frames = x.shape
         h = (x.transpose(1, 2) + self.positions[:frames]).reshape(batch * frames, d).contiguous()
         for layer in self.layers:
             h = cast(_EncoderLayer, layer)(h, batch, frames)
-        return self.layer_norm(h).view(batch, frames, d)
+        return BaseModelOutput(last_hidden_state=self.layer_norm(h).view(batch, frames, d))

@@ -49,6 +49,15 @@ def _overlap(reference: str, hypothesis: str) -> float:
     return sum(w in heard for w in ref) / len(ref)
 
 
+def _assert_same_words(pipeline: ASRPipeline, reference: ASRPipeline) -> None:
+    """Each test sentence heard as ``reference`` hears it, or at least 75% of its words right."""
+    for sentence in SENTENCES:
+        audio = _speech(sentence)
+        got = asyncio.run(pipeline.transcribe("q", audio)).text
+        want = asyncio.run(reference.transcribe("f", audio)).text
+        assert _words(got) == _words(want) or _overlap(sentence, got) >= 0.75, (got, want)
+
+
 @functools.cache
 def _voice() -> TTSPipeline:
     # No noise: the same audio on every run.
@@ -204,11 +213,7 @@ def test_int8_decoder_with_its_tied_head_transcribes_as_the_float_one(
         assert not head.quantized.engine_kernel  # weight-only: inputs stay in float, as in models.toml
         assert head.float_linear.weight is decoder.decoder.embed_tokens.weight  # tied: no second float copy
         assert isinstance(decoder.decoder.layers[0].fc1, DualLinear)
-        for sentence in SENTENCES:
-            audio = _speech(sentence)
-            got = asyncio.run(quantized.transcribe("q", audio)).text
-            want = asyncio.run(tiny.transcribe("f", audio)).text
-            assert _words(got) == _words(want) or _overlap(sentence, got) >= 0.75, (got, want)
+        _assert_same_words(quantized, tiny)
     finally:
         quantized.shutdown()
 
@@ -232,10 +237,6 @@ def test_int8_encoder_transcribes_as_the_float_one(
             assert not isinstance(quantized.encoder, Int8RowsWhisperEncoder)
             assert not isinstance(decoder.decoder.layers[0].encoder_attn.k_proj, RowInt8Linear)
         assert isinstance(decoder.decoder.layers[0].encoder_attn.q_proj, nn.Linear)  # decode rows: float
-        for sentence in SENTENCES:
-            audio = _speech(sentence)
-            got = asyncio.run(quantized.transcribe("q", audio)).text
-            want = asyncio.run(tiny.transcribe("f", audio)).text
-            assert _words(got) == _words(want) or _overlap(sentence, got) >= 0.75, (got, want)
+        _assert_same_words(quantized, tiny)
     finally:
         quantized.shutdown()
