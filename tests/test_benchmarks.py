@@ -18,7 +18,7 @@ from benchmarks import asr, dynamic_int8_prefill, quality, quantization
 from benchmarks.chat_model import configured_chat_model
 from benchmarks.load import arrival_times, request_body
 from benchmarks.metrics import RequestResult, RunResult, summarize
-from benchmarks.serving import file_prompts, parse_slos
+from benchmarks.serving import file_prompts, parse_args, parse_slos, ratio
 from benchmarks.workload import Prompt
 from shared_engine.sampling_params import SamplingParams
 
@@ -59,6 +59,18 @@ def test_prompt_files_take_json_lines_or_plain_lines_and_cycle(tmp_path: Path) -
     prompts = file_prompts(path, 3, seed=10)
     expected = [("first", 10), ("second, as plain text", 11), ("first", 12)]
     assert [(p.text, p.seed) for p in prompts] == expected
+
+
+def test_the_grpc_worker_is_a_target_compared_with_the_embedded_server_per_level() -> None:
+    args = parse_args(["--targets", "ours,ours-grpc", "--concurrency", "1,8"])
+    assert args.target_list == ["ours", "ours-grpc"] and args.levels == [1, 8]
+    levels = [
+        {"target": target, "concurrency": c, "output_tok_s": tok_s}
+        for target, c, tok_s in [("ours", 1, 150.0), ("ours-grpc", 1, 120.0), ("ours", 8, 250.0)]
+    ]
+    assert ratio(levels, "ours-grpc", "ours", 1) == {"concurrency": 1, "ours-grpc": 120.0, "ours": 150.0,
+                                                     "ratio": 0.8}  # fmt: skip
+    assert ratio(levels, "ours-grpc", "ours", 8) is None  # not run through the worker at that level
 
 
 def test_peer_overrides_replace_request_fields() -> None:

@@ -2,7 +2,11 @@
 gRPC worker per task (or several replicas), then the gateway routed to them — for machines with no
 container engine (``make serve-distributed``). Each worker serves Prometheus metrics on a free port of
 its own, printed at start (``metrics: chat=http://127.0.0.1:PORT/metrics,...;embedding=...``). Ctrl-C or
-SIGTERM stops every process."""
+SIGTERM stops every process.
+
+With several chat replicas, each is held to cores of its own (``worker --cpus``; services/commands/cpus.py
+says why): the machine's cores are split between them. The other workers compute in short bursts and
+may use every core."""
 
 from __future__ import annotations
 
@@ -16,10 +20,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from services.commands.cpus import format_cpu_list, split_cores, usable_cpus
 from services.config.settings import REMOTE_TASKS
 
 BASE_PORT = 50061
 DEFAULT_REPLICAS = {"chat": 2}  # two LLM replicas: requests round-robin, and one may fail over
+# Tasks whose replicas run long busy stretches side by side, so are given cores of their own.
+PARTITIONED_TASKS = ("chat",)
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,12 @@ class Worker:
     task: str
     port: int
     metrics_port: int
+    cpus: tuple[int, ...] | None = None  # None: every core
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "services.commands.worker", "--task", self.task, "--host", "127.0.0.1"]
+        cmd += ["--port", str(self.port), "--metrics-port", str(self.metrics_port)]
+        return cmd if self.cpus is None else [*cmd, "--cpus", format_cpu_list(self.cpus)]
 
     @property
     def address(self) -> str:
@@ -40,13 +53,19 @@ def free_port() -> int:
         return port
 
 
-def plan(replicas: dict[str, int], base_port: int = BASE_PORT) -> list[Worker]:
-    """Workers per task and their ports: consecutive from ``base_port``, or free ones when it is 0."""
+def plan(
+    replicas: dict[str, int], base_port: int = BASE_PORT, cpus: tuple[int, ...] | None = None
+) -> list[Worker]:
+    """Workers per task, their ports (consecutive from ``base_port``, or free ones when it is 0) and, for
+    several replicas of a partitioned task, the slice of ``cpus`` (default: this process's) each runs on."""
+    cores = usable_cpus() if cpus is None else cpus
     workers: list[Worker] = []
     for task in REMOTE_TASKS:
-        for _ in range(replicas.get(task, DEFAULT_REPLICAS.get(task, 1))):
+        count = replicas.get(task, DEFAULT_REPLICAS.get(task, 1))
+        slices = split_cores(cores, count) if count > 1 and task in PARTITIONED_TASKS else [None] * count
+        for cpu_slice in slices:
             port = base_port + len(workers) if base_port else free_port()
-            workers.append(Worker(task, port, free_port()))
+            workers.append(Worker(task, port, free_port(), cpu_slice))
     return workers
 
 
@@ -85,23 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     workers = plan(parse_replicas(args.replicas), args.base_port)
     procs: list[subprocess.Popen[bytes]] = []
     for w in workers:
-        cmd = [
-            sys.executable,
-            "-m",
-            "services.commands.worker",
-            "--task",
-            w.task,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(w.port),
-            "--metrics-port",
-            str(w.metrics_port),
-        ]
-        procs.append(subprocess.Popen(cmd))
+        procs.append(subprocess.Popen(w.command()))
     env = {**os.environ, "MMSERVE_ENDPOINTS": endpoints(workers)}
     print(f"workers: {env['MMSERVE_ENDPOINTS']}", flush=True)
     print(f"metrics: {metrics_urls(workers)}", flush=True)
+    if pinned := [w for w in workers if w.cpus is not None]:
+        print("cores: " + ", ".join(f"{w.task}@{w.port}={format_cpu_list(w.cpus or ())}" for w in pinned))
     gateway = subprocess.Popen([sys.executable, "-m", "services.commands.serve"], env=env)
     procs.append(gateway)
     stopping = False

@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from retrieval.collections import Collections
 from retrieval.vector_stores import VectorStores
+from services.commands.cpus import hold_to, parse_cpu_list
 from services.config.models import configured_models
 from services.config.settings import HOSTED_BY, Settings
 from services.observability.log_config import configure_logging
@@ -207,7 +208,18 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help=f"Prometheus metrics at http://HOST:PORT/metrics (0: off, the default; compose: {METRICS_PORT})",
     )
+    parser.add_argument(
+        "--cpus",
+        type=parse_cpu_list,
+        help="run on these cores only, one OpenMP thread each (as taskset -c writes them: 0-3,6; "
+        "default: every core this process may use)",
+    )
     args = parser.parse_args(argv)
+    if args.cpus is not None:
+        try:
+            hold_to(args.cpus)
+        except ValueError as exc:
+            parser.error(str(exc))
     settings = Settings.from_env()
     # A worker serves its own task in-process; other tasks' endpoints (the retrieval worker's embedders)
     # stay remote.

@@ -108,7 +108,11 @@ def worker_env(port: int) -> dict[str, str]:
 
 
 def launch_worker(task: str, port: int) -> ServerProcess:
-    args = ("--task", task, "--host", LOOPBACK, "--port", str(port))
+    return launch_worker_with(task, port, ())
+
+
+def launch_worker_with(task: str, port: int, extra: tuple[str, ...]) -> ServerProcess:
+    args = ("--task", task, "--host", LOOPBACK, "--port", str(port), *extra)
     return launch("services.commands.worker", worker_env(port), port, args=args)
 
 
@@ -851,3 +855,37 @@ def test_turns_of_a_chat_find_their_prefix_cached_on_the_replica_they_reach(
         shares = list(pool.map(conversation, range(4)))
     later = [share for chat in shares for share in chat[1:]]
     assert min(later) >= 0.8, shares
+
+
+# -- cores -------------------------------------------------------------------------------------------------
+
+
+def test_a_worker_given_cores_runs_every_thread_on_them() -> None:
+    """``worker --cpus``, what the topology gives each of several chat replicas: every thread of the worker
+    (those its imports started included) may run on the given core only, and it serves."""
+    core = max(os.sched_getaffinity(0))
+    worker = launch_worker_with("embedding", free_port(), ("--cpus", str(core)))
+    try:
+        wait_serving(worker)
+        tasks = Path(f"/proc/{worker.proc.pid}/task")
+        allowed = {}
+        for task in tasks.iterdir():
+            status = (task / "status").read_text()
+            allowed[task.name] = next(
+                line.split(":", 1)[1].strip()
+                for line in status.splitlines()
+                if line.startswith("Cpus_allowed_list")
+            )
+        assert len(allowed) > 1 and set(allowed.values()) == {str(core)}, allowed
+    finally:
+        worker.stop(timeout=15.0, remove_logs=True)
+
+
+def test_a_worker_refuses_cores_it_may_not_use() -> None:
+    unusable = max(os.sched_getaffinity(0)) + 1
+    worker = launch_worker_with("embedding", free_port(), ("--cpus", f"0,{unusable}"))
+    try:
+        assert worker.proc.wait(timeout=120) == 2
+        assert f"CPUs {unusable} are not available to this process" in worker.stderr_tail()
+    finally:
+        worker.stop(timeout=15.0, remove_logs=True)
