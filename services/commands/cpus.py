@@ -55,7 +55,7 @@ def usable_cpus() -> tuple[int, ...]:
 
 def hold_to(cpus: tuple[int, ...]) -> None:
     """Run this process on ``cpus`` only (each of its threads, and those it starts later), with one OpenMP
-    thread per core. Call it before any model is loaded."""
+    thread per core (fewer where ``OMP_NUM_THREADS`` says so). Call it before any model is loaded."""
     if unusable := set(cpus) - set(usable_cpus()):
         raise ValueError(f"CPUs {format_cpu_list(tuple(sorted(unusable)))} are not available to this process")
     os.sched_setaffinity(0, cpus)  # this thread, and so every thread started from now on
@@ -66,4 +66,5 @@ def hold_to(cpus: tuple[int, ...]) -> None:
             continue
     import torch  # here, not at the top: the topology uses this module and never loads torch
 
-    torch.set_num_threads(len(cpus))
+    asked = os.environ.get("OMP_NUM_THREADS", "")
+    torch.set_num_threads(min(len(cpus), int(asked)) if asked.isdigit() and int(asked) > 0 else len(cpus))

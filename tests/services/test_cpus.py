@@ -3,6 +3,11 @@ replicas (services/commands/cpus.py, topology.plan)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from services.commands.cpus import format_cpu_list, parse_cpu_list, split_cores
@@ -48,3 +53,25 @@ def test_the_topology_gives_chat_replicas_cores_of_their_own_and_leaves_other_wo
     # one chat worker keeps every core
     (single,) = [w for w in plan({"chat": 1}, base_port=0, cpus=(0, 1)) if w.task == "chat"]
     assert single.cpus is None
+
+
+def _held(cpus: str, omp_threads: str | None) -> tuple[list[int], int]:
+    """The cores and torch threads of a fresh process held to ``cpus``."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if omp_threads is not None:
+        env["OMP_NUM_THREADS"] = omp_threads
+    code = (
+        "import os, torch; from services.commands.cpus import hold_to, parse_cpu_list; "
+        f"hold_to(parse_cpu_list({cpus!r})); print(sorted(os.sched_getaffinity(0)), torch.get_num_threads())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    cores, threads = out.stdout.strip().rsplit(" ", 1)
+    return json.loads(cores), int(threads)
+
+
+def test_a_process_held_to_cores_runs_one_thread_per_core_unless_told_fewer() -> None:
+    usable = sorted(os.sched_getaffinity(0))
+    assert _held(str(usable[-1]), None) == ([usable[-1]], 1)
+    every = format_cpu_list(tuple(usable))
+    assert _held(every, None) == (usable, len(usable))
+    assert _held(every, "1") == (usable, 1)
