@@ -59,7 +59,7 @@ MakePrompts = Callable[[int, str], list[Prompt]]
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--url", help="benchmark an already running server at this base URL instead")
-    p.add_argument("--chat-replicas", type=int, help="ours-grpc: chat workers (default: the topology's, 2)")
+    p.add_argument("--chat-replicas", type=int, help="ours-grpc: chat workers (default: the topology's)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="model name, as in models.toml")
     p.add_argument("--model-path", type=Path, help="its Hugging Face folder (default: the prepared one)")
     p.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, of {', '.join(TARGETS)}")

@@ -197,6 +197,13 @@ async def serve(task: str, host: str, port: int, settings: Settings) -> None:
         service.shutdown()
 
 
+def _cpu_list(text: str) -> tuple[int, ...]:
+    try:
+        return parse_cpu_list(text)
+    except ValueError as exc:  # argparse would only say "invalid _cpu_list value"
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve one task's models over gRPC.")
     parser.add_argument("--task", required=True, choices=TASKS, help="which models of models.toml to serve")
@@ -210,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--cpus",
-        type=parse_cpu_list,
+        type=_cpu_list,
         help="run on these cores only, one OpenMP thread each (as taskset -c writes them: 0-3,6; "
         "default: every core this process may use)",
     )

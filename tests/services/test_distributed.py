@@ -889,3 +889,9 @@ def test_a_worker_refuses_cores_it_may_not_use() -> None:
         assert f"CPUs {unusable} are not available to this process" in worker.stderr_tail()
     finally:
         worker.stop(timeout=15.0, remove_logs=True)
+    garbled = launch_worker_with("embedding", free_port(), ("--cpus", "3-1"))
+    try:
+        assert garbled.proc.wait(timeout=120) == 2
+        assert "not a CPU list: '3-1' (3-1 runs backwards)" in garbled.stderr_tail()
+    finally:
+        garbled.stop(timeout=15.0, remove_logs=True)
