@@ -1,7 +1,7 @@
 """The engine's own CPU kernels (``csrc/cpu_kernels.cpp``), for the operators of a decode step that ATen
 runs as many small calls or slowly: attention of one new token per request straight over the paged KV
 cache, the rotary embedding with the cache write, RMSNorm with the residual add fused in, SiLU times the
-up projection, and the sampler's selection of each row's most likely tokens. The same build holds the
+up projection. The same build holds the sampler's pass over a batch's logits (``csrc/sampling.cpp``), the
 integer matmuls (``int_matmul``), the rounding of many rows to int8 around oneDNN's integer GEMM
 (``row_int8_linear``) and the calls that run a decoder's whole layer stack
 (``decode_layers``, ``whisper_decode_layers``).
@@ -35,6 +35,7 @@ SOURCES = tuple(
         "decode_layers.cpp",
         "whisper_decode_layers.cpp",
         "int8_rows.cpp",
+        "sampling.cpp",
     )
 )
 ISA_FLAGS = {
@@ -85,10 +86,16 @@ def _register_fakes() -> None:
     for name in kernels:
         torch.library.register_fake(f"mmserve_cpu::{name}", mutates_only)
 
-    @torch.library.register_fake("mmserve_cpu::top_probabilities")
-    def _(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = probs.shape[0]
-        return probs.new_empty((rows, k)), probs.new_empty((rows, k), dtype=torch.long)
+    @torch.library.register_fake("mmserve_cpu::softmax_head")
+    def _(
+        logits: torch.Tensor, inverse: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows = logits.shape[0]
+        return (
+            logits.new_empty((rows, k)),
+            logits.new_empty((rows, k), dtype=torch.long),
+            logits.new_empty(rows),
+        )
 
 
 def _extension_loader() -> Any:
@@ -139,11 +146,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return out
 
 
-def top_probabilities(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` largest entries of each row of ``probs`` (float32, non-negative) and their indices, in no
-    particular order; of equal values the first ones."""
-    values, indices = torch.ops.mmserve_cpu.top_probabilities(probs.contiguous(), k)
-    return values, indices
+def softmax_head(
+    logits: torch.Tensor, inverse_temperatures: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of ``logits`` (float32 ``[rows, vocab]``; -inf masks a token): the ``k`` largest
+    probabilities of ``softmax(logits * inverse_temperatures[:, None])`` in no particular order (of
+    equal values the first ones), their token ids, and the probability of all other tokens together."""
+    head, ids, tail = torch.ops.mmserve_cpu.softmax_head(logits.contiguous(), inverse_temperatures, k)
+    return head, ids, tail
 
 
 def rotary_cache_write_(

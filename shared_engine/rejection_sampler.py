@@ -23,6 +23,7 @@ from shared_engine.sampler import (
     apply_logits_processors,
     probabilities,
     sample,
+    select_rows,
     token_logprobs,
 )
 from shared_engine.sampling_params import SamplingParams
@@ -106,7 +107,7 @@ def verify_and_sample(
     plain = [i for i, s in enumerate(items) if not s.num_spec_tokens]
     if plain:  # one row each: the batch-invariant sampler
         chosen, _ = sample(
-            logits[[first_row[i] for i in plain]],
+            select_rows(logits, [first_row[i] for i in plain]),
             [samplers[items[i].request.request_id] for i in plain],
             with_logprobs=False,
         )

@@ -41,14 +41,31 @@ def _truncate(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     return logits
 
 
+def _tempered(logits: torch.Tensor, params: Sequence[SamplingParams]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logits`` and each row's inverse temperature, so that ``softmax(logits * inverse[:, None])`` is the
+    row's sampling distribution. Rows with top-k or top-p come back already scaled and truncated (inverse
+    1), in a copy; otherwise ``logits`` itself."""
+    inverse = [1.0 / p.temperature for p in params]
+    truncated = [row for row, p in enumerate(params) if p.top_k or p.top_p < 1.0]
+    if truncated:
+        logits = logits.clone()
+        for row in truncated:
+            logits[row] = _truncate(logits[row] * inverse[row], params[row].top_k, params[row].top_p)
+            inverse[row] = 1.0
+    return logits, torch.tensor(inverse, dtype=logits.dtype, device=logits.device)
+
+
 def probabilities(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
     """Rows of ``logits`` turned into each row's sampling distribution (temperature, top-k, top-p)."""
-    temperatures = torch.tensor([p.temperature for p in params], dtype=logits.dtype, device=logits.device)
-    scaled = logits / temperatures.unsqueeze(-1)
-    for row, p in enumerate(params):
-        if p.top_k or p.top_p < 1.0:
-            scaled[row] = _truncate(scaled[row], p.top_k, p.top_p)
-    return torch.softmax(scaled, dim=-1)
+    scaled, inverse = _tempered(logits, params)
+    return torch.softmax(scaled * inverse.unsqueeze(-1), dim=-1)
+
+
+def select_rows(logits: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+    """``logits[rows]``, without the copy when ``rows`` are all of them in order."""
+    if len(rows) == logits.shape[0] and all(row == i for i, row in enumerate(rows)):
+        return logits
+    return logits[list(rows)]
 
 
 HEAD_TOKENS = 1024
@@ -75,8 +92,22 @@ def _uniform_per_token(keys: torch.Tensor, token_ids: torch.Tensor) -> torch.Ten
     return ((x >> 11) & ((1 << 53) - 1)).to(torch.float64) / float(1 << 53)
 
 
-def _draw(probs: torch.Tensor, generators: list[torch.Generator | None]) -> list[int]:
-    """One token per row of ``probs`` (``[R, vocab]``), exactly by the rows' distributions.
+def _head_and_tail(
+    logits: torch.Tensor, inverse: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of the distributions ``softmax(logits * inverse[:, None])``: the ``k`` most likely tokens'
+    probabilities and ids (in any order), and the probability of all the others together."""
+    if logits.dtype == torch.float32 and cpu_kernels.usable(logits.device):
+        return cpu_kernels.softmax_head(logits, inverse, k)  # one pass per row, no [rows, vocab] tensors
+    probs = torch.softmax(logits * inverse.unsqueeze(-1), dim=-1)
+    head_p, head_ids = probs.topk(k, dim=-1)
+    return head_p, head_ids, probs.scatter(1, head_ids, 0.0).sum(dim=-1)
+
+
+def _draw(
+    logits: torch.Tensor, params: Sequence[SamplingParams], generators: list[torch.Generator | None]
+) -> list[int]:
+    """One token per row of ``logits`` (``[R, vocab]``), exactly by the rows' distributions (``params``).
 
     An exponential race (the token with the smallest ``E_i / p_i``, ``E_i ~ Exp(1)``, wins with
     probability ``p_i``) as ``torch.multinomial`` runs it, but without drawing a number for every
@@ -88,17 +119,14 @@ def _draw(probs: torch.Tensor, generators: list[torch.Generator | None]) -> list
     and a seeded request's tokens would then change with whatever else shares its batch. The head is
     wide (1024) so that the tail, where that sensitivity remains, rarely wins.
     """
-    k = min(HEAD_TOKENS, probs.shape[-1])
-    if probs.dtype == torch.float32 and cpu_kernels.usable(probs.device):
-        head_p, head_ids = cpu_kernels.top_probabilities(probs, k)  # 5x faster; the order does not matter
-    else:
-        head_p, head_ids = probs.topk(k, dim=-1)
-    tail = probs.scatter(1, head_ids, 0.0)
+    k = min(HEAD_TOKENS, logits.shape[-1])
+    scaled, inverse = _tempered(logits, params)
+    head_p, head_ids, tail_p = _head_and_tail(scaled, inverse, k)
     draws = [torch.randint(-(1 << 62), 1 << 62, (1,), generator=g) for g in generators]
-    keys = torch.cat(draws).to(probs.device).unsqueeze(-1)
-    tail_arrival = torch.cat([torch.empty(1).exponential_(generator=g) for g in generators]).to(probs.device)
+    keys = torch.cat(draws).to(logits.device).unsqueeze(-1)
+    tail_arrival = torch.cat([torch.empty(1).exponential_(generator=g) for g in generators]).to(logits.device)
     head_arrival = -torch.log1p(-_uniform_per_token(keys, head_ids))
-    times = torch.cat([head_arrival / head_p, (tail_arrival / tail.sum(dim=-1)).unsqueeze(-1)], dim=-1)
+    times = torch.cat([head_arrival / head_p, (tail_arrival / tail_p).unsqueeze(-1)], dim=-1)
     winners = times.argmin(dim=-1).tolist()  # a rate of 0 gives +inf: such a token never wins
     out: list[int] = []
     for r, (w, g) in enumerate(zip(winners, generators, strict=True)):
@@ -107,8 +135,9 @@ def _draw(probs: torch.Tensor, generators: list[torch.Generator | None]) -> list
         else:
             # Inside the tail an inverse CDF is exact and ~20x cheaper than a per-token race; its
             # sensitivity to batch-level rounding matters little among tokens this unlikely.
-            cdf = tail[r].cumsum(dim=0)
-            u = torch.rand(1, generator=g, device=probs.device) * cdf[-1]
+            tail = torch.softmax(scaled[r] * inverse[r], dim=-1).index_fill_(0, head_ids[r], 0.0)
+            cdf = tail.cumsum(dim=0)
+            u = torch.rand(1, generator=g, device=logits.device) * cdf[-1]
             out.append(int(torch.searchsorted(cdf, u, right=True).clamp_(max=len(cdf) - 1)))
     return out
 
@@ -126,11 +155,18 @@ def sample(
     logits: torch.Tensor, samplers: Sequence[RequestSampler], with_logprobs: bool = True
 ) -> tuple[list[int], list[TokenLogprob | None]]:
     """Pick one token per row of ``logits`` (``[B, vocab]``, float32, processors already applied)."""
-    chosen = logits.argmax(dim=-1).tolist()
+    chosen = [0] * len(samplers)
+    greedy = [i for i, s in enumerate(samplers) if s.params.greedy]
+    if greedy:
+        for i, token in zip(greedy, select_rows(logits, greedy).argmax(dim=-1).tolist(), strict=True):
+            chosen[i] = token
     rows = [i for i, s in enumerate(samplers) if not s.params.greedy]
     if rows:
-        probs = probabilities(logits[rows], [samplers[i].params for i in rows])
-        drawn = _draw(probs, [samplers[i].generator for i in rows])
+        drawn = _draw(
+            select_rows(logits, rows),
+            [samplers[i].params for i in rows],
+            [samplers[i].generator for i in rows],
+        )
         for i, token in zip(rows, drawn, strict=True):
             chosen[i] = token
 

@@ -386,66 +386,11 @@ void rotary_cache_write(at::Tensor qkv, const at::Tensor& positions, const at::T
 
 }  // namespace mmserve
 
-namespace {
-
-// The k largest entries of each row of a non-negative float32 [rows, n] matrix (probabilities), in no
-// particular order; of equal values the first ones win. A radix select: non-negative floats order as
-// their bits do, so one pass counts the entries per 12-bit prefix, the prefix where the k-th largest
-// falls is found from the top, and only that bucket's entries are ordered (torch.topk partially sorts
-// the whole row: ~0.35 ms for a 49k vocabulary).
-std::tuple<at::Tensor, at::Tensor> top_probabilities(const at::Tensor& probs, int64_t k) {
-  TORCH_CHECK(probs.dim() == 2 && probs.is_contiguous() && probs.scalar_type() == at::kFloat,
-              "probs must be contiguous float32 [rows, n]");
-  const int64_t rows = probs.size(0), n = probs.size(1);
-  TORCH_CHECK(k >= 1 && k <= n, "k must be in [1, n]");
-  at::Tensor values = at::empty({rows, k}, probs.options());
-  at::Tensor indices = at::empty({rows, k}, probs.options().dtype(at::kLong));
-  const uint32_t* bits = reinterpret_cast<const uint32_t*>(probs.data_ptr<float>());
-  const float* xs = probs.data_ptr<float>();
-  float* vs = values.data_ptr<float>();
-  int64_t* is = indices.data_ptr<int64_t>();
-  constexpr int kShift = 20;  // 31 value bits (the sign is 0) -> 2048 buckets
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> count(1 << (31 - kShift));
-    std::vector<int64_t> boundary;
-    for (int64_t r = begin; r < end; ++r) {
-      const uint32_t* row = bits + r * n;
-      std::fill(count.begin(), count.end(), 0);
-      for (int64_t i = 0; i < n; ++i) ++count[(row[i] & 0x7FFFFFFFu) >> kShift];
-      int64_t bucket = static_cast<int64_t>(count.size()) - 1, above = 0;
-      while (above + count[bucket] < k) above += count[bucket--];
-      int64_t out = r * k;
-      boundary.clear();
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t key = (row[i] & 0x7FFFFFFFu) >> kShift;
-        if (key > bucket) {
-          vs[out] = xs[r * n + i];
-          is[out++] = i;
-        } else if (key == bucket) {
-          boundary.push_back(i);
-        }
-      }
-      const int64_t wanted = k - above;
-      const float* x = xs + r * n;
-      std::nth_element(boundary.begin(), boundary.begin() + (wanted - 1), boundary.end(),
-                       [x](int64_t a, int64_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); });
-      for (int64_t j = 0; j < wanted; ++j) {
-        vs[out] = x[boundary[j]];
-        is[out++] = boundary[j];
-      }
-    }
-  });
-  return {values, indices};
-}
-
-}  // namespace
-
 TORCH_LIBRARY(mmserve_cpu, m) {
   m.def("paged_decode_attention(Tensor(a!) out, Tensor query, Tensor kv_cache, Tensor block_tables, "
         "Tensor context_lens, float scale) -> ()");
   m.def("fused_add_rms_norm(Tensor(a!) x, Tensor(b!) residual, Tensor weight, float eps) -> ()");
   m.def("rms_norm(Tensor(a!) out, Tensor x, Tensor weight, float eps) -> ()");
-  m.def("top_probabilities(Tensor probs, int k) -> (Tensor, Tensor)");
   m.def("rotary_cache_write(Tensor(a!) qkv, Tensor positions, Tensor cos, Tensor signed_sin, "
         "Tensor(b!) kv_cache, Tensor slots, int heads, int kv_heads) -> ()");
   m.def("silu_mul(Tensor(a!) out, Tensor gate_up) -> ()");
@@ -455,7 +400,6 @@ TORCH_LIBRARY_IMPL(mmserve_cpu, CPU, m) {
   m.impl("paged_decode_attention", &mmserve::paged_decode_attention);
   m.impl("fused_add_rms_norm", &mmserve::fused_add_rms_norm);
   m.impl("rms_norm", &mmserve::rms_norm);
-  m.impl("top_probabilities", &top_probabilities);
   m.impl("rotary_cache_write", &mmserve::rotary_cache_write);
   m.impl("silu_mul", &mmserve::silu_mul);
 }

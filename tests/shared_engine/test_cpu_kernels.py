@@ -1,7 +1,7 @@
-"""The engine's CPU kernels (shared_engine/csrc/cpu_kernels.cpp) against the composite torch operators they
-replace: decode attention over the paged cache, RMSNorm and RMSNorm with the residual add, SiLU times the
-up projection; the switch that
-turns them off; and a machine where they cannot be built falling back to those operators."""
+"""The engine's CPU kernels (shared_engine/csrc/cpu_kernels.cpp, sampling.cpp) against the composite torch
+operators they replace: decode attention over the paged cache, RMSNorm and RMSNorm with the residual add,
+SiLU times the up projection, the sampler's softmax and top-k; the switch that turns them off; and a
+machine where they cannot be built falling back to those operators."""
 
 from __future__ import annotations
 
@@ -238,24 +238,46 @@ def test_without_a_compiler_the_engine_falls_back_to_torch_operators(tmp_path: P
     assert "CPU kernels unavailable, using composite torch operators" in done.stderr
 
 
-@pytest.mark.parametrize("rows", [1, 5])
-def test_top_probabilities_are_torch_topk_s_set_with_the_first_of_equal_values(rows: int) -> None:
-    """Probabilities rounded through bf16, as a bf16 model's are: many equal values, also at the k-th."""
-    assert cpu_kernels.load()
+def _bf16_logits(rows: int, vocab: int) -> torch.Tensor:
+    """Logits rounded through bf16, as a bf16 model's are: many equal values, also at the k-th largest."""
     torch.manual_seed(0)
-    probs = torch.softmax(torch.randn(rows, 49152) * 3, dim=-1).bfloat16().float()
-    probs[:, 7] = 0.0
-    values, indices = cpu_kernels.top_probabilities(probs, 1024)
-    expected = probs.topk(1024, dim=-1).values
-    assert torch.equal(values.sort(dim=-1).values, expected.sort(dim=-1).values)
-    assert torch.equal(probs.gather(1, indices), values)
+    return (torch.randn(rows, vocab) * 3).bfloat16().float()
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_softmax_head_is_the_distribution_s_top_k_with_the_first_of_equal_values(rows: int) -> None:
+    assert cpu_kernels.load()
+    logits = _bf16_logits(rows, 49152)
+    logits[:, 11] = float("-inf")  # a masked token: probability 0, in neither part
+    inverse = torch.tensor([1.0, 1.4, 0.5, 2.0, 1.0][:rows])
+    head, ids, tail = cpu_kernels.softmax_head(logits, inverse, 1024)
+    probs = torch.softmax(logits * inverse.unsqueeze(-1), dim=-1)
+    torch.testing.assert_close(head, probs.gather(1, ids), rtol=1e-5, atol=1e-9)
+    rest = probs.scatter(1, ids, 0.0).sum(dim=-1)
+    torch.testing.assert_close(tail, rest, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(head.sum(dim=-1) + tail, torch.ones(rows), rtol=0, atol=1e-5)
     for r in range(rows):
-        kth = float(values[r].min())
-        tied = (probs[r] == kth).nonzero().flatten().tolist()
-        chosen = sorted(i for i in indices[r].tolist() if probs[r, i] == kth)
-        assert 0 < len(chosen) < len(tied) and chosen == tied[: len(chosen)]
-    one = cpu_kernels.top_probabilities(probs[:1], 1)
-    assert one[0].item() == probs[0].max().item() and one[1].item() == int(probs[0].argmax())
+        chosen = set(ids[r].tolist())
+        kth = float(logits[r, ids[r]].min())
+        assert chosen >= set((logits[r] > kth).nonzero().flatten().tolist())
+        tied = (logits[r] == kth).nonzero().flatten().tolist()
+        taken = sorted(i for i in chosen if logits[r, i] == kth)
+        assert 0 < len(taken) < len(tied) and taken == tied[: len(taken)]
+        assert 11 not in chosen
+    top = cpu_kernels.softmax_head(logits[:1], inverse[:1], 1)
+    assert top[1].item() == int(logits[0].argmax())
+
+
+def test_softmax_head_gives_a_row_the_same_bits_wherever_it_lies() -> None:
+    """Alone or among others, at an offset that is no multiple of a vector (an odd vocabulary)."""
+    assert cpu_kernels.load()
+    logits = _bf16_logits(7, 32003)
+    inverse = torch.linspace(0.5, 2.0, 7)
+    batch = cpu_kernels.softmax_head(logits, inverse, 256)
+    for r in (0, 3, 6):
+        alone = cpu_kernels.softmax_head(logits[r : r + 1].clone(), inverse[r : r + 1], 256)
+        for together, single in zip(batch, alone, strict=True):
+            assert torch.equal(together[r], single[0])
 
 
 @pytest.mark.parametrize(("dtype", "cache_dtype"), DTYPE_PAIRS[:2] + DTYPE_PAIRS[3:4], ids=str)

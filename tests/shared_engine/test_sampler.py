@@ -1,17 +1,29 @@
-"""Sampling rules on hand-made logits: no model needed."""
+"""Sampling rules on hand-made logits: no model needed. Each test runs twice: with the engine's CPU kernel
+for the softmax and the most likely tokens, and with the torch operators CUDA and kernel-less CPUs use."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
 
+from shared_engine import cpu_kernels
 from shared_engine.sampler import HEAD_TOKENS, RequestSampler, sample
 from shared_engine.sampling_params import SamplingParams
 
 CPU = torch.device("cpu")
 LOGITS = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+
+
+@pytest.fixture(autouse=True, params=["kernels", "torch"])
+def softmax_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    cpu_kernels.load.cache_clear()
+    monkeypatch.setenv(cpu_kernels.KERNELS_ENV, "1" if request.param == "kernels" else "0")
+    assert cpu_kernels.load() == (request.param == "kernels")
+    yield request.param
+    cpu_kernels.load.cache_clear()
 
 
 def draw(params: SamplingParams, n: int, logits: torch.Tensor = LOGITS) -> list[int]:
