@@ -72,14 +72,16 @@ test-distributed: models
 	MMSERVE_TEST_DISTRIBUTED=1 $(BIN)/python -m pytest $(API_SUITES) $(PYTEST_ARGS)
 
 # The tests of the CPU-specific code again on an emulated CPU of another kind, so that one machine checks
-# what each kind runs: QEMU_CPU=EPYC-Rome has AVX2 without AVX-512 (and no native bf16).
+# what each kind runs: QEMU_CPU=EPYC-Rome has AVX2 without AVX-512 (and no native bf16); QEMU_CPU=Westmere
+# has no AVX at all (the kernels' plain build, torch's own operators where the integer kernels cannot run).
 # The emulated CPU is what torch, oneDNN and the kernels' cpuid checks see, and an instruction it lacks
 # stops the run. Correctness, not speed (emulation is many times slower). Needs qemu-user (apt-get install
 # qemu-user); the kernels for that CPU are compiled natively on first use.
 QEMU_CPU ?= EPYC-Rome
-# The default list takes ~2.5 min as EPYC-Rome; tests that run a model take minutes each when emulated and
+# The default list takes ~3 min as EPYC-Rome; tests that run a model take minutes each when emulated and
 # may pass pytest's 600 s limit (test_packed_linear.py passes in ~13 min).
-CPU_KIND_TESTS ?= tests/shared_engine/test_quantized_kernels.py tests/shared_engine/test_row_int8_linear.py
+CPU_KIND_TESTS ?= tests/shared_engine/test_quantized_kernels.py tests/shared_engine/test_row_int8_linear.py \
+	tests/shared_engine/test_sampler.py
 test-cpu-kind: models
 	@command -v qemu-x86_64 >/dev/null || { echo "test-cpu-kind needs qemu-x86_64: apt-get install qemu-user"; exit 1; }
 	qemu-x86_64 -cpu $(QEMU_CPU) $(BIN)/python -m pytest $(CPU_KIND_TESTS) $(PYTEST_ARGS)
