@@ -122,9 +122,13 @@ def _draw(
     k = min(HEAD_TOKENS, logits.shape[-1])
     scaled, inverse = _tempered(logits, params)
     head_p, head_ids, tail_p = _head_and_tail(scaled, inverse, k)
-    draws = [torch.randint(-(1 << 62), 1 << 62, (1,), generator=g) for g in generators]
-    keys = torch.cat(draws).to(logits.device).unsqueeze(-1)
-    tail_arrival = torch.cat([torch.empty(1).exponential_(generator=g) for g in generators]).to(logits.device)
+    # Each request's generator lives on the logits' device (RequestSampler): draw there.
+    device = logits.device
+    keys = torch.cat(
+        [torch.randint(-(1 << 62), 1 << 62, (1,), generator=g, device=device) for g in generators]
+    )
+    keys = keys.unsqueeze(-1)
+    tail_arrival = torch.cat([torch.empty(1, device=device).exponential_(generator=g) for g in generators])
     head_arrival = -torch.log1p(-_uniform_per_token(keys, head_ids))
     times = torch.cat([head_arrival / head_p, (tail_arrival / tail_p).unsqueeze(-1)], dim=-1)
     winners = times.argmin(dim=-1).tolist()  # a rate of 0 gives +inf: such a token never wins
