@@ -65,6 +65,7 @@ def make_engine(model: Any, tokenizer: Any, **kw: Any) -> LLMEngine:
         block_size=kw.pop("block_size", 16),
         num_blocks=kw.pop("num_blocks", 256),
         enable_prefix_caching=kw.pop("prefix_caching", True),
+        dtype=kw.pop("kv_cache_dtype", "auto"),
     )
     scheduler = SchedulerConfig(
         max_num_seqs=kw.pop("max_num_seqs", 64),
@@ -169,7 +170,9 @@ def test_late_arrivals_join_the_running_batch(
 def test_seeded_sampling_does_not_depend_on_the_batch(model: Any, tokenizer: Any, prompt_ids: Any) -> None:
     """In float32 a seeded request draws the same tokens alone and in a batch of strangers."""
     sampled = SamplingParams(max_tokens=MAX_TOKENS, temperature=1.0, seed=2024, ignore_eos=True)
-    engine = make_engine(model, tokenizer)
+    # float32 keys and values: a bfloat16 cache turns the last-bit differences that a prompt's matmul
+    # rows have in a batch (the float32 GEMM blocks them by the batch's rows) into bfloat16 steps.
+    engine = make_engine(model, tokenizer, kv_cache_dtype="float32")
     alone = engine.generate([prompt_ids[2]], sampled)[0]
     engine.add_request("stranger-a", prompt_ids[0], SamplingParams(max_tokens=5, temperature=0.7, seed=1))
     engine.add_request("stranger-b", prompt_ids[5], GREEDY)
