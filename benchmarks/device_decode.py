@@ -28,6 +28,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from benchmarks import report
+from benchmarks.chat_model import configured_chat_model
 from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from shared_engine.device import resolve_device, resolve_dtype
 from shared_engine.llm_engine import LLMEngine
@@ -35,12 +36,6 @@ from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.sampling_params import SamplingParams
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-
-
-def default_folder() -> Path:
-    from benchmarks.chat_model import configured_chat_model
-
-    return configured_chat_model("cpu").folder
 
 
 def prompts(tokenizer: Any, count: int, length: int) -> list[list[int]]:
@@ -93,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results-dir", type=Path, default=report.RESULTS_DIR)
     p.add_argument("--baseline-requests", type=int, default=4, help="requests transformers answers, in turn")
     args = p.parse_args(argv)
-    folder = args.model or default_folder()
+    folder = args.model or configured_chat_model("cpu").folder
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     hf_config = AutoConfig.from_pretrained(folder)
