@@ -48,7 +48,7 @@ class PrefillChunk:
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [num_tokens] where each new token's key/value is written
     num_decodes: int
-    decode_block_tables: torch.Tensor | None  # [num_decodes, max_blocks] int64, padded with block 0
+    decode_block_tables: torch.Tensor | None  # [num_decodes, max_blocks] int64, padded with the scratch block
     decode_lens: (
         torch.Tensor | None
     )  # [num_decodes] int64: positions each decode attends to, its own included

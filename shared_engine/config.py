@@ -100,12 +100,18 @@ class SpeculativeConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Everything the decoder engine needs besides the model itself."""
+    """Everything the decoder engine needs besides the model itself.
+
+    ``cuda_graphs``: on a CUDA device, a decoder-only model's decode-only steps are captured as CUDA
+    graphs (one per padded batch size and context width, when first met) and replayed; off, every step
+    launches its kernels eagerly, as on a CPU (vLLM's ``enforce_eager``).
+    """
 
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     max_model_len: int | None = None
     speculative: SpeculativeConfig | None = None  # None: one token per request per step
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         if self.max_model_len is not None and self.max_model_len < 2:

@@ -12,6 +12,7 @@ import torch
 
 from shared_engine.attention import kv_cache_dtype
 from shared_engine.config import EngineConfig
+from shared_engine.decode_graphs import MAX_CAPTURED_TOKENS
 from shared_engine.detokenizer import IncrementalDetokenizer, Tokenizer
 from shared_engine.errors import ContextLengthExceeded, DuplicateRequest, InvalidRequest, Overloaded
 from shared_engine.kv_cache_manager import KVCacheManager
@@ -83,6 +84,11 @@ class LLMEngine:
         self.kv = KVCacheManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.kv, config.speculative)
         self.runner = ModelRunner(model, num_blocks, cache.block_size, device, dtype, kv_dtype)
+        # An encoder-decoder's steps read each request's encoder output: they stay eager.
+        if config.cuda_graphs and device.type == "cuda" and not arch.is_encoder_decoder:
+            captured = min(self.max_model_len, MAX_CAPTURED_TOKENS)
+            max_blocks = -(-captured // cache.block_size)
+            self.runner.enable_decode_graphs(config.scheduler.max_num_seqs, max_blocks, capture=True)
         self.proposer = make_proposer(config.speculative, self.runner, draft_model)
         self.structured = structured
         self._grammars: dict[str, RequestGrammar] = {}  # the constrained requests' matchers
@@ -92,8 +98,9 @@ class LLMEngine:
         self._last_batch = (0, 0)
         kv_mib = num_blocks * cache.block_size * arch.kv_bytes_per_token * kv_dtype.itemsize / 2**20
         logger.info(
-            "engine ready: %d KV blocks of %d tokens (%.1f MiB %s), max_model_len %d, dtype %s, device %s",
+            "engine ready: %d KV blocks of %d tokens (%.1f MiB %s), max_model_len %d, dtype %s, device %s%s",
             num_blocks, cache.block_size, kv_mib, kv_dtype, self.max_model_len, dtype, device,
+            ", decode steps as CUDA graphs" if self.runner.decode_graphs is not None else "",
         )  # fmt: skip
 
     # -- requests --------------------------------------------------------------------------------

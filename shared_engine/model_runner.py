@@ -20,6 +20,7 @@ from shared_engine.attention import (
     decode_mask,
     gathered_decode,
 )
+from shared_engine.decode_graphs import DecodeGraphs
 from shared_engine.dual_linear import float_weights_only
 from shared_engine.models.base import DecoderModel
 from shared_engine.outputs import StepResult
@@ -61,7 +62,8 @@ class ModelRunner:
         dtype: torch.dtype,
         kv_dtype: torch.dtype | None = None,
     ) -> None:
-        """``kv_dtype``: what the KV cache stores (None: ``dtype``; see ``attention.kv_cache_dtype``)."""
+        """``kv_dtype``: what the KV cache stores (None: ``dtype``; see ``attention.kv_cache_dtype``).
+        The caches hold one block past ``num_blocks``, which no request owns: the decode graphs' scratch."""
         self.model = model
         self.device = device
         self.dtype = dtype
@@ -72,18 +74,33 @@ class ModelRunner:
         self.kv_caches = allocate_kv_caches(
             arch.num_layers,
             arch.num_kv_heads,
-            num_blocks,
+            num_blocks + 1,
             block_size,
             arch.head_dim,
             self.kv_dtype,
             device,
         )
         self.gathered_decode = gathered_decode(device)
+        self.decode_graphs: DecodeGraphs | None = None
+
+    def enable_decode_graphs(self, max_batch: int, max_blocks: int, capture: bool) -> None:
+        """Run decode-only steps of up to ``max_batch`` requests of up to ``max_blocks`` blocks from fixed
+        buffers (see ``decode_graphs``), replayed as CUDA graphs where ``capture``."""
+        self.decode_graphs = DecodeGraphs(
+            self.model, self.kv_caches, self.block_size, self.num_blocks, max_batch, max_blocks,
+            self.gathered_decode, capture,
+        )  # fmt: skip
+        if capture:
+            with torch.inference_mode():
+                self.decode_graphs.capture_smallest()
 
     def for_model(self, model: DecoderModel) -> ModelRunner:
-        """A runner of ``model`` (a draft) with this one's blocks, device and dtypes, and caches of its own:
-        the same block ids and slots then address both."""
-        return ModelRunner(model, self.num_blocks, self.block_size, self.device, self.dtype, self.kv_dtype)
+        """A runner of ``model`` (a draft) with this one's blocks, device, dtypes and decode graphs' limits,
+        and caches of its own: the same block ids and slots then address both."""
+        runner = ModelRunner(model, self.num_blocks, self.block_size, self.device, self.dtype, self.kv_dtype)
+        if (graphs := self.decode_graphs) is not None:
+            runner.enable_decode_graphs(graphs.max_batch, graphs.max_width, graphs.capture)
+        return runner
 
     def _slots(self, block_ids: list[int], start: int, end: int) -> list[int]:
         bs = self.block_size
@@ -114,7 +131,7 @@ class ModelRunner:
         decodes = [segments[i] for i in order[:num_decodes]]
         if decodes:
             width = max(len(s.block_ids) for s in decodes)
-            table = [s.block_ids + [0] * (width - len(s.block_ids)) for s in decodes]
+            table = [s.block_ids + [self.num_blocks] * (width - len(s.block_ids)) for s in decodes]
             tables = torch.tensor(table, dtype=torch.long, device=dev)
             lengths = torch.tensor([s.start + 1 for s in decodes], dtype=torch.long, device=dev)
             if self.gathered_decode:
@@ -145,10 +162,28 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, segments: list[Segment]) -> tuple[torch.Tensor, list[int]]:
-        """Run ``segments`` as one batch: hidden states ``[tokens, hidden]`` and each segment's offset."""
+        """Run ``segments`` as one batch: hidden states ``[tokens, hidden]`` (valid until the next call:
+        decode graphs rewrite them in place) and each segment's offset."""
+        if self._graph_step(segments):
+            return self._run_graph(segments), list(range(len(segments)))
         ids, pos, meta, offsets = self._prepare(segments)
         with float_weights_only(bool(meta.prefills)):
             return self.model.forward(ids, pos, meta, self.kv_caches), offsets
+
+    def _graph_step(self, segments: list[Segment]) -> bool:
+        graphs = self.decode_graphs
+        return (
+            graphs is not None
+            and all(s.is_decode and s.encoder_state is None for s in segments)
+            and graphs.fits(len(segments), max(len(s.block_ids) for s in segments))
+        )
+
+    def _run_graph(self, segments: list[Segment]) -> torch.Tensor:
+        graphs = self.decode_graphs
+        assert graphs is not None
+        tokens = [s.token_ids[0] for s in segments]
+        positions = [s.start for s in segments]
+        return graphs.run(tokens, positions, [s.block_ids for s in segments])
 
     @torch.inference_mode()
     def last_logits(self, segments: list[Segment]) -> torch.Tensor:

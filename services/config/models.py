@@ -63,6 +63,7 @@ class EngineOptions:
     max_model_len: int | None = None
     max_waiting_requests: int = 256
     max_waiting_tokens: int = 262_144
+    cuda_graphs: bool = True  # decode steps replayed as CUDA graphs on a CUDA device
 
     def to_engine_config(self, speculative: SpeculativeOptions | None = None) -> EngineConfig:
         return EngineConfig(
@@ -82,6 +83,7 @@ class EngineOptions:
             ),
             max_model_len=self.max_model_len,
             speculative=None if speculative is None else speculative.to_config(),
+            cuda_graphs=self.cuda_graphs,
         )
 
 

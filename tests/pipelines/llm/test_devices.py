@@ -5,7 +5,8 @@ nothing but the project's code, as on a GPU host without the model wheels): gree
 transformers' on the same device through batching and the prefix cache, log-probabilities are the
 model's, seeded sampling reproduces whatever shares the batch (the tail of the vocabulary included),
 speculative decoding keeps greedy output, grammars hold, quantized layers run, and ``auto`` picks
-bfloat16 and float weights on CUDA.
+bfloat16 and float weights on CUDA. On CUDA, decode steps are replayed CUDA graphs (the default) in all
+of these, and one test checks them against eager steps.
 """
 
 from __future__ import annotations
@@ -73,13 +74,20 @@ def build(folder: Path, device: str, quantization: QuantizationConfig | None = N
 
 
 def make_engine(
-    model: Any, tokenizer: Any, device: str, *, spec: SpeculativeConfig | None = None, **kw: Any
+    model: Any,
+    tokenizer: Any,
+    device: str,
+    *,
+    spec: SpeculativeConfig | None = None,
+    cuda_graphs: bool = True,
+    **kw: Any,
 ) -> LLMEngine:
     # float32 keys and values: token-for-token comparisons, as in the other parity tests.
     config = EngineConfig(
         cache=CacheConfig(block_size=4, num_blocks=256, dtype="float32"),
         scheduler=SchedulerConfig(max_num_seqs=64, max_num_batched_tokens=512),
         speculative=spec,
+        cuda_graphs=cuda_graphs,
     )
     eos = frozenset({tokenizer.eos_token_id})
     return LLMEngine(model, tokenizer, config, torch.device(device), F32, eos, **kw)
@@ -171,6 +179,25 @@ def test_seeded_sampling_reproduces_whatever_shares_the_batch(
     assert batched[0] == alone
     assert run(engine, prompt_ids[:1], [replace(seeded, seed=8)])[0] != alone
     assert all(len(tokens) == MAX_TOKENS for tokens in batched)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_graphs_replay_what_eager_steps_compute(
+    folder: Path, tokenizer: Any, prompt_ids: list[list[int]]
+) -> None:
+    """Requests of different lengths, so the batch shrinks through several graph buckets as they finish;
+    greedy and seeded draws alike are the eager engine's."""
+    model = build(folder, "cuda")
+    params = [
+        replace(GREEDY, max_tokens=4 + 4 * i, temperature=0.0 if i % 2 else 0.9, seed=i)
+        for i in range(len(prompt_ids))
+    ]
+    eager = make_engine(model, tokenizer, "cuda", cuda_graphs=False)
+    assert eager.runner.decode_graphs is None
+    graphed = make_engine(model, tokenizer, "cuda")
+    assert run(graphed, prompt_ids, params) == run(eager, prompt_ids, params)
+    graphs = graphed.runner.decode_graphs
+    assert graphs is not None and graphs.num_graphs == len(graphs.shapes) >= 3
 
 
 @pytest.mark.parametrize("device", DEVICES)
