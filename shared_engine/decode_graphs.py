@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -95,8 +96,11 @@ class DecodeGraphs:
         # Rows: token ids, positions, cache slots, lengths attended (the token's own position included).
         self._vectors = torch.zeros(4, self.max_batch, dtype=torch.long, device=device)
         self._buckets: dict[tuple[int, int], _Bucket] = {}
-        self._pool = torch.cuda.graph_pool_handle() if capture else None
-        self._stream = torch.cuda.Stream(device) if capture else None
+        self._pool: Any = None  # an opaque handle
+        self._stream: torch.cuda.Stream | None = None
+        if capture:
+            with torch.cuda.device(device):  # the pool and stream of the caches' GPU, whichever is current
+                self._pool, self._stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream()
 
     @property
     def shapes(self) -> list[tuple[int, int]]:
@@ -169,7 +173,7 @@ class DecodeGraphs:
     def _capture(self, bucket: _Bucket) -> None:
         assert self._stream is not None
         started = time.perf_counter()
-        with _CAPTURE_LOCK:
+        with _CAPTURE_LOCK, torch.cuda.device(self._stream.device):
             # A warm-up outside the capture does the lazy set-up (library handles, workspaces) that a
             # graph cannot record. It runs the step on this step's inputs: the keys and values it writes
             # are the ones the replay writes again.
