@@ -1,9 +1,10 @@
 """The benchmarks' own logic: Poisson arrivals, goodput against objectives, prompt files, the quality
-benchmark's agreement measures, the speech benchmark's saved clips."""
+benchmark's agreement measures, the speech benchmark's saved clips, the device benchmark end to end."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import statistics
 from collections.abc import Iterator
@@ -14,13 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import asr, dynamic_int8_prefill, quality, quantization
+from benchmarks import asr, device_decode, dynamic_int8_prefill, quality, quantization
 from benchmarks.chat_model import configured_chat_model
 from benchmarks.load import arrival_times, request_body
 from benchmarks.metrics import RequestResult, RunResult, summarize
 from benchmarks.serving import file_prompts, parse_args, parse_slos, ratio
 from benchmarks.workload import Prompt
 from shared_engine.sampling_params import SamplingParams
+from tests.helpers.tiny_llm import write_tiny_llama
 
 
 def test_arrivals_are_a_seeded_poisson_process() -> None:
@@ -142,3 +144,18 @@ def test_speech_clips_are_synthesized_once_then_read_back(
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     with pytest.raises(SystemExit, match="other passages"):
         asr.load_or_synthesize([*texts[:1], "Something else entirely."], path)
+
+
+def test_the_device_benchmark_runs_a_config_with_random_weights(tmp_path: Path) -> None:
+    """What a GPU host runs with only a model's config and tokenizer files: here on the CPU, where the
+    engine has no CUDA graphs to compare."""
+    folder = write_tiny_llama(tmp_path / "tiny")
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()
+    args = ["--model", str(folder), "--random-weights", "--device", "cpu", "--streams", "1,3"]
+    args += ["--tokens", "4", "--baseline-requests", "1", "--results-dir", str(tmp_path)]
+    assert device_decode.main(args) == 0
+    result = json.loads((tmp_path / "device_decode-latest.json").read_text())
+    assert result["cuda_graphs"] is False and result["random_weights"] is True
+    assert [level["streams"] for level in result["levels"]] == [1, 3]
+    assert all(level["engine_tok_s"] > 0 and "eager_tok_s" not in level for level in result["levels"])
