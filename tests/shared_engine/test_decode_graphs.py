@@ -50,6 +50,15 @@ def test_capture_needs_cuda_and_a_scratch_block(model: Any) -> None:
         DecodeGraphs(model, runner.kv_caches, BLOCK, 9, 4, 8, gathered=False, capture=False)
 
 
+def test_a_draft_runner_gets_the_same_limits_and_scratch_block(model: Any) -> None:
+    runner = ModelRunner(model, num_blocks=8, block_size=BLOCK, device=CPU, dtype=F32)
+    assert runner.for_model(model).decode_graphs is None
+    runner.enable_decode_graphs(max_batch=12, max_blocks=5, capture=False)
+    draft = runner.for_model(model).decode_graphs
+    assert draft is not None and draft is not runner.decode_graphs
+    assert (draft.max_batch, draft.max_width, draft.scratch_block, draft.capture) == (16, 8, 8, False)
+
+
 def prefilled_runner(model: Any, attention: str) -> tuple[ModelRunner, list[int]]:
     """A runner holding the prompts' keys and values, and each prompt's greedy next token."""
     runner = ModelRunner(model, num_blocks=16, block_size=BLOCK, device=CPU, dtype=F32, kv_dtype=F32)
