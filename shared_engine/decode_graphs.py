@@ -116,27 +116,34 @@ class DecodeGraphs:
         runs here."""
         return 0 < num_requests <= self.max_batch and 0 < widest <= self.max_width
 
-    def run(self, token_ids: list[int], positions: list[int], block_ids: list[list[int]]) -> torch.Tensor:
+    def run(
+        self, token_ids: list[int], positions: list[int], slots: list[int], block_ids: list[list[int]]
+    ) -> torch.Tensor:
         """Hidden states ``[len(token_ids), hidden]`` of one decode token per request (``token_ids[i]`` at
-        ``positions[i]`` of the request holding ``block_ids[i]``); valid until the next call."""
+        ``positions[i]``, its keys and values written to cache slot ``slots[i]``, of the request holding
+        ``block_ids[i]``); valid until the next call."""
         bucket = self._bucket(batch_bucket(len(token_ids)), width_bucket(max(map(len, block_ids))))
-        return self._execute(bucket, token_ids, positions, block_ids)[: len(token_ids)]
+        return self._execute(bucket, token_ids, positions, slots, block_ids)[: len(token_ids)]
 
     def capture_smallest(self) -> None:
         """Run (capturing it first) the one-request, one-block step on padding alone: it writes only to
         the scratch block, and a model whose step cannot be captured fails here rather than on a request."""
-        self._execute(self._bucket(1, 1), [], [], [])
+        self._execute(self._bucket(1, 1), [], [], [], [])
 
     def _execute(
-        self, bucket: _Bucket, token_ids: list[int], positions: list[int], block_ids: list[list[int]]
+        self,
+        bucket: _Bucket,
+        token_ids: list[int],
+        positions: list[int],
+        slots: list[int],
+        block_ids: list[list[int]],
     ) -> torch.Tensor:
         pad = bucket.batch - len(token_ids)
-        bs, scratch = self.block_size, self.scratch_block
-        slots = [ids[p // bs] * bs + p % bs for ids, p in zip(block_ids, positions, strict=True)]
+        scratch = self.scratch_block
         vectors = [
             token_ids + [0] * pad,
             positions + [0] * pad,
-            slots + [scratch * bs] * pad,
+            slots + [scratch * self.block_size] * pad,
             [p + 1 for p in positions] + [1] * pad,
         ]
         tables = [ids + [scratch] * (bucket.width - len(ids)) for ids in block_ids]

@@ -183,7 +183,8 @@ class ModelRunner:
         assert graphs is not None
         tokens = [s.token_ids[0] for s in segments]
         positions = [s.start for s in segments]
-        return graphs.run(tokens, positions, [s.block_ids for s in segments])
+        slots = [self._slots(s.block_ids, s.start, s.start + 1)[0] for s in segments]
+        return graphs.run(tokens, positions, slots, [s.block_ids for s in segments])
 
     @torch.inference_mode()
     def last_logits(self, segments: list[Segment]) -> torch.Tensor:
