@@ -94,7 +94,7 @@ class KVCacheManager:
         return ComputedBlocks(ids, hashes)
 
     def record_prefix_lookup(self, num_tokens: int, num_hit_tokens: int) -> None:
-        """Count a lookup that turned into an admission (retries of a waiting request don't count)."""
+        """Count the lookup of a request's first admission (not the retries of one that waits)."""
         if self.enable_prefix_caching:
             self.prefix_queries += num_tokens
             self.prefix_hits += num_hit_tokens
@@ -141,7 +141,9 @@ class KVCacheManager:
         """Publish the request's newly completed blocks to the prefix cache."""
         if not self.enable_prefix_caching:
             return
-        num_full = request.num_computed_tokens // self.block_size
+        # Accepted guesses count as computed before the step's tokens join the request: the blocks
+        # they complete are published once their tokens are known (the next step, or the finish).
+        num_full = min(request.num_computed_tokens, request.num_tokens) // self.block_size
         first = len(request.block_hashes)
         if num_full <= first:
             return

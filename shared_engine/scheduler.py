@@ -106,6 +106,8 @@ class Scheduler:
     def finish_request(self, request: Request, reason: FinishReason) -> None:
         if request.status is RequestStatus.RUNNING:
             self.running.remove(request)
+            # The blocks that the last step's accepted guesses completed, now that their tokens are in.
+            self.kv.cache_full_blocks(request)
         elif request.status is RequestStatus.WAITING:
             self.waiting.remove(request)
         else:

@@ -66,7 +66,8 @@ def make_engine(
 ) -> LLMEngine:
     # Token-for-token comparisons across batch shapes and code paths: float32 keys and values, as
     # a bfloat16 cache would turn their float32 rounding differences into bfloat16 steps.
-    cache = CacheConfig(block_size=16, num_blocks=kw.pop("num_blocks", 256), dtype="float32")
+    block_size = kw.pop("block_size", 16)
+    cache = CacheConfig(block_size=block_size, num_blocks=kw.pop("num_blocks", 256), dtype="float32")
     scheduler = SchedulerConfig(max_num_seqs=kw.pop("max_num_seqs", 64))
     assert not kw, f"unknown options {kw}"
     config = EngineConfig(cache=cache, scheduler=scheduler, speculative=spec)
@@ -137,6 +138,30 @@ def test_preemption_under_a_small_pool_changes_nothing(
     engine = make_engine(model, tokenizer, spec, draft if method == "draft_model" else None, num_blocks=14)
     assert engine.generate(prompt_ids, GREEDY) == reference
     assert engine.stats().num_preemptions > 0
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft_model"])
+def test_blocks_completed_by_accepted_guesses_serve_the_next_turn(
+    method: str,
+    model: Any,
+    draft: Any,
+    tokenizer: Any,
+    prompt_ids: list[list[int]],
+    reference: list[list[int]],
+) -> None:
+    """A chat's next turn resends the answer: the blocks accepted guesses filled are cached as the
+    answer's tokens, as plain decoding caches them."""
+    spec = NGRAM if method == "ngram" else DRAFT
+    engine = make_engine(model, tokenizer, spec, draft if method == "draft_model" else None, block_size=4)
+    first = prompt_ids[-1]
+    assert engine.generate([first], GREEDY) == reference[-1:]
+    assert engine.stats().spec_num_accepted_tokens > 0
+    conversation = first + reference[-1]
+    follow_up = conversation + tokenizer(" Again:")["input_ids"]
+    engine.add_request("next", follow_up, SamplingParams(max_tokens=1, temperature=0.0))
+    outputs = [out for _ in iter(engine.has_unfinished_requests, False) for out in engine.step()]
+    # Every block but the one holding the answer's last token (never fed back to the model) is reused.
+    assert outputs[-1].num_cached_tokens == (len(conversation) - 1) // 4 * 4
 
 
 def test_stops_inside_accepted_guesses_end_the_output_there(
