@@ -178,12 +178,14 @@ class Scheduler:
                 num_new = budget
             if self.kv.allocate_slots(request, num_new, computed) is None:
                 break
-            self.kv.record_prefix_lookup(request.num_tokens, num_cached)
             self.waiting.popleft()
             request.num_computed_tokens += num_cached
-            request.num_cached_tokens = num_cached
             request.status = RequestStatus.RUNNING
             if request.first_scheduled_time is None:
+                # What the prompt found cached. A preempted request that comes back finds its own
+                # blocks, output included: that neither reports prompt tokens nor counts as a lookup.
+                self.kv.record_prefix_lookup(request.num_tokens, num_cached)
+                request.num_cached_tokens = num_cached
                 request.first_scheduled_time = now
             self.running.append(request)
             out.scheduled.append(ScheduledRequest(request, num_new))

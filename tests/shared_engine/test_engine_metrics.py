@@ -32,6 +32,10 @@ PROMPT = list(range(3, 40))  # 37 tokens: four full blocks of 8
 
 @pytest.fixture()
 def engine(smollm2_folder: Path) -> LLMEngine:
+    return tiny_engine(smollm2_folder, CacheConfig(block_size=8, num_blocks=128))
+
+
+def tiny_engine(smollm2_folder: Path, cache: CacheConfig) -> LLMEngine:
     tokenizer: Any = AutoTokenizer.from_pretrained(smollm2_folder)
     cfg = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -41,8 +45,7 @@ def engine(smollm2_folder: Path) -> LLMEngine:
     torch.manual_seed(0)
     arch = arch_from_hf_config(cfg)
     model = MODEL_REGISTRY.get(arch.architecture)(arch).eval()
-    config = EngineConfig(cache=CacheConfig(block_size=8, num_blocks=128))
-    return LLMEngine(model, tokenizer, config, CPU, torch.float32, frozenset())
+    return LLMEngine(model, tokenizer, EngineConfig(cache=cache), CPU, torch.float32, frozenset())
 
 
 def run_to_end(engine: LLMEngine, request_id: str) -> list[RequestOutput]:
@@ -106,6 +109,27 @@ def test_stats_count_prefix_cache_lookups_and_hits_in_tokens(engine: LLMEngine) 
     m = outputs[-1].metrics
     assert m is not None and m.num_cached_tokens == 32
     assert (stats.last_batch_size, stats.last_batch_tokens) == (1, 1)  # the last step: one decode
+
+
+def test_preemption_reports_what_each_prompt_found_cached(smollm2_folder: Path) -> None:
+    """A preempted request finds its own blocks, output included, when it comes back: that is neither
+    a prompt token served from the cache nor a lookup of the prefix cache."""
+    small = tiny_engine(smollm2_folder, CacheConfig(block_size=4, num_blocks=16))
+    shared = list(range(3, 11))  # two full blocks that the later requests find cached
+    prompts = {"a": [*shared, 50, 51, 52], "b": [*shared, 60, 61], "c": [*shared, 70, 71, 72]}
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    small.add_request("a", prompts["a"], params)
+    small.step()  # a's prompt is computed and its two shared blocks are published
+    for rid in "bc":
+        small.add_request(rid, prompts[rid], params)
+    last: dict[str, RequestOutput] = {}
+    while small.has_unfinished_requests():
+        last.update((o.request_id, o) for o in small.step())
+    stats = small.stats()
+    assert stats.num_preemptions > 0
+    assert {rid: o.num_cached_tokens for rid, o in last.items()} == {"a": 0, "b": 8, "c": 8}
+    assert stats.prefix_cache_queries == sum(map(len, prompts.values()))
+    assert stats.prefix_cache_hits == 16
 
 
 def test_merge_keeps_the_last_outputs_metrics() -> None:

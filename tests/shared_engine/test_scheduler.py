@@ -400,11 +400,14 @@ def test_preempted_request_reuses_its_own_cached_blocks() -> None:
     b_head = b.block_ids[0]
     assert simulate_step(scheduler, store=store).preempted == ["b"]
     assert kv.block_hash[b_head] is not None  # freed but still cached
+    lookups = (kv.prefix_queries, kv.prefix_hits)
 
     s4 = simulate_step(scheduler, store=store)
     assert s4.scheduled == [("a", 1), ("b", 4)]
-    assert b.num_cached_tokens == 4
     assert b.num_computed_tokens == 8
+    # Finding its own blocks again is neither a prompt cache hit nor a lookup of the prefix cache.
+    assert b.num_cached_tokens == 0
+    assert (kv.prefix_queries, kv.prefix_hits) == lookups
     assert b.block_ids[0] == b_head
     run_to_completion(scheduler, store=store)
     assert b.num_output_tokens == 4
