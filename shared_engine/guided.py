@@ -52,7 +52,7 @@ class GuidedDecoding:
 
     def ebnf(self) -> str:
         """The EBNF of a CHOICE constraint: one literal per choice (JSON string escapes are EBNF's too)."""
-        return "root ::= " + " | ".join(json.dumps(c) for c in self.choices)
+        return "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in self.choices)
 
 
 class GrammarError(InvalidRequest):

@@ -159,7 +159,7 @@ def test_bad_constraints_are_refused_with_the_reason(guided: GuidedDecoding, mes
 
 
 def test_choices_with_quotes_and_unicode_match_exactly(compiler: xgr.GrammarCompiler) -> None:
-    guided = GuidedDecoding.choice(['say "hi"', "naïve\\path", "東京"])
+    guided = GuidedDecoding.choice(['say "hi"', "naïve\\path", "東京", "🎉 yes", "tab\there"])
     for choice in guided.choices:
         matcher = xgr.GrammarMatcher(compiler.compile_grammar(guided.ebnf()))
         assert matcher.accept_string(choice) and matcher.is_completed()
