@@ -17,7 +17,7 @@ from shared_engine.async_engine import GenerationRequest, GroupOutputs
 from shared_engine.errors import InvalidRequest
 from shared_engine.guided import GuidedDecoding
 from shared_engine.outputs import RequestOutput, TokenLogprob
-from shared_engine.sampling_params import OutputKind, SamplingParams
+from shared_engine.sampling_params import SEED_MAX, SEED_MIN, OutputKind, SamplingParams
 
 
 def new_id(prefix: str) -> str:
@@ -41,8 +41,11 @@ def sampling_params(
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     if any(not s for s in stop):
         raise InvalidRequest("stop sequences must be non-empty strings", param="stop")
-    # With n > 1 every choice gets its own stream of random numbers, still reproducible from the seed.
-    seed = None if body.seed is None else body.seed + choice
+    seed = body.seed
+    if seed is not None and SEED_MIN <= seed <= SEED_MAX:
+        # With n > 1 every choice gets its own stream of random numbers, still reproducible from the
+        # seed; past the largest seed the count goes on from the smallest.
+        seed = SEED_MIN + (seed + choice - SEED_MIN) % (SEED_MAX - SEED_MIN + 1)
     try:
         return SamplingParams(
             max_tokens=max_tokens,

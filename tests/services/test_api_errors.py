@@ -255,6 +255,14 @@ def test_out_of_range_seed_is_rejected_without_killing_the_engine(http: httpx.Cl
     _still_serves(http, model_id)
 
 
+def test_the_largest_seed_serves_every_choice(http: httpx.Client, model_id: str) -> None:
+    body = completion_body(model_id, temperature=1.0, seed=2**64 - 1, n=2, max_tokens=2)
+    response = http.post("/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    assert [c["index"] for c in response.json()["choices"]] == [0, 1]
+    assert http.post("/v1/completions", json=body).json()["choices"] == response.json()["choices"]
+
+
 def test_tiny_temperature_does_not_kill_the_engine(http: httpx.Client, model_id: str) -> None:
     body = completion_body(model_id, temperature=1e-60, max_tokens=2)
     response = http.post("/v1/completions", json=body)
