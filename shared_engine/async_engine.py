@@ -173,9 +173,12 @@ class AsyncLLMEngine:
             requests, arrival, stream, ready = payload
             added: list[str] = []
             try:
+                # A group is admitted as a whole against the queue it finds: its own members never
+                # fill the queue against the rest of it.
+                self.engine.check_admission(sum(len(r.prompt_token_ids) for r in requests))
                 for r in requests:
                     self.engine.add_request(
-                        r.request_id, r.prompt_token_ids, r.params, arrival, r.encoder_state
+                        r.request_id, r.prompt_token_ids, r.params, arrival, r.encoder_state, admitted=True
                     )
                     added.append(r.request_id)
             except Exception as exc:  # validation errors go back to the caller that sent them

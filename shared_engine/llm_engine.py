@@ -112,6 +112,7 @@ class LLMEngine:
         params: SamplingParams,
         arrival_time: float | None = None,
         encoder_state: Any = None,
+        admitted: bool = False,
     ) -> None:
         if request_id in self.live:
             raise DuplicateRequest(f"request id {request_id!r} is already in flight")
@@ -121,9 +122,8 @@ class LLMEngine:
         total = len(prompt_token_ids) + params.max_tokens
         if total > self.max_model_len:
             raise ContextLengthExceeded(len(prompt_token_ids), params.max_tokens, self.max_model_len)
-        refusal = self.scheduler.admission_refusal(len(prompt_token_ids))
-        if refusal is not None:
-            raise Overloaded(f"The server is busy: {refusal}. Retry later.", self._retry_after_s())
+        if not admitted:
+            self.check_admission(len(prompt_token_ids))
         request = Request(
             request_id, prompt_token_ids, params, self.eos_token_ids, arrival_time, encoder_state
         )
@@ -214,6 +214,17 @@ class LLMEngine:
             outputs.append(self._output(live, tokens, lps, reason, itl, metrics))
         return outputs
 
+    def check_admission(self, num_tokens: int) -> None:
+        """Refuse new work of ``num_tokens`` prompt tokens while the queue is past its limits, with a
+        retry after the recent mean request time for each round of ``max_num_seqs`` requests ahead
+        (1 to 60 seconds)."""
+        if (refusal := self.scheduler.admission_refusal(num_tokens)) is None:
+            return
+        rounds = (len(self.scheduler.waiting) + 1) / self.scheduler.config.max_num_seqs
+        mean = self._mean_e2e_s
+        retry_s = 1 if mean is None else min(60, max(1, math.ceil(mean * rounds)))
+        raise Overloaded(f"The server is busy: {refusal}. Retry later.", retry_s)
+
     @staticmethod
     def _grammar_stop(live: _Live, token: int) -> FinishReason | None:
         """Feed a sampled token to the request's grammar: STOP once the grammar has ended."""
@@ -233,14 +244,6 @@ class LLMEngine:
                 self._spec_counts[0] += 1
                 self._spec_counts[1] += item.num_spec_tokens
                 self._spec_counts[2] += num_accepted.get(item.request.request_id, 0)
-
-    def _retry_after_s(self) -> int:
-        """Seconds until the queue has likely moved on: the recent mean request time for each round of
-        ``max_num_seqs`` requests ahead, between 1 and 60."""
-        if self._mean_e2e_s is None:
-            return 1
-        rounds = (len(self.scheduler.waiting) + 1) / self.scheduler.config.max_num_seqs
-        return min(60, max(1, math.ceil(self._mean_e2e_s * rounds)))
 
     def _output(
         self,

@@ -16,7 +16,12 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from shared_engine.config import EngineConfig
+from shared_engine.llm_engine import LLMEngine
+from shared_engine.models import MODEL_REGISTRY
+from shared_engine.models.loader import arch_from_hf_config
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
@@ -70,3 +75,17 @@ def write_tiny_llama(folder: Path, *, layers: int = 4, seed: int = 0) -> Path:
     tokenizer.save_pretrained(folder)
     (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": tokenizer.eos_token_id}))
     return folder
+
+
+def tiny_engine(tokenizer_folder: Path, config: EngineConfig) -> LLMEngine:
+    """A 2-layer random Llama with the folder's tokenizer, on the CPU: the real engine, fast steps."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+    )  # fmt: skip
+    cfg.architectures = ["LlamaForCausalLM"]
+    torch.manual_seed(0)
+    arch = arch_from_hf_config(cfg)
+    model = MODEL_REGISTRY.get(arch.architecture)(arch).eval()
+    return LLMEngine(model, tokenizer, config, torch.device("cpu"), torch.float32, frozenset())

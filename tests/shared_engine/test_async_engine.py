@@ -7,48 +7,22 @@ import dataclasses
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
-from transformers import AutoTokenizer, LlamaConfig
 
 from shared_engine.async_engine import AsyncLLMEngine, GenerationRequest
 from shared_engine.compute import ComputeLane
 from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from shared_engine.errors import ContextLengthExceeded, Overloaded
-from shared_engine.llm_engine import LLMEngine
-from shared_engine.models import MODEL_REGISTRY
-from shared_engine.models.loader import arch_from_hf_config
 from shared_engine.outputs import RequestOutput
 from shared_engine.sampling_params import OutputKind, SamplingParams
-
-CPU = torch.device("cpu")
-
-
-def _tiny_engine(smollm2_folder: Path, config: EngineConfig) -> LLMEngine:
-    """A 2-layer random Llama with SmolLM2's tokenizer: real engine code, fast steps."""
-    tokenizer: Any = AutoTokenizer.from_pretrained(smollm2_folder)
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-    )
-    cfg.architectures = ["LlamaForCausalLM"]
-    torch.manual_seed(0)
-    arch = arch_from_hf_config(cfg)
-    model = MODEL_REGISTRY.get(arch.architecture)(arch).eval()
-    return LLMEngine(model, tokenizer, config, CPU, torch.float32, frozenset())
+from tests.helpers.tiny_llm import tiny_engine
 
 
 @pytest.fixture()
 def engine(smollm2_folder: Path) -> Iterator[AsyncLLMEngine]:
     front = AsyncLLMEngine(
-        _tiny_engine(smollm2_folder, EngineConfig(cache=CacheConfig(block_size=8, num_blocks=128)))
+        tiny_engine(smollm2_folder, EngineConfig(cache=CacheConfig(block_size=8, num_blocks=128)))
     )
     yield front
     front.shutdown()
@@ -163,7 +137,7 @@ async def test_past_the_waiting_limits_requests_are_refused_and_admitted_ones_fi
 ) -> None:
     limits = SchedulerConfig(max_num_seqs=2, max_waiting_requests=3, max_waiting_tokens=10_000)
     config = EngineConfig(cache=CacheConfig(block_size=8, num_blocks=128), scheduler=limits)
-    front = AsyncLLMEngine(_tiny_engine(smollm2_folder, config))
+    front = AsyncLLMEngine(tiny_engine(smollm2_folder, config))
     params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
 
     async def run(i: int) -> int | Overloaded:
@@ -186,7 +160,7 @@ async def test_past_the_waiting_limits_requests_are_refused_and_admitted_ones_fi
 
 async def test_a_prompt_past_the_waiting_token_budget_is_refused(smollm2_folder: Path) -> None:
     limits = SchedulerConfig(max_waiting_tokens=8)
-    front = AsyncLLMEngine(_tiny_engine(smollm2_folder, EngineConfig(scheduler=limits)))
+    front = AsyncLLMEngine(tiny_engine(smollm2_folder, EngineConfig(scheduler=limits)))
     one_token = SamplingParams(max_tokens=1, temperature=0)
     try:
         with pytest.raises(Overloaded, match="max_waiting_tokens=8"):
@@ -200,10 +174,22 @@ def _group(params: SamplingParams, *prompts: list[int]) -> list[GenerationReques
     return [GenerationRequest(f"g{i}", p, params) for i, p in enumerate(prompts)]
 
 
+async def test_a_group_larger_than_the_waiting_limit_is_admitted_as_a_whole(smollm2_folder: Path) -> None:
+    """The n choices of a completion are one admission: they never fill the queue against themselves."""
+    limits = SchedulerConfig(max_num_seqs=2, max_waiting_requests=3)
+    front = AsyncLLMEngine(tiny_engine(smollm2_folder, EngineConfig(scheduler=limits)))
+    params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
+    try:
+        outputs = [out async for _, out in front.generate_group(_group(params, *[[1, 2, 3]] * 8))]
+    finally:
+        front.shutdown()
+    assert sorted(out.request_id for out in outputs if out.finished) == [f"g{i}" for i in range(8)]
+
+
 async def test_a_group_is_scheduled_together_while_the_engine_is_busy(smollm2_folder: Path) -> None:
     steps: list[set[str]] = []
     front = AsyncLLMEngine(
-        _tiny_engine(smollm2_folder, EngineConfig(cache=CacheConfig(block_size=8, num_blocks=128))),
+        tiny_engine(smollm2_folder, EngineConfig(cache=CacheConfig(block_size=8, num_blocks=128))),
         on_step=lambda _engine, outputs, _s: steps.append({o.request_id for o in outputs}),
     )
     long = SamplingParams(max_tokens=300, temperature=0, ignore_eos=True)

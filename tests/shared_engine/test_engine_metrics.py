@@ -9,43 +9,25 @@ import dataclasses
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
-from transformers import AutoTokenizer, LlamaConfig
 
 from shared_engine.async_engine import AsyncLLMEngine
 from shared_engine.config import CacheConfig, EngineConfig
 from shared_engine.llm_engine import LLMEngine
 from shared_engine.micro_batcher import BatchRun, MicroBatchConfig, MicroBatcher
-from shared_engine.models import MODEL_REGISTRY
-from shared_engine.models.loader import arch_from_hf_config
 from shared_engine.outputs import FinishReason, RequestMetrics, RequestOutput, merge_outputs
 from shared_engine.sampling_params import OutputKind, SamplingParams
 from shared_engine.timing import measure
+from tests.helpers.tiny_llm import tiny_engine
 
-CPU = torch.device("cpu")
 GREEDY = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
 PROMPT = list(range(3, 40))  # 37 tokens: four full blocks of 8
 
 
 @pytest.fixture()
 def engine(smollm2_folder: Path) -> LLMEngine:
-    return tiny_engine(smollm2_folder, CacheConfig(block_size=8, num_blocks=128))
-
-
-def tiny_engine(smollm2_folder: Path, cache: CacheConfig) -> LLMEngine:
-    tokenizer: Any = AutoTokenizer.from_pretrained(smollm2_folder)
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-    )  # fmt: skip
-    cfg.architectures = ["LlamaForCausalLM"]
-    torch.manual_seed(0)
-    arch = arch_from_hf_config(cfg)
-    model = MODEL_REGISTRY.get(arch.architecture)(arch).eval()
-    return LLMEngine(model, tokenizer, EngineConfig(cache=cache), CPU, torch.float32, frozenset())
+    return tiny_engine(smollm2_folder, EngineConfig(cache=CacheConfig(block_size=8, num_blocks=128)))
 
 
 def run_to_end(engine: LLMEngine, request_id: str) -> list[RequestOutput]:
@@ -114,7 +96,7 @@ def test_stats_count_prefix_cache_lookups_and_hits_in_tokens(engine: LLMEngine) 
 def test_preemption_reports_what_each_prompt_found_cached(smollm2_folder: Path) -> None:
     """A preempted request finds its own blocks, output included, when it comes back: that is neither
     a prompt token served from the cache nor a lookup of the prefix cache."""
-    small = tiny_engine(smollm2_folder, CacheConfig(block_size=4, num_blocks=16))
+    small = tiny_engine(smollm2_folder, EngineConfig(cache=CacheConfig(block_size=4, num_blocks=16)))
     shared = list(range(3, 11))  # two full blocks that the later requests find cached
     prompts = {"a": [*shared, 50, 51, 52], "b": [*shared, 60, 61], "c": [*shared, 70, 71, 72]}
     params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
