@@ -380,6 +380,28 @@ def test_chat_stop_string_streamed(client: openai.OpenAI, model_id: str, paris: 
     assert got.finish_reasons == ["stop"]
 
 
+PERIOD_ID = 30  # SmolLM2's "."
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_stop_token_ends_the_answer_without_its_text(
+    client: openai.OpenAI, model_id: str, stream: bool
+) -> None:
+    full = complete(client, model_id, FRANCE_PROMPT, max_tokens=12, logprobs=0).choices[0]
+    assert full.logprobs is not None and full.logprobs.tokens is not None
+    tokens = full.logprobs.tokens
+    assert "." in tokens, tokens
+    expected = "".join(tokens[: tokens.index(".")])
+    streaming: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
+    stop = {"stop_token_ids": [PERIOD_ID]}
+    got = complete(client, model_id, FRANCE_PROMPT, max_tokens=12, extra_body=stop, **streaming)
+    chunks = list(got) if stream else [got]
+    assert "".join(c.text for chunk in chunks for c in chunk.choices) == expected
+    assert [c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason] == ["stop"]
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens == tokens.index(".") + 1  # the stop token counts
+
+
 @pytest.mark.parametrize("param", ["max_tokens", "max_completion_tokens"])
 def test_chat_max_tokens_length(
     client: openai.OpenAI, model_id: str, paris: ChatCompletion, param: str
