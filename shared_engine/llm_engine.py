@@ -195,8 +195,9 @@ class LLMEngine:
             for token in result.tokens[rid]:  # several with speculative decoding: stop at the first stop
                 tokens.append(token)
                 live.request.append_output_token(token)
-                reason = live.request.check_stop_token()  # a stop token's text is not the answer's
-                stop_by_text = live.detokenizer.add_tokens([token]) if reason is None else None
+                reason = live.request.check_stop_token()
+                stop_token = reason is FinishReason.STOP  # whose text is not the answer's
+                stop_by_text = None if stop_token else live.detokenizer.add_tokens([token])
                 reason = reason or self._grammar_stop(live, token)
                 if stop_by_text is not None:
                     reason = stop_by_text

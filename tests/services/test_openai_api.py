@@ -402,6 +402,18 @@ def test_a_stop_token_ends_the_answer_without_its_text(
     assert usage is not None and usage.completion_tokens == tokens.index(".") + 1  # the stop token counts
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_cut_by_length_has_every_token_in_its_text(
+    client: openai.OpenAI, model_id: str, stream: bool
+) -> None:
+    streaming: dict[str, Any] = {"stream": True} if stream else {}
+    got = complete(client, model_id, FRANCE_PROMPT, max_tokens=3, logprobs=0, **streaming)
+    choices = [c for chunk in (got if stream else [got]) for c in chunk.choices]
+    tokens = [t for c in choices if c.logprobs for t in c.logprobs.tokens or []]
+    assert len(tokens) == 3 and [c.finish_reason for c in choices if c.finish_reason] == ["length"]
+    assert "".join(c.text for c in choices) == "".join(tokens)
+
+
 @pytest.mark.parametrize("param", ["max_tokens", "max_completion_tokens"])
 def test_chat_max_tokens_length(
     client: openai.OpenAI, model_id: str, paris: ChatCompletion, param: str
