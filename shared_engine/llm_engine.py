@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -29,22 +29,14 @@ from shared_engine.structured_output import RequestGrammar, StructuredOutputs
 logger = logging.getLogger(__name__)
 
 
+@dataclass(slots=True)
 class _Live:
     """Engine-side companions of a request: its RNG, its detokenizer and, if constrained, its grammar."""
 
-    __slots__ = ("detokenizer", "grammar", "request", "sampler")
-
-    def __init__(
-        self,
-        request: Request,
-        sampler: RequestSampler,
-        detokenizer: IncrementalDetokenizer,
-        grammar: RequestGrammar | None = None,
-    ) -> None:
-        self.request = request
-        self.sampler = sampler
-        self.detokenizer = detokenizer
-        self.grammar = grammar
+    request: Request
+    sampler: RequestSampler
+    detokenizer: IncrementalDetokenizer
+    grammar: RequestGrammar | None = None
 
 
 class LLMEngine:
@@ -68,6 +60,7 @@ class LLMEngine:
         self.device = device
         self.eos_token_ids = eos_token_ids
         self.is_encoder_decoder = arch.is_encoder_decoder
+        self.vocab_size = arch.vocab_size
         self.max_model_len = min(
             config.max_model_len or arch.max_position_embeddings, arch.max_position_embeddings
         )
@@ -122,6 +115,8 @@ class LLMEngine:
         total = len(prompt_token_ids) + params.max_tokens
         if total > self.max_model_len:
             raise ContextLengthExceeded(len(prompt_token_ids), params.max_tokens, self.max_model_len)
+        if any(token_id >= self.vocab_size for token_id, _ in params.logit_bias):
+            raise InvalidRequest(f"logit_bias: token ids are below {self.vocab_size}", param="logit_bias")
         if not admitted:
             self.check_admission(len(prompt_token_ids))
         request = Request(

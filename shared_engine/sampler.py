@@ -149,8 +149,11 @@ def _draw(
 def apply_logits_processors(
     logits: torch.Tensor, params: Sequence[SamplingParams], outputs: Sequence[Sequence[int]]
 ) -> None:
-    """Run each row's processors, in order, on that row of ``logits`` (in place)."""
+    """Add each row's logit bias, then run its processors in order, on that row of ``logits`` (in place)."""
     for row, (p, out) in enumerate(zip(params, outputs, strict=True)):
+        if p.logit_bias:
+            ids, biases = zip(*p.logit_bias, strict=True)
+            logits[row, list(ids)] += torch.tensor(biases, dtype=logits.dtype, device=logits.device)
         for processor in p.logits_processors:
             processor(out, logits[row])
 

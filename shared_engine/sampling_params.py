@@ -16,6 +16,7 @@ LogitsProcessor = Callable[[Sequence[int], "torch.Tensor"], None]
 """Edits one request's next-token logits (a float32 row, in place) given its output tokens so far."""
 
 MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS = 100.0  # OpenAI's bound: -100 bans a token, 100 all but forces it
 # Below this a temperature is treated as greedy: dividing logits by it would overflow to inf/NaN.
 GREEDY_TEMPERATURE = 1e-5
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
@@ -36,7 +37,8 @@ class SamplingParams:
 
     ``temperature`` below 1e-5 (0 included) means greedy. ``guided`` constrains the output to a grammar
     (a JSON schema, a regex, ...; see ``shared_engine.guided``): tokens it forbids are never sampled, and
-    the request stops when the grammar is complete. ``top_k <= 0`` disables top-k. ``seed`` makes
+    the request stops when the grammar is complete. ``logit_bias`` adds (token id, bias) to those
+    tokens' logits before the ``logits_processors``. ``top_k <= 0`` disables top-k. ``seed`` makes
     sampling reproducible per request regardless of what else shares the batch. ``logprobs`` is the number of
     alternatives to report per token (``0`` reports only the chosen token's log-probability;
     ``None`` reports nothing). Log-probabilities are those of the distribution after the
@@ -56,6 +58,7 @@ class SamplingParams:
     skip_special_tokens: bool = True
     output_kind: OutputKind = OutputKind.DELTA
     guided: GuidedDecoding | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
     logits_processors: tuple[LogitsProcessor, ...] = field(default=(), compare=False, hash=False)
     extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
 
@@ -74,6 +77,12 @@ class SamplingParams:
             raise ValueError(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {self.logprobs}")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
+        for token_id, bias in self.logit_bias:
+            if token_id < 0 or not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
+                raise ValueError(
+                    f"logit_bias takes token ids >= 0 and biases between {-MAX_LOGIT_BIAS:g} and "
+                    f"{MAX_LOGIT_BIAS:g}, got {token_id}: {bias}"
+                )
 
     @property
     def greedy(self) -> bool:

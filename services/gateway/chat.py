@@ -103,7 +103,8 @@ async def create(service: Chat, body: ChatCompletionRequest) -> ChatCompletion |
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     guided = guided or plan.guided
     choices = [
-        ChoiceSpec(prompt_ids, sampling_params(body, max_tokens, logprobs, i, guided)) for i in range(body.n)
+        ChoiceSpec(prompt_ids, sampling_params(body, max_tokens, logprobs, i, service.vocab_size, guided))
+        for i in range(body.n)
     ]
     request_id = new_id("chatcmpl")
     outputs = await start_choices(service, request_id, choices)

@@ -75,7 +75,11 @@ async def create(service: Chat, body: CompletionRequest) -> Completion | AsyncIt
     for ids in prompts:
         max_tokens = service.resolve_max_tokens(body.max_tokens, len(ids), "prompt")
         for j in range(body.n):
-            choices.append(ChoiceSpec(ids, sampling_params(body, max_tokens, body.logprobs, j, guided)))
+            choices.append(
+                ChoiceSpec(
+                    ids, sampling_params(body, max_tokens, body.logprobs, j, service.vocab_size, guided)
+                )
+            )
     request_id = new_id("cmpl")
     outputs = await start_choices(service, request_id, choices)
     echoes = [service.decode(c.prompt_ids) if body.echo else "" for c in choices]

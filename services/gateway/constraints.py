@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from services.gateway.schemas import ChatCompletionRequest, SamplingFields
+from services.gateway.schemas import SamplingFields
 from services.gateway.tool_schemas import ResponseFormat, StructuredOutputsParams
 from shared_engine.errors import InvalidRequest
 from shared_engine.guided import GrammarError, GuidedDecoding, GuidedKind, check
@@ -64,7 +64,7 @@ def _structured_outputs(so: StructuredOutputsParams) -> GuidedDecoding:
 
 def _candidates(body: SamplingFields) -> list[tuple[str, GuidedDecoding | None]]:
     found: list[tuple[str, GuidedDecoding | None]] = []
-    if isinstance(body, ChatCompletionRequest) and body.response_format is not None:
+    if body.response_format is not None:
         found.append(("response_format", _response_format(body.response_format)))
     if body.guided_json is not None:
         found.append(("guided_json", _schema(body.guided_json, "guided_json")))

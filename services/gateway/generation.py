@@ -17,7 +17,7 @@ from shared_engine.async_engine import GenerationRequest, GroupOutputs
 from shared_engine.errors import InvalidRequest
 from shared_engine.guided import GuidedDecoding
 from shared_engine.outputs import RequestOutput, TokenLogprob
-from shared_engine.sampling_params import SEED_MAX, SEED_MIN, OutputKind, SamplingParams
+from shared_engine.sampling_params import MAX_LOGIT_BIAS, SEED_MAX, SEED_MIN, OutputKind, SamplingParams
 
 
 def new_id(prefix: str) -> str:
@@ -33,6 +33,7 @@ def sampling_params(
     max_tokens: int,
     logprobs: int | None,
     choice: int,
+    vocab_size: int,
     guided: GuidedDecoding | None = None,
 ) -> SamplingParams:
     for name in ("presence_penalty", "frequency_penalty"):
@@ -41,6 +42,7 @@ def sampling_params(
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     if any(not s for s in stop):
         raise InvalidRequest("stop sequences must be non-empty strings", param="stop")
+    logit_bias = _logit_bias(body.logit_bias or {}, vocab_size)
     seed = body.seed
     if seed is not None and SEED_MIN <= seed <= SEED_MAX:
         # With n > 1 every choice gets its own stream of random numbers, still reproducible from the
@@ -59,10 +61,28 @@ def sampling_params(
             logprobs=logprobs,
             output_kind=OutputKind.DELTA if body.stream else OutputKind.FINAL_ONLY,
             guided=guided,
+            logit_bias=logit_bias,
         )
     except ValueError as exc:
         param = str(exc).split(" ", 1)[0]
         raise InvalidRequest(str(exc), param=param if param.isidentifier() else None) from None
+
+
+def _logit_bias(given: dict[str, float], vocab_size: int) -> tuple[tuple[int, float], ...]:
+    bias: dict[int, float] = {}
+    for key, value in given.items():
+        token_id = int(key) if key.strip().lstrip("-").isdigit() else None
+        if token_id is None or not 0 <= token_id < vocab_size:
+            raise InvalidRequest(
+                f"logit_bias keys are token ids in [0, {vocab_size}), got {key!r}", param="logit_bias"
+            )
+        if not -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS:
+            raise InvalidRequest(
+                f"logit_bias values are between {-MAX_LOGIT_BIAS:g} and {MAX_LOGIT_BIAS:g}, got {value}",
+                param="logit_bias",
+            )
+        bias[token_id] = value
+    return tuple(sorted(bias.items()))
 
 
 @dataclass

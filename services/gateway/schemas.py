@@ -9,7 +9,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from services.gateway.tool_schemas import ResponseFormat, StructuredOutputsParams, Tool, ToolCall, ToolChoice
-from shared_engine.sampling_params import MAX_TOP_LOGPROBS, SEED_MAX, SEED_MIN
+from shared_engine.sampling_params import MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, SEED_MAX, SEED_MIN
 
 MAX_N = 16
 MAX_STOP_SEQUENCES = 16
@@ -32,6 +32,7 @@ TopLogprobs = Annotated[int, Meta(ge=0, le=MAX_TOP_LOGPROBS), documented(minimum
 Seed = Annotated[int, documented(minimum=SEED_MIN, maximum=SEED_MAX)]  # checked with the other parameters
 # Accepted for OpenAI's clients, which send 0; anything else is a 400 (not supported).
 Penalty = Annotated[float, documented(minimum=0, maximum=0, description="not supported: omit, or send 0")]
+LogitBias = Annotated[float, documented(minimum=-MAX_LOGIT_BIAS, maximum=MAX_LOGIT_BIAS)]  # checked later
 Stop = str | Annotated[list[str], Meta(max_length=MAX_STOP_SEQUENCES)] | None
 
 
@@ -68,7 +69,9 @@ class SamplingFields(Struct, kw_only=True):
     ignore_eos: bool = False
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, LogitBias] | None = None  # token id (as OpenAI sends it, a string) -> bias
     user: str | None = None
+    response_format: ResponseFormat | None = None
     # vLLM's extras constraining the output (services/gateway/constraints.py).
     guided_json: dict[str, Any] | bool | str | None = None
     guided_regex: str | None = None
@@ -83,7 +86,6 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     max_completion_tokens: MaxTokens | None = None
     logprobs: bool = False
     top_logprobs: TopLogprobs | None = None
-    response_format: ResponseFormat | None = None
     tools: list[Tool] | None = None
     tool_choice: ToolChoice = None
     parallel_tool_calls: bool | None = None

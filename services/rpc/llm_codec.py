@@ -29,6 +29,7 @@ def params_to_proto(p: SamplingParams) -> Any:
         guided=None
         if p.guided is None
         else llm_pb2.GuidedDecoding(kind=p.guided.kind.value, spec=p.guided.spec),
+        logit_bias=dict(p.logit_bias),
     )
 
 
@@ -57,6 +58,7 @@ def params_from_proto(m: Any) -> SamplingParams:
             skip_special_tokens=m.skip_special_tokens,
             output_kind=OutputKind.FINAL_ONLY if m.final_only else OutputKind.DELTA,
             guided=_guided_from_proto(m),
+            logit_bias=tuple(sorted(m.logit_bias.items())),
         )
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None

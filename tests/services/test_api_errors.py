@@ -89,6 +89,12 @@ BAD_REQUESTS: dict[str, Case] = {
     "completions-n-zero": Case("completions", {"n": 0}, "n"),
     "completions-logprobs-too-many": Case("completions", {"logprobs": 21}, "logprobs"),
     "completions-suffix": Case("completions", {"suffix": "the end"}, "suffix"),
+    "chat-logit_bias-not-a-token-id": Case("chat", {"logit_bias": {"Paris": 5}}, "logit_bias"),
+    "chat-logit_bias-past-the-vocabulary": Case("chat", {"logit_bias": {str(VOCAB_SIZE): 5}}, "logit_bias"),
+    "completions-logit_bias-above-100": Case("completions", {"logit_bias": {"30": 101}}, "logit_bias"),
+    "completions-response_format-unknown": Case(
+        "completions", {"response_format": {"type": "yaml"}}, "response_format"
+    ),
 }
 
 

@@ -42,6 +42,7 @@ def test_sampling_params_round_trip(guided: GuidedDecoding | None) -> None:
         logprobs=2,
         output_kind=OutputKind.FINAL_ONLY,
         guided=guided,
+        logit_bias=((5, -100.0), (42, 2.5)),
     )
     wire = llm_pb2.SamplingParams.FromString(params_to_proto(params).SerializeToString())
     assert wire.HasField("guided") == (guided is not None)

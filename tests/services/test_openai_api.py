@@ -414,6 +414,35 @@ def test_an_answer_cut_by_length_has_every_token_in_its_text(
     assert "".join(c.text for c in choices) == "".join(tokens)
 
 
+PARIS_ID = 7042  # SmolLM2's " Paris"
+
+
+def test_logit_bias_bans_and_forces_tokens(client: openai.OpenAI, model_id: str) -> None:
+    plain = complete(client, model_id, FRANCE_PROMPT, max_tokens=3, logprobs=0).choices[0]
+    assert plain.logprobs is not None and plain.logprobs.tokens is not None
+    assert plain.logprobs.tokens[0] == " Paris"
+    banned = complete(client, model_id, FRANCE_PROMPT, max_tokens=3, logit_bias={str(PARIS_ID): -100})
+    assert not banned.choices[0].text.startswith(" Paris"), banned.choices[0].text
+    forced = complete(
+        client, model_id, FRANCE_PROMPT, max_tokens=3, logprobs=0, logit_bias={str(PERIOD_ID): 100}
+    )
+    assert forced.choices[0].logprobs is not None
+    assert forced.choices[0].logprobs.tokens == ["."] * 3, forced.choices[0]
+    assert forced.choices[0].text == "..."  # the last token, which ends the answer by length, included
+
+
+def test_completions_follow_response_format(client: openai.OpenAI, model_id: str) -> None:
+    got = client.completions.create(
+        model=model_id, prompt="A person as JSON:", max_tokens=60, temperature=0,
+        extra_body={"response_format": {"type": "json_object"}},
+    )  # fmt: skip
+    choice = got.choices[0]
+    if choice.finish_reason == "stop":
+        assert isinstance(json.loads(choice.text), dict), choice.text
+    else:  # cut by max_tokens: still the start of a JSON object
+        assert choice.text.lstrip().startswith("{"), choice.text
+
+
 @pytest.mark.parametrize("param", ["max_tokens", "max_completion_tokens"])
 def test_chat_max_tokens_length(
     client: openai.OpenAI, model_id: str, paris: ChatCompletion, param: str

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from shared_engine import cpu_kernels
-from shared_engine.sampler import HEAD_TOKENS, RequestSampler, sample
+from shared_engine.sampler import HEAD_TOKENS, RequestSampler, apply_logits_processors, sample
 from shared_engine.sampling_params import SamplingParams
 
 CPU = torch.device("cpu")
@@ -99,11 +99,28 @@ def test_no_logprobs_unless_asked() -> None:
         ({"max_tokens": 0}, "max_tokens"),
         ({"logprobs": 21}, "logprobs"),
         ({"stop": ("",)}, "stop"),
+        ({"logit_bias": ((3, 100.5),)}, "logit_bias"),
+        ({"logit_bias": ((-1, 1.0),)}, "logit_bias"),
     ],
 )
 def test_invalid_params_are_rejected_by_name(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SamplingParams(**kwargs)  # type: ignore[arg-type]
+
+
+def test_logit_bias_is_added_before_the_processors() -> None:
+    seen: list[torch.Tensor] = []
+    biased = SamplingParams(
+        temperature=0,
+        logit_bias=((0, -100.0), (2, 1.5)),
+        logits_processors=(lambda _, row: seen.append(row.clone()),),
+    )
+    logits = torch.cat([LOGITS, LOGITS])
+    apply_logits_processors(logits, [biased, SamplingParams()], [[], []])
+    assert torch.equal(seen[0], LOGITS[0] + torch.tensor([-100.0, 0.0, 1.5, 0.0]))
+    assert torch.equal(logits[1], LOGITS[0])  # the other row keeps its logits
+    greedy = RequestSampler(SamplingParams(temperature=0), CPU)
+    assert sample(logits, [RequestSampler(biased, CPU), greedy])[0] == [2, 0]
 
 
 def test_tokens_outside_the_most_likely_still_get_their_share() -> None:
