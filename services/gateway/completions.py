@@ -122,7 +122,8 @@ async def _stream(
     async for i, out in outputs:
         tally.add(i // body.n, i, out)
         lp = _logprobs(service, out.logprobs, offsets[i]) if body.logprobs is not None else None
-        offsets[i] += len(out.text)
+        if lp is not None and lp.tokens:  # by the tokens' text: stop strings hold some of it back
+            offsets[i] = lp.text_offset[-1] + len(lp.tokens[-1])
         if out.text or out.finish_reason is not None or lp is not None:
             reason = out.finish_reason.value if out.finish_reason else None
             yield chunk([{"index": i, "text": out.text, "logprobs": lp, "finish_reason": reason}])

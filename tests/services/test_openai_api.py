@@ -414,6 +414,16 @@ def test_an_answer_cut_by_length_has_every_token_in_its_text(
     assert "".join(c.text for c in choices) == "".join(tokens)
 
 
+def test_streamed_text_offsets_equal_the_whole_completions(client: openai.OpenAI, model_id: str) -> None:
+    """Stop strings hold text back while a stream waits to see whether they match: offsets count tokens."""
+    asked: dict[str, Any] = {"max_tokens": 8, "logprobs": 0, "echo": True, "stop": ["<never-generated>"]}
+    whole = complete(client, model_id, FRANCE_PROMPT, **asked).choices[0].logprobs
+    streamed = complete(client, model_id, FRANCE_PROMPT, stream=True, **asked)
+    pieces = [c.logprobs for chunk in streamed for c in chunk.choices if c.logprobs]
+    offsets = [o for lp in pieces for o in lp.text_offset or []]
+    assert whole is not None and offsets == whole.text_offset
+
+
 PARIS_ID = 7042  # SmolLM2's " Paris"
 
 
