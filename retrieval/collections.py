@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any
 
 import numpy as np
 
-from retrieval.chunking import ChunkingConfig, chunk_text
-from retrieval.errors import CollectionExists, CollectionNotFound, DocumentNotFound, InvalidName
+from retrieval.chunking import ChunkingConfig
+from retrieval.documents import (
+    COLLECTION_NAME,
+    DOCUMENT_ID,
+    DocumentInput,
+    Embedder,
+    ImageEmbedder,
+    check_name,
+    embed_documents,
+    is_image,
+    text_window,
+)
+from retrieval.errors import CollectionExists, CollectionNotFound, CollectionOwned, DocumentNotFound
 from retrieval.filters import Filter, as_filter
 from retrieval.fusion import QueryOptions
 from retrieval.index import INDEX_KINDS, VectorIndex
@@ -25,57 +35,15 @@ from shared_engine.errors import InvalidRequest
 
 logger = logging.getLogger(__name__)
 
-COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-DOCUMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-
-
-class Embedder(Protocol):
-    """What a collection needs of its embedding model (the embedding service provides it)."""
-
-    @property
-    def dimensions(self) -> int: ...
-
-    @property
-    def max_model_len(self) -> int: ...
-
-    @property
-    def tokenizer(self) -> Any: ...
-
-    def tokenize(self, texts: Sequence[str], truncate: bool) -> list[list[int]]: ...
-
-    async def embed(self, token_lists: Sequence[list[int]]) -> list[np.ndarray]: ...
-
-
-class ImageEmbedder(Protocol):
-    """What a collection of images needs of its vision model: each image is one document and one vector."""
-
-    modality: str  # "image"
-
-    @property
-    def dimensions(self) -> int: ...
-
-    async def embed_images(self, images: Sequence[bytes]) -> list[np.ndarray]: ...
-
-
-def _is_image(embedder: Embedder | ImageEmbedder) -> bool:
-    return getattr(embedder, "modality", "text") == "image"
-
 
 @dataclass(frozen=True)
-class DocumentInput:
-    """A text document, or (in a collection of images) an image with an optional caption as ``text``."""
+class Owner:
+    """An API that keeps some collections as parts of its own objects (vector stores): the collections
+    ``owns`` admits are changed and dropped only by writes that name ``name``."""
 
-    text: str = ""
-    id: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    image: bytes | None = None
-
-
-def check_name(name: str, pattern: re.Pattern[str], what: str) -> str:
-    # fullmatch: with match, `$` also matches before a final newline, so "notes\n" would be a name.
-    if not pattern.fullmatch(name):
-        raise InvalidName(f"invalid {what} {name!r}: it must match {pattern.pattern}", param=what)
-    return name
+    name: str
+    api: str
+    owns: Callable[[str], bool]
 
 
 class Collections:
@@ -93,6 +61,7 @@ class Collections:
         self.default_model = default_model
         self.indexes: dict[str, VectorIndex] = {}
         self.lock = asyncio.Lock()  # one writer at a time keeps store and index in the same order
+        self.owner: Owner | None = None
         for record in self.store.collections():
             self.indexes[record.name] = self._restore(record)
 
@@ -141,8 +110,7 @@ class Collections:
 
     def check_chunking(self, model: str, chunking: ChunkingConfig) -> None:
         """Chunks must fit what the embedding model reads."""
-        embedder = self.embedders[model]
-        window = 0 if _is_image(embedder) else cast(Embedder, embedder).max_model_len - 2
+        window = text_window(self.embedders[model])
         if window and chunking.chunk_tokens > window:
             raise InvalidRequest(
                 f"chunk_tokens {chunking.chunk_tokens} exceeds what {model} reads "
@@ -150,52 +118,48 @@ class Collections:
                 param="chunk_tokens",
             )
 
-    def drop(self, name: str) -> None:
+    def claim(self, owner: Owner) -> None:
+        """Leave the collections ``owner.owns`` admits to ``owner``: a write or drop that does not name it
+        is refused (CollectionOwned)."""
+        self.owner = owner
+
+    def _check_writer(self, name: str, writer: str | None) -> None:
+        owner = self.owner
+        if owner is not None and writer != owner.name and owner.owns(name):
+            raise CollectionOwned(name, owner.name, owner.api)
+
+    # Writes of documents happen under ``self.lock`` in sections without an await; ``drop`` and
+    # ``set_metadata`` are synchronous, so on the event loop's thread each runs between two such sections,
+    # never inside one: holding the loop, they hold the lock. A writer that awaited (embedding, or the lock
+    # itself) checks again inside the lock that its collection still exists.
+
+    def drop(self, name: str, writer: str | None = None) -> None:
+        """Drop a collection with its documents and index (``writer``: the owner that drops it)."""
         self._index(name)
+        self._check_writer(name, writer)
         self.store.drop_collection(name)
         del self.indexes[name]
         (self.dir / f"{name}.faiss").unlink(missing_ok=True)
 
     # -- documents -------------------------------------------------------------------------------------
 
-    async def _embed_documents(
-        self, record: CollectionRecord, docs: Sequence[DocumentInput], chunking: ChunkingConfig | None
-    ) -> tuple[list[list[str]], list[np.ndarray]]:
-        """Each document's chunks (an image is one chunk: its caption) and one vector per chunk."""
-        embedder = self.embedders[record.model]
-        if _is_image(embedder):
-            images = [d.image for d in docs]
-            missing = [i for i, image in enumerate(images) if image is None]
-            if missing:
-                raise InvalidRequest(
-                    f"documents[{missing[0]}] has no image; collection {record.name!r} holds images",
-                    param="documents",
-                )
-            vectors = await embedder.embed_images(images)  # type: ignore[union-attr,arg-type]
-            return [[d.text] for d in docs], vectors
-        if any(d.image is not None for d in docs):
-            raise InvalidRequest(f"collection {record.name!r} holds text, not images", param="documents")
-        chunking = chunking or ChunkingConfig(record.chunk_tokens, record.overlap_tokens)
-        pieces = [chunk_text(d.text, embedder.tokenizer, chunking) for d in docs]  # type: ignore[union-attr]
-        for i, p in enumerate(pieces):
-            if not p:
-                raise InvalidRequest(f"documents[{i}] has no text", param="documents")
-        flat = [c for p in pieces for c in p]
-        return pieces, await embedder.embed(embedder.tokenize(flat, truncate=True))  # type: ignore[union-attr]
-
     async def add(
-        self, name: str, docs: Sequence[DocumentInput], chunking: ChunkingConfig | None = None
+        self,
+        name: str,
+        docs: Sequence[DocumentInput],
+        chunking: ChunkingConfig | None = None,
+        writer: str | None = None,
     ) -> tuple[list[str], int]:
         """Chunk (by the collection's chunking unless ``chunking`` says otherwise), embed and store
         documents; returns their ids and the number of chunks. Durable on return."""
         record = self.record(name)
+        self._check_writer(name, writer)
         if chunking is not None:
             self.check_chunking(record.model, chunking)
         ids = [check_name(d.id, DOCUMENT_ID, "id") if d.id else uuid.uuid4().hex for d in docs]
         if len(set(ids)) != len(ids):
             raise InvalidRequest("document ids in one request must be distinct", param="documents")
-        pieces, vectors = await self._embed_documents(record, docs, chunking)
-        flat = [c for p in pieces for c in p]
+        pieces, vectors = await embed_documents(self.embedders[record.model], record, docs, chunking)
         new, at = [], 0
         for doc, doc_id, p in zip(docs, ids, pieces, strict=True):
             new.append(
@@ -203,19 +167,31 @@ class Collections:
             )
             at += len(p)
         async with self.lock:
-            replaced = self.store.existing_ids(name, ids)
-            old_chunks = [c for doc_id in replaced for c in self.store.chunk_ids_of(name, doc_id)]
-            chunk_ids = self.store.add_documents(name, new)
-            index = self._index(name)
-            if old_chunks and index.removal_rebuilds:
-                index.rebuild(self.store.iter_vectors(name))  # the store already holds the new chunks
-            else:
-                index.remove(old_chunks, lambda: self.store.iter_vectors(name))
-                new_ids = np.array([c for ids_ in chunk_ids for c in ids_])
-                index.add(new_ids, np.concatenate([d.vectors for d in new]))
-            if index.needs_training:
-                index.rebuild(self.store.iter_vectors(name))
-        return ids, len(flat)
+            index = self._index(name)  # dropped while the documents were embedded: nothing is written
+            self._write(name, index, ids, new)
+        return ids, at
+
+    def _write(self, name: str, index: VectorIndex, ids: list[str], new: list[NewDocument]) -> None:
+        replaced = self.store.existing_ids(name, ids)
+        old_chunks = [c for doc_id in replaced for c in self.store.chunk_ids_of(name, doc_id)]
+        chunk_ids = self.store.add_documents(name, new)
+        if old_chunks and index.removal_rebuilds:
+            index.rebuild(self.store.iter_vectors(name))  # the store already holds the new chunks
+        else:
+            index.remove(old_chunks, lambda: self.store.iter_vectors(name))
+            new_ids = np.array([c for ids_ in chunk_ids for c in ids_])
+            index.add(new_ids, np.concatenate([d.vectors for d in new]))
+        if index.needs_training:
+            index.rebuild(self.store.iter_vectors(name))
+
+    def set_metadata(
+        self, name: str, doc_id: str, metadata: Mapping[str, Any], writer: str | None = None
+    ) -> None:
+        """Replace a document's metadata (what filters see); its chunks and vectors stay."""
+        self._index(name)
+        self._check_writer(name, writer)
+        if not self.store.set_metadata(name, doc_id, metadata):
+            raise DocumentNotFound(name, doc_id)
 
     def get(self, name: str, doc_id: str) -> DocumentRecord:
         self._index(name)
@@ -224,9 +200,11 @@ class Collections:
             raise DocumentNotFound(name, doc_id)
         return doc
 
-    async def delete(self, name: str, doc_id: str) -> None:
-        index = self._index(name)
+    async def delete(self, name: str, doc_id: str, writer: str | None = None) -> None:
+        self._index(name)
+        self._check_writer(name, writer)
         async with self.lock:
+            index = self._index(name)
             removed = self.store.delete_document(name, doc_id)
             if not removed and self.store.document(name, doc_id) is None:
                 raise DocumentNotFound(name, doc_id)
@@ -250,7 +228,7 @@ class Collections:
         record = self.record(name)
         embedder = self.embedders[record.model]
         vector: np.ndarray | None = None
-        if _is_image(embedder):
+        if is_image(embedder):
             if image is None:
                 raise InvalidRequest(
                     f"collection {name!r} holds images: query it with an image", param="image"

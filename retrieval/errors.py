@@ -62,3 +62,16 @@ class UnreadableDocument(InvalidRequest):
     """A file of a supported type that is broken, encrypted, or holds no text."""
 
     code = "invalid_file"
+
+
+class CollectionOwned(InvalidRequest):
+    """A collection that another API keeps as part of its objects (a vector store's): only that API may
+    change or drop it."""
+
+    code = "collection_owned"
+
+    def __init__(self, name: str, owner: str, api: str) -> None:
+        super().__init__(
+            f"collection `{name}` belongs to {owner} `{name}`: change or delete it through {api}",
+            param="name",
+        )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from retrieval.chunking import ChunkingConfig
 from retrieval.collections import Collections, DocumentInput
@@ -20,6 +21,8 @@ from shared_engine.errors import InvalidRequest
 logger = logging.getLogger(__name__)
 
 PARALLEL_FILES = 4
+# How vector stores name themselves to the collections they own.
+WRITER = "vector store"
 
 
 class FileProcessor:
@@ -67,7 +70,7 @@ class FileProcessor:
             text = await asyncio.to_thread(extract_text, data, record.filename)
             chunking = ChunkingConfig(attached.chunk_tokens, attached.overlap_tokens)
             document = DocumentInput(text, file_id, dict(attached.attributes))
-            _, chunks = await self.collections.add(store_id, [document], chunking)
+            _, chunks = await self.collections.add(store_id, [document], chunking, WRITER)
         except (FileNotFound, CollectionNotFound) as exc:
             self.records.finish_file(store_id, file_id, "failed", error=("invalid_file", str(exc)))
         except InvalidRequest as exc:
@@ -78,9 +81,19 @@ class FileProcessor:
             self.records.finish_file(store_id, file_id, "failed", error=("server_error", str(exc)))
         else:
             usage = len(text.encode()) + chunks * self.collections.record(store_id).dimensions * 4
-            if not self.records.finish_file(store_id, file_id, "completed", usage):
+            with self.collections.store.transaction():
+                finished = self.records.finish_file(store_id, file_id, "completed", usage)
+                if finished:
+                    self._take_new_attributes(store_id, file_id, document.metadata)
+            if not finished:
                 await self._forget(store_id, file_id)  # detached or cancelled while it was processed
+
+    def _take_new_attributes(self, store_id: str, file_id: str, written: dict[str, Any]) -> None:
+        """Attributes set while the file was processed replace those its document was written with."""
+        latest = self.records.file(store_id, file_id).attributes
+        if latest != written:
+            self.collections.set_metadata(store_id, file_id, latest, WRITER)
 
     async def _forget(self, store_id: str, file_id: str) -> None:
         with contextlib.suppress(DocumentNotFound, CollectionNotFound):
-            await self.collections.delete(store_id, file_id)
+            await self.collections.delete(store_id, file_id, WRITER)

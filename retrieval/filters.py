@@ -19,6 +19,8 @@ from shared_engine.errors import InvalidRequest
 COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin")
 COMPOUNDS = ("and", "or")
 MAX_DEPTH = 8
+# What SQLite can compare a value with: its integers are 64-bit.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 _SQL_ORDER = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
 Scalar = str | int | float | bool
@@ -45,6 +47,8 @@ def _invalid(message: str, param: str) -> InvalidRequest:
 
 
 def _scalar(value: Any, where: str, param: str) -> Scalar:
+    if isinstance(value, int) and not isinstance(value, bool) and not INT_MIN <= value <= INT_MAX:
+        raise _invalid(f"{where}: integer {value} is outside [{INT_MIN}, {INT_MAX}]", param)
     if isinstance(value, str | bool | int | float):
         return value
     raise _invalid(f"{where}: value must be a string, number or boolean, got {json.dumps(value)}", param)

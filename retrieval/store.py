@@ -190,6 +190,14 @@ class DocumentStore:
         ).fetchone()[0]
         return DocumentRecord(row[0], row[1], json.loads(row[2]), int(n))
 
+    def set_metadata(self, collection: str, doc_id: str, metadata: Mapping[str, Any]) -> bool:
+        """Replace a document's metadata; False if there is no such document."""
+        cur = self.db.execute(
+            "UPDATE documents SET metadata = ? WHERE collection = ? AND id = ?",
+            (json.dumps(dict(metadata)), collection, doc_id),
+        )
+        return cur.rowcount > 0
+
     def chunk_ids_of(self, collection: str, doc_id: str) -> list[int]:
         rows = self.db.execute(
             "SELECT id FROM chunks WHERE collection = ? AND document_id = ?", (collection, doc_id)

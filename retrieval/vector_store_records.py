@@ -45,6 +45,9 @@ CREATE TABLE IF NOT EXISTS vector_store_file_batches (
 """
 
 STATUSES = ("in_progress", "completed", "cancelled", "failed")
+# ``created`` holds whole seconds: rows created within one second keep the order they were inserted in,
+# their rowid's (it grows with each insert; only a VACUUM, which nothing here runs, could renumber it).
+_CREATION_ORDER = "created, rowid"
 _FILE_COLUMNS = (
     "vector_store_id, file_id, status, error_code, error_message, attributes, chunk_tokens, overlap_tokens, "
     "batch_id, usage_bytes, created"
@@ -149,8 +152,11 @@ class VectorStoreRecords:
         )
 
     def stores(self) -> list[VectorStoreRecord]:
-        ids = [r[0] for r in self.db.execute("SELECT id FROM vector_stores ORDER BY created, id")]
+        ids = [r[0] for r in self.db.execute(f"SELECT id FROM vector_stores ORDER BY {_CREATION_ORDER}")]
         return [self.store(i) for i in ids]
+
+    def exists(self, store_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM vector_stores WHERE id = ?", (store_id,)).fetchone() is not None
 
     def update_store(
         self, store_id: str, name: str | None, metadata: dict[str, str] | None, expires: int | bool | None
@@ -204,13 +210,13 @@ class VectorStoreRecords:
             sql, params = sql + " AND status = ?", [*params, status]
         if batch_id is not None:
             sql, params = sql + " AND batch_id = ?", [*params, batch_id]
-        return [_file(r) for r in self.db.execute(sql + " ORDER BY created, file_id", params)]
+        return [_file(r) for r in self.db.execute(f"{sql} ORDER BY {_CREATION_ORDER}", params)]
 
     def pending(self) -> list[tuple[str, str]]:
         """(vector store id, file id) of every file still to process, oldest first."""
         rows = self.db.execute(
             "SELECT vector_store_id, file_id FROM vector_store_files "
-            "WHERE status = 'in_progress' ORDER BY created"
+            f"WHERE status = 'in_progress' ORDER BY {_CREATION_ORDER}"
         )
         return [(r[0], r[1]) for r in rows]
 
@@ -266,12 +272,14 @@ class VectorStoreRecords:
         return FileBatchRecord(row[0], row[1], bool(row[2]), int(row[3]), counts)
 
     def cancel_batch(self, store_id: str, batch_id: str) -> None:
-        self.db.execute("UPDATE vector_store_file_batches SET cancelled = 1 WHERE id = ?", (batch_id,))
-        self.db.execute(
+        """Cancel the batch's files still in progress; a batch with none left keeps its status."""
+        cur = self.db.execute(
             "UPDATE vector_store_files SET status = 'cancelled' "
             "WHERE vector_store_id = ? AND batch_id = ? AND status = 'in_progress'",
             (store_id, batch_id),
         )
+        if cur.rowcount:
+            self.db.execute("UPDATE vector_store_file_batches SET cancelled = 1 WHERE id = ?", (batch_id,))
 
     def _counts(self, where: str, *params: Any) -> FileCounts:
         rows = self.db.execute(

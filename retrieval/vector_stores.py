@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from retrieval.chunking import ChunkingConfig
-from retrieval.collections import Collections, DocumentInput
+from retrieval.collections import Collections, Owner
 from retrieval.errors import CollectionNotFound, DocumentNotFound, FileNotFound
-from retrieval.file_processing import FileProcessor
+from retrieval.file_processing import WRITER, FileProcessor
 from retrieval.files import FileRecord, FileStore
 from retrieval.filters import Filter
 from retrieval.formats import format_of
@@ -84,6 +84,7 @@ class VectorStores:
         self.files = files
         self.records = records
         self.processor = FileProcessor(collections, files, records)
+        collections.claim(Owner(WRITER, "/v1/vector_stores", records.exists))
 
     @classmethod
     def open(cls, collections: Collections) -> VectorStores:
@@ -168,7 +169,7 @@ class VectorStores:
         with self.collections.store.transaction():
             self.records.delete_store(store_id)
         with contextlib.suppress(CollectionNotFound):
-            self.collections.drop(store_id)
+            self.collections.drop(store_id, WRITER)
 
     # -- files in a vector store --------------------------------------------------------------------------
 
@@ -202,26 +203,21 @@ class VectorStores:
     async def update_attributes(
         self, store_id: str, file_id: str, attributes: dict[str, Any]
     ) -> VectorStoreFileRecord:
-        """New attributes for a file (and for filtering its document: its metadata is replaced too)."""
-        current = self.records.file(store_id, file_id)
-        self.records.set_attributes(store_id, file_id, attributes)
-        if current.status == "completed":
-            await self._reindex(store_id, current, attributes)
+        """New attributes for a file, and for filtering its document once it is processed (a file still
+        in progress gets them when its processing ends)."""
+        with self.collections.store.transaction():
+            current = self.records.file(store_id, file_id)
+            self.records.set_attributes(store_id, file_id, attributes)
+            if current.status == "completed":
+                self.collections.set_metadata(store_id, file_id, attributes, WRITER)
         return self.records.file(store_id, file_id)
-
-    async def _reindex(
-        self, store_id: str, current: VectorStoreFileRecord, attributes: dict[str, Any]
-    ) -> None:
-        doc = self.collections.get(store_id, current.file_id)
-        chunking = ChunkingConfig(current.chunk_tokens, current.overlap_tokens)
-        await self.collections.add(store_id, [DocumentInput(doc.text, doc.id, dict(attributes))], chunking)
 
     async def detach(self, store_id: str, file_id: str) -> None:
         """Remove a file from a vector store (the file itself stays)."""
         self.records.file(store_id, file_id)
         self.records.delete_file(store_id, file_id)
         with contextlib.suppress(DocumentNotFound):  # never processed, or failed
-            await self.collections.delete(store_id, file_id)
+            await self.collections.delete(store_id, file_id, WRITER)
 
     # -- batches ----------------------------------------------------------------------------------------
 
@@ -244,8 +240,10 @@ class VectorStores:
         return self.records.batch(store_id, batch_id)
 
     async def cancel_batch(self, store_id: str, batch_id: str) -> FileBatchRecord:
+        """Cancel the batch's files not yet processed; a finished batch is returned as it is."""
         self.records.batch(store_id, batch_id)
-        self.records.cancel_batch(store_id, batch_id)
+        with self.collections.store.transaction():
+            self.records.cancel_batch(store_id, batch_id)
         return self.records.batch(store_id, batch_id)
 
     async def batch_files(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from litestar.datastructures import UploadFile
-from litestar.params import KwargDefinition
+from litestar.params import KwargDefinition, Parameter
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from retrieval.files import PURPOSES
@@ -17,7 +17,8 @@ from services.gateway.retrieval_schemas import SQLiteInt
 AttributeValue = str | SQLiteInt | float | bool
 Attributes = dict[str, AttributeValue]
 Metadata = dict[str, str]
-Limit = Annotated[int, Meta(ge=1, le=100)]
+# A query parameter: Litestar checks its bounds when they are given as a Parameter (not as msgspec's Meta).
+Limit = Annotated[int, Parameter(ge=1, le=100)]
 Order = Literal["asc", "desc"]
 
 

@@ -152,8 +152,10 @@ def paginate(
     after: str | None,
     before: str | None,
 ) -> tuple[list[T], bool]:
-    """One page of a list kept oldest first: ``limit`` items in ``order`` after the ``after`` cursor (or
-    before ``before``), and whether more follow."""
+    """One page of a list kept oldest first, in ``order``: the ``limit`` items right after the ``after``
+    cursor (or from the top), or, given ``before`` alone, the ``limit`` items right before that cursor;
+    and whether more items lie beyond the page in the direction of travel (past its end going forward,
+    before its start going back)."""
     ordered = list(items) if order == "asc" else list(reversed(items))
     ids = [id_of(i) for i in ordered]
     start, end = 0, len(ordered)
@@ -165,6 +167,8 @@ def paginate(
         if before not in ids:
             raise InvalidRequest(f"before: no object {before!r} in this list", param="before")
         end = ids.index(before)
-        start = max(start, end - limit) if after is None else start
+        if after is None:
+            start = max(0, end - limit)
+            return ordered[start:end], start > 0
     page = ordered[start:end][:limit]
     return page, start + len(page) < end

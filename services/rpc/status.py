@@ -9,6 +9,7 @@ import grpc
 from retrieval.errors import (
     CollectionExists,
     CollectionNotFound,
+    CollectionOwned,
     DocumentNotFound,
     FileBatchNotFound,
     FileNotFound,
@@ -39,6 +40,7 @@ _KINDS: list[tuple[str, type[Exception], grpc.StatusCode]] = [
     ("context_length", ContextLengthExceeded, grpc.StatusCode.INVALID_ARGUMENT),
     ("unsupported_file", UnsupportedFormat, grpc.StatusCode.INVALID_ARGUMENT),
     ("invalid_file", UnreadableDocument, grpc.StatusCode.INVALID_ARGUMENT),
+    ("collection_owned", CollectionOwned, grpc.StatusCode.FAILED_PRECONDITION),
     ("invalid", InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     ("model_not_found", ModelNotFound, grpc.StatusCode.NOT_FOUND),
     ("collection_not_found", CollectionNotFound, grpc.StatusCode.NOT_FOUND),

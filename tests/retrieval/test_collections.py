@@ -4,6 +4,7 @@ labelled query set (tests/data/retrieval)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from retrieval import lexical
 from retrieval.chunking import ChunkingConfig
 from retrieval.collections import Collections, DocumentInput
 from retrieval.errors import CollectionExists, CollectionNotFound, DocumentNotFound, InvalidName
@@ -290,6 +292,32 @@ async def test_drop(tmp_path: Path, embedder: EmbeddingService) -> None:
         assert await cols.query("c", QUERIES["cats"]) == []
     finally:
         cols.close()
+
+
+async def test_drop_while_documents_are_embedded(cols: Collections) -> None:
+    cols.create("c", None)
+    adding = asyncio.create_task(cols.add("c", inputs()))
+    await asyncio.sleep(0)  # the add has found the collection and awaits the embedding model
+    assert not adding.done()
+    cols.drop("c")
+    with pytest.raises(CollectionNotFound):
+        await adding
+    assert cols.store.count_documents("c") == 0 and cols.store.chunk_stats("c") == (0, 0)
+    assert not lexical.exists(cols.store.db, "c")
+    cols.create("c", None)  # nothing was left behind under the name
+    await cols.add("c", inputs(["bread"]))
+    assert (await top_ids(cols, "c", QUERIES["bread"])) == ["bread"]
+
+
+async def test_delete_waiting_for_the_lock_when_the_collection_goes(cols: Collections) -> None:
+    cols.create("c", None)
+    await cols.add("c", inputs(["bread"]))
+    async with cols.lock:
+        deleting = asyncio.create_task(cols.delete("c", "bread"))
+        await asyncio.sleep(0)
+        cols.drop("c")
+    with pytest.raises(CollectionNotFound):
+        await deleting
 
 
 class RebuildCounter:

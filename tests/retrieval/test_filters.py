@@ -82,6 +82,9 @@ def test_equalities_are_an_and_of_eq() -> None:
         ({"type": "gt", "key": "a", "value": True}, "not booleans"),
         ({"type": "in", "key": "a", "value": "x"}, "non-empty list"),
         ({"type": "and", "filters": []}, "non-empty `filters`"),
+        ({"type": "in", "key": "a", "value": [99999999999999999999]}, "outside"),
+        ({"type": "eq", "key": "a", "value": 2**63}, "outside"),
+        ({"type": "lt", "key": "a", "value": -(2**63) - 1}, "outside"),
     ],
 )
 def test_malformed_filters_are_400s_naming_the_parameter(data: Any, message: str) -> None:
@@ -96,3 +99,8 @@ def test_nesting_is_bounded() -> None:
         data = {"type": "and", "filters": [data]}
     with pytest.raises(InvalidRequest, match="deeper"):
         parse_filter(data)
+
+
+def test_integers_at_sqlites_bounds_are_compared() -> None:
+    assert admitted({"type": "in", "key": "year", "value": [2**63 - 1, -(2**63), 2020]}) == {"a"}
+    assert admitted({"type": "gt", "key": "year", "value": -(2**63)}) == {"a", "b"}

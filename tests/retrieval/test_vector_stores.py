@@ -1,7 +1,9 @@
 """Files and vector stores over real collections (all-MiniLM-L6-v2) and real documents (tests/data): files
 are durable and orphans are swept, attached files end completed or failed with a clear last_error, search
-finds the right file under OpenAI's filters, detaching/deleting/cancelling leave nothing behind, and files
-left in progress by a crash are processed when the store is opened again."""
+finds the right file under OpenAI's filters (with the attributes last set, even while the file was
+processed), detaching/deleting/cancelling leave nothing behind (a finished batch stays as it is), a vector
+store's collection changes only through it, lists keep creation order, and files left in progress by a
+crash are processed when the store is opened again."""
 
 from __future__ import annotations
 
@@ -12,8 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.collections import Collections
-from retrieval.errors import FileNotFound, UnsupportedFormat, VectorStoreFileNotFound, VectorStoreNotFound
+from retrieval.collections import Collections, DocumentInput
+from retrieval.errors import (
+    CollectionOwned,
+    FileNotFound,
+    UnsupportedFormat,
+    VectorStoreFileNotFound,
+    VectorStoreNotFound,
+)
 from retrieval.filters import parse_filter
 from retrieval.vector_store_records import VectorStoreFileRecord
 from retrieval.vector_stores import FileAttachment, SearchOptions, VectorStores
@@ -218,4 +226,88 @@ async def test_cancelled_batch_leaves_unprocessed_files_out(
     searchable = {h.file_id for h in await vs.search(store.id, ["python"], SearchOptions(max_num_results=50))}
     completed = {r.file_id for r in await vs.batch_files(store.id, batch.id, "completed")}
     assert searchable <= completed
+    vs.collections.store.close()
+
+
+async def test_attributes_set_while_a_file_is_processed_are_the_ones_searched(
+    tmp_path: Path, embedder: EmbeddingService
+) -> None:
+    vs = open_stores(tmp_path, embedder)
+    store = await vs.create("late", {}, None, None)
+    fid = await upload(vs, DOCS / "numpy.txt")
+    async with vs.collections.lock:  # the file's document cannot be written yet
+        await vs.attach(store.id, FileAttachment(fid, {"team": "old"}))
+        await asyncio.sleep(0.5)  # its processing has started, with the attributes it was attached with
+        updated = await vs.update_attributes(store.id, fid, {"team": "new"})
+        assert updated.status == "in_progress" and updated.attributes == {"team": "new"}
+    assert (await settled(vs, store.id, fid)).attributes == {"team": "new"}
+
+    async def found(team: str) -> list[str]:
+        options = SearchOptions(filters=parse_filter({"type": "eq", "key": "team", "value": team}))
+        return [h.file_id for h in await vs.search(store.id, [first_query_for("numpy")], options)]
+
+    assert (await found("new"), await found("old")) == ([fid], [])
+    vs.collections.store.close()
+    vs = open_stores(tmp_path, embedder)
+    assert (await found("new"), await found("old")) == ([fid], [])
+    await vs.update_attributes(store.id, fid, {"team": "newer"})  # completed: applied at once
+    assert (await found("newer"), await found("new")) == ([fid], [])
+    vs.collections.store.close()
+
+
+async def test_collections_of_vector_stores_change_only_through_them(
+    tmp_path: Path, embedder: EmbeddingService
+) -> None:
+    vs = open_stores(tmp_path, embedder)
+    store = await vs.create("owned", {}, None, None)
+    fid = await upload(vs, DOCS / "idna.txt")
+    await vs.attach(store.id, FileAttachment(fid))
+    assert (await settled(vs, store.id, fid)).status == "completed"
+    cols = vs.collections
+    with pytest.raises(CollectionOwned, match="/v1/vector_stores") as info:
+        cols.drop(store.id)
+    assert info.value.code == "collection_owned"
+    with pytest.raises(CollectionOwned):
+        await cols.add(store.id, [DocumentInput("some text", "doc")])
+    with pytest.raises(CollectionOwned):
+        await cols.delete(store.id, fid)
+    hits = await vs.search(store.id, [first_query_for("idna")], SearchOptions())
+    assert [h.file_id for h in hits] == [fid]
+    assert store.id in {r.name for r in cols.records()}  # listed, and readable
+    cols.create("plain", None)
+    await cols.add("plain", [DocumentInput("some text", "doc")])
+    cols.drop("plain")
+    await vs.delete(store.id)
+    assert store.id not in {r.name for r in cols.records()}
+    vs.collections.store.close()
+
+
+async def test_lists_keep_creation_order_within_a_second(tmp_path: Path, embedder: EmbeddingService) -> None:
+    vs = open_stores(tmp_path, embedder)
+    stores = [(await vs.create(f"s{i}", {}, None, None)).id for i in range(8)]
+    assert [s.id for s in await vs.list_stores()] == stores
+    files = [await upload(vs, p) for p in sorted(DOCS.glob("*.txt"))[:8]]
+    for f in files:
+        await vs.attach(stores[0], FileAttachment(f))
+    assert [f.file_id for f in await vs.list_attached(stores[0])] == files
+    batch = await vs.create_batch(stores[1], [FileAttachment(f) for f in files])
+    assert [f.file_id for f in await vs.batch_files(stores[1], batch.id)] == files
+    for f in files:
+        await settled(vs, stores[0], f)
+        await settled(vs, stores[1], f)
+    vs.collections.store.close()
+
+
+async def test_cancelling_a_finished_batch_changes_nothing(
+    tmp_path: Path, embedder: EmbeddingService
+) -> None:
+    vs = open_stores(tmp_path, embedder)
+    store = await vs.create("done", {}, None, None)
+    files = [await upload(vs, DOCS / f"{stem}.txt") for stem in ("idna", "h11")]
+    batch = await vs.create_batch(store.id, [FileAttachment(f) for f in files])
+    for f in files:
+        await settled(vs, store.id, f)
+    batch = await vs.cancel_batch(store.id, batch.id)
+    assert (batch.status, batch.file_counts.completed, batch.file_counts.cancelled) == ("completed", 2, 0)
+    assert (await vs.get_batch(store.id, batch.id)).status == "completed"
     vs.collections.store.close()

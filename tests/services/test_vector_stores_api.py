@@ -2,8 +2,10 @@
 (embedded, or the gRPC topology with MMSERVE_TEST_DISTRIBUTED=1): files.create/retrieve/list/content/
 delete, vector_stores.create/retrieve/update/list/delete, files.create_and_poll, upload_and_poll,
 file_batches.upload_and_poll, search with filters and ranking options, the document formats people have
-(PDF, DOCX, HTML, JSON, Markdown), failures that end as `failed` with `last_error`, 4xx in OpenAI's shape,
-and RAG over a vector store. Documents are real texts from tests/data, never written for the test."""
+(PDF, DOCX, HTML, JSON, Markdown), failures that end as `failed` with `last_error`, 4xx in OpenAI's shape
+(bounded list limits and filter integers, a vector store's collection left to the vector stores API),
+lists newest first and paged both ways, and RAG over a vector store. Documents are real texts from
+tests/data, never written for the test."""
 
 from __future__ import annotations
 
@@ -251,3 +253,88 @@ def test_errors_are_openai_shaped(http: httpx.Client, client: openai.OpenAI, mad
         http.post("/v1/vector_stores", json={"metadata": {f"k{i}": "v" for i in range(17)}}), 400
     )
     assert error["param"] == "metadata"
+
+
+def test_lists_are_bounded_ordered_and_paged_both_ways(
+    http: httpx.Client, client: openai.OpenAI, made: Created
+) -> None:
+    stores = []
+    for i in range(5):
+        stores.append(client.vector_stores.create(name=f"order {i}").id)
+        made.stores.append(stores[-1])
+    batch = client.vector_stores.file_batches.upload_and_poll(
+        vector_store_id=stores[0], files=[("h11.txt", (DOCS / "h11.txt").read_bytes())], poll_interval_ms=100
+    )
+    made.files.extend(
+        f.id for f in client.vector_stores.file_batches.list_files(batch.id, vector_store_id=stores[0])
+    )
+    lists = ["/v1/vector_stores", f"/v1/vector_stores/{stores[0]}/files"]
+    lists.append(f"/v1/vector_stores/{stores[0]}/file_batches/{batch.id}/files")
+    for path in lists:
+        for limit in (0, -1, 101, 500):
+            assert error_of(http.get(path, params={"limit": limit}), 400)["param"] == "limit", (path, limit)
+        assert http.get(path, params={"limit": 100}).status_code == 200
+
+    newest = http.get("/v1/vector_stores", params={"limit": 5}).json()
+    assert [s["id"] for s in newest["data"]] == stores[::-1]  # newest first, even within one second
+    page = http.get("/v1/vector_stores", params={"limit": 2, "before": stores[1]}).json()
+    assert ([s["id"] for s in page["data"]], page["has_more"]) == ([stores[3], stores[2]], True)
+    page = http.get("/v1/vector_stores", params={"limit": 2, "before": stores[3]}).json()
+    assert ([s["id"] for s in page["data"]], page["has_more"]) == ([stores[4]], False)
+    page = http.get("/v1/vector_stores", params={"limit": 2, "after": stores[3]}).json()
+    assert [s["id"] for s in page["data"]] == [stores[2], stores[1]] and page["has_more"]
+
+    attached = [upload(client, made, DOCS / f"{stem}.txt") for stem in ("numpy", "idna", "tqdm", "faiss")]
+    for file_id in attached:
+        client.vector_stores.files.create(vector_store_id=stores[1], file_id=file_id)
+    listed = client.vector_stores.files.list(vector_store_id=stores[1], order="asc")
+    assert [f.id for f in listed.data] == attached
+
+    cancelled = client.vector_stores.file_batches.cancel(batch.id, vector_store_id=stores[0])
+    assert (cancelled.status, cancelled.file_counts.completed, cancelled.file_counts.cancelled) == (
+        "completed",
+        1,
+        0,
+    )
+
+
+def test_vector_store_collections_and_filters_are_guarded(
+    http: httpx.Client, client: openai.OpenAI, made: Created
+) -> None:
+    store = client.vector_stores.create(name="guarded")
+    made.stores.append(store.id)
+    file_id = upload(client, made, DOCS / "idna.txt")
+    client.vector_stores.files.create_and_poll(
+        file_id=file_id, vector_store_id=store.id, attributes={"n": 1}, poll_interval_ms=100
+    )
+    for value in ([99999999999999999999], [-(2**63) - 1]):
+        huge = {"query": "x", "filters": {"type": "in", "key": "n", "value": value}}
+        error = error_of(http.post(f"/v1/vector_stores/{store.id}/search", json=huge), 400)
+        assert error["param"] == "filters"
+
+    for response in (
+        http.delete(f"/v1/collections/{store.id}"),
+        http.post(f"/v1/collections/{store.id}/documents", json={"documents": [{"text": "t"}]}),
+        http.delete(f"/v1/collections/{store.id}/documents/{file_id}"),
+    ):
+        error = error_of(response, 400)
+        assert error["code"] == "collection_owned" and "/v1/vector_stores" in error["message"], error
+    assert store.id in {c["name"] for c in http.get("/v1/collections").json()["data"]}
+    hits = client.vector_stores.search(store.id, query=query_for("idna"))
+    assert [h.file_id for h in hits.data] == [file_id]
+
+
+def test_attributes_updated_while_processing_are_searched(client: openai.OpenAI, made: Created) -> None:
+    store = client.vector_stores.create(name="late attributes")
+    made.stores.append(store.id)
+    file_id = upload(client, made, FORMATS / "COPYING.GPL-2", "licence.txt")
+    client.vector_stores.files.create(vector_store_id=store.id, file_id=file_id, attributes={"team": "old"})
+    client.vector_stores.files.update(file_id, vector_store_id=store.id, attributes={"team": "new"})
+    vsf = client.vector_stores.files.poll(file_id, vector_store_id=store.id, poll_interval_ms=100)
+    assert (vsf.status, vsf.attributes) == ("completed", {"team": "new"})
+    query = "Free Software Foundation warranty"
+    for team, expected in (("new", [file_id]), ("old", [])):
+        hits = client.vector_stores.search(
+            store.id, query=query, filters={"type": "eq", "key": "team", "value": team}
+        )
+        assert [h.file_id for h in hits.data] == expected, team

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from retrieval.chunking import ChunkingConfig
 from retrieval.errors import (
+    CollectionOwned,
     FileBatchNotFound,
     FileNotFound,
     UnreadableDocument,
@@ -216,6 +217,7 @@ def test_the_worker_reports_the_vector_stores_service_healthy(topology: tuple[Se
         FileBatchNotFound("vsfb_1", "vector store vs_1"),
         UnsupportedFormat("`a.exe` is not a supported file type", param="file"),
         UnreadableDocument("`a.pdf` is encrypted", param="file"),
+        CollectionOwned("vs_1", "vector store", "/v1/vector_stores"),
     ],
     ids=lambda e: type(e).__name__,
 )
