@@ -9,16 +9,26 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from shared_engine.errors import InvalidRequest
+from shared_engine.errors import InvalidRequest, PayloadTooLarge
 
 SAMPLE_RATE = 16_000
 FORMATS = ("wav", "flac", "ogg")  # containers libsndfile reads here (OGG: Vorbis and Opus)
+MIN_SECONDS = 0.1  # shorter audio holds no word to hear
 
 
-class AudioTooLong(InvalidRequest):
+class AudioTooLong(PayloadTooLarge):
     def __init__(self, seconds: float, limit: float) -> None:
         super().__init__(
             f"the audio lasts {seconds:.1f} s, more than this service's limit of {limit:.0f} s", param="file"
+        )
+
+
+class AudioTooShort(InvalidRequest):
+    code = "audio_too_short"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"the audio lasts {seconds:.3f} s, less than the minimum of {MIN_SECONDS} s", param="file"
         )
 
 
@@ -37,8 +47,9 @@ def decode_audio(data: bytes, max_seconds: float) -> np.ndarray:
         raise InvalidRequest(
             f"could not read the audio file ({exc}); supported formats: {', '.join(FORMATS)}", param="file"
         ) from None
-    if samples.shape[0] == 0:
-        raise InvalidRequest("the audio file holds no samples", param="file")
+    seconds = samples.shape[0] / rate if rate > 0 else 0.0
+    if seconds < MIN_SECONDS:
+        raise AudioTooShort(seconds)
     mono = samples.mean(axis=1)
     if not np.isfinite(mono).all():
         raise InvalidRequest("the audio holds non-finite samples", param="file")

@@ -30,6 +30,7 @@ class WhisperVocab:
     languages: dict[str, int]  # "en" → id of <|en|>; empty for English-only models
     suppress: tuple[int, ...]  # non-speech symbols the model was trained to avoid
     begin_suppress: tuple[int, ...]  # tokens that may not start a transcript (blank, end of text)
+    no_speech: int | None = None  # <|nospeech|> (<|nocaptions|> in older vocabularies)
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, generation_config: Any) -> WhisperVocab:
@@ -54,6 +55,7 @@ class WhisperVocab:
             begin_suppress=tuple(
                 int(t) for t in getattr(generation_config, "begin_suppress_tokens", None) or ()
             ),
+            no_speech=next((int(known[t]) for t in ("<|nospeech|>", "<|nocaptions|>") if t in known), None),
         )
 
     @property
@@ -115,6 +117,20 @@ class TimestampRules:
         # probabilities, whose shared normaliser cancels.
         if torch.logsumexp(logits[ts:], dim=-1) > logits[:ts].max():
             logits[:ts] = inf
+
+
+class NoSpeechProbe:
+    """Records the probability of the no-speech token at a request's first step, before any rule
+    suppresses it; must come first among the processors. Whisper reads it after <|startoftranscript|>."""
+
+    def __init__(self, vocab: WhisperVocab) -> None:
+        self.token = vocab.no_speech
+        self.probability: float | None = None
+
+    def __call__(self, outputs: Sequence[int], logits: torch.Tensor) -> None:
+        if outputs or self.probability is not None or self.token is None:
+            return
+        self.probability = float(torch.softmax(logits.float(), dim=-1)[self.token])
 
 
 class OnlyTokens:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,11 +21,13 @@ from transformers import AutoConfig, AutoTokenizer, GenerationConfig, WhisperFea
 from transformers import WhisperForConditionalGeneration as HFWhisper
 from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
+from pipelines.asr.alignment import Word
 from pipelines.asr.audio import SAMPLE_RATE
 from pipelines.asr.config import ASRPipelineConfig
-from pipelines.asr.decoding import OnlyTokens, SuppressTokens, TimestampRules, WhisperVocab
+from pipelines.asr.decoding import WhisperVocab
 from pipelines.asr.loader import prepare_whisper_folder
-from pipelines.asr.segments import Segment, compression_ratio, split_window
+from pipelines.asr.segments import Segment, split_window
+from pipelines.asr.windows import WindowDecoder
 from shared_engine.async_engine import AsyncLLMEngine, StepObserver
 from shared_engine.compute import compute_lane
 from shared_engine.detokenizer import Tokenizer
@@ -35,22 +36,14 @@ from shared_engine.errors import InvalidRequest
 from shared_engine.llm_engine import EngineStats, LLMEngine
 from shared_engine.micro_batcher import BatchObserver, BatchStats, MicroBatcher
 from shared_engine.models.loader import build_decoder, iter_safetensors
-from shared_engine.models.whisper import CrossAttentionState
+from shared_engine.models.whisper import CrossAttentionState, WhisperDecoder
 from shared_engine.models.whisper_encoder import Int8RowsWhisperEncoder
-from shared_engine.outputs import FinishReason, RequestOutput
 from shared_engine.row_int8_linear import rows_int8_available
-from shared_engine.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 30.0
 MAX_PROMPT_TOKENS = 223  # half the decoder's context, less the <|startofprev|> token
-MAX_WINDOW_TOKENS = 224
-# A window that decodes into highly repetitive text, never ends, or is improbable on average is
-# decoded again hotter (the reference implementation's defaults).
-FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-MAX_COMPRESSION_RATIO = 2.4
-MIN_AVG_LOGPROB = -1.0
 TASKS = ("transcribe", "translate")
 
 
@@ -60,18 +53,7 @@ class Transcription:
     language: str  # language name, e.g. "english"
     duration: float
     segments: list[Segment]
-
-
-@dataclass(frozen=True)
-class _Decoded:
-    tokens: list[int]
-    logprobs: list[float]
-    finish_reason: FinishReason | None
-    temperature: float = 0.0
-
-    @property
-    def avg_logprob(self) -> float:
-        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else 0.0
+    words: list[Word] = field(default_factory=list)  # only when word timestamps were asked for
 
 
 class ASRPipeline:
@@ -101,7 +83,8 @@ class ASRPipeline:
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.tokenizer: Any = AutoTokenizer.from_pretrained(folder)
         self.features = WhisperFeatureExtractor.from_pretrained(folder)
-        self.vocab = WhisperVocab.from_tokenizer(self.tokenizer, GenerationConfig.from_pretrained(folder))
+        generation = GenerationConfig.from_pretrained(folder)
+        self.vocab = WhisperVocab.from_tokenizer(self.tokenizer, generation)
         encoder = HFWhisper.from_pretrained(folder, dtype=self.dtype).model.encoder.to(self.device).eval()
         decoder = build_decoder(
             AutoConfig.from_pretrained(folder), iter_safetensors(folder), self.device, self.dtype,
@@ -125,7 +108,6 @@ class ASRPipeline:
         # Cross-attention keys and values are stored as the engine's KV cache stores its own.
         cache_dtype = engine.runner.kv_dtype
         self._cross_kv = functools.partial(cast(Any, decoder).cross_attention_kv, dtype=cache_dtype)
-        self.max_target_len = engine.max_model_len
         self.lane = compute_lane(self.device)
         self.engine = AsyncLLMEngine(engine, on_step, self.lane)
         self.batcher: MicroBatcher[np.ndarray, CrossAttentionState] = MicroBatcher(
@@ -136,7 +118,11 @@ class ASRPipeline:
             lane=self.lane,
             on_batch=on_batch,
         )
-        self._rules = (SuppressTokens(self.vocab), TimestampRules(self.vocab))
+        heads = getattr(generation, "alignment_heads", None) or []
+        self.windows = WindowDecoder(
+            self.engine, self.vocab, cast(WhisperDecoder, decoder), [(int(a), int(b)) for a, b in heads],
+            self._decode_text, engine.max_model_len, self.lane,
+        )  # fmt: skip
         logger.info("speech model %s loaded from %s (%s, %s)", self.name, folder, self.device, self.dtype)
 
     @property
@@ -186,33 +172,58 @@ class ASRPipeline:
         language: str | None = None,
         prompt: str | None = None,
         temperature: float = 0.0,
+        word_timestamps: bool = False,
     ) -> Transcription:
-        """Transcribe (or translate into English) 16 kHz mono ``audio`` of any length."""
+        """Transcribe (or translate into English) 16 kHz mono ``audio`` of any length; with
+        ``word_timestamps``, the time of each word too."""
         self._check(task, language, temperature)
         duration = len(audio) / SAMPLE_RATE
         history = self._encode_text(prompt) if prompt else []
         segments: list[Segment] = []
+        words: list[Word] = []
         seek = 0.0
         while duration - seek > 0.1:
             start = int(seek * SAMPLE_RATE)
             chunk = audio[start : start + int(WINDOW_SECONDS * SAMPLE_RATE)]
             window = len(chunk) / SAMPLE_RATE
             (state,) = await self.batcher.submit([self.log_mel(chunk)])
-            if language is None:
-                language = await self._detect_language(f"{request_id}-lang", state)
-            prompt_ids = self._prompt(history, language, task)
             rid = f"{request_id}-{start}"
-            decoded = await self._decode_window(rid, prompt_ids, state, temperature)
+            language, no_speech = await self._first_step(rid, history, language, state)
+            sot_sequence = self._sot_sequence(language, task)
+            prompt_ids = [*self._previous(history), *sot_sequence]
+            decoded = await self.windows.decode(rid, prompt_ids, state, temperature)
             result = split_window(
                 decoded.tokens, decoded.logprobs, self.vocab, seek, window, self._decode_text,
                 len(segments), decoded.temperature,
             )  # fmt: skip
-            segments.extend(result.segments)
+            no_speech = decoded.no_speech_prob if no_speech is None else no_speech
+            segments.extend(replace(s, no_speech_prob=no_speech or 0.0) for s in result.segments)
+            text_tokens = [t for s in result.segments for t in s.tokens if t < self.vocab.eot]
             history.extend(t for s in result.segments for t in s.tokens)
+            if word_timestamps:
+                words += await self.windows.words(state, sot_sequence, text_tokens, language, seek, window)
             seek += min(max(result.advance, 0.02), window)
         segments = [replace(s, end=min(s.end, duration)) for s in segments]
         text = "".join(s.text for s in segments).strip()
-        return Transcription(text, LANGUAGES.get(language or "en", language or "en"), duration, segments)
+        code = language or "en"
+        return Transcription(text, LANGUAGES.get(code, code), duration, segments, words)
+
+    async def _first_step(
+        self, request_id: str, history: list[int], language: str | None, state: CrossAttentionState
+    ) -> tuple[str, float | None]:
+        """The window's language (detected where not given) and, on a multilingual model, its no-speech
+        probability: the step after <|startoftranscript|>, which the decode's prompt passes by (an
+        English-only model's ends there, and its decode reports it)."""
+        v = self.vocab
+        if not self.multilingual:
+            return "en", None
+        if language is None:  # detected from the first window alone, as the reference does
+            detected = await self.windows.first_step(f"{request_id}-lang", [v.sot], state)
+            language = detected.language
+            if not history:
+                return language, detected.no_speech_prob
+        step = await self.windows.first_step(f"{request_id}-sot", [*self._previous(history), v.sot], state)
+        return language, step.no_speech_prob
 
     def _encode_text(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(" " + text.strip(), add_special_tokens=False))
@@ -220,66 +231,15 @@ class ASRPipeline:
     def _decode_text(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
-    def _prompt(self, history: list[int], language: str | None, task: str) -> list[int]:
+    def _previous(self, history: list[int]) -> list[int]:
+        """The text decoded so far, as the prompt's prefix (none before the first words)."""
+        return [self.vocab.sot_prev, *history[-MAX_PROMPT_TOKENS:]] if history else []
+
+    def _sot_sequence(self, language: str, task: str) -> list[int]:
         v = self.vocab
-        prefix = [v.sot_prev, *history[-MAX_PROMPT_TOKENS:]] if history else []
         if not self.multilingual:
-            return [*prefix, v.sot]
-        lang = v.languages[language or "en"]
-        return [*prefix, v.sot, lang, v.translate if task == "translate" else v.transcribe]
-
-    async def _detect_language(self, request_id: str, state: CrossAttentionState) -> str:
-        if not self.multilingual:
-            return "en"
-        v = self.vocab
-        params = SamplingParams(
-            max_tokens=1, temperature=0.0, skip_special_tokens=False,
-            logits_processors=(OnlyTokens(list(v.languages.values())),),
-        )  # fmt: skip
-        decoded = await self._collect(self.engine.generate(request_id, [v.sot], params, state))
-        by_id = {i: code for code, i in v.languages.items()}
-        return by_id[decoded.tokens[0]]
-
-    async def _decode_window(
-        self, request_id: str, prompt: list[int], state: CrossAttentionState, temperature: float
-    ) -> _Decoded:
-        """Greedy first; hotter again while the result loops, never ends or is improbable. When every
-        attempt fails a check, the most probable one on average wins."""
-        temperatures = FALLBACK_TEMPERATURES if temperature == 0 else (temperature,)
-        attempts: list[_Decoded] = []
-        room = min(MAX_WINDOW_TOKENS, self.max_target_len - len(prompt))
-        for i, t in enumerate(temperatures):
-            # Seeded: the same audio gets the same transcript, fallbacks included.
-            params = SamplingParams(
-                max_tokens=room, temperature=t, seed=i, logprobs=0, skip_special_tokens=False,
-                logits_processors=self._rules,
-            )  # fmt: skip
-            decoded = await self._collect(
-                self.engine.generate(f"{request_id}-t{i}", prompt, params, state), t
-            )
-            attempts.append(decoded)
-            text = self._decode_text([x for x in decoded.tokens if x < self.vocab.eot])
-            looping = compression_ratio(text) > MAX_COMPRESSION_RATIO
-            if (
-                decoded.finish_reason is not FinishReason.LENGTH
-                and not looping
-                and decoded.avg_logprob >= MIN_AVG_LOGPROB
-            ):
-                return decoded
-        return max(attempts, key=lambda d: d.avg_logprob)
-
-    async def _collect(self, stream: AsyncIterator[RequestOutput], temperature: float = 0.0) -> _Decoded:
-        tokens: list[int] = []
-        logprobs: list[float] = []
-        reason: FinishReason | None = None
-        async for out in stream:
-            tokens.extend(out.token_ids)
-            logprobs.extend(lp.logprob for lp in out.logprobs)
-            reason = out.finish_reason
-        if tokens and tokens[-1] == self.vocab.eot:
-            tokens.pop()
-            logprobs = logprobs[: len(tokens)]
-        return _Decoded(tokens, logprobs, reason, temperature)
+            return [v.sot]
+        return [v.sot, v.languages[language], v.translate if task == "translate" else v.transcribe]
 
     def stats(self) -> EngineStats:
         return self.engine.stats()

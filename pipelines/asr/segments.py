@@ -26,6 +26,7 @@ class Segment:
     avg_logprob: float
     temperature: float  # what the window was decoded at (above 0 after a fallback)
     seek: float  # where the window that holds it starts, in seconds
+    no_speech_prob: float = 0.0  # of the window that holds it, read after <|startoftranscript|>
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from services.gateway.media_schemas import (
     VerboseTranscription,
 )
 from services.gateway.schemas import Embedding
-from services.gateway.transcripts import check_format, render
+from services.gateway.transcripts import check_format, check_granularities, render
 from services.registry import ModelRegistry
 from shared_engine.errors import InvalidRequest
 
@@ -187,9 +187,13 @@ class AudioController(Controller):
     path = "/v1/audio"
     tags = ["audio"]
 
-    async def _transcribe(self, form: TranscriptionForm, registry: ModelRegistry, task: str) -> Response[Any]:
+    async def _transcribe(
+        self, form: TranscriptionForm, request: Request[Any, Any, Any], registry: ModelRegistry, task: str
+    ) -> Response[Any]:
         fmt = check_format(form.response_format)
-        model = form.model or registry.default_model("asr")
+        named = (await request.form()).getall("timestamp_granularities[]", [])  # the OpenAI SDKs' name
+        granularities = check_granularities([*form.timestamp_granularities, *named], fmt, task)
+        model = form.model or _default_speech_model(registry, task)
         service = registry.asr(model)
         if task == "translate" and not service.multilingual:
             raise InvalidRequest(f"model {model!r} is English-only: it cannot translate", param="model")
@@ -200,8 +204,9 @@ class AudioController(Controller):
             language=form.language or None,
             prompt=form.prompt or None,
             temperature=form.temperature,
+            word_timestamps="word" in granularities,
         )
-        return render(result, fmt, task)
+        return render(result, fmt, task, granularities)
 
     @post(
         "/transcriptions",
@@ -211,9 +216,12 @@ class AudioController(Controller):
         operation_class=_TRANSCRIPT,
     )
     async def transcriptions(
-        self, data: Annotated[TranscriptionForm, Multipart], registry: Registry
+        self,
+        data: Annotated[TranscriptionForm, Multipart],
+        request: Request[Any, Any, Any],
+        registry: Registry,
     ) -> Response[Any]:
-        return await self._transcribe(data, registry, "transcribe")
+        return await self._transcribe(data, request, registry, "transcribe")
 
     @post(
         "/translations",
@@ -223,9 +231,12 @@ class AudioController(Controller):
         operation_class=_TRANSCRIPT,
     )
     async def translations(
-        self, data: Annotated[TranscriptionForm, Multipart], registry: Registry
+        self,
+        data: Annotated[TranscriptionForm, Multipart],
+        request: Request[Any, Any, Any],
+        registry: Registry,
     ) -> Response[Any]:
-        return await self._transcribe(data, registry, "translate")
+        return await self._transcribe(data, request, registry, "translate")
 
     @post(
         "/speech",
@@ -238,6 +249,22 @@ class AudioController(Controller):
         service = registry.tts(data.model or registry.default_model("tts"))
         audio, content_type = await service.speech(data.input, data.voice, data.speed, data.response_format)
         return Response(audio, media_type=content_type, headers={"X-Sample-Rate": str(service.sample_rate)})
+
+
+def _default_speech_model(registry: ModelRegistry, task: str) -> str:
+    """The first served speech model; for a translation, the first multilingual one."""
+    first = registry.default_model("asr")
+    if task != "translate":
+        return first
+    names = [spec.name for spec in registry.specs.values() if spec.task == "asr"]
+    for name in names:
+        if registry.asr(name).multilingual:
+            return name
+    raise InvalidRequest(
+        f"translation needs a multilingual speech model; those served here are English-only: "
+        f"{', '.join(names)}",
+        param="model",
+    )
 
 
 def _not_json(body: bytes) -> str:

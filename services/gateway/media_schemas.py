@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from litestar.datastructures import UploadFile
+from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import KwargDefinition
 from msgspec import Meta, Struct
 
@@ -58,6 +59,7 @@ class ImageEmbeddingList(Struct):
 # -- audio -----------------------------------------------------------------------------------------------
 
 TRANSCRIPT_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+TIMESTAMP_GRANULARITIES = ("segment", "word")
 
 
 @dataclass
@@ -71,6 +73,14 @@ class TranscriptionForm:
     # Checked by the handler and the pipeline (a 400 naming the field); here for the OpenAPI schema.
     response_format: Annotated[str, KwargDefinition(schema_extra={"enum": list(TRANSCRIPT_FORMATS)})] = "json"
     temperature: Annotated[float, KwargDefinition(schema_extra={"minimum": 0.0, "maximum": 1.0})] = 0.0
+    # Also read as `timestamp_granularities[]`, the name the OpenAI SDKs send; checked by the handler.
+    timestamp_granularities: Annotated[
+        list[str],
+        KwargDefinition(
+            description="`segment` and/or `word` (with response_format verbose_json; transcriptions only)",
+            schema_extra={"items": Schema(type=OpenAPIType.STRING, enum=list(TIMESTAMP_GRANULARITIES))},
+        ),
+    ] = field(default_factory=list)
 
 
 class TranscriptionSegment(Struct):
@@ -83,18 +93,26 @@ class TranscriptionSegment(Struct):
     temperature: float
     avg_logprob: float
     compression_ratio: float
+    no_speech_prob: float
+
+
+class TranscriptionWord(Struct):
+    word: str
+    start: float
+    end: float
 
 
 class Transcription(Struct):
     text: str
 
 
-class VerboseTranscription(Struct):
+class VerboseTranscription(Struct, omit_defaults=True):
     task: str
     language: str
     duration: float
     text: str
-    segments: list[TranscriptionSegment]
+    segments: list[TranscriptionSegment] | None = None  # unless only `word` granularity was asked for
+    words: list[TranscriptionWord] | None = None  # with `word` granularity
 
 
 class SpeechRequest(Struct, kw_only=True):

@@ -10,6 +10,7 @@ from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
 from litestar.response import Stream
 
+from services.errors import ModelNotFound
 from services.gateway import chat, completions, embeddings
 from services.gateway.api_docs import EVENT_STREAM, SERVICE_ERRORS, errors, operation, sse_events
 from services.gateway.lifecycle import Lifecycle
@@ -43,6 +44,14 @@ _READY = ResponseSpec(
 )
 
 
+def _card(registry: ModelRegistry, name: str) -> ModelCard:
+    spec = registry.specs[name]
+    service = registry.services.get(name)
+    max_len = service.max_model_len if service else None
+    voices = service.voices if isinstance(service, TTSService | RemoteTTSService) else None
+    return ModelCard(name, spec.task, registry.created, max_model_len=max_len, voices=voices)
+
+
 def _respond(result: Any) -> Any:
     return result if isinstance(result, ChatCompletion | Completion) else sse_response(result)
 
@@ -72,15 +81,13 @@ class OpenAIController(Controller):
 
     @get("/models", summary="Served models, each with its task", responses=errors())
     async def models(self, registry: Registry) -> ModelList:
-        cards = []
-        for spec in registry.specs.values():
-            service = registry.services.get(spec.name)
-            max_len = service.max_model_len if service else None
-            voices = service.voices if isinstance(service, TTSService | RemoteTTSService) else None
-            cards.append(
-                ModelCard(spec.name, spec.task, registry.created, max_model_len=max_len, voices=voices)
-            )
-        return ModelList(data=cards)
+        return ModelList(data=[_card(registry, name) for name in registry.specs])
+
+    @get("/models/{model:str}", summary="One served model, as the list shows it", responses=errors(400, 404))
+    async def model(self, model: str, registry: Registry) -> ModelCard:
+        if model not in registry.specs:
+            raise ModelNotFound(model)
+        return _card(registry, model)
 
     @post(
         "/chat/completions",

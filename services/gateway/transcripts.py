@@ -7,9 +7,14 @@ from typing import Any
 from litestar import Response
 
 from pipelines.asr import Transcription, compression_ratio
+from services.gateway.media_schemas import (
+    TIMESTAMP_GRANULARITIES,
+    TranscriptionSegment,
+    TranscriptionWord,
+    VerboseTranscription,
+)
 from services.gateway.media_schemas import TRANSCRIPT_FORMATS as RESPONSE_FORMATS
 from services.gateway.media_schemas import Transcription as TranscriptionBody
-from services.gateway.media_schemas import TranscriptionSegment, VerboseTranscription
 from shared_engine.errors import InvalidRequest
 
 
@@ -20,6 +25,24 @@ def check_format(fmt: str) -> str:
             param="response_format",
         )
     return fmt
+
+
+def check_granularities(values: list[str], fmt: str, task: str) -> frozenset[str]:
+    """The timestamp granularities asked for (``segment`` when none is named), as OpenAI checks them."""
+    param = "timestamp_granularities"
+    unknown = [v for v in values if v not in TIMESTAMP_GRANULARITIES]
+    if unknown:
+        raise InvalidRequest(
+            f"timestamp_granularities must be among {', '.join(TIMESTAMP_GRANULARITIES)}, got {unknown[0]!r}",
+            param=param,
+        )
+    if values and task != "transcribe":
+        raise InvalidRequest("timestamp_granularities is only supported for transcriptions", param=param)
+    if values and fmt != "verbose_json":
+        raise InvalidRequest(
+            f"timestamp_granularities needs response_format verbose_json, got {fmt!r}", param=param
+        )
+    return frozenset(values or ("segment",))
 
 
 def _clock(seconds: float, decimal: str) -> str:
@@ -43,7 +66,7 @@ def to_vtt(t: Transcription) -> str:
     return "WEBVTT\n\n" + "\n".join(cues)
 
 
-def to_verbose(t: Transcription, task: str) -> VerboseTranscription:
+def to_verbose(t: Transcription, task: str, granularities: frozenset[str]) -> VerboseTranscription:
     segments = [
         TranscriptionSegment(
             id=s.id,
@@ -55,17 +78,25 @@ def to_verbose(t: Transcription, task: str) -> VerboseTranscription:
             temperature=s.temperature,
             avg_logprob=round(s.avg_logprob, 6),
             compression_ratio=round(compression_ratio(s.text), 4),
+            no_speech_prob=round(s.no_speech_prob, 6),
         )
         for s in t.segments
     ]
-    return VerboseTranscription(task, t.language, round(t.duration, 3), t.text, segments)
+    words = [TranscriptionWord(w.word, w.start, w.end) for w in t.words]
+    return VerboseTranscription(
+        task, t.language, round(t.duration, 3), t.text,
+        segments=segments if "segment" in granularities else None,
+        words=words if "word" in granularities else None,
+    )  # fmt: skip
 
 
-def render(t: Transcription, fmt: str, task: str) -> Response[Any]:
+def render(
+    t: Transcription, fmt: str, task: str, granularities: frozenset[str] = frozenset({"segment"})
+) -> Response[Any]:
     if fmt == "json":
         return Response(TranscriptionBody(t.text))
     if fmt == "verbose_json":
-        return Response(to_verbose(t, task))
+        return Response(to_verbose(t, task, granularities))
     if fmt == "srt":
         return Response(to_srt(t), media_type="text/plain")
     if fmt == "vtt":

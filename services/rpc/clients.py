@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.asr import Segment, Transcription
+from pipelines.asr import Segment, Transcription, Word
 from pipelines.embedding import EmbeddingTokenizer
 from pipelines.llm import ChatTokenizer, check_prompts
 from pipelines.llm.loader import prepare_model_folder
@@ -134,6 +134,7 @@ class RemoteASRService(_Remote):
         language: str | None,
         prompt: str | None,
         temperature: float,
+        word_timestamps: bool = False,
     ) -> Transcription:
         request = asr_pb2.TranscribeRequest(
             model=self.name,
@@ -142,13 +143,18 @@ class RemoteASRService(_Remote):
             language=language,
             prompt=prompt,
             temperature=temperature,
+            word_timestamps=word_timestamps,
         )
         r = await self.channels.call(timed(asr_pb2_grpc.SpeechRecognitionStub), "Transcribe", request)
         segments = [
-            Segment(s.id, s.start, s.end, s.text, tuple(s.tokens), s.avg_logprob, s.temperature, s.seek)
+            Segment(
+                s.id, s.start, s.end, s.text, tuple(s.tokens), s.avg_logprob, s.temperature, s.seek,
+                s.no_speech_prob,
+            )
             for s in r.segments
-        ]
-        return Transcription(r.text, r.language, r.duration, segments)
+        ]  # fmt: skip
+        words = [Word(w.word, w.start, w.end) for w in r.words]
+        return Transcription(r.text, r.language, r.duration, segments, words)
 
 
 class RemoteTTSService(_Remote):

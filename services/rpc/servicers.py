@@ -157,17 +157,21 @@ class SpeechRecognitionServicer(asr_pb2_grpc.SpeechRecognitionServicer):
                 language=request.language if request.HasField("language") else None,
                 prompt=request.prompt if request.HasField("prompt") else None,
                 temperature=request.temperature,
+                word_timestamps=request.word_timestamps,
             )
             segments = [
                 asr_pb2.Segment(
                     id=s.id, start=s.start, end=s.end, text=s.text, tokens=list(s.tokens),
                     avg_logprob=s.avg_logprob, temperature=s.temperature, seek=s.seek,
+                    no_speech_prob=s.no_speech_prob,
                 )
                 for s in result.segments
             ]  # fmt: skip
+            words = [asr_pb2.Word(word=w.word, start=w.start, end=w.end) for w in result.words]
             return asr_pb2.TranscribeResponse(
-                text=result.text, language=result.language, duration=result.duration, segments=segments
-            )
+                text=result.text, language=result.language, duration=result.duration, segments=segments,
+                words=words,
+            )  # fmt: skip
 
         return await answer(context, work())
 

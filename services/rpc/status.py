@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import grpc
 
+from pipelines.asr import AudioTooShort
 from retrieval.errors import (
     CollectionExists,
     CollectionNotFound,
@@ -41,6 +42,7 @@ _KINDS: list[tuple[str, type[Exception], grpc.StatusCode]] = [
     ("unsupported_file", UnsupportedFormat, grpc.StatusCode.INVALID_ARGUMENT),
     ("invalid_file", UnreadableDocument, grpc.StatusCode.INVALID_ARGUMENT),
     ("collection_owned", CollectionOwned, grpc.StatusCode.FAILED_PRECONDITION),
+    ("audio_too_short", AudioTooShort, grpc.StatusCode.INVALID_ARGUMENT),
     ("invalid", InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     ("model_not_found", ModelNotFound, grpc.StatusCode.NOT_FOUND),
     ("collection_not_found", CollectionNotFound, grpc.StatusCode.NOT_FOUND),

@@ -61,12 +61,19 @@ class ASRService:
         language: str | None,
         prompt: str | None,
         temperature: float,
+        word_timestamps: bool = False,
     ) -> Transcription:
         # Resampling is torch work: it takes its turn on the compute lane.
         audio = await self.pipeline.lane.run_async(decode_audio, audio_file, self.max_audio_seconds)
         return await timed(
             self.pipeline.transcribe(
-                request_id, audio, task=task, language=language, prompt=prompt, temperature=temperature
+                request_id,
+                audio,
+                task=task,
+                language=language,
+                prompt=prompt,
+                temperature=temperature,
+                word_timestamps=word_timestamps,
             )
         )
 

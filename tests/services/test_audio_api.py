@@ -707,10 +707,15 @@ BAD_UPLOADS: dict[str, Callable[[], BadUpload]] = {
     ),
     "empty-file": lambda: BadUpload(400, "file", ("file", ("empty.wav", b"")), message_has=("empty",)),
     "truncated-wav-header": lambda: BadUpload(400, "file", ("file", ("cut.wav", TONE[:30]))),
-    "wav-header-only": lambda: BadUpload(400, "file", ("file", ("head.wav", TONE[:44]))),
+    "wav-header-only": lambda: BadUpload(
+        400, "file", ("file", ("head.wav", TONE[:44])), message_has=("0.1 s",), code="audio_too_short"
+    ),
+    "wav-cut-after-50-ms": lambda: BadUpload(  # the 44-byte header and 800 16-bit samples
+        400, "file", ("file", ("cut.wav", TONE[:1_644])), message_has=("0.1 s",), code="audio_too_short"
+    ),
     "non-finite-samples": lambda: BadUpload(400, "file", ("file", ("nan.wav", _nan_wav()))),
     "longer-than-limit": lambda: BadUpload(
-        400, "file", ("file", ("hour.wav", _over_limit_wav())), message_has=("limit",)
+        413, "file", ("file", ("hour.wav", _over_limit_wav())), message_has=("limit",)
     ),
     "missing-file-field": lambda: BadUpload(400, "file", ("audio", ("tone.wav", TONE))),
     "file-field-not-a-file": lambda: BadUpload(400, "file", ("file", (None, b"tone.wav"))),

@@ -85,6 +85,7 @@ OPERATIONS = [
     "GET /health",
     "GET /ready",
     "GET /v1/models",
+    "GET /v1/models/{model}",
     "POST /v1/chat/completions",
     "POST /v1/completions",
     "POST /v1/embeddings",

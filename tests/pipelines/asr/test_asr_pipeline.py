@@ -16,13 +16,13 @@ import pytest
 import soundfile as sf
 from torch import nn
 
-from pipelines.asr import ASRPipeline, ASRPipelineConfig, decode_audio
+from pipelines.asr import ASRPipeline, ASRPipelineConfig, AudioTooShort, Transcription, decode_audio
 from pipelines.asr.audio import SAMPLE_RATE, resample
 from pipelines.asr.decoding import SuppressTokens
 from pipelines.sources import resolve_source
 from pipelines.tts import TTSPipeline, TTSPipelineConfig
 from shared_engine.dual_linear import DualLinear
-from shared_engine.errors import InvalidRequest
+from shared_engine.errors import InvalidRequest, PayloadTooLarge
 from shared_engine.llm_engine import LLMEngine
 from shared_engine.models.whisper_encoder import Int8RowsWhisperEncoder
 from shared_engine.outputs import RequestOutput
@@ -161,8 +161,66 @@ def test_refusals(tiny: ASRPipeline) -> None:
         decode_audio(b"this is not audio at all" * 10, 60)
     wav = io.BytesIO()
     sf.write(wav, np.zeros(SAMPLE_RATE * 3, dtype=np.float32), SAMPLE_RATE, format="WAV")
-    with pytest.raises(InvalidRequest, match="limit of 2 s"):
+    with pytest.raises(PayloadTooLarge, match="limit of 2 s"):
         decode_audio(wav.getvalue(), 2)
+
+
+def _wav(samples: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def test_audio_shorter_than_a_tenth_of_a_second_is_refused() -> None:
+    tone = (0.3 * np.sin(np.arange(SAMPLE_RATE) / 10)).astype(np.float32)
+    for cut in (_wav(tone[:1_500]), _wav(tone)[:44], _wav(tone)[:200]):  # 94 ms, header only, 78 samples
+        with pytest.raises(AudioTooShort, match=re.escape("less than the minimum of 0.1 s")) as refused:
+            decode_audio(cut, 60)
+        assert refused.value.param == "file" and refused.value.code == "audio_too_short"
+    assert len(decode_audio(_wav(tone[:1_600]), 60)) == 1_600
+
+
+def _two_sentences_apart(gap_s: float) -> tuple[np.ndarray, float]:
+    """SENTENCES[0], ``gap_s`` of silence, SENTENCES[1]; and where the silence ends, in seconds."""
+    first, second = _speech(SENTENCES[0]), _speech(SENTENCES[1])
+    gap = np.zeros(round(gap_s * SAMPLE_RATE), dtype=np.float32)
+    return np.concatenate([first, gap, second]), (len(first) + len(gap)) / SAMPLE_RATE
+
+
+def _check_words(result: Transcription, silence: tuple[float, float]) -> None:
+    """Every word of the transcript once, in order and in time, none of them inside the silence."""
+    assert [w.word for w in result.words] == result.text.split()
+    previous_end = 0.0
+    for w in result.words:
+        assert previous_end - 1e-6 <= w.start <= w.end <= result.duration + 1e-6, result.words
+        previous_end = w.end
+    heard_before = [w for w in result.words if w.end <= silence[0] + 0.4]
+    heard_after = [w for w in result.words if w.start >= silence[1] - 0.6]
+    assert len(heard_before) + len(heard_after) == len(result.words), (silence, result.words)
+    assert _words(" ".join(w.word for w in heard_before)) == _words(SENTENCES[0]), result.words
+    assert _words(" ".join(w.word for w in heard_after)) == _words(SENTENCES[1]), result.words
+
+
+def test_word_timestamps_follow_the_speech(tiny: ASRPipeline) -> None:
+    """Two sentences 2 s apart: the words of each fall on its side of the silence, from the
+    cross-attention alignment (the segment holding the first sentence runs into the silence)."""
+    audio, second_starts = _two_sentences_apart(2.0)
+    plain = asyncio.run(tiny.transcribe("plain", audio))
+    assert plain.words == []
+    result = asyncio.run(tiny.transcribe("words", audio, word_timestamps=True))
+    assert result.text == plain.text and result.segments == plain.segments
+    _check_words(result, (len(_speech(SENTENCES[0])) / SAMPLE_RATE, second_starts))
+
+
+def test_no_speech_probability_is_low_for_speech_and_high_for_silence(tiny: ASRPipeline) -> None:
+    speech = asyncio.run(tiny.transcribe("speech", _speech(SENTENCES[2])))
+    assert speech.segments and all(0.0 <= s.no_speech_prob < 0.2 for s in speech.segments), speech
+    silence = np.zeros(3 * SAMPLE_RATE, dtype=np.float32)
+    (state,) = asyncio.run(tiny.batcher.submit([tiny.log_mel(silence)]))
+    decoded = asyncio.run(tiny.windows.decode("quiet", [tiny.vocab.sot], state, 0.0))
+    assert decoded.no_speech_prob is not None and decoded.no_speech_prob > 0.5
+    heard = asyncio.run(tiny.transcribe("quiet-all", silence))  # what Whisper imagines in silence
+    assert all(s.no_speech_prob == pytest.approx(decoded.no_speech_prob) for s in heard.segments), heard
 
 
 def test_any_sample_rate_and_channels_decode_to_16k_mono() -> None:
@@ -194,6 +252,20 @@ def test_multilingual_model_identifies_language_and_translates(base: ASRPipeline
     assert _overlap(SENTENCES[3], result.text) >= 0.75
     translated = asyncio.run(base.transcribe("tr", audio, task="translate", language="en"))
     assert _overlap(SENTENCES[3], translated.text) >= 0.6
+
+
+def test_multilingual_model_times_words_and_reads_no_speech(base: ASRPipeline) -> None:
+    """On a multilingual model the decode's prompt passes <|startoftranscript|> by: the no-speech
+    probability comes from a step of its own, with or without a prompt."""
+    audio, second_starts = _two_sentences_apart(2.0)
+    result = asyncio.run(base.transcribe("w", audio, word_timestamps=True))
+    _check_words(result, (len(_speech(SENTENCES[0])) / SAMPLE_RATE, second_starts))
+    prompted = asyncio.run(base.transcribe("p", audio, prompt="Foxes and offices.", language="en"))
+    for r in (result, prompted):
+        assert r.segments and all(0.0 <= s.no_speech_prob < 0.2 for s in r.segments), r
+    silence = np.zeros(3 * SAMPLE_RATE, dtype=np.float32)
+    heard = asyncio.run(base.transcribe("quiet", silence, language="en"))
+    assert all(s.no_speech_prob > 0.5 for s in heard.segments), heard
 
 
 def test_int8_decoder_with_its_tied_head_transcribes_as_the_float_one(
