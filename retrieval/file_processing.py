@@ -66,12 +66,12 @@ class FileProcessor:
             return
         try:
             record = self.files.get(file_id)
-            data = await asyncio.to_thread(self.files.read, file_id)
+            data = await asyncio.to_thread(self.files.path(file_id).read_bytes)  # the disk, not the db
             text = await asyncio.to_thread(extract_text, data, record.filename)
             chunking = ChunkingConfig(attached.chunk_tokens, attached.overlap_tokens)
             document = DocumentInput(text, file_id, dict(attached.attributes))
             _, chunks = await self.collections.add(store_id, [document], chunking, WRITER)
-        except (FileNotFound, CollectionNotFound) as exc:
+        except (FileNotFound, FileNotFoundError, CollectionNotFound) as exc:
             self.records.finish_file(store_id, file_id, "failed", error=("invalid_file", str(exc)))
         except InvalidRequest as exc:
             code = getattr(exc, "code", "invalid_file")

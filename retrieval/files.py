@@ -79,11 +79,20 @@ class Upload:
         self.size += len(data)
 
     def commit(self) -> FileRecord:
+        self.persist()
+        return self.register()
+
+    def persist(self) -> None:
+        """Put the bytes durably in place (slow disk work, which any thread may do)."""
         self.out.flush()
         os.fsync(self.out.fileno())
         self.out.close()
         os.replace(self.tmp, self.files.path(self.id))
         self.files.sync_dir()
+
+    def register(self) -> FileRecord:
+        """Commit the row that makes the persisted bytes a file, on the thread that owns the connection:
+        from another one its statements could land inside a transaction of that thread's."""
         record = FileRecord(
             self.id, self.filename, self.purpose, self.size, self.hash.hexdigest(), int(time.time())
         )

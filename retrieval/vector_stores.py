@@ -102,7 +102,8 @@ class VectorStores:
         try:
             async for chunk in chunks:
                 upload.write(chunk)
-            return await asyncio.to_thread(upload.commit)
+            await asyncio.to_thread(upload.persist)
+            return upload.register()
         except BaseException:
             upload.abort()
             raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -97,6 +98,24 @@ async def test_files_are_durable_and_orphans_are_swept(tmp_path: Path, embedder:
         await vs.upload_file("a.txt", "homework", one(b"text"))
     with pytest.raises(UnsupportedFormat, match="not a supported file type"):
         await vs.upload_file("tool.exe", "assistants", one(b"MZ\x90\x00"))
+    vs.collections.store.close()
+
+
+async def test_uploads_use_the_stores_connection_only_from_the_event_loop(
+    tmp_path: Path, embedder: EmbeddingService
+) -> None:
+    """The event loop's transactions and an upload's row must not share a transaction: every statement
+    on the connection runs on the loop's thread (bytes are written, synced and read back in workers)."""
+    vs = open_stores(tmp_path, embedder)
+    store = await vs.create("docs", {}, None, None)
+    threads: set[int] = set()
+    vs.collections.store.db.set_trace_callback(lambda _: threads.add(threading.get_ident()))
+    file_ids = await asyncio.gather(*(upload(vs, DOCS / "numpy.txt", f"{i}.txt") for i in range(4)))
+    await vs.attach(store.id, FileAttachment(file_ids[0]))
+    assert (await settled(vs, store.id, file_ids[0])).status == "completed"
+    vs.collections.store.db.set_trace_callback(None)
+    assert threads == {threading.get_ident()}
+    assert sorted(r.id for r in await vs.list_files()) == sorted(file_ids)
     vs.collections.store.close()
 
 
