@@ -84,6 +84,13 @@ NGRAM = SpeculativeConfig(method="ngram", num_speculative_tokens=4, prompt_looku
 DRAFT = SpeculativeConfig(method="draft_model", num_speculative_tokens=3)
 
 
+def guessing_engine(method: str, model: Any, draft: Any, tokenizer: Any, **kw: Any) -> LLMEngine:
+    """An engine that guesses by prompt lookup (``ngram``) or with ``draft`` (``draft_model``)."""
+    if method == "ngram":
+        return make_engine(model, tokenizer, NGRAM, **kw)
+    return make_engine(model, tokenizer, DRAFT, draft, **kw)
+
+
 def test_prompt_lookup_greedy_output_is_unchanged(
     model: Any, tokenizer: Any, prompt_ids: list[list[int]], reference: list[list[int]]
 ) -> None:
@@ -134,8 +141,7 @@ def test_preemption_under_a_small_pool_changes_nothing(
     prompt_ids: list[list[int]],
     reference: list[list[int]],
 ) -> None:
-    spec = NGRAM if method == "ngram" else DRAFT
-    engine = make_engine(model, tokenizer, spec, draft if method == "draft_model" else None, num_blocks=14)
+    engine = guessing_engine(method, model, draft, tokenizer, num_blocks=14)
     assert engine.generate(prompt_ids, GREEDY) == reference
     assert engine.stats().num_preemptions > 0
 
@@ -151,8 +157,7 @@ def test_blocks_completed_by_accepted_guesses_serve_the_next_turn(
 ) -> None:
     """A chat's next turn resends the answer: the blocks accepted guesses filled are cached as the
     answer's tokens, as plain decoding caches them."""
-    spec = NGRAM if method == "ngram" else DRAFT
-    engine = make_engine(model, tokenizer, spec, draft if method == "draft_model" else None, block_size=4)
+    engine = guessing_engine(method, model, draft, tokenizer, block_size=4)
     first = prompt_ids[-1]
     assert engine.generate([first], GREEDY) == reference[-1:]
     assert engine.stats().spec_num_accepted_tokens > 0
@@ -199,13 +204,7 @@ def test_seeded_sampling_with_guesses_is_reproducible(
     method: str, model: Any, draft: Any, tokenizer: Any, prompt_ids: list[list[int]]
 ) -> None:
     params = SamplingParams(max_tokens=24, temperature=0.8, top_p=0.95, seed=7, ignore_eos=True)
-    spec = NGRAM if method == "ngram" else DRAFT
-    runs = [
-        make_engine(model, tokenizer, spec, draft if method == "draft_model" else None).generate(
-            prompt_ids, params
-        )
-        for _ in range(2)
-    ]
+    runs = [guessing_engine(method, model, draft, tokenizer).generate(prompt_ids, params) for _ in range(2)]
     assert runs[0] == runs[1]
     assert all(len(tokens) == 24 for tokens in runs[0])
 
