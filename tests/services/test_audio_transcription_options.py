@@ -17,6 +17,7 @@ from tests.services.test_audio_api import (
     MAX_CLIP_WER,
     TINY,
     Clip,
+    edit_distance,
     join,
     post_audio,
     synthesize,
@@ -55,9 +56,18 @@ def _check_words(body: dict[str, Any], first: Clip) -> None:
     before = [w["word"] for w in found if w["end"] <= first.duration + SLACK_S]
     after = [w["word"] for w in found if w["start"] >= first.duration + GAP_S - SLACK_S]
     assert len(before) + len(after) == len(found), found
-    assert wer(FIRST, " ".join(before)) <= MAX_CLIP_WER and wer(SECOND, " ".join(after)) <= MAX_CLIP_WER, (
-        found
-    )
+    assert len(before) in _best_splits([w["word"] for w in found]), found
+
+
+def _best_splits(heard: list[str]) -> set[int]:
+    """Where the transcript's words split best into FIRST and SECOND: the split the timestamps make must
+    be one of these, whatever words the model misheard (tiny.en hears "noon" as "and in" on some CPUs)."""
+    errors = [
+        edit_distance(words(FIRST), words(" ".join(heard[:k])))
+        + edit_distance(words(SECOND), words(" ".join(heard[k:])))
+        for k in range(len(heard) + 1)
+    ]
+    return {k for k, e in enumerate(errors) if e == min(errors)}
 
 
 @pytest.mark.parametrize("model", [TINY, BASE])
