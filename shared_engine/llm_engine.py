@@ -179,6 +179,8 @@ class LLMEngine:
         self._count_guesses(sched, result.num_accepted)
         now = time.monotonic()
 
+        for rid, scored in result.prompt_logprobs.items():
+            self.live[rid].request.prompt_logprobs.extend(scored)
         outputs: list[RequestOutput] = []
         for item in sched.scheduled:
             rid = item.request.request_id
@@ -252,6 +254,7 @@ class LLMEngine:
         metrics: RequestMetrics | None = None,
     ) -> RequestOutput:
         r = live.request
+        first = bool(tokens) and r.num_output_tokens == len(tokens)
         return RequestOutput(
             request_id=r.request_id,
             text=live.detokenizer.take_new_text(finished=reason is not None),
@@ -263,6 +266,7 @@ class LLMEngine:
             finish_reason=reason,
             itl_s=itl,
             metrics=metrics,
+            prompt_logprobs=r.prompt_logprobs if first and r.params.prompt_logprobs is not None else None,
         )
 
     def stats(self) -> EngineStats:

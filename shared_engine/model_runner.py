@@ -24,6 +24,7 @@ from shared_engine.decode_graphs import DecodeGraphs
 from shared_engine.dual_linear import float_weights_only
 from shared_engine.models.base import DecoderModel
 from shared_engine.outputs import StepResult
+from shared_engine.prompt_logprobs import score_prompts
 from shared_engine.rejection_sampler import verify_and_sample
 from shared_engine.sampler import RequestSampler
 from shared_engine.scheduler import ScheduledRequest, SchedulerOutput
@@ -210,10 +211,13 @@ class ModelRunner:
                 first = off + s.num_new_tokens - 1 - s.num_spec_tokens
                 rows.extend(range(first, off + s.num_new_tokens))
                 sampled.append(s)
+        prompt_logprobs = score_prompts(self.model, hidden, items, offsets)
         if not rows:
-            return StepResult({}, {})
+            return StepResult({}, {}, prompt_logprobs=prompt_logprobs)
         logits = self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
-        return verify_and_sample(logits, sampled, samplers, mask)
+        result = verify_and_sample(logits, sampled, samplers, mask)
+        result.prompt_logprobs = prompt_logprobs
+        return result
 
 
 def _segment(s: ScheduledRequest) -> Segment:

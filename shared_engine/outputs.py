@@ -49,7 +49,8 @@ class RequestOutput:
     ``text`` is the newly detokenized text only (never a broken UTF-8 sequence, never any part of a
     stop string); ``token_ids`` and ``logprobs`` are the tokens generated in this step. ``itl_s`` is the
     time since the request's previous output (None on its first, and on merged outputs); ``metrics``
-    comes with the last output.
+    comes with the last output. ``prompt_logprobs`` (asked for with ``SamplingParams.prompt_logprobs``)
+    comes with the first output that carries tokens: one per prompt token after the first.
     """
 
     request_id: str
@@ -62,6 +63,7 @@ class RequestOutput:
     finish_reason: FinishReason | None = None
     itl_s: float | None = None
     metrics: RequestMetrics | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
 
     @property
     def finished(self) -> bool:
@@ -84,6 +86,7 @@ def merge_outputs(outputs: Sequence[RequestOutput]) -> RequestOutput:
         logprobs=[lp for o in outputs for lp in o.logprobs],
         finish_reason=last.finish_reason,
         metrics=last.metrics,
+        prompt_logprobs=next((o.prompt_logprobs for o in outputs if o.prompt_logprobs is not None), None),
     )
 
 
@@ -91,11 +94,13 @@ def merge_outputs(outputs: Sequence[RequestOutput]) -> RequestOutput:
 class StepResult:
     """What one engine step produced, keyed by request id (only requests that produced tokens): the
     new tokens (one, or with speculative decoding the accepted guesses plus one), their
-    log-probabilities (empty lists unless asked for), and how many guesses were accepted."""
+    log-probabilities (empty lists unless asked for), how many guesses were accepted, and the
+    log-probabilities of the prompt tokens this step scored (requests that asked for them only)."""
 
     tokens: dict[str, list[int]]
     logprobs: dict[str, list[TokenLogprob | None]]
     num_accepted: dict[str, int] = field(default_factory=dict)
+    prompt_logprobs: dict[str, list[TokenLogprob]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

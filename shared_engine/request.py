@@ -6,7 +6,7 @@ import time
 from enum import Enum
 from typing import Any
 
-from shared_engine.outputs import FinishReason, RequestMetrics
+from shared_engine.outputs import FinishReason, RequestMetrics, TokenLogprob
 from shared_engine.sampling_params import SamplingParams
 
 
@@ -58,6 +58,14 @@ class Request:
         # What an encoder-decoder model computed once from the request's input (e.g. Whisper's
         # cross-attention keys and values); opaque to the scheduler, kept across preemptions.
         self.encoder_state = encoder_state
+        # Of prompt tokens 1.. (SamplingParams.prompt_logprobs), in order, as the prefill scores them.
+        self.prompt_logprobs: list[TokenLogprob] = []
+
+    @property
+    def scores_prompt(self) -> bool:
+        """True while prompt tokens asked to be scored are not: the prompt must be computed, not cached."""
+        wanted = self.params.prompt_logprobs is not None
+        return wanted and len(self.prompt_logprobs) < self.num_prompt_tokens - 1
 
     @property
     def num_prompt_tokens(self) -> int:

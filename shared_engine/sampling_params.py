@@ -43,7 +43,10 @@ class SamplingParams:
     alternatives to report per token (``0`` reports only the chosen token's log-probability;
     ``None`` reports nothing). Log-probabilities are those of the distribution after the
     ``logits_processors`` (a pipeline's decoding rules, e.g. Whisper's suppressed tokens) and before
-    temperature and truncation, as vLLM reports them.
+    temperature and truncation, as vLLM reports them. ``prompt_logprobs`` asks for the log-probability of
+    each prompt token after the first, under the model given the tokens before it, with that many
+    alternatives (raw model scores: no processors, no bias); such a request computes its whole prompt,
+    never reading it from the prefix cache.
     """
 
     max_tokens: int = 16
@@ -55,6 +58,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     output_kind: OutputKind = OutputKind.DELTA
     guided: GuidedDecoding | None = None
@@ -73,8 +77,10 @@ class SamplingParams:
             raise ValueError(f"seed must be between {SEED_MIN} and {SEED_MAX}, got {self.seed}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
-        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
-            raise ValueError(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {self.logprobs}")
+        for name in ("logprobs", "prompt_logprobs"):
+            n = getattr(self, name)
+            if n is not None and not 0 <= n <= MAX_TOP_LOGPROBS:
+                raise ValueError(f"{name} must be between 0 and {MAX_TOP_LOGPROBS}, got {n}")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
         for token_id, bias in self.logit_bias:

@@ -16,7 +16,7 @@ from typing import Any
 
 from shared_engine.config import SchedulerConfig, SpeculativeConfig
 from shared_engine.errors import InvalidRequest
-from shared_engine.kv_cache_manager import KVCacheManager
+from shared_engine.kv_cache_manager import ComputedBlocks, KVCacheManager
 from shared_engine.outputs import FinishReason
 from shared_engine.request import Request, RequestStatus
 
@@ -169,7 +169,8 @@ class Scheduler:
         now = time.monotonic()
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
-            computed = self.kv.get_computed_blocks(request)
+            scores_prompt = request.scores_prompt  # then every prompt token is computed here
+            computed = ComputedBlocks([], []) if scores_prompt else self.kv.get_computed_blocks(request)
             num_cached = len(computed.block_ids) * self.kv.block_size
             num_new = request.num_tokens - request.num_computed_tokens - num_cached
             if num_new > budget:

@@ -8,36 +8,10 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
-from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig
-from shared_engine.llm_engine import LLMEngine
-from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.sampling_params import SamplingParams
-
-PROMPTS = [
-    "The capital of France is",
-    "def fibonacci(n):",
-    "Once upon a time, in a land far away, there lived a",
-    "1, 2, 3, 4,",
-    "Hello, my name is",
-    "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the lazy dog. Then",
-    "Water boils at",
-    "In 1969, the first humans landed on the Moon. The mission was called Apollo 11 and the crew were",
-]
-MAX_TOKENS = 20
-GREEDY = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
-CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(smollm2_folder: Path) -> Any:
-    return AutoTokenizer.from_pretrained(smollm2_folder)
-
-
-@pytest.fixture(scope="module")
-def prompt_ids(tokenizer: Any) -> list[list[int]]:
-    return [tokenizer(p)["input_ids"] for p in PROMPTS]
+from tests.pipelines.llm.smollm2 import GREEDY, MAX_TOKENS, PROMPTS, make_engine
 
 
 @pytest.fixture(scope="module")
@@ -52,31 +26,6 @@ def reference(smollm2_folder: Path, prompt_ids: list[list[int]]) -> list[list[in
             )
             out.append(gen[0, len(ids) :].tolist())
     return out
-
-
-@pytest.fixture(scope="module")
-def model(smollm2_folder: Path) -> Any:
-    cfg = AutoConfig.from_pretrained(smollm2_folder)
-    return build_decoder(cfg, iter_safetensors(smollm2_folder), CPU, torch.float32)
-
-
-def make_engine(model: Any, tokenizer: Any, **kw: Any) -> LLMEngine:
-    cache = CacheConfig(
-        block_size=kw.pop("block_size", 16),
-        num_blocks=kw.pop("num_blocks", 256),
-        enable_prefix_caching=kw.pop("prefix_caching", True),
-        dtype=kw.pop("kv_cache_dtype", "auto"),
-    )
-    scheduler = SchedulerConfig(
-        max_num_seqs=kw.pop("max_num_seqs", 64),
-        max_num_batched_tokens=kw.pop("max_num_batched_tokens", 2048),
-        enable_chunked_prefill=kw.pop("chunked_prefill", True),
-    )
-    assert not kw, f"unknown options {kw}"
-    eos = frozenset({tokenizer.eos_token_id})
-    return LLMEngine(
-        model, tokenizer, EngineConfig(cache=cache, scheduler=scheduler), CPU, torch.float32, eos
-    )
 
 
 def test_single_request_matches_transformers(
