@@ -24,6 +24,7 @@ def params_to_proto(p: SamplingParams) -> Any:
         stop_token_ids=list(p.stop_token_ids),
         ignore_eos=p.ignore_eos,
         logprobs=p.logprobs,
+        prompt_logprobs=p.prompt_logprobs,
         skip_special_tokens=p.skip_special_tokens,
         final_only=p.output_kind == OutputKind.FINAL_ONLY,
         guided=None
@@ -55,6 +56,7 @@ def params_from_proto(m: Any) -> SamplingParams:
             stop_token_ids=tuple(m.stop_token_ids),
             ignore_eos=m.ignore_eos,
             logprobs=m.logprobs if m.HasField("logprobs") else None,
+            prompt_logprobs=m.prompt_logprobs if m.HasField("prompt_logprobs") else None,
             skip_special_tokens=m.skip_special_tokens,
             output_kind=OutputKind.FINAL_ONLY if m.final_only else OutputKind.DELTA,
             guided=_guided_from_proto(m),
@@ -109,18 +111,32 @@ def output_to_proto(index: int, out: RequestOutput) -> Any:
         num_prompt_tokens=out.num_prompt_tokens,
         num_output_tokens=out.num_output_tokens,
         num_cached_tokens=out.num_cached_tokens,
-        logprobs=[
-            llm_pb2.TokenLogprob(
-                token_id=lp.token_id,
-                logprob=lp.logprob,
-                top_token_ids=[t for t, _ in lp.top],
-                top_logprobs=[v for _, v in lp.top],
-            )
-            for lp in out.logprobs
-        ],
+        logprobs=_logprobs_to_proto(out.logprobs),
         finish_reason=out.finish_reason.value if out.finish_reason else "",
         metrics=metrics_to_proto(out.metrics) if out.metrics is not None else None,
+        prompt_logprobs=None
+        if out.prompt_logprobs is None
+        else llm_pb2.PromptLogprobs(tokens=_logprobs_to_proto(out.prompt_logprobs)),
     )
+
+
+def _logprobs_to_proto(items: Sequence[TokenLogprob]) -> list[Any]:
+    return [
+        llm_pb2.TokenLogprob(
+            token_id=lp.token_id,
+            logprob=lp.logprob,
+            top_token_ids=[t for t, _ in lp.top],
+            top_logprobs=[v for _, v in lp.top],
+        )
+        for lp in items
+    ]
+
+
+def _logprobs_from_proto(items: Sequence[Any]) -> list[TokenLogprob]:
+    return [
+        TokenLogprob(lp.token_id, lp.logprob, tuple(zip(lp.top_token_ids, lp.top_logprobs, strict=True)))
+        for lp in items
+    ]
 
 
 def output_from_proto(m: Any, request_ids: Sequence[str]) -> tuple[int, RequestOutput]:
@@ -134,10 +150,10 @@ def output_from_proto(m: Any, request_ids: Sequence[str]) -> tuple[int, RequestO
         num_prompt_tokens=m.num_prompt_tokens,
         num_output_tokens=m.num_output_tokens,
         num_cached_tokens=m.num_cached_tokens,
-        logprobs=[
-            TokenLogprob(lp.token_id, lp.logprob, tuple(zip(lp.top_token_ids, lp.top_logprobs, strict=True)))
-            for lp in m.logprobs
-        ],
+        logprobs=_logprobs_from_proto(m.logprobs),
         finish_reason=FinishReason(m.finish_reason) if m.finish_reason else None,
         metrics=metrics_from_proto(m.metrics, m) if m.HasField("metrics") else None,
+        prompt_logprobs=_logprobs_from_proto(m.prompt_logprobs.tokens)
+        if m.HasField("prompt_logprobs")
+        else None,
     )

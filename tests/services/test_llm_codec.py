@@ -17,7 +17,7 @@ from services.rpc.llm_codec import (
 from shared_engine.async_engine import GenerationRequest
 from shared_engine.errors import InvalidRequest
 from shared_engine.guided import GuidedDecoding, GuidedKind
-from shared_engine.outputs import FinishReason, RequestOutput
+from shared_engine.outputs import FinishReason, RequestOutput, TokenLogprob
 from shared_engine.sampling_params import OutputKind, SamplingParams
 
 
@@ -40,6 +40,7 @@ def test_sampling_params_round_trip(guided: GuidedDecoding | None) -> None:
         temperature=0.5,
         seed=2**64 - 1,
         logprobs=2,
+        prompt_logprobs=0,
         output_kind=OutputKind.FINAL_ONLY,
         guided=guided,
         logit_bias=((5, -100.0), (42, 2.5)),
@@ -70,3 +71,16 @@ def test_a_group_of_requests_round_trips_and_outputs_name_their_request() -> Non
     assert back.finish_reason == FinishReason.LENGTH
     with pytest.raises(ValueError, match="request 1 of 1"):
         output_from_proto(message, ["only-one"])
+
+
+@pytest.mark.parametrize(
+    "prompt_logprobs", [None, [], [TokenLogprob(4, -0.5, ((4, -0.5), (9, -1.25))), TokenLogprob(2, -3.0)]]
+)
+def test_prompt_logprobs_round_trip(prompt_logprobs: list[TokenLogprob] | None) -> None:
+    """Absent, present and empty (a one-token prompt), or present: each arrives as it left."""
+    out = RequestOutput(
+        "r", "a", [7], 3, 1, logprobs=[TokenLogprob(7, -0.1)], prompt_logprobs=prompt_logprobs
+    )
+    message = llm_pb2.GenerateOutput.FromString(output_to_proto(0, out).SerializeToString())
+    _, back = output_from_proto(message, ["r"])
+    assert back.prompt_logprobs == prompt_logprobs and back.logprobs == out.logprobs
