@@ -5,14 +5,20 @@ The gateway tokenizes with this alone when the model itself runs in another proc
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from pipelines.llm.tool_prompt import generic_messages, hf_messages, template_renders_tools
 from shared_engine.errors import InvalidRequest
+
+# How byte-level BPE vocabularies spell each byte, and how SentencePiece spells a byte-fallback token.
+_BYTE_OF_CHAR = {char: byte for byte, char in bytes_to_unicode().items()}
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
 class ChatTokenizer:
@@ -59,6 +65,19 @@ class ChatTokenizer:
 
     def decode_token(self, token_id: int) -> str:
         return str(self.tokenizer.decode([token_id]))
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes a token stands for, also where they are only part of a character (which decoding
+        the token alone shows as U+FFFD)."""
+        text = self.decode_token(token_id)
+        if "\ufffd" not in text:
+            return text.encode()
+        piece = str(self.tokenizer.convert_ids_to_tokens(token_id))
+        if (byte := _BYTE_PIECE.fullmatch(piece)) is not None:
+            return bytes([int(byte[1], 16)])
+        if all(c in _BYTE_OF_CHAR for c in piece):
+            return bytes(_BYTE_OF_CHAR[c] for c in piece)
+        return text.encode()
 
     def decode(self, token_ids: list[int]) -> str:
         return str(self.tokenizer.decode(token_ids))

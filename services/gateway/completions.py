@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -53,41 +54,71 @@ def prompt_token_lists(service: Chat, prompt: str | list[Any]) -> list[list[int]
     return out
 
 
-def _logprobs(service: Chat, items: list[TokenLogprob], start_offset: int) -> CompletionLogprobs:
-    tokens, values, offsets, tops = [], [], [], []
-    offset = start_offset
-    for lp in items:
-        text = service.token_text(lp.token_id)
-        tokens.append(text)
-        values.append(lp.logprob)
-        offsets.append(offset)
-        offset += len(text)
-        tops.append({service.token_text(t): v for t, v in lp.top})
-    return CompletionLogprobs(tokens=tokens, token_logprobs=values, top_logprobs=tops, text_offset=offsets)
+class TextOffsets:
+    """Where each token starts in a choice's text, in characters: the tokens that spell one character
+    between them (byte tokens) all start where that character does."""
+
+    def __init__(self, start: int) -> None:
+        self.at = start
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def take(self, raw: bytes) -> int:
+        at = self.at
+        self.at += len(self._decoder.decode(raw))
+        return at
+
+
+def _logprobs(
+    service: Chat,
+    generated: list[TokenLogprob],
+    offsets: TextOffsets,
+    prompt: tuple[list[int], list[TokenLogprob]] | None = None,
+) -> CompletionLogprobs:
+    """The generated tokens' entries, placed by ``offsets``; with an echoed ``prompt`` (its ids and
+    scores), the prompt's entries first, from offset 0."""
+    entries: list[tuple[int, float | None, dict[str, float] | None, TextOffsets]] = []
+    if prompt is not None:
+        ids, scored = prompt
+        from_start = TextOffsets(0)
+        entries.append((ids[0], None, None, from_start))  # nothing before it predicts it
+        entries += [(s.token_id, s.logprob, _top(service, s), from_start) for s in scored]
+    entries += [(g.token_id, g.logprob, _top(service, g), offsets) for g in generated]
+    return CompletionLogprobs(
+        tokens=[service.token_text(token_id) for token_id, _, _, _ in entries],
+        token_logprobs=[value for _, value, _, _ in entries],
+        top_logprobs=[top for _, _, top, _ in entries],
+        text_offset=[placed.take(service.token_bytes(token_id)) for token_id, _, _, placed in entries],
+    )
+
+
+def _top(service: Chat, item: TokenLogprob) -> dict[str, float]:
+    return {service.token_text(t): v for t, v in item.top}
 
 
 async def create(service: Chat, body: CompletionRequest) -> Completion | AsyncIterator[bytes]:
     if body.suffix:
         raise InvalidRequest("suffix is not supported by this server", param="suffix")
+    prompt_only = body.max_tokens == 0
+    if prompt_only and not body.echo:
+        raise InvalidRequest("max_tokens 0 asks for the prompt back: it needs echo=true", param="max_tokens")
     guided, _ = output_constraint(body)
     prompts = prompt_token_lists(service, body.prompt)
+    scores = body.logprobs if body.echo else None  # the prompt's log-probabilities, echoed with it
     choices = []
     for ids in prompts:
-        max_tokens = service.resolve_max_tokens(body.max_tokens, len(ids), "prompt")
+        # A prompt alone is computed as for one token, which is then dropped.
+        max_tokens = service.resolve_max_tokens(1 if prompt_only else body.max_tokens, len(ids), "prompt")
         for j in range(body.n):
-            choices.append(
-                ChoiceSpec(
-                    ids, sampling_params(body, max_tokens, body.logprobs, j, service.vocab_size, guided)
-                )
-            )
+            params = sampling_params(body, max_tokens, body.logprobs, j, service.vocab_size, guided, scores)
+            choices.append(ChoiceSpec(ids, params))
     request_id = new_id("cmpl")
     outputs = await start_choices(service, request_id, choices)
-    echoes = [service.decode(c.prompt_ids) if body.echo else "" for c in choices]
+    echo = Echo(service, body, [c.prompt_ids for c in choices], prompt_only)
     if body.stream:
         chunk = ChunkWriter(request_id, "text_completion", body.model, wants_usage(body))
-        return _stream(service, body, chunk, outputs, echoes)
+        return _stream(service, body, chunk, outputs, echo)
 
-    results, usage = await collect(outputs, len(choices), lambda i: i // body.n)
+    results, usage = await collect(outputs, len(choices), lambda i: i // body.n, UsageTally(not prompt_only))
     return Completion(
         id=request_id,
         created=now(),
@@ -95,10 +126,8 @@ async def create(service: Chat, body: CompletionRequest) -> Completion | AsyncIt
         choices=[
             CompletionChoice(
                 index=i,
-                text=echoes[i] + "".join(r.text),
-                logprobs=_logprobs(service, r.logprobs, len(echoes[i]))
-                if body.logprobs is not None
-                else None,
+                text=echo.text[i] + echo.generated("".join(r.text)),
+                logprobs=echo.logprobs(i, r.logprobs, r.prompt_logprobs),
                 finish_reason=r.finish_reason,
             )
             for i, r in enumerate(results)
@@ -107,25 +136,60 @@ async def create(service: Chat, body: CompletionRequest) -> Completion | AsyncIt
     )
 
 
+class Echo:
+    """What a completion's choices show of their prompt (``echo``) and of what the engine generated (all
+    of it, or with ``prompt_only`` nothing)."""
+
+    def __init__(
+        self, service: Chat, body: CompletionRequest, prompts: list[list[int]], prompt_only: bool
+    ) -> None:
+        self.service = service
+        self.prompts = prompts
+        self.wants_logprobs = body.logprobs is not None
+        self.prompt_only = prompt_only
+        self.text = [service.decode(ids) if body.echo else "" for ids in prompts]
+        self.scored = body.echo and self.wants_logprobs
+
+    def generated(self, text: str) -> str:
+        return "" if self.prompt_only else text
+
+    def logprobs(
+        self,
+        i: int,
+        generated: list[TokenLogprob],
+        prompt_scores: list[TokenLogprob] | None,
+        offsets: TextOffsets | None = None,
+    ) -> CompletionLogprobs | None:
+        """Choice ``i``'s entries: its prompt's when ``prompt_scores`` came (echo), its generated tokens'
+        placed by ``offsets`` (by default from where the echoed prompt ends)."""
+        if not self.wants_logprobs:
+            return None
+        prompt = (self.prompts[i], prompt_scores) if self.scored and prompt_scores is not None else None
+        offsets = offsets or TextOffsets(len(self.text[i]))
+        return _logprobs(self.service, [] if self.prompt_only else generated, offsets, prompt)
+
+
 async def _stream(
     service: Chat,
     body: CompletionRequest,
     chunk: ChunkWriter,
     outputs: GroupOutputs,
-    echoes: list[str],
+    echo: Echo,
 ) -> AsyncIterator[bytes]:
-    offsets = [len(e) for e in echoes]
-    for i, echo in enumerate(echoes):
-        if echo:
-            yield chunk([{"index": i, "text": echo, "logprobs": None, "finish_reason": None}])
-    tally = UsageTally()
+    # By the tokens, not the text sent: stop strings hold some text back while they might match.
+    offsets = [TextOffsets(len(e)) for e in echo.text]
+    echoed = [not e for e in echo.text]
+    tally = UsageTally(not echo.prompt_only)
     async for i, out in outputs:
         tally.add(i // body.n, i, out)
-        lp = _logprobs(service, out.logprobs, offsets[i]) if body.logprobs is not None else None
-        if lp is not None and lp.tokens:  # by the tokens' text: stop strings hold some of it back
-            offsets[i] = lp.text_offset[-1] + len(lp.tokens[-1])
-        if out.text or out.finish_reason is not None or lp is not None:
+        if not echoed[i]:  # the prompt, scored if asked, before the first text generated
+            echoed[i] = True
+            lp = echo.logprobs(i, [], out.prompt_logprobs)
+            yield chunk([{"index": i, "text": echo.text[i], "logprobs": lp, "finish_reason": None}])
+        lp = echo.logprobs(i, out.logprobs, None, offsets[i])
+        text = echo.generated(out.text)
+        if text or out.finish_reason is not None or (lp is not None and lp.tokens):
             reason = out.finish_reason.value if out.finish_reason else None
-            yield chunk([{"index": i, "text": out.text, "logprobs": lp, "finish_reason": reason}])
+            yield chunk([{"index": i, "text": text, "logprobs": lp, "finish_reason": reason}])
     if chunk.include_usage:
         yield chunk([], tally.usage())

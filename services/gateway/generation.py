@@ -35,6 +35,7 @@ def sampling_params(
     choice: int,
     vocab_size: int,
     guided: GuidedDecoding | None = None,
+    prompt_logprobs: int | None = None,
 ) -> SamplingParams:
     for name in ("presence_penalty", "frequency_penalty"):
         if getattr(body, name):
@@ -59,6 +60,7 @@ def sampling_params(
             stop_token_ids=tuple(body.stop_token_ids or ()),
             ignore_eos=body.ignore_eos,
             logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
             output_kind=OutputKind.DELTA if body.stream else OutputKind.FINAL_ONLY,
             guided=guided,
             logit_bias=logit_bias,
@@ -118,19 +120,24 @@ class ChoiceResult:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
 
     def add(self, out: RequestOutput) -> None:
         self.text.append(out.text)
         self.token_ids.extend(out.token_ids)
         self.logprobs.extend(out.logprobs)
+        if out.prompt_logprobs is not None:
+            self.prompt_logprobs = out.prompt_logprobs
         if out.finish_reason is not None:
             self.finish_reason = out.finish_reason.value
 
 
 @dataclass
 class UsageTally:
-    """Prompt tokens count once per distinct prompt (n choices of one prompt share it)."""
+    """Prompt tokens count once per distinct prompt (n choices of one prompt share it). Without
+    ``counts_output`` the tokens generated count as none (they were not returned)."""
 
+    counts_output: bool = True
     prompt_tokens: dict[int, int] = field(default_factory=dict)
     cached_tokens: dict[int, int] = field(default_factory=dict)
     completion_tokens: dict[int, int] = field(default_factory=dict)
@@ -138,7 +145,7 @@ class UsageTally:
     def add(self, prompt_index: int, choice: int, out: RequestOutput) -> None:
         self.prompt_tokens[prompt_index] = out.num_prompt_tokens
         self.cached_tokens[prompt_index] = max(self.cached_tokens.get(prompt_index, 0), out.num_cached_tokens)
-        self.completion_tokens[choice] = out.num_output_tokens
+        self.completion_tokens[choice] = out.num_output_tokens if self.counts_output else 0
 
     def usage(self) -> Usage:
         prompt = sum(self.prompt_tokens.values())
@@ -152,11 +159,11 @@ class UsageTally:
 
 
 async def collect(
-    outputs: GroupOutputs, n: int, prompt_of: Callable[[int], int]
+    outputs: GroupOutputs, n: int, prompt_of: Callable[[int], int], tally: UsageTally | None = None
 ) -> tuple[list[ChoiceResult], Usage]:
     """Run the ``n`` choices to the end (non-streaming responses)."""
     results = [ChoiceResult() for _ in range(n)]
-    tally = UsageTally()
+    tally = tally or UsageTally()
     async for i, out in outputs:
         results[i].add(out)
         tally.add(prompt_of(i), i, out)

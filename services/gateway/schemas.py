@@ -93,7 +93,8 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
 
 class CompletionRequest(SamplingFields, kw_only=True):
     prompt: str | list[str | int | list[int]]
-    max_tokens: MaxTokens | None = 16
+    # 0 (with echo): only the prompt back, scored with logprobs.
+    max_tokens: Annotated[int, Meta(ge=0)] | None = 16
     logprobs: TopLogprobs | None = None
     echo: bool = False
     suffix: str | None = None
@@ -154,8 +155,8 @@ class ChatCompletion(Struct):
 
 class CompletionLogprobs(Struct):
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]] | None
+    token_logprobs: list[float | None]  # None for an echoed prompt's first token, which nothing predicts
+    top_logprobs: list[dict[str, float] | None] | None
     text_offset: list[int]
 
 

@@ -39,7 +39,16 @@ class ChatText:
         return self.text.encode(text)
 
     def token_text(self, token_id: int) -> str:
-        return self.text.decode_token(token_id)
+        """The token as logprobs show it: its text, or as OpenAI writes a token that is part of a
+        character, its bytes (``bytes:\\xe2\\x80``)."""
+        raw = self.text.token_bytes(token_id)
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.text.token_bytes(token_id)
 
     def decode(self, token_ids: list[int]) -> str:
         return self.text.decode(token_ids)

@@ -1,0 +1,123 @@
+"""Scoring a prompt through /v1/completions as evaluation harnesses do: ``echo`` with ``logprobs`` gives the
+log-probability of every prompt token after the first, and ``max_tokens: 0`` gives only those."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.helpers.api import error_of
+from tests.services.test_openai_api import FRANCE_PROMPT, FRANCE_PROMPT_IDS, complete
+
+# The quantized default and a prefill instead of a decode step compute the same scores in another order.
+SCORE_TOLERANCE = 0.05
+
+
+@pytest.fixture(scope="module")
+def answer(client: openai.OpenAI, model_id: str) -> Any:
+    """FRANCE_PROMPT's greedy first token and its log-probability, as generated."""
+    got = complete(client, model_id, FRANCE_PROMPT_IDS, max_tokens=1, logprobs=1)
+    lp = got.choices[0].logprobs
+    assert lp is not None and lp.tokens and lp.token_logprobs
+    return lp.tokens[0], lp.token_logprobs[0]
+
+
+def test_echo_scores_every_prompt_token_after_the_first(
+    client: openai.OpenAI, model_id: str, answer: Any
+) -> None:
+    token, generated_logprob = answer
+    got = complete(client, model_id, FRANCE_PROMPT_IDS, max_tokens=1, logprobs=1, echo=True)
+    choice = got.choices[0]
+    lp = choice.logprobs
+    assert lp is not None and lp.tokens and lp.token_logprobs and lp.top_logprobs and lp.text_offset
+    n = len(FRANCE_PROMPT_IDS)
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == n + 1
+    assert "".join(lp.tokens) == choice.text == FRANCE_PROMPT + token
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None  # nothing predicts the first token
+    assert all(v is not None and v < 0 for v in lp.token_logprobs[1:])
+    offsets = [0]
+    for t in lp.tokens[:-1]:
+        offsets.append(offsets[-1] + len(t))
+    assert lp.text_offset == offsets
+    for t, v, top in zip(lp.tokens[1:], lp.token_logprobs[1:], lp.top_logprobs[1:], strict=True):
+        assert top is not None and len(top) == 1 and v <= max(top.values()) + 1e-4
+        if t in top:
+            assert top[t] == pytest.approx(v, abs=1e-4)
+    assert lp.token_logprobs[-1] == pytest.approx(generated_logprob, abs=1e-4)  # the generated one
+
+
+def test_a_prompt_scores_its_tokens_as_generating_them_would(
+    client: openai.OpenAI, model_id: str, answer: Any
+) -> None:
+    """The answer appended to the prompt scores as it did when it was generated; a wrong one far lower."""
+    token, generated_logprob = answer
+    right = complete(client, model_id, FRANCE_PROMPT + token, max_tokens=0, logprobs=0, echo=True)
+    wrong = complete(client, model_id, FRANCE_PROMPT + " Berlin", max_tokens=0, logprobs=0, echo=True)
+    right_lp, wrong_lp = right.choices[0].logprobs, wrong.choices[0].logprobs
+    assert right_lp is not None and right_lp.token_logprobs and right_lp.tokens
+    assert wrong_lp is not None and wrong_lp.token_logprobs and wrong_lp.tokens
+    assert right_lp.tokens[-1] == token
+    assert right_lp.token_logprobs[-1] == pytest.approx(generated_logprob, abs=SCORE_TOLERANCE)
+    assert wrong_lp.token_logprobs[-1] < right_lp.token_logprobs[-1] - 1
+    assert right_lp.token_logprobs[:-1] == pytest.approx(
+        wrong_lp.token_logprobs[:-1], abs=1e-4
+    )  # same prefix
+
+
+def test_max_tokens_zero_returns_the_prompt_alone(client: openai.OpenAI, model_id: str) -> None:
+    got = complete(client, model_id, FRANCE_PROMPT, max_tokens=0, logprobs=2, echo=True)
+    choice = got.choices[0]
+    assert choice.text == FRANCE_PROMPT and choice.finish_reason == "length"
+    assert got.usage is not None and got.usage.completion_tokens == 0
+    assert got.usage.total_tokens == got.usage.prompt_tokens == len(FRANCE_PROMPT_IDS)
+    lp = choice.logprobs
+    assert lp is not None and lp.tokens is not None and lp.top_logprobs is not None
+    assert "".join(lp.tokens) == FRANCE_PROMPT and len(lp.tokens) == len(FRANCE_PROMPT_IDS)
+    assert all(top is not None and len(top) == 2 for top in lp.top_logprobs[1:])
+    plain = complete(client, model_id, FRANCE_PROMPT, max_tokens=0, echo=True)
+    assert plain.choices[0].text == FRANCE_PROMPT and plain.choices[0].logprobs is None
+
+
+def test_streamed_prompt_scores_equal_the_whole_answers(client: openai.OpenAI, model_id: str) -> None:
+    for max_tokens in (0, 3):
+        asked: dict[str, Any] = {"max_tokens": max_tokens, "logprobs": 1, "echo": True}
+        whole = complete(client, model_id, FRANCE_PROMPT, **asked).choices[0]
+        chunks = [
+            c
+            for chunk in complete(client, model_id, FRANCE_PROMPT, stream=True, **asked)
+            for c in chunk.choices
+        ]
+        assert chunks[0].text == FRANCE_PROMPT and chunks[0].logprobs is not None
+        pieces = [c.logprobs for c in chunks if c.logprobs]
+        assert whole.logprobs is not None
+        assert [t for lp in pieces for t in lp.tokens or []] == whole.logprobs.tokens
+        assert [o for lp in pieces for o in lp.text_offset or []] == whole.logprobs.text_offset
+        streamed = [v for lp in pieces for v in lp.token_logprobs or []]
+        assert streamed[0] is None and whole.logprobs.token_logprobs
+        assert streamed[1:] == pytest.approx(whole.logprobs.token_logprobs[1:], abs=1e-4)
+        assert "".join(c.text for c in chunks) == whole.text
+        assert [c.finish_reason for c in chunks if c.finish_reason] == [whole.finish_reason]
+
+
+def test_every_choice_and_prompt_is_scored(client: openai.OpenAI, model_id: str) -> None:
+    got = complete(
+        client, model_id, [FRANCE_PROMPT, "Once upon a time"], n=2, max_tokens=0, logprobs=0, echo=True
+    )
+    assert [c.text for c in got.choices] == [FRANCE_PROMPT] * 2 + ["Once upon a time"] * 2
+    scores = [c.logprobs.token_logprobs for c in got.choices if c.logprobs and c.logprobs.token_logprobs]
+    assert len(scores) == 4 and scores[0] == pytest.approx(scores[1], abs=1e-4)
+    assert all(s[0] is None and all(v is not None and math.isfinite(v) for v in s[1:]) for s in scores)
+
+
+def test_max_tokens_zero_needs_echo(http: httpx.Client, model_id: str) -> None:
+    body = {"model": model_id, "prompt": FRANCE_PROMPT, "max_tokens": 0}
+    error = error_of(http.post("/v1/completions", json=body), 400)
+    assert error["param"] == "max_tokens" and "echo" in error["message"]
+    error = error_of(
+        http.post("/v1/chat/completions", json={**body, "messages": [{"role": "user", "content": "hi"}]}), 400
+    )
+    assert "max_tokens" in error["message"]
