@@ -25,7 +25,7 @@ from services.gateway.schemas import (
     ChatCompletionRequest,
     ChatMessage,
 )
-from services.gateway.tool_calls import plan_tools
+from services.gateway.tool_calls import ToolPlan, plan_tools
 from services.gateway.tool_parser import parse_all
 from services.gateway.tool_schemas import FunctionCall, ToolCall
 from services.registry import Chat
@@ -71,10 +71,11 @@ def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     return out
 
 
-def _message(result: ChoiceResult, tools: bool) -> tuple[AssistantMessage, str | None]:
-    """The assistant message of one choice and its finish reason (``tool_calls`` when it called)."""
+def _message(result: ChoiceResult, plan: ToolPlan) -> tuple[AssistantMessage, str | None]:
+    """The assistant message of one choice and its finish reason (``tool_calls`` when it called, unless
+    ``tool_choice`` named the function)."""
     text = "".join(result.text)
-    if not tools:
+    if not plan.active:
         return AssistantMessage(role="assistant", content=text), result.finish_reason
     parsed = parse_all(text)
     if not parsed.calls:
@@ -83,7 +84,7 @@ def _message(result: ChoiceResult, tools: bool) -> tuple[AssistantMessage, str |
         ToolCall(id=c.id or "", function=FunctionCall(name=c.name or "", arguments=c.arguments))
         for c in parsed.calls
     ]
-    ended = result.finish_reason == "stop" and parsed.num_complete == len(calls)
+    ended = not plan.named and result.finish_reason == "stop" and parsed.num_complete == len(calls)
     message = AssistantMessage(role="assistant", content=parsed.content.strip() or None, tool_calls=calls)
     return message, "tool_calls" if ended else result.finish_reason
 
@@ -110,12 +111,12 @@ async def create(service: Chat, body: ChatCompletionRequest) -> ChatCompletion |
     outputs = await start_choices(service, request_id, choices)
     if body.stream:
         chunk = ChunkWriter(request_id, "chat.completion.chunk", body.model, wants_usage(body))
-        return stream_chat(service, body, chunk, outputs, plan.active)
+        return stream_chat(service, body, chunk, outputs, plan)
 
     results, usage = await collect(outputs, body.n, lambda i: 0)
     out = []
     for i, r in enumerate(results):
-        message, reason = _message(r, plan.active)
+        message, reason = _message(r, plan)
         lp = chat_logprobs(service, r.logprobs) if body.logprobs else None
         out.append(ChatChoice(index=i, message=message, logprobs=lp, finish_reason=reason))
     return ChatCompletion(id=request_id, created=now(), model=body.model, choices=out, usage=usage)

@@ -8,6 +8,7 @@ from typing import Any
 
 from services.gateway.generation import ChunkWriter, UsageTally
 from services.gateway.schemas import ChatCompletionRequest, ChatLogprobs, ChatTokenLogprob, TopLogprob
+from services.gateway.tool_calls import ToolPlan
 from services.gateway.tool_parser import ToolCallParser
 from services.registry import Chat
 from shared_engine.async_engine import GroupOutputs
@@ -37,11 +38,12 @@ def _deltas(out: RequestOutput, parser: ToolCallParser | None) -> list[dict[str,
     return deltas
 
 
-def _finish_reason(out: RequestOutput, parser: ToolCallParser | None) -> str:
+def _finish_reason(out: RequestOutput, parser: ToolCallParser | None, named: bool) -> str:
     assert out.finish_reason is not None
     reason = out.finish_reason.value
     if (
         parser is not None
+        and not named
         and parser.num_calls
         and reason == "stop"
         and parser.num_complete == parser.num_calls
@@ -55,11 +57,11 @@ async def stream_chat(
     body: ChatCompletionRequest,
     chunk: ChunkWriter,
     outputs: GroupOutputs,
-    tools: bool,
+    plan: ToolPlan,
 ) -> AsyncIterator[bytes]:
-    parsers = [ToolCallParser() if tools else None for _ in range(body.n)]
+    parsers = [ToolCallParser() if plan.active else None for _ in range(body.n)]
     for i in range(body.n):
-        role = {"role": "assistant", "content": None if tools else ""}
+        role = {"role": "assistant", "content": None if plan.active else ""}
         yield chunk([{"index": i, "delta": role, "logprobs": None, "finish_reason": None}])
     tally = UsageTally()
     async for i, out in outputs:
@@ -71,7 +73,7 @@ async def stream_chat(
                 [{"index": i, "delta": delta, "logprobs": lp if n == 0 else None, "finish_reason": None}]
             )
         if out.finish_reason is not None:
-            reason = _finish_reason(out, parsers[i])
+            reason = _finish_reason(out, parsers[i], plan.named)
             yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reason}])
     if chunk.include_usage:
         yield chunk([], tally.usage())

@@ -29,10 +29,12 @@ NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 @dataclass
 class ToolPlan:
     """``tools``: the functions for the prompt (OpenAI's shape); ``guided``: the grammar for the calls
-    (None: no tools in play, the answer is plain text)."""
+    (None: no tools in play, the answer is plain text); ``named``: ``tool_choice`` names the function,
+    and as in OpenAI's API (and vLLM) its call ends with ``finish_reason`` "stop", not "tool_calls"."""
 
     tools: list[dict[str, Any]] = field(default_factory=list)
     guided: GuidedDecoding | None = None
+    named: bool = False
 
     @property
     def active(self) -> bool:
@@ -136,4 +138,5 @@ def plan_tools(body: ChatCompletionRequest) -> ToolPlan:
     spec = json.dumps(_structural_tag(functions, choice, parallel), ensure_ascii=False)
     guided = GuidedDecoding(GuidedKind.STRUCTURAL_TAG, spec)
     checked(guided, "tools")
-    return ToolPlan([{"type": "function", "function": f} for f in functions], guided)
+    named = choice not in ("auto", "required")
+    return ToolPlan([{"type": "function", "function": f} for f in functions], guided, named)

@@ -35,10 +35,23 @@ def check_call(call: Any, name: str | None = None) -> dict[str, Any]:
 
 def test_a_named_function_is_called_with_valid_arguments(client: openai.OpenAI, model_id: str) -> None:
     choice = create(client, model_id, tool_choice=NAMED, temperature=1.0, seed=3).choices[0]
-    assert choice.finish_reason == "tool_calls"
+    assert choice.finish_reason == "stop"
     assert choice.message.content is None
     (call,) = choice.message.tool_calls
     check_call(call, "get_weather")
+
+
+def test_a_named_call_finishes_with_stop_streamed_or_not(client: openai.OpenAI, model_id: str) -> None:
+    """OpenAI's API ends a call forced by naming the function with "stop" ("tool_calls" is for auto and
+    required); vLLM does the same."""
+    kwargs: dict[str, Any] = dict(tool_choice=NAMED, temperature=0.7, seed=9)
+    plain = create(client, model_id, **kwargs).choices[0]
+    streamed = read_tool_stream(create(client, model_id, stream=True, **kwargs))
+    assert plain.finish_reason == streamed.finish_reason == "stop"
+    (call,) = plain.message.tool_calls
+    assert [(c.name, json.loads(c.arguments)) for c in streamed.calls.values()] == [
+        ("get_weather", check_call(call, "get_weather"))
+    ]
 
 
 def test_required_with_parallel_calls_off_makes_exactly_one_call(
