@@ -18,7 +18,7 @@ from shared_engine.outputs import RequestOutput, TokenLogprob
 def chat_logprobs(service: Chat, items: list[TokenLogprob]) -> ChatLogprobs:
     def entry(token_id: int, logprob: float) -> TopLogprob:
         text = service.token_text(token_id)
-        return TopLogprob(token=text, logprob=logprob, bytes=list(text.encode()))
+        return TopLogprob(token=text, logprob=logprob, bytes=list(service.token_bytes(token_id)))
 
     content = []
     for lp in items:
