@@ -83,8 +83,9 @@ class OpenAIController(Controller):
     async def models(self, registry: Registry) -> ModelList:
         return ModelList(data=[_card(registry, name) for name in registry.specs])
 
-    @get("/models/{model:str}", summary="One served model, as the list shows it", responses=errors(400, 404))
+    @get("/models/{model:path}", summary="One served model, as the list shows it", responses=errors(400, 404))
     async def model(self, model: str, registry: Registry) -> ModelCard:
+        model = model.removeprefix("/")  # a path parameter starts with the slash before it
         if model not in registry.specs:
             raise ModelNotFound(model)
         return _card(registry, model)

@@ -1,8 +1,11 @@
 """GET /v1/models/{model} of a real server: each served model as the list shows it, and OpenAI's 404 for
-an unknown one (the openai SDK's ``client.models.retrieve``)."""
+an unknown one (the openai SDK's ``client.models.retrieve``); ids with slashes, as Hugging Face names
+models, on a server of its own."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -10,8 +13,12 @@ import openai
 import pytest
 
 from tests.helpers.api import error_of
+from tests.helpers.model_configs import only_models
+from tests.helpers.server import ServerProcess, running_server
+from tests.services.conftest import READY_TIMEOUT_S, server_env
 
 EMBEDDING_MODEL = "all-minilm-l6-v2"  # models.toml
+SLASHED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +45,7 @@ def test_sdk_retrieves_a_model(client: openai.OpenAI, cards: dict[str, dict[str,
     assert model.owned_by == cards[EMBEDDING_MODEL]["owned_by"]
 
 
-@pytest.mark.parametrize("model", ["gpt-4o", "whisper-tiny", "all-minilm-l6-v2x"])
+@pytest.mark.parametrize("model", ["gpt-4o", "whisper-tiny", "all-minilm-l6-v2x", "org/all-minilm-l6-v2"])
 def test_unknown_model_is_404(http: httpx.Client, client: openai.OpenAI, model: str) -> None:
     error = error_of(http.get(f"/v1/models/{model}"), 404)
     assert error["code"] == "model_not_found" and error["param"] == "model", error
@@ -52,3 +59,38 @@ def test_retrieval_is_in_the_schema(http: httpx.Client) -> None:
     paths = http.get("/schema/openapi.json").json()["paths"]
     operation = paths["/v1/models/{model}"]["get"]
     assert {"200", "404"} <= set(operation["responses"]), operation["responses"]
+
+
+def slashed_config(folder: Path) -> Path:
+    """The embedding model of models.toml served under an id with a slash."""
+    config = only_models(folder, EMBEDDING_MODEL)
+    config.write_text(config.read_text().replace(f'name = "{EMBEDDING_MODEL}"', f'name = "{SLASHED_MODEL}"'))
+    return config
+
+
+@pytest.fixture(scope="module")
+def slashed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    folder = tmp_path_factory.mktemp("slashed-model")
+    env = {
+        **server_env(),
+        "MMSERVE_DATA_DIR": str(folder / "data"),
+        "MMSERVE_MODELS_CONFIG": str(slashed_config(folder)),
+    }
+    with running_server(env=env, timeout=READY_TIMEOUT_S) as proc:
+        yield proc
+
+
+def test_a_model_id_with_slashes_is_retrieved(slashed_server: ServerProcess) -> None:
+    with httpx.Client(base_url=slashed_server.base_url, timeout=60) as http:
+        listed = http.get("/v1/models").json()["data"]
+        assert [card["id"] for card in listed] == [SLASHED_MODEL]
+        response = http.get(f"/v1/models/{SLASHED_MODEL}")
+        assert response.status_code == 200, response.text
+        assert response.json() == listed[0]
+        error = error_of(http.get("/v1/models/sentence-transformers/other"), 404)
+        assert error["code"] == "model_not_found" and "`sentence-transformers/other`" in error["message"]
+    sdk = openai.OpenAI(base_url=f"{slashed_server.base_url}/v1", api_key="unused", max_retries=0)
+    try:
+        assert sdk.models.retrieve(SLASHED_MODEL).id == SLASHED_MODEL  # sent as sentence-transformers%2F...
+    finally:
+        sdk.close()
