@@ -1,5 +1,6 @@
-"""Plain text from an uploaded document's bytes (text, Markdown, HTML, PDF, DOCX, JSON), ready to chunk
-and embed: the format is told by the file name's suffix or, failing that, by its content type."""
+"""Plain text from an uploaded document's bytes (text, Markdown, HTML, PDF, DOCX, JSON; CSV and JSON Lines
+as plain text), ready to chunk and embed: the format is told by the file name's suffix or, failing that,
+by its content type."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ _FORMAT_OF_SUFFIX = {
     ".pdf": "pdf",
     ".docx": "docx",
     ".json": "json",
+    ".csv": "text",
+    ".jsonl": "text",
 }
 SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(_FORMAT_OF_SUFFIX)
 _FORMAT_OF_TYPE = {
@@ -39,6 +42,9 @@ _FORMAT_OF_TYPE = {
     "application/pdf": "pdf",
     "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
     "application/json": "json",
+    "text/csv": "text",
+    "application/jsonl": "text",
+    "application/x-ndjson": "text",
 }
 _SUPPORTED = ", ".join(SUPPORTED_SUFFIXES)
 # The share of undecodable bytes, or of control characters, past which a file is not text at all.

@@ -79,11 +79,15 @@ def _rewritten(pdf: bytes, **encrypt: Any) -> bytes:
         ("report.pdf", "text/plain", "pdf"),  # the suffix wins
         ("dir/letter.docx", None, "docx"),
         ("data.json", None, "json"),
+        ("rows.CSV", None, "text"),
+        ("events.jsonl", "application/octet-stream", "text"),
         ("upload", "application/pdf", "pdf"),
         ("upload", "text/html; charset=utf-8", "html"),
         ("upload", "Text/Markdown", "markdown"),
         ("blob", "application/vnd.openxmlformats-officedocument.wordprocessingml.document", "docx"),
         ("export", "application/json", "json"),
+        ("export", "text/csv; charset=utf-8", "text"),
+        ("log", "application/x-ndjson", "text"),
         ("CHANGES", "text/plain", "text"),
     ],
 )

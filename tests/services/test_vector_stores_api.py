@@ -2,14 +2,15 @@
 (embedded, or the gRPC topology with MMSERVE_TEST_DISTRIBUTED=1): files.create/retrieve/list/content/
 delete, vector_stores.create/retrieve/update/list/delete, files.create_and_poll, upload_and_poll,
 file_batches.upload_and_poll, search with filters and ranking options, the document formats people have
-(PDF, DOCX, HTML, JSON, Markdown), failures that end as `failed` with `last_error`, 4xx in OpenAI's shape
-(bounded list limits and filter integers, a vector store's collection left to the vector stores API),
-lists newest first and paged both ways, and RAG over a vector store. Documents are real texts from
-tests/data, never written for the test."""
+(PDF, DOCX, HTML, JSON, Markdown; CSV and JSON Lines as text), failures that end as `failed` with
+`last_error`, 4xx in OpenAI's shape (bounded list limits and filter integers, a vector store's collection
+left to the vector stores API), lists newest first and paged both ways, and RAG over a vector store.
+Documents are real texts from tests/data, never written for the test."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 from collections.abc import Iterator
@@ -229,6 +230,38 @@ def test_document_formats_and_failures(client: openai.OpenAI, made: Created, htt
     )
     assert answer.status_code == 200, answer.text
     assert ids["licence.docx"] in {c["document_id"] for c in answer.json()["citations"]}
+
+
+def summary(stem: str) -> str:
+    """The first paragraph of a package's description, on one line."""
+    return " ".join((DOCS / f"{stem}.txt").read_text().strip().split("\n\n")[0].split())
+
+
+def test_csv_and_json_lines_are_searched_as_text(client: openai.OpenAI, made: Created) -> None:
+    store = client.vector_stores.create(name="tables")
+    made.stores.append(store.id)
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["package", "summary"])
+    writer.writerows((stem, summary(stem)) for stem in ("numpy", "uvicorn", "mpmath"))
+    records = [{"package": stem, "summary": summary(stem)} for stem in ("networkx", "h11", "tokenizers")]
+    uploads = {
+        "packages.csv": table.getvalue(),
+        "packages.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+    }
+    for name, text in uploads.items():
+        f = client.files.create(file=(name, text.encode()), purpose="assistants")
+        made.files.append(f.id)
+        vsf = client.vector_stores.files.create_and_poll(
+            file_id=f.id, vector_store_id=store.id, poll_interval_ms=100
+        )
+        assert (vsf.status, vsf.last_error) == ("completed", None), name
+    for stem, name in (("uvicorn", "packages.csv"), ("h11", "packages.jsonl")):
+        hits = client.vector_stores.search(store.id, query=query_for(stem), max_num_results=2).data
+        assert hits and hits[0].filename == name, (stem, [h.filename for h in hits])
+        passages = [c.text for c in hits[0].content]
+        assert all(p in uploads[name] for p in passages), passages
+        assert any(summary(stem) in p for p in passages), (stem, passages)
 
 
 def test_errors_are_openai_shaped(http: httpx.Client, client: openai.OpenAI, made: Created) -> None:
