@@ -123,7 +123,8 @@ class Collections:
         is refused (CollectionOwned)."""
         self.owner = owner
 
-    def _check_writer(self, name: str, writer: str | None) -> None:
+    def check_writer(self, name: str, writer: str | None = None) -> None:
+        """Raise CollectionOwned unless ``writer`` may change collection ``name``."""
         owner = self.owner
         if owner is not None and writer != owner.name and owner.owns(name):
             raise CollectionOwned(name, owner.name, owner.api)
@@ -136,7 +137,7 @@ class Collections:
     def drop(self, name: str, writer: str | None = None) -> None:
         """Drop a collection with its documents and index (``writer``: the owner that drops it)."""
         self._index(name)
-        self._check_writer(name, writer)
+        self.check_writer(name, writer)
         self.store.drop_collection(name)
         del self.indexes[name]
         (self.dir / f"{name}.faiss").unlink(missing_ok=True)
@@ -153,7 +154,7 @@ class Collections:
         """Chunk (by the collection's chunking unless ``chunking`` says otherwise), embed and store
         documents; returns their ids and the number of chunks. Durable on return."""
         record = self.record(name)
-        self._check_writer(name, writer)
+        self.check_writer(name, writer)
         if chunking is not None:
             self.check_chunking(record.model, chunking)
         ids = [check_name(d.id, DOCUMENT_ID, "id") if d.id else uuid.uuid4().hex for d in docs]
@@ -189,7 +190,7 @@ class Collections:
     ) -> None:
         """Replace a document's metadata (what filters see); its chunks and vectors stay."""
         self._index(name)
-        self._check_writer(name, writer)
+        self.check_writer(name, writer)
         if not self.store.set_metadata(name, doc_id, metadata):
             raise DocumentNotFound(name, doc_id)
 
@@ -202,7 +203,7 @@ class Collections:
 
     async def delete(self, name: str, doc_id: str, writer: str | None = None) -> None:
         self._index(name)
-        self._check_writer(name, writer)
+        self.check_writer(name, writer)
         async with self.lock:
             index = self._index(name)
             removed = self.store.delete_document(name, doc_id)

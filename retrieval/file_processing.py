@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from retrieval.chunking import ChunkingConfig
-from retrieval.collections import Collections, DocumentInput
+from retrieval.collections import Collections, DocumentInput, Owner
 from retrieval.errors import CollectionNotFound, DocumentNotFound, FileNotFound, VectorStoreFileNotFound
 from retrieval.files import FileStore
 from retrieval.formats import extract_text
@@ -23,6 +23,12 @@ logger = logging.getLogger(__name__)
 PARALLEL_FILES = 4
 # How vector stores name themselves to the collections they own.
 WRITER = "vector store"
+
+
+def claim_collections(collections: Collections, records: VectorStoreRecords) -> None:
+    """Leave each collection named by a vector store's id to the vector stores: other writes to it are
+    refused (CollectionOwned)."""
+    collections.claim(Owner(WRITER, "/v1/vector_stores", records.exists))
 
 
 class FileProcessor:

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from retrieval.chunking import ChunkingConfig
-from retrieval.collections import Collections, Owner
+from retrieval.collections import Collections
 from retrieval.errors import CollectionNotFound, DocumentNotFound, FileNotFound
-from retrieval.file_processing import WRITER, FileProcessor
+from retrieval.file_processing import WRITER, FileProcessor, claim_collections
 from retrieval.files import FileRecord, FileStore
 from retrieval.filters import Filter
 from retrieval.formats import format_of
@@ -84,7 +84,7 @@ class VectorStores:
         self.files = files
         self.records = records
         self.processor = FileProcessor(collections, files, records)
-        collections.claim(Owner(WRITER, "/v1/vector_stores", records.exists))
+        claim_collections(collections, records)
 
     @classmethod
     def open(cls, collections: Collections) -> VectorStores:

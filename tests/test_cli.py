@@ -11,11 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from retrieval.store import DocumentStore
 from services.commands import cli, cli_handlers
 from services.commands.prepare import NOT_NEEDED, NOT_PREPARED, PREPARED, cache_state
 from services.config.models import load_model_specs
 from services.config.settings import Settings
-from tests.helpers.server import free_port, launch
+from tests.helpers.model_configs import only_models
+from tests.helpers.server import free_port, launch, running_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_CONFIG = REPO_ROOT / "models.toml"
@@ -165,6 +167,28 @@ def test_ingest_of_a_missing_path_fails_clearly(tmp_path: Path, capsys: pytest.C
         cli.main(["ingest", str(tmp_path / "nowhere"), "--collection", "notes"])
     assert exit_info.value.code == 2
     assert "nowhere does not exist" in capsys.readouterr().err
+
+
+def test_ingest_refuses_a_vector_stores_collection(tmp_path: Path) -> None:
+    docs, data = tmp_path / "docs", tmp_path / "data"
+    docs.mkdir()
+    (docs / "a.txt").write_text("Paris is the capital of France.")
+    config = only_models(tmp_path, "all-minilm-l6-v2")
+    env = {"OMP_NUM_THREADS": "1", "MMSERVE_DATA_DIR": str(data), "MMSERVE_MODELS_CONFIG": str(config)}
+    with running_server(env=env) as server:
+        created = httpx.post(f"{server.base_url}/v1/vector_stores", json={"name": "handbook"}, timeout=60)
+        assert created.status_code == 200, created.text
+    store_id = created.json()["id"]
+
+    refused = mmserve("ingest", docs, "--collection", store_id, "--data-dir", data, "--models-config", config)
+    assert refused.returncode == 2, refused.stderr
+    assert f"collection `{store_id}` belongs to vector store `{store_id}`" in refused.stderr
+    assert "/v1/vector_stores" in refused.stderr and "--url" in refused.stderr
+    store = DocumentStore(data / "retrieval" / "store.sqlite3")
+    try:
+        assert store.count_documents(store_id) == 0
+    finally:
+        store.close()
 
 
 def test_serve_starts_answers_ready_and_stops_on_sigterm(tmp_path: Path) -> None:

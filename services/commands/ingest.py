@@ -1,13 +1,14 @@
 """``mmserve ingest PATH --collection NAME`` (also ``mmserve-ingest`` or
 ``python -m services.commands.ingest``): load a folder of documents (text, Markdown, HTML, PDF, DOCX,
-JSON) into a collection through the same store the server uses, or with ``--url`` into a vector store
-of a running server through its API (services.commands.ingest_remote).
+JSON, CSV, JSON Lines) into a collection through the same store the server uses, or with ``--url`` into a
+vector store of a running server through its API (services.commands.ingest_remote).
 
 Each file becomes one document whose id is its path relative to PATH; the hash of its text is kept in
 the metadata, so a second run skips unchanged files and replaces changed ones. Files are committed
 one by one: an interrupted run resumes where it stopped. A file with no readable text (empty,
 encrypted, damaged) is skipped with a warning. Run it while the server is stopped (the server loads
-what was ingested when it starts).
+what was ingested when it starts). A vector store's collection is refused, as the collections API
+refuses it: it changes only through the vector stores API (``--url``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from retrieval.errors import CollectionNotFound, UnreadableDocument, UnsupportedFormat
+from retrieval.errors import CollectionNotFound, CollectionOwned, UnreadableDocument, UnsupportedFormat
 from retrieval.formats import SUPPORTED_SUFFIXES, extract_text, format_of
 from services.config.settings import Settings
 
@@ -60,9 +61,11 @@ def find_files(root: Path) -> Iterator[Path]:
 async def ingest(
     collections: Collections, name: str, root: Path, index: str | None = None
 ) -> tuple[int, int]:
-    """Returns (files added or replaced, files skipped as unchanged)."""
+    """Returns (files added or replaced, files skipped as unchanged); raises CollectionOwned for a
+    collection that belongs to a vector store."""
     from retrieval.collections import DocumentInput
 
+    collections.check_writer(name)
     try:
         collections.record(name)
     except CollectionNotFound:
@@ -133,6 +136,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         )
     # Imported here, not at the top: they load torch, and building the parser (``mmserve --help``) need not.
     from retrieval.collections import Collections
+    from retrieval.file_processing import claim_collections
+    from retrieval.vector_store_records import VectorStoreRecords
     from services.config.models import configured_models
     from services.tasks.embedding import EmbeddingService
 
@@ -145,7 +150,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     embedders: dict[str, Embedder] = dict(services)
     collections = Collections(settings.data_dir, embedders, specs[0].name)
     try:
+        claim_collections(collections, VectorStoreRecords(collections.store.db))
         added, skipped = asyncio.run(ingest(collections, args.collection, args.path, args.index))
+    except CollectionOwned as e:
+        parser.error(f"{e} (to add files to it, use --url with the server running)")
     finally:
         collections.close()
         for service in services.values():

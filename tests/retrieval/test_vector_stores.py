@@ -8,12 +8,14 @@ crash are processed when the store is opened again."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from retrieval.collections import Collections, DocumentInput
 from retrieval.errors import (
@@ -200,11 +202,13 @@ async def test_unreadable_files_fail_with_last_error(tmp_path: Path, embedder: E
     good = await upload(vs, DATA / "documents" / "shared-mime-info-spec.pdf")
     broken = (await vs.upload_file("broken.pdf", "assistants", one(pdf[: len(pdf) // 3]))).id
     empty = (await vs.upload_file("empty.txt", "assistants", one(b""))).id
-    jsonl = (await vs.upload_file("rows.jsonl", "batch", one(b'{"a": 1}\n'))).id
-    for fid in (good, broken, empty, jsonl):
+    image = io.BytesIO()
+    Image.new("RGB", (8, 8), "white").save(image, "PNG")
+    png = (await vs.upload_file("photo.png", "vision", one(image.getvalue()))).id
+    for fid in (good, broken, empty, png):
         await vs.attach(store.id, FileAttachment(fid))
     assert (await settled(vs, store.id, good)).status == "completed"
-    for fid, code in ((broken, "invalid_file"), (empty, "invalid_file"), (jsonl, "unsupported_file")):
+    for fid, code in ((broken, "invalid_file"), (empty, "invalid_file"), (png, "unsupported_file")):
         f = await settled(vs, store.id, fid)
         assert (f.status, f.error_code) == ("failed", code), f
         assert f.error_message
