@@ -19,10 +19,11 @@ _FLOAT_ONLY: ContextVar[bool] = ContextVar("mmserve_float_weights_only", default
 
 @contextmanager
 def float_weights_only(active: bool = True) -> Iterator[None]:
-    """While active, every :class:`DualLinear` takes its float weight whatever the rows. The model runner
-    sets it for steps that compute prompt tokens: a prompt's last few tokens, recomputed after a prefix
-    cache hit, would otherwise take the quantized kernel where the full prompt took the float weights,
-    and a seeded request would not repeat itself (the engine's kernels round inputs to int8)."""
+    """While active, every :class:`DualLinear` and :class:`TiedQuantizedHead` takes its float weight whatever
+    the rows. The model runner sets it for steps that compute prompt tokens: a prompt's last few tokens,
+    recomputed after a prefix cache hit, would otherwise take the quantized kernel where the full prompt
+    took the float weights, and a seeded request would not repeat itself (the engine's kernels round
+    inputs to int8); and for a prompt's scores, which must not depend on how many rows are scored at once."""
     token = _FLOAT_ONLY.set(active)
     try:
         yield
@@ -46,7 +47,7 @@ class TiedQuantizedHead(nn.Module):
         self.float_weight = float_weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.quantized.beats_float(x):
+        if not _FLOAT_ONLY.get() and self.quantized.beats_float(x):
             return self.quantized(x)
         return F.linear(x, self.float_weight)
 

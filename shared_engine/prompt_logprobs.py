@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from shared_engine.dual_linear import float_weights_only
 from shared_engine.models.base import DecoderModel
 from shared_engine.outputs import TokenLogprob
 from shared_engine.scheduler import ScheduledRequest
@@ -40,15 +41,21 @@ def score_prompts(
         first = offset + positions.start - r.num_computed_tokens
         rows = hidden[first : first + len(positions)]
         targets = r.prompt_token_ids[positions.start + 1 : positions.stop + 1]
-        scored[r.request_id] = _score(model, rows, targets, r.params.prompt_logprobs or 0)
+        scored[r.request_id] = score_block(model, rows, targets, r.params.prompt_logprobs or 0)
     return scored
 
 
-def _score(model: DecoderModel, hidden: torch.Tensor, targets: list[int], num_top: int) -> list[TokenLogprob]:
+def score_block(
+    model: DecoderModel, hidden: torch.Tensor, targets: list[int], num_top: int
+) -> list[TokenLogprob]:
+    """``targets[i]``'s log-probability under the logits of ``hidden[i]``, with the ``num_top`` likeliest."""
     out: list[TokenLogprob] = []
     for at in range(0, len(targets), ROWS_PER_BLOCK):
         block = targets[at : at + ROWS_PER_BLOCK]
-        lp = torch.log_softmax(model.compute_logits(hidden[at : at + len(block)]).float(), dim=-1)
+        # The float weights, as prefill takes them: a quantized head serves few rows only.
+        with float_weights_only():
+            logits = model.compute_logits(hidden[at : at + len(block)])
+        lp = torch.log_softmax(logits.float(), dim=-1)
         ids = torch.tensor(block, dtype=torch.long, device=lp.device)
         chosen = lp.gather(1, ids[:, None])[:, 0].tolist()
         tops: list[tuple[tuple[int, float], ...]] = [()] * len(block)

@@ -8,12 +8,16 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
+from shared_engine.device import resolve_dtype
 from shared_engine.llm_engine import LLMEngine
+from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.outputs import RequestOutput
+from shared_engine.prompt_logprobs import score_block
+from shared_engine.quantization_config import QuantizationConfig
 from shared_engine.sampling_params import SamplingParams
-from tests.pipelines.llm.smollm2 import GREEDY, make_engine
+from tests.pipelines.llm.smollm2 import CPU, GREEDY, make_engine
 
 TOP = 3
 SCORED = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True, prompt_logprobs=TOP)
@@ -121,3 +125,19 @@ def test_a_one_token_prompt_has_nothing_to_score(model: Any, tokenizer: Any) -> 
 def test_prompt_logprobs_are_bounded_like_logprobs() -> None:
     with pytest.raises(ValueError, match="prompt_logprobs must be between 0 and 20"):
         SamplingParams(prompt_logprobs=21)
+
+
+def test_a_quantized_models_scores_do_not_depend_on_the_rows_scored_together(smollm2_folder: Any) -> None:
+    """The default quantization keeps a quantized copy of the LM head for the few-row calls where its
+    kernel is faster: scores take the float weights whatever the rows, so the same hidden state scores
+    alike in a block of one row and in one of forty."""
+    cfg = AutoConfig.from_pretrained(smollm2_folder)
+    dtype = resolve_dtype("auto", CPU)
+    model = build_decoder(cfg, iter_safetensors(smollm2_folder), CPU, dtype, QuantizationConfig("auto"))
+    torch.manual_seed(0)
+    hidden = torch.randn(40, model.arch.hidden_size, dtype=dtype)
+    targets = list(range(100, 140))
+    whole = [lp.logprob for lp in score_block(model, hidden, targets, TOP)]
+    for n in (1, 3, 9):
+        alone = score_block(model, hidden[:n], targets[:n], TOP)
+        assert [lp.logprob for lp in alone] == whole[:n], n
