@@ -19,12 +19,18 @@ class ContextLengthExceeded(InvalidRequest):
     def __init__(
         self, prompt_tokens: int, max_tokens: int, max_model_len: int, prompt_field: str = "prompt"
     ) -> None:
-        super().__init__(
+        message = (
             f"This model's maximum context length is {max_model_len} tokens. However, you requested "
             f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {prompt_field}, "
-            f"{max_tokens} in the completion). Please reduce the length of the {prompt_field} or completion.",
-            param=prompt_field,
+            f"{max_tokens} in the completion). Please reduce the length of the {prompt_field} or completion."
         )
+        if max_tokens == 0:  # a prompt scored alone is computed as for one token more
+            message = (
+                f"This model's maximum context length is {max_model_len} tokens, and a {prompt_field} "
+                f"returned alone (max_tokens 0) may hold {max_model_len - 1}. However, it has "
+                f"{prompt_tokens} tokens. Please reduce the length of the {prompt_field}."
+            )
+        super().__init__(message, param=prompt_field)
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens
         self.max_model_len = max_model_len

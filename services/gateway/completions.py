@@ -21,8 +21,8 @@ from services.gateway.generation import (
 from services.gateway.schemas import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from services.registry import Chat
 from shared_engine.async_engine import GroupOutputs
-from shared_engine.errors import InvalidRequest
-from shared_engine.outputs import TokenLogprob
+from shared_engine.errors import ContextLengthExceeded, InvalidRequest
+from shared_engine.outputs import RequestOutput, TokenLogprob
 
 
 def prompt_token_lists(service: Chat, prompt: str | list[Any]) -> list[list[int]]:
@@ -63,6 +63,10 @@ class TextOffsets:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def take(self, raw: bytes) -> int:
+        pending, _ = self._decoder.getstate()
+        if pending and raw and not 0x80 <= raw[0] <= 0xBF:  # they never complete: U+FFFD before this token
+            self.at += len(pending.decode(errors="replace"))
+            self._decoder.reset()
         at = self.at
         self.at += len(self._decoder.decode(raw))
         return at
@@ -92,7 +96,8 @@ def _logprobs(
 
 
 def _top(service: Chat, item: TokenLogprob) -> dict[str, float]:
-    return {service.token_text(t): v for t, v in item.top}
+    """The most likely tokens and the token itself (up to logprobs + 1 entries, as OpenAI's API gives)."""
+    return {service.token_text(t): v for t, v in item.top} | {service.token_text(item.token_id): item.logprob}
 
 
 async def create(service: Chat, body: CompletionRequest) -> Completion | AsyncIterator[bytes]:
@@ -106,6 +111,8 @@ async def create(service: Chat, body: CompletionRequest) -> Completion | AsyncIt
     scores = body.logprobs if body.echo else None  # the prompt's log-probabilities, echoed with it
     choices = []
     for ids in prompts:
+        if prompt_only and len(ids) >= service.max_model_len:
+            raise ContextLengthExceeded(len(ids), 0, service.max_model_len)
         # A prompt alone is computed as for one token, which is then dropped.
         max_tokens = service.resolve_max_tokens(1 if prompt_only else body.max_tokens, len(ids), "prompt")
         for j in range(body.n):
@@ -128,7 +135,7 @@ async def create(service: Chat, body: CompletionRequest) -> Completion | AsyncIt
                 index=i,
                 text=echo.text[i] + echo.generated("".join(r.text)),
                 logprobs=echo.logprobs(i, r.logprobs, r.prompt_logprobs),
-                finish_reason=r.finish_reason,
+                finish_reason="length" if prompt_only else r.finish_reason,
             )
             for i, r in enumerate(results)
         ],
@@ -152,6 +159,12 @@ class Echo:
 
     def generated(self, text: str) -> str:
         return "" if self.prompt_only else text
+
+    def finish_reason(self, out: RequestOutput) -> str | None:
+        """The engine's, or for a prompt alone "length": the token that ended it is not the answer's."""
+        if out.finish_reason is None:
+            return None
+        return "length" if self.prompt_only else out.finish_reason.value
 
     def logprobs(
         self,
@@ -189,7 +202,7 @@ async def _stream(
         lp = echo.logprobs(i, out.logprobs, None, offsets[i])
         text = echo.generated(out.text)
         if text or out.finish_reason is not None or (lp is not None and lp.tokens):
-            reason = out.finish_reason.value if out.finish_reason else None
+            reason = echo.finish_reason(out)
             yield chunk([{"index": i, "text": text, "logprobs": lp, "finish_reason": reason}])
     if chunk.include_usage:
         yield chunk([], tally.usage())

@@ -13,8 +13,10 @@ import pytest
 from tests.helpers.api import error_of
 from tests.services.test_openai_api import FRANCE_PROMPT, FRANCE_PROMPT_IDS, complete
 
-# The quantized default and a prefill instead of a decode step compute the same scores in another order.
-SCORE_TOLERANCE = 0.05
+# A decode step runs the default's int4 kernels, a prefill its float weights; and in bfloat16 a prefill of a
+# few rows rounds otherwise than one of many (the GEMM kernels differ by shape): SmolLM2 in bfloat16 scores
+# " lazy" after "The quick brown fox jumps over the" -2.68 in a prompt of 9 tokens and -2.14 in one of 17.
+SCORE_TOLERANCE = 0.6
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +46,8 @@ def test_echo_scores_every_prompt_token_after_the_first(
         offsets.append(offsets[-1] + len(t))
     assert lp.text_offset == offsets
     for t, v, top in zip(lp.tokens[1:], lp.token_logprobs[1:], lp.top_logprobs[1:], strict=True):
-        assert top is not None and len(top) == 1 and v <= max(top.values()) + 1e-4
-        if t in top:
-            assert top[t] == pytest.approx(v, abs=1e-4)
+        assert top is not None and t in top and top[t] == v and 1 <= len(top) <= 2
+        assert v <= max(top.values())
     assert lp.token_logprobs[-1] == pytest.approx(generated_logprob, abs=1e-4)  # the generated one
 
 
@@ -77,7 +78,7 @@ def test_max_tokens_zero_returns_the_prompt_alone(client: openai.OpenAI, model_i
     lp = choice.logprobs
     assert lp is not None and lp.tokens is not None and lp.top_logprobs is not None
     assert "".join(lp.tokens) == FRANCE_PROMPT and len(lp.tokens) == len(FRANCE_PROMPT_IDS)
-    assert all(top is not None and len(top) == 2 for top in lp.top_logprobs[1:])
+    assert all(top is not None and 2 <= len(top) <= 3 for top in lp.top_logprobs[1:])
     plain = complete(client, model_id, FRANCE_PROMPT, max_tokens=0, echo=True)
     assert plain.choices[0].text == FRANCE_PROMPT and plain.choices[0].logprobs is None
 
@@ -121,3 +122,63 @@ def test_max_tokens_zero_needs_echo(http: httpx.Client, model_id: str) -> None:
         http.post("/v1/chat/completions", json={**body, "messages": [{"role": "user", "content": "hi"}]}), 400
     )
     assert "max_tokens" in error["message"]
+
+
+def test_a_tokens_score_does_not_depend_on_what_follows_it(client: openai.OpenAI, model_id: str) -> None:
+    """Prefixes of one text score their shared tokens alike, however many positions are scored together
+    to bfloat16's rounding (the quantized head's part: tests/pipelines/llm/test_prompt_logprobs.py): a token
+    scored at the wrong position would be nats away."""
+    text = (
+        "The quick brown fox jumps over the lazy dog while the farmer sleeps in the warm afternoon sun, "
+        "dreaming of rain and of the harvest that the autumn will bring to the valley."
+    )
+    words = text.split(" ")
+    scored = []
+    for n in (4, 9, 17, len(words)):
+        lp = (
+            complete(client, model_id, " ".join(words[:n]), max_tokens=0, logprobs=0, echo=True)
+            .choices[0]
+            .logprobs
+        )
+        assert lp is not None and lp.token_logprobs is not None
+        scored.append(lp.token_logprobs)
+    longest = scored[-1]
+    for shorter in scored[:-1]:
+        gaps = [abs(a - b) for a, b in zip(shorter[1:], longest[1 : len(shorter)], strict=True)]
+        assert max(gaps) <= 2 * SCORE_TOLERANCE and sum(gaps) / len(gaps) <= SCORE_TOLERANCE / 2, (
+            shorter,
+            longest,
+        )
+
+
+def test_a_prompt_alone_finishes_by_length_whatever_would_follow(
+    client: openai.OpenAI, model_id: str
+) -> None:
+    """What the model would say next is not asked for: neither a stop token nor a stop string ends it."""
+    for extra in (
+        {},
+        {"stop": [" Paris"]},
+        {"logit_bias": {"2": 100}},
+        {"extra_body": {"stop_token_ids": [7042]}},
+    ):
+        for stream in (False, True):
+            got = complete(client, model_id, FRANCE_PROMPT, max_tokens=0, echo=True, stream=stream, **extra)
+            chunks = list(got) if stream else [got]
+            reasons = [c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason]
+            assert reasons == ["length"], (extra, stream, reasons)
+
+
+def test_top_logprobs_hold_the_scored_token_too(client: openai.OpenAI, model_id: str) -> None:
+    """Up to logprobs + 1 entries, as OpenAI's API gives: the most likely tokens and the token itself."""
+    lp = complete(client, model_id, FRANCE_PROMPT, max_tokens=2, logprobs=1, echo=True).choices[0].logprobs
+    assert lp is not None and lp.tokens and lp.token_logprobs and lp.top_logprobs
+    for token, value, top in zip(lp.tokens[1:], lp.token_logprobs[1:], lp.top_logprobs[1:], strict=True):
+        assert top is not None and token in top and top[token] == value and 1 <= len(top) <= 2
+
+
+def test_a_prompt_alone_fits_in_one_token_less_than_the_context(http: httpx.Client, model_id: str) -> None:
+    max_model_len = http.get(f"/v1/models/{model_id}").json()["max_model_len"]
+    body = {"model": model_id, "prompt": [504] * max_model_len, "max_tokens": 0, "echo": True}
+    error = error_of(http.post("/v1/completions", json=body), 400)
+    assert error["code"] == "context_length_exceeded" and error["param"] == "prompt"
+    assert f"may hold {max_model_len - 1}" in error["message"], error

@@ -43,3 +43,11 @@ def test_chat_logprobs_carry_a_byte_tokens_bytes(client: openai.OpenAI, model_id
     first = logprobs.content[0]
     assert first.token == "bytes:\\xf0\\x9f" and first.bytes == [0xF0, 0x9F]
     assert (first.top_logprobs[0].token, first.top_logprobs[0].bytes) == (first.token, first.bytes)
+
+
+def test_offsets_after_bytes_that_never_complete_a_character(client: openai.OpenAI, model_id: str) -> None:
+    """Two starts of an emoji in a row: each is a U+FFFD of the text, and the offsets after them count it."""
+    ids = [22, EMOJI_FIRST_BYTES_ID, EMOJI_FIRST_BYTES_ID, 28]  # "&", b"\xf0\x9f" twice, ","
+    got = complete(client, model_id, ids, max_tokens=0, logprobs=0, echo=True).choices[0]
+    assert got.text == "&\ufffd\ufffd,"
+    assert got.logprobs is not None and got.logprobs.text_offset == [0, 1, 2, 3], got.logprobs
