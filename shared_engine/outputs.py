@@ -15,9 +15,13 @@ class FinishReason(StrEnum):
 
 @dataclass(frozen=True)
 class TokenLogprob:
+    """A token's log-probability, the likeliest tokens' (``top``, likeliest first) and, where computed
+    (prompt scores), the token's ``rank`` in the distribution (1: the likeliest)."""
+
     token_id: int
     logprob: float
     top: tuple[tuple[int, float], ...] = ()
+    rank: int | None = None
 
 
 @dataclass(frozen=True)

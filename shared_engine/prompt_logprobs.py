@@ -48,7 +48,8 @@ def score_prompts(
 def score_block(
     model: DecoderModel, hidden: torch.Tensor, targets: list[int], num_top: int
 ) -> list[TokenLogprob]:
-    """``targets[i]``'s log-probability under the logits of ``hidden[i]``, with the ``num_top`` likeliest."""
+    """``targets[i]``'s log-probability and rank under the logits of ``hidden[i]``, with the ``num_top``
+    likeliest tokens."""
     out: list[TokenLogprob] = []
     for at in range(0, len(targets), ROWS_PER_BLOCK):
         block = targets[at : at + ROWS_PER_BLOCK]
@@ -57,10 +58,14 @@ def score_block(
             logits = model.compute_logits(hidden[at : at + len(block)])
         lp = torch.log_softmax(logits.float(), dim=-1)
         ids = torch.tensor(block, dtype=torch.long, device=lp.device)
-        chosen = lp.gather(1, ids[:, None])[:, 0].tolist()
+        chosen_t = lp.gather(1, ids[:, None])
+        chosen = chosen_t[:, 0].tolist()
+        ranks = ((lp > chosen_t).sum(dim=-1) + 1).tolist()
         tops: list[tuple[tuple[int, float], ...]] = [()] * len(block)
         if num_top:
             values, top_ids = (t.tolist() for t in torch.topk(lp, num_top, dim=-1))
             tops = [tuple(zip(i, v, strict=True)) for i, v in zip(top_ids, values, strict=True)]
-        out.extend(TokenLogprob(t, v, top) for t, v, top in zip(block, chosen, tops, strict=True))
+        out.extend(
+            TokenLogprob(t, v, top, rank) for t, v, top, rank in zip(block, chosen, tops, ranks, strict=True)
+        )
     return out

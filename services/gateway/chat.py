@@ -14,6 +14,7 @@ from services.gateway.generation import (
     collect,
     new_id,
     now,
+    prompt_logprobs_view,
     sampling_params,
     start_choices,
     wants_usage,
@@ -119,4 +120,10 @@ async def create(service: Chat, body: ChatCompletionRequest) -> ChatCompletion |
         message, reason = _message(r, plan)
         lp = chat_logprobs(service, r.logprobs) if body.logprobs else None
         out.append(ChatChoice(index=i, message=message, logprobs=lp, finish_reason=reason))
-    return ChatCompletion(id=request_id, created=now(), model=body.model, choices=out, usage=usage)
+    scored = results[0].prompt_logprobs  # the n choices share their prompt
+    prompt_lp = None
+    if body.prompt_logprobs is not None and scored is not None:
+        prompt_lp = prompt_logprobs_view(service, scored, body.prompt_logprobs)
+    return ChatCompletion(
+        id=request_id, created=now(), model=body.model, choices=out, usage=usage, prompt_logprobs=prompt_lp
+    )

@@ -14,11 +14,18 @@ from services.gateway.generation import (
     collect,
     new_id,
     now,
+    prompt_logprobs_view,
     sampling_params,
     start_choices,
     wants_usage,
 )
-from services.gateway.schemas import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
+from services.gateway.schemas import (
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    PromptLogprobs,
+)
 from services.registry import Chat
 from shared_engine.async_engine import GroupOutputs
 from shared_engine.errors import ContextLengthExceeded, InvalidRequest
@@ -76,17 +83,18 @@ def _logprobs(
     service: Chat,
     generated: list[TokenLogprob],
     offsets: TextOffsets,
+    num_top: int,
     prompt: tuple[list[int], list[TokenLogprob]] | None = None,
 ) -> CompletionLogprobs:
-    """The generated tokens' entries, placed by ``offsets``; with an echoed ``prompt`` (its ids and
-    scores), the prompt's entries first, from offset 0."""
+    """The generated tokens' entries, placed by ``offsets``, each with its ``num_top`` likeliest tokens;
+    with an echoed ``prompt`` (its ids and scores), the prompt's entries first, from offset 0."""
     entries: list[tuple[int, float | None, dict[str, float] | None, TextOffsets]] = []
     if prompt is not None:
         ids, scored = prompt
         from_start = TextOffsets(0)
         entries.append((ids[0], None, None, from_start))  # nothing before it predicts it
-        entries += [(s.token_id, s.logprob, _top(service, s), from_start) for s in scored]
-    entries += [(g.token_id, g.logprob, _top(service, g), offsets) for g in generated]
+        entries += [(s.token_id, s.logprob, _top(service, s, num_top), from_start) for s in scored]
+    entries += [(g.token_id, g.logprob, _top(service, g, num_top), offsets) for g in generated]
     return CompletionLogprobs(
         tokens=[service.token_text(token_id) for token_id, _, _, _ in entries],
         token_logprobs=[value for _, value, _, _ in entries],
@@ -95,9 +103,10 @@ def _logprobs(
     )
 
 
-def _top(service: Chat, item: TokenLogprob) -> dict[str, float]:
+def _top(service: Chat, item: TokenLogprob, num_top: int) -> dict[str, float]:
     """The most likely tokens and the token itself (up to logprobs + 1 entries, as OpenAI's API gives)."""
-    return {service.token_text(t): v for t, v in item.top} | {service.token_text(item.token_id): item.logprob}
+    top = {service.token_text(t): v for t, v in item.top[:num_top]}
+    return top | {service.token_text(item.token_id): item.logprob}
 
 
 async def create(service: Chat, body: CompletionRequest) -> Completion | AsyncIterator[bytes]:
@@ -136,6 +145,7 @@ async def create(service: Chat, body: CompletionRequest) -> Completion | AsyncIt
                 text=echo.text[i] + echo.generated("".join(r.text)),
                 logprobs=echo.logprobs(i, r.logprobs, r.prompt_logprobs),
                 finish_reason="length" if prompt_only else r.finish_reason,
+                prompt_logprobs=echo.prompt_logprobs(i, r.prompt_logprobs),
             )
             for i, r in enumerate(results)
         ],
@@ -153,6 +163,8 @@ class Echo:
         self.service = service
         self.prompts = prompts
         self.wants_logprobs = body.logprobs is not None
+        self.num_top = body.logprobs or 0
+        self.num_prompt_top = body.prompt_logprobs
         self.prompt_only = prompt_only
         self.text = [service.decode(ids) if body.echo else "" for ids in prompts]
         self.scored = body.echo and self.wants_logprobs
@@ -179,7 +191,13 @@ class Echo:
             return None
         prompt = (self.prompts[i], prompt_scores) if self.scored and prompt_scores is not None else None
         offsets = offsets or TextOffsets(len(self.text[i]))
-        return _logprobs(self.service, [] if self.prompt_only else generated, offsets, prompt)
+        return _logprobs(self.service, [] if self.prompt_only else generated, offsets, self.num_top, prompt)
+
+    def prompt_logprobs(self, i: int, prompt_scores: list[TokenLogprob] | None) -> PromptLogprobs | None:
+        """Choice ``i``'s prompt scores as vLLM's ``prompt_logprobs`` shows them, when asked for."""
+        if self.num_prompt_top is None or prompt_scores is None:
+            return None
+        return prompt_logprobs_view(self.service, prompt_scores, self.num_prompt_top)
 
 
 async def _stream(

@@ -10,7 +10,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.gateway.schemas import PromptTokensDetails, SamplingFields, Usage
+from services.gateway.schemas import PromptLogprob, PromptLogprobs, PromptTokensDetails, SamplingFields, Usage
 from services.gateway.sse import event
 from services.registry import Chat
 from shared_engine.async_engine import GenerationRequest, GroupOutputs
@@ -40,6 +40,8 @@ def sampling_params(
     for name in ("presence_penalty", "frequency_penalty"):
         if getattr(body, name):
             raise InvalidRequest(f"{name} is not supported by this server; omit it or send 0", param=name)
+    if body.stream and body.prompt_logprobs is not None:
+        raise InvalidRequest("prompt_logprobs is not supported with stream", param="prompt_logprobs")
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     if any(not s for s in stop):
         raise InvalidRequest("stop sequences must be non-empty strings", param="stop")
@@ -60,7 +62,7 @@ def sampling_params(
             stop_token_ids=tuple(body.stop_token_ids or ()),
             ignore_eos=body.ignore_eos,
             logprobs=logprobs,
-            prompt_logprobs=prompt_logprobs,
+            prompt_logprobs=_most(prompt_logprobs, body.prompt_logprobs),
             output_kind=OutputKind.DELTA if body.stream else OutputKind.FINAL_ONLY,
             guided=guided,
             logit_bias=logit_bias,
@@ -68,6 +70,25 @@ def sampling_params(
     except ValueError as exc:
         param = str(exc).split(" ", 1)[0]
         raise InvalidRequest(str(exc), param=param if param.isidentifier() else None) from None
+
+
+def _most(a: int | None, b: int | None) -> int | None:
+    """The engine scores a prompt once for every view of it (echo, ``prompt_logprobs``): the larger ask."""
+    return b if a is None else a if b is None else max(a, b)
+
+
+def prompt_logprobs_view(service: Chat, scored: list[TokenLogprob], num_top: int) -> PromptLogprobs:
+    """vLLM's ``prompt_logprobs``: for each prompt token after the first, its own entry and the ``num_top``
+    likeliest tokens', keyed by token id."""
+
+    def entry(token_id: int, logprob: float, rank: int | None) -> tuple[str, PromptLogprob]:
+        return str(token_id), PromptLogprob(logprob, rank, service.token_text(token_id))
+
+    view: PromptLogprobs = [None]
+    for item in scored:
+        alternatives = [entry(t, v, i + 1) for i, (t, v) in enumerate(item.top[:num_top])]
+        view.append(dict([*alternatives, entry(item.token_id, item.logprob, item.rank)]))
+    return view
 
 
 def _logit_bias(given: dict[str, float], vocab_size: int) -> tuple[tuple[int, float], ...]:

@@ -78,6 +78,8 @@ class SamplingFields(Struct, kw_only=True):
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
     structured_outputs: StructuredOutputsParams | None = None
+    # vLLM's extra: each prompt token's log-probability with this many alternatives, in ``prompt_logprobs``.
+    prompt_logprobs: TopLogprobs | None = None
 
 
 class ChatCompletionRequest(SamplingFields, kw_only=True):
@@ -137,6 +139,18 @@ class AssistantMessage(Struct, omit_defaults=True):
     tool_calls: list[ToolCall] | None = None
 
 
+class PromptLogprob(Struct):
+    """One entry of vLLM's ``prompt_logprobs``, keyed by token id."""
+
+    logprob: float
+    rank: int | None
+    decoded_token: str
+
+
+# Per prompt token: None for the first (nothing predicts it), else the token's entry and its alternatives'.
+PromptLogprobs = list[dict[str, PromptLogprob] | None]
+
+
 class ChatChoice(Struct):
     index: int
     message: AssistantMessage
@@ -151,6 +165,7 @@ class ChatCompletion(Struct):
     choices: list[ChatChoice]
     usage: Usage
     object: str = "chat.completion"
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class CompletionLogprobs(Struct):
@@ -165,6 +180,7 @@ class CompletionChoice(Struct):
     text: str
     logprobs: CompletionLogprobs | None
     finish_reason: str | None
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class Completion(Struct):

@@ -127,6 +127,7 @@ def _logprobs_to_proto(items: Sequence[TokenLogprob]) -> list[Any]:
             logprob=lp.logprob,
             top_token_ids=[t for t, _ in lp.top],
             top_logprobs=[v for _, v in lp.top],
+            rank=lp.rank,
         )
         for lp in items
     ]
@@ -134,7 +135,12 @@ def _logprobs_to_proto(items: Sequence[TokenLogprob]) -> list[Any]:
 
 def _logprobs_from_proto(items: Sequence[Any]) -> list[TokenLogprob]:
     return [
-        TokenLogprob(lp.token_id, lp.logprob, tuple(zip(lp.top_token_ids, lp.top_logprobs, strict=True)))
+        TokenLogprob(
+            lp.token_id,
+            lp.logprob,
+            tuple(zip(lp.top_token_ids, lp.top_logprobs, strict=True)),
+            lp.rank if lp.HasField("rank") else None,
+        )
         for lp in items
     ]
 

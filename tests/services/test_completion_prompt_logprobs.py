@@ -182,3 +182,65 @@ def test_a_prompt_alone_fits_in_one_token_less_than_the_context(http: httpx.Clie
     error = error_of(http.post("/v1/completions", json=body), 400)
     assert error["code"] == "context_length_exceeded" and error["param"] == "prompt"
     assert f"may hold {max_model_len - 1}" in error["message"], error
+
+
+def test_vllms_prompt_logprobs_on_completions_and_chat(client: openai.OpenAI, model_id: str) -> None:
+    """vLLM's extra: ``prompt_logprobs`` keyed by token id with rank and decoded token, the same scores as
+    echo gives; on chat, for the templated prompt, once for all choices."""
+    echoed = (
+        complete(client, model_id, FRANCE_PROMPT, max_tokens=1, logprobs=2, echo=True).choices[0].logprobs
+    )
+    got = complete(
+        client, model_id, FRANCE_PROMPT, max_tokens=1, extra_body={"prompt_logprobs": 2}
+    ).model_dump()
+    choice = got["choices"][0]
+    assert echoed is not None and echoed.token_logprobs and not choice["text"].startswith(FRANCE_PROMPT)
+    view = choice["prompt_logprobs"]
+    assert view[0] is None and len(view) == len(FRANCE_PROMPT_IDS)
+    for token_id, entries, value in zip(
+        FRANCE_PROMPT_IDS[1:], view[1:], echoed.token_logprobs[1 : len(view)], strict=True
+    ):
+        mine = entries[str(token_id)]
+        assert mine["logprob"] == pytest.approx(value, abs=1e-4) and mine["rank"] >= 1
+        assert 1 <= len(entries) <= 3 and (mine["rank"] <= 2) == (len(entries) == 2)
+        ranked = sorted(entries.values(), key=lambda e: -e["logprob"])
+        assert ranked[0]["rank"] == 1 and all(e["logprob"] <= 0 for e in ranked)
+    assert view[-1][str(FRANCE_PROMPT_IDS[-1])]["decoded_token"] == " is"
+
+    answer = client.chat.completions.create(
+        model=model_id,
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=1,
+        n=2,
+        extra_body={"prompt_logprobs": 0},
+    ).model_dump()
+    chat_view = answer["prompt_logprobs"]
+    assert len(chat_view) == answer["usage"]["prompt_tokens"] and chat_view[0] is None
+    assert all(len(entries) == 1 and next(iter(entries.values()))["rank"] >= 1 for entries in chat_view[1:])
+
+
+def test_prompt_logprobs_are_refused_with_stream(http: httpx.Client, model_id: str) -> None:
+    body = {"model": model_id, "prompt": FRANCE_PROMPT, "stream": True, "prompt_logprobs": 1}
+    error = error_of(http.post("/v1/completions", json=body), 400)
+    assert error["param"] == "prompt_logprobs"
+    chat = {
+        "model": model_id,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "stream": True,
+        "prompt_logprobs": 1,
+    }
+    assert error_of(http.post("/v1/chat/completions", json=chat), 400)["param"] == "prompt_logprobs"
+
+
+def test_echo_and_prompt_logprobs_each_show_their_own_alternatives(
+    client: openai.OpenAI, model_id: str
+) -> None:
+    asked: dict[str, Any] = {
+        "max_tokens": 0,
+        "logprobs": 0,
+        "echo": True,
+        "extra_body": {"prompt_logprobs": 3},
+    }
+    choice = complete(client, model_id, FRANCE_PROMPT, **asked).model_dump()["choices"][0]
+    assert all(top is None or len(top) == 1 for top in choice["logprobs"]["top_logprobs"])
+    assert all(3 <= len(entries) <= 4 for entries in choice["prompt_logprobs"][1:])

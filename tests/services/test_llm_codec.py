@@ -74,7 +74,8 @@ def test_a_group_of_requests_round_trips_and_outputs_name_their_request() -> Non
 
 
 @pytest.mark.parametrize(
-    "prompt_logprobs", [None, [], [TokenLogprob(4, -0.5, ((4, -0.5), (9, -1.25))), TokenLogprob(2, -3.0)]]
+    "prompt_logprobs",
+    [None, [], [TokenLogprob(4, -0.5, ((4, -0.5), (9, -1.25)), rank=1), TokenLogprob(2, -3.0, rank=7)]],
 )
 def test_prompt_logprobs_round_trip(prompt_logprobs: list[TokenLogprob] | None) -> None:
     """Absent, present and empty (a one-token prompt), or present: each arrives as it left."""

@@ -52,6 +52,9 @@ def _check(outputs: list[RequestOutput], ids: list[int], expected: torch.Tensor)
     want = expected[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
     torch.testing.assert_close(torch.tensor([lp.logprob for lp in scored]), want, atol=2e-3, rtol=0)
     for lp, row in zip(scored, expected, strict=True):
+        # The rank counts the likelier tokens (to a rounding: transformers' values are a computation apart).
+        likelier = (row > lp.logprob + 1e-3).sum().item(), (row > lp.logprob - 1e-3).sum().item()
+        assert lp.rank is not None and likelier[0] + 1 <= lp.rank <= likelier[1] + 1
         values, top_ids = torch.topk(row, TOP)
         assert lp.top[0][0] == top_ids[0].item()
         torch.testing.assert_close(torch.tensor([v for _, v in lp.top]), values, atol=2e-3, rtol=0)
