@@ -29,7 +29,7 @@ from services.gateway.schemas import (
 from services.registry import Chat
 from shared_engine.async_engine import GroupOutputs
 from shared_engine.errors import ContextLengthExceeded, InvalidRequest
-from shared_engine.outputs import RequestOutput, TokenLogprob
+from shared_engine.outputs import TokenLogprob
 
 
 def prompt_token_lists(service: Chat, prompt: str | list[Any]) -> list[list[int]]:
@@ -144,7 +144,7 @@ async def create(service: Chat, body: CompletionRequest) -> Completion | AsyncIt
                 index=i,
                 text=echo.text[i] + echo.generated("".join(r.text)),
                 logprobs=echo.logprobs(i, r.logprobs, r.prompt_logprobs),
-                finish_reason="length" if prompt_only else r.finish_reason,
+                finish_reason=echo.finish_reason(r.finish_reason),
                 prompt_logprobs=echo.prompt_logprobs(i, r.prompt_logprobs),
             )
             for i, r in enumerate(results)
@@ -172,11 +172,9 @@ class Echo:
     def generated(self, text: str) -> str:
         return "" if self.prompt_only else text
 
-    def finish_reason(self, out: RequestOutput) -> str | None:
+    def finish_reason(self, engines: str | None) -> str | None:
         """The engine's, or for a prompt alone "length": the token that ended it is not the answer's."""
-        if out.finish_reason is None:
-            return None
-        return "length" if self.prompt_only else out.finish_reason.value
+        return "length" if self.prompt_only and engines is not None else engines
 
     def logprobs(
         self,
@@ -220,7 +218,7 @@ async def _stream(
         lp = echo.logprobs(i, out.logprobs, None, offsets[i])
         text = echo.generated(out.text)
         if text or out.finish_reason is not None or (lp is not None and lp.tokens):
-            reason = echo.finish_reason(out)
+            reason = echo.finish_reason(out.finish_reason.value if out.finish_reason else None)
             yield chunk([{"index": i, "text": text, "logprobs": lp, "finish_reason": reason}])
     if chunk.include_usage:
         yield chunk([], tally.usage())
