@@ -125,7 +125,7 @@ class LLMEngine:
         # Build everything that can fail before the scheduler sees the request.
         live = _Live(
             request,
-            RequestSampler(params, self.device),
+            RequestSampler(params, self.device, prompt_token_ids),
             IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.stop, params.skip_special_tokens),
             self._grammar(params),
         )

@@ -26,7 +26,6 @@ from shared_engine.sampler import (
     select_rows,
     token_logprobs,
 )
-from shared_engine.sampling_params import SamplingParams
 from shared_engine.scheduler import ScheduledRequest
 from shared_engine.structured_output import StepMask
 
@@ -83,19 +82,20 @@ def verify_and_sample(
     ``mask`` (structured outputs) sets the tokens each constrained row's grammar forbids to -inf, after
     the logits processors; log-probabilities are reported from the logits before it, as vLLM does, so
     they show the model's own confidence (and never -inf)."""
-    row_params: list[SamplingParams] = []
+    row_samplers: list[RequestSampler] = []
     row_outputs: list[Sequence[int]] = []
     first_row: list[int] = []
     for s in items:
         r = s.request
-        first_row.append(len(row_params))
+        first_row.append(len(row_samplers))
+        # Row j comes after the first j guesses: rules that read the output so far see them too.
+        reads_output = bool(r.params.logits_processors) or r.params.penalized
         for j in range(s.num_spec_tokens + 1):
-            row_params.append(r.params)
-            has_processors = bool(r.params.logits_processors)
+            row_samplers.append(samplers[r.request_id])
             row_outputs.append(
-                r.output_token_ids + s.spec_token_ids[:j] if j and has_processors else r.output_token_ids
+                r.output_token_ids + s.spec_token_ids[:j] if j and reads_output else r.output_token_ids
             )
-    apply_logits_processors(logits, row_params, row_outputs)
+    apply_logits_processors(logits, row_samplers, row_outputs)
     raw = logits
     if mask is not None:
         if any(s.request.params.logprobs is not None for s in items):

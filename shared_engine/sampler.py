@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
 from shared_engine import cpu_kernels
 from shared_engine.outputs import TokenLogprob
+from shared_engine.penalties import penalize, prompt_token_set
 from shared_engine.sampling_params import SamplingParams
 
 
 class RequestSampler:
     """Per-request sampling state: a private RNG, so a seeded request draws the same tokens whatever
-    else is in the batch or however often it is preempted."""
+    else is in the batch or however often it is preempted, and the prompt's tokens for a repetition
+    penalty."""
 
-    def __init__(self, params: SamplingParams, device: torch.device) -> None:
+    def __init__(
+        self, params: SamplingParams, device: torch.device, prompt_token_ids: Sequence[int] = ()
+    ) -> None:
         self.params = params
+        self.prompt_tokens = prompt_token_set(params, prompt_token_ids, device)
         self.generator: torch.Generator | None = None
         if not params.greedy:
             self.generator = torch.Generator(device=device)
@@ -26,8 +32,12 @@ class RequestSampler:
                 self.generator.manual_seed(params.seed)
 
 
-def _truncate(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Mask everything outside the top-k and the top-p nucleus of one row of logits."""
+def _truncate(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Mask, in one row of tempered logits, the tokens below ``min_p`` times the most likely one's
+    probability, then everything outside the top-k and the top-p nucleus."""
+    top_k, top_p = params.top_k, params.top_p
+    if params.min_p > 0:
+        logits = logits.masked_fill(logits < logits.max() + math.log(params.min_p), float("-inf"))
     if top_k > 0 and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -46,17 +56,17 @@ def _tempered(logits: torch.Tensor, params: Sequence[SamplingParams]) -> tuple[t
     row's sampling distribution. Rows with top-k or top-p come back already scaled and truncated (inverse
     1), in a copy; otherwise ``logits`` itself."""
     inverse = [1.0 / p.temperature for p in params]
-    truncated = [row for row, p in enumerate(params) if p.top_k or p.top_p < 1.0]
+    truncated = [row for row, p in enumerate(params) if p.top_k or p.top_p < 1.0 or p.min_p > 0]
     if truncated:
         logits = logits.clone()
         for row in truncated:
-            logits[row] = _truncate(logits[row] * inverse[row], params[row].top_k, params[row].top_p)
+            logits[row] = _truncate(logits[row] * inverse[row], params[row])
             inverse[row] = 1.0
     return logits, torch.tensor(inverse, dtype=logits.dtype, device=logits.device)
 
 
 def probabilities(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
-    """Rows of ``logits`` turned into each row's sampling distribution (temperature, top-k, top-p)."""
+    """Rows of ``logits`` turned into each row's sampling distribution (temperature, min-p, top-k, top-p)."""
     scaled, inverse = _tempered(logits, params)
     return torch.softmax(scaled * inverse.unsqueeze(-1), dim=-1)
 
@@ -147,13 +157,17 @@ def _draw(
 
 
 def apply_logits_processors(
-    logits: torch.Tensor, params: Sequence[SamplingParams], outputs: Sequence[Sequence[int]]
+    logits: torch.Tensor, samplers: Sequence[RequestSampler], outputs: Sequence[Sequence[int]]
 ) -> None:
-    """Add each row's logit bias, then run its processors in order, on that row of ``logits`` (in place)."""
-    for row, (p, out) in enumerate(zip(params, outputs, strict=True)):
+    """On each row of ``logits`` (in place), given the tokens its request has output before it: add the
+    logit bias, apply the penalties, then run the processors in order."""
+    for row, (sampler, out) in enumerate(zip(samplers, outputs, strict=True)):
+        p = sampler.params
         if p.logit_bias:
             ids, biases = zip(*p.logit_bias, strict=True)
             logits[row, list(ids)] += torch.tensor(biases, dtype=logits.dtype, device=logits.device)
+        if p.penalized:
+            penalize(logits[row], p, sampler.prompt_tokens, out)
         for processor in p.logits_processors:
             processor(out, logits[row])
 

@@ -20,6 +20,7 @@ MAX_LOGIT_BIAS = 100.0  # OpenAI's bound: -100 bans a token, 100 all but forces 
 # Below this a temperature is treated as greedy: dividing logits by it would overflow to inf/NaN.
 GREEDY_TEMPERATURE = 1e-5
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
+MAX_PENALTY = 2.0  # OpenAI's bound on presence and frequency penalties, either sign
 
 
 class OutputKind(StrEnum):
@@ -38,12 +39,17 @@ class SamplingParams:
     ``temperature`` below 1e-5 (0 included) means greedy. ``guided`` constrains the output to a grammar
     (a JSON schema, a regex, ...; see ``shared_engine.guided``): tokens it forbids are never sampled, and
     the request stops when the grammar is complete. ``logit_bias`` adds (token id, bias) to those
-    tokens' logits before the ``logits_processors``. ``top_k <= 0`` disables top-k. ``seed`` makes
+    tokens' logits before the penalties and the ``logits_processors``. ``presence_penalty`` and
+    ``frequency_penalty`` (OpenAI's, -2 to 2) subtract from each token's logit once if it is in the output
+    so far and once per time it is there; ``repetition_penalty`` (CTRL's, as vLLM and transformers apply
+    it: > 1 discourages) divides the positive logits of tokens in the prompt or the output by it and
+    multiplies their negative ones. ``min_p`` drops tokens less likely than ``min_p`` times the most likely
+    one (after temperature, before top-k and top-p). ``top_k <= 0`` disables top-k. ``seed`` makes
     sampling reproducible per request regardless of what else shares the batch. ``logprobs`` is the number of
     alternatives to report per token (``0`` reports only the chosen token's log-probability;
-    ``None`` reports nothing). Log-probabilities are those of the distribution after the
-    ``logits_processors`` (a pipeline's decoding rules, e.g. Whisper's suppressed tokens) and before
-    temperature and truncation, as vLLM reports them. ``prompt_logprobs`` asks for the log-probability of
+    ``None`` reports nothing). Log-probabilities are those of the distribution after the bias, the
+    penalties and the ``logits_processors`` (a pipeline's decoding rules, e.g. Whisper's suppressed
+    tokens) and before temperature and truncation. ``prompt_logprobs`` asks for the log-probability of
     each prompt token after the first, under the model given the tokens before it, with that many
     alternatives (raw model scores: no processors, no bias); such a request computes its whole prompt,
     never reading it from the prefix cache.
@@ -63,6 +69,10 @@ class SamplingParams:
     output_kind: OutputKind = OutputKind.DELTA
     guided: GuidedDecoding | None = None
     logit_bias: tuple[tuple[int, float], ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_p: float = 0.0
     logits_processors: tuple[LogitsProcessor, ...] = field(default=(), compare=False, hash=False)
     extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
 
@@ -75,6 +85,13 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
             raise ValueError(f"seed must be between {SEED_MIN} and {SEED_MAX}, got {self.seed}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -MAX_PENALTY <= getattr(self, name) <= MAX_PENALTY:
+                raise ValueError(f"{name} must be between {-MAX_PENALTY:g} and {MAX_PENALTY:g}")
+        if not 0 < self.repetition_penalty < float("inf"):
+            raise ValueError(f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty}")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
         for name in ("logprobs", "prompt_logprobs"):
@@ -93,3 +110,8 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_TEMPERATURE
+
+    @property
+    def penalized(self) -> bool:
+        """Whether a token's logit depends on the tokens before it (presence, frequency or repetition)."""
+        return bool(self.presence_penalty or self.frequency_penalty) or self.repetition_penalty != 1.0

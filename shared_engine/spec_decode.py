@@ -84,7 +84,7 @@ class DraftModelProposer:
             logits = self.runner.last_logits(segments)
             params = [s.request.params for s in active]
             outputs = [s.request.output_token_ids + guesses[id(s)] for s in active]
-            apply_logits_processors(logits, params, outputs)
+            apply_logits_processors(logits, [samplers[s.request.request_id] for s in active], outputs)
             greedy_ids = logits.argmax(dim=-1).tolist()
             sampled_rows = [i for i, p in enumerate(params) if not p.greedy]
             row_probs = probabilities(logits[sampled_rows], [params[i] for i in sampled_rows])

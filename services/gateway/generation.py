@@ -37,9 +37,6 @@ def sampling_params(
     guided: GuidedDecoding | None = None,
     prompt_logprobs: int | None = None,
 ) -> SamplingParams:
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(body, name):
-            raise InvalidRequest(f"{name} is not supported by this server; omit it or send 0", param=name)
     if body.stream and body.prompt_logprobs is not None:
         raise InvalidRequest("prompt_logprobs is not supported with stream", param="prompt_logprobs")
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
@@ -66,6 +63,10 @@ def sampling_params(
             output_kind=OutputKind.DELTA if body.stream else OutputKind.FINAL_ONLY,
             guided=guided,
             logit_bias=logit_bias,
+            presence_penalty=body.presence_penalty or 0.0,
+            frequency_penalty=body.frequency_penalty or 0.0,
+            repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
+            min_p=body.min_p or 0.0,
         )
     except ValueError as exc:
         param = str(exc).split(" ", 1)[0]

@@ -9,7 +9,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from services.gateway.tool_schemas import ResponseFormat, StructuredOutputsParams, Tool, ToolCall, ToolChoice
-from shared_engine.sampling_params import MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, SEED_MAX, SEED_MIN
+from shared_engine.sampling_params import MAX_LOGIT_BIAS, MAX_PENALTY, MAX_TOP_LOGPROBS, SEED_MAX, SEED_MIN
 
 MAX_N = 16
 MAX_STOP_SEQUENCES = 16
@@ -30,8 +30,17 @@ MaxTokens = Annotated[int, Meta(ge=1)]
 N = Annotated[int, Meta(ge=1, le=MAX_N)]
 TopLogprobs = Annotated[int, Meta(ge=0, le=MAX_TOP_LOGPROBS), documented(minimum=0)]
 Seed = Annotated[int, documented(minimum=SEED_MIN, maximum=SEED_MAX)]  # checked with the other parameters
-# Accepted for OpenAI's clients, which send 0; anything else is a 400 (not supported).
-Penalty = Annotated[float, documented(minimum=0, maximum=0, description="not supported: omit, or send 0")]
+Penalty = Annotated[float, Meta(ge=-MAX_PENALTY, le=MAX_PENALTY)]
+RepetitionPenalty = Annotated[
+    float,
+    Meta(gt=0.0, description="extra: > 1 discourages tokens of the prompt and output, 1 is off"),
+    documented(exclusive_minimum=0.0),
+]
+MinP = Annotated[
+    float,
+    Meta(ge=0.0, le=1.0, description="extra: drop tokens under min_p × the likeliest one's probability"),
+    documented(minimum=0.0),
+]
 LogitBias = Annotated[float, documented(minimum=-MAX_LOGIT_BIAS, maximum=MAX_LOGIT_BIAS)]  # checked later
 Stop = str | Annotated[list[str], Meta(max_length=MAX_STOP_SEQUENCES)] | None
 
@@ -69,6 +78,8 @@ class SamplingFields(Struct, kw_only=True):
     ignore_eos: bool = False
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
+    repetition_penalty: RepetitionPenalty | None = None  # vLLM's extras
+    min_p: MinP | None = None
     logit_bias: dict[str, LogitBias] | None = None  # token id (as OpenAI sends it, a string) -> bias
     user: str | None = None
     response_format: ResponseFormat | None = None

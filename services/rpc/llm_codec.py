@@ -31,6 +31,10 @@ def params_to_proto(p: SamplingParams) -> Any:
         if p.guided is None
         else llm_pb2.GuidedDecoding(kind=p.guided.kind.value, spec=p.guided.spec),
         logit_bias=dict(p.logit_bias),
+        presence_penalty=p.presence_penalty,
+        frequency_penalty=p.frequency_penalty,
+        repetition_penalty=None if p.repetition_penalty == 1.0 else p.repetition_penalty,
+        min_p=p.min_p,
     )
 
 
@@ -61,6 +65,10 @@ def params_from_proto(m: Any) -> SamplingParams:
             output_kind=OutputKind.FINAL_ONLY if m.final_only else OutputKind.DELTA,
             guided=_guided_from_proto(m),
             logit_bias=tuple(sorted(m.logit_bias.items())),
+            presence_penalty=m.presence_penalty,
+            frequency_penalty=m.frequency_penalty,
+            repetition_penalty=m.repetition_penalty if m.HasField("repetition_penalty") else 1.0,
+            min_p=m.min_p,
         )
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None

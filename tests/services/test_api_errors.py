@@ -72,7 +72,12 @@ BAD_REQUESTS: dict[str, Case] = {
     "chat-top_logprobs-without-logprobs": Case("chat", {"top_logprobs": 2}, "top_logprobs"),
     "chat-top_logprobs-too-many": Case("chat", {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     "chat-stop-empty-string": Case("chat", {"stop": ""}, "stop"),
-    "chat-presence_penalty": Case("chat", {"presence_penalty": 0.5}, "presence_penalty"),
+    "chat-presence_penalty-above-2": Case("chat", {"presence_penalty": 2.5}, "presence_penalty"),
+    "completions-frequency_penalty-below-minus-2": Case(
+        "completions", {"frequency_penalty": -3}, "frequency_penalty"
+    ),
+    "chat-repetition_penalty-zero": Case("chat", {"repetition_penalty": 0}, "repetition_penalty"),
+    "completions-min_p-above-one": Case("completions", {"min_p": 1.5}, "min_p"),
     "chat-image-content-part": Case(
         "chat", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages"
     ),

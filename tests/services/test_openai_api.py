@@ -441,6 +441,27 @@ def test_logit_bias_bans_and_forces_tokens(client: openai.OpenAI, model_id: str)
     assert forced.choices[0].text == "..."  # the last token, which ends the answer by length, included
 
 
+def test_penalties_break_a_loop_and_min_p_one_is_greedy(client: openai.OpenAI, model_id: str) -> None:
+    """OpenAI's presence and frequency penalties, and vLLM's repetition penalty and min_p (extras), reach the
+    engine: greedy continues a loop of ones; frequency and repetition penalties bring other tokens in; a
+    presence penalty weighs on every token already out alike, so the loop may go on, less likely."""
+    loop = "1, 1, 1, 1, 1, 1, 1, 1,"
+
+    def run(**kwargs: Any) -> tuple[list[str], float]:
+        got = complete(client, model_id, loop, max_tokens=12, logprobs=0, **kwargs).choices[0]
+        assert got.logprobs is not None and got.logprobs.tokens is not None
+        assert got.logprobs.token_logprobs is not None
+        return got.logprobs.tokens, sum(lp for lp in got.logprobs.token_logprobs[2:] if lp is not None)
+
+    plain, plain_logprob = run()
+    assert set(plain) <= {" ", "1", ",", " 1"}, plain
+    for penalty in ({"frequency_penalty": 2.0}, {"extra_body": {"repetition_penalty": 2.0}}):
+        assert len(set(run(**penalty)[0])) > len(set(plain)), penalty
+    present, present_logprob = run(presence_penalty=2.0)
+    assert present != plain or present_logprob < plain_logprob - 1.0, (present_logprob, plain_logprob)
+    assert run(temperature=1.5, seed=3, extra_body={"min_p": 1.0})[0] == plain
+
+
 def test_completions_follow_response_format(client: openai.OpenAI, model_id: str) -> None:
     got = client.completions.create(
         model=model_id, prompt="A person as JSON:", max_tokens=60, temperature=0,

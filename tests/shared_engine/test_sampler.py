@@ -101,6 +101,13 @@ def test_no_logprobs_unless_asked() -> None:
         ({"stop": ("",)}, "stop"),
         ({"logit_bias": ((3, 100.5),)}, "logit_bias"),
         ({"logit_bias": ((-1, 1.0),)}, "logit_bias"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"frequency_penalty": -2.01}, "frequency_penalty"),
+        ({"frequency_penalty": float("nan")}, "frequency_penalty"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"repetition_penalty": float("inf")}, "repetition_penalty"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"min_p": -0.1}, "min_p"),
     ],
 )
 def test_invalid_params_are_rejected_by_name(kwargs: dict[str, object], message: str) -> None:
@@ -116,11 +123,52 @@ def test_logit_bias_is_added_before_the_processors() -> None:
         logits_processors=(lambda _, row: seen.append(row.clone()),),
     )
     logits = torch.cat([LOGITS, LOGITS])
-    apply_logits_processors(logits, [biased, SamplingParams()], [[], []])
+    apply_logits_processors(
+        logits, [RequestSampler(biased, CPU), RequestSampler(SamplingParams(), CPU)], [[], []]
+    )
     assert torch.equal(seen[0], LOGITS[0] + torch.tensor([-100.0, 0.0, 1.5, 0.0]))
     assert torch.equal(logits[1], LOGITS[0])  # the other row keeps its logits
     greedy = RequestSampler(SamplingParams(temperature=0), CPU)
     assert sample(logits, [RequestSampler(biased, CPU), greedy])[0] == [2, 0]
+
+
+def test_penalties_come_after_the_bias_and_before_the_processors() -> None:
+    """Presence once per distinct output token, frequency per occurrence; the repetition penalty divides
+    positive logits and multiplies negative ones of tokens in the prompt or the output."""
+    seen: list[torch.Tensor] = []
+    params = SamplingParams(
+        logit_bias=((3, 2.0),),
+        presence_penalty=0.5,
+        frequency_penalty=0.25,
+        repetition_penalty=2.0,
+        logits_processors=(lambda _, row: seen.append(row.clone()),),
+    )
+    logits = torch.tensor([[4.0, -1.0, 3.0, -3.0, 1.0]])
+    # Prompt: token 0; output: token 2 twice and token 3 (biased to -1) once; token 1 and 4 unseen.
+    apply_logits_processors(logits, [RequestSampler(params, CPU, prompt_token_ids=[0, 0])], [[2, 3, 2]])
+    expected = torch.tensor([[4.0 / 2, -1.0, 3.0 / 2 - 0.5 - 2 * 0.25, -1.0 * 2 - 0.5 - 0.25, 1.0]])
+    assert torch.allclose(seen[0], expected[0]) and torch.allclose(logits, expected)
+
+
+def test_unpenalized_rows_keep_their_logits() -> None:
+    logits = torch.cat([LOGITS, LOGITS])
+    penalized = RequestSampler(SamplingParams(frequency_penalty=1.0), CPU)
+    apply_logits_processors(logits, [RequestSampler(SamplingParams(), CPU), penalized], [[0, 0], [0, 0]])
+    assert torch.equal(logits[0], LOGITS[0])
+    assert torch.equal(logits[1], LOGITS[0] - torch.tensor([2.0, 0.0, 0.0, 0.0]))
+
+
+@pytest.mark.parametrize(
+    ("min_p", "kept"), [(0.5, {0, 1}), (0.25, {0, 1, 2}), (1.0, {0}), (0.05, {0, 1, 2, 3})]
+)
+def test_min_p_keeps_tokens_at_least_min_p_times_the_most_likely(min_p: float, kept: set[int]) -> None:
+    # Probabilities 0.5, 0.3, 0.15, 0.05: min_p 0.25 keeps p >= 0.125.
+    assert set(draw(SamplingParams(temperature=1.0, min_p=min_p, seed=6), 400)) == kept
+
+
+def test_min_p_applies_to_the_tempered_distribution() -> None:
+    # At temperature 0.5 the probabilities are 0.5², 0.3², ... renormalised: 0.15² / 0.5² = 0.09 < 0.1.
+    assert set(draw(SamplingParams(temperature=0.5, min_p=0.1, seed=8), 400)) == {0, 1}
 
 
 def test_tokens_outside_the_most_likely_still_get_their_share() -> None:

@@ -4,6 +4,7 @@ distribution; the scheduler reserves room for guesses only where they can be use
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +198,20 @@ def test_logprobs_come_with_every_accepted_token(
     for a, b in zip(plain, spec_lps, strict=True):
         assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
         assert [t for t, _ in a.top] == [t for t, _ in b.top]
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft_model"])
+def test_penalties_see_the_guesses_before_each_row(
+    method: str, model: Any, draft: Any, tokenizer: Any, prompt_ids: list[list[int]]
+) -> None:
+    """Row j of a request's guesses comes after j guesses: its penalties count them, so greedy output
+    with penalties is still what decoding one token at a time gives."""
+    params = replace(GREEDY, frequency_penalty=0.5, presence_penalty=0.3, repetition_penalty=1.1)
+    expected = make_engine(model, tokenizer, None).generate(prompt_ids, params)
+    assert expected != make_engine(model, tokenizer, None).generate(prompt_ids, GREEDY)
+    engine = guessing_engine(method, model, draft, tokenizer)
+    assert engine.generate(prompt_ids, params) == expected
+    assert engine.stats().spec_num_accepted_tokens > 0
 
 
 @pytest.mark.parametrize("method", ["ngram", "draft_model"])
