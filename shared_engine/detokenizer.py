@@ -3,7 +3,8 @@
 Text is produced by decoding a short window of tokens (a few already-emitted ones for context, plus
 the new ones) and taking what the new ones add: spacing rules of SentencePiece/BPE tokenizers depend
 on the preceding token, and a multi-byte character split across tokens decodes to U+FFFD until its
-last byte arrives, in which case nothing is emitted yet. Text that could be the start of a stop string
+last byte arrives, in which case nothing is emitted yet (a request that finishes before that byte ends its
+text with U+FFFD, as decoding all its tokens at once would). Text that could be the start of a stop string
 is held back until it is clear it is not one, so a stop string is never returned, even in part.
 """
 
@@ -38,6 +39,7 @@ class IncrementalDetokenizer:
         self.read_offset = len(context)
         self.text = ""
         self.emitted = 0
+        self.stopped = False
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
@@ -66,11 +68,17 @@ class IncrementalDetokenizer:
         hits = [at for s in self.stop if (at := text.find(s, search_from)) != -1]
         if hits:
             self.text = text[: min(hits)]
+            self.stopped = True
             return FinishReason.STOP
         return None
 
     def take_new_text(self, finished: bool) -> str:
-        """Text not yet handed out; while running, keeps back what may begin a stop string."""
+        """Text not yet handed out; while running, keeps back what may begin a stop string. Once finished
+        (not by a stop string), the last tokens' incomplete character comes out as U+FFFD."""
+        if finished and not self.stopped and self.read_offset < len(self.token_ids):
+            prefix = self._decode(self.token_ids[self.prefix_offset : self.read_offset])
+            self.text += self._decode(self.token_ids[self.prefix_offset :])[len(prefix) :]
+            self.read_offset = len(self.token_ids)
         end = (
             len(self.text) if finished or not self.stop else max(self.emitted, len(self.text) - self.holdback)
         )

@@ -51,3 +51,20 @@ def test_offsets_after_bytes_that_never_complete_a_character(client: openai.Open
     got = complete(client, model_id, ids, max_tokens=0, logprobs=0, echo=True).choices[0]
     assert got.text == "&\ufffd\ufffd,"
     assert got.logprobs is not None and got.logprobs.text_offset == [0, 1, 2, 3], got.logprobs
+
+
+def test_an_answer_cut_inside_a_character_ends_in_a_replacement_character(
+    client: openai.OpenAI, model_id: str
+) -> None:
+    """The first bytes of an emoji as the last token: the text is what decoding the tokens gives, U+FFFD
+    for the unfinished character, streamed or not, in chat and completions alike."""
+    forced = {str(EMOJI_FIRST_BYTES_ID): 100}
+    said = chat(client, model_id, user("Say something."), max_tokens=1, logit_bias=forced).choices[0]
+    assert (said.message.content, said.finish_reason) == ("\ufffd", "length")
+    got = complete(client, model_id, "Hi", max_tokens=2, logprobs=0, logit_bias=forced).choices[0]
+    assert got.text == "\ufffd\ufffd" and got.finish_reason == "length"
+    assert got.logprobs is not None and got.logprobs.text_offset == [0, 1], got.logprobs
+    streamed = client.completions.create(
+        model=model_id, prompt="Hi", max_tokens=2, temperature=0, logit_bias=forced, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == got.text

@@ -169,6 +169,26 @@ def test_invalid_bytes_do_not_block_the_stream_forever() -> None:
     assert "".join(pieces) == "\ufffdxy"
 
 
+def test_a_character_cut_off_by_the_end_comes_out_as_a_replacement_character() -> None:
+    """Finishing by length inside a character: the text is what decoding every token at once gives."""
+    tok = _tokenizer()
+    detok = _detok(tok)
+    emoji = "🎉".encode()
+    pieces, reason = stream(detok, tok.ids("ok ", emoji[:2], emoji[2:3]))
+    assert reason is FinishReason.LENGTH
+    assert pieces == ["ok ", "", "\ufffd"]
+    assert "".join(pieces) == tok.decode(tok.ids("ok ", emoji[:2], emoji[2:3]))
+
+
+def test_a_stop_string_before_an_unfinished_character_drops_it() -> None:
+    tok = _tokenizer()
+    detok = _detok(tok, ("END",))
+    pieces, reason = stream(detok, tok.ids("a", "EN", b"D\xf0\x9f"))
+    assert reason is FinishReason.STOP
+    assert "".join(pieces) == "a"
+    assert detok.take_new_text(finished=True) == ""
+
+
 # -- stop strings ------------------------------------------------------------------------------------------
 
 
