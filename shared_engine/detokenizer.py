@@ -5,7 +5,8 @@ the new ones) and taking what the new ones add: spacing rules of SentencePiece/B
 on the preceding token, and a multi-byte character split across tokens decodes to U+FFFD until its
 last byte arrives, in which case nothing is emitted yet (a request that finishes before that byte ends its
 text with U+FFFD, as decoding all its tokens at once would). Text that could be the start of a stop string
-is held back until it is clear it is not one, so a stop string is never returned, even in part.
+is held back until it is clear it is not one, so a stop string is never returned, even in part. Before
+``min_tokens`` tokens are out, stop strings are not looked for (as vLLM does).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from shared_engine.outputs import FinishReason
+from shared_engine.sampling_params import SamplingParams
 
 CONTEXT_TOKENS = 5
 
@@ -28,8 +30,11 @@ class IncrementalDetokenizer:
         prompt_token_ids: list[int],
         stop: tuple[str, ...] = (),
         skip_special_tokens: bool = True,
+        min_tokens: int = 0,
     ) -> None:
         self.tokenizer = tokenizer
+        self.min_tokens = min_tokens
+        self.num_output_tokens = 0
         self.skip_special_tokens = skip_special_tokens
         self.stop = stop
         self.holdback = max((len(s) for s in stop), default=1) - 1
@@ -41,12 +46,19 @@ class IncrementalDetokenizer:
         self.emitted = 0
         self.stopped = False
 
+    @classmethod
+    def for_params(
+        cls, tokenizer: Tokenizer, prompt_token_ids: list[int], params: SamplingParams
+    ) -> IncrementalDetokenizer:
+        return cls(tokenizer, prompt_token_ids, params.stop, params.skip_special_tokens, params.min_tokens)
+
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
 
     def add_tokens(self, token_ids: list[int]) -> FinishReason | None:
         """Append generated tokens; returns STOP if a stop string now appears in the text."""
         self.token_ids.extend(token_ids)
+        self.num_output_tokens += len(token_ids)
         prefix = self._decode(self.token_ids[self.prefix_offset : self.read_offset])
         full = self._decode(self.token_ids[self.prefix_offset :])
         if len(full) <= len(prefix):
@@ -64,6 +76,8 @@ class IncrementalDetokenizer:
 
     def _check_stop(self, text: str, old_len: int) -> FinishReason | None:
         """Find the earliest stop string that ends after ``old_len``; cut the text before it."""
+        if self.num_output_tokens <= self.min_tokens:
+            return None
         search_from = max(0, old_len - self.holdback)
         hits = [at for s in self.stop if (at := text.find(s, search_from)) != -1]
         if hits:

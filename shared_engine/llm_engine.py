@@ -125,8 +125,8 @@ class LLMEngine:
         # Build everything that can fail before the scheduler sees the request.
         live = _Live(
             request,
-            RequestSampler(params, self.device, prompt_token_ids),
-            IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.stop, params.skip_special_tokens),
+            RequestSampler(params, self.device, prompt_token_ids, self.eos_token_ids),
+            IncrementalDetokenizer.for_params(self.tokenizer, prompt_token_ids, params),
             self._grammar(params),
         )
         self.scheduler.add_request(request)

@@ -89,7 +89,7 @@ def verify_and_sample(
         r = s.request
         first_row.append(len(row_samplers))
         # Row j comes after the first j guesses: rules that read the output so far see them too.
-        reads_output = bool(r.params.logits_processors) or r.params.penalized
+        reads_output = bool(r.params.logits_processors) or r.params.penalized or r.params.min_tokens > 0
         for j in range(s.num_spec_tokens + 1):
             row_samplers.append(samplers[r.request_id])
             row_outputs.append(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 
@@ -15,14 +15,21 @@ from shared_engine.sampling_params import SamplingParams
 
 class RequestSampler:
     """Per-request sampling state: a private RNG, so a seeded request draws the same tokens whatever
-    else is in the batch or however often it is preempted, and the prompt's tokens for a repetition
-    penalty."""
+    else is in the batch or however often it is preempted; the prompt's tokens for a repetition penalty,
+    and the tokens that ``min_tokens`` bars."""
 
     def __init__(
-        self, params: SamplingParams, device: torch.device, prompt_token_ids: Sequence[int] = ()
+        self,
+        params: SamplingParams,
+        device: torch.device,
+        prompt_token_ids: Sequence[int] = (),
+        eos_token_ids: Collection[int] = (),
     ) -> None:
         self.params = params
         self.prompt_tokens = prompt_token_set(params, prompt_token_ids, device)
+        # What min_tokens bars: the tokens that would end the request.
+        stops = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_token_ids))
+        self.stop_tokens = sorted(stops) if params.min_tokens else []
         self.generator: torch.Generator | None = None
         if not params.greedy:
             self.generator = torch.Generator(device=device)
@@ -160,12 +167,15 @@ def apply_logits_processors(
     logits: torch.Tensor, samplers: Sequence[RequestSampler], outputs: Sequence[Sequence[int]]
 ) -> None:
     """On each row of ``logits`` (in place), given the tokens its request has output before it: add the
-    logit bias, apply the penalties, then run the processors in order."""
+    logit bias, bar the stop tokens while fewer than ``min_tokens`` are out, apply the penalties, then run
+    the processors in order."""
     for row, (sampler, out) in enumerate(zip(samplers, outputs, strict=True)):
         p = sampler.params
         if p.logit_bias:
             ids, biases = zip(*p.logit_bias, strict=True)
             logits[row, list(ids)] += torch.tensor(biases, dtype=logits.dtype, device=logits.device)
+        if len(out) < p.min_tokens and sampler.stop_tokens:
+            logits[row, sampler.stop_tokens] = float("-inf")
         if p.penalized:
             penalize(logits[row], p, sampler.prompt_tokens, out)
         for processor in p.logits_processors:

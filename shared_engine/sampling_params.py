@@ -44,7 +44,9 @@ class SamplingParams:
     so far and once per time it is there; ``repetition_penalty`` (CTRL's, as vLLM and transformers apply
     it: > 1 discourages) divides the positive logits of tokens in the prompt or the output by it and
     multiplies their negative ones. ``min_p`` drops tokens less likely than ``min_p`` times the most likely
-    one (after temperature, before top-k and top-p). ``top_k <= 0`` disables top-k. ``seed`` makes
+    one (after temperature, before top-k and top-p). ``min_tokens`` (vLLM's) bars the stop tokens (end of
+    sequence unless ``ignore_eos``, and ``stop_token_ids``) until that many tokens are out, and stop strings
+    count only after them. ``top_k <= 0`` disables top-k. ``seed`` makes
     sampling reproducible per request regardless of what else shares the batch. ``logprobs`` is the number of
     alternatives to report per token (``0`` reports only the chosen token's log-probability;
     ``None`` reports nothing). Log-probabilities are those of the distribution after the bias, the
@@ -56,6 +58,7 @@ class SamplingParams:
     """
 
     max_tokens: int = 16
+    min_tokens: int = 0
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -79,6 +82,10 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise ValueError(
+                f"min_tokens must be from 0 to max_tokens ({self.max_tokens}), got {self.min_tokens}"
+            )
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:

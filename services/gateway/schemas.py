@@ -41,6 +41,11 @@ MinP = Annotated[
     Meta(ge=0.0, le=1.0, description="extra: drop tokens under min_p × the likeliest one's probability"),
     documented(minimum=0.0),
 ]
+MinTokens = Annotated[
+    int,
+    Meta(ge=0, description="extra: no stop token or stop string before this many tokens"),
+    documented(minimum=0),
+]
 LogitBias = Annotated[float, documented(minimum=-MAX_LOGIT_BIAS, maximum=MAX_LOGIT_BIAS)]  # checked later
 Stop = str | Annotated[list[str], Meta(max_length=MAX_STOP_SEQUENCES)] | None
 
@@ -80,6 +85,7 @@ class SamplingFields(Struct, kw_only=True):
     frequency_penalty: Penalty | None = None
     repetition_penalty: RepetitionPenalty | None = None  # vLLM's extras
     min_p: MinP | None = None
+    min_tokens: MinTokens | None = None
     logit_bias: dict[str, LogitBias] | None = None  # token id (as OpenAI sends it, a string) -> bias
     user: str | None = None
     response_format: ResponseFormat | None = None

@@ -35,6 +35,7 @@ def params_to_proto(p: SamplingParams) -> Any:
         frequency_penalty=p.frequency_penalty,
         repetition_penalty=None if p.repetition_penalty == 1.0 else p.repetition_penalty,
         min_p=p.min_p,
+        min_tokens=p.min_tokens,
     )
 
 
@@ -69,6 +70,7 @@ def params_from_proto(m: Any) -> SamplingParams:
             frequency_penalty=m.frequency_penalty,
             repetition_penalty=m.repetition_penalty if m.HasField("repetition_penalty") else 1.0,
             min_p=m.min_p,
+            min_tokens=m.min_tokens,
         )
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None

@@ -78,6 +78,8 @@ BAD_REQUESTS: dict[str, Case] = {
     ),
     "chat-repetition_penalty-zero": Case("chat", {"repetition_penalty": 0}, "repetition_penalty"),
     "completions-min_p-above-one": Case("completions", {"min_p": 1.5}, "min_p"),
+    "completions-min_tokens-negative": Case("completions", {"min_tokens": -1}, "min_tokens"),
+    "chat-min_tokens-above-max_tokens": Case("chat", {"min_tokens": 5, "max_tokens": 2}, "min_tokens"),
     "chat-image-content-part": Case(
         "chat", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages"
     ),

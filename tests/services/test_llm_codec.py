@@ -55,10 +55,10 @@ def test_sampling_params_round_trip(guided: GuidedDecoding | None) -> None:
     [
         {},
         {"presence_penalty": -1.5, "frequency_penalty": 0.25, "repetition_penalty": 1.2, "min_p": 0.05},
-        {"repetition_penalty": 0.5},
+        {"repetition_penalty": 0.5, "min_tokens": 3},
     ],
 )
-def test_penalties_and_min_p_round_trip(penalties: dict[str, float]) -> None:
+def test_penalties_min_p_and_min_tokens_round_trip(penalties: dict[str, float]) -> None:
     params = SamplingParams(temperature=0.7, **penalties)  # type: ignore[arg-type]
     wire = llm_pb2.SamplingParams.FromString(params_to_proto(params).SerializeToString())
     assert params_from_proto(wire) == params

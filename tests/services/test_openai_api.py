@@ -462,6 +462,24 @@ def test_penalties_break_a_loop_and_min_p_one_is_greedy(client: openai.OpenAI, m
     assert run(temperature=1.5, seed=3, extra_body={"min_p": 1.0})[0] == plain
 
 
+def test_min_tokens_holds_back_the_end_and_stop_strings(
+    client: openai.OpenAI, model_id: str, paris: ChatCompletion
+) -> None:
+    """vLLM's min_tokens (extra): the answer goes on past where it ended, and a stop string among its first
+    tokens does not end it."""
+    answer, usage = paris.choices[0].message.content, paris.usage
+    assert answer and "Paris" in answer and usage is not None and paris.choices[0].finish_reason == "stop"
+    n = usage.completion_tokens
+    held = chat(client, model_id, user(FRANCE_QUESTION), max_tokens=n + 12, extra_body={"min_tokens": n + 8})
+    assert held.usage is not None and held.usage.completion_tokens >= n + 8
+    content = held.choices[0].message.content
+    assert content and content.startswith(answer) and len(content) > len(answer), content
+    stopped = chat(client, model_id, user(FRANCE_QUESTION), stop=["Paris"])
+    assert stopped.choices[0].message.content == answer[: answer.index("Paris")]
+    ignored = chat(client, model_id, user(FRANCE_QUESTION), stop=["Paris"], extra_body={"min_tokens": n})
+    assert "Paris" in (ignored.choices[0].message.content or ""), ignored.choices[0].message
+
+
 def test_completions_follow_response_format(client: openai.OpenAI, model_id: str) -> None:
     got = client.completions.create(
         model=model_id, prompt="A person as JSON:", max_tokens=60, temperature=0,

@@ -313,6 +313,16 @@ def test_stop_string_split_at_every_position(split: int) -> None:
     _check_never_leaks(pieces, "ok", stop)
 
 
+def test_stop_strings_count_only_after_min_tokens() -> None:
+    """As vLLM: a stop string completed by one of the first ``min_tokens`` tokens is ordinary text."""
+    tok = _tokenizer()
+    ids = tok.ids("a", "END", "b", "END", "c")
+    early = IncrementalDetokenizer(tok, tok.ids("Q"), ("END",), min_tokens=2)
+    pieces, reason = stream(early, ids)
+    assert (reason, "".join(pieces)) == (FinishReason.STOP, "aENDb")
+    assert stream(IncrementalDetokenizer(tok, tok.ids("Q"), ("END",), min_tokens=1), ids)[0] == ["", "a"]
+
+
 def test_stop_string_is_not_searched_in_the_prompt() -> None:
     tok = _tokenizer()
     detok = _detok(tok, ("STOP",), prompt=tok.ids("say ", "ST"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -108,6 +109,8 @@ def test_no_logprobs_unless_asked() -> None:
         ({"repetition_penalty": float("inf")}, "repetition_penalty"),
         ({"min_p": 1.5}, "min_p"),
         ({"min_p": -0.1}, "min_p"),
+        ({"min_tokens": -1}, "min_tokens"),
+        ({"min_tokens": 17, "max_tokens": 16}, "min_tokens"),
     ],
 )
 def test_invalid_params_are_rejected_by_name(kwargs: dict[str, object], message: str) -> None:
@@ -156,6 +159,25 @@ def test_unpenalized_rows_keep_their_logits() -> None:
     apply_logits_processors(logits, [RequestSampler(SamplingParams(), CPU), penalized], [[0, 0], [0, 0]])
     assert torch.equal(logits[0], LOGITS[0])
     assert torch.equal(logits[1], LOGITS[0] - torch.tensor([2.0, 0.0, 0.0, 0.0]))
+
+
+@pytest.mark.parametrize(
+    ("extra", "barred"),
+    [({}, [0, 3]), ({"ignore_eos": True}, [3]), ({"stop_token_ids": ()}, [0])],
+    ids=["eos-and-stop-ids", "ignore_eos", "eos-only"],
+)
+def test_min_tokens_bars_the_stop_tokens_until_enough_are_out(
+    extra: dict[str, Any], barred: list[int]
+) -> None:
+    params = SamplingParams(**{"min_tokens": 2, "stop_token_ids": (3,), **extra})
+    sampler = RequestSampler(params, CPU, eos_token_ids={0})
+    for out, bars in (([], True), ([1], True), ([1, 2], False)):
+        logits = LOGITS.clone()
+        apply_logits_processors(logits, [sampler], [out])
+        expected = LOGITS.clone()
+        if bars:
+            expected[0, barred] = float("-inf")
+        assert torch.equal(logits, expected), (out, logits)
 
 
 @pytest.mark.parametrize(

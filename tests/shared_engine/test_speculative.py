@@ -215,6 +215,27 @@ def test_penalties_see_the_guesses_before_each_row(
 
 
 @pytest.mark.parametrize("method", ["ngram", "draft_model"])
+def test_min_tokens_counts_the_guesses_before_each_row(
+    method: str, model: Any, draft: Any, tokenizer: Any
+) -> None:
+    """The end of sequence is barred in row j only while the output and j guesses are short of min_tokens."""
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    prompt = tokenizer.apply_chat_template(question, add_generation_prompt=True, return_dict=False)
+    short = SamplingParams(max_tokens=48, temperature=0.0)
+    plain = make_engine(model, tokenizer, None).generate([prompt], short)[0]
+    assert plain[-1] == tokenizer.eos_token_id and len(plain) < 20
+    # Barred up to just before where it comes anyway: the same answer, its end in a guess's row.
+    at_the_end = replace(short, min_tokens=len(plain) - 1)
+    assert make_engine(model, tokenizer, None).generate([prompt], at_the_end) == [plain]
+    engine = guessing_engine(method, model, draft, tokenizer)
+    assert engine.generate([prompt], at_the_end) == [plain]
+    past_it = replace(short, min_tokens=len(plain) + 6)
+    expected = make_engine(model, tokenizer, None).generate([prompt], past_it)
+    assert engine.generate([prompt], past_it) == expected
+    assert engine.stats().spec_num_draft_tokens > 0
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft_model"])
 def test_seeded_sampling_with_guesses_is_reproducible(
     method: str, model: Any, draft: Any, tokenizer: Any, prompt_ids: list[list[int]]
 ) -> None:

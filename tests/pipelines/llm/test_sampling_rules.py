@@ -1,6 +1,6 @@
-"""Penalties and min-p on the packaged SmolLM2 (float32): each greedy token is the best under
-transformers' logits with the same rule, for every prompt of a batch at once; scheduling (prefix cache,
-preemption, mixed batches) changes nothing."""
+"""Penalties, min-p and min-tokens on the packaged SmolLM2 (float32): each greedy token under a penalty is
+the best under transformers' logits with the same rule, for every prompt of a batch at once; scheduling
+(prefix cache, preemption, mixed batches) changes nothing; min_tokens holds the end back."""
 
 from __future__ import annotations
 
@@ -134,3 +134,21 @@ def test_min_p_one_is_greedy_and_small_min_p_keeps_variety(
     hot = SamplingParams(max_tokens=MAX_TOKENS, temperature=1.5, ignore_eos=True, seed=7)
     assert engine.generate(prompt_ids, replace(hot, min_p=1.0)) == plain
     assert changed(engine.generate(prompt_ids, replace(hot, min_p=0.05)), plain) >= len(prompt_ids) // 2
+
+
+def test_min_tokens_holds_the_end_of_sequence_back(model: Any, tokenizer: Any) -> None:
+    """An answer that ends early: with min_tokens the end-of-sequence token is barred until then, and
+    nothing else changes before the step where it would have come."""
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_dict=False,
+    )
+    engine = make_engine(model, tokenizer)
+    short = SamplingParams(max_tokens=64, temperature=0.0)
+    plain = engine.generate([prompt], short)[0]
+    assert plain[-1] == tokenizer.eos_token_id and len(plain) < 20, tokenizer.decode(plain)
+    held = engine.generate([prompt], replace(short, min_tokens=len(plain) + 8))[0]
+    assert len(held) >= len(plain) + 8
+    assert held[: len(plain) - 1] == plain[:-1]
+    assert tokenizer.eos_token_id not in held[: len(plain) + 8]
