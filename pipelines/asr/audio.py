@@ -12,7 +12,7 @@ import torchaudio.functional as AF
 from shared_engine.errors import InvalidRequest, PayloadTooLarge
 
 SAMPLE_RATE = 16_000
-FORMATS = ("wav", "flac", "ogg")  # containers libsndfile reads here (OGG: Vorbis and Opus)
+FORMATS = ("wav", "flac", "mp3", "ogg")  # containers libsndfile reads here (OGG: Vorbis and Opus)
 MIN_SECONDS = 0.1  # shorter audio holds no word to hear
 
 
@@ -33,7 +33,7 @@ class AudioTooShort(InvalidRequest):
 
 
 def decode_audio(data: bytes, max_seconds: float) -> np.ndarray:
-    """Any WAV/FLAC/OGG file, any sample rate and channel count → mono float32 samples at 16 kHz."""
+    """Any WAV/FLAC/MP3/OGG file, any sample rate and channel count → mono float32 samples at 16 kHz."""
     if not data:
         raise InvalidRequest("the audio file is empty", param="file")
     try:

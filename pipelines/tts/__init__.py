@@ -1,7 +1,7 @@
 """Text to speech: Piper (VITS) voices on onnxruntime, phonemes from espeak-ng, on the engine's
 micro-batcher."""
 
-from pipelines.tts.audio_format import FORMATS, check_format, encode_audio
+from pipelines.tts.audio_format import FORMATS, check_format, encode_audio, output_rate
 from pipelines.tts.phonemize import phonemize
 from pipelines.tts.pipeline import MAX_INPUT_CHARS, TTSPipeline, TTSPipelineConfig
 from pipelines.tts.voice import PiperVoice, VoiceConfig
@@ -15,5 +15,6 @@ __all__ = [
     "VoiceConfig",
     "check_format",
     "encode_audio",
+    "output_rate",
     "phonemize",
 ]

@@ -16,6 +16,7 @@ from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import Body, JSONBody
 
+from pipelines.tts import output_rate
 from pipelines.vision import decode_base64_image
 from services.gateway.api_docs import (
     JSON,
@@ -241,14 +242,15 @@ class AudioController(Controller):
     @post(
         "/speech",
         status_code=200,
-        summary="Text to speech: wav (default), flac or pcm (16-bit, mono)",
+        summary="Text to speech: wav (default), flac, mp3, opus (in Ogg) or pcm (16-bit, mono)",
         responses=errors(400, 404, 413, *SERVICE_ERRORS),
         operation_class=_SPEECH,
     )
     async def speech(self, data: JSONBody[SpeechRequest], registry: Registry) -> Response[bytes]:
         service = registry.tts(data.model or registry.default_model("tts"))
         audio, content_type = await service.speech(data.input, data.voice, data.speed, data.response_format)
-        return Response(audio, media_type=content_type, headers={"X-Sample-Rate": str(service.sample_rate)})
+        rate = output_rate(data.response_format, service.sample_rate)
+        return Response(audio, media_type=content_type, headers={"X-Sample-Rate": str(rate)})
 
 
 def _default_speech_model(registry: ModelRegistry, task: str) -> str:
