@@ -13,7 +13,7 @@ import xgrammar as xgr
 from transformers import AutoConfig, GenerationConfig
 
 from pipelines.llm.loader import prepare_model_folder
-from pipelines.llm.tokenizer import ChatTokenizer
+from pipelines.llm.tokenizer import OPEN_ASSISTANT_TURN, ChatTokenizer, TemplateOptions
 from shared_engine.async_engine import AsyncLLMEngine, GenerationRequest, GroupOutputs, StepObserver
 from shared_engine.compute import compute_lane
 from shared_engine.config import EngineConfig
@@ -137,9 +137,12 @@ class LLMPipeline:
         return self.text.has_chat_template
 
     def encode_chat(
-        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]] | None = None,
+        options: TemplateOptions = OPEN_ASSISTANT_TURN,
     ) -> list[int]:
-        return self.text.encode_chat(messages, tools)
+        return self.text.encode_chat(messages, tools, options)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.text.encode(text, add_special_tokens)

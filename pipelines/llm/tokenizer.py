@@ -5,11 +5,14 @@ The gateway tokenizes with this alone when the model itself runs in another proc
 
 from __future__ import annotations
 
+import inspect
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jinja2
 from transformers import AutoTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -21,10 +24,40 @@ _BYTE_OF_CHAR = {char: byte for byte, char in bytes_to_unicode().items()}
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
+@dataclass(frozen=True)
+class TemplateOptions:
+    """How the chat template renders a conversation (vLLM's chat extras): ``add_generation_prompt`` opens the
+    assistant's turn; ``continue_final_message`` leaves the last message open instead, for the model to go
+    on with (a prefilled answer); ``kwargs`` are more variables for the template (Qwen3's
+    ``enable_thinking``, say)."""
+
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.add_generation_prompt and self.continue_final_message:
+            raise InvalidRequest(
+                "continue_final_message continues the last message instead of opening a new turn: send "
+                "it with add_generation_prompt false",
+                param="continue_final_message",
+            )
+
+
+OPEN_ASSISTANT_TURN = TemplateOptions()  # the default: the messages, then the assistant's turn opened
+
+
 class ChatTokenizer:
     def __init__(self, folder: Path, model_name: str) -> None:
         self.tokenizer: Any = AutoTokenizer.from_pretrained(folder)
         self.model_name = model_name
+        # Names a template variable of chat_template_kwargs may not take: apply_chat_template's own
+        # arguments and what it hands the template itself.
+        self.reserved_template_names = frozenset(
+            {"messages", "tools", "documents", "raise_exception", "strftime_now"}
+            | set(inspect.signature(self.tokenizer.apply_chat_template).parameters)
+            | set(self.tokenizer.special_tokens_map)
+        ) - {"kwargs"}
 
     @property
     def vocab_size(self) -> int:
@@ -35,7 +68,10 @@ class ChatTokenizer:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
     def encode_chat(
-        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]] | None = None,
+        options: TemplateOptions = OPEN_ASSISTANT_TURN,
     ) -> list[int]:
         """The prompt's token ids. ``messages`` may carry OpenAI's ``tool_calls`` and ``tool`` turns, and
         ``tools`` the functions offered (``tool_prompt``: the template's own rendering when it has one)."""
@@ -53,9 +89,21 @@ class ChatTokenizer:
             rendered, extra = hf_messages(messages), {"tools": list(tools)} if tools else {}
         else:
             rendered = list(generic_messages(messages, tools or ()))
-        text = self.tokenizer.apply_chat_template(
-            rendered, add_generation_prompt=True, tokenize=False, **extra
-        )
+        if taken := sorted(self.reserved_template_names & set(options.kwargs)):
+            raise InvalidRequest(
+                f"chat_template_kwargs cannot set {', '.join(taken)}", param="chat_template_kwargs"
+            )
+        try:
+            text = self.tokenizer.apply_chat_template(
+                rendered,
+                add_generation_prompt=options.add_generation_prompt,
+                continue_final_message=options.continue_final_message,
+                tokenize=False,
+                **extra,
+                **options.kwargs,
+            )
+        except (jinja2.TemplateError, ValueError) as exc:  # the template's own checks (roles alternating...)
+            raise InvalidRequest(f"the chat template refused the messages: {exc}", param="messages") from None
         # The template already spells out its special tokens.
         return self.encode(str(text), add_special_tokens=False)
 

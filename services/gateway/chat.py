@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+from pipelines.llm import TemplateOptions
 from services.gateway.chat_stream import chat_logprobs, stream_chat
 from services.gateway.constraints import output_constraint
 from services.gateway.generation import (
@@ -99,7 +100,10 @@ async def create(service: Chat, body: ChatCompletionRequest) -> ChatCompletion |
         raise InvalidRequest(
             f"{param} cannot be combined with tools unless tool_choice is 'none'", param=param
         )
-    prompt_ids = service.encode_chat(message_dicts(body.messages), plan.tools or None)
+    template = TemplateOptions(
+        body.add_generation_prompt, body.continue_final_message, body.chat_template_kwargs or {}
+    )
+    prompt_ids = service.encode_chat(message_dicts(body.messages), plan.tools or None, template)
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     max_tokens = service.resolve_max_tokens(requested, len(prompt_ids), "messages")
     logprobs = (body.top_logprobs or 0) if body.logprobs else None

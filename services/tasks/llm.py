@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pipelines.llm import ChatTokenizer, LLMPipeline, LLMPipelineConfig
+from pipelines.llm import OPEN_ASSISTANT_TURN, ChatTokenizer, LLMPipeline, LLMPipelineConfig, TemplateOptions
 from services.config.models import ModelSpec
 from services.config.settings import Settings
 from services.observability.timing import record_output
@@ -31,9 +31,12 @@ class ChatText:
         return self.text.vocab_size
 
     def encode_chat(
-        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]] | None = None,
+        options: TemplateOptions = OPEN_ASSISTANT_TURN,
     ) -> list[int]:
-        return self.text.encode_chat(messages, tools)
+        return self.text.encode_chat(messages, tools, options)
 
     def encode(self, text: str) -> list[int]:
         return self.text.encode(text)

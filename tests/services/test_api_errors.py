@@ -80,6 +80,12 @@ BAD_REQUESTS: dict[str, Case] = {
     "completions-min_p-above-one": Case("completions", {"min_p": 1.5}, "min_p"),
     "completions-min_tokens-negative": Case("completions", {"min_tokens": -1}, "min_tokens"),
     "chat-min_tokens-above-max_tokens": Case("chat", {"min_tokens": 5, "max_tokens": 2}, "min_tokens"),
+    "chat-continue_final_message-with-generation-prompt": Case(
+        "chat", {"continue_final_message": True}, "continue_final_message"
+    ),
+    "chat-chat_template_kwargs-reserved": Case(
+        "chat", {"chat_template_kwargs": {"add_generation_prompt": False}}, "chat_template_kwargs"
+    ),
     "chat-image-content-part": Case(
         "chat", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages"
     ),

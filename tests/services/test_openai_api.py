@@ -480,6 +480,25 @@ def test_min_tokens_holds_back_the_end_and_stop_strings(
     assert "Paris" in (ignored.choices[0].message.content or ""), ignored.choices[0].message
 
 
+def test_a_prefilled_answer_is_continued(client: openai.OpenAI, model_id: str, paris: ChatCompletion) -> None:
+    """vLLM's continue_final_message (extra): the last assistant message is left open and the answer holds
+    only what the model adds to it; add_generation_prompt false without it renders no assistant turn."""
+    answer = paris.choices[0].message.content
+    assert answer and "Paris" in answer
+    prefill = answer[: answer.index("Paris")].rstrip()  # "The capital of France is"
+    messages = [*user(FRANCE_QUESTION), {"role": "assistant", "content": prefill}]
+    got = chat(
+        client,
+        model_id,
+        messages,  # type: ignore[arg-type]
+        extra_body={"continue_final_message": True, "add_generation_prompt": False},
+    )
+    assert got.usage is not None and paris.usage is not None
+    content = got.choices[0].message.content
+    assert content and content.startswith(" Paris") and prefill + content == answer, content
+    assert got.usage.prompt_tokens > paris.usage.prompt_tokens
+
+
 def test_completions_follow_response_format(client: openai.OpenAI, model_id: str) -> None:
     got = client.completions.create(
         model=model_id, prompt="A person as JSON:", max_tokens=60, temperature=0,
