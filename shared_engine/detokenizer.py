@@ -5,7 +5,8 @@ the new ones) and taking what the new ones add: spacing rules of SentencePiece/B
 on the preceding token, and a multi-byte character split across tokens decodes to U+FFFD until its
 last byte arrives, in which case nothing is emitted yet (a request that finishes before that byte ends its
 text with U+FFFD, as decoding all its tokens at once would). Text that could be the start of a stop string
-is held back until it is clear it is not one, so a stop string is never returned, even in part. Before
+is held back until it is clear it is not one, so a stop string is never returned, even in part (unless
+asked for: then the text ends with it). Before
 ``min_tokens`` tokens are out, stop strings are not looked for (as vLLM does).
 """
 
@@ -31,9 +32,11 @@ class IncrementalDetokenizer:
         stop: tuple[str, ...] = (),
         skip_special_tokens: bool = True,
         min_tokens: int = 0,
+        include_stop: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
         self.min_tokens = min_tokens
+        self.include_stop = include_stop
         self.num_output_tokens = 0
         self.skip_special_tokens = skip_special_tokens
         self.stop = stop
@@ -50,7 +53,14 @@ class IncrementalDetokenizer:
     def for_params(
         cls, tokenizer: Tokenizer, prompt_token_ids: list[int], params: SamplingParams
     ) -> IncrementalDetokenizer:
-        return cls(tokenizer, prompt_token_ids, params.stop, params.skip_special_tokens, params.min_tokens)
+        return cls(
+            tokenizer,
+            prompt_token_ids,
+            params.stop,
+            params.skip_special_tokens,
+            params.min_tokens,
+            params.include_stop_str_in_output,
+        )
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
@@ -75,13 +85,15 @@ class IncrementalDetokenizer:
         return self._check_stop(self.text, old_len)
 
     def _check_stop(self, text: str, old_len: int) -> FinishReason | None:
-        """Find the earliest stop string that ends after ``old_len``; cut the text before it."""
+        """Find the earliest stop string that ends after ``old_len``; cut the text before it (or after it,
+        to include it)."""
         if self.num_output_tokens <= self.min_tokens:
             return None
         search_from = max(0, old_len - self.holdback)
-        hits = [at for s in self.stop if (at := text.find(s, search_from)) != -1]
+        hits = [(at, len(s)) for s in self.stop if (at := text.find(s, search_from)) != -1]
         if hits:
-            self.text = text[: min(hits)]
+            at, length = min(hits)
+            self.text = text[: at + length if self.include_stop else at]
             self.stopped = True
             return FinishReason.STOP
         return None

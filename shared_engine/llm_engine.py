@@ -115,8 +115,8 @@ class LLMEngine:
         total = len(prompt_token_ids) + params.max_tokens
         if total > self.max_model_len:
             raise ContextLengthExceeded(len(prompt_token_ids), params.max_tokens, self.max_model_len)
-        if any(token_id >= self.vocab_size for token_id, _ in params.logit_bias):
-            raise InvalidRequest(f"logit_bias: token ids are below {self.vocab_size}", param="logit_bias")
+        if (culprit := params.out_of_vocabulary(self.vocab_size)) is not None:
+            raise InvalidRequest(f"{culprit}: token ids are below {self.vocab_size}", param=culprit)
         if not admitted:
             self.check_admission(len(prompt_token_ids))
         request = Request(

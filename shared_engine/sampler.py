@@ -30,6 +30,11 @@ class RequestSampler:
         # What min_tokens bars: the tokens that would end the request.
         stops = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_token_ids))
         self.stop_tokens = sorted(stops) if params.min_tokens else []
+        self.allowed: torch.Tensor | None = None
+        if params.allowed_token_ids is not None:
+            self.allowed = torch.tensor(
+                sorted(set(params.allowed_token_ids)), dtype=torch.long, device=device
+            )
         self.generator: torch.Generator | None = None
         if not params.greedy:
             self.generator = torch.Generator(device=device)
@@ -166,11 +171,15 @@ def _draw(
 def apply_logits_processors(
     logits: torch.Tensor, samplers: Sequence[RequestSampler], outputs: Sequence[Sequence[int]]
 ) -> None:
-    """On each row of ``logits`` (in place), given the tokens its request has output before it: add the
-    logit bias, bar the stop tokens while fewer than ``min_tokens`` are out, apply the penalties, then run
-    the processors in order."""
+    """On each row of ``logits`` (in place), given the tokens its request has output before it: keep only
+    the allowed tokens, add the logit bias, bar the stop tokens while fewer than ``min_tokens`` are out,
+    apply the penalties, then run the processors in order."""
     for row, (sampler, out) in enumerate(zip(samplers, outputs, strict=True)):
         p = sampler.params
+        if sampler.allowed is not None:
+            kept = logits[row, sampler.allowed]
+            logits[row] = float("-inf")
+            logits[row, sampler.allowed] = kept
         if p.logit_bias:
             ids, biases = zip(*p.logit_bias, strict=True)
             logits[row, list(ids)] += torch.tensor(biases, dtype=logits.dtype, device=logits.device)

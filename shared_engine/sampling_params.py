@@ -46,7 +46,9 @@ class SamplingParams:
     multiplies their negative ones. ``min_p`` drops tokens less likely than ``min_p`` times the most likely
     one (after temperature, before top-k and top-p). ``min_tokens`` (vLLM's) bars the stop tokens (end of
     sequence unless ``ignore_eos``, and ``stop_token_ids``) until that many tokens are out, and stop strings
-    count only after them. ``top_k <= 0`` disables top-k. ``seed`` makes
+    count only after them. ``allowed_token_ids`` (vLLM's) are the only tokens that may be sampled;
+    ``include_stop_str_in_output`` keeps the stop string that ended the text. ``top_k <= 0`` disables
+    top-k. ``seed`` makes
     sampling reproducible per request regardless of what else shares the batch. ``logprobs`` is the number of
     alternatives to report per token (``0`` reports only the chosen token's log-probability;
     ``None`` reports nothing). Log-probabilities are those of the distribution after the bias, the
@@ -76,6 +78,8 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     min_p: float = 0.0
+    allowed_token_ids: tuple[int, ...] | None = None
+    include_stop_str_in_output: bool = False
     logits_processors: tuple[LogitsProcessor, ...] = field(default=(), compare=False, hash=False)
     extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
 
@@ -97,6 +101,10 @@ class SamplingParams:
                 raise ValueError(f"{name} must be between {-MAX_PENALTY:g} and {MAX_PENALTY:g}")
         if not 0 < self.repetition_penalty < float("inf"):
             raise ValueError(f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty}")
+        if self.allowed_token_ids is not None and (
+            not self.allowed_token_ids or min(self.allowed_token_ids) < 0
+        ):
+            raise ValueError("allowed_token_ids must hold at least one token id, none negative")
         if not 0 <= self.min_p <= 1:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
         if self.top_k < 0:
@@ -117,6 +125,14 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_TEMPERATURE
+
+    def out_of_vocabulary(self, vocab_size: int) -> str | None:
+        """The first field naming a token id past a vocabulary of ``vocab_size`` tokens, if any."""
+        fields = {
+            "logit_bias": [token_id for token_id, _ in self.logit_bias],
+            "allowed_token_ids": self.allowed_token_ids or (),
+        }
+        return next((name for name, ids in fields.items() if any(i >= vocab_size for i in ids)), None)
 
     @property
     def penalized(self) -> bool:

@@ -86,6 +86,9 @@ class SamplingFields(Struct, kw_only=True):
     repetition_penalty: RepetitionPenalty | None = None  # vLLM's extras
     min_p: MinP | None = None
     min_tokens: MinTokens | None = None
+    allowed_token_ids: Annotated[list[int], Meta(min_length=1)] | None = None
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
     logit_bias: dict[str, LogitBias] | None = None  # token id (as OpenAI sends it, a string) -> bias
     user: str | None = None
     response_format: ResponseFormat | None = None

@@ -36,6 +36,8 @@ def params_to_proto(p: SamplingParams) -> Any:
         repetition_penalty=None if p.repetition_penalty == 1.0 else p.repetition_penalty,
         min_p=p.min_p,
         min_tokens=p.min_tokens,
+        allowed_token_ids=list(p.allowed_token_ids or ()),
+        include_stop_str_in_output=p.include_stop_str_in_output,
     )
 
 
@@ -71,6 +73,8 @@ def params_from_proto(m: Any) -> SamplingParams:
             repetition_penalty=m.repetition_penalty if m.HasField("repetition_penalty") else 1.0,
             min_p=m.min_p,
             min_tokens=m.min_tokens,
+            allowed_token_ids=tuple(m.allowed_token_ids) or None,
+            include_stop_str_in_output=m.include_stop_str_in_output,
         )
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None

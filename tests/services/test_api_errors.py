@@ -104,6 +104,10 @@ BAD_REQUESTS: dict[str, Case] = {
     "completions-suffix": Case("completions", {"suffix": "the end"}, "suffix"),
     "chat-logit_bias-not-a-token-id": Case("chat", {"logit_bias": {"Paris": 5}}, "logit_bias"),
     "chat-logit_bias-past-the-vocabulary": Case("chat", {"logit_bias": {str(VOCAB_SIZE): 5}}, "logit_bias"),
+    "completions-allowed_token_ids-past-the-vocabulary": Case(
+        "completions", {"allowed_token_ids": [5, VOCAB_SIZE]}, "allowed_token_ids"
+    ),
+    "chat-allowed_token_ids-empty": Case("chat", {"allowed_token_ids": []}, "allowed_token_ids"),
     "completions-logit_bias-above-100": Case("completions", {"logit_bias": {"30": 101}}, "logit_bias"),
     "completions-response_format-unknown": Case(
         "completions", {"response_format": {"type": "yaml"}}, "response_format"

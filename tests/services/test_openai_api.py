@@ -425,6 +425,7 @@ def test_streamed_text_offsets_equal_the_whole_completions(client: openai.OpenAI
 
 
 PARIS_ID = 7042  # SmolLM2's " Paris"
+IM_START_ID = 1  # SmolLM2's "<|im_start|>", a special token that ends nothing
 
 
 def test_logit_bias_bans_and_forces_tokens(client: openai.OpenAI, model_id: str) -> None:
@@ -497,6 +498,39 @@ def test_a_prefilled_answer_is_continued(client: openai.OpenAI, model_id: str, p
     content = got.choices[0].message.content
     assert content and content.startswith(" Paris") and prefill + content == answer, content
     assert got.usage.prompt_tokens > paris.usage.prompt_tokens
+
+
+def test_allowed_token_ids_stop_strings_kept_and_special_tokens_shown(
+    client: openai.OpenAI, model_id: str, paris: ChatCompletion
+) -> None:
+    """vLLM's extras: allowed_token_ids limit what may be drawn; include_stop_str_in_output keeps the stop
+    string; skip_special_tokens false shows a special token's text."""
+    only = complete(
+        client, model_id, FRANCE_PROMPT, max_tokens=4, logprobs=0,
+        temperature=1.0, seed=1, extra_body={"allowed_token_ids": [PERIOD_ID, PARIS_ID]},
+    ).choices[0]  # fmt: skip
+    assert only.logprobs is not None and set(only.logprobs.tokens or ()) <= {".", " Paris"}, only.logprobs
+    answer = paris.choices[0].message.content
+    assert answer and "Paris" in answer
+    kept = chat(
+        client,
+        model_id,
+        user(FRANCE_QUESTION),
+        stop=["Paris"],
+        extra_body={"include_stop_str_in_output": True},
+    )
+    assert kept.choices[0].message.content == answer[: answer.index("Paris") + len("Paris")]
+    forced = {str(IM_START_ID): 100}
+    hidden = complete(client, model_id, FRANCE_PROMPT, max_tokens=1, logit_bias=forced)
+    shown = complete(
+        client,
+        model_id,
+        FRANCE_PROMPT,
+        max_tokens=1,
+        logit_bias=forced,
+        extra_body={"skip_special_tokens": False},
+    )
+    assert (hidden.choices[0].text, shown.choices[0].text) == ("", "<|im_start|>")
 
 
 def test_completions_follow_response_format(client: openai.OpenAI, model_id: str) -> None:

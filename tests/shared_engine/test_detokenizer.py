@@ -323,6 +323,14 @@ def test_stop_strings_count_only_after_min_tokens() -> None:
     assert stream(IncrementalDetokenizer(tok, tok.ids("Q"), ("END",), min_tokens=1), ids)[0] == ["", "a"]
 
 
+def test_the_stop_string_can_be_kept_at_the_end() -> None:
+    tok = _tokenizer()
+    keeping = IncrementalDetokenizer(tok, tok.ids("Q"), ("END", "ENDING"), include_stop=True)
+    pieces, reason = stream(keeping, tok.ids("a", "EN", "Db", "c"))
+    assert (reason, "".join(pieces)) == (FinishReason.STOP, "aEND")
+    _check_never_leaks(pieces, "aEND", ())
+
+
 def test_stop_string_is_not_searched_in_the_prompt() -> None:
     tok = _tokenizer()
     detok = _detok(tok, ("STOP",), prompt=tok.ids("say ", "ST"))

@@ -110,6 +110,8 @@ def test_no_logprobs_unless_asked() -> None:
         ({"min_p": 1.5}, "min_p"),
         ({"min_p": -0.1}, "min_p"),
         ({"min_tokens": -1}, "min_tokens"),
+        ({"allowed_token_ids": ()}, "allowed_token_ids"),
+        ({"allowed_token_ids": (3, -1)}, "allowed_token_ids"),
         ({"min_tokens": 17, "max_tokens": 16}, "min_tokens"),
     ],
 )
@@ -178,6 +180,24 @@ def test_min_tokens_bars_the_stop_tokens_until_enough_are_out(
         if bars:
             expected[0, barred] = float("-inf")
         assert torch.equal(logits, expected), (out, logits)
+
+
+def test_allowed_token_ids_are_all_that_can_be_drawn() -> None:
+    allowed = SamplingParams(temperature=1.0, seed=2, allowed_token_ids=(3, 2))
+    sampler = RequestSampler(allowed, CPU)
+    drawn = set()
+    for _ in range(300):
+        logits = LOGITS.clone()
+        apply_logits_processors(logits, [sampler], [[]])
+        assert torch.equal(logits[0, 2:], LOGITS[0, 2:]) and logits[0, :2].isneginf().all()
+        drawn.add(sample(logits, [sampler])[0][0])
+    assert drawn == {2, 3}
+
+
+def test_token_ids_past_the_vocabulary_are_named_by_field() -> None:
+    assert SamplingParams(logit_bias=((3, 1.0),), allowed_token_ids=(1, 2)).out_of_vocabulary(4) is None
+    assert SamplingParams(logit_bias=((4, 1.0),)).out_of_vocabulary(4) == "logit_bias"
+    assert SamplingParams(allowed_token_ids=(0, 9)).out_of_vocabulary(4) == "allowed_token_ids"
 
 
 @pytest.mark.parametrize(
