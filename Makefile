@@ -52,7 +52,7 @@ API_SUITES := tests/services/test_openai_api.py tests/services/test_embeddings_a
 	tests/services/test_metrics.py tests/services/test_deadlines.py \
 	tests/services/test_structured_outputs.py tests/services/test_tool_calls.py \
 	tests/services/test_vector_stores_api.py tests/services/test_rerank_api.py \
-	tests/services/test_completion_prompt_logprobs.py
+	tests/services/test_completion_prompt_logprobs.py tests/services/test_tokenize_api.py
 
 # The playground's browser test drives the system's Chromium (tests/services/test_playground.py skips
 # without one). Installed here when missing and possible (as root, with apt-get: ~30 s); never fails.

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2.defaults import DEFAULT_NAMESPACE as JINJA_GLOBALS
 from transformers import AutoTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -52,9 +53,10 @@ class ChatTokenizer:
         self.tokenizer: Any = AutoTokenizer.from_pretrained(folder)
         self.model_name = model_name
         # Names a template variable of chat_template_kwargs may not take: apply_chat_template's own
-        # arguments and what it hands the template itself.
+        # arguments, what it hands the template itself, and Jinja's globals (range, namespace...).
         self.reserved_template_names = frozenset(
             {"messages", "tools", "documents", "raise_exception", "strftime_now"}
+            | set(JINJA_GLOBALS)
             | set(inspect.signature(self.tokenizer.apply_chat_template).parameters)
             | set(self.tokenizer.special_tokens_map)
         ) - {"kwargs"}
@@ -110,6 +112,10 @@ class ChatTokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         ids: list[int] = self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
         return ids
+
+    def token_pieces(self, token_ids: list[int]) -> list[str]:
+        """Each token as the vocabulary spells it (``ĠParis``, ``<0xF0>``)."""
+        return [str(piece) for piece in self.tokenizer.convert_ids_to_tokens(token_ids)]
 
     def decode_token(self, token_id: int) -> str:
         return str(self.tokenizer.decode([token_id]))

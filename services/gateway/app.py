@@ -20,7 +20,7 @@ from services.gateway.playground import playground_router
 from services.gateway.request_log import request_log_middleware
 from services.gateway.rerank_routes import RerankController
 from services.gateway.retrieval_routes import CollectionsController, RagController, RetrievalController
-from services.gateway.routes import HealthController, OpenAIController
+from services.gateway.routes import HealthController, OpenAIController, TokenizerController
 from services.gateway.vector_store_routes import VectorStoresController
 from services.registry import ModelRegistry
 
@@ -48,6 +48,7 @@ def create_app(
         route_handlers=[
             HealthController,
             OpenAIController,
+            TokenizerController,
             CollectionsController,
             RetrievalController,
             RagController,

@@ -1,6 +1,6 @@
-"""Optional API keys. When any are configured, every /v1 route (and /metrics, if so configured) needs
-``Authorization: Bearer <key>`` naming one of them; /health, /ready, the playground and the OpenAPI
-schema stay open."""
+"""Optional API keys. When any are configured, every /v1 route, /tokenize and /detokenize (and /metrics,
+if so configured) need ``Authorization: Bearer <key>`` naming one of them; /health, /ready, the playground
+and the OpenAPI schema stay open."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from litestar.types import Guard
 from services.errors import Unauthorized
 
 PROTECTED_PREFIX = "/v1/"
+PROTECTED_PATHS = frozenset({"/tokenize", "/detokenize"})
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,11 @@ class ApiKeys:
     def required_for(self, path: str) -> bool:
         if not self.keys:
             return False
-        return path.startswith(PROTECTED_PREFIX) or (self.protect_metrics and path == "/metrics")
+        return (
+            path.startswith(PROTECTED_PREFIX)
+            or path.rstrip("/") in PROTECTED_PATHS
+            or (self.protect_metrics and path == "/metrics")
+        )
 
     def check(self, authorization: str | None) -> None:
         if not authorization:

@@ -91,6 +91,14 @@ def _message(result: ChoiceResult, plan: ToolPlan) -> tuple[AssistantMessage, st
     return message, "tool_calls" if ended else result.finish_reason
 
 
+def render_prompt(service: Chat, body: ChatCompletionRequest, plan: ToolPlan) -> list[int]:
+    """The prompt's token ids: the messages (and the planned tools) through the chat template."""
+    template = TemplateOptions(
+        body.add_generation_prompt, body.continue_final_message, body.chat_template_kwargs or {}
+    )
+    return service.encode_chat(message_dicts(body.messages), plan.tools or None, template)
+
+
 async def create(service: Chat, body: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[bytes]:
     if body.top_logprobs is not None and not body.logprobs:
         raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
@@ -100,10 +108,7 @@ async def create(service: Chat, body: ChatCompletionRequest) -> ChatCompletion |
         raise InvalidRequest(
             f"{param} cannot be combined with tools unless tool_choice is 'none'", param=param
         )
-    template = TemplateOptions(
-        body.add_generation_prompt, body.continue_final_message, body.chat_template_kwargs or {}
-    )
-    prompt_ids = service.encode_chat(message_dicts(body.messages), plan.tools or None, template)
+    prompt_ids = render_prompt(service, body, plan)
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     max_tokens = service.resolve_max_tokens(requested, len(prompt_ids), "messages")
     logprobs = (body.top_logprobs or 0) if body.logprobs else None

@@ -11,7 +11,7 @@ from litestar.params import JSONBody
 from litestar.response import Stream
 
 from services.errors import ModelNotFound
-from services.gateway import chat, completions, embeddings
+from services.gateway import chat, completions, embeddings, tokenization
 from services.gateway.api_docs import EVENT_STREAM, SERVICE_ERRORS, errors, operation, sse_events
 from services.gateway.lifecycle import Lifecycle
 from services.gateway.schemas import (
@@ -25,6 +25,12 @@ from services.gateway.schemas import (
     ModelList,
 )
 from services.gateway.sse import sse_response
+from services.gateway.tokenize_schemas import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 from services.registry import ModelRegistry
 from services.rpc.clients import RemoteTTSService
 from services.tasks.tts import TTSService
@@ -120,3 +126,22 @@ class OpenAIController(Controller):
     )
     async def create_embeddings(self, data: JSONBody[EmbeddingRequest], registry: Registry) -> EmbeddingList:
         return await embeddings.create(registry.embedding(data.model), data)
+
+
+class TokenizerController(Controller):
+    """vLLM's (and TGI's, SGLang's) tokenizer routes, at the root as there; behind the API keys like /v1."""
+
+    tags = ["tokenizer"]
+
+    @post(
+        "/tokenize",
+        status_code=200,
+        summary="Count a prompt's tokens (text or chat messages)",
+        responses=_ERRORS,
+    )
+    async def tokenize(self, data: JSONBody[TokenizeRequest], registry: Registry) -> TokenizeResponse:
+        return tokenization.tokenize(registry.chat(data.model or registry.default_model("chat")), data)
+
+    @post("/detokenize", status_code=200, summary="Token ids back to text", responses=_ERRORS)
+    async def detokenize(self, data: JSONBody[DetokenizeRequest], registry: Registry) -> DetokenizeResponse:
+        return tokenization.detokenize(registry.chat(data.model or registry.default_model("chat")), data)

@@ -38,8 +38,8 @@ class ChatText:
     ) -> list[int]:
         return self.text.encode_chat(messages, tools, options)
 
-    def encode(self, text: str) -> list[int]:
-        return self.text.encode(text)
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.text.encode(text, add_special_tokens)
 
     def token_text(self, token_id: int) -> str:
         """The token as logprobs show it: its text, or as OpenAI writes a token that is part of a

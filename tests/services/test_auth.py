@@ -55,8 +55,13 @@ def test_v1_without_a_key_is_401_missing_api_key(http: httpx.Client) -> None:
     for response in (
         http.get("/v1/models"),
         http.post("/v1/chat/completions", json={"model": DEFAULT_MODEL, "messages": []}),
+        http.post("/tokenize", json={"prompt": "secret"}),
+        http.post("/tokenize/", json={"prompt": "secret"}),
+        http.post("/detokenize", json={"tokens": [1]}),
     ):
         assert _error(response)["code"] == "missing_api_key"
+    counted = http.post("/tokenize", json={"prompt": "hi"}, headers={"Authorization": f"Bearer {KEYS[0]}"})
+    assert counted.status_code == 200 and counted.json()["count"] > 0
 
 
 @pytest.mark.parametrize(

@@ -124,6 +124,8 @@ OPERATIONS = [
     "POST /v1/vector_stores/{store_id}/file_batches/{batch_id}/cancel",
     "GET /v1/vector_stores/{store_id}/file_batches/{batch_id}/files",
     "POST /v1/vector_stores/{store_id}/search",
+    "POST /tokenize",
+    "POST /detokenize",
 ]
 
 # The tasks whose models an operation's `model` field names.
@@ -131,6 +133,8 @@ MODEL_TASKS = {
     "/v1/chat/completions": ("chat",),
     "/v1/completions": ("chat",),
     "/v1/rag": ("chat",),
+    "/tokenize": ("chat",),
+    "/detokenize": ("chat",),
     "/v1/embeddings": ("embedding",),
     "/v1/rerank": ("rerank",),
     "/v1/collections": ("embedding", "vision"),

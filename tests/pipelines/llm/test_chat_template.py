@@ -53,7 +53,9 @@ def test_chat_template_kwargs_reach_the_template(chat: ChatTokenizer) -> None:
     assert (plain, shouted) == ("Name the capital of France.", "Name the capital of France.!!")
 
 
-@pytest.mark.parametrize("name", ["tokenize", "messages", "add_generation_prompt", "eos_token", "tools"])
+@pytest.mark.parametrize(
+    "name", ["tokenize", "messages", "add_generation_prompt", "eos_token", "tools", "namespace", "range"]
+)
 def test_chat_template_kwargs_cannot_take_the_templates_own_names(chat: ChatTokenizer, name: str) -> None:
     with pytest.raises(InvalidRequest) as raised:
         chat.encode_chat([QUESTION], options=TemplateOptions(kwargs={name: True}))

@@ -1,0 +1,42 @@
+"""Token counts and token ids back to text, with the tokenizer and chat template the model is served with."""
+
+from __future__ import annotations
+
+from services.gateway.chat import render_prompt
+from services.gateway.schemas import ChatCompletionRequest
+from services.gateway.tokenize_schemas import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+from services.gateway.tool_calls import plan_tools
+from services.registry import Chat
+from shared_engine.errors import InvalidRequest
+
+
+def tokenize(service: Chat, body: TokenizeRequest) -> TokenizeResponse:
+    if (body.prompt is None) == (body.messages is None):
+        raise InvalidRequest(
+            "send either prompt or messages", param="prompt" if body.prompt is None else "messages"
+        )
+    if body.messages is not None:
+        chat = ChatCompletionRequest(
+            model=service.name,
+            messages=body.messages,
+            tools=body.tools,
+            add_generation_prompt=body.add_generation_prompt,
+            continue_final_message=body.continue_final_message,
+            chat_template_kwargs=body.chat_template_kwargs,
+        )
+        ids = render_prompt(service, chat, plan_tools(chat))
+    else:
+        ids = service.encode(str(body.prompt), add_special_tokens=body.add_special_tokens)
+    pieces = service.text.token_pieces(ids) if body.return_token_strs else None
+    return TokenizeResponse(len(ids), service.max_model_len, ids, pieces)
+
+
+def detokenize(service: Chat, body: DetokenizeRequest) -> DetokenizeResponse:
+    if any(not 0 <= token_id < service.vocab_size for token_id in body.tokens):
+        raise InvalidRequest(f"token ids are from 0 to {service.vocab_size - 1}", param="tokens")
+    return DetokenizeResponse(service.decode(body.tokens))

@@ -1,0 +1,87 @@
+"""POST /tokenize and /detokenize (vLLM's routes): a text's or a conversation's tokens, exactly what a
+completion or chat completion of the same input is charged for; ids back to text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.helpers.api import error_of
+
+QUESTION = [{"role": "user", "content": "Name the capital of France."}]
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def tokenize(http: httpx.Client, **body: Any) -> dict[str, Any]:
+    response = http.post("/tokenize", json=body)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def test_a_prompt_counts_what_a_completion_is_charged(
+    http: httpx.Client, client: openai.OpenAI, model_id: str
+) -> None:
+    prompt = "The quick brown fox jumps over the lazy dog. 東京 😀"
+    got = tokenize(http, model=model_id, prompt=prompt, return_token_strs=True)
+    completion = client.completions.create(model=model_id, prompt=prompt, max_tokens=1)
+    assert completion.usage is not None and got["count"] == completion.usage.prompt_tokens == len(
+        got["tokens"]
+    )
+    assert got["max_model_len"] == http.get(f"/v1/models/{model_id}").json()["max_model_len"]
+    assert len(got["token_strs"]) == got["count"] and got["token_strs"][1] == "Ġquick", got["token_strs"]
+    back = http.post("/detokenize", json={"model": model_id, "tokens": got["tokens"]})
+    assert back.status_code == 200 and back.json() == {"prompt": prompt}
+
+
+@pytest.mark.parametrize("tools", [None, [WEATHER]], ids=["plain", "with-tools"])
+def test_messages_count_what_a_chat_completion_is_charged(
+    http: httpx.Client, client: openai.OpenAI, model_id: str, tools: list[dict[str, Any]] | None
+) -> None:
+    extra = {"tools": tools} if tools else {}
+    got = tokenize(http, model=model_id, messages=QUESTION, **extra)
+    answer = client.chat.completions.create(model=model_id, messages=QUESTION, max_tokens=1, **extra)  # type: ignore[arg-type]
+    assert answer.usage is not None and got["count"] == answer.usage.prompt_tokens
+    assert "token_strs" not in got
+
+
+def test_template_options_shape_the_count(http: httpx.Client, model_id: str) -> None:
+    opened = tokenize(http, model=model_id, messages=QUESTION)["tokens"]
+    closed = tokenize(http, model=model_id, messages=QUESTION, add_generation_prompt=False)["tokens"]
+    assert opened[: len(closed)] == closed and len(opened) > len(closed)
+    prefilled = [*QUESTION, {"role": "assistant", "content": "The capital"}]
+    continued = tokenize(
+        http, model=model_id, messages=prefilled, add_generation_prompt=False, continue_final_message=True
+    )["tokens"]
+    assert continued[: len(opened)] == opened
+    text = http.post("/detokenize", json={"tokens": continued}).json()["prompt"]
+    assert text.endswith("assistant\nThe capital")
+
+
+def test_the_model_may_be_left_out(http: httpx.Client, model_id: str) -> None:
+    assert tokenize(http, prompt="hi") == tokenize(http, model=model_id, prompt="hi")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "param"),
+    [
+        ("/tokenize", {}, 400, "prompt"),
+        ("/tokenize", {"prompt": "hi", "messages": QUESTION}, 400, "messages"),
+        ("/tokenize", {"messages": []}, 400, "messages"),
+        ("/tokenize", {"prompt": "hi", "model": "no-such-model"}, 404, "model"),
+        ("/detokenize", {"tokens": [1, 10**9]}, 400, "tokens"),
+        ("/detokenize", {"tokens": [-1]}, 400, "tokens"),
+        ("/detokenize", {}, 400, "tokens"),
+    ],
+)
+def test_bad_requests(http: httpx.Client, path: str, body: dict[str, Any], status: int, param: str) -> None:
+    assert error_of(http.post(path, json=body), status)["param"] == param
