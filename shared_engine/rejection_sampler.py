@@ -21,7 +21,9 @@ from shared_engine.outputs import StepResult, TokenLogprob
 from shared_engine.sampler import (
     RequestSampler,
     apply_logits_processors,
+    bar_stop_tokens,
     probabilities,
+    rows_short_of_min_tokens,
     sample,
     select_rows,
     token_logprobs,
@@ -80,8 +82,9 @@ def verify_and_sample(
     """Tokens for each of ``items`` from its rows of ``logits`` (one row per guess, plus one).
 
     ``mask`` (structured outputs) sets the tokens each constrained row's grammar forbids to -inf, after
-    the logits processors; log-probabilities are reported from the logits before it, as vLLM does, so
-    they show the model's own confidence (and never -inf)."""
+    the logits processors, and then ``min_tokens`` bars the stop tokens (unless that would leave nothing);
+    log-probabilities are reported from the logits before both, as vLLM does, so they show the model's
+    own confidence (and never -inf)."""
     row_samplers: list[RequestSampler] = []
     row_outputs: list[Sequence[int]] = []
     first_row: list[int] = []
@@ -96,11 +99,14 @@ def verify_and_sample(
                 r.output_token_ids + s.spec_token_ids[:j] if j and reads_output else r.output_token_ids
             )
     apply_logits_processors(logits, row_samplers, row_outputs)
+    short = rows_short_of_min_tokens(row_samplers, row_outputs)
     raw = logits
-    if mask is not None:
+    if mask is not None or short:
         if any(s.request.params.logprobs is not None for s in items):
             raw = logits.clone()
-        mask.apply(logits)
+        if mask is not None:
+            mask.apply(logits)
+        bar_stop_tokens(logits, short, [row_samplers[row] for row in short])
 
     tokens: dict[str, list[int]] = {}
     num_accepted: dict[str, int] = {}

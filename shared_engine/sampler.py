@@ -172,8 +172,7 @@ def apply_logits_processors(
     logits: torch.Tensor, samplers: Sequence[RequestSampler], outputs: Sequence[Sequence[int]]
 ) -> None:
     """On each row of ``logits`` (in place), given the tokens its request has output before it: keep only
-    the allowed tokens, add the logit bias, bar the stop tokens while fewer than ``min_tokens`` are out,
-    apply the penalties, then run the processors in order."""
+    the allowed tokens, add the logit bias, apply the penalties, then run the processors in order."""
     for row, (sampler, out) in enumerate(zip(samplers, outputs, strict=True)):
         p = sampler.params
         if sampler.allowed is not None:
@@ -183,12 +182,31 @@ def apply_logits_processors(
         if p.logit_bias:
             ids, biases = zip(*p.logit_bias, strict=True)
             logits[row, list(ids)] += torch.tensor(biases, dtype=logits.dtype, device=logits.device)
-        if len(out) < p.min_tokens and sampler.stop_tokens:
-            logits[row, sampler.stop_tokens] = float("-inf")
         if p.penalized:
             penalize(logits[row], p, sampler.prompt_tokens, out)
         for processor in p.logits_processors:
             processor(out, logits[row])
+
+
+def rows_short_of_min_tokens(
+    samplers: Sequence[RequestSampler], outputs: Sequence[Sequence[int]]
+) -> list[int]:
+    """The rows whose request has fewer than ``min_tokens`` out (and a token that would end it)."""
+    return [
+        row
+        for row, (s, out) in enumerate(zip(samplers, outputs, strict=True))
+        if s.stop_tokens and len(out) < s.params.min_tokens
+    ]
+
+
+def bar_stop_tokens(logits: torch.Tensor, rows: Sequence[int], samplers: Sequence[RequestSampler]) -> None:
+    """Set the stop tokens of each of ``rows`` (``samplers[i]``'s row ``rows[i]``) to -inf, unless nothing
+    else is left there: when a grammar or ``allowed_token_ids`` permit only the end, the end wins."""
+    for row, sampler in zip(rows, samplers, strict=True):
+        kept = logits[row, sampler.stop_tokens].clone()
+        logits[row, sampler.stop_tokens] = float("-inf")
+        if bool(logits[row].isneginf().all()):
+            logits[row, sampler.stop_tokens] = kept
 
 
 def sample(

@@ -101,6 +101,8 @@ class SamplingParams:
                 raise ValueError(f"{name} must be between {-MAX_PENALTY:g} and {MAX_PENALTY:g}")
         if not 0 < self.repetition_penalty < float("inf"):
             raise ValueError(f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty}")
+        if any(token_id < 0 for token_id in self.stop_token_ids):
+            raise ValueError(f"stop_token_ids must be token ids (>= 0), got {list(self.stop_token_ids)}")
         if self.allowed_token_ids is not None and (
             not self.allowed_token_ids or min(self.allowed_token_ids) < 0
         ):
@@ -131,6 +133,7 @@ class SamplingParams:
         fields = {
             "logit_bias": [token_id for token_id, _ in self.logit_bias],
             "allowed_token_ids": self.allowed_token_ids or (),
+            "stop_token_ids": self.stop_token_ids,
         }
         return next((name for name, ids in fields.items() if any(i >= vocab_size for i in ids)), None)
 

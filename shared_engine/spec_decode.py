@@ -17,7 +17,13 @@ from numpy.lib.stride_tricks import sliding_window_view
 from shared_engine.config import SpeculativeConfig
 from shared_engine.model_runner import ModelRunner, Segment
 from shared_engine.models.base import DecoderModel
-from shared_engine.sampler import RequestSampler, apply_logits_processors, probabilities
+from shared_engine.sampler import (
+    RequestSampler,
+    apply_logits_processors,
+    bar_stop_tokens,
+    probabilities,
+    rows_short_of_min_tokens,
+)
 from shared_engine.scheduler import ScheduledRequest
 
 
@@ -84,7 +90,10 @@ class DraftModelProposer:
             logits = self.runner.last_logits(segments)
             params = [s.request.params for s in active]
             outputs = [s.request.output_token_ids + guesses[id(s)] for s in active]
-            apply_logits_processors(logits, [samplers[s.request.request_id] for s in active], outputs)
+            row_samplers = [samplers[s.request.request_id] for s in active]
+            apply_logits_processors(logits, row_samplers, outputs)
+            short = rows_short_of_min_tokens(row_samplers, outputs)
+            bar_stop_tokens(logits, short, [row_samplers[row] for row in short])
             greedy_ids = logits.argmax(dim=-1).tolist()
             sampled_rows = [i for i, p in enumerate(params) if not p.greedy]
             row_probs = probabilities(logits[sampled_rows], [params[i] for i in sampled_rows])

@@ -66,6 +66,39 @@ def test_every_stopped_answer_validates_at_high_temperature(client: openai.OpenA
     assert stopped, [c.message.content for c in completion.choices]
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_complete_document_ends_even_short_of_min_tokens(
+    client: openai.OpenAI, model_id: str, temperature: float
+) -> None:
+    """min_tokens bars the end of sequence, but a finished grammar allows nothing else: the end wins."""
+    short = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 5}},
+        "required": ["name"],
+    }
+    constraints: dict[str, dict[str, Any]] = {
+        "response_format": {"type": "json_schema", "json_schema": {"name": "short", "schema": short}},
+        "structured_outputs": {"choice": ["yes", "no"]},
+    }
+    for field, value in constraints.items():
+        extra: dict[str, Any] = {"min_tokens": 40, "stop_token_ids": [0]}
+        kwargs: dict[str, Any] = {"response_format": value} if field == "response_format" else {}
+        if field == "structured_outputs":
+            extra[field] = value
+        got = client.chat.completions.create(
+            model=model_id, messages=ask("Answer."), max_tokens=60, temperature=temperature, seed=3,
+            logprobs=True, extra_body=extra, **kwargs,
+        ).choices[0]  # fmt: skip
+        assert got.finish_reason == "stop", (field, got)
+        content = got.message.content or ""
+        if field == "response_format":
+            jsonschema.validate(json.loads(content), short)
+        else:
+            assert content in ("yes", "no")
+        assert got.logprobs is not None and got.logprobs.content
+        assert all(lp.logprob > -1e9 for lp in got.logprobs.content), got.logprobs
+
+
 def test_an_answer_cut_by_max_tokens_says_length(client: openai.OpenAI, model_id: str) -> None:
     with pytest.raises(openai.LengthFinishReasonError):
         client.chat.completions.parse(

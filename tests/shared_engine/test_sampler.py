@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from shared_engine import cpu_kernels
-from shared_engine.sampler import HEAD_TOKENS, RequestSampler, apply_logits_processors, sample
+from shared_engine.sampler import (
+    HEAD_TOKENS,
+    RequestSampler,
+    apply_logits_processors,
+    bar_stop_tokens,
+    rows_short_of_min_tokens,
+    sample,
+)
 from shared_engine.sampling_params import SamplingParams
 
 CPU = torch.device("cpu")
@@ -110,6 +117,7 @@ def test_no_logprobs_unless_asked() -> None:
         ({"min_p": 1.5}, "min_p"),
         ({"min_p": -0.1}, "min_p"),
         ({"min_tokens": -1}, "min_tokens"),
+        ({"stop_token_ids": (5, -1)}, "stop_token_ids"),
         ({"allowed_token_ids": ()}, "allowed_token_ids"),
         ({"allowed_token_ids": (3, -1)}, "allowed_token_ids"),
         ({"min_tokens": 17, "max_tokens": 16}, "min_tokens"),
@@ -174,12 +182,24 @@ def test_min_tokens_bars_the_stop_tokens_until_enough_are_out(
     params = SamplingParams(**{"min_tokens": 2, "stop_token_ids": (3,), **extra})
     sampler = RequestSampler(params, CPU, eos_token_ids={0})
     for out, bars in (([], True), ([1], True), ([1, 2], False)):
+        short = rows_short_of_min_tokens([sampler], [out])
+        assert short == ([0] if bars else [])
         logits = LOGITS.clone()
-        apply_logits_processors(logits, [sampler], [out])
+        bar_stop_tokens(logits, short, [sampler] * len(short))
         expected = LOGITS.clone()
         if bars:
             expected[0, barred] = float("-inf")
         assert torch.equal(logits, expected), (out, logits)
+
+
+def test_when_only_a_stop_token_is_left_min_tokens_lets_it_through() -> None:
+    """A grammar that is complete (or allowed_token_ids) may leave only the end: barring it too would leave
+    nothing to draw, so the end wins."""
+    sampler = RequestSampler(SamplingParams(temperature=0, min_tokens=5), CPU, eos_token_ids={0})
+    only_the_end = torch.tensor([[1.0, float("-inf"), float("-inf"), float("-inf")]])
+    bar_stop_tokens(only_the_end, [0], [sampler])
+    assert torch.equal(only_the_end, torch.tensor([[1.0, float("-inf"), float("-inf"), float("-inf")]]))
+    assert sample(only_the_end, [sampler])[0] == [0]
 
 
 def test_allowed_token_ids_are_all_that_can_be_drawn() -> None:
@@ -198,6 +218,7 @@ def test_token_ids_past_the_vocabulary_are_named_by_field() -> None:
     assert SamplingParams(logit_bias=((3, 1.0),), allowed_token_ids=(1, 2)).out_of_vocabulary(4) is None
     assert SamplingParams(logit_bias=((4, 1.0),)).out_of_vocabulary(4) == "logit_bias"
     assert SamplingParams(allowed_token_ids=(0, 9)).out_of_vocabulary(4) == "allowed_token_ids"
+    assert SamplingParams(stop_token_ids=(2, 4)).out_of_vocabulary(4) == "stop_token_ids"
 
 
 @pytest.mark.parametrize(
