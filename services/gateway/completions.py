@@ -115,6 +115,8 @@ async def create(service: Chat, body: CompletionRequest) -> Completion | AsyncIt
     prompt_only = body.max_tokens == 0
     if prompt_only and not body.echo:
         raise InvalidRequest("max_tokens 0 asks for the prompt back: it needs echo=true", param="max_tokens")
+    if prompt_only and body.min_tokens:
+        raise InvalidRequest("min_tokens cannot exceed max_tokens (0)", param="min_tokens")
     guided, _ = output_constraint(body)
     prompts = prompt_token_lists(service, body.prompt)
     scores = body.logprobs if body.echo else None  # the prompt's log-probabilities, echoed with it

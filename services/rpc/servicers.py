@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
+from pipelines.tts import output_rate
 from services.errors import ModelNotFound, ServiceUnavailable
 from services.observability.timing import ensure_context
 from services.rpc import (
@@ -187,9 +188,8 @@ class SpeechSynthesisServicer(tts_pb2_grpc.SpeechSynthesisServicer):
             audio, content_type = await service.speech(
                 request.input, voice, request.speed, request.response_format
             )
-            return tts_pb2.SynthesizeResponse(
-                audio=audio, content_type=content_type, sample_rate=service.sample_rate
-            )
+            rate = output_rate(request.response_format, service.sample_rate)
+            return tts_pb2.SynthesizeResponse(audio=audio, content_type=content_type, sample_rate=rate)
 
         return await answer(context, work())
 

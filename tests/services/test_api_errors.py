@@ -107,6 +107,13 @@ BAD_REQUESTS: dict[str, Case] = {
     "completions-allowed_token_ids-past-the-vocabulary": Case(
         "completions", {"allowed_token_ids": [5, VOCAB_SIZE]}, "allowed_token_ids"
     ),
+    "chat-stop_token_ids-past-the-vocabulary": Case(
+        "chat", {"stop_token_ids": [VOCAB_SIZE + 10**6], "min_tokens": 1}, "stop_token_ids"
+    ),
+    "completions-min_tokens-with-the-prompt-alone": Case(
+        "completions", {"max_tokens": 0, "echo": True, "min_tokens": 1}, "min_tokens"
+    ),
+    "completions-stop_token_ids-negative": Case("completions", {"stop_token_ids": [-1]}, "stop_token_ids"),
     "chat-allowed_token_ids-empty": Case("chat", {"allowed_token_ids": []}, "allowed_token_ids"),
     "completions-logit_bias-above-100": Case("completions", {"logit_bias": {"30": 101}}, "logit_bias"),
     "completions-response_format-unknown": Case(

@@ -38,6 +38,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
+import soundfile as sf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from skimage import data as samples
@@ -45,7 +46,7 @@ from skimage import data as samples
 from pipelines.embedding import EmbeddingPipeline, EmbeddingPipelineConfig
 from services.commands.probe import grpc_serving
 from services.config.models import load_model_specs
-from services.rpc import llm_pb2_grpc
+from services.rpc import llm_pb2_grpc, tts_pb2, tts_pb2_grpc
 from services.rpc.channels import Channels
 from services.rpc.llm_codec import requests_to_proto
 from shared_engine.async_engine import GenerationRequest
@@ -538,6 +539,21 @@ def test_vision_classifies_the_cat(http: httpx.Client) -> None:
         json={"image": base64.b64encode(jpeg("chelsea")).decode(), "model": VISION_MODEL, "top_k": 3},
     )
     assert_cat(as_json)
+
+
+@pytest.mark.parametrize(("fmt", "rate"), [("wav", 22_050), ("opus", 24_000)])
+def test_the_synthesis_worker_states_the_rate_of_the_audio_it_sends(
+    topology: Topology, http: httpx.Client, fmt: str, rate: int
+) -> None:
+    """Opus takes only some rates: the worker's reply and the gateway's X-Sample-Rate name the one sent."""
+    request = tts_pb2.SynthesizeRequest(model=TTS_MODEL, input="Hello there.", speed=1.0, response_format=fmt)
+    with grpc.insecure_channel(topology.address("tts")) as channel:
+        reply = tts_pb2_grpc.SpeechSynthesisStub(channel).Synthesize(request, timeout=60.0)
+    assert reply.sample_rate == rate == sf.info(io.BytesIO(reply.audio)).samplerate
+    spoken = http.post(
+        "/v1/audio/speech", json={"model": TTS_MODEL, "input": "Hello.", "response_format": fmt}
+    )
+    assert spoken.status_code == 200 and spoken.headers["x-sample-rate"] == str(rate)
 
 
 @pytest.mark.parametrize(
