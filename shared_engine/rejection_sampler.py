@@ -87,6 +87,7 @@ def verify_and_sample(
     own confidence (and never -inf)."""
     row_samplers: list[RequestSampler] = []
     row_outputs: list[Sequence[int]] = []
+    row_pending: list[int] = []
     first_row: list[int] = []
     for s in items:
         r = s.request
@@ -95,10 +96,10 @@ def verify_and_sample(
         reads_output = bool(r.params.logits_processors) or r.params.penalized or r.params.min_tokens > 0
         for j in range(s.num_spec_tokens + 1):
             row_samplers.append(samplers[r.request_id])
-            row_outputs.append(
-                r.output_token_ids + s.spec_token_ids[:j] if j and reads_output else r.output_token_ids
-            )
-    apply_logits_processors(logits, row_samplers, row_outputs)
+            guessed = j if reads_output else 0
+            row_outputs.append(r.output_token_ids + s.spec_token_ids[:j] if guessed else r.output_token_ids)
+            row_pending.append(guessed)
+    apply_logits_processors(logits, row_samplers, row_outputs, row_pending)
     short = rows_short_of_min_tokens(row_samplers, row_outputs)
     raw = logits
     if mask is not None or short:

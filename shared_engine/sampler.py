@@ -9,7 +9,7 @@ import torch
 
 from shared_engine import cpu_kernels
 from shared_engine.outputs import TokenLogprob
-from shared_engine.penalties import penalize, prompt_token_set
+from shared_engine.penalties import Penalties
 from shared_engine.sampling_params import SamplingParams
 
 
@@ -26,7 +26,7 @@ class RequestSampler:
         eos_token_ids: Collection[int] = (),
     ) -> None:
         self.params = params
-        self.prompt_tokens = prompt_token_set(params, prompt_token_ids, device)
+        self.penalties = Penalties(params, prompt_token_ids, device) if params.penalized else None
         # What min_tokens bars: the tokens that would end the request.
         stops = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_token_ids))
         self.stop_tokens = sorted(stops) if params.min_tokens else []
@@ -169,10 +169,14 @@ def _draw(
 
 
 def apply_logits_processors(
-    logits: torch.Tensor, samplers: Sequence[RequestSampler], outputs: Sequence[Sequence[int]]
+    logits: torch.Tensor,
+    samplers: Sequence[RequestSampler],
+    outputs: Sequence[Sequence[int]],
+    pending: Sequence[int] | None = None,
 ) -> None:
-    """On each row of ``logits`` (in place), given the tokens its request has output before it: keep only
-    the allowed tokens, add the logit bias, apply the penalties, then run the processors in order."""
+    """On each row of ``logits`` (in place), given the tokens its request has output before it (the last
+    ``pending[row]`` of them speculative guesses, not yet committed): keep only the allowed tokens, add
+    the logit bias, apply the penalties, then run the processors in order."""
     for row, (sampler, out) in enumerate(zip(samplers, outputs, strict=True)):
         p = sampler.params
         if sampler.allowed is not None:
@@ -182,8 +186,8 @@ def apply_logits_processors(
         if p.logit_bias:
             ids, biases = zip(*p.logit_bias, strict=True)
             logits[row, list(ids)] += torch.tensor(biases, dtype=logits.dtype, device=logits.device)
-        if p.penalized:
-            penalize(logits[row], p, sampler.prompt_tokens, out)
+        if sampler.penalties is not None:
+            sampler.penalties.apply(logits[row], out, pending[row] if pending else 0)
         for processor in p.logits_processors:
             processor(out, logits[row])
 

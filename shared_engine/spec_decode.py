@@ -91,7 +91,7 @@ class DraftModelProposer:
             params = [s.request.params for s in active]
             outputs = [s.request.output_token_ids + guesses[id(s)] for s in active]
             row_samplers = [samplers[s.request.request_id] for s in active]
-            apply_logits_processors(logits, row_samplers, outputs)
+            apply_logits_processors(logits, row_samplers, outputs, [len(guesses[id(s)]) for s in active])
             short = rows_short_of_min_tokens(row_samplers, outputs)
             bar_stop_tokens(logits, short, [row_samplers[row] for row in short])
             greedy_ids = logits.argmax(dim=-1).tolist()
