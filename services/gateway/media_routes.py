@@ -16,6 +16,7 @@ from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import Body, JSONBody
 
+from pipelines.tts import FORMATS as SPEECH_FORMATS
 from pipelines.tts import output_rate
 from pipelines.vision import decode_base64_image
 from services.gateway.api_docs import (
@@ -111,7 +112,7 @@ _TRANSCRIPT_OK = ResponseSpec(
     generate_examples=False,
 )
 _SPEECH = operation(
-    success={f"audio/{fmt}": binary() for fmt in ("wav", "flac", "pcm")},
+    success={audio.content_type: binary() for audio in SPEECH_FORMATS.values()},
     replace_success=True,
 )
 
