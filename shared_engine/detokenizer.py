@@ -65,8 +65,11 @@ class IncrementalDetokenizer:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
 
-    def add_tokens(self, token_ids: list[int]) -> FinishReason | None:
-        """Append generated tokens; returns STOP if a stop string now appears in the text."""
+    def add_tokens(self, token_ids: list[int], ends: bool = False) -> FinishReason | None:
+        """Append generated tokens; returns STOP if a stop string now appears in the text. A stop token
+        (``ends``) adds its text only where the stop is to be included."""
+        if ends and not self.include_stop:
+            return None
         self.token_ids.extend(token_ids)
         self.num_output_tokens += len(token_ids)
         prefix = self._decode(self.token_ids[self.prefix_offset : self.read_offset])

@@ -193,8 +193,8 @@ class LLMEngine:
                 tokens.append(token)
                 live.request.append_output_token(token)
                 reason = live.request.check_stop_token()
-                stop_token = reason is FinishReason.STOP  # whose text is not the answer's
-                stop_by_text = None if stop_token else live.detokenizer.add_tokens([token])
+                stop_token = reason is FinishReason.STOP  # whose text is not the answer's, unless asked for
+                stop_by_text = live.detokenizer.add_tokens([token], ends=stop_token)
                 reason = reason or self._grammar_stop(live, token)
                 if stop_by_text is not None:
                     reason = stop_by_text

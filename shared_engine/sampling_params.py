@@ -107,6 +107,11 @@ class SamplingParams:
             not self.allowed_token_ids or min(self.allowed_token_ids) < 0
         ):
             raise ValueError("allowed_token_ids must hold at least one token id, none negative")
+        if self.allowed_token_ids is not None and self.guided is not None:
+            raise ValueError(
+                "allowed_token_ids cannot be combined with a structured output (response_format, tools, "
+                "guided_*): the grammar decides the tokens"
+            )
         if not 0 <= self.min_p <= 1:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
         if self.top_k < 0:

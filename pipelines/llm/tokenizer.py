@@ -55,7 +55,7 @@ class ChatTokenizer:
         # Names a template variable of chat_template_kwargs may not take: apply_chat_template's own
         # arguments, what it hands the template itself, and Jinja's globals (range, namespace...).
         self.reserved_template_names = frozenset(
-            {"messages", "tools", "documents", "raise_exception", "strftime_now"}
+            {"self", "messages", "tools", "documents", "raise_exception", "strftime_now"}
             | set(JINJA_GLOBALS)
             | set(inspect.signature(self.tokenizer.apply_chat_template).parameters)
             | set(self.tokenizer.special_tokens_map)
@@ -104,7 +104,11 @@ class ChatTokenizer:
                 **extra,
                 **options.kwargs,
             )
-        except (jinja2.TemplateError, ValueError) as exc:  # the template's own checks (roles alternating...)
+        except (
+            jinja2.TemplateError,
+            TypeError,
+            ValueError,
+        ) as exc:  # the template's own checks (roles alternating...)
             raise InvalidRequest(f"the chat template refused the messages: {exc}", param="messages") from None
         # The template already spells out its special tokens.
         return self.encode(str(text), add_special_tokens=False)

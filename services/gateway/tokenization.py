@@ -25,6 +25,8 @@ def tokenize(service: Chat, body: TokenizeRequest) -> TokenizeResponse:
             model=service.name,
             messages=body.messages,
             tools=body.tools,
+            tool_choice=body.tool_choice,
+            parallel_tool_calls=body.parallel_tool_calls,
             add_generation_prompt=body.add_generation_prompt,
             continue_final_message=body.continue_final_message,
             chat_template_kwargs=body.chat_template_kwargs,

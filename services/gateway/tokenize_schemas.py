@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from msgspec import Meta, Struct
 
 from services.gateway.schemas import ChatMessage
-from services.gateway.tool_schemas import Tool
+from services.gateway.tool_schemas import Tool, ToolChoice
 
 
 class TokenizeRequest(Struct, kw_only=True):
@@ -18,6 +18,8 @@ class TokenizeRequest(Struct, kw_only=True):
     add_special_tokens: Annotated[bool, Meta(description="for `prompt`: the tokenizer's BOS and such")] = True
     # For messages, as on /v1/chat/completions: the prompt a chat completion would get.
     tools: list[Tool] | None = None
+    tool_choice: ToolChoice = None
+    parallel_tool_calls: bool | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None

@@ -114,6 +114,9 @@ BAD_REQUESTS: dict[str, Case] = {
         "completions", {"max_tokens": 0, "echo": True, "min_tokens": 1}, "min_tokens"
     ),
     "completions-stop_token_ids-negative": Case("completions", {"stop_token_ids": [-1]}, "stop_token_ids"),
+    "chat-allowed_token_ids-with-a-grammar": Case(
+        "chat", {"allowed_token_ids": [5], "response_format": {"type": "json_object"}}, "allowed_token_ids"
+    ),
     "chat-allowed_token_ids-empty": Case("chat", {"allowed_token_ids": []}, "allowed_token_ids"),
     "completions-logit_bias-above-100": Case("completions", {"logit_bias": {"30": 101}}, "logit_bias"),
     "completions-response_format-unknown": Case(

@@ -426,6 +426,7 @@ def test_streamed_text_offsets_equal_the_whole_completions(client: openai.OpenAI
 
 PARIS_ID = 7042  # SmolLM2's " Paris"
 IM_START_ID = 1  # SmolLM2's "<|im_start|>", a special token that ends nothing
+COMMA_ID = 28  # SmolLM2's ","
 
 
 def test_logit_bias_bans_and_forces_tokens(client: openai.OpenAI, model_id: str) -> None:
@@ -520,6 +521,11 @@ def test_allowed_token_ids_stop_strings_kept_and_special_tokens_shown(
         extra_body={"include_stop_str_in_output": True},
     )
     assert kept.choices[0].message.content == answer[: answer.index("Paris") + len("Paris")]
+    comma = chat(
+        client, model_id, user("Say hello world."),
+        extra_body={"stop_token_ids": [COMMA_ID], "include_stop_str_in_output": True},
+    ).choices[0]  # fmt: skip
+    assert comma.finish_reason == "stop" and (comma.message.content or "").endswith(","), comma
     forced = {str(IM_START_ID): 100}
     hidden = complete(client, model_id, FRANCE_PROMPT, max_tokens=1, logit_bias=forced)
     shown = complete(

@@ -43,11 +43,14 @@ def test_a_prompt_counts_what_a_completion_is_charged(
     assert back.status_code == 200 and back.json() == {"prompt": prompt}
 
 
-@pytest.mark.parametrize("tools", [None, [WEATHER]], ids=["plain", "with-tools"])
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"tools": [WEATHER]}, {"tools": [WEATHER], "tool_choice": "none"}],
+    ids=["plain", "with-tools", "tools-not-to-call"],
+)
 def test_messages_count_what_a_chat_completion_is_charged(
-    http: httpx.Client, client: openai.OpenAI, model_id: str, tools: list[dict[str, Any]] | None
+    http: httpx.Client, client: openai.OpenAI, model_id: str, extra: dict[str, Any]
 ) -> None:
-    extra = {"tools": tools} if tools else {}
     got = tokenize(http, model=model_id, messages=QUESTION, **extra)
     answer = client.chat.completions.create(model=model_id, messages=QUESTION, max_tokens=1, **extra)  # type: ignore[arg-type]
     assert answer.usage is not None and got["count"] == answer.usage.prompt_tokens

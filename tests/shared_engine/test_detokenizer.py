@@ -331,6 +331,15 @@ def test_the_stop_string_can_be_kept_at_the_end() -> None:
     _check_never_leaks(pieces, "aEND", ())
 
 
+def test_a_stop_tokens_text_only_where_the_stop_is_to_be_included() -> None:
+    tok = _tokenizer()
+    for include, text in ((False, "a"), (True, "a;")):
+        detok = IncrementalDetokenizer(tok, tok.ids("Q"), include_stop=include)
+        detok.add_tokens(tok.ids("a"))
+        assert detok.add_tokens(tok.ids(";"), ends=True) is None
+        assert detok.take_new_text(finished=True) == text
+
+
 def test_stop_string_is_not_searched_in_the_prompt() -> None:
     tok = _tokenizer()
     detok = _detok(tok, ("STOP",), prompt=tok.ids("say ", "ST"))

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from shared_engine import cpu_kernels
+from shared_engine.guided import GuidedDecoding, GuidedKind
 from shared_engine.sampler import (
     HEAD_TOKENS,
     RequestSampler,
@@ -120,6 +121,7 @@ def test_no_logprobs_unless_asked() -> None:
         ({"stop_token_ids": (5, -1)}, "stop_token_ids"),
         ({"allowed_token_ids": ()}, "allowed_token_ids"),
         ({"allowed_token_ids": (3, -1)}, "allowed_token_ids"),
+        ({"allowed_token_ids": (3,), "guided": GuidedDecoding(GuidedKind.JSON_OBJECT)}, "allowed_token_ids"),
         ({"min_tokens": 17, "max_tokens": 16}, "min_tokens"),
     ],
 )

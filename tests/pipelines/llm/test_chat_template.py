@@ -54,7 +54,8 @@ def test_chat_template_kwargs_reach_the_template(chat: ChatTokenizer) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["tokenize", "messages", "add_generation_prompt", "eos_token", "tools", "namespace", "range"]
+    "name",
+    ["tokenize", "messages", "add_generation_prompt", "eos_token", "tools", "namespace", "range", "self"],
 )
 def test_chat_template_kwargs_cannot_take_the_templates_own_names(chat: ChatTokenizer, name: str) -> None:
     with pytest.raises(InvalidRequest) as raised:
@@ -70,6 +71,13 @@ def test_a_template_that_refuses_the_messages_is_a_client_error(chat: ChatTokeni
     with pytest.raises(InvalidRequest) as raised:
         chat.encode_chat([QUESTION])
     assert raised.value.param == "messages" and "a system message comes first" in str(raised.value)
+
+
+def test_a_kwarg_of_the_wrong_type_for_the_template_is_a_client_error(chat: ChatTokenizer) -> None:
+    chat.tokenizer.chat_template = "{{ messages[0]['content'] }}{{ repeat * 2 + 1 }}"
+    with pytest.raises(InvalidRequest) as raised:
+        chat.encode_chat([QUESTION], options=TemplateOptions(kwargs={"repeat": "twice"}))
+    assert raised.value.param == "messages"
 
 
 def test_a_final_message_the_template_does_not_show_cannot_be_continued(chat: ChatTokenizer) -> None:
