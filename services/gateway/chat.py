@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 from pipelines.llm import TemplateOptions
 from services.gateway.chat_stream import chat_logprobs, stream_chat
@@ -91,12 +91,25 @@ def _message(result: ChoiceResult, plan: ToolPlan) -> tuple[AssistantMessage, st
     return message, "tool_calls" if ended else result.finish_reason
 
 
-def render_prompt(service: Chat, body: ChatCompletionRequest, plan: ToolPlan) -> list[int]:
+class RendersPrompt(Protocol):
+    """A body's chat-template fields: a chat completion's, or /tokenize's for the same prompt."""
+
+    @property
+    def add_generation_prompt(self) -> bool: ...
+    @property
+    def continue_final_message(self) -> bool: ...
+    @property
+    def chat_template_kwargs(self) -> dict[str, Any] | None: ...
+
+
+def render_prompt(
+    service: Chat, messages: list[ChatMessage], body: RendersPrompt, plan: ToolPlan
+) -> list[int]:
     """The prompt's token ids: the messages (and the planned tools) through the chat template."""
     template = TemplateOptions(
         body.add_generation_prompt, body.continue_final_message, body.chat_template_kwargs or {}
     )
-    return service.encode_chat(message_dicts(body.messages), plan.tools or None, template)
+    return service.encode_chat(message_dicts(messages), plan.tools or None, template)
 
 
 async def create(service: Chat, body: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[bytes]:
@@ -108,7 +121,7 @@ async def create(service: Chat, body: ChatCompletionRequest) -> ChatCompletion |
         raise InvalidRequest(
             f"{param} cannot be combined with tools unless tool_choice is 'none'", param=param
         )
-    prompt_ids = render_prompt(service, body, plan)
+    prompt_ids = render_prompt(service, body.messages, body, plan)
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     max_tokens = service.resolve_max_tokens(requested, len(prompt_ids), "messages")
     logprobs = (body.top_logprobs or 0) if body.logprobs else None

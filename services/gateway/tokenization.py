@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from services.gateway.chat import render_prompt
-from services.gateway.schemas import ChatCompletionRequest
 from services.gateway.tokenize_schemas import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -21,17 +20,7 @@ def tokenize(service: Chat, body: TokenizeRequest) -> TokenizeResponse:
             "send either prompt or messages", param="prompt" if body.prompt is None else "messages"
         )
     if body.messages is not None:
-        chat = ChatCompletionRequest(
-            model=service.name,
-            messages=body.messages,
-            tools=body.tools,
-            tool_choice=body.tool_choice,
-            parallel_tool_calls=body.parallel_tool_calls,
-            add_generation_prompt=body.add_generation_prompt,
-            continue_final_message=body.continue_final_message,
-            chat_template_kwargs=body.chat_template_kwargs,
-        )
-        ids = render_prompt(service, chat, plan_tools(chat))
+        ids = render_prompt(service, body.messages, body, plan_tools(body))
     else:
         ids = service.encode(str(body.prompt), add_special_tokens=body.add_special_tokens)
     pieces = service.text.token_pieces(ids) if body.return_token_strs else None

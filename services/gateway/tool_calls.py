@@ -13,12 +13,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pipelines.llm.tool_prompt import ARGUMENTS_HEAD, CALL_HEAD, CALL_TAIL, TOOL_CALL_BEGIN
 from services.gateway.constraints import checked
-from services.gateway.schemas import ChatCompletionRequest
-from services.gateway.tool_schemas import Tool, ToolChoiceFunction
+from services.gateway.tool_schemas import Tool, ToolChoice, ToolChoiceFunction
 from shared_engine.errors import InvalidRequest
 from shared_engine.guided import GuidedDecoding, GuidedKind
 
@@ -63,7 +62,18 @@ def _function(tool: Tool, i: int) -> dict[str, Any]:
     return out
 
 
-def _choice(body: ChatCompletionRequest, names: list[str]) -> str:
+class OffersTools(Protocol):
+    """A body's tool fields: a chat completion's, or /tokenize's for the same prompt."""
+
+    @property
+    def tools(self) -> list[Tool] | None: ...
+    @property
+    def tool_choice(self) -> ToolChoice: ...
+    @property
+    def parallel_tool_calls(self) -> bool | None: ...
+
+
+def _choice(body: OffersTools, names: list[str]) -> str:
     """ "none", "auto", "required", or the name of the function that must be called."""
     choice = body.tool_choice
     if choice is None:
@@ -124,7 +134,7 @@ def _structural_tag(functions: list[dict[str, Any]], choice: str, parallel: bool
     return {"type": "structural_tag", "format": fmt}
 
 
-def plan_tools(body: ChatCompletionRequest) -> ToolPlan:
+def plan_tools(body: OffersTools) -> ToolPlan:
     """Validate the body's tool fields (400s name the parameter) and plan the prompt and grammar."""
     functions = [_function(t, i) for i, t in enumerate(body.tools or ())]
     names = [f["name"] for f in functions]
