@@ -21,9 +21,9 @@ from shared_engine.outputs import StepResult, TokenLogprob
 from shared_engine.sampler import (
     RequestSampler,
     apply_logits_processors,
-    bar_stop_tokens,
+    bar_tokens,
+    barred_rows,
     probabilities,
-    rows_short_of_min_tokens,
     sample,
     select_rows,
     token_logprobs,
@@ -82,7 +82,8 @@ def verify_and_sample(
     """Tokens for each of ``items`` from its rows of ``logits`` (one row per guess, plus one).
 
     ``mask`` (structured outputs) sets the tokens each constrained row's grammar forbids to -inf, after
-    the logits processors, and then ``min_tokens`` bars the stop tokens (unless that would leave nothing);
+    the logits processors, and then ``min_tokens`` and the bad words bar their tokens (unless that would
+    leave nothing);
     log-probabilities are reported from the logits before both, as vLLM does, so they show the model's
     own confidence (and never -inf)."""
     row_samplers: list[RequestSampler] = []
@@ -93,21 +94,22 @@ def verify_and_sample(
         r = s.request
         first_row.append(len(row_samplers))
         # Row j comes after the first j guesses: rules that read the output so far see them too.
-        reads_output = bool(r.params.logits_processors) or r.params.penalized or r.params.min_tokens > 0
+        p = r.params
+        reads_output = bool(p.logits_processors or p.bad_words_token_ids) or p.penalized or p.min_tokens > 0
         for j in range(s.num_spec_tokens + 1):
             row_samplers.append(samplers[r.request_id])
             guessed = j if reads_output else 0
             row_outputs.append(r.output_token_ids + s.spec_token_ids[:j] if guessed else r.output_token_ids)
             row_pending.append(guessed)
     apply_logits_processors(logits, row_samplers, row_outputs, row_pending)
-    short = rows_short_of_min_tokens(row_samplers, row_outputs)
+    barred = barred_rows(row_samplers, row_outputs)
     raw = logits
-    if mask is not None or short:
+    if mask is not None or barred:
         if any(s.request.params.logprobs is not None for s in items):
             raw = logits.clone()
         if mask is not None:
             mask.apply(logits)
-        bar_stop_tokens(logits, short, [row_samplers[row] for row in short])
+        bar_tokens(logits, barred)
 
     tokens: dict[str, list[int]] = {}
     num_accepted: dict[str, int] = {}

@@ -16,7 +16,7 @@ from shared_engine.sampling_params import SamplingParams
 class RequestSampler:
     """Per-request sampling state: a private RNG, so a seeded request draws the same tokens whatever
     else is in the batch or however often it is preempted; the prompt's tokens for a repetition penalty,
-    and the tokens that ``min_tokens`` bars."""
+    the tokens that ``min_tokens`` bars, and the bad words."""
 
     def __init__(
         self,
@@ -30,6 +30,10 @@ class RequestSampler:
         # What min_tokens bars: the tokens that would end the request.
         stops = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_token_ids))
         self.stop_tokens = sorted(stops) if params.min_tokens else []
+        words = params.bad_words_token_ids
+        self.banned = sorted({word[0] for word in words if len(word) == 1})
+        self.banned_after = [(word[:-1], word[-1]) for word in words if len(word) > 1]
+        self.bars = bool(self.stop_tokens or words)
         self.allowed: torch.Tensor | None = None
         if params.allowed_token_ids is not None:
             self.allowed = torch.tensor(
@@ -42,6 +46,16 @@ class RequestSampler:
                 self.generator.seed()
             else:
                 self.generator.manual_seed(params.seed)
+
+    def barred(self, output: Sequence[int]) -> list[int]:
+        """The tokens this request may not take after ``output``: the stop tokens while it is short of
+        ``min_tokens``, and each bad word's last token where the output ends with the rest of the word."""
+        barred = list(self.stop_tokens) if len(output) < self.params.min_tokens else []
+        barred += self.banned
+        for head, last in self.banned_after:
+            if len(output) >= len(head) and tuple(output[len(output) - len(head) :]) == head:
+                barred.append(last)
+        return barred
 
 
 def _truncate(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -192,25 +206,26 @@ def apply_logits_processors(
             processor(out, logits[row])
 
 
-def rows_short_of_min_tokens(
+def barred_rows(
     samplers: Sequence[RequestSampler], outputs: Sequence[Sequence[int]]
-) -> list[int]:
-    """The rows whose request has fewer than ``min_tokens`` out (and a token that would end it)."""
-    return [
-        row
-        for row, (s, out) in enumerate(zip(samplers, outputs, strict=True))
-        if s.stop_tokens and len(out) < s.params.min_tokens
-    ]
+) -> list[tuple[int, list[int]]]:
+    """Each row with tokens its request may not take next (``RequestSampler.barred``), and those tokens."""
+    rows = []
+    for row, (sampler, out) in enumerate(zip(samplers, outputs, strict=True)):
+        barred = sampler.barred(out) if sampler.bars else []
+        if barred:
+            rows.append((row, barred))
+    return rows
 
 
-def bar_stop_tokens(logits: torch.Tensor, rows: Sequence[int], samplers: Sequence[RequestSampler]) -> None:
-    """Set the stop tokens of each of ``rows`` (``samplers[i]``'s row ``rows[i]``) to -inf, unless nothing
-    else is left there: when a grammar or ``allowed_token_ids`` permit only the end, the end wins."""
-    for row, sampler in zip(rows, samplers, strict=True):
-        kept = logits[row, sampler.stop_tokens].clone()
-        logits[row, sampler.stop_tokens] = float("-inf")
+def bar_tokens(logits: torch.Tensor, rows: Sequence[tuple[int, list[int]]]) -> None:
+    """Set each row's barred tokens to -inf, unless nothing else is left there: when a grammar or
+    ``allowed_token_ids`` permit only those, they win (a complete JSON document still ends)."""
+    for row, tokens in rows:
+        kept = logits[row, tokens].clone()
+        logits[row, tokens] = float("-inf")
         if bool(logits[row].isneginf().all()):
-            logits[row, sampler.stop_tokens] = kept
+            logits[row, tokens] = kept
 
 
 def sample(

@@ -47,7 +47,9 @@ class SamplingParams:
     one (after temperature, before top-k and top-p). ``min_tokens`` (vLLM's) bars the stop tokens (end of
     sequence unless ``ignore_eos``, and ``stop_token_ids``) until that many tokens are out, and stop strings
     count only after them. ``allowed_token_ids`` (vLLM's) are the only tokens that may be sampled;
-    ``include_stop_str_in_output`` keeps the stop string that ended the text. ``top_k <= 0`` disables
+    ``include_stop_str_in_output`` keeps the stop string that ended the text. ``bad_words_token_ids``
+    (vLLM's ``bad_words``, as token ids) are never completed: a one-token word is barred everywhere, a
+    longer one's last token wherever the output ends with the rest of it. ``top_k <= 0`` disables
     top-k. ``seed`` makes
     sampling reproducible per request regardless of what else shares the batch. ``logprobs`` is the number of
     alternatives to report per token (``0`` reports only the chosen token's log-probability;
@@ -80,6 +82,7 @@ class SamplingParams:
     min_p: float = 0.0
     allowed_token_ids: tuple[int, ...] | None = None
     include_stop_str_in_output: bool = False
+    bad_words_token_ids: tuple[tuple[int, ...], ...] = ()
     logits_processors: tuple[LogitsProcessor, ...] = field(default=(), compare=False, hash=False)
     extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
 
@@ -112,6 +115,8 @@ class SamplingParams:
                 "allowed_token_ids cannot be combined with a structured output (response_format, tools, "
                 "guided_*): the grammar decides the tokens"
             )
+        if any(not word or min(word) < 0 for word in self.bad_words_token_ids):
+            raise ValueError("bad_words_token_ids must hold non-empty sequences of token ids (>= 0)")
         if not 0 <= self.min_p <= 1:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
         if self.top_k < 0:
@@ -139,6 +144,7 @@ class SamplingParams:
             "logit_bias": [token_id for token_id, _ in self.logit_bias],
             "allowed_token_ids": self.allowed_token_ids or (),
             "stop_token_ids": self.stop_token_ids,
+            "bad_words": [token_id for word in self.bad_words_token_ids for token_id in word],
         }
         return next((name for name, ids in fields.items() if any(i >= vocab_size for i in ids)), None)
 

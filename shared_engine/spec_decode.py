@@ -20,9 +20,9 @@ from shared_engine.models.base import DecoderModel
 from shared_engine.sampler import (
     RequestSampler,
     apply_logits_processors,
-    bar_stop_tokens,
+    bar_tokens,
+    barred_rows,
     probabilities,
-    rows_short_of_min_tokens,
 )
 from shared_engine.scheduler import ScheduledRequest
 
@@ -92,8 +92,7 @@ class DraftModelProposer:
             outputs = [s.request.output_token_ids + guesses[id(s)] for s in active]
             row_samplers = [samplers[s.request.request_id] for s in active]
             apply_logits_processors(logits, row_samplers, outputs, [len(guesses[id(s)]) for s in active])
-            short = rows_short_of_min_tokens(row_samplers, outputs)
-            bar_stop_tokens(logits, short, [row_samplers[row] for row in short])
+            bar_tokens(logits, barred_rows(row_samplers, outputs))
             greedy_ids = logits.argmax(dim=-1).tolist()
             sampled_rows = [i for i, p in enumerate(params) if not p.greedy]
             row_probs = probabilities(logits[sampled_rows], [params[i] for i in sampled_rows])

@@ -18,6 +18,8 @@ from services.gateway.generation import (
     prompt_logprobs_view,
     sampling_params,
     start_choices,
+    token_namer,
+    truncated_prompt,
     wants_usage,
 )
 from services.gateway.schemas import (
@@ -121,13 +123,13 @@ async def create(service: Chat, body: ChatCompletionRequest) -> ChatCompletion |
         raise InvalidRequest(
             f"{param} cannot be combined with tools unless tool_choice is 'none'", param=param
         )
-    prompt_ids = render_prompt(service, body.messages, body, plan)
+    prompt_ids = truncated_prompt(service, body, render_prompt(service, body.messages, body, plan))
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     max_tokens = service.resolve_max_tokens(requested, len(prompt_ids), "messages")
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     guided = guided or plan.guided
     choices = [
-        ChoiceSpec(prompt_ids, sampling_params(body, max_tokens, logprobs, i, service.vocab_size, guided))
+        ChoiceSpec(prompt_ids, sampling_params(body, max_tokens, logprobs, i, service, guided))
         for i in range(body.n)
     ]
     request_id = new_id("chatcmpl")
@@ -140,7 +142,7 @@ async def create(service: Chat, body: ChatCompletionRequest) -> ChatCompletion |
     out = []
     for i, r in enumerate(results):
         message, reason = _message(r, plan)
-        lp = chat_logprobs(service, r.logprobs) if body.logprobs else None
+        lp = chat_logprobs(service, r.logprobs, token_namer(service, body)) if body.logprobs else None
         out.append(ChatChoice(index=i, message=message, logprobs=lp, finish_reason=reason))
     scored = results[0].prompt_logprobs  # the n choices share their prompt
     prompt_lp = None

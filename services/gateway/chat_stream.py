@@ -3,10 +3,10 @@ play, the text goes through the tool-call parser and calls stream as OpenAI's ``
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from services.gateway.generation import ChunkWriter, UsageTally
+from services.gateway.generation import ChunkWriter, UsageTally, token_namer
 from services.gateway.schemas import ChatCompletionRequest, ChatLogprobs, ChatTokenLogprob, TopLogprob
 from services.gateway.tool_calls import ToolPlan
 from services.gateway.tool_parser import ToolCallParser
@@ -15,10 +15,11 @@ from shared_engine.async_engine import GroupOutputs
 from shared_engine.outputs import RequestOutput, TokenLogprob
 
 
-def chat_logprobs(service: Chat, items: list[TokenLogprob]) -> ChatLogprobs:
+def chat_logprobs(service: Chat, items: list[TokenLogprob], name: Callable[[int], str]) -> ChatLogprobs:
+    """The tokens' entries, each named by ``name`` (``generation.token_namer``) with its real bytes."""
+
     def entry(token_id: int, logprob: float) -> TopLogprob:
-        text = service.token_text(token_id)
-        return TopLogprob(token=text, logprob=logprob, bytes=list(service.token_bytes(token_id)))
+        return TopLogprob(token=name(token_id), logprob=logprob, bytes=list(service.token_bytes(token_id)))
 
     content = []
     for lp in items:
@@ -64,9 +65,10 @@ async def stream_chat(
         role = {"role": "assistant", "content": None if plan.active else ""}
         yield chunk([{"index": i, "delta": role, "logprobs": None, "finish_reason": None}])
     tally = UsageTally()
+    name = token_namer(service, body)
     async for i, out in outputs:
         tally.add(0, i, out)
-        lp = chat_logprobs(service, out.logprobs) if body.logprobs and out.logprobs else None
+        lp = chat_logprobs(service, out.logprobs, name) if body.logprobs and out.logprobs else None
         deltas = _deltas(out, parsers[i]) or ([{}] if lp else [])
         for n, delta in enumerate(deltas):
             yield chunk(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import codecs
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from services.gateway.constraints import output_constraint
@@ -17,6 +17,8 @@ from services.gateway.generation import (
     prompt_logprobs_view,
     sampling_params,
     start_choices,
+    token_namer,
+    truncated_prompt,
     wants_usage,
 )
 from services.gateway.schemas import (
@@ -81,6 +83,7 @@ class TextOffsets:
 
 def _logprobs(
     service: Chat,
+    name: Callable[[int], str],
     generated: list[TokenLogprob],
     offsets: TextOffsets,
     num_top: int,
@@ -93,20 +96,20 @@ def _logprobs(
         ids, scored = prompt
         from_start = TextOffsets(0)
         entries.append((ids[0], None, None, from_start))  # nothing before it predicts it
-        entries += [(s.token_id, s.logprob, _top(service, s, num_top), from_start) for s in scored]
-    entries += [(g.token_id, g.logprob, _top(service, g, num_top), offsets) for g in generated]
+        entries += [(s.token_id, s.logprob, _top(name, s, num_top), from_start) for s in scored]
+    entries += [(g.token_id, g.logprob, _top(name, g, num_top), offsets) for g in generated]
     return CompletionLogprobs(
-        tokens=[service.token_text(token_id) for token_id, _, _, _ in entries],
+        tokens=[name(token_id) for token_id, _, _, _ in entries],
         token_logprobs=[value for _, value, _, _ in entries],
         top_logprobs=[top for _, _, top, _ in entries],
         text_offset=[placed.take(service.token_bytes(token_id)) for token_id, _, _, placed in entries],
     )
 
 
-def _top(service: Chat, item: TokenLogprob, num_top: int) -> dict[str, float]:
+def _top(name: Callable[[int], str], item: TokenLogprob, num_top: int) -> dict[str, float]:
     """The most likely tokens and the token itself (up to logprobs + 1 entries, as OpenAI's API gives)."""
-    top = {service.token_text(t): v for t, v in item.top[:num_top]}
-    return top | {service.token_text(item.token_id): item.logprob}
+    top = {name(t): v for t, v in item.top[:num_top]}
+    return top | {name(item.token_id): item.logprob}
 
 
 async def create(service: Chat, body: CompletionRequest) -> Completion | AsyncIterator[bytes]:
@@ -121,13 +124,13 @@ async def create(service: Chat, body: CompletionRequest) -> Completion | AsyncIt
     prompts = prompt_token_lists(service, body.prompt)
     scores = body.logprobs if body.echo else None  # the prompt's log-probabilities, echoed with it
     choices = []
-    for ids in prompts:
+    for ids in (truncated_prompt(service, body, p) for p in prompts):
         if prompt_only and len(ids) >= service.max_model_len:
             raise ContextLengthExceeded(len(ids), 0, service.max_model_len)
         # A prompt alone is computed as for one token, which is then dropped.
         max_tokens = service.resolve_max_tokens(1 if prompt_only else body.max_tokens, len(ids), "prompt")
         for j in range(body.n):
-            params = sampling_params(body, max_tokens, body.logprobs, j, service.vocab_size, guided, scores)
+            params = sampling_params(body, max_tokens, body.logprobs, j, service, guided, scores)
             choices.append(ChoiceSpec(ids, params))
     request_id = new_id("cmpl")
     outputs = await start_choices(service, request_id, choices)
@@ -163,6 +166,7 @@ class Echo:
         self, service: Chat, body: CompletionRequest, prompts: list[list[int]], prompt_only: bool
     ) -> None:
         self.service = service
+        self.name = token_namer(service, body)
         self.prompts = prompts
         self.wants_logprobs = body.logprobs is not None
         self.num_top = body.logprobs or 0
@@ -191,7 +195,8 @@ class Echo:
             return None
         prompt = (self.prompts[i], prompt_scores) if self.scored and prompt_scores is not None else None
         offsets = offsets or TextOffsets(len(self.text[i]))
-        return _logprobs(self.service, [] if self.prompt_only else generated, offsets, self.num_top, prompt)
+        generated = [] if self.prompt_only else generated
+        return _logprobs(self.service, self.name, generated, offsets, self.num_top, prompt)
 
     def prompt_logprobs(self, i: int, prompt_scores: list[TokenLogprob] | None) -> PromptLogprobs | None:
         """Choice ``i``'s prompt scores as vLLM's ``prompt_logprobs`` shows them, when asked for."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +33,7 @@ def sampling_params(
     max_tokens: int,
     logprobs: int | None,
     choice: int,
-    vocab_size: int,
+    service: Chat,
     guided: GuidedDecoding | None = None,
     prompt_logprobs: int | None = None,
 ) -> SamplingParams:
@@ -42,7 +42,7 @@ def sampling_params(
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     if any(not s for s in stop):
         raise InvalidRequest("stop sequences must be non-empty strings", param="stop")
-    logit_bias = _logit_bias(body.logit_bias or {}, vocab_size)
+    logit_bias = _logit_bias(body.logit_bias or {}, service.vocab_size)
     seed = body.seed
     if seed is not None and SEED_MIN <= seed <= SEED_MAX:
         # With n > 1 every choice gets its own stream of random numbers, still reproducible from the
@@ -71,10 +71,50 @@ def sampling_params(
             allowed_token_ids=None if body.allowed_token_ids is None else tuple(body.allowed_token_ids),
             include_stop_str_in_output=body.include_stop_str_in_output,
             skip_special_tokens=body.skip_special_tokens,
+            bad_words_token_ids=bad_words_token_ids(service, body.bad_words or ()),
         )
     except ValueError as exc:
         param = str(exc).split(" ", 1)[0]
         raise InvalidRequest(str(exc), param=param if param.isidentifier() else None) from None
+
+
+def bad_words_token_ids(service: Chat, words: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+    """vLLM's ``bad_words`` as token ids: each word as written and, where the tokenizer spells it at the
+    start of a word with a different first token and as many tokens (" word"), that way too."""
+    out: list[tuple[int, ...]] = []
+    for word in words:
+        if not word.strip():
+            raise InvalidRequest("bad_words must be words, not empty or blank strings", param="bad_words")
+        bare = tuple(service.encode(word.lstrip(), add_special_tokens=False))
+        spaced = tuple(service.encode(" " + word.lstrip(), add_special_tokens=False))
+        out.append(bare)
+        if spaced[0] != bare[0] and len(spaced) == len(bare):
+            out.append(spaced)
+    return tuple(out)
+
+
+def truncated_prompt(service: Chat, body: SamplingFields, prompt_ids: list[int]) -> list[int]:
+    """vLLM's ``truncate_prompt_tokens``: only the prompt's last k tokens (-1: the context length)."""
+    keep = body.truncate_prompt_tokens
+    if keep is None:
+        return prompt_ids
+    if keep == -1:
+        keep = service.max_model_len
+    if not 1 <= keep <= service.max_model_len:
+        raise InvalidRequest(
+            f"truncate_prompt_tokens must be from 1 to the context length ({service.max_model_len}), or -1, "
+            f"got {keep}",
+            param="truncate_prompt_tokens",
+        )
+    return prompt_ids[-keep:]
+
+
+def token_namer(service: Chat, body: SamplingFields) -> Callable[[int], str]:
+    """How log-probabilities name a token: its text, or with vLLM's ``return_tokens_as_token_ids``
+    ``token_id:<id>`` (for tokens that are no text of their own, such as part of a character)."""
+    if body.return_tokens_as_token_ids:
+        return lambda token_id: f"token_id:{token_id}"
+    return service.token_text
 
 
 def _most(a: int | None, b: int | None) -> int | None:

@@ -13,6 +13,7 @@ from shared_engine.sampling_params import MAX_LOGIT_BIAS, MAX_PENALTY, MAX_TOP_L
 
 MAX_N = 16
 MAX_STOP_SEQUENCES = 16
+MAX_BAD_WORDS = 256
 
 
 def documented(**keywords: Any) -> Meta:
@@ -48,6 +49,10 @@ MinTokens = Annotated[
 ]
 LogitBias = Annotated[float, documented(minimum=-MAX_LOGIT_BIAS, maximum=MAX_LOGIT_BIAS)]  # checked later
 Stop = str | Annotated[list[str], Meta(max_length=MAX_STOP_SEQUENCES)] | None
+TruncatePromptTokens = Annotated[
+    int,
+    Meta(ge=-1, description="extra: keep only the prompt's last k tokens (-1: as many as the context holds)"),
+]
 
 
 class StreamOptions(Struct, omit_defaults=True):
@@ -89,6 +94,9 @@ class SamplingFields(Struct, kw_only=True):
     allowed_token_ids: Annotated[list[int], Meta(min_length=1)] | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    bad_words: Annotated[list[str], Meta(max_length=MAX_BAD_WORDS)] | None = None
+    truncate_prompt_tokens: TruncatePromptTokens | None = None
+    return_tokens_as_token_ids: bool = False  # logprobs name tokens "token_id:<id>"
     logit_bias: dict[str, LogitBias] | None = None  # token id (as OpenAI sends it, a string) -> bias
     user: str | None = None
     response_format: ResponseFormat | None = None

@@ -38,6 +38,7 @@ def params_to_proto(p: SamplingParams) -> Any:
         min_tokens=p.min_tokens,
         allowed_token_ids=list(p.allowed_token_ids or ()),
         include_stop_str_in_output=p.include_stop_str_in_output,
+        bad_words=[llm_pb2.TokenIds(ids=word) for word in p.bad_words_token_ids],
     )
 
 
@@ -75,6 +76,7 @@ def params_from_proto(m: Any) -> SamplingParams:
             min_tokens=m.min_tokens,
             allowed_token_ids=tuple(m.allowed_token_ids) or None,
             include_stop_str_in_output=m.include_stop_str_in_output,
+            bad_words_token_ids=tuple(tuple(word.ids) for word in m.bad_words),
         )
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None

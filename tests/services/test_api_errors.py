@@ -118,6 +118,16 @@ BAD_REQUESTS: dict[str, Case] = {
         "chat", {"allowed_token_ids": [5], "response_format": {"type": "json_object"}}, "allowed_token_ids"
     ),
     "chat-allowed_token_ids-empty": Case("chat", {"allowed_token_ids": []}, "allowed_token_ids"),
+    "chat-bad_words-blank": Case("chat", {"bad_words": ["Paris", " "]}, "bad_words"),
+    "completions-truncate_prompt_tokens-zero": Case(
+        "completions", {"truncate_prompt_tokens": 0}, "truncate_prompt_tokens"
+    ),
+    "completions-truncate_prompt_tokens-below-minus-one": Case(
+        "completions", {"truncate_prompt_tokens": -2}, "truncate_prompt_tokens"
+    ),
+    "chat-truncate_prompt_tokens-past-the-context": Case(
+        "chat", {"truncate_prompt_tokens": 10**6}, "truncate_prompt_tokens"
+    ),
     "completions-logit_bias-above-100": Case("completions", {"logit_bias": {"30": 101}}, "logit_bias"),
     "completions-response_format-unknown": Case(
         "completions", {"response_format": {"type": "yaml"}}, "response_format"

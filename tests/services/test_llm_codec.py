@@ -57,6 +57,7 @@ def test_sampling_params_round_trip(guided: GuidedDecoding | None) -> None:
         {"presence_penalty": -1.5, "frequency_penalty": 0.25, "repetition_penalty": 1.2, "min_p": 0.05},
         {"repetition_penalty": 0.5, "min_tokens": 3},
         {"allowed_token_ids": (5, 2, 9), "include_stop_str_in_output": True, "skip_special_tokens": False},
+        {"bad_words_token_ids": ((7042,), (3575, 282))},
     ],
 )
 def test_penalties_min_p_and_min_tokens_round_trip(penalties: dict[str, float]) -> None:

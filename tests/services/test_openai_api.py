@@ -539,6 +539,67 @@ def test_allowed_token_ids_stop_strings_kept_and_special_tokens_shown(
     assert (hidden.choices[0].text, shown.choices[0].text) == ("", "<|im_start|>")
 
 
+def test_bad_words_are_never_completed(client: openai.OpenAI, model_id: str, paris: ChatCompletion) -> None:
+    """vLLM's bad_words (extra): a one-token word ("Paris", also at a word's start) is never drawn; a longer
+    one ("capital of") never completed, its first tokens still free."""
+    answer = paris.choices[0].message.content
+    assert answer and " Paris" in answer and "capital of" in answer
+    got = chat(client, model_id, user(FRANCE_QUESTION), logprobs=True, extra_body={"bad_words": ["Paris"]})
+    content = got.choices[0]
+    assert content.logprobs is not None and content.logprobs.content is not None
+    assert " Paris" not in [t.token for t in content.logprobs.content], content.logprobs.content
+    assert content.message.content != answer
+    phrase = chat(client, model_id, user(FRANCE_QUESTION), extra_body={"bad_words": ["capital of"]})
+    said = phrase.choices[0].message.content
+    assert said and "capital of" not in said and " capital" in said, said
+
+
+def test_truncate_prompt_tokens_keeps_the_prompts_end(client: openai.OpenAI, model_id: str) -> None:
+    """vLLM's truncate_prompt_tokens (extra): only the prompt's last k tokens reach the model (and the echo);
+    -1 keeps as many as the context holds."""
+    plain = complete(client, model_id, FRANCE_PROMPT)
+    cut = complete(
+        client, model_id, STORY_PROMPT_IDS + FRANCE_PROMPT_IDS, echo=True,  # type: ignore[arg-type]
+        extra_body={"truncate_prompt_tokens": len(FRANCE_PROMPT_IDS)},
+    )  # fmt: skip
+    assert cut.usage is not None and cut.usage.prompt_tokens == len(FRANCE_PROMPT_IDS)
+    assert cut.choices[0].text == FRANCE_PROMPT + plain.choices[0].text
+    whole = chat(client, model_id, user(FRANCE_QUESTION), max_tokens=1)
+    assert whole.usage is not None
+    kept = chat(
+        client, model_id, user(FRANCE_QUESTION), max_tokens=1, extra_body={"truncate_prompt_tokens": 3}
+    )
+    unlimited = chat(
+        client, model_id, user(FRANCE_QUESTION), max_tokens=1, extra_body={"truncate_prompt_tokens": -1}
+    )
+    assert kept.usage is not None and kept.usage.prompt_tokens == 3
+    assert unlimited.usage is not None and unlimited.usage.prompt_tokens == whole.usage.prompt_tokens
+
+
+def test_return_tokens_as_token_ids_names_tokens_by_id(client: openai.OpenAI, model_id: str) -> None:
+    """vLLM's return_tokens_as_token_ids (extra): logprobs name each token "token_id:<id>"; chat's bytes stay
+    the token's own, so they still spell the answer."""
+    text = complete(
+        client, model_id, FRANCE_PROMPT, echo=True, max_tokens=2, logprobs=1,
+        extra_body={"return_tokens_as_token_ids": True},
+    ).choices[0]  # fmt: skip
+    assert text.logprobs is not None and text.logprobs.tokens is not None
+    assert text.logprobs.tokens[:5] == [f"token_id:{i}" for i in FRANCE_PROMPT_IDS]
+    assert all(t.startswith("token_id:") for t in text.logprobs.tokens)
+    for top in text.logprobs.top_logprobs or []:
+        assert top is None or all(t.startswith("token_id:") for t in top), top
+    got = chat(
+        client, model_id, user(FRANCE_QUESTION), logprobs=True, top_logprobs=2,
+        extra_body={"return_tokens_as_token_ids": True},
+    ).choices[0]  # fmt: skip
+    assert got.logprobs is not None and got.logprobs.content
+    for entry in got.logprobs.content:
+        assert entry.token.startswith("token_id:") and entry.token[9:].isdigit(), entry
+        assert all(alt.token.startswith("token_id:") for alt in entry.top_logprobs), entry
+    spelled = bytes(b for entry in got.logprobs.content for b in entry.bytes or [])
+    assert spelled.decode().removesuffix("<|im_end|>") == got.message.content  # the end's token too
+
+
 def test_completions_follow_response_format(client: openai.OpenAI, model_id: str) -> None:
     got = client.completions.create(
         model=model_id, prompt="A person as JSON:", max_tokens=60, temperature=0,

@@ -16,8 +16,8 @@ from shared_engine.sampler import (
     HEAD_TOKENS,
     RequestSampler,
     apply_logits_processors,
-    bar_stop_tokens,
-    rows_short_of_min_tokens,
+    bar_tokens,
+    barred_rows,
     sample,
 )
 from shared_engine.sampling_params import SamplingParams
@@ -184,10 +184,10 @@ def test_min_tokens_bars_the_stop_tokens_until_enough_are_out(
     params = SamplingParams(**{"min_tokens": 2, "stop_token_ids": (3,), **extra})
     sampler = RequestSampler(params, CPU, eos_token_ids={0})
     for out, bars in (([], True), ([1], True), ([1, 2], False)):
-        short = rows_short_of_min_tokens([sampler], [out])
-        assert short == ([0] if bars else [])
+        rows = barred_rows([sampler], [out])
+        assert [row for row, _ in rows] == ([0] if bars else [])
         logits = LOGITS.clone()
-        bar_stop_tokens(logits, short, [sampler] * len(short))
+        bar_tokens(logits, rows)
         expected = LOGITS.clone()
         if bars:
             expected[0, barred] = float("-inf")
@@ -199,9 +199,22 @@ def test_when_only_a_stop_token_is_left_min_tokens_lets_it_through() -> None:
     nothing to draw, so the end wins."""
     sampler = RequestSampler(SamplingParams(temperature=0, min_tokens=5), CPU, eos_token_ids={0})
     only_the_end = torch.tensor([[1.0, float("-inf"), float("-inf"), float("-inf")]])
-    bar_stop_tokens(only_the_end, [0], [sampler])
+    bar_tokens(only_the_end, barred_rows([sampler], [[]]))
     assert torch.equal(only_the_end, torch.tensor([[1.0, float("-inf"), float("-inf"), float("-inf")]]))
     assert sample(only_the_end, [sampler])[0] == [0]
+
+
+def test_bad_words_bar_a_one_token_word_everywhere_and_a_longer_ones_last_token_after_the_rest() -> None:
+    sampler = RequestSampler(SamplingParams(bad_words_token_ids=((2,), (1, 3), (0, 1, 3))), CPU)
+    for out, barred in (([], [2]), ([1], [2, 3]), ([0, 1], [2, 3, 3]), ([1, 0], [2]), ([3, 1], [2, 3])):
+        rows = barred_rows([sampler], [out])
+        assert rows == [(0, barred)], out
+        logits = LOGITS.clone()
+        bar_tokens(logits, rows)
+        expected = LOGITS.clone()
+        expected[0, barred] = float("-inf")
+        assert torch.equal(logits, expected), (out, logits)
+    assert barred_rows([RequestSampler(SamplingParams(), CPU)], [[1, 3]]) == []
 
 
 def test_allowed_token_ids_are_all_that_can_be_drawn() -> None:

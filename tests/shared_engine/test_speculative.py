@@ -4,6 +4,7 @@ distribution; the scheduler reserves room for guesses only where they can be use
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,30 @@ def test_min_tokens_counts_the_guesses_before_each_row(
     expected = make_engine(model, tokenizer, None).generate([prompt], past_it)
     assert engine.generate([prompt], past_it) == expected
     assert engine.stats().spec_num_draft_tokens > 0
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft_model"])
+def test_bad_words_see_the_guesses_before_each_row(
+    method: str,
+    model: Any,
+    draft: Any,
+    tokenizer: Any,
+    prompt_ids: list[list[int]],
+    reference: list[list[int]],
+) -> None:
+    """A bad word's last token is barred in row j where the output and the first j guesses end with the
+    rest of it: greedy output with bad words is what decoding one token at a time gives, and never holds
+    them."""
+    pair = tuple(reference[0][2:4])
+    single = next(t for t in reference[1] if t not in pair)
+    params = replace(GREEDY, bad_words_token_ids=(pair, (single,)))
+    expected = make_engine(model, tokenizer, None).generate(prompt_ids, params)
+    assert expected != reference
+    for out in expected:
+        assert single not in out and pair not in itertools.pairwise(out), out
+    engine = guessing_engine(method, model, draft, tokenizer)
+    assert engine.generate(prompt_ids, params) == expected
+    assert engine.stats().spec_num_accepted_tokens > 0
 
 
 @pytest.mark.parametrize("method", ["ngram", "draft_model"])
