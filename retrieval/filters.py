@@ -10,7 +10,7 @@ compares numbers with numbers and strings with strings, and a document without t
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,9 @@ from shared_engine.errors import InvalidRequest
 COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin")
 COMPOUNDS = ("and", "or")
 MAX_DEPTH = 8
+# Comparisons and listed values in one filter, at most: bounds the query's size and its work per document.
+MAX_COMPARISONS = 256
+MAX_VALUES = 10_000
 # What SQLite can compare a value with: its integers are 64-bit.
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 _SQL_ORDER = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
@@ -54,8 +57,32 @@ def _scalar(value: Any, where: str, param: str) -> Scalar:
     raise _invalid(f"{where}: value must be a string, number or boolean, got {json.dumps(value)}", param)
 
 
-def parse_filter(data: Any, param: str = "filters", depth: int = 0) -> Filter:
-    """A filter from its JSON form (OpenAI's shape); InvalidRequest naming ``param`` if malformed."""
+def parse_filter(data: Any, param: str = "filters") -> Filter:
+    """A filter from its JSON form (OpenAI's shape); InvalidRequest naming ``param`` if malformed or
+    larger than ``MAX_COMPARISONS`` comparisons or ``MAX_VALUES`` values."""
+    parsed = _parse(data, param, 0)
+    _check_size(parsed, param)
+    return parsed
+
+
+def _check_size(f: Filter, param: str) -> None:
+    leaves = list(_comparisons(f))
+    if len(leaves) > MAX_COMPARISONS:
+        raise _invalid(f"{param} holds {len(leaves)} comparisons, more than {MAX_COMPARISONS}", param)
+    values = sum(len(c.value) if isinstance(c.value, tuple) else 1 for c in leaves)
+    if values > MAX_VALUES:
+        raise _invalid(f"{param} lists {values} values, more than {MAX_VALUES}", param)
+
+
+def _comparisons(f: Filter) -> Iterator[Comparison]:
+    if isinstance(f, Comparison):
+        yield f
+    else:
+        for part in f.filters:
+            yield from _comparisons(part)
+
+
+def _parse(data: Any, param: str, depth: int) -> Filter:
     if not isinstance(data, Mapping):
         raise _invalid(f"{param} must be an object", param)
     if depth > MAX_DEPTH:
@@ -65,7 +92,7 @@ def parse_filter(data: Any, param: str = "filters", depth: int = 0) -> Filter:
         items = data.get("filters")
         if not isinstance(items, list) or not items:
             raise _invalid(f"{param}: an `{kind}` filter needs a non-empty `filters` list", param)
-        return Compound(kind, tuple(parse_filter(f, param, depth + 1) for f in items))
+        return Compound(kind, tuple(_parse(f, param, depth + 1) for f in items))
     if kind not in COMPARISONS:
         raise _invalid(
             f"{param}: type must be one of {', '.join(COMPARISONS + COMPOUNDS)}, got {kind!r}", param
@@ -89,7 +116,11 @@ def parse_filter(data: Any, param: str = "filters", depth: int = 0) -> Filter:
 def from_equalities(where: Mapping[str, Any]) -> Filter | None:
     """The filter of a ``{"key": value}`` object: every field equal (None when it is empty)."""
     parts = tuple(Comparison(k, "eq", v) for k, v in where.items())
-    return Compound("and", parts) if parts else None
+    if not parts:
+        return None
+    combined = Compound("and", parts)
+    _check_size(combined, "filter")
+    return combined
 
 
 def as_filter(where: Filter | Mapping[str, Any]) -> Filter | None:
@@ -107,37 +138,61 @@ def to_json(f: Filter) -> dict[str, Any]:
 
 def to_sql(f: Filter, column: str) -> tuple[str, list[Any]]:
     """A SQL condition on the JSON object in ``column`` that holds where the filter does, and its
-    parameters."""
+    parameters.
+
+    Keys are looked up among the object's own (``json_each`` decodes them), not through a JSON path,
+    which cannot name every key (a quote, a backslash; a non-ASCII key as ``json.dumps`` escapes it)."""
     if isinstance(f, Compound):
         parts = [to_sql(p, column) for p in f.filters]
         joiner = " AND " if f.op == "and" else " OR "
-        return "(" + joiner.join(sql for sql, _ in parts) + ")", [p for _, ps in parts for p in ps]
-    path = f'$."{f.key}"'
+        return _balanced([sql for sql, _ in parts], joiner), [p for _, ps in parts for p in ps]
     if f.op in ("in", "nin"):
         assert isinstance(f.value, tuple)
-        equal = [_equal_sql(column, path, v) for v in f.value]
-        sql = "(" + " OR ".join(s for s, _ in equal) + ")"
-        params = [p for _, ps in equal for p in ps]
-        return (sql if f.op == "in" else f"NOT {sql}"), params
-    assert not isinstance(f.value, tuple)
-    if f.op in ("eq", "ne"):
-        sql, params = _equal_sql(column, path, f.value)
-        return (sql if f.op == "eq" else f"NOT {sql}"), params
-    kinds = ("text",) if isinstance(f.value, str) else ("integer", "real")
-    marks = ", ".join("?" * len(kinds))
-    sql = f"(json_type({column}, ?) IN ({marks}) AND json_extract({column}, ?) {_SQL_ORDER[f.op]} ?)"
-    return sql, [path, *kinds, path, f.value]
+        condition, params = _one_of_sql(f.value)
+    elif f.op in ("eq", "ne"):
+        assert not isinstance(f.value, tuple)
+        condition, params = _equal_sql(f.value)
+    else:
+        assert not isinstance(f.value, tuple)
+        kinds = _TEXT if isinstance(f.value, str) else _NUMBER
+        condition, params = f"type IN {kinds} AND value {_SQL_ORDER[f.op]} ?", [f.value]
+    # A document without the key has no such entry: `ne` and `nin` admit it, the others do not.
+    sql = f"EXISTS (SELECT 1 FROM json_each({column}) WHERE key = ? AND {condition})"
+    return (f"NOT {sql}" if f.op in ("ne", "nin") else sql), [f.key, *params]
 
 
-def _equal_sql(column: str, path: str, value: Any) -> tuple[str, list[Any]]:
-    # SQLite stores true as 1: compare JSON types too, so that true never matches 1. coalesce: a missing
-    # key compares as NULL, and NOT NULL would drop the document from `ne` instead of admitting it.
+_TEXT, _NUMBER = "('text')", "('integer', 'real')"
+
+
+def _balanced(parts: list[str], joiner: str) -> str:
+    """``parts`` joined by ``joiner``, nested by halves: SQLite bounds an expression's depth (1,000), and a
+    flat chain of n terms is n deep."""
+    if len(parts) == 1:
+        return parts[0]
+    half = len(parts) // 2
+    return f"({_balanced(parts[:half], joiner)}{joiner}{_balanced(parts[half:], joiner)})"
+
+
+def _equal_sql(value: Any) -> tuple[str, list[Any]]:
+    # An entry's value for true is 1: compare JSON types too, so that true never matches 1.
     if isinstance(value, bool):
-        return f"coalesce(json_type({column}, ?) = ?, 0)", [path, "true" if value else "false"]
-    if isinstance(value, dict | list):  # arrays/objects come back minified
-        return f"coalesce(json_extract({column}, ?) = ?, 0)", [path, json.dumps(value, separators=(",", ":"))]
-    kind = {int: "integer", float: "real"}.get(type(value), "text")
-    kinds = ("integer", "real") if kind != "text" else ("text",)
-    marks = ", ".join("?" * len(kinds))
-    sql = f"coalesce(json_extract({column}, ?) = ? AND json_type({column}, ?) IN ({marks}), 0)"
-    return sql, [path, value, path, *kinds]
+        return "type = ?", ["true" if value else "false"]
+    if isinstance(value, dict | list):  # arrays and objects come back minified
+        return "type IN ('array', 'object') AND value = ?", [json.dumps(value, separators=(",", ":"))]
+    kinds = _TEXT if isinstance(value, str) else _NUMBER
+    return f"type IN {kinds} AND value = ?", [value]
+
+
+def _one_of_sql(values: tuple[Scalar, ...]) -> tuple[str, list[Any]]:
+    """An entry equal to any of ``values``: one ``IN`` list per JSON type, however many values."""
+    flags = sorted({"true" if v else "false" for v in values if isinstance(v, bool)})
+    texts = [v for v in values if isinstance(v, str)]
+    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    parts: list[str] = []
+    params: list[Any] = []
+    for kinds, group in (("", flags), (_TEXT, texts), (_NUMBER, numbers)):
+        if group:
+            marks = ", ".join("?" * len(group))
+            parts.append(f"type IN ({marks})" if not kinds else f"(type IN {kinds} AND value IN ({marks}))")
+            params += group
+    return "(" + " OR ".join(parts) + ")", params

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from retrieval.filters import from_equalities, parse_filter, to_json, to_sql
+from retrieval.filters import MAX_COMPARISONS, MAX_VALUES, from_equalities, parse_filter, to_json, to_sql
 from shared_engine.errors import InvalidRequest
 
 ROWS: dict[str, dict[str, Any]] = {
@@ -18,14 +18,17 @@ ROWS: dict[str, dict[str, Any]] = {
     "c": {"year": "2020", "topic": "space"},
     "d": {"topic": "music", "public": 1},
     "e": {},
+    "f": {"größe": 3, "类别": "hr", 'a"b': 1, "a\\b": "x"},
 }
 
 
-def admitted(data: dict[str, Any]) -> set[str]:
+def admitted(data: dict[str, Any] | Any) -> set[str]:
+    """The rows a filter (its JSON form, or one already parsed) admits, with metadata stored as the store
+    stores it (``json.dumps``: non-ASCII keys escaped)."""
     db = sqlite3.connect(":memory:")
     db.execute("CREATE TABLE t (id TEXT, metadata TEXT)")
     db.executemany("INSERT INTO t VALUES (?, ?)", [(k, json.dumps(v)) for k, v in ROWS.items()])
-    condition, params = to_sql(parse_filter(data), "metadata")
+    condition, params = to_sql(parse_filter(data) if isinstance(data, dict) else data, "metadata")
     return {r[0] for r in db.execute(f"SELECT id FROM t WHERE {condition}", params)}
 
 
@@ -35,13 +38,18 @@ def admitted(data: dict[str, Any]) -> set[str]:
         ({"type": "eq", "key": "year", "value": 2020}, {"a"}),  # the string "2020" is not 2020
         ({"type": "eq", "key": "year", "value": "2020"}, {"c"}),
         ({"type": "eq", "key": "public", "value": True}, {"a"}),  # 1 is not true
-        ({"type": "ne", "key": "topic", "value": "space"}, {"b", "d", "e"}),  # missing keys are not equal
+        (
+            {"type": "ne", "key": "topic", "value": "space"},
+            {"b", "d", "e", "f"},
+        ),  # missing keys are not equal
         ({"type": "gt", "key": "year", "value": 2020}, {"b"}),
         ({"type": "gte", "key": "score", "value": 3}, {"a", "b"}),
         ({"type": "lt", "key": "score", "value": 4.5}, {"b"}),
         ({"type": "lte", "key": "topic", "value": "music"}, {"b", "d"}),  # strings order as strings
         ({"type": "in", "key": "topic", "value": ["food", "music"]}, {"b", "d"}),
-        ({"type": "nin", "key": "topic", "value": ["food", "music"]}, {"a", "c", "e"}),
+        ({"type": "nin", "key": "topic", "value": ["food", "music"]}, {"a", "c", "e", "f"}),
+        ({"type": "in", "key": "public", "value": [False, 4.5, "x"]}, {"b"}),  # typed as JSON is
+        ({"type": "in", "key": "score", "value": [True, 3, "4.5"]}, {"b"}),
         (
             {
                 "type": "or",
@@ -63,6 +71,43 @@ def admitted(data: dict[str, Any]) -> set[str]:
 def test_filters_admit_what_openai_documents(data: dict[str, Any], expected: set[str]) -> None:
     assert admitted(data) == expected
     assert to_json(parse_filter(data)) == data
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("größe", 3), ("类别", "hr"), ('a"b', 1), ("a\\b", "x")],
+    ids=["latin", "cjk", "quote", "backslash"],
+)
+def test_any_key_can_be_compared(key: str, value: Any) -> None:
+    """Keys a JSON path cannot name as stored (escaped non-ASCII, a quote, a backslash) still match."""
+    assert admitted({"type": "eq", "key": key, "value": value}) == {"f"}
+    assert admitted({"type": "ne", "key": key, "value": value}) == set(ROWS) - {"f"}
+    assert admitted({"type": "in", "key": key, "value": [value, "other"]}) == {"f"}
+    equalities = from_equalities({key: value})
+    assert equalities is not None and admitted(equalities) == {"f"}
+
+
+def test_wide_filters_are_answered_and_the_widest_refused() -> None:
+    """SQLite bounds an expression's depth (1,000): long lists and many comparisons still make a query."""
+    many = [*range(3000, 3000 + MAX_VALUES - 1), 2021]
+    assert admitted({"type": "in", "key": "year", "value": many}) == {"b"}
+    assert admitted({"type": "nin", "key": "year", "value": many}) == set(ROWS) - {"b"}
+    alternatives = [
+        {"type": "eq", "key": "year", "value": y} for y in range(3000, 3000 + MAX_COMPARISONS - 1)
+    ]
+    assert admitted(
+        {"type": "or", "filters": [*alternatives, {"type": "eq", "key": "topic", "value": "music"}]}
+    ) == {"d"}
+    equalities = from_equalities({f"k{i}": i for i in range(MAX_COMPARISONS - 1)} | {"topic": "music"})
+    assert equalities is not None and admitted(equalities) == set()
+    with pytest.raises(InvalidRequest, match="comparisons") as info:
+        parse_filter({"type": "and", "filters": [*alternatives, *alternatives]})
+    assert info.value.param == "filters"
+    with pytest.raises(InvalidRequest, match="values"):
+        parse_filter({"type": "in", "key": "year", "value": [*many, 1]})
+    with pytest.raises(InvalidRequest, match="comparisons") as info:
+        from_equalities({f"k{i}": i for i in range(MAX_COMPARISONS + 1)})
+    assert info.value.param == "filter"
 
 
 def test_equalities_are_an_and_of_eq() -> None:
