@@ -17,6 +17,7 @@ import soundfile as sf
 from torch import nn
 
 from pipelines.asr import ASRPipeline, ASRPipelineConfig, AudioTooShort, Transcription, decode_audio
+from pipelines.asr import audio as audio_module
 from pipelines.asr.audio import SAMPLE_RATE, resample
 from pipelines.asr.decoding import SuppressTokens
 from pipelines.sources import resolve_source
@@ -157,8 +158,9 @@ def test_refusals(tiny: ASRPipeline) -> None:
         asyncio.run(tiny.transcribe("t", audio, language="fr"))
     with pytest.raises(InvalidRequest, match="empty"):
         decode_audio(b"", 60)
-    with pytest.raises(InvalidRequest, match="could not read the audio"):
+    with pytest.raises(InvalidRequest, match="could not read the audio") as unreadable:
         decode_audio(b"this is not audio at all" * 10, 60)
+    assert "Format not recognised" in str(unreadable.value) and "BytesIO" not in str(unreadable.value)
     wav = io.BytesIO()
     sf.write(wav, np.zeros(SAMPLE_RATE * 3, dtype=np.float32), SAMPLE_RATE, format="WAV")
     with pytest.raises(PayloadTooLarge, match="limit of 2 s"):
@@ -231,6 +233,35 @@ def test_any_sample_rate_and_channels_decode_to_16k_mono() -> None:
     out = decode_audio(buf.getvalue(), 60)
     assert out.dtype == np.float32 and out.ndim == 1
     assert len(out) == pytest.approx(len(audio), rel=0.01)
+
+
+def _flac(samples: np.ndarray, rate: int) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, rate, format="FLAC", subtype="PCM_24")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("rate", [44_100, 4_001, 47_999], ids=["sinc", "polyphase-low", "polyphase-high"])
+def test_audio_read_block_by_block_equals_audio_read_whole(
+    rate: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks of a few thousand frames, mixed down and resampled one at a time, join into what resampling
+    the whole file gives: at the usual rates with torchaudio, at rates sharing few factors with 16 kHz
+    (whose sinc filter would take gigabytes) with the polyphase filter."""
+    seconds = 3.3
+    t = np.arange(round(seconds * rate)) / rate
+    left = 0.4 * np.sin(2 * np.pi * (200 + 100 * t) * t)  # a chirp, so that a misplaced block shows
+    right = 0.2 * np.sin(2 * np.pi * 700 * t)
+    data = _flac(np.stack([left, right], axis=1).astype(np.float32), rate)
+    whole = decode_audio(data, 60)
+    monkeypatch.setattr(audio_module, "BLOCK_SAMPLES", 2 * 4_096)
+    blocks = decode_audio(data, 60)
+    assert len(blocks) == len(whole) == int(np.ceil(len(t) * SAMPLE_RATE / rate))
+    np.testing.assert_allclose(blocks, whole, atol=2e-5)
+    # And the signal is the chirp and tone mixed down, at 16 kHz (away from the edges' filter ramps).
+    t16 = np.arange(len(whole)) / SAMPLE_RATE
+    expected = (0.4 * np.sin(2 * np.pi * (200 + 100 * t16) * t16) + 0.2 * np.sin(2 * np.pi * 700 * t16)) / 2
+    np.testing.assert_allclose(whole[800:-800], expected[800:-800], atol=5e-3)
 
 
 @pytest.fixture(scope="module")
