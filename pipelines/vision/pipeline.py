@@ -3,6 +3,7 @@ micro-batched forward."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -109,16 +110,23 @@ class VisionPipeline:
         short side stays >= ``resize``."""
         return load_image(data, self.config.max_pixels, draft_size=self.config.resize)
 
-    async def run(self, images: Sequence[Image.Image]) -> list[VisionOutput]:
-        """Features and logits of each image, batched with whatever else is waiting."""
+    async def run(self, images: Sequence[Image.Image | bytes]) -> list[VisionOutput]:
+        """Features and logits of each image (or upload, decoded here), batched with whatever else is
+        waiting."""
         if not images:
             return []
         # Preprocessing is a step of its own, not part of the batch: an odd image fails before it is
-        # queued. It runs on the compute lane because resizing is torch work too.
-        tensors = await self.lane.run_async(self.transform.batch, images)
+        # queued. Each upload is decoded and brought to the model's size before the next is decoded, so a
+        # request of many large images holds one at full size (each may be 40 megapixels, 120 MB of RGB).
+        # Resizing runs on the compute lane because it is torch work too.
+        tensors = []
+        for image in images:
+            if isinstance(image, bytes):
+                image = await asyncio.to_thread(self.open_image, image)
+            tensors.append(await self.lane.run_async(self.transform, image))
         return await self.batcher.submit(tensors)
 
-    async def classify(self, images: Sequence[Image.Image], top_k: int = 5) -> list[list[Label]]:
+    async def classify(self, images: Sequence[Image.Image | bytes], top_k: int = 5) -> list[list[Label]]:
         """The ``top_k`` most probable classes of each image, most probable first."""
         self.check_top_k(top_k)
         return [self.top_labels(out.logits, top_k) for out in await self.run(images)]
@@ -131,7 +139,7 @@ class VisionPipeline:
                 f"top_k must be an integer from 1 to {classes}, got {top_k!r}", param="top_k"
             )
 
-    async def embed(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
+    async def embed(self, images: Sequence[Image.Image | bytes]) -> list[np.ndarray]:
         """L2-normalised float32 image embeddings of ``dimensions`` values."""
         vectors = []
         for out in await self.run(images):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +55,3 @@ class ImageTransform:
         mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
         return ((pixels - mean) / std).contiguous()
-
-    def batch(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
-        return [self(image) for image in images]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
-from PIL import Image
 
 from pipelines.vision import Label, VisionPipeline, VisionPipelineConfig
 from services.config.models import ModelSpec
@@ -46,15 +44,11 @@ class VisionService:
     def is_alive(self) -> bool:
         return self.pipeline.is_alive
 
-    async def _open(self, images: Sequence[bytes]) -> list[Image.Image]:
-        return await asyncio.to_thread(lambda: [self.pipeline.open_image(b) for b in images])
-
     async def classify(self, images: Sequence[bytes], top_k: int) -> list[list[Label]]:
-        self.pipeline.check_top_k(top_k)  # before any image is decoded
-        return await timed(self.pipeline.classify(await self._open(images), top_k))
+        return await timed(self.pipeline.classify(images, top_k))  # top_k checked before any decoding
 
     async def embed_images(self, images: Sequence[bytes]) -> list[np.ndarray]:
-        return await timed(self.pipeline.embed(await self._open(images)))
+        return await timed(self.pipeline.embed(images))
 
     def stats(self) -> BatchStats:
         return self.pipeline.stats()

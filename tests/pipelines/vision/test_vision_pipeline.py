@@ -135,6 +135,22 @@ async def test_every_format_classifies_alike(
     assert len(set(tops)) == 1, tops
 
 
+async def test_uploads_are_decoded_here_as_open_image_would(
+    pipeline: VisionPipeline, photos: dict[str, Image.Image]
+) -> None:
+    """Uploads (bytes) are decoded one at a time inside the pipeline: the same scores as images decoded
+    beforehand, and one that cannot be decoded fails the request before anything is queued."""
+    uploads = [encode(photos[name], "PNG") for name in ("chelsea", "coffee")]
+    decoded = [pipeline.open_image(data) for data in uploads]
+    for a, b in zip(await pipeline.embed(uploads), await pipeline.embed(decoded), strict=True):
+        assert np.allclose(a, b, atol=1e-6)
+    assert await pipeline.classify(uploads, 2) == await pipeline.classify(decoded, 2)
+    submitted = pipeline.stats().items
+    with pytest.raises(InvalidRequest):
+        await pipeline.embed([uploads[0], b"not an image"])
+    assert pipeline.stats().items == submitted
+
+
 async def test_base64_and_data_url_uploads(pipeline: VisionPipeline, photos: dict[str, Image.Image]) -> None:
     data = encode(photos["coffee"], "JPEG", quality=90)
     plain = base64.b64encode(data).decode()
