@@ -6,11 +6,14 @@ from shared_engine.errors import EngineError
 
 
 class ModelNotFound(EngineError):
-    def __init__(self, model: str, task: str | None = None) -> None:
+    """No such model (of that task); ``param`` is the request field that named it."""
+
+    def __init__(self, model: str, task: str | None = None, param: str = "model") -> None:
         article = "an" if task and task[0] in "aeiou" else "a"
         what = f"{article} {task} model" if task else "a model"
         super().__init__(f"The model `{model}` does not exist or is not {what} served here.")
         self.model = model
+        self.param = param
 
 
 class ServiceUnavailable(EngineError):

@@ -98,7 +98,7 @@ def error_body(exc: BaseException) -> tuple[int, ErrorResponse]:
             404,
             "invalid_request_error",
             str(exc),
-            "model",
+            exc.param,
             "model_not_found",
         )
     elif isinstance(exc, CollectionNotFound):

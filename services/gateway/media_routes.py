@@ -143,6 +143,13 @@ async def _image_request(request: Request[Any, Any, Any], schema: type[_Body]) -
     try:
         raw = await request.json()
     except SerializationException:
+        kind = request.content_type[0]
+        if kind.startswith(("image/", "application/octet-stream")):  # the image itself as the body
+            raise InvalidRequest(
+                "send the image as a multipart form's `file` or a JSON body's `image`, "
+                f"not as the body itself ({kind})",
+                param="image",
+            ) from None
         raise InvalidRequest(_not_json(await request.body()), param=None) from None
     if not isinstance(raw, dict):
         raise InvalidRequest("the body must be a JSON object or a multipart form", param=None)

@@ -32,10 +32,14 @@ def candidates(top_k: int) -> int:
     return max(top_k, min(max(top_k * CANDIDATE_FACTOR, MIN_CANDIDATES), MAX_CANDIDATES))
 
 
-def reranker(registry: ModelRegistry, model: str | None, param: str) -> Reranker:
-    """The named rerank model, or the first configured; a 400 naming ``param`` when there is none."""
+def reranker(registry: ModelRegistry, model: str | None, param: str, model_param: str = "model") -> Reranker:
+    """The rerank model named by the request's ``model_param``, or the first configured; a 400 naming
+    ``param`` when there is none."""
     if model is not None:
-        return registry.rerank(model)
+        try:
+            return registry.rerank(model)
+        except ModelNotFound as exc:
+            raise ModelNotFound(model, "rerank", model_param) from exc
     try:
         return registry.rerank(registry.default_model("rerank"))
     except ModelNotFound:
@@ -52,7 +56,7 @@ def requested(
         return None
     if image is not None:
         raise InvalidRequest("rerank applies to text queries, not to image queries", param="rerank")
-    return reranker(registry, model, "rerank")
+    return reranker(registry, model, "rerank", "rerank_model")
 
 
 async def rerank_results(

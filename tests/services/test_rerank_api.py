@@ -136,10 +136,10 @@ def test_rag_reranked_cites_the_answer_first_with_reranker_scores(
 @pytest.mark.parametrize(
     ("path", "extra", "status", "param"),
     [
-        ("/v1/retrieval/query", {"rerank": True, "rerank_model": "no-such-model"}, 404, "model"),
+        ("/v1/retrieval/query", {"rerank": True, "rerank_model": "no-such-model"}, 404, "rerank_model"),
         ("/v1/retrieval/query", {"rerank_model": RERANKER}, 400, "rerank_model"),
         ("/v1/retrieval/query", {"rerank": True, "image": "aGVsbG8="}, 400, "rerank"),
-        ("/v1/rag", {"rerank": True, "rerank_model": "all-minilm-l6-v2"}, 404, "model"),
+        ("/v1/rag", {"rerank": True, "rerank_model": "all-minilm-l6-v2"}, 404, "rerank_model"),
         ("/v1/rag", {"rerank_model": RERANKER}, 400, "rerank_model"),
     ],
 )

@@ -747,6 +747,14 @@ def bad_inputs() -> list[Any]:
         ("list-with-a-number", EMBED, lambda: {"json": {"image": [cat, 7]}}, 400, "image", ""),
         ("list-with-bad-image", EMBED, lambda: {"json": {"image": [cat, b64(b"nope")]}}, 400, "image", ""),
         ("json-array-body", CLASSIFY, lambda: {"json": [cat]}, 400, None, "JSON object"),
+        (
+            "image-as-the-body",
+            CLASSIFY,
+            lambda: {"content": cat_jpeg, "headers": {"content-type": "image/jpeg"}},
+            400,
+            "image",
+            "not as the body itself (image/jpeg)",
+        ),
         ("no-body", EMBED, lambda: {}, 400, None, ""),
         (
             "form-without-file",
