@@ -130,7 +130,7 @@ async def create(service: Chat, body: ChatCompletionRequest) -> ChatCompletion |
     guided = guided or plan.guided
     choices = [
         ChoiceSpec(prompt_ids, sampling_params(body, max_tokens, logprobs, i, service, guided))
-        for i in range(body.n)
+        for i in range(body.num_choices)
     ]
     request_id = new_id("chatcmpl")
     outputs = await start_choices(service, request_id, choices)
@@ -138,7 +138,7 @@ async def create(service: Chat, body: ChatCompletionRequest) -> ChatCompletion |
         chunk = ChunkWriter(request_id, "chat.completion.chunk", body.model, wants_usage(body))
         return stream_chat(service, body, chunk, outputs, plan)
 
-    results, usage = await collect(outputs, body.n, lambda i: 0)
+    results, usage = await collect(outputs, body.num_choices, lambda i: 0)
     out = []
     for i, r in enumerate(results):
         message, reason = _message(r, plan)

@@ -60,8 +60,8 @@ async def stream_chat(
     outputs: GroupOutputs,
     plan: ToolPlan,
 ) -> AsyncIterator[bytes]:
-    parsers = [ToolCallParser() if plan.active else None for _ in range(body.n)]
-    for i in range(body.n):
+    parsers = [ToolCallParser() if plan.active else None for _ in range(body.num_choices)]
+    for i in range(body.num_choices):
         role = {"role": "assistant", "content": None if plan.active else ""}
         yield chunk([{"index": i, "delta": role, "logprobs": None, "finish_reason": None}])
     tally = UsageTally()

@@ -129,7 +129,7 @@ async def create(service: Chat, body: CompletionRequest) -> Completion | AsyncIt
             raise ContextLengthExceeded(len(ids), 0, service.max_model_len)
         # A prompt alone is computed as for one token, which is then dropped.
         max_tokens = service.resolve_max_tokens(1 if prompt_only else body.max_tokens, len(ids), "prompt")
-        for j in range(body.n):
+        for j in range(body.num_choices):
             params = sampling_params(body, max_tokens, body.logprobs, j, service, guided, scores)
             choices.append(ChoiceSpec(ids, params))
     request_id = new_id("cmpl")
@@ -139,7 +139,8 @@ async def create(service: Chat, body: CompletionRequest) -> Completion | AsyncIt
         chunk = ChunkWriter(request_id, "text_completion", body.model, wants_usage(body))
         return _stream(service, body, chunk, outputs, echo)
 
-    results, usage = await collect(outputs, len(choices), lambda i: i // body.n, UsageTally(not prompt_only))
+    tally = UsageTally(not prompt_only)
+    results, usage = await collect(outputs, len(choices), lambda i: i // body.num_choices, tally)
     return Completion(
         id=request_id,
         created=now(),
@@ -217,7 +218,7 @@ async def _stream(
     echoed = [not e for e in echo.text]
     tally = UsageTally(not echo.prompt_only)
     async for i, out in outputs:
-        tally.add(i // body.n, i, out)
+        tally.add(i // body.num_choices, i, out)
         if not echoed[i]:  # the prompt, scored if asked, before the first text generated
             echoed[i] = True
             lp = echo.logprobs(i, [], out.prompt_logprobs)

@@ -82,8 +82,9 @@ class SamplingFields(Struct, kw_only=True):
     seed: Seed | None = None
     stop: Stop = None
     stop_token_ids: list[int] | None = None
-    n: N = 1
-    stream: bool = False
+    # OpenAI's types allow null for these, meaning the default (the SDK sends null for an explicit None).
+    n: N | None = 1
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
     presence_penalty: Penalty | None = None
@@ -109,12 +110,16 @@ class SamplingFields(Struct, kw_only=True):
     # vLLM's extra: each prompt token's log-probability with this many alternatives, in ``prompt_logprobs``.
     prompt_logprobs: TopLogprobs | None = None
 
+    @property
+    def num_choices(self) -> int:
+        return 1 if self.n is None else self.n
+
 
 class ChatCompletionRequest(SamplingFields, kw_only=True):
     messages: Annotated[list[ChatMessage], Meta(min_length=1)]
     max_tokens: MaxTokens | None = None
     max_completion_tokens: MaxTokens | None = None
-    logprobs: bool = False
+    logprobs: bool | None = False
     top_logprobs: TopLogprobs | None = None
     tools: list[Tool] | None = None
     tool_choice: ToolChoice = None
@@ -130,7 +135,7 @@ class CompletionRequest(SamplingFields, kw_only=True):
     # 0 (with echo): only the prompt back, scored with logprobs.
     max_tokens: Annotated[int, Meta(ge=0)] | None = 16
     logprobs: TopLogprobs | None = None
-    echo: bool = False
+    echo: bool | None = False
     suffix: str | None = None
 
 

@@ -554,6 +554,30 @@ def test_bad_words_are_never_completed(client: openai.OpenAI, model_id: str, par
     assert said and "capital of" not in said and " capital" in said, said
 
 
+def test_null_means_the_default_where_openai_allows_it(http: httpx.Client, model_id: str) -> None:
+    """OpenAI types n, stream, logprobs and echo as nullable: the SDK sends null for an explicit None."""
+    nulls = {"n": None, "stream": None}
+    chat = http.post(
+        "/v1/chat/completions",
+        json={
+            "model": model_id,
+            "messages": user(FRANCE_QUESTION),
+            "max_tokens": 2,
+            "logprobs": None,
+            **nulls,
+        },
+    )
+    assert chat.status_code == 200, chat.text
+    assert len(chat.json()["choices"]) == 1 and chat.json()["choices"][0]["logprobs"] is None
+    text = http.post(
+        "/v1/completions",
+        json={"model": model_id, "prompt": FRANCE_PROMPT, "max_tokens": 2, "echo": None, **nulls},
+    )
+    assert text.status_code == 200, text.text
+    (choice,) = text.json()["choices"]
+    assert not choice["text"].startswith(FRANCE_PROMPT), choice  # no echo
+
+
 def test_truncate_prompt_tokens_keeps_the_prompts_end(client: openai.OpenAI, model_id: str) -> None:
     """vLLM's truncate_prompt_tokens (extra): only the prompt's last k tokens reach the model (and the echo);
     -1 keeps as many as the context holds."""
