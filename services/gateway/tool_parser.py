@@ -137,9 +137,24 @@ class ToolCallParser:
             out.content += self.pending
         elif self.state is _State.HEADER:
             out.content += TOOL_CALL_BEGIN + self.pending
-        elif len(self.pending) > self.sent:
-            self._arguments(out, self.pending[self.sent :])
+        else:
+            rest = self._arguments_left()
+            if len(rest) > self.sent:
+                self._arguments(out, rest[self.sent :])
         self.pending, self.sent = "", 0
+
+    def _arguments_left(self) -> str:
+        """The arguments at the end: without the call's closing "}" and the start of its end tag when what
+        comes before them is a whole JSON object (cut short after the arguments), else as they stand."""
+        held = _held_back(self.pending, TOOL_CALL_END)
+        candidate = self.pending[: len(self.pending) - held].rstrip()
+        if candidate.endswith("}"):
+            try:
+                if isinstance(json.loads(candidate[:-1]), dict):
+                    return candidate[:-1]
+            except ValueError:
+                pass
+        return self.pending
 
 
 @dataclass

@@ -101,6 +101,20 @@ def test_a_call_cut_short_stays_incomplete() -> None:
     assert parse_all('<tool_call>\n{"na').content == '<tool_call>\n{"na'  # no name yet: left as text
 
 
+@pytest.mark.parametrize("size", [1, 3, 1000])
+@pytest.mark.parametrize("cut", ["}", "}\n", "}\n</", "}\n</tool_call"])
+def test_a_call_cut_short_after_its_arguments_keeps_only_the_arguments(cut: str, size: int) -> None:
+    """Cut by max_tokens between the arguments and the call's end: neither the call's closing brace nor
+    the start of its end tag is part of the arguments, streamed or not."""
+    text = '<tool_call>\n{"name": "f", "arguments": {"a": {"b": "}"}}' + cut
+    parser, arguments = ToolCallParser(), ""
+    for start in range(0, len(text), size):
+        for piece in parser.feed(text[start : start + size], final=start + size >= len(text)).calls:
+            arguments += piece.arguments
+    assert arguments == parse_all(text).calls[0].arguments == '{"a": {"b": "}"}}'
+    assert parse_all(text).num_complete == 0
+
+
 def test_the_generic_prompt_lists_tools_and_replays_calls_and_results() -> None:
     tools = [{"type": "function", "function": {"name": "add", "parameters": ADD}}]
     call = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 40}'}}
