@@ -8,6 +8,7 @@ budget, the sequence limit and the block pool allow.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -91,11 +92,16 @@ class Scheduler:
         self.waiting.append(request)
 
     def admission_refusal(self, num_tokens: int) -> str | None:
-        """Why a new request of ``num_tokens`` prompt tokens must wait elsewhere, or None to queue it."""
+        """Why a new request of ``num_tokens`` prompt tokens must wait elsewhere, or None to queue it.
+
+        Requests that arrived since the last step wait for it even where the running batch has room: those
+        that the free slots will take are not counted as waiting."""
+        free_slots = max(0, self.config.max_num_seqs - len(self.running))
+        queued = list(itertools.islice(self.waiting, free_slots, None))
         limit = self.config.max_waiting_requests
-        if len(self.waiting) >= limit:
-            return f"{len(self.waiting)} requests are waiting for this model (max_waiting_requests={limit})"
-        waiting_tokens = sum(r.num_tokens for r in self.waiting)
+        if len(queued) >= limit:
+            return f"{len(queued)} requests are waiting for this model (max_waiting_requests={limit})"
+        waiting_tokens = sum(r.num_tokens for r in queued)
         if waiting_tokens + num_tokens > self.config.max_waiting_tokens:
             return (
                 f"{waiting_tokens} tokens are waiting for this model and this request adds {num_tokens} "

@@ -54,6 +54,8 @@ def make_scheduler(
     max_num_batched_tokens: int = 2048,
     enable_chunked_prefill: bool = True,
     enable_prefix_caching: bool = True,
+    max_waiting_requests: int = 256,
+    max_waiting_tokens: int = 262_144,
 ) -> tuple[KVCacheManager, Scheduler]:
     """A fresh KVCacheManager/Scheduler pair wired together like ``LLMEngine`` does."""
     kv = make_kv(num_blocks, block_size, enable_prefix_caching)
@@ -61,6 +63,8 @@ def make_scheduler(
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens,
         enable_chunked_prefill=enable_chunked_prefill,
+        max_waiting_requests=max_waiting_requests,
+        max_waiting_tokens=max_waiting_tokens,
     )
     return kv, Scheduler(config, kv)
 

@@ -49,6 +49,22 @@ def test_add_request_queues_in_arrival_order() -> None:
     assert a.status is RequestStatus.WAITING
 
 
+def test_requests_the_free_slots_will_take_do_not_count_as_waiting() -> None:
+    """Between steps new requests wait for the next one even where the batch has room: with 2 slots and a
+    waiting limit of 2, four requests are taken before a step, and the fifth is refused."""
+    _, scheduler = make_scheduler(max_num_seqs=2, max_waiting_requests=2, max_waiting_tokens=13)
+    for i in range(4):
+        assert scheduler.admission_refusal(3) is None, i
+        _add(scheduler, make_request(f"r{i}", prompt(3)))
+    assert "2 requests are waiting" in (scheduler.admission_refusal(3) or "")
+    scheduler.schedule()  # two run, two wait
+    assert len(scheduler.running) == 2 and len(scheduler.waiting) == 2
+    assert "max_waiting_requests=2" in (scheduler.admission_refusal(3) or "")
+    scheduler.finish_request(scheduler.running[0], FinishReason.ABORT)  # the first waiting takes its slot
+    assert scheduler.admission_refusal(3) is None
+    assert "max_waiting_tokens=13" in (scheduler.admission_refusal(11) or "")
+
+
 @pytest.mark.parametrize(("prompt_len", "max_tokens"), [(4, 6), (9, 1), (1, 9), (30, 30)])
 def test_add_request_rejects_a_request_larger_than_the_pool(prompt_len: int, max_tokens: int) -> None:
     kv, scheduler = make_scheduler(num_blocks=2, block_size=BS)
