@@ -27,6 +27,7 @@ from prometheus_client import REGISTRY
 from services.commands import worker
 from services.commands.worker import DEFAULT_PORT, METRICS_PORT, TASKS
 from services.config.settings import Settings, parse_endpoints, worker_task
+from services.gateway.lifecycle import CUT_WAIT_S
 from tests.helpers.compose import (
     ROOT,
     Project,
@@ -169,6 +170,9 @@ def test_long_running_services_are_probed_and_restarted(project: Project) -> Non
             assert service is project.gateway, f"{service.name}: neither the gateway nor a worker"
             port = int(service.environment.get("PORT", "8000"))
             assert (url.scheme, url.port, url.path) == ("http", port, "/ready"), f"gateway: {argv[3]}"
+            drain = Settings.from_env(dict(service.environment)).shutdown_grace_s + CUT_WAIT_S
+            grace = seconds(service.spec.get("stop_grace_period", "10s"))
+            assert grace > drain, f"gateway: stop_grace_period {grace} s cuts the drain ({drain} s) short"
         check = service.spec["healthcheck"]
         assert not check.get("disable"), f"{service.name}: healthcheck disabled"
         assert int(check.get("retries", 3)) >= 1

@@ -28,6 +28,7 @@ from prometheus_client import REGISTRY
 from services.commands import probe
 from services.commands.worker import DEFAULT_PORT, GRACE_SECONDS, METRICS_PORT, TASKS
 from services.config.settings import Settings, parse_endpoints, worker_task
+from services.gateway.lifecycle import CUT_WAIT_S
 from services.registry import WORKER_WAIT_S
 from tests.helpers.compose import (
     ROOT,
@@ -260,7 +261,7 @@ def test_resources_grace_periods_and_disruption_budgets(manifests: Manifests) ->
         drain = (
             GRACE_SECONDS
             if workload.task
-            else Settings.from_env(workload.env(workload.main)).shutdown_grace_s
+            else Settings.from_env(workload.env(workload.main)).shutdown_grace_s + CUT_WAIT_S
         )
         assert grace > drain, f"{workload.name}: terminationGracePeriodSeconds cuts running requests short"
         (budget,) = [

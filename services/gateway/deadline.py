@@ -68,6 +68,42 @@ async def send_error(send: Send, exc: Exception) -> None:
     await send({"type": "http.response.body", "body": payload, "more_body": False})
 
 
+async def run_bounded(
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    bound: asyncio.Timeout,
+    late: Callable[[], Exception],
+) -> None:
+    """Run a request under ``bound``; if the bound expires, its work is cancelled and the caller gets
+    ``late()``: as the whole answer when nothing was sent yet, as a stream's last event when one is under
+    way (a body already complete stands)."""
+    started = streaming = finished = False
+
+    async def tracking_send(message: Message) -> None:
+        nonlocal started, streaming, finished
+        if message["type"] == "http.response.start":
+            started = True
+            headers = dict(message.get("headers", ()))
+            streaming = headers.get(b"content-type", b"").startswith(b"text/event-stream")
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            finished = True
+        await send(message)
+
+    try:
+        async with bound:
+            await app(scope, receive, tracking_send)
+    except TimeoutError:
+        if not bound.expired():
+            raise
+        if not started:
+            await send_error(send, late())
+        elif streaming and not finished:
+            body = event(error_body(late())[1]) + DONE
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
 def deadline_middleware(policy: DeadlinePolicy) -> Callable[[ASGIApp], ASGIApp]:
     def wrap(app: ASGIApp) -> ASGIApp:
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
@@ -82,30 +118,11 @@ def deadline_middleware(policy: DeadlinePolicy) -> Callable[[ASGIApp], ASGIApp]:
             ctx = request_context.current()
             if ctx is not None:
                 ctx.deadline = time.monotonic() + timeout
-            started = streaming = finished = False
 
-            async def tracking_send(message: Message) -> None:
-                nonlocal started, streaming, finished
-                if message["type"] == "http.response.start":
-                    started = True
-                    headers = dict(message.get("headers", ()))
-                    streaming = headers.get(b"content-type", b"").startswith(b"text/event-stream")
-                elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                    finished = True
-                await send(message)
+            def late() -> Exception:
+                return DeadlineExceeded(f"The request did not finish within its deadline of {timeout:g} s.")
 
-            try:
-                async with asyncio.timeout(timeout) as scope_timeout:
-                    await app(scope, receive, tracking_send)
-            except TimeoutError:
-                if not scope_timeout.expired():
-                    raise
-                late = DeadlineExceeded(f"The request did not finish within its deadline of {timeout:g} s.")
-                if not started:
-                    await send_error(send, late)
-                elif streaming and not finished:
-                    body = event(error_body(late)[1]) + DONE
-                    await send({"type": "http.response.body", "body": body, "more_body": False})
+            await run_bounded(app, scope, receive, send, asyncio.timeout(timeout), late)
 
         return middleware
 

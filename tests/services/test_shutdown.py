@@ -82,3 +82,60 @@ def test_sigterm_drains_then_exits_cleanly(tmp_path: Path) -> None:
     assert list(retrieval.rglob("notes.faiss"))
     log = server.stderr_path.read_text()
     assert "draining: 1 request(s) in flight" in log and "Traceback" not in log
+
+
+def test_a_second_signal_cuts_whats_running_with_errors_and_still_closes_cleanly(tmp_path: Path) -> None:
+    """A second SIGTERM does not wait out the grace: a stream still running ends with an error event and
+    [DONE], a request not yet answered gets a 503 in OpenAI's shape, and the store still closes cleanly."""
+    data = tmp_path / "data"
+    env = {
+        **server_env(),
+        "MMSERVE_MODELS_CONFIG": str(only_models(tmp_path, DEFAULT_MODEL)),
+        "MMSERVE_DATA_DIR": str(data),
+        "MMSERVE_SHUTDOWN_GRACE_S": "600",
+        "MMSERVE_LOG_LEVEL": "info",
+    }
+    server = start_server(env=env, timeout=READY_TIMEOUT_S)
+    long = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "Tell me a story."}],
+            "max_tokens": 4000, "ignore_eos": True}  # fmt: skip
+    events: list[str] = []
+    answers: list[httpx.Response] = []
+    first_token = threading.Event()
+
+    def stream() -> None:
+        with (
+            httpx.Client(base_url=server.base_url, timeout=REQUEST_TIMEOUT_S) as own,
+            own.stream("POST", "/v1/chat/completions", json={**long, "stream": True}) as response,
+        ):
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                    first_token.set()
+
+    def whole() -> None:
+        with httpx.Client(base_url=server.base_url, timeout=REQUEST_TIMEOUT_S) as own:
+            answers.append(own.post("/v1/chat/completions", json=long))
+
+    try:
+        threads = [threading.Thread(target=stream), threading.Thread(target=whole)]
+        for thread in threads:
+            thread.start()
+        assert first_token.wait(60), "the stream never started"
+        server.proc.send_signal(signal.SIGTERM)
+        with httpx.Client(base_url=server.base_url, timeout=REQUEST_TIMEOUT_S) as http:
+            assert http.get("/ready").status_code == 503
+        server.proc.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(60)
+        code = server.proc.wait(60)
+    finally:
+        server.stop()
+    assert code == 0, server.describe_failure("the server did not exit cleanly")
+    assert events[-1] == "[DONE]"
+    cut = json.loads(events[-2])
+    assert cut["error"]["code"] is None and "shut down" in cut["error"]["message"], cut
+    (answer,) = answers
+    assert answer.status_code == 503 and "shut down" in error_of(answer, 503)["message"]
+    assert not list((data / "retrieval").rglob("*-wal"))
+    log = server.stderr_path.read_text()
+    assert "cutting 2 request(s) still in flight" in log and "Traceback" not in log
