@@ -17,7 +17,7 @@ from services.gateway.lifecycle import Lifecycle
 from services.gateway.media_routes import AudioController, VisionController
 from services.gateway.metrics_routes import MetricsController
 from services.gateway.playground import playground_router
-from services.gateway.request_log import request_log_middleware
+from services.gateway.request_log import log_unrouted, request_log_middleware
 from services.gateway.rerank_routes import RerankController
 from services.gateway.retrieval_routes import CollectionsController, RagController, RetrievalController
 from services.gateway.routes import HealthController, OpenAIController, TokenizerController
@@ -72,7 +72,7 @@ def create_app(
             deadline_middleware(deadlines),
             cancel_on_disconnect,
         ],
-        before_send=[count_unrouted],
+        before_send=[count_unrouted, log_unrouted],
         guards=[api_key_guard(api_keys)],
         # Logging is configured once by the process (services.commands.serve); Litestar must not replace it.
         logging_config=None,

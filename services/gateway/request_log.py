@@ -51,19 +51,33 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send_with_id)
         finally:
             ctx = request_context.current()
-            status = reported_status(status)
-            path = str(scope.get("path", ""))
-            fields: dict[str, Any] = {
-                "method": scope.get("method"),
-                "path": path,
-                "status": status,
-                "duration_ms": round(1000 * ctx.elapsed_s, 1) if ctx else None,
-            }
-            client = scope.get("client")
-            if client:
-                fields["client"] = f"{client[0]}:{client[1]}"
-            level = logging.DEBUG if path in _QUIET_PATHS else logging.INFO
-            logger.log(level, "%s %s %d", fields["method"], path, status, extra=fields)
+            _log_access(scope, reported_status(status), round(1000 * ctx.elapsed_s, 1) if ctx else None)
             request_context.end(token)
 
     return middleware
+
+
+async def log_unrouted(message: Message, scope: Scope) -> None:
+    """``before_send`` hook: a request that matched no route (404, 405) never reaches the middleware
+    above; it gets its id and its access line here."""
+    if message["type"] != "http.response.start" or "route_handler" in scope:
+        return
+    request_id = request_id_from(scope)
+    message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, request_id.encode())]
+    _log_access(scope, int(message["status"]), None, request_id=request_id)
+
+
+def _log_access(scope: Scope, status: int, duration_ms: float | None, **extra: Any) -> None:
+    path = str(scope.get("path", ""))
+    fields: dict[str, Any] = {
+        "method": scope.get("method"),
+        "path": path,
+        "status": status,
+        "duration_ms": duration_ms,
+        **extra,
+    }
+    client = scope.get("client")
+    if client:
+        fields["client"] = f"{client[0]}:{client[1]}"
+    level = logging.DEBUG if path in _QUIET_PATHS else logging.INFO
+    logger.log(level, "%s %s %d", fields["method"], path, status, extra=fields)

@@ -112,6 +112,22 @@ def test_errors_carry_the_id_and_are_logged_with_their_status(
         assert lines and all(line.startswith("{") for line in lines), path.read_text()[-2000:]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status"), [("GET", "/v1/nothing", 404), ("GET", "/v1/chat/completions", 405)]
+)
+def test_a_request_no_route_matches_carries_its_id_and_is_logged(
+    topology: tuple[ServerProcess, ServerProcess], method: str, path: str, status: int
+) -> None:
+    gateway, _ = topology
+    request_id = f"unrouted-{status}"
+    with httpx.Client(base_url=gateway.base_url, timeout=REQUEST_TIMEOUT_S) as http:
+        response = http.request(method, path, headers={"X-Request-ID": request_id})
+    assert response.status_code == status and response.headers["x-request-id"] == request_id
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    access = _wait_for_line(gateway.stderr_path, {"request_id": request_id, "logger": "mmserve.access"})
+    assert (access["method"], access["path"], access["status"]) == (method, path, status)
+
+
 def test_the_json_formatter_stamps_the_current_request() -> None:
     record = logging.makeLogRecord({"name": "x", "levelno": logging.INFO, "levelname": "INFO", "msg": "m %d"})
     record.args = (5,)
