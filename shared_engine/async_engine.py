@@ -27,7 +27,9 @@ from shared_engine.timing import report
 
 logger = logging.getLogger(__name__)
 
-StepObserver = Callable[[LLMEngine, list[RequestOutput], float], None]
+StepObserver = Callable[[LLMEngine, list[RequestOutput], float | None], None]
+"""Called on the engine thread after each step with its outputs and its seconds, and with ``None`` for
+the seconds when requests ended outside a step (aborted: their last outputs, with their metrics)."""
 # A group's outputs, each with its request's position in the group.
 GroupOutputs = AsyncGenerator[tuple[int, RequestOutput], None]
 
@@ -188,7 +190,16 @@ class AsyncLLMEngine:
             else:
                 stream.loop.call_soon_threadsafe(_settle, ready, None)
         elif kind == "abort":
-            self.engine.abort_request(payload)
+            aborted = self.engine.abort_request(payload)
+            if aborted is not None:
+                self._observe([aborted], None)
+
+    def _observe(self, outputs: list[RequestOutput], step_s: float | None) -> None:
+        if self.on_step is not None:
+            try:
+                self.on_step(self.engine, outputs, step_s)
+            except Exception:
+                logger.exception("step observer failed")
 
     def _drain(self, block: bool) -> None:
         try:
@@ -212,11 +223,7 @@ class AsyncLLMEngine:
                 start = time.perf_counter()
                 outputs = self.lane.run(self.engine.step)
                 # Observed before delivery: a client that has its last token sees it in the metrics.
-                if self.on_step is not None:
-                    try:
-                        self.on_step(self.engine, outputs, time.perf_counter() - start)
-                    except Exception:
-                        logger.exception("step observer failed")
+                self._observe(outputs, time.perf_counter() - start)
                 for out in outputs:
                     entry = self._streams.get(out.request_id)
                     if entry is not None:

@@ -110,7 +110,7 @@ class EngineMetrics:
                        PREFIX_QUERIES, PREFIX_HITS, SPEC_DRAFTS, SPEC_DRAFT, SPEC_ACCEPTED):  # fmt: skip
             metric.labels(model_name)  # every series exists (at 0) before the first request
 
-    def __call__(self, engine: LLMEngine, outputs: list[RequestOutput], step_s: float) -> None:
+    def __call__(self, engine: LLMEngine, outputs: list[RequestOutput], step_s: float | None) -> None:
         model = self.model_name
         if self._engine is not engine:
             # Read at scrape time, not per step: an abort frees blocks without a step to report it.
@@ -118,6 +118,19 @@ class EngineMetrics:
             NUM_RUNNING.labels(model).set_function(lambda: engine.stats().num_running)
             NUM_WAITING.labels(model).set_function(lambda: engine.stats().num_waiting)
             KV_USAGE.labels(model).set_function(lambda: engine.stats().kv_cache_usage)
+        if step_s is not None:
+            self._step(engine)
+        generated = sum(len(out.token_ids) for out in outputs)
+        if generated:
+            GENERATION_TOKENS.labels(model).inc(generated)
+        for out in outputs:
+            if out.itl_s is not None:
+                ITL.labels(model).observe(out.itl_s)
+            if out.metrics is not None:  # finished (aborted ones too: their first token came)
+                self._finished(out, out.metrics)
+
+    def _step(self, engine: LLMEngine) -> None:
+        model = self.model_name
         stats = engine.stats()
         ITERATION_TOKENS.labels(model).observe(stats.last_batch_tokens)
         BATCH_SIZE.labels(model).observe(stats.last_batch_size)
@@ -134,14 +147,6 @@ class EngineMetrics:
             if after > before:
                 counter.labels(model).inc(after - before)
         self._seen = now
-        generated = sum(len(out.token_ids) for out in outputs)
-        if generated:
-            GENERATION_TOKENS.labels(model).inc(generated)
-        for out in outputs:
-            if out.itl_s is not None:
-                ITL.labels(model).observe(out.itl_s)
-            if out.metrics is not None:
-                self._finished(out, out.metrics)
 
     def _finished(self, out: RequestOutput, m: RequestMetrics) -> None:
         model = self.model_name

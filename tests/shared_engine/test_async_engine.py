@@ -14,7 +14,7 @@ from shared_engine.async_engine import AsyncLLMEngine, GenerationRequest
 from shared_engine.compute import ComputeLane
 from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from shared_engine.errors import ContextLengthExceeded, Overloaded
-from shared_engine.outputs import RequestOutput
+from shared_engine.outputs import FinishReason, RequestOutput
 from shared_engine.sampling_params import OutputKind, SamplingParams
 from tests.helpers.tiny_llm import tiny_engine
 
@@ -64,6 +64,28 @@ async def test_closing_the_stream_aborts_and_frees_blocks(engine: AsyncLLMEngine
     await stream.aclose()  # type: ignore[attr-defined]  (what a disconnecting client's handler does)
     await _wait_idle(engine)
     assert engine.stats().kv_cache_usage == 0.0
+
+
+async def test_an_aborted_request_is_observed_with_its_metrics(smollm2_folder: Path) -> None:
+    """A request aborted after its first tokens reaches the step observer outside a step (no seconds),
+    with its metrics, so time to first token and end-to-end latency count it too."""
+    seen: list[tuple[list[RequestOutput], float | None]] = []
+    front = AsyncLLMEngine(
+        tiny_engine(smollm2_folder, EngineConfig(cache=CacheConfig(block_size=8, num_blocks=128))),
+        on_step=lambda _engine, outputs, step_s: seen.append((outputs, step_s)),
+    )
+    try:
+        stream = front.generate("cut", list(range(1, 20)), SamplingParams(max_tokens=400, ignore_eos=True))
+        await anext(stream)
+        await stream.aclose()  # type: ignore[attr-defined]
+        await _wait_idle(front)
+    finally:
+        front.shutdown()
+    assert all(step_s is not None and step_s > 0 for _, step_s in seen[:-1])
+    (aborted,), step_s = seen[-1]
+    assert step_s is None and aborted.finish_reason is FinishReason.ABORT, seen[-1]
+    assert aborted.metrics is not None and aborted.metrics.ttft_s is not None
+    assert aborted.metrics.num_output_tokens >= 1 and aborted.metrics.e2e_s >= aborted.metrics.ttft_s
 
 
 async def test_validation_errors_reach_the_caller(engine: AsyncLLMEngine) -> None:
