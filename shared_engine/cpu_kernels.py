@@ -15,9 +15,12 @@ run their composite torch operators instead, which CUDA tensors always do.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,21 +61,45 @@ def load() -> bool:
         logger.info("CPU kernels off (%s=0): composite torch operators", KERNELS_ENV)
         return False
     capability = torch.backends.cpu.get_cpu_capability()
+    name = f"mmserve_cpu_kernels_{capability.lower()}"
     try:
         load_extension = _extension_loader()
-        load_extension(
-            name=f"mmserve_cpu_kernels_{capability.lower()}",
-            sources=[str(source) for source in SOURCES],
-            extra_cflags=[*COMMON_FLAGS, *ISA_FLAGS.get(capability, ())],
-            extra_ldflags=["-fopenmp"],
-            is_python_module=False,
-        )
+        from torch.utils.cpp_extension import _get_build_directory  # the folder load() builds in
+
+        with build_lock(Path(_get_build_directory(name, verbose=False))):
+            load_extension(
+                name=name,
+                sources=[str(source) for source in SOURCES],
+                extra_cflags=[*COMMON_FLAGS, *ISA_FLAGS.get(capability, ())],
+                extra_ldflags=["-fopenmp"],
+                is_python_module=False,
+            )
     except Exception as exc:  # a missing compiler or ninja, a failed build: all mean the fallback
         logger.warning("CPU kernels unavailable, using composite torch operators: %s", exc)
         return False
     _register_fakes()
     logger.info("CPU kernels loaded (%s build)", capability)
     return True
+
+
+@contextlib.contextmanager
+def build_lock(build_dir: Path) -> Iterator[None]:
+    """Hold an OS lock on ``build_dir`` while torch's loader builds or loads there (other processes wait).
+
+    torch's own lock is a file that its holder deletes when done: one killed mid-build leaves it behind,
+    and every later loader polls it forever (a worker restarted after a crash never becomes ready). This
+    lock dies with its holder, so while it is held any such file is a leftover, and is removed."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with open(build_dir.parent / f"{build_dir.name}.flock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            leftover = build_dir / "lock"
+            if leftover.exists():
+                logger.warning("removing %s, left by a process that died while building", leftover)
+                leftover.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @functools.cache  # once per process, however often load() is asked again

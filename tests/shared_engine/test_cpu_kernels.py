@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from shared_engine.attention import (
     gathered_decode,
     paged_attention,
 )
+from shared_engine.cpu_kernels import build_lock
 from shared_engine.models.llama import RMSNorm
 
 CPU = torch.device("cpu")
@@ -215,6 +217,7 @@ _NO_COMPILER_SCRIPT = """
 import json, logging, torch
 logging.basicConfig(level=logging.WARNING)
 from shared_engine import cpu_kernels
+from shared_engine.cpu_kernels import build_lock
 from shared_engine.attention import gathered_decode
 print(json.dumps({"loaded": cpu_kernels.load(), "gathered": gathered_decode(torch.device("cpu"))}))
 """
@@ -333,3 +336,35 @@ def test_torch_compile_traces_through_the_kernels_in_one_graph() -> None:
         got = compiled(x.clone(), residual.clone())
         want = norm.add_forward(x.clone(), residual.clone())
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_a_build_lock_left_by_a_killed_builder_does_not_block_the_next(tmp_path: Path) -> None:
+    """torch's loader waits on a ``lock`` file its holder deletes when done; a builder killed mid-build
+    leaves it. Under ``build_lock`` the next loader finds it stale (the OS lock died with its holder) and
+    removes it, while a live builder's is left alone until it is done."""
+    build_dir = tmp_path / "mmserve_cpu_kernels_test"
+    killed = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from shared_engine.cpu_kernels import build_lock\n"
+        "with build_lock(Path(sys.argv[1])):\n"
+        "    (Path(sys.argv[1]) / 'lock').touch()  # as torch's loader does when it starts building\n"
+        "    os.kill(os.getpid(), 9)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", killed, str(build_dir)], cwd=REPO, check=False)
+    assert done.returncode == -9 and (build_dir / "lock").exists()
+    with build_lock(build_dir):
+        assert not (build_dir / "lock").exists()
+        (build_dir / "lock").touch()  # a live build's
+        entered = threading.Event()
+        waiter = threading.Thread(target=lambda: _enter_and_signal(build_dir, entered))
+        waiter.start()
+        assert not entered.wait(0.5)  # the next loader waits while this one builds
+        (build_dir / "lock").unlink()  # torch removes its file when its build is done
+    waiter.join(10)
+    assert entered.is_set()
+
+
+def _enter_and_signal(build_dir: Path, entered: threading.Event) -> None:
+    with build_lock(build_dir):
+        entered.set()
