@@ -21,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.commands.cpus import format_cpu_list, split_cores, usable_cpus
-from services.config.settings import REMOTE_TASKS
+from services.config.settings import REMOTE_TASKS, Settings
+from services.gateway.lifecycle import CUT_WAIT_S
 
 BASE_PORT = 50061
 DEFAULT_REPLICAS = {"chat": 2}  # two LLM replicas: requests round-robin, and one may fail over
@@ -102,35 +103,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-port", type=int, default=BASE_PORT, help="first worker port (0: free ports)")
     args = parser.parse_args(argv)
     workers = plan(parse_replicas(args.replicas), args.base_port)
-    procs: list[subprocess.Popen[bytes]] = []
-    for w in workers:
-        procs.append(subprocess.Popen(w.command()))
+    procs = [subprocess.Popen(w.command(), env=worker_env(w, workers)) for w in workers]
     env = {**os.environ, "MMSERVE_ENDPOINTS": endpoints(workers)}
     print(f"workers: {env['MMSERVE_ENDPOINTS']}", flush=True)
     print(f"metrics: {metrics_urls(workers)}", flush=True)
     if pinned := [w for w in workers if w.cpus is not None]:
         print("cores: " + ", ".join(f"{w.task}@{w.port}={format_cpu_list(w.cpus or ())}" for w in pinned))
     gateway = subprocess.Popen([sys.executable, "-m", "services.commands.serve"], env=env)
-    procs.append(gateway)
     stopping = False
 
     def stop(*_: object) -> None:
         nonlocal stopping
+        if stopping and gateway.poll() is None:  # a second signal: the gateway cuts what still runs
+            gateway.send_signal(signal.SIGTERM)
         stopping = True
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     while not stopping and gateway.poll() is None:
         time.sleep(0.5)
-    for p in reversed(procs):
+    # The gateway drains first (its requests still need the workers), then the workers stop.
+    _stop(gateway, Settings.from_env(dict(os.environ)).shutdown_grace_s + CUT_WAIT_S + 10)
+    for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
     for p in procs:
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
+        _stop(p, 30, signal_first=False)
     return gateway.returncode or 0
+
+
+def worker_env(worker: Worker, workers: list[Worker]) -> dict[str, str]:
+    """A worker's environment: the retrieval worker embeds through the embedding and vision workers, as
+    compose.yaml has it, instead of loading their models itself."""
+    env = dict(os.environ)
+    env.pop("MMSERVE_ENDPOINTS", None)
+    if worker.task == "retrieval":
+        env["MMSERVE_ENDPOINTS"] = endpoints([w for w in workers if w.task in ("embedding", "vision")])
+    return env
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float, signal_first: bool = True) -> None:
+    if signal_first and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from services.commands.cpus import format_cpu_list, parse_cpu_list, split_cores
-from services.commands.topology import plan
+from services.commands.topology import plan, worker_env
 
 
 @pytest.mark.parametrize(
@@ -53,6 +53,19 @@ def test_the_topology_gives_chat_replicas_cores_of_their_own_and_leaves_other_wo
     # one chat worker keeps every core
     (single,) = [w for w in plan({"chat": 1}, base_port=0, cpus=(0, 1)) if w.task == "chat"]
     assert single.cpus is None
+
+
+def test_the_topologys_retrieval_worker_embeds_through_the_embedding_and_vision_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As compose.yaml has it: only the retrieval worker is routed, and only to those two tasks."""
+    monkeypatch.setenv("MMSERVE_ENDPOINTS", "chat=elsewhere:1")
+    workers = plan({"embedding": 2}, base_port=50_100, cpus=(0, 1))
+    by_task = {w.task: w for w in workers}
+    embedding = ",".join(w.address for w in workers if w.task == "embedding")
+    routed = worker_env(by_task["retrieval"], workers)["MMSERVE_ENDPOINTS"]
+    assert routed == f"embedding={embedding};vision={by_task['vision'].address}"
+    assert all("MMSERVE_ENDPOINTS" not in worker_env(w, workers) for w in workers if w.task != "retrieval")
 
 
 def _held(cpus: str, omp_threads: str | None) -> tuple[list[int], int]:
