@@ -23,12 +23,18 @@ class RoutingConfig:
     # Calls in flight beyond the least loaded replica's before the preferred replica counts as saturated.
     max_imbalance: int = 4
     blocks_per_replica: int = 1 << 16  # hashes remembered per replica
+    # A replica holds a prompt when its cached prefix is more than this share of the prompt's full blocks
+    # (SGLang's cache_threshold): a chat template's few tokens of boilerplate, the same at the start of
+    # every prompt, do not tie every conversation to the first replica that served one.
+    min_match_ratio: float = 0.5
 
     def __post_init__(self) -> None:
         if self.policy not in ROUTING_POLICIES:
             raise ValueError(f"routing policy must be one of {', '.join(ROUTING_POLICIES)}: {self.policy!r}")
         if self.block_size < 1 or self.max_imbalance < 0 or self.blocks_per_replica < 1:
             raise ValueError("block_size and blocks_per_replica must be ≥ 1, max_imbalance ≥ 0")
+        if not 0 <= self.min_match_ratio < 1:
+            raise ValueError(f"min_match_ratio must be in [0, 1), got {self.min_match_ratio}")
 
 
 def block_hashes(token_ids: Sequence[int], block_size: int) -> list[int]:
@@ -65,7 +71,9 @@ class Router:
         # Longest cached prefix first; among equals the least loaded, then round-robin order.
         ranked = sorted(rotated, key=lambda a: (-self._matched(a, hashes), load[a]))
         first = ranked[0]
-        if self._matched(first, hashes) == 0 or load[first] - least > self.config.max_imbalance:
+        matched = self._matched(first, hashes)
+        held = matched > 0 and matched > self.config.min_match_ratio * len(hashes)
+        if not held or load[first] - least > self.config.max_imbalance:
             first = min(rotated, key=lambda a: load[a])
         self._remember(first, hashes)
         return [first, *(a for a in ranked if a != first)]

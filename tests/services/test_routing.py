@@ -50,6 +50,18 @@ def test_new_prefixes_go_to_the_least_loaded_replica() -> None:
     assert sorted(picks) == [A, A, B, B]
 
 
+def test_a_short_prefix_every_prompt_shares_does_not_tie_prompts_to_one_replica() -> None:
+    """A chat template's default system prompt (one block here) starts every prompt: it alone does not
+    make a replica the prompt's home, so distinct prompts spread; a long shared prefix still does."""
+    router = Router()
+    boilerplate = prompt(9, 16)
+    picks = [router.order([A, B], {}, boilerplate + prompt(seed, 20))[0] for seed in range(20, 26)]
+    assert sorted(picks) == [A, A, A, B, B, B]
+    system = prompt(10, 160)  # ten blocks shared, one or two of the user's
+    homes = {router.order([A, B], {}, system + prompt(seed, 24))[0] for seed in range(30, 36)}
+    assert len(homes) == 1
+
+
 def test_a_saturated_replica_is_passed_over_and_comes_first_among_the_fallbacks() -> None:
     router = Router(RoutingConfig(max_imbalance=2))
     tokens = prompt(3, 64)
