@@ -11,7 +11,7 @@ from services.gateway.constraints import output_constraint
 from services.gateway.generation import (
     ChoiceResult,
     ChoiceSpec,
-    ChunkWriter,
+    chunk_writer,
     collect,
     new_id,
     now,
@@ -20,7 +20,6 @@ from services.gateway.generation import (
     start_choices,
     token_namer,
     truncated_prompt,
-    wants_usage,
 )
 from services.gateway.schemas import (
     AssistantMessage,
@@ -135,8 +134,8 @@ async def create(service: Chat, body: ChatCompletionRequest) -> ChatCompletion |
     request_id = new_id("chatcmpl")
     outputs = await start_choices(service, request_id, choices)
     if body.stream:
-        chunk = ChunkWriter(request_id, "chat.completion.chunk", body.model, wants_usage(body))
-        return stream_chat(service, body, chunk, outputs, plan)
+        chunk = chunk_writer(request_id, "chat.completion.chunk", body)
+        return stream_chat(service, body, chunk, outputs, plan, len(prompt_ids))
 
     results, usage = await collect(outputs, body.num_choices, lambda i: 0)
     out = []

@@ -59,23 +59,28 @@ async def stream_chat(
     chunk: ChunkWriter,
     outputs: GroupOutputs,
     plan: ToolPlan,
+    prompt_tokens: int,
 ) -> AsyncIterator[bytes]:
     parsers = [ToolCallParser() if plan.active else None for _ in range(body.num_choices)]
+    tally = UsageTally(prompt_tokens={0: prompt_tokens})
     for i in range(body.num_choices):
         role = {"role": "assistant", "content": None if plan.active else ""}
-        yield chunk([{"index": i, "delta": role, "logprobs": None, "finish_reason": None}])
-    tally = UsageTally()
+        yield chunk(
+            [{"index": i, "delta": role, "logprobs": None, "finish_reason": None}], chunk.running(tally, 0, i)
+        )
     name = token_namer(service, body)
     async for i, out in outputs:
         tally.add(0, i, out)
+        usage = chunk.running(tally, 0, i)
         lp = chat_logprobs(service, out.logprobs, name) if body.logprobs and out.logprobs else None
         deltas = _deltas(out, parsers[i]) or ([{}] if lp else [])
         for n, delta in enumerate(deltas):
             yield chunk(
-                [{"index": i, "delta": delta, "logprobs": lp if n == 0 else None, "finish_reason": None}]
+                [{"index": i, "delta": delta, "logprobs": lp if n == 0 else None, "finish_reason": None}],
+                usage,
             )
         if out.finish_reason is not None:
             reason = _finish_reason(out, parsers[i], plan.named)
-            yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reason}])
+            yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reason}], usage)
     if chunk.include_usage:
         yield chunk([], tally.usage())

@@ -11,6 +11,7 @@ from services.gateway.generation import (
     ChoiceSpec,
     ChunkWriter,
     UsageTally,
+    chunk_writer,
     collect,
     new_id,
     now,
@@ -19,7 +20,6 @@ from services.gateway.generation import (
     start_choices,
     token_namer,
     truncated_prompt,
-    wants_usage,
 )
 from services.gateway.schemas import (
     Completion,
@@ -136,7 +136,7 @@ async def create(service: Chat, body: CompletionRequest) -> Completion | AsyncIt
     outputs = await start_choices(service, request_id, choices)
     echo = Echo(service, body, [c.prompt_ids for c in choices], prompt_only)
     if body.stream:
-        chunk = ChunkWriter(request_id, "text_completion", body.model, wants_usage(body))
+        chunk = chunk_writer(request_id, "text_completion", body)
         return _stream(service, body, chunk, outputs, echo)
 
     tally = UsageTally(not prompt_only)
@@ -219,14 +219,15 @@ async def _stream(
     tally = UsageTally(not echo.prompt_only)
     async for i, out in outputs:
         tally.add(i // body.num_choices, i, out)
+        usage = chunk.running(tally, i // body.num_choices, i)
         if not echoed[i]:  # the prompt, scored if asked, before the first text generated
             echoed[i] = True
             lp = echo.logprobs(i, [], out.prompt_logprobs)
-            yield chunk([{"index": i, "text": echo.text[i], "logprobs": lp, "finish_reason": None}])
+            yield chunk([{"index": i, "text": echo.text[i], "logprobs": lp, "finish_reason": None}], usage)
         lp = echo.logprobs(i, out.logprobs, None, offsets[i])
         text = echo.generated(out.text)
         if text or out.finish_reason is not None or (lp is not None and lp.tokens):
             reason = echo.finish_reason(out.finish_reason.value if out.finish_reason else None)
-            yield chunk([{"index": i, "text": text, "logprobs": lp, "finish_reason": reason}])
+            yield chunk([{"index": i, "text": text, "logprobs": lp, "finish_reason": reason}], usage)
     if chunk.include_usage:
         yield chunk([], tally.usage())

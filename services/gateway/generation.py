@@ -10,7 +10,14 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.gateway.schemas import PromptLogprob, PromptLogprobs, PromptTokensDetails, SamplingFields, Usage
+from services.gateway.schemas import (
+    PromptLogprob,
+    PromptLogprobs,
+    PromptTokensDetails,
+    SamplingFields,
+    StreamOptions,
+    Usage,
+)
 from services.gateway.sse import event
 from services.registry import Chat
 from shared_engine.async_engine import GenerationRequest, GroupOutputs
@@ -39,6 +46,8 @@ def sampling_params(
 ) -> SamplingParams:
     if body.stream and body.prompt_logprobs is not None:
         raise InvalidRequest("prompt_logprobs is not supported with stream", param="prompt_logprobs")
+    if body.stream_options is not None and not body.stream:
+        raise InvalidRequest("stream_options is only allowed when stream is true", param="stream_options")
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     if any(not s for s in stop):
         raise InvalidRequest("stop sequences must be non-empty strings", param="stop")
@@ -213,6 +222,12 @@ class UsageTally:
         self.cached_tokens[prompt_index] = max(self.cached_tokens.get(prompt_index, 0), out.num_cached_tokens)
         self.completion_tokens[choice] = out.num_output_tokens if self.counts_output else 0
 
+    def so_far(self, prompt_index: int, choice: int) -> Usage:
+        """One choice's usage up to now: its prompt (known before any output) and its tokens yet."""
+        prompt = self.prompt_tokens[prompt_index]
+        completion = self.completion_tokens.get(choice, 0)
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
     def usage(self) -> Usage:
         prompt = sum(self.prompt_tokens.values())
         completion = sum(self.completion_tokens.values())
@@ -239,12 +254,14 @@ async def collect(
 @dataclass
 class ChunkWriter:
     """Frames streamed chunks of one response: same id, object, model and creation time each time;
-    ``usage`` is present (null until the last chunk) only when the client asked for it."""
+    ``usage`` is present only when the client asked for it: null until the last chunk, or with
+    ``continuous_usage`` the usage so far of the chunk's choice."""
 
     request_id: str
     object: str
     model: str
     include_usage: bool
+    continuous_usage: bool = False
     created: int = field(default_factory=now)
 
     def __call__(self, choices: list[dict[str, Any]], usage: Usage | None = None) -> bytes:
@@ -259,6 +276,11 @@ class ChunkWriter:
             payload["usage"] = usage
         return event(payload)
 
+    def running(self, tally: UsageTally, prompt_index: int, choice: int) -> Usage | None:
+        return tally.so_far(prompt_index, choice) if self.continuous_usage else None
 
-def wants_usage(body: SamplingFields) -> bool:
-    return bool(body.stream_options and body.stream_options.include_usage)
+
+def chunk_writer(request_id: str, object: str, body: SamplingFields) -> ChunkWriter:
+    options = body.stream_options or StreamOptions()
+    continuous = options.include_usage and options.continuous_usage_stats
+    return ChunkWriter(request_id, object, body.model, options.include_usage, continuous)

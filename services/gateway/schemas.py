@@ -57,6 +57,8 @@ TruncatePromptTokens = Annotated[
 
 class StreamOptions(Struct, omit_defaults=True):
     include_usage: bool = False
+    # vLLM's extra: with include_usage, every chunk also carries its choice's usage so far.
+    continuous_usage_stats: bool = False
 
 
 class ContentPart(Struct):

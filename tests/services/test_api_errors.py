@@ -132,6 +132,12 @@ BAD_REQUESTS: dict[str, Case] = {
     "completions-response_format-unknown": Case(
         "completions", {"response_format": {"type": "yaml"}}, "response_format"
     ),
+    "chat-stream_options-without-stream": Case(
+        "chat", {"stream_options": {"include_usage": True}}, "stream_options"
+    ),
+    "completions-stream_options-without-stream": Case(
+        "completions", {"stream_options": {"include_usage": True}}, "stream_options"
+    ),
 }
 
 

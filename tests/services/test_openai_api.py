@@ -343,6 +343,42 @@ def test_chat_stream_of_n_choices(client: openai.OpenAI, model_id: str) -> None:
     assert stream.usage.completion_tokens >= 2
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_continuous_usage_stats_count_each_choice_as_it_streams(
+    http: httpx.Client, model_id: str, path: str
+) -> None:
+    """vLLM's extra: with ``continuous_usage_stats`` every chunk carries its choice's usage so far, and the
+    last chunk the whole request's as before."""
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    common = {"max_tokens": 5, "ignore_eos": True, "stream": True, "stream_options": options}
+    if "chat" in path:
+        body = chat_body(model_id, "Name a fruit.", n=2, temperature=1.0, seed=3, **common)
+    else:
+        body = {"model": model_id, "prompt": [FRANCE_PROMPT, "One, two,"], **common}
+    with http.stream("POST", path, json=body) as response:
+        assert response.status_code == 200
+        chunks = [json.loads(e) for e in sse_events(response) if e != "[DONE]"]
+    *per_choice, last = chunks
+    assert last["choices"] == []
+    seen: dict[int, list[dict[str, int]]] = {0: [], 1: []}
+    for chunk in per_choice:
+        [choice] = chunk["choices"]
+        usage = chunk["usage"]
+        assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+        seen[choice["index"]].append(usage)
+    for index, usages in seen.items():
+        counts = [u["completion_tokens"] for u in usages]
+        assert counts == sorted(counts), f"choice {index}: {counts}"
+        assert counts[-1] == 5, f"choice {index} ends with its 5 tokens: {counts}"
+        assert len({u["prompt_tokens"] for u in usages}) == 1, f"choice {index}"
+    prompts = {index: usages[0]["prompt_tokens"] for index, usages in seen.items()}
+    if "chat" in path:
+        assert prompts[0] == prompts[1] == last["usage"]["prompt_tokens"], "n choices share one prompt"
+    else:
+        assert prompts[0] != prompts[1] and prompts[0] + prompts[1] == last["usage"]["prompt_tokens"]
+    assert last["usage"]["completion_tokens"] == 10
+
+
 # -- stop, max_tokens -------------------------------------------------------------------------------------
 
 
