@@ -107,8 +107,14 @@ class TTSPipeline:
         speaker = self.check(text, voice, speed)
         sentences = await asyncio.to_thread(self.sentence_ids, text)
         length_scale = self.voice.config.length_scale / speed
-        pieces = await self.batcher.submit([Segment(ids, speaker, length_scale) for ids in sentences])
-        return self.join(pieces)
+        segments = [Segment(ids, speaker, length_scale) for ids in sentences]
+        # A batch's worth at a time, so that a long text does not hold the queue: other requests'
+        # sentences (and other work on the same compute lane) take turns with its own.
+        step = self.batcher.config.max_batch_size
+        pieces: list[np.ndarray] = []
+        for start in range(0, len(segments), step):
+            pieces += await self.batcher.submit(segments[start : start + step])
+        return self.join(pieces, speed)
 
     def check(self, text: str, voice: str | None, speed: float) -> int:
         """The speaker id for a valid request; ``InvalidRequest`` naming what is wrong otherwise."""
@@ -162,8 +168,9 @@ class TTSPipeline:
             samples = samples / peak
         return np.clip(samples, -1.0, 1.0).astype(np.float32)
 
-    def join(self, pieces: Sequence[np.ndarray]) -> np.ndarray:
-        silence = np.zeros(round(self.config.sentence_silence * self.sample_rate), dtype=np.float32)
+    def join(self, pieces: Sequence[np.ndarray], speed: float = 1.0) -> np.ndarray:
+        pause = self.config.sentence_silence / speed
+        silence = np.zeros(round(pause * self.sample_rate), dtype=np.float32)
         parts: list[np.ndarray] = []
         for index, piece in enumerate(pieces):
             if index:

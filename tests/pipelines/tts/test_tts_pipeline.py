@@ -11,6 +11,7 @@ import pytest
 
 from pipelines.tts import MAX_INPUT_CHARS, TTSPipeline, TTSPipelineConfig
 from shared_engine.errors import InvalidRequest
+from shared_engine.micro_batcher import MicroBatchConfig
 from tests.pipelines.tts.conftest import SAMPLE_RATE, SOURCE, VOICE, license_sentences
 
 FOX = "The quick brown fox jumps over the lazy dog."
@@ -136,3 +137,39 @@ async def test_longest_input_is_accepted(exact: TTSPipeline) -> None:
     assert len(ids) > 800
     audio = await exact.synthesize(text[:100])
     assert len(audio) > 0
+
+
+async def test_a_long_text_takes_turns_with_a_short_one() -> None:
+    """One sentence per forward (as on a CPU): a long text's sentences go to the queue a batch at a time,
+    so a short request that comes while it is spoken is served between them, not after them all."""
+    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    config = TTSPipelineConfig(
+        name="turns", source=SOURCE, intra_op_threads=1,
+        batching=MicroBatchConfig(max_batch_tokens=4096, max_batch_size=1, max_wait_ms=0.0),
+    )  # fmt: skip
+    pipe = TTSPipeline(config, on_batch=lambda run: loop.call_soon_threadsafe(started.set))
+    finished: list[str] = []
+
+    async def say(label: str, text: str) -> None:
+        await pipe.synthesize(text)
+        finished.append(label)
+
+    try:
+        long = asyncio.create_task(say("long", " ".join(license_sentences(12))))
+        await asyncio.wait_for(started.wait(), 120)  # its first sentence is spoken; eleven wait
+        await say("short", "Hello there.")
+        await long
+    finally:
+        pipe.shutdown()
+    assert finished == ["short", "long"]
+
+
+async def test_speed_scales_the_pause_between_sentences(exact: TTSPipeline) -> None:
+    one = await exact.synthesize(FOX)
+    two = await exact.synthesize(f"{FOX} {FOX}")
+    fast_one = await exact.synthesize(FOX, speed=2.0)
+    fast_two = await exact.synthesize(f"{FOX} {FOX}", speed=2.0)
+    pause = exact.config.sentence_silence * SAMPLE_RATE
+    assert len(two) - 2 * len(one) == round(pause)
+    assert len(fast_two) - 2 * len(fast_one) == round(pause / 2)
