@@ -19,8 +19,18 @@ CLIENT_CLOSED = 499  # the status logs and metrics record for a request whose cl
 
 def reported_status(status: int) -> int:
     """The status to log and count for the current request: 499 when its client left first."""
+    return CLIENT_CLOSED if client_left() else status
+
+
+def client_left() -> bool:
     ctx = request_context.current()
-    return CLIENT_CLOSED if ctx is not None and ctx.client_gone else status
+    return ctx is not None and ctx.client_gone
+
+
+def _client_left() -> None:
+    ctx = request_context.current()
+    if ctx is not None:
+        ctx.client_gone = True
 
 
 def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
@@ -32,6 +42,8 @@ def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
 
         async def receive_body() -> ReceiveMessage:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                _client_left()  # while sending its body: what reading it raises is no fault of ours
             if message["type"] == "http.disconnect" or not message.get("more_body", False):
                 body_read.set()
             return message
@@ -55,9 +67,7 @@ def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
                     break
             if not handler.done() and not answered:
                 gone = True
-                ctx = request_context.current()
-                if ctx is not None:
-                    ctx.client_gone = True
+                _client_left()
                 handler.cancel()
 
         watcher = asyncio.ensure_future(watch())

@@ -12,6 +12,7 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from retrieval.errors import CollectionExists, CollectionNotFound, DocumentNotFound, ObjectNotFound
 from services.errors import DeadlineExceeded, ModelNotFound, ServiceUnavailable, Unauthorized
+from services.gateway.disconnect import client_left
 from services.gateway.schemas import ErrorDetail, ErrorResponse
 from shared_engine.errors import (
     ContextLengthExceeded,
@@ -137,7 +138,7 @@ def error_body(exc: BaseException) -> tuple[int, ErrorResponse]:
 
 def exception_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorResponse]:
     status, body = error_body(exc)
-    if status >= 500:
+    if status >= 500 and not client_left():  # a body cut short by its client raises here too
         logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     carries_headers = isinstance(exc, HTTPException | Unauthorized | Overloaded)
     headers = getattr(exc, "headers", None) if carries_headers else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ import soundfile as sf
 
 from tests.helpers.espeak_audio import synthesize_espeak
 from tests.helpers.prometheus import Sample, scrape, total
+from tests.helpers.server import ServerProcess
 from tests.services.conftest import DISTRIBUTED
 
 pytestmark = pytest.mark.skipif(DISTRIBUTED, reason="engine gauges are on the workers' /metrics")
@@ -102,3 +104,36 @@ def test_leaving_mid_transcription_aborts_it(base_url: str, http: httpx.Client) 
     _wait(lambda: _engine(http, ASR_MODEL)[0] >= 1, 20.0, "the transcription never reached the decoder")
     caller.join(30)
     _stops_at_once(http, ASR_MODEL)
+
+
+def test_leaving_mid_upload_is_the_clients_doing_not_a_server_error(
+    server: ServerProcess, http: httpx.Client
+) -> None:
+    """A multipart upload whose client hangs up half way: counted and logged as 499 (client closed), never
+    as a 500 with an error traceback."""
+
+    def requests_by_status() -> dict[str, float]:
+        samples = scrape("/metrics", http)
+        return {s: total(samples, "mmserve:requests_total", task="asr", status=s) for s in ("499", "500")}
+
+    before = requests_by_status()
+    boundary = "cut-short"
+    head = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{ASR_MODEL}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+            "Content-Type: audio/wav\r\n\r\n"
+        ).encode()
+        + b"RIFF"
+        + bytes(500)
+    )
+    request = (
+        f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {server.host}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: 100000\r\n\r\n"
+    ).encode()
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        sock.sendall(request + head)
+        time.sleep(0.5)
+    _wait(lambda: requests_by_status()["499"] == before["499"] + 1, 10.0, "the upload was not counted as 499")
+    assert requests_by_status()["500"] == before["500"]
+    assert "client disconnected prematurely" not in server.stderr_tail(100_000)
