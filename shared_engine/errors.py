@@ -15,6 +15,12 @@ class InvalidRequest(EngineError, ValueError):
         self.param = param
 
 
+def about_item(exc: InvalidRequest, item: str) -> InvalidRequest:
+    """``exc`` with its message naming the item of a list it is about (``item``: "image 2")."""
+    exc.args = (f"{item}: {exc.args[0]}", *exc.args[1:])
+    return exc
+
+
 class ContextLengthExceeded(InvalidRequest):
     def __init__(
         self, prompt_tokens: int, max_tokens: int, max_model_len: int, prompt_field: str = "prompt"

@@ -44,12 +44,17 @@ class EmbeddingTokenizer:
 
     def tokenize(self, texts: Sequence[str], truncate: bool = False) -> list[list[int]]:
         encoded: list[list[int]] = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
-        return [self.check_length(i, ids, truncate) for i, ids in enumerate(encoded)]
+        return [self._fit(i, ids, truncate, keep_last=True) for i, ids in enumerate(encoded)]
 
     def check_length(self, index: int, ids: list[int], truncate: bool) -> list[int]:
+        """A caller's token ids: as given, or with ``truncate`` the first that fit."""
+        return self._fit(index, ids, truncate, keep_last=False)
+
+    def _fit(self, index: int, ids: list[int], truncate: bool, keep_last: bool) -> list[int]:
         if len(ids) <= self.max_input_tokens:
             return ids
         if not truncate:
             raise InputTooLong(index, len(ids), self.max_input_tokens)
-        # Keep the closing special token ([SEP]) so the encoder sees a well-formed sequence.
-        return ids[: self.max_input_tokens - 1] + ids[-1:]
+        if keep_last:  # a text's closing special token ([SEP]), so the encoder sees a well-formed sequence
+            return ids[: self.max_input_tokens - 1] + ids[-1:]
+        return ids[: self.max_input_tokens]

@@ -21,7 +21,7 @@ from pipelines.vision.images import load_image
 from pipelines.vision.preprocess import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
 from shared_engine.compute import compute_lane
 from shared_engine.device import DTYPES, resolve_device, resolve_dtype
-from shared_engine.errors import InvalidRequest
+from shared_engine.errors import InvalidRequest, about_item
 from shared_engine.micro_batcher import BatchObserver, BatchStats, MicroBatchConfig, MicroBatcher
 
 logger = logging.getLogger(__name__)
@@ -120,9 +120,12 @@ class VisionPipeline:
         # request of many large images holds one at full size (each may be 40 megapixels, 120 MB of RGB).
         # Resizing runs on the compute lane because it is torch work too.
         tensors = []
-        for image in images:
+        for index, image in enumerate(images):
             if isinstance(image, bytes):
-                image = await asyncio.to_thread(self.open_image, image)
+                try:
+                    image = await asyncio.to_thread(self.open_image, image)
+                except InvalidRequest as exc:
+                    raise about_item(exc, f"image {index}") if len(images) > 1 else exc from None
             tensors.append(await self.lane.run_async(self.transform, image))
         return await self.batcher.submit(tensors)
 

@@ -23,8 +23,8 @@ def token_lists(service: Embeddings, body: EmbeddingRequest) -> list[list[int]]:
     if len(raw) > MAX_INPUTS:
         raise InvalidRequest(f"input has {len(raw)} items; at most {MAX_INPUTS} per request", param="input")
     if all(isinstance(x, str) for x in raw):
-        if any(not x for x in raw):
-            raise InvalidRequest("input strings must not be empty", param="input")
+        if (empty := next((i for i, x in enumerate(raw) if not x), None)) is not None:
+            raise InvalidRequest(f"input {empty} is an empty string", param="input")
         return service.tokenize(raw, body.truncate)
     if not all(isinstance(x, list) for x in raw):
         raise InvalidRequest(

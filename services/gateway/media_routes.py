@@ -46,7 +46,7 @@ from services.gateway.media_schemas import (
 from services.gateway.schemas import Embedding
 from services.gateway.transcripts import check_format, check_granularities, render
 from services.registry import ModelRegistry
-from shared_engine.errors import InvalidRequest
+from shared_engine.errors import InvalidRequest, about_item
 
 Registry = NamedDependency[ModelRegistry]
 Multipart = Body(media_type=RequestEncodingType.MULTI_PART)
@@ -155,7 +155,15 @@ async def _image_request(request: Request[Any, Any, Any], schema: type[_Body]) -
         raise InvalidRequest("the body must be a JSON object or a multipart form", param=None)
     body = _convert(schema, raw, strict=True)
     images: Any = body.image
-    return [decode_base64_image(i) for i in (images if isinstance(images, list) else [images])], body
+    if not isinstance(images, list):
+        return [decode_base64_image(images)], body
+    decoded = []
+    for index, image in enumerate(images):
+        try:
+            decoded.append(decode_base64_image(image))
+        except InvalidRequest as exc:
+            raise about_item(exc, f"image {index}") from None
+    return decoded, body
 
 
 class VisionController(Controller):

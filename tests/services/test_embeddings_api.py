@@ -191,6 +191,19 @@ def test_truncate_cuts_long_token_ids(http: httpx.Client) -> None:
     assert response.json()["usage"]["prompt_tokens"] == MAX_TOKENS
 
 
+def test_truncate_keeps_the_first_token_ids_a_caller_sent(http: httpx.Client) -> None:
+    """A caller's ids are the whole sequence (TEI keeps the first): no last id is taken for a [SEP]."""
+    ids = list(range(2000, 2000 + MAX_TOKENS + 44))
+    (cut,) = vectors_of(post(http, input=ids, truncate=True))
+    (first,) = vectors_of(post(http, input=ids[:MAX_TOKENS]))
+    assert_same(cut, first)
+
+
+def test_an_empty_string_among_inputs_is_named(http: httpx.Client) -> None:
+    error = error_of(post(http, input=["fine", "also fine", ""]), 400)
+    assert error["param"] == "input" and "input 2" in error["message"], error
+
+
 def test_input_exactly_at_the_window_is_accepted(http: httpx.Client) -> None:
     ids = [CLS_ID] + [2000] * (MAX_TOKENS - 2) + [SEP_ID]
     response = post(http, input=ids)
