@@ -177,7 +177,7 @@ class AsyncLLMEngine:
             try:
                 # A group is admitted as a whole against the queue it finds: its own members never
                 # fill the queue against the rest of it.
-                self.engine.check_admission(sum(len(r.prompt_token_ids) for r in requests))
+                self.engine.check_admission(sum(len(r.prompt_token_ids) for r in requests), len(requests))
                 for r in requests:
                     self.engine.add_request(
                         r.request_id, r.prompt_token_ids, r.params, arrival, r.encoder_state, admitted=True

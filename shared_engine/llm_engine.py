@@ -213,11 +213,11 @@ class LLMEngine:
             outputs.append(self._output(live, tokens, lps, reason, itl, metrics))
         return outputs
 
-    def check_admission(self, num_tokens: int) -> None:
-        """Refuse new work of ``num_tokens`` prompt tokens while the queue is past its limits, with a
-        retry after the recent mean request time for each round of ``max_num_seqs`` requests ahead
-        (1 to 60 seconds)."""
-        if (refusal := self.scheduler.admission_refusal(num_tokens)) is None:
+    def check_admission(self, num_tokens: int, num_requests: int = 1) -> None:
+        """Refuse new work of ``num_requests`` requests of ``num_tokens`` prompt tokens while the queue is
+        past its limits, with a retry after the recent mean request time for each round of
+        ``max_num_seqs`` requests ahead (1 to 60 seconds)."""
+        if (refusal := self.scheduler.admission_refusal(num_tokens, num_requests)) is None:
             return
         rounds = (len(self.scheduler.waiting) + 1) / self.scheduler.config.max_num_seqs
         mean = self._mean_e2e_s

@@ -68,6 +68,9 @@ class SchedulerOutput:
         return not self.scheduled
 
 
+MAX_GROUP = 128
+
+
 class Scheduler:
     def __init__(
         self, config: SchedulerConfig, kv: KVCacheManager, speculative: SpeculativeConfig | None = None
@@ -91,14 +94,26 @@ class Scheduler:
             )
         self.waiting.append(request)
 
-    def admission_refusal(self, num_tokens: int) -> str | None:
-        """Why a new request of ``num_tokens`` prompt tokens must wait elsewhere, or None to queue it.
+    def admission_refusal(self, num_tokens: int, num_requests: int = 1) -> str | None:
+        """Why ``num_requests`` new requests of ``num_tokens`` prompt tokens in all must wait elsewhere, or
+        None to queue them.
 
         Requests that arrived since the last step wait for it even where the running batch has room: those
-        that the free slots will take are not counted as waiting."""
+        that the free slots will take are not counted as waiting. A group (a request's choices and prompts)
+        is taken as a whole against the queue it finds, so its members never fill the queue against
+        themselves; but one larger than the batch and the queue together, and than ``MAX_GROUP`` (the
+        most choices OpenAI's API allows), is refused as the caller's mistake: it alone would hold the
+        queue past its limit for everyone else."""
+        limit = self.config.max_waiting_requests
+        most = max(MAX_GROUP, self.config.max_num_seqs + limit)
+        if num_requests > most:
+            raise InvalidRequest(
+                f"this request asks for {num_requests} sequences (n choices of each prompt); this model "
+                f"takes at most {most} from one request",
+                param="n",
+            )
         free_slots = max(0, self.config.max_num_seqs - len(self.running))
         queued = list(itertools.islice(self.waiting, free_slots, None))
-        limit = self.config.max_waiting_requests
         if len(queued) >= limit:
             return f"{len(queued)} requests are waiting for this model (max_waiting_requests={limit})"
         waiting_tokens = sum(r.num_tokens for r in queued)

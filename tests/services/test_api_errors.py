@@ -135,6 +135,9 @@ BAD_REQUESTS: dict[str, Case] = {
     "chat-stream_options-without-stream": Case(
         "chat", {"stream_options": {"include_usage": True}}, "stream_options"
     ),
+    "completions-more-sequences-than-one-request-may-hold": Case(
+        "completions", {"prompt": ["hi"] * 100, "n": 2}, "n"
+    ),
     "completions-stream_options-without-stream": Case(
         "completions", {"stream_options": {"include_usage": True}}, "stream_options"
     ),

@@ -10,7 +10,7 @@ import pytest
 from shared_engine.errors import InvalidRequest
 from shared_engine.outputs import FinishReason
 from shared_engine.request import Request, RequestStatus
-from shared_engine.scheduler import ScheduledRequest, Scheduler, SchedulerOutput
+from shared_engine.scheduler import MAX_GROUP, ScheduledRequest, Scheduler, SchedulerOutput
 from tests.shared_engine.factories import (
     FakeKVStore,
     StepResult,
@@ -63,6 +63,19 @@ def test_requests_the_free_slots_will_take_do_not_count_as_waiting() -> None:
     scheduler.finish_request(scheduler.running[0], FinishReason.ABORT)  # the first waiting takes its slot
     assert scheduler.admission_refusal(3) is None
     assert "max_waiting_tokens=13" in (scheduler.admission_refusal(11) or "")
+
+
+@pytest.mark.parametrize(("max_num_seqs", "max_waiting", "most"), [(2, 3, MAX_GROUP), (100, 60, 160)])
+def test_a_group_larger_than_any_request_may_be_is_refused(
+    max_num_seqs: int, max_waiting: int, most: int
+) -> None:
+    """One request's sequences are taken together, but never more than the batch and the queue hold or
+    OpenAI's most choices, whichever is more: past that one caller would hold everyone else off."""
+    _, scheduler = make_scheduler(max_num_seqs=max_num_seqs, max_waiting_requests=max_waiting)
+    assert scheduler.admission_refusal(3 * most, num_requests=most) is None
+    with pytest.raises(InvalidRequest, match=f"takes at most {most} from one request") as raised:
+        scheduler.admission_refusal(3 * most + 3, num_requests=most + 1)
+    assert raised.value.param == "n"
 
 
 @pytest.mark.parametrize(("prompt_len", "max_tokens"), [(4, 6), (9, 1), (1, 9), (30, 30)])
