@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -41,6 +43,9 @@ from shared_engine.models.whisper_encoder import Int8RowsWhisperEncoder
 from shared_engine.row_int8_linear import rows_int8_available
 
 logger = logging.getLogger(__name__)
+
+_CONTROL_START = re.compile(r"(?<=<)(?=\|)")
+DIGITAL_SILENCE = 1e-4  # a window's peak below this (3 steps of 16-bit audio) holds no sound at all
 
 WINDOW_SECONDS = 30.0
 MAX_PROMPT_TOKENS = 223  # half the decoder's context, less the <|startofprev|> token
@@ -186,24 +191,34 @@ class ASRPipeline:
             start = int(seek * SAMPLE_RATE)
             chunk = audio[start : start + int(WINDOW_SECONDS * SAMPLE_RATE)]
             window = len(chunk) / SAMPLE_RATE
+            if float(np.abs(chunk).max()) < DIGITAL_SILENCE:  # nothing to hear: no decode, no imagined "you"
+                seek += window
+                continue
             (state,) = await self.batcher.submit([self.log_mel(chunk)])
             rid = f"{request_id}-{start}"
             language, no_speech = await self._first_step(rid, history, language, state)
             sot_sequence = self._sot_sequence(language, task)
             prompt_ids = [*self._previous(history), *sot_sequence]
-            decoded = await self.windows.decode(rid, prompt_ids, state, temperature)
+            decoded = await self.windows.decode(rid, prompt_ids, state, temperature, no_speech)
+            if decoded.silent:
+                seek += window
+                continue
             result = split_window(
                 decoded.tokens, decoded.logprobs, self.vocab, seek, window, self._decode_text,
                 len(segments), decoded.temperature,
             )  # fmt: skip
-            no_speech = decoded.no_speech_prob if no_speech is None else no_speech
-            segments.extend(replace(s, no_speech_prob=no_speech or 0.0) for s in result.segments)
-            text_tokens = [t for s in result.segments for t in s.tokens if t < self.vocab.eot]
-            history.extend(t for s in result.segments for t in s.tokens)
+            found = [replace(s, no_speech_prob=decoded.no_speech_prob or 0.0) for s in result.segments]
+            text_tokens = [t for s in found for t in s.tokens if t < self.vocab.eot]
+            history.extend(t for s in found for t in s.tokens)
+            span = min(max(result.advance, 0.02), window)  # what the window's segments cover
             if word_timestamps:
-                words += await self.windows.words(state, sot_sequence, text_tokens, language, seek, window)
-            seek += min(max(result.advance, 0.02), window)
-        segments = [replace(s, end=min(s.end, duration)) for s in segments]
+                # Within the span: speech cut off at the window's end is heard again by the next window,
+                # which starts where the span ends (attention would place a cut-off word past that point).
+                words += await self.windows.words(state, sot_sequence, text_tokens, language, seek, span)
+            segments += found
+            seek += span
+        # Times in whole milliseconds, the last end no later than the audio's (which reads 3 decimals too).
+        segments = [replace(s, end=min(s.end, math.floor(duration * 1000) / 1000)) for s in segments]
         text = "".join(s.text for s in segments).strip()
         code = language or "en"
         return Transcription(text, LANGUAGES.get(code, code), duration, segments, words)
@@ -226,7 +241,10 @@ class ASRPipeline:
         return language, step.no_speech_prob
 
     def _encode_text(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(" " + text.strip(), add_special_tokens=False))
+        """A prompt is text: "<|0.00|>" in it is those characters, never the timestamp token. Every control
+        token's text starts with "<|": encoded apart, "<" and "|" never meet to form one."""
+        pieces = _CONTROL_START.split(" " + text.strip())
+        return [i for piece in pieces for i in self.tokenizer.encode(piece, add_special_tokens=False)]
 
     def _decode_text(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))

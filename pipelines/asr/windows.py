@@ -28,6 +28,9 @@ MAX_WINDOW_TOKENS = 224
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 MAX_COMPRESSION_RATIO = 2.4
 MIN_AVG_LOGPROB = -1.0
+# A window that the model finds likely silent, and whose text is improbable, holds no speech: its text
+# is what Whisper imagines in silence ("you", "Thank you."), dropped as the reference implementation does.
+NO_SPEECH_THRESHOLD = 0.6
 
 
 @dataclass(frozen=True)
@@ -36,11 +39,21 @@ class Decoded:
     logprobs: list[float]
     finish_reason: FinishReason | None
     temperature: float = 0.0
-    no_speech_prob: float | None = None  # at the prompt's end, where that is <|startoftranscript|>
+    no_speech_prob: float | None = None  # the window's, read after <|startoftranscript|>
+    end_logprob: float = 0.0  # of the end-of-text token, which ``tokens`` leave out
 
     @property
     def avg_logprob(self) -> float:
-        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else 0.0
+        """Per token, the end of text included (as the reference implementation counts)."""
+        return (sum(self.logprobs) + self.end_logprob) / (len(self.logprobs) + 1)
+
+    @property
+    def silent(self) -> bool:
+        return (
+            self.no_speech_prob is not None
+            and self.no_speech_prob > NO_SPEECH_THRESHOLD
+            and self.avg_logprob < MIN_AVG_LOGPROB
+        )
 
 
 @dataclass(frozen=True)
@@ -83,10 +96,17 @@ class WindowDecoder:
         return FirstStep(language, probe.probability)
 
     async def decode(
-        self, request_id: str, prompt: list[int], state: CrossAttentionState, temperature: float
+        self,
+        request_id: str,
+        prompt: list[int],
+        state: CrossAttentionState,
+        temperature: float,
+        no_speech_prob: float | None = None,
     ) -> Decoded:
-        """Greedy first; hotter again while the result loops, never ends or is improbable. When every
-        attempt fails a check, the most probable one on average wins."""
+        """Greedy first; hotter again while the result loops, never ends or is improbable, unless it is
+        silence. When every attempt fails a check, the most probable one on average wins.
+        ``no_speech_prob``: the window's, where a step of its own read it (else where ``prompt`` ends in
+        <|startoftranscript|>, this decode reads it)."""
         temperatures = FALLBACK_TEMPERATURES if temperature == 0 else (temperature,)
         attempts: list[Decoded] = []
         room = min(MAX_WINDOW_TOKENS, self.max_target_len - len(prompt))
@@ -99,20 +119,19 @@ class WindowDecoder:
             )  # fmt: skip
             stream = self.engine.generate(f"{request_id}-t{i}", prompt, params, state)
             decoded = await self._collect(stream, t)
+            if no_speech_prob is None and prompt and prompt[-1] == self.vocab.sot:
+                no_speech_prob = probe.probability
+            decoded = replace(decoded, no_speech_prob=no_speech_prob)
             attempts.append(decoded)
             text = self.decode_text([x for x in decoded.tokens if x < self.vocab.eot])
             looping = compression_ratio(text) > MAX_COMPRESSION_RATIO
-            if (
+            if decoded.silent or (
                 decoded.finish_reason is not FinishReason.LENGTH
                 and not looping
                 and decoded.avg_logprob >= MIN_AVG_LOGPROB
             ):
-                chosen = decoded
-                break
-        else:
-            chosen = max(attempts, key=lambda d: d.avg_logprob)
-        no_speech = probe.probability if prompt and prompt[-1] == self.vocab.sot else None
-        return replace(chosen, no_speech_prob=no_speech)
+                return decoded
+        return max(attempts, key=lambda d: d.avg_logprob)
 
     async def words(
         self,
@@ -141,7 +160,9 @@ class WindowDecoder:
             tokens.extend(out.token_ids)
             logprobs.extend(lp.logprob for lp in out.logprobs)
             reason = out.finish_reason
+        end = 0.0
         if tokens and tokens[-1] == self.vocab.eot:
             tokens.pop()
+            end = logprobs[len(tokens)]
             logprobs = logprobs[: len(tokens)]
-        return Decoded(tokens, logprobs, reason, temperature)
+        return Decoded(tokens, logprobs, reason, temperature, end_logprob=end)

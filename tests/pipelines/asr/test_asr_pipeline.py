@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
+import itertools
 import re
 from pathlib import Path
 
@@ -221,8 +222,50 @@ def test_no_speech_probability_is_low_for_speech_and_high_for_silence(tiny: ASRP
     (state,) = asyncio.run(tiny.batcher.submit([tiny.log_mel(silence)]))
     decoded = asyncio.run(tiny.windows.decode("quiet", [tiny.vocab.sot], state, 0.0))
     assert decoded.no_speech_prob is not None and decoded.no_speech_prob > 0.5
-    heard = asyncio.run(tiny.transcribe("quiet-all", silence))  # what Whisper imagines in silence
-    assert all(s.no_speech_prob == pytest.approx(decoded.no_speech_prob) for s in heard.segments), heard
+    faint = silence + np.float32(2e-4) * np.sin(np.arange(len(silence), dtype=np.float32))  # not nothing
+    heard = asyncio.run(tiny.transcribe("quiet-all", faint))  # what Whisper imagines in silence
+    assert all(s.no_speech_prob > 0.5 for s in heard.segments), heard
+
+
+@pytest.mark.parametrize("model", ["tiny", "base"])
+def test_silence_and_noise_are_no_text(model: str, request: pytest.FixtureRequest) -> None:
+    """Whisper imagines words in silence ("you") and noise (on whisper-base: a subtitle credit in
+    Japanese). Digital silence is not decoded at all; a window the model finds likely silent
+    (no-speech probability > 0.6) whose text is improbable (mean log-probability < -1) is dropped, as the
+    reference implementation drops it. Speech around a long silence is heard, nothing more."""
+    pipeline: ASRPipeline = request.getfixturevalue(model)
+    noise = np.float32(0.01) * np.random.default_rng(0).standard_normal(5 * SAMPLE_RATE, dtype=np.float32)
+    for label, audio in (("silence", np.zeros(5 * SAMPLE_RATE, dtype=np.float32)), ("noise", noise)):
+        heard = asyncio.run(pipeline.transcribe(label, audio))
+        assert heard.text == "" and heard.segments == [], (label, heard)
+    audio, _ = _two_sentences_apart(35.0)
+    both = SENTENCES[0] + " " + SENTENCES[1]
+    result = asyncio.run(pipeline.transcribe("gap", audio, language="en"))
+    assert _overlap(both, result.text) >= 0.75, result.text
+    assert len(_words(result.text)) <= len(_words(both)) + 2, result.text
+
+
+def test_words_stay_in_order_across_windows(tiny: ASRPipeline) -> None:
+    """Speech cut off by a window's end is heard again by the next window, which starts at the last
+    timestamp: the first window's words lie before that point, so words never go back in time."""
+    lead = np.zeros(28 * SAMPLE_RATE, dtype=np.float32)
+    speech = [_speech(s) for s in SENTENCES]
+    result = asyncio.run(tiny.transcribe("across", np.concatenate([lead, *speech]), word_timestamps=True))
+    assert [w.word for w in result.words] == result.text.split()
+    for before, after in itertools.pairwise(result.words):
+        assert before.start <= after.start and before.end <= after.end + 1e-6, result.words
+    assert result.words[0].start >= 26.0, result.words
+    assert _overlap(" ".join(SENTENCES), result.text) >= 0.75, result.text
+
+
+def test_prompt_text_is_never_read_as_special_tokens(tiny: ASRPipeline) -> None:
+    """A prompt holding "<|0.00|>" or "<|endoftext|>" is those characters (OpenAI's prompt is text): the
+    tokens of a timestamp or the end of text would cut the transcript short."""
+    audio = _speech(SENTENCES[1])
+    for prompt in ("<|0.00|> hello <|1.00|>", "<|endoftext|>"):
+        assert all(t < tiny.vocab.eot for t in tiny._encode_text(prompt)), prompt
+        heard = asyncio.run(tiny.transcribe("special", audio, prompt=prompt))
+        assert _overlap(SENTENCES[1], heard.text) >= 0.75, (prompt, heard.text)
 
 
 def test_any_sample_rate_and_channels_decode_to_16k_mono() -> None:
