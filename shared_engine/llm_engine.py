@@ -16,7 +16,7 @@ from shared_engine.decode_graphs import MAX_CAPTURED_TOKENS
 from shared_engine.detokenizer import IncrementalDetokenizer, Tokenizer
 from shared_engine.errors import ContextLengthExceeded, DuplicateRequest, InvalidRequest, Overloaded
 from shared_engine.kv_cache_manager import KVCacheManager
-from shared_engine.model_runner import ModelRunner, num_blocks_for_memory
+from shared_engine.model_runner import ModelRunner, num_blocks_for_memory, usable_model_len
 from shared_engine.models.base import DecoderModel
 from shared_engine.outputs import EngineStats, FinishReason, RequestMetrics, RequestOutput, TokenLogprob
 from shared_engine.request import Request
@@ -61,9 +61,6 @@ class LLMEngine:
         self.eos_token_ids = eos_token_ids
         self.is_encoder_decoder = arch.is_encoder_decoder
         self.vocab_size = arch.vocab_size
-        self.max_model_len = min(
-            config.max_model_len or arch.max_position_embeddings, arch.max_position_embeddings
-        )
         cache = config.cache
         if arch.is_encoder_decoder and cache.enable_prefix_caching:
             # Block hashes cover token ids only, but an encoder-decoder's keys depend on its encoder
@@ -74,6 +71,8 @@ class LLMEngine:
         num_blocks = cache.num_blocks or num_blocks_for_memory(
             cache.memory_bytes, arch.kv_bytes_per_token, cache.block_size, kv_dtype
         )
+        positions = arch.max_position_embeddings
+        self.max_model_len = usable_model_len(config.max_model_len, positions, num_blocks, cache)
         self.kv = KVCacheManager(num_blocks, cache.block_size, cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.kv, config.speculative)
         self.runner = ModelRunner(model, num_blocks, cache.block_size, device, dtype, kv_dtype)

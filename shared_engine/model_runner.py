@@ -7,6 +7,7 @@ chunk): one, or with speculative decoding the guesses the model agreed with plus
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from shared_engine.attention import (
     decode_mask,
     gathered_decode,
 )
+from shared_engine.config import CacheConfig
 from shared_engine.decode_graphs import DecodeGraphs
 from shared_engine.dual_linear import float_weights_only
 from shared_engine.models.base import DecoderModel
@@ -29,6 +31,8 @@ from shared_engine.rejection_sampler import verify_and_sample
 from shared_engine.sampler import RequestSampler
 from shared_engine.scheduler import ScheduledRequest, SchedulerOutput
 from shared_engine.structured_output import StepMask
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,6 +55,19 @@ def num_blocks_for_memory(
 ) -> int:
     bytes_per_block = kv_elems_per_token * block_size * dtype.itemsize
     return max(1, memory_bytes // bytes_per_block)
+
+
+def usable_model_len(requested: int | None, positions: int, num_blocks: int, cache: CacheConfig) -> int:
+    """The longest sequence served: as configured (by default the model's positions), and no longer than
+    the KV cache holds, which would refuse every request past it."""
+    wanted = min(requested or positions, positions)
+    pool = num_blocks * cache.block_size
+    if pool < wanted:
+        logger.warning(
+            "the KV cache holds %d tokens, fewer than max_model_len %d: serving at most %d (enlarge the "
+            "cache to serve longer sequences)", pool, wanted, pool,
+        )  # fmt: skip
+    return min(wanted, pool)
 
 
 class ModelRunner:

@@ -253,3 +253,16 @@ async def test_closing_a_group_aborts_every_request(engine: AsyncLLMEngine) -> N
     await outputs.aclose()
     await _wait_idle(engine)
     assert engine.stats().kv_cache_usage == 0.0
+
+
+def test_max_model_len_is_no_longer_than_the_kv_cache_holds(smollm2_folder: Path) -> None:
+    """A KV cache of 4 blocks of 8 tokens holds 32: past that every request would be refused for want of
+    blocks (blaming max_tokens), so that is the context length served and reported."""
+    small = tiny_engine(smollm2_folder, EngineConfig(cache=CacheConfig(block_size=8, num_blocks=4)))
+    assert small.max_model_len == 32
+    params = SamplingParams(max_tokens=8, temperature=0)
+    with pytest.raises(ContextLengthExceeded, match="maximum context length is 32"):
+        small.add_request("long", list(range(1, 26)), params)
+    small.add_request("fits", list(range(1, 25)), params)
+    roomy = tiny_engine(smollm2_folder, EngineConfig(cache=CacheConfig(block_size=8, num_blocks=128)))
+    assert roomy.max_model_len == 512  # the model's positions
