@@ -168,6 +168,14 @@ class ModelRegistry:
     def wait_loaded(self, timeout: float | None = None) -> bool:
         return self._loaded.wait(timeout)
 
+    async def resume_file_processing(self) -> None:
+        """Once loaded, process again the files a crash or a stop left in progress, on the server's loop
+        (a worker holding the vector stores resumes its own)."""
+        while not self._loaded.is_set():
+            await asyncio.sleep(0.2)
+        if isinstance(self._vector_stores, VectorStores):
+            await self._vector_stores.resume()
+
     @property
     def failed(self) -> bool:
         """Loading failed or a loaded service died: waiting will not make it ready."""

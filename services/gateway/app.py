@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -37,11 +39,18 @@ def create_app(
 ) -> Litestar:
     lifecycle = lifecycle or Lifecycle()
 
+    background: set[asyncio.Task[None]] = set()
+
     def on_startup() -> None:
         if load_in_background:
             registry.start_loading()
+            resuming = asyncio.get_running_loop().create_task(registry.resume_file_processing())
+            background.add(resuming)
+            resuming.add_done_callback(background.discard)
 
     def on_shutdown() -> None:
+        for task in background:
+            task.cancel()
         registry.shutdown()
 
     return Litestar(

@@ -124,3 +124,39 @@ def test_sigkill_loses_no_acknowledged_file_or_document(setup: tuple[dict[str, s
     finally:
         gateway.stop(remove_logs=True)
         worker.stop(remove_logs=True)
+
+
+def test_embedded_server_resumes_files_left_in_progress_at_start(
+    setup: tuple[dict[str, str], int, Path],
+) -> None:
+    """Embedded mode, the server SIGKILLed while a batch of files is processed: after the restart the files
+    are processed again without anyone listing or retrieving them, so a client that only searches finds
+    them."""
+    env, _, _ = setup
+    server = start_server(env=env, timeout=READY_TIMEOUT_S)
+    markers = [f"zqxmarker{i}" for i in range(8)]
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=120) as http:
+            store = http.post("/v1/vector_stores", json={"name": "resume"}).json()["id"]
+            ids = []
+            for i, marker in enumerate(markers):
+                text = TEXTS[i % len(TEXTS)].read_bytes() * 8 + f"\nThe code word is {marker}.\n".encode()
+                upload = http.post(
+                    "/v1/files", files={"file": (f"{i}.txt", text)}, data={"purpose": "assistants"}
+                )
+                ids.append(upload.json()["id"])
+            batch = http.post(f"/v1/vector_stores/{store}/file_batches", json={"file_ids": ids})
+            assert batch.status_code == 200, batch.text
+            os.kill(server.proc.pid, signal.SIGKILL)
+            server.proc.wait(30)
+        server.stop(remove_logs=True)
+        server = start_server(env=env, timeout=READY_TIMEOUT_S)
+        with httpx.Client(base_url=server.base_url, timeout=120) as http:
+
+            def found(marker: str) -> bool:
+                hits = http.post(f"/v1/vector_stores/{store}/search", json={"query": marker}).json()["data"]
+                return any(marker in part["text"] for hit in hits for part in hit["content"])
+
+            until(lambda: all(found(m) for m in markers), 300, "files left in progress were not processed")
+    finally:
+        server.stop(remove_logs=True)
