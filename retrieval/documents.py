@@ -3,6 +3,7 @@ of collections and documents, and how documents become chunks and vectors."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -93,9 +94,16 @@ async def embed_documents(
     if any(d.image is not None for d in docs):
         raise InvalidRequest(f"collection {record.name!r} holds text, not images", param="documents")
     chunking = chunking or ChunkingConfig(record.chunk_tokens, record.overlap_tokens)
-    pieces = [chunk_text(d.text, embedder.tokenizer, chunking) for d in docs]  # type: ignore[union-attr]
+    # A file of megabytes takes seconds to chunk and tokenize: on a worker thread, not the event loop.
+    pieces, ids = await asyncio.to_thread(_chunks_and_ids, embedder, docs, chunking)  # type: ignore[arg-type]
+    return pieces, await embedder.embed(ids)  # type: ignore[union-attr]
+
+
+def _chunks_and_ids(
+    embedder: Embedder, docs: Sequence[DocumentInput], chunking: ChunkingConfig
+) -> tuple[list[list[str]], list[list[int]]]:
+    pieces = [chunk_text(d.text, embedder.tokenizer, chunking) for d in docs]
     for i, p in enumerate(pieces):
         if not p:
             raise InvalidRequest(f"documents[{i}] has no text", param="documents")
-    flat = [c for p in pieces for c in p]
-    return pieces, await embedder.embed(embedder.tokenize(flat, truncate=True))  # type: ignore[union-attr]
+    return pieces, embedder.tokenize([c for p in pieces for c in p], truncate=True)

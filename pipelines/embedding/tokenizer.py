@@ -6,6 +6,7 @@ another process.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ class InputTooLong(InvalidRequest):
 class EmbeddingTokenizer:
     def __init__(self, folder: Path) -> None:
         self.tokenizer: Any = AutoTokenizer.from_pretrained(folder)
+        # Large inputs are tokenized on worker threads; a fast tokenizer shared between threads can refuse
+        # a call while another holds it ("Already borrowed").
+        self._lock = threading.Lock()
         config = AutoConfig.from_pretrained(folder)
         window = int(config.max_position_embeddings)
         recipe = read_recipe(folder)
@@ -43,7 +47,8 @@ class EmbeddingTokenizer:
         return int(self.tokenizer.pad_token_id or 0)
 
     def tokenize(self, texts: Sequence[str], truncate: bool = False) -> list[list[int]]:
-        encoded: list[list[int]] = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+        with self._lock:
+            encoded: list[list[int]] = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
         return [self._fit(i, ids, truncate, keep_last=True) for i, ids in enumerate(encoded)]
 
     def check_length(self, index: int, ids: list[int], truncate: bool) -> list[int]:

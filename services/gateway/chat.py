@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
+import msgspec
+
 from pipelines.llm import TemplateOptions
 from services.gateway.chat_stream import chat_logprobs, stream_chat
 from services.gateway.constraints import output_constraint
@@ -21,6 +23,7 @@ from services.gateway.generation import (
     token_namer,
     truncated_prompt,
 )
+from services.gateway.offload import off_the_loop_if_large, text_size
 from services.gateway.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -122,7 +125,10 @@ async def create(service: Chat, body: ChatCompletionRequest) -> ChatCompletion |
         raise InvalidRequest(
             f"{param} cannot be combined with tools unless tool_choice is 'none'", param=param
         )
-    prompt_ids = truncated_prompt(service, body, render_prompt(service, body.messages, body, plan))
+    prompt_ids = await off_the_loop_if_large(
+        text_size(msgspec.to_builtins(body.messages)),
+        lambda: truncated_prompt(service, body, render_prompt(service, body.messages, body, plan)),
+    )
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     max_tokens = service.resolve_max_tokens(requested, len(prompt_ids), "messages")
     logprobs = (body.top_logprobs or 0) if body.logprobs else None

@@ -21,6 +21,7 @@ from services.gateway.generation import (
     token_namer,
     truncated_prompt,
 )
+from services.gateway.offload import off_the_loop_if_large, text_size
 from services.gateway.schemas import (
     Completion,
     CompletionChoice,
@@ -121,7 +122,9 @@ async def create(service: Chat, body: CompletionRequest) -> Completion | AsyncIt
     if prompt_only and body.min_tokens:
         raise InvalidRequest("min_tokens cannot exceed max_tokens (0)", param="min_tokens")
     guided, _ = output_constraint(body)
-    prompts = prompt_token_lists(service, body.prompt)
+    prompts = await off_the_loop_if_large(
+        text_size(body.prompt), lambda: prompt_token_lists(service, body.prompt)
+    )
     scores = body.logprobs if body.echo else None  # the prompt's log-probabilities, echoed with it
     choices = []
     for ids in (truncated_prompt(service, body, p) for p in prompts):

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from services.gateway.offload import off_the_loop_if_large, text_size
 from services.gateway.schemas import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
 from services.registry import Embeddings
 from shared_engine.errors import InvalidRequest
@@ -65,7 +66,7 @@ async def create(service: Embeddings, body: EmbeddingRequest) -> EmbeddingList:
             f"dimensions must be at most {service.dimensions} for this model, got {body.dimensions}",
             param="dimensions",
         )
-    inputs = token_lists(service, body)
+    inputs = await off_the_loop_if_large(text_size(body.input), lambda: token_lists(service, body))
     vectors = await service.embed(inputs)
     data = [
         Embedding(index=i, embedding=encode(shorten(v, body.dimensions), body.encoding_format))

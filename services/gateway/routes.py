@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
@@ -14,6 +15,7 @@ from services.errors import ModelNotFound
 from services.gateway import chat, completions, embeddings, tokenization
 from services.gateway.api_docs import EVENT_STREAM, SERVICE_ERRORS, errors, operation, sse_events
 from services.gateway.lifecycle import Lifecycle
+from services.gateway.offload import off_the_loop_if_large, text_size
 from services.gateway.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -140,7 +142,9 @@ class TokenizerController(Controller):
         responses=_ERRORS,
     )
     async def tokenize(self, data: JSONBody[TokenizeRequest], registry: Registry) -> TokenizeResponse:
-        return tokenization.tokenize(registry.chat(data.model or registry.default_model("chat")), data)
+        service = registry.chat(data.model or registry.default_model("chat"))
+        size = text_size(data.prompt) + text_size(msgspec.to_builtins(data.messages))
+        return await off_the_loop_if_large(size, lambda: tokenization.tokenize(service, data))
 
     @post("/detokenize", status_code=200, summary="Token ids back to text", responses=_ERRORS)
     async def detokenize(self, data: JSONBody[DetokenizeRequest], registry: Registry) -> DetokenizeResponse:

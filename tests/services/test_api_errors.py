@@ -6,6 +6,8 @@ Requests that take the engine down are sent to a server of their own, never the 
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -320,3 +322,33 @@ def test_tiny_temperature_does_not_kill_the_engine(http: httpx.Client, model_id:
     response = http.post("/v1/completions", json=body)
     assert response.status_code == 200, response.text  # treated as greedy
     _still_serves(http, model_id)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/tokenize", {"prompt": "hello " * 2_000_000}),
+        ("/v1/embeddings", {"model": "all-minilm-l6-v2", "input": "hello " * 2_000_000, "truncate": True}),
+    ],
+    ids=["tokenize", "embeddings"],
+)
+def test_a_huge_input_is_tokenized_without_stalling_other_requests(
+    http: httpx.Client, path: str, body: dict[str, Any]
+) -> None:
+    """12 MB of text takes seconds to tokenize: on a worker thread, while /health keeps answering."""
+    done = threading.Event()
+    answer: list[int] = []
+
+    def send() -> None:
+        with httpx.Client(base_url=str(http.base_url), timeout=300) as c:
+            answer.append(c.post(path, json=body).status_code)
+        done.set()
+
+    threading.Thread(target=send, daemon=True).start()
+    slowest = 0.0
+    while not done.wait(0.05):
+        started = time.monotonic()
+        assert http.get("/health").status_code == 200
+        slowest = max(slowest, time.monotonic() - started)
+    assert answer == [200]
+    assert slowest < 2.0, f"/health took {slowest:.1f} s while the input was tokenized"
