@@ -27,6 +27,8 @@ ROUTE_TASKS = (
     ("/v1/audio/", "asr"),
     ("/v1/collections", "retrieval"),
     ("/v1/retrieval/", "retrieval"),
+    ("/v1/files", "files"),
+    ("/v1/vector_stores", "vector_stores"),
     ("/v1/rag", "rag"),
     ("/v1/rerank", "rerank"),
     ("/v1/models", "models"),

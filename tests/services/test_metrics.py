@@ -144,6 +144,8 @@ def test_errors_are_counted_by_status(http: httpx.Client, model_id: str) -> None
         ("/v1/chat/completions", {"model": model_id, "messages": "not a list"}, "", "chat", 400),
         ("/v1/embeddings", {"model": EMBED_MODEL, "input": []}, EMBED_MODEL, "embedding", 400),
         ("/v1/no-such-route", {}, "", "", 404),
+        ("/v1/vector_stores/vs_none/search", {"query": "x"}, "", "vector_stores", 404),
+        ("/v1/files", {}, "", "files", 400),
     ]
     for path, body, model, task, status in cases:
         before = requests_counted(http, model_name=model, task=task, status=str(status))
