@@ -40,6 +40,8 @@ def _validation_detail(exc: ValidationException) -> tuple[str, str | None]:
     if key in (None, "data"):
         found = _FIELD.search(message)
         key = found.group(1) if found else None
+    if key == "file" and message.startswith("Unsupported type"):  # text, or several parts, where a file goes
+        return "file: send exactly one file, as a multipart part named `file` with a filename", key
     return (f"{key}: {message}" if key else message), key
 
 
@@ -60,6 +62,11 @@ def _unreadable_body(exc: BaseException) -> str | None:
         tb = tb.tb_next
     if tb is None:
         return None
+    if isinstance(exc, UnicodeDecodeError) and tb.tb_frame.f_globals["__name__"] == "litestar._multipart":
+        return (
+            f"A multipart field is not valid UTF-8 text ({exc.reason}): a part without a filename is read "
+            "as text; send a file as a part with a filename (curl: -F file=@path)."
+        )
     if isinstance(exc, UnicodeDecodeError):
         return f"The request body is not valid UTF-8 ({exc.reason})."
     if isinstance(exc, RecursionError):

@@ -207,6 +207,8 @@ class AudioController(Controller):
     async def _transcribe(
         self, form: TranscriptionForm, request: Request[Any, Any, Any], registry: ModelRegistry, task: str
     ) -> Response[Any]:
+        if form.stream:
+            raise InvalidRequest("stream is not supported: the transcript comes whole", param="stream")
         fmt = check_format(form.response_format)
         named = (await request.form()).getall("timestamp_granularities[]", [])  # the OpenAI SDKs' name
         granularities = check_granularities([*form.timestamp_granularities, *named], fmt, task)

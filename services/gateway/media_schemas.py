@@ -81,6 +81,8 @@ class TranscriptionForm:
             schema_extra={"items": Schema(type=OpenAPIType.STRING, enum=list(TIMESTAMP_GRANULARITIES))},
         ),
     ] = field(default_factory=list)
+    # Transcripts come whole (as OpenAI's whisper-1 sends them); a client asking for a stream is told so.
+    stream: Annotated[bool, KwargDefinition(description="only false: transcripts are not streamed")] = False
 
 
 class TranscriptionSegment(Struct):

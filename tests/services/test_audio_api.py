@@ -745,7 +745,15 @@ BAD_UPLOADS: dict[str, Callable[[], BadUpload]] = {
         413, "file", ("file", ("hour.wav", _over_limit_wav())), message_has=("limit",)
     ),
     "missing-file-field": lambda: BadUpload(400, "file", ("audio", ("tone.wav", TONE))),
-    "file-field-not-a-file": lambda: BadUpload(400, "file", ("file", (None, b"tone.wav"))),
+    "file-field-not-a-file": lambda: BadUpload(
+        400, "file", ("file", (None, b"tone.wav")), message_has=("exactly one file", "filename")
+    ),
+    "audio-without-a-filename": lambda: BadUpload(  # read as a text field, and WAV bytes are not text
+        400, None, ("file", (None, TONE)), message_has=("without a filename", "-F file=@")
+    ),
+    "stream-asked-for": lambda: BadUpload(
+        400, "stream", form={"model": TINY, "stream": "true"}, message_has=("not supported",)
+    ),
     "unknown-model": lambda: BadUpload(404, "model", form={"model": "whisper-huge"}, code="model_not_found"),
     "chat-model": lambda: BadUpload(404, "model", form={"model": CHAT_MODEL}, code="model_not_found"),
     "tts-model": lambda: BadUpload(404, "model", form={"model": TTS_MODEL}, code="model_not_found"),
