@@ -108,14 +108,14 @@ class Collections:
         self.indexes[name] = VectorIndex(index_kind, embedder.dimensions)
         return record
 
-    def check_chunking(self, model: str, chunking: ChunkingConfig) -> None:
-        """Chunks must fit what the embedding model reads."""
+    def check_chunking(self, model: str, chunking: ChunkingConfig, field: str = "chunk_tokens") -> None:
+        """Chunks must fit what the embedding model reads (``field``: where the request set their size)."""
         window = text_window(self.embedders[model])
         if window and chunking.chunk_tokens > window:
             raise InvalidRequest(
-                f"chunk_tokens {chunking.chunk_tokens} exceeds what {model} reads "
+                f"{field} {chunking.chunk_tokens} exceeds what {model} reads "
                 f"({window} tokens besides its special tokens)",
-                param="chunk_tokens",
+                param=field.split(".")[0],
             )
 
     def claim(self, owner: Owner) -> None:

@@ -32,6 +32,8 @@ from retrieval.vector_store_records import (
 )
 from shared_engine.errors import InvalidRequest
 
+CHUNKING_FIELD = "chunking_strategy.static.max_chunk_size_tokens"
+
 RANKERS = ("auto", "default-2024-11-15", "none")
 MAX_RESULTS = 50
 PASSAGES = 3
@@ -143,6 +145,8 @@ class VectorStores:
         for a in attach:
             self.files.get(a.file_id)
         store_id = f"vs_{uuid.uuid4().hex}"
+        if chunking is not None and self.collections.default_model is not None:
+            self.collections.check_chunking(self.collections.default_model, chunking, CHUNKING_FIELD)
         self.collections.create(store_id, None, "flat", chunking)
         now = int(time.time())
         self.records.insert_store(VectorStoreRecord(store_id, name, metadata, expires_after_days, now, now))
@@ -184,7 +188,7 @@ class VectorStores:
     def _attach(self, store_id: str, a: FileAttachment, batch_id: str | None) -> None:
         record = self.collections.record(store_id)
         chunking = a.chunking or ChunkingConfig(record.chunk_tokens, record.overlap_tokens)
-        self.collections.check_chunking(record.model, chunking)
+        self.collections.check_chunking(record.model, chunking, CHUNKING_FIELD)
         self.records.upsert_file(
             VectorStoreFileRecord(
                 store_id, a.file_id, "in_progress", None, None, dict(a.attributes), chunking.chunk_tokens,

@@ -9,6 +9,8 @@ import sys
 import time
 from typing import Any
 
+from transformers.utils import logging as transformers_logging
+
 from services.observability import request_context
 
 FORMATS = ("json", "text")
@@ -63,6 +65,8 @@ def configure_logging(level: str, fmt: str = "json", component: str = "gateway")
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(f"{component} "))
     if fmt == "json":
         handler.addFilter(_Component(component))
+        # Loading bars are terminal text (carriage returns, no JSON): a log shipper would choke on them.
+        transformers_logging.disable_progress_bar()
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

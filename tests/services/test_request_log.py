@@ -13,9 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
+from transformers.utils import logging as transformers_logging
 
 from services.observability import request_context
-from services.observability.log_config import JsonFormatter, RequestIdFilter
+from services.observability.log_config import JsonFormatter, RequestIdFilter, configure_logging
 from tests.helpers.model_configs import only_models
 from tests.helpers.server import ServerProcess, default_server_env, free_port, launch, start_server
 from tests.services.conftest import DEFAULT_MODEL, READY_TIMEOUT_S, REQUEST_TIMEOUT_S, server_env
@@ -140,3 +141,17 @@ def test_the_json_formatter_stamps_the_current_request() -> None:
     entry = json.loads(JsonFormatter().format(record))
     assert entry["request_id"] == "req-7" and entry["message"] == "m 5" and entry["status"] == 201
     assert entry["level"] == "info" and entry["ts"].endswith("Z")
+
+
+def test_json_logs_leave_out_loading_bars() -> None:
+    """transformers draws "Loading weights" bars on stderr: terminal text, not JSON lines."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, transformers_logging.is_progress_bar_enabled())
+    try:
+        configure_logging("info", "json")
+        assert not transformers_logging.is_progress_bar_enabled()
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        if saved[2]:
+            transformers_logging.enable_progress_bar()
