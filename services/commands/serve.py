@@ -36,6 +36,7 @@ def run(settings: Settings) -> None:
         api_keys=ApiKeys(settings.api_keys, settings.metrics_require_key),
         deadlines=DeadlinePolicy(settings.request_timeout_s, settings.max_request_timeout_s),
         lifecycle=lifecycle,
+        cors_origins=settings.cors_origins,
     )
     config = uvicorn.Config(
         app,

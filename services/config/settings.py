@@ -36,6 +36,8 @@ class Settings:
     model_dirs: tuple[Path, ...] = ()
     api_keys: tuple[str, ...] = ()  # when set, /v1 needs "Authorization: Bearer <one of them>"
     metrics_require_key: bool = False  # /metrics behind the API keys too
+    # Origins whose browser pages may call the API (CORS): "*" for any; empty: same origin only.
+    cors_origins: tuple[str, ...] = ()
     # How the gateway spreads chat requests over LLM replicas (services/rpc/routing.py).
     chat_routing: str = "cache_aware"
 
@@ -98,6 +100,7 @@ class Settings:
             model_dirs=tuple(Path(d) for d in e.get("MMSERVE_MODEL_DIRS", "").split(os.pathsep) if d.strip()),
             api_keys=tuple(k.strip() for k in e.get("MMSERVE_API_KEYS", "").split(",") if k.strip()),
             metrics_require_key=_flag(e, "MMSERVE_METRICS_REQUIRE_KEY"),
+            cors_origins=tuple(o.strip() for o in e.get("MMSERVE_CORS_ORIGINS", "").split(",") if o.strip()),
             chat_routing=e.get("MMSERVE_CHAT_ROUTING", "cache_aware").strip().lower(),
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from litestar import Litestar, Router
+from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
@@ -29,6 +30,10 @@ from services.registry import ModelRegistry
 BEARER = SecurityScheme(type="http", scheme="bearer", description="one of MMSERVE_API_KEYS")
 
 
+# Response headers a browser page may read across origins (its own request id, timings, audio's rate).
+EXPOSED = ["x-request-id", "x-total-time", "x-queue-time", "x-inference-time", "x-sample-rate", "retry-after"]
+
+
 def create_app(
     registry: ModelRegistry,
     load_in_background: bool = True,
@@ -36,6 +41,7 @@ def create_app(
     api_keys: ApiKeys = ApiKeys(),  # noqa: B008  (frozen, so one shared default is safe)
     deadlines: DeadlinePolicy = DeadlinePolicy(),  # noqa: B008
     lifecycle: Lifecycle | None = None,
+    cors_origins: tuple[str, ...] = (),
 ) -> Litestar:
     lifecycle = lifecycle or Lifecycle()
 
@@ -90,6 +96,12 @@ def create_app(
         ],
         before_send=[count_unrouted, log_unrouted],
         guards=[api_key_guard(api_keys)],
+        # Browsers ask first (a preflight OPTIONS, which carries no key), then send the key themselves.
+        cors_config=CORSConfig(
+            allow_origins=list(cors_origins), allow_methods=["*"], allow_headers=["*"], expose_headers=EXPOSED
+        )
+        if cors_origins
+        else None,
         # Logging is configured once by the process (services.commands.serve); Litestar must not replace it.
         logging_config=None,
         request_max_body_size=max_body_bytes,

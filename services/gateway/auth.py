@@ -52,6 +52,9 @@ class ApiKeys:
 
 def api_key_guard(api_keys: ApiKeys) -> Guard:
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        # A browser's CORS preflight never carries credentials; it only asks what a route allows.
+        if connection.scope.get("method") == "OPTIONS":
+            return
         if api_keys.required_for(connection.url.path):
             api_keys.check(connection.headers.get("authorization"))
 

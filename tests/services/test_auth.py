@@ -16,6 +16,7 @@ from tests.helpers.server import ServerProcess, start_server
 from tests.services.conftest import DEFAULT_MODEL, READY_TIMEOUT_S, REQUEST_TIMEOUT_S, server_env
 
 KEYS = ("sk-first-0123", "sk-second-4567")
+APP_ORIGIN = "http://app.example"
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +27,7 @@ def protected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProces
         "MMSERVE_MODELS_CONFIG": str(config),
         "MMSERVE_API_KEYS": ",".join(KEYS),
         "MMSERVE_METRICS_REQUIRE_KEY": "true",
+        "MMSERVE_CORS_ORIGINS": APP_ORIGIN,
     }
     server = start_server(env=env, timeout=READY_TIMEOUT_S)
     yield server
@@ -119,3 +121,22 @@ def test_keys_are_checked_only_where_required() -> None:
         keys.check("Bearer k2")
     with pytest.raises(ValueError, match="no spaces"):
         ApiKeys(("has space",))
+
+
+def test_a_page_of_an_allowed_origin_may_call_the_api(http: httpx.Client) -> None:
+    """CORS (MMSERVE_CORS_ORIGINS): the browser's preflight, which carries no key, is answered; then the
+    request with its key, whose answer names the origin and lets the page read the request id."""
+    ask = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    preflight = http.options("/v1/chat/completions", headers={"Origin": APP_ORIGIN, **ask})
+    assert preflight.status_code in (200, 204), preflight.text
+    assert preflight.headers["access-control-allow-origin"] == APP_ORIGIN
+    assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+    models = http.get("/v1/models", headers={"Origin": APP_ORIGIN, "Authorization": f"Bearer {KEYS[0]}"})
+    assert models.status_code == 200
+    assert models.headers["access-control-allow-origin"] == APP_ORIGIN
+    assert "x-request-id" in models.headers["access-control-expose-headers"].lower()
+    _error(http.get("/v1/models", headers={"Origin": APP_ORIGIN}))  # the key is still needed
+    other = http.get(
+        "/v1/models", headers={"Origin": "http://elsewhere.example", "Authorization": f"Bearer {KEYS[0]}"}
+    )
+    assert "access-control-allow-origin" not in other.headers
