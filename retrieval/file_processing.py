@@ -70,29 +70,33 @@ class FileProcessor:
             return
         if attached.status != "in_progress":
             return
+        chunked = (attached.chunk_tokens, attached.overlap_tokens)  # a re-attachment may chunk otherwise
+
+        def failed(code: str, exc: BaseException) -> None:
+            self.records.finish_file(store_id, file_id, "failed", error=(code, str(exc)), chunking=chunked)
+
         try:
             record = self.files.get(file_id)
             data = await asyncio.to_thread(self.files.path(file_id).read_bytes)  # the disk, not the db
             text = await asyncio.to_thread(extract_text, data, record.filename)
-            chunking = ChunkingConfig(attached.chunk_tokens, attached.overlap_tokens)
+            chunking = ChunkingConfig(*chunked)
             document = DocumentInput(text, file_id, dict(attached.attributes))
             _, chunks = await self.collections.add(store_id, [document], chunking, WRITER)
         except (FileNotFound, FileNotFoundError, CollectionNotFound) as exc:
-            self.records.finish_file(store_id, file_id, "failed", error=("invalid_file", str(exc)))
+            failed("invalid_file", exc)
         except InvalidRequest as exc:
-            code = getattr(exc, "code", "invalid_file")
-            self.records.finish_file(store_id, file_id, "failed", error=(code, str(exc)))
+            failed(getattr(exc, "code", "invalid_file"), exc)
         except Exception as exc:  # the file stays failed; the store and the service go on
             logger.exception("processing %s for vector store %s failed", file_id, store_id)
-            self.records.finish_file(store_id, file_id, "failed", error=("server_error", str(exc)))
+            failed("server_error", exc)
         else:
             usage = len(text.encode()) + chunks * self.collections.record(store_id).dimensions * 4
             with self.collections.store.transaction():
-                finished = self.records.finish_file(store_id, file_id, "completed", usage)
+                finished = self.records.finish_file(store_id, file_id, "completed", usage, chunking=chunked)
                 if finished:
                     self._take_new_attributes(store_id, file_id, document.metadata)
-            if not finished:
-                await self._forget(store_id, file_id)  # detached or cancelled while it was processed
+            if not finished:  # detached, cancelled, or attached again to be chunked otherwise
+                await self._forget(store_id, file_id)
 
     def _take_new_attributes(self, store_id: str, file_id: str, written: dict[str, Any]) -> None:
         """Attributes set while the file was processed replace those its document was written with."""

@@ -13,10 +13,12 @@ import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
+from retrieval.chunking import ChunkingConfig
 from retrieval.collections import Collections, DocumentInput
 from retrieval.errors import (
     CollectionOwned,
@@ -333,4 +335,37 @@ async def test_cancelling_a_finished_batch_changes_nothing(
     batch = await vs.cancel_batch(store.id, batch.id)
     assert (batch.status, batch.file_counts.completed, batch.file_counts.cancelled) == ("completed", 2, 0)
     assert (await vs.get_batch(store.id, batch.id)).status == "completed"
+    vs.collections.store.close()
+
+
+async def test_a_file_attached_again_to_be_chunked_otherwise_is_chunked_so(
+    tmp_path: Path, embedder: EmbeddingService
+) -> None:
+    """Detached and attached again, with other chunking, while its first processing runs: that run's
+    document is not the one kept; the file ends chunked as its attachment says."""
+    vs = open_stores(tmp_path, embedder)
+    store = await vs.create("rechunk", {}, None, None)
+    fid = await upload(vs, DOCS / "numpy.txt")
+    fresh = await vs.create("fresh", {}, None, None)
+    await vs.attach(fresh.id, FileAttachment(fid, chunking=ChunkingConfig(50, 0)))
+    await settled(vs, fresh.id, fid)
+    expected = len(vs.collections.store.chunk_ids_of(fresh.id, fid))
+    cols, add = vs.collections, vs.collections.add
+    reached, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held_add(*args: Any, **kwargs: Any) -> tuple[list[str], int]:
+        reached.set()
+        await go_on.wait()
+        return await add(*args, **kwargs)
+
+    cols.add = held_add  # type: ignore[method-assign]
+    await vs.attach(store.id, FileAttachment(fid, chunking=ChunkingConfig(200, 0)))
+    await asyncio.wait_for(reached.wait(), 60)  # its chunks of 200 tokens are about to be written
+    cols.add = add  # type: ignore[method-assign]
+    await vs.detach(store.id, fid)
+    await vs.attach(store.id, FileAttachment(fid, chunking=ChunkingConfig(50, 0)))
+    go_on.set()
+    done = await settled(vs, store.id, fid)
+    assert (done.status, done.chunk_tokens) == ("completed", 50)
+    assert len(vs.collections.store.chunk_ids_of(store.id, fid)) == expected > 0
     vs.collections.store.close()
