@@ -206,8 +206,11 @@ def test_check_length_boundary(pipeline: EmbeddingPipeline) -> None:
     over = [CLS_ID] + [1000] * (MAX_TOKENS - 1) + [SEP_ID]
     with pytest.raises(InputTooLong):
         pipeline.check_length(3, over, truncate=False)
-    cut = pipeline.check_length(3, over, truncate=True)
-    assert len(cut) == MAX_TOKENS and cut[-1] == SEP_ID
+    # A caller's ids are the whole sequence: the first that fit are kept (TEI's truncation).
+    assert pipeline.check_length(3, over, truncate=True) == over[:MAX_TOKENS]
+    # A text's ids end with the closing [SEP], which truncation keeps.
+    (text_cut,) = pipeline.tokenize(["word " * (2 * MAX_TOKENS)], truncate=True)
+    assert len(text_cut) == MAX_TOKENS and text_cut[0] == CLS_ID and text_cut[-1] == SEP_ID
 
 
 async def test_embed_of_nothing(pipeline: EmbeddingPipeline) -> None:
