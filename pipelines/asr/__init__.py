@@ -2,7 +2,7 @@
 decoder on the shared engine."""
 
 from pipelines.asr.alignment import Word
-from pipelines.asr.audio import AudioTooLong, AudioTooShort, decode_audio
+from pipelines.asr.audio import AudioTooLong, AudioTooShort, AudioTruncated, decode_audio
 from pipelines.asr.config import ASRPipelineConfig
 from pipelines.asr.pipeline import ASRPipeline, Transcription
 from pipelines.asr.segments import Segment, compression_ratio
@@ -12,6 +12,7 @@ __all__ = [
     "ASRPipelineConfig",
     "AudioTooLong",
     "AudioTooShort",
+    "AudioTruncated",
     "Segment",
     "Transcription",
     "Word",

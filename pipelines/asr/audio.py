@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 
 import numpy as np
 import soundfile as sf
@@ -11,6 +12,7 @@ import torch
 import torchaudio.functional as AF
 from scipy.signal import resample_poly
 
+from pipelines.asr.chained import ends_inside_an_ogg_page, split_chained
 from shared_engine.errors import InvalidRequest, PayloadTooLarge
 
 SAMPLE_RATE = 16_000
@@ -34,39 +36,85 @@ class AudioTooShort(InvalidRequest):
         )
 
 
+class AudioTruncated(InvalidRequest):
+    code = "audio_truncated"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"the audio file ends early: {detail} (an upload cut short?)", param="file")
+
+
 def decode_audio(data: bytes, max_seconds: float) -> np.ndarray:
     """Any WAV/FLAC/MP3/OGG file, any sample rate and channel count → mono float32 samples at 16 kHz.
 
-    The file is read a block at a time, each block mixed down and resampled before the next is read, so
-    memory follows the 16 kHz result, not the file's rate times its channels (a few kilobytes of FLAC
-    can hold an hour of 8 channels at 192 kHz)."""
+    Files joined one after another (concatenated MP3s, a chained Ogg stream) are decoded part by part and
+    the parts joined. Each is read a block at a time, each block mixed down and resampled before the next
+    is read, so memory follows the 16 kHz result, not the file's rate times its channels (a few kilobytes
+    of FLAC can hold an hour of 8 channels at 192 kHz)."""
     if not data:
         raise InvalidRequest("the audio file is empty", param="file")
+    if data.startswith(b"OggS") and ends_inside_an_ogg_page(data):
+        raise AudioTruncated("it stops partway through an Ogg page")
+    parts: list[np.ndarray] = []
+    seconds = 0.0
     try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            rate = f.samplerate
-            if rate <= 0:
-                raise InvalidRequest("the audio file states no sample rate", param="file")
-            seconds = f.frames / rate
-            if seconds > max_seconds:
-                raise AudioTooLong(seconds, max_seconds)
-            resampler = BlockResampler(rate)
-            frames = resampler.unit_in * max(1, BLOCK_SAMPLES // (f.channels * resampler.unit_in))
-            while len(block := f.read(frames, dtype="float32", always_2d=True)):
-                mono = block.mean(axis=1)
-                if not np.isfinite(mono).all():
-                    raise InvalidRequest("the audio holds non-finite samples", param="file")
-                resampler.push(mono)
+        for part in split_chained(data):
+            samples, part_seconds = _decode_part(part, max_seconds - seconds, seconds)
+            parts.append(samples)
+            seconds += part_seconds
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         # libsndfile's own words, without soundfile's "Error opening <_io.BytesIO object at 0x...>".
         reason = exc.error_string if isinstance(exc, sf.LibsndfileError) else str(exc)
         raise InvalidRequest(
             f"could not read the audio file ({reason}); supported formats: {', '.join(FORMATS)}", param="file"
         ) from None
-    seconds = resampler.num_in / rate
     if seconds < MIN_SECONDS:
         raise AudioTooShort(seconds)
-    return resampler.finish()
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _decode_part(data: bytes, seconds_left: float, seconds_before: float) -> tuple[np.ndarray, float]:
+    """One file's samples at 16 kHz and its length in seconds."""
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        rate = f.samplerate
+        if rate <= 0:
+            raise InvalidRequest("the audio file states no sample rate", param="file")
+        seconds = f.frames / rate
+        if seconds > seconds_left:
+            raise AudioTooLong(seconds_before + seconds, seconds_before + seconds_left)
+        resampler = BlockResampler(rate)
+        frames = resampler.unit_in * max(1, BLOCK_SAMPLES // (f.channels * resampler.unit_in))
+        while len(block := f.read(frames, dtype="float32", always_2d=True)):
+            mono = block.mean(axis=1)
+            if not np.isfinite(mono).all():
+                raise InvalidRequest("the audio holds non-finite samples", param="file")
+            resampler.push(mono)
+        _check_complete(f, resampler.num_in)
+    return resampler.finish(), resampler.num_in / rate
+
+
+# A file may fall this short of the length its header states (encoders round it) before it is refused
+# as cut short.
+TRUNCATION_SLACK_SECONDS = 0.1
+# A WAV's data size as libsndfile reports a shorter file: "data : 64000 (should be 31978)".
+_WAV_DATA_SIZE = re.compile(r"^data : (\d+) \(should be (\d+)\)$", re.MULTILINE)
+_WAV_BLOCK_ALIGN = re.compile(r"^\s*Block Align\s*: (\d+)$", re.MULTILINE)
+# Data sizes a WAV written as a stream states before its length is known.
+_WAV_STREAMING_SIZES = (0, 0x7FFFFFFF, 0xFFFFFFFF)
+
+
+def _check_complete(f: sf.SoundFile, frames_read: int) -> None:
+    """Refuse a file whose header states more audio than it holds (MP3 Xing, Ogg, FLAC: frames; WAV:
+    bytes of data, as libsndfile reports them)."""
+    rate, declared_frames = f.samplerate, f.frames
+    wav = _WAV_DATA_SIZE.search(f.extra_info) if f.format in ("WAV", "WAVEX", "RF64") else None
+    if wav and int(wav.group(1)) not in _WAV_STREAMING_SIZES:
+        stated_bytes, held_bytes = int(wav.group(1)), int(wav.group(2))
+        align = _WAV_BLOCK_ALIGN.search(f.extra_info)
+        bytes_per_frame = int(align.group(1)) if align else held_bytes // max(1, f.frames)
+        declared_frames = max(declared_frames, stated_bytes // max(1, bytes_per_frame))
+    if declared_frames - frames_read > TRUNCATION_SLACK_SECONDS * rate:
+        present, declared = frames_read / rate, declared_frames / rate
+        raise AudioTruncated(f"it holds {present:.2f} s of the {declared:.2f} s its header states")
 
 
 # Samples (frames x channels) read at a time: 16 MiB of float32. Shorter audio is one block, resampled

@@ -658,6 +658,18 @@ def test_speech_mp3_and_opus_are_heard_again(
     assert wer(clip.text, text) <= MAX_CLIP_WER, text
 
 
+@pytest.mark.parametrize(("container", "subtype"), [("MP3", "MPEG_LAYER_III"), ("OGG", "VORBIS")])
+def test_files_joined_end_to_end_are_heard_whole(
+    client: openai.OpenAI, clips: list[Clip], container: str, subtype: str
+) -> None:
+    """`cat first.mp3 second.mp3`, or a chained Ogg stream: players play both files, and both are heard
+    (each file's header states its own length only)."""
+    first, second = clips[:2]
+    data = first.encode(container, subtype) + second.encode(container, subtype)
+    text = transcribe(client, TINY, data, name=f"joined.{container.lower()}")
+    assert wer(f"{first.text} {second.text}", text) <= MAX_CLIP_WER, text
+
+
 def test_speech_pcm_is_16_bit_little_endian_mono(
     client: openai.OpenAI, spoken: dict[str, Spoken], clip: Clip
 ) -> None:
@@ -693,9 +705,13 @@ def test_speech_default_model_and_voice(http: httpx.Client) -> None:
 # -- bad requests ----------------------------------------------------------------------------------------
 
 
-def _tone_wav() -> bytes:
-    t = np.arange(8_000, dtype=np.float32) / 16_000
-    return Clip("", 0.3 * np.sin(2 * math.pi * 440 * t).astype(np.float32), 16_000).wav
+def _tone(seconds: float) -> Clip:
+    t = np.arange(round(seconds * 16_000), dtype=np.float32) / 16_000
+    return Clip("", 0.3 * np.sin(2 * math.pi * 440 * t).astype(np.float32), 16_000)
+
+
+def _tone_wav(seconds: float = 0.5) -> bytes:
+    return _tone(seconds).wav
 
 
 def _png() -> bytes:
@@ -715,6 +731,7 @@ def _over_limit_wav() -> bytes:
 
 
 TONE = _tone_wav()
+TONE_MP3 = _tone(2.0).encode("MP3", "MPEG_LAYER_III")
 
 
 @dataclass(frozen=True)
@@ -735,10 +752,20 @@ BAD_UPLOADS: dict[str, Callable[[], BadUpload]] = {
     "empty-file": lambda: BadUpload(400, "file", ("file", ("empty.wav", b"")), message_has=("empty",)),
     "truncated-wav-header": lambda: BadUpload(400, "file", ("file", ("cut.wav", TONE[:30]))),
     "wav-header-only": lambda: BadUpload(
-        400, "file", ("file", ("head.wav", TONE[:44])), message_has=("0.1 s",), code="audio_too_short"
+        400, "file", ("file", ("head.wav", TONE[:44])), message_has=("ends early",), code="audio_truncated"
     ),
     "wav-cut-after-50-ms": lambda: BadUpload(  # the 44-byte header and 800 16-bit samples
-        400, "file", ("file", ("cut.wav", TONE[:1_644])), message_has=("0.1 s",), code="audio_too_short"
+        400,
+        "file",
+        ("file", ("cut.wav", TONE[:1_644])),
+        message_has=("holds 0.05 s of the 0.50 s",),
+        code="audio_truncated",
+    ),
+    "mp3-cut-short": lambda: BadUpload(
+        400, "file", ("file", ("cut.mp3", TONE_MP3[: len(TONE_MP3) // 2])), code="audio_truncated"
+    ),
+    "wav-of-50-ms": lambda: BadUpload(
+        400, "file", ("file", ("short.wav", _tone_wav(0.05))), message_has=("0.1 s",), code="audio_too_short"
     ),
     "non-finite-samples": lambda: BadUpload(400, "file", ("file", ("nan.wav", _nan_wav()))),
     "longer-than-limit": lambda: BadUpload(

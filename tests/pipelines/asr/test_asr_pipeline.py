@@ -176,10 +176,9 @@ def _wav(samples: np.ndarray) -> bytes:
 
 def test_audio_shorter_than_a_tenth_of_a_second_is_refused() -> None:
     tone = (0.3 * np.sin(np.arange(SAMPLE_RATE) / 10)).astype(np.float32)
-    for cut in (_wav(tone[:1_500]), _wav(tone)[:44], _wav(tone)[:200]):  # 94 ms, header only, 78 samples
-        with pytest.raises(AudioTooShort, match=re.escape("less than the minimum of 0.1 s")) as refused:
-            decode_audio(cut, 60)
-        assert refused.value.param == "file" and refused.value.code == "audio_too_short"
+    with pytest.raises(AudioTooShort, match=re.escape("less than the minimum of 0.1 s")) as refused:
+        decode_audio(_wav(tone[:1_500]), 60)  # 94 ms
+    assert refused.value.param == "file" and refused.value.code == "audio_too_short"
     assert len(decode_audio(_wav(tone[:1_600]), 60)) == 1_600
 
 
