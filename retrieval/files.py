@@ -2,7 +2,8 @@
 
 A file's bytes are written to a temporary name, flushed to disk and renamed into place before its row
 is committed; the row is what makes it exist. A crash leaves at worst an orphan on disk (removed at the
-next open) and never a row without its bytes.
+next open) and never a row without its bytes. A file uploaded with an expiry is gone once it passes:
+never listed or read again, and deleted by the next sweep (``expired``).
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from retrieval.errors import FileNotFound
 from shared_engine.errors import InvalidRequest
 
+_LIVE = "(expires IS NULL OR expires > ?)"
 PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 MAX_FILENAME = 255
 READ_CHUNK = 1 << 20
@@ -30,9 +32,13 @@ CREATE TABLE IF NOT EXISTS files (
     purpose TEXT NOT NULL,
     bytes INTEGER NOT NULL,
     sha256 TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    expires REAL
 );
 """
+COLUMNS = "id, filename, purpose, bytes, sha256, created, expires"
+# OpenAI's bounds on a file's ``expires_after.seconds``: an hour to 30 days after its creation.
+MIN_EXPIRY_S, MAX_EXPIRY_S = 3_600, 2_592_000
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,23 @@ class FileRecord:
     bytes: int
     sha256: str
     created_at: int
+    expires_at: int | None = None
+
+
+def check_expiry(anchor: str | None, seconds: int | None) -> int | None:
+    """Seconds from a file's creation to its expiry (None: never); InvalidRequest for a bad policy."""
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise InvalidRequest(
+            f"expires_after[anchor] must be 'created_at', got {anchor!r}", param="expires_after[anchor]"
+        )
+    if seconds is None or not MIN_EXPIRY_S <= seconds <= MAX_EXPIRY_S:
+        raise InvalidRequest(
+            f"expires_after[seconds] must be from {MIN_EXPIRY_S} to {MAX_EXPIRY_S}, got {seconds}",
+            param="expires_after[seconds]",
+        )
+    return seconds
 
 
 def check_upload(filename: str, purpose: str) -> str:
@@ -63,10 +86,13 @@ def check_upload(filename: str, purpose: str) -> str:
 class Upload:
     """One file being received: written chunk by chunk, then ``commit``ted (durable) or ``abort``ed."""
 
-    def __init__(self, files: FileStore, filename: str, purpose: str) -> None:
+    def __init__(self, files: FileStore, filename: str, purpose: str, expires_after_s: int | None) -> None:
         self.files = files
         self.filename = check_upload(filename, purpose)
         self.purpose = purpose
+        self.expires_after_s = check_expiry(
+            None if expires_after_s is None else "created_at", expires_after_s
+        )
         self.id = f"file-{uuid.uuid4().hex}"
         self.tmp = files.dir / f".upload-{self.id}"
         self.out: BinaryIO = open(self.tmp, "wb")  # noqa: SIM115  (closed by commit or abort)
@@ -93,27 +119,35 @@ class Upload:
     def register(self) -> FileRecord:
         """Commit the row that makes the persisted bytes a file, on the thread that owns the connection:
         from another one its statements could land inside a transaction of that thread's."""
-        record = FileRecord(
-            self.id, self.filename, self.purpose, self.size, self.hash.hexdigest(), int(time.time())
-        )
+        created = self.files.clock()
+        expires = None if self.expires_after_s is None else created + self.expires_after_s
+        row = (self.id, self.filename, self.purpose, self.size, self.hash.hexdigest(), created, expires)
         with self.files.db:
-            self.files.db.execute(
-                "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
-                (record.id, record.filename, record.purpose, record.bytes, record.sha256, time.time()),
-            )
-        return record
+            self.files.db.execute(f"INSERT INTO files ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+        return _record(row)
 
     def abort(self) -> None:
         self.out.close()
         self.tmp.unlink(missing_ok=True)
 
 
+def _record(row: tuple[Any, ...]) -> FileRecord:
+    expires = None if row[6] is None else int(row[6])
+    return FileRecord(row[0], row[1], row[2], row[3], row[4], int(row[5]), expires)
+
+
 class FileStore:
-    def __init__(self, db: sqlite3.Connection, directory: Path) -> None:
+    def __init__(
+        self, db: sqlite3.Connection, directory: Path, clock: Callable[[], float] = time.time
+    ) -> None:
         self.db = db
         self.dir = directory
+        self.clock = clock
         self.dir.mkdir(parents=True, exist_ok=True)
         self.db.executescript(SCHEMA)
+        if "expires" not in {row[1] for row in self.db.execute("PRAGMA table_info(files)")}:
+            with self.db:  # a store from before files could expire
+                self.db.execute("ALTER TABLE files ADD COLUMN expires REAL")
         self._remove_orphans()
 
     def _remove_orphans(self) -> None:
@@ -133,8 +167,8 @@ class FileStore:
         finally:
             os.close(fd)
 
-    def upload(self, filename: str, purpose: str) -> Upload:
-        return Upload(self, filename, purpose)
+    def upload(self, filename: str, purpose: str, expires_after_s: int | None = None) -> Upload:
+        return Upload(self, filename, purpose, expires_after_s)
 
     def save(self, filename: str, purpose: str, data: bytes) -> FileRecord:
         upload = self.upload(filename, purpose)
@@ -145,23 +179,28 @@ class FileStore:
             upload.abort()
             raise
 
+    def expired(self) -> list[str]:
+        """The files past their expiry, still to be deleted."""
+        rows = self.db.execute("SELECT id FROM files WHERE NOT " + _LIVE, (self.clock(),))
+        return [r[0] for r in rows]
+
     def get(self, file_id: str) -> FileRecord:
         row = self.db.execute(
-            "SELECT id, filename, purpose, bytes, sha256, created FROM files WHERE id = ?", (file_id,)
+            f"SELECT {COLUMNS} FROM files WHERE id = ? AND {_LIVE}", (file_id, self.clock())
         ).fetchone()
         if row is None:
             raise FileNotFound(file_id)
-        return FileRecord(row[0], row[1], row[2], row[3], row[4], int(row[5]))
+        return _record(row)
 
     def list(self, purpose: str | None = None) -> list[FileRecord]:
-        """Every file (of one purpose), oldest first."""
-        sql = "SELECT id, filename, purpose, bytes, sha256, created FROM files"
+        """Every file (of one purpose) not expired, oldest first."""
+        sql, now = f"SELECT {COLUMNS} FROM files WHERE {_LIVE}", self.clock()
         rows = (
-            self.db.execute(sql + " WHERE purpose = ? ORDER BY created, id", (purpose,))
+            self.db.execute(sql + " AND purpose = ? ORDER BY created, id", (now, purpose))
             if purpose
-            else self.db.execute(sql + " ORDER BY created, id")
+            else self.db.execute(sql + " ORDER BY created, id", (now,))
         ).fetchall()
-        return [FileRecord(r[0], r[1], r[2], r[3], r[4], int(r[5])) for r in rows]
+        return [_record(r) for r in rows]
 
     def read(self, file_id: str) -> bytes:
         self.get(file_id)
@@ -174,7 +213,9 @@ class FileStore:
                 yield chunk
 
     def delete(self, file_id: str) -> None:
-        self.get(file_id)
+        """Delete a file, expired or not."""
+        if self.db.execute("SELECT 1 FROM files WHERE id = ?", (file_id,)).fetchone() is None:
+            raise FileNotFound(file_id)
         with self.db:
             self.db.execute("DELETE FROM files WHERE id = ?", (file_id,))
         self.path(file_id).unlink(missing_ok=True)

@@ -13,7 +13,6 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from retrieval.chunking import ChunkingConfig
@@ -21,7 +20,6 @@ from retrieval.collections import Collections
 from retrieval.errors import CollectionNotFound, DocumentNotFound, FileNotFound
 from retrieval.file_processing import WRITER, FileProcessor, claim_collections
 from retrieval.files import FileRecord, FileStore
-from retrieval.filters import Filter
 from retrieval.formats import format_of
 from retrieval.fusion import QueryOptions
 from retrieval.vector_store_records import (
@@ -30,54 +28,10 @@ from retrieval.vector_store_records import (
     VectorStoreRecord,
     VectorStoreRecords,
 )
+from retrieval.vector_store_types import PASSAGES, FileAttachment, SearchHit, SearchOptions
 from shared_engine.errors import InvalidRequest
 
 CHUNKING_FIELD = "chunking_strategy.static.max_chunk_size_tokens"
-
-RANKERS = ("auto", "default-2024-11-15", "none")
-MAX_RESULTS = 50
-PASSAGES = 3
-
-
-@dataclass(frozen=True)
-class FileAttachment:
-    """A file to attach, with its attributes and chunking (None: the vector store's)."""
-
-    file_id: str
-    attributes: dict[str, Any] = field(default_factory=dict)
-    chunking: ChunkingConfig | None = None
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    file_id: str
-    filename: str
-    score: float
-    attributes: dict[str, Any]
-    content: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class SearchOptions:
-    max_num_results: int = 10
-    filters: Filter | None = None
-    ranker: str = "auto"
-    score_threshold: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.max_num_results <= MAX_RESULTS:
-            raise InvalidRequest(
-                f"max_num_results must be in [1, {MAX_RESULTS}], got {self.max_num_results}",
-                param="max_num_results",
-            )
-        if self.ranker not in RANKERS:
-            raise InvalidRequest(
-                f"ranker must be one of {', '.join(RANKERS)}, got {self.ranker!r}", param="ranker"
-            )
-        if not 0.0 <= self.score_threshold <= 1.0:
-            raise InvalidRequest(
-                f"score_threshold must be in [0, 1], got {self.score_threshold}", param="score_threshold"
-            )
 
 
 class VectorStores:
@@ -95,12 +49,16 @@ class VectorStores:
 
     # -- files ----------------------------------------------------------------------------------------
 
-    async def upload_file(self, filename: str, purpose: str, chunks: AsyncIterator[bytes]) -> FileRecord:
+    async def upload_file(
+        self, filename: str, purpose: str, chunks: AsyncIterator[bytes], expires_after_s: int | None = None
+    ) -> FileRecord:
         """Store an uploaded file; durable on return. Files for file search must be in a format whose
-        text can be read (UnsupportedFormat otherwise)."""
+        text can be read (UnsupportedFormat otherwise). With ``expires_after_s``, the file is gone that
+        many seconds after its creation."""
+        await self.delete_expired_files()
         if purpose == "assistants":
             format_of(filename)
-        upload = self.files.upload(filename, purpose)
+        upload = self.files.upload(filename, purpose, expires_after_s)
         try:
             async for chunk in chunks:
                 upload.write(chunk)
@@ -111,6 +69,7 @@ class VectorStores:
             raise
 
     async def list_files(self, purpose: str | None = None) -> list[FileRecord]:
+        await self.delete_expired_files()
         return self.files.list(purpose)
 
     async def get_file(self, file_id: str) -> FileRecord:
@@ -128,6 +87,14 @@ class VectorStores:
     async def delete_file(self, file_id: str) -> None:
         """Delete a file, detaching it from every vector store that holds it."""
         self.files.get(file_id)
+        await self._delete_file(file_id)
+
+    async def delete_expired_files(self) -> None:
+        """Delete the files past their expiry (already out of sight: never listed, read or searched)."""
+        for file_id in self.files.expired():
+            await self._delete_file(file_id)
+
+    async def _delete_file(self, file_id: str) -> None:
         for store_id in self.records.stores_holding(file_id):
             await self.detach(store_id, file_id)
         self.files.delete(file_id)
@@ -258,7 +225,8 @@ class VectorStores:
         return self.records.files(store_id, status, batch_id)
 
     async def resume(self) -> None:
-        """Pick up files left in progress (by a crash or a restart)."""
+        """Pick up files left in progress (by a crash or a restart); delete those that expired meanwhile."""
+        await self.delete_expired_files()
         self.processor.resume_once()
 
     def close(self) -> None:
@@ -272,6 +240,7 @@ class VectorStores:
         [0, 1]: cosine similarity (ranker "none": dense only), or the hybrid fusion score over its
         maximum (1.0: ranked first both by meaning and by words)."""
         self.records.store(store_id)
+        await self.delete_expired_files()
         text = " ".join(q.strip() for q in queries if q.strip())
         if not text:
             raise InvalidRequest("query must not be empty", param="query")

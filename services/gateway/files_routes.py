@@ -13,6 +13,7 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath, Parameter
 from litestar.response import Stream
 
+from retrieval.files import check_expiry
 from services.gateway.api_docs import SERVICE_ERRORS, errors
 from services.gateway.vector_store_schemas import FileDeleted, FileList, FileObject, FileUploadForm, Order
 from services.gateway.vector_store_views import cursor_page, file_object
@@ -41,7 +42,10 @@ class FilesController(Controller):
     )
     async def upload(self, data: Annotated[FileUploadForm, Multipart], registry: Registry) -> FileObject:
         name = data.file.filename or ""
-        record = await registry.vector_stores.upload_file(name, data.purpose, _chunks(data.file))
+        expires_after_s = check_expiry(data.expires_after_anchor, data.expires_after_seconds)
+        record = await registry.vector_stores.upload_file(
+            name, data.purpose, _chunks(data.file), expires_after_s
+        )
         return file_object(record)
 
     @get("/", summary="List files, newest first", responses=errors(400, *SERVICE_ERRORS))

@@ -9,7 +9,7 @@ from msgspec import UNSET
 
 from retrieval.filters import parse_filter
 from retrieval.vector_store_records import VectorStoreFileRecord
-from retrieval.vector_stores import SearchOptions
+from retrieval.vector_store_types import SearchOptions
 from services.gateway.api_docs import SERVICE_ERRORS, errors
 from services.gateway.vector_store_schemas import (
     AttachFileRequest,

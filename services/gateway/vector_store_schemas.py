@@ -3,15 +3,14 @@ bodies refuse fields they do not know, as OpenAI's API does: a misspelt option i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from litestar.datastructures import UploadFile
 from litestar.params import KwargDefinition, Parameter
-from msgspec import UNSET, Meta, Struct, UnsetType
+from msgspec import UNSET, Meta, Struct, UnsetType, field
 
-from retrieval.files import PURPOSES
-from retrieval.vector_stores import MAX_RESULTS, RANKERS
+from retrieval.files import MAX_EXPIRY_S, MIN_EXPIRY_S, PURPOSES
+from retrieval.vector_store_types import MAX_RESULTS, RANKERS
 from services.gateway.retrieval_schemas import SQLiteInt
 
 AttributeValue = str | SQLiteInt | float | bool
@@ -25,12 +24,20 @@ Order = Literal["asc", "desc"]
 # -- files ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class FileUploadForm:
-    """OpenAI's multipart form for uploads."""
+_EXPIRY_SECONDS = f"the file is deleted this long after its creation ({MIN_EXPIRY_S} to {MAX_EXPIRY_S} s)"
+
+
+class FileUploadForm(Struct, kw_only=True):
+    """OpenAI's multipart form for uploads (``expires_after`` as the SDK sends it: two bracketed fields)."""
 
     file: UploadFile
     purpose: Annotated[str, KwargDefinition(schema_extra={"enum": list(PURPOSES)})]
+    expires_after_anchor: Annotated[str | None, Meta(description="`created_at`, the only anchor")] = field(
+        default=None, name="expires_after[anchor]"
+    )
+    expires_after_seconds: Annotated[int | None, Meta(description=_EXPIRY_SECONDS)] = field(
+        default=None, name="expires_after[seconds]"
+    )
 
 
 class FileObject(Struct, kw_only=True):

@@ -15,7 +15,7 @@ from retrieval.vector_store_records import (
     VectorStoreFileRecord,
     VectorStoreRecord,
 )
-from retrieval.vector_stores import FileAttachment, SearchHit
+from retrieval.vector_store_types import FileAttachment, SearchHit
 from services.gateway.vector_store_schemas import (
     ChunkingStrategy,
     ChunkingStrategyOut,
@@ -39,7 +39,14 @@ MAX_KEYS, MAX_KEY_CHARS, MAX_VALUE_CHARS = 16, 64, 512
 
 
 def file_object(r: FileRecord) -> FileObject:
-    return FileObject(id=r.id, bytes=r.bytes, created_at=r.created_at, filename=r.filename, purpose=r.purpose)
+    return FileObject(
+        id=r.id,
+        bytes=r.bytes,
+        created_at=r.created_at,
+        filename=r.filename,
+        purpose=r.purpose,
+        expires_at=r.expires_at,
+    )
 
 
 def _counts(c: FileCounts) -> FileCountsOut:

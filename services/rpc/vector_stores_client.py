@@ -11,7 +11,7 @@ from typing import Any
 from retrieval.chunking import ChunkingConfig
 from retrieval.files import FileRecord
 from retrieval.vector_store_records import FileBatchRecord, VectorStoreFileRecord, VectorStoreRecord
-from retrieval.vector_stores import FileAttachment, SearchHit, SearchOptions
+from retrieval.vector_store_types import FileAttachment, SearchHit, SearchOptions
 from services.rpc import vector_stores_codec as codec
 from services.rpc import vector_stores_pb2 as pb
 from services.rpc import vector_stores_pb2_grpc
@@ -29,11 +29,14 @@ class RemoteVectorStores:
     async def _call(self, method: str, request: Any) -> Any:
         return await self.channels.call(self.stub, method, request)
 
-    async def upload_file(self, filename: str, purpose: str, chunks: AsyncIterator[bytes]) -> FileRecord:
+    async def upload_file(
+        self, filename: str, purpose: str, chunks: AsyncIterator[bytes], expires_after_s: int | None = None
+    ) -> FileRecord:
         failed: list[BaseException] = []
 
         async def requests() -> AsyncIterator[Any]:
-            yield pb.UploadFileRequest(start=pb.UploadStart(filename=filename, purpose=purpose))
+            start = pb.UploadStart(filename=filename, purpose=purpose, expires_after_seconds=expires_after_s)
+            yield pb.UploadFileRequest(start=start)
             try:
                 async for chunk in chunks:
                     for piece in codec.pieces(chunk):

@@ -15,7 +15,7 @@ from retrieval.vector_store_records import (
     VectorStoreFileRecord,
     VectorStoreRecord,
 )
-from retrieval.vector_stores import FileAttachment, SearchHit, SearchOptions
+from retrieval.vector_store_types import FileAttachment, SearchHit, SearchOptions
 from services.rpc import vector_stores_pb2 as pb
 
 Expiry = pb.ModifyVectorStoreRequest.Expiry
@@ -44,11 +44,12 @@ def file_message(r: FileRecord) -> Any:
         bytes=r.bytes,
         sha256=r.sha256,
         created_at=r.created_at,
+        expires_at=r.expires_at,
     )
 
 
 def file_record(m: Any) -> FileRecord:
-    return FileRecord(m.id, m.filename, m.purpose, m.bytes, m.sha256, m.created_at)
+    return FileRecord(m.id, m.filename, m.purpose, m.bytes, m.sha256, m.created_at, optional(m, "expires_at"))
 
 
 def chunking_message(c: ChunkingConfig | None) -> Any:

@@ -47,7 +47,9 @@ class VectorStoresServicer(vector_stores_pb2_grpc.VectorStoresServicer):
             if first is None or first.WhichOneof("part") != "start":
                 raise InvalidRequest("an upload starts with the file's name and purpose", param="file")
             start = first.start
-            return codec.file_message(await self.s.upload_file(start.filename, start.purpose, data()))
+            expires_after_s = codec.optional(start, "expires_after_seconds")
+            record = await self.s.upload_file(start.filename, start.purpose, data(), expires_after_s)
+            return codec.file_message(record)
 
         return await answer(context, work())
 

@@ -9,11 +9,13 @@ from typing import Any, Protocol
 from retrieval.chunking import ChunkingConfig
 from retrieval.files import FileRecord
 from retrieval.vector_store_records import FileBatchRecord, VectorStoreFileRecord, VectorStoreRecord
-from retrieval.vector_stores import FileAttachment, SearchHit, SearchOptions
+from retrieval.vector_store_types import FileAttachment, SearchHit, SearchOptions
 
 
 class VectorStoresAPI(Protocol):
-    async def upload_file(self, filename: str, purpose: str, chunks: AsyncIterator[bytes]) -> FileRecord: ...
+    async def upload_file(
+        self, filename: str, purpose: str, chunks: AsyncIterator[bytes], expires_after_s: int | None = None
+    ) -> FileRecord: ...
 
     async def list_files(self, purpose: str | None = None) -> list[FileRecord]: ...
 

@@ -2,14 +2,15 @@
 are durable and orphans are swept, attached files end completed or failed with a clear last_error, search
 finds the right file under OpenAI's filters (with the attributes last set, even while the file was
 processed), detaching/deleting/cancelling leave nothing behind (a finished batch stays as it is), a vector
-store's collection changes only through it, lists keep creation order, and files left in progress by a
-crash are processed when the store is opened again."""
+store's collection changes only through it, lists keep creation order, files left in progress by a
+crash are processed when the store is opened again, and files past their expiry are gone."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -27,9 +28,11 @@ from retrieval.errors import (
     VectorStoreFileNotFound,
     VectorStoreNotFound,
 )
+from retrieval.files import FileRecord, FileStore
 from retrieval.filters import parse_filter
 from retrieval.vector_store_records import VectorStoreFileRecord
-from retrieval.vector_stores import FileAttachment, SearchOptions, VectorStores
+from retrieval.vector_store_types import FileAttachment, SearchOptions
+from retrieval.vector_stores import VectorStores
 from services.config.models import ModelSpec
 from services.tasks.embedding import EmbeddingService
 from shared_engine.errors import InvalidRequest
@@ -369,3 +372,58 @@ async def test_a_file_attached_again_to_be_chunked_otherwise_is_chunked_so(
     assert (done.status, done.chunk_tokens) == ("completed", 50)
     assert len(vs.collections.store.chunk_ids_of(store.id, fid)) == expected > 0
     vs.collections.store.close()
+
+
+async def test_a_file_past_its_expiry_is_gone_and_leaves_its_vector_stores(
+    tmp_path: Path, embedder: EmbeddingService
+) -> None:
+    """OpenAI's expires_after: the file states when it expires; from then on it is never listed, read or
+    found by a search, and its bytes and its place in vector stores are deleted."""
+    vs = open_stores(tmp_path, embedder)
+    now = [1_800_000_000.0]
+    vs.files.clock = lambda: now[0]
+    kept = await upload(vs, DOCS / "numpy.txt")
+    source = DOCS / "pytest.txt"
+    brief = await vs.upload_file(source.name, "assistants", one(source.read_bytes()), expires_after_s=3_600)
+    assert brief.expires_at == brief.created_at + 3_600 and (await vs.get_file(kept)).expires_at is None
+    store = await vs.create("docs", {}, None, None)
+    await vs.create_batch(store.id, [FileAttachment(kept), FileAttachment(brief.id)])
+    for file_id in (kept, brief.id):
+        assert (await settled(vs, store.id, file_id)).status == "completed"
+    query = first_query_for("pytest")
+    assert (await vs.search(store.id, [query], SearchOptions()))[0].file_id == brief.id
+
+    now[0] += 3_599
+    assert (await vs.get_file(brief.id)).id == brief.id  # a second to go
+    now[0] += 1
+    with pytest.raises(FileNotFound):
+        await vs.get_file(brief.id)
+    with pytest.raises(FileNotFound):
+        await vs.file_content(brief.id)
+    assert brief.id not in {h.file_id for h in await vs.search(store.id, [query], SearchOptions())}
+    with pytest.raises(VectorStoreFileNotFound):
+        await vs.get_attached(store.id, brief.id)
+    assert [r.id for r in await vs.list_files()] == [kept]
+    assert sorted(p.name for p in vs.files.dir.iterdir()) == [kept]
+    for seconds in (3_599, 2_592_001):
+        with pytest.raises(InvalidRequest, match=r"expires_after\[seconds\] must be from 3600 to 2592000"):
+            await vs.upload_file("a.txt", "assistants", one(b"text"), expires_after_s=seconds)
+    vs.collections.store.close()
+
+
+def test_a_files_table_from_before_expiry_gains_it(tmp_path: Path) -> None:
+    """A store written before files could expire opens with its files kept, none of them expiring."""
+    db = sqlite3.connect(tmp_path / "store.db")
+    db.execute(
+        "CREATE TABLE files (id TEXT PRIMARY KEY, filename TEXT NOT NULL, purpose TEXT NOT NULL, "
+        "bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, created REAL NOT NULL)"
+    )
+    db.execute("INSERT INTO files VALUES ('file-old', 'a.txt', 'assistants', 4, 'ab', 1700000000.5)")
+    db.commit()
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "file-old").write_bytes(b"text")
+    files = FileStore(db, tmp_path / "files")
+    assert files.get("file-old") == FileRecord(
+        "file-old", "a.txt", "assistants", 4, "ab", 1_700_000_000, None
+    )
+    assert files.read("file-old") == b"text" and files.expired() == []

@@ -1,11 +1,11 @@
 """OpenAI's Files and Vector Stores APIs driven by the openai SDK, unchanged, against the session's server
 (embedded, or the gRPC topology with MMSERVE_TEST_DISTRIBUTED=1): files.create/retrieve/list/content/
-delete, vector_stores.create/retrieve/update/list/delete, files.create_and_poll, upload_and_poll,
-file_batches.upload_and_poll, search with filters and ranking options, the document formats people have
-(PDF, DOCX, HTML, JSON, Markdown; CSV and JSON Lines as text), failures that end as `failed` with
-`last_error`, 4xx in OpenAI's shape (bounded list limits and filter integers, a vector store's collection
-left to the vector stores API), lists newest first and paged both ways, and RAG over a vector store.
-Documents are real texts from tests/data, never written for the test."""
+delete (and expires_after), vector_stores.create/retrieve/update/list/delete, files.create_and_poll,
+upload_and_poll, file_batches.upload_and_poll, search with filters and ranking options, the document
+formats people have (PDF, DOCX, HTML, JSON, Markdown; CSV and JSON Lines as text), failures that end as
+`failed` with `last_error`, 4xx in OpenAI's shape (bounded list limits and filter integers, a vector
+store's collection left to the vector stores API), lists newest first and paged both ways, and RAG over a
+vector store. Documents are real texts from tests/data, never written for the test."""
 
 from __future__ import annotations
 
@@ -87,6 +87,36 @@ def test_files_round_trip(client: openai.OpenAI, made: Created) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         client.files.retrieve(f.id)
     assert info.value.body["code"] == "file_not_found"  # type: ignore[index]
+
+
+def test_a_file_uploaded_with_an_expiry_states_it(
+    client: openai.OpenAI, made: Created, http: httpx.Client
+) -> None:
+    """The SDK's expires_after (sent as two form fields); what happens once it passes is the store's test."""
+    f = client.files.create(
+        file=("brief.txt", b"gone in an hour"),
+        purpose="assistants",
+        expires_after={"anchor": "created_at", "seconds": 3_600},
+    )
+    made.files.append(f.id)
+    assert f.expires_at == f.created_at + 3_600
+    assert client.files.retrieve(f.id).expires_at == f.expires_at
+    assert next(x for x in client.files.list() if x.id == f.id).expires_at == f.expires_at
+    assert client.files.retrieve(upload(client, made, DOCS / "tqdm.txt")).expires_at is None
+    for form, param in (
+        (
+            {"expires_after[anchor]": "last_active_at", "expires_after[seconds]": "3600"},
+            "expires_after[anchor]",
+        ),
+        ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "60"}, "expires_after[seconds]"),
+        ({"expires_after[anchor]": "created_at"}, "expires_after[seconds]"),
+        ({"expires_after[seconds]": "3600"}, "expires_after[anchor]"),
+        ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "soon"}, "expires_after[seconds]"),
+    ):
+        sent = http.post(
+            "/v1/files", files={"file": ("a.txt", b"text")}, data={"purpose": "assistants", **form}
+        )
+        assert error_of(sent, 400)["param"] == param, (form, sent.text)
 
 
 def test_vector_store_files_search_and_filters(client: openai.OpenAI, made: Created) -> None:

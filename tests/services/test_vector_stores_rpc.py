@@ -30,7 +30,7 @@ from retrieval.errors import (
 )
 from retrieval.filters import Comparison, Compound
 from retrieval.vector_store_records import VectorStoreFileRecord, VectorStoreRecord
-from retrieval.vector_stores import FileAttachment, SearchOptions
+from retrieval.vector_store_types import FileAttachment, SearchOptions
 from services.commands.worker import VECTOR_STORES_SERVICE
 from services.gateway.errors import error_body
 from services.rpc import vector_stores_codec as codec
