@@ -51,6 +51,7 @@ Synthesis = TTSService | RemoteTTSService
 Chat = LLMService | RemoteLLMService
 Reranker = RerankService | RemoteRerankService
 REMOTE_TYPES = tuple(REMOTE_SERVICES.values())
+EMBEDDING_SERVICES = (EmbeddingService, RemoteEmbeddingService)
 Service = Chat | Embeddings | Vision | Speech | Synthesis | Reranker
 ServiceFactory = Callable[[ModelSpec], Service]
 
@@ -212,7 +213,16 @@ class ModelRegistry:
         return cast(Chat, self._typed(name, "chat", (LLMService, RemoteLLMService)))
 
     def embedding(self, name: str) -> Embeddings:
-        return cast(Embeddings, self._typed(name, "embedding", (EmbeddingService, RemoteEmbeddingService)))
+        return cast(Embeddings, self._typed(name, "embedding", EMBEDDING_SERVICES))
+
+    def text_model(self, name: str) -> Chat | Embeddings:
+        """A model whose tokenizer /tokenize and /detokenize serve: a chat or an embedding model."""
+        spec = self.specs.get(name)
+        if spec is not None and spec.task == "embedding":
+            return self.embedding(name)
+        if spec is None or spec.task != "chat":
+            raise ModelNotFound(name, "chat or embedding")
+        return self.chat(name)
 
     def vision(self, name: str) -> Vision:
         return cast(Vision, self._typed(name, "vision", (VisionService, RemoteVisionService)))

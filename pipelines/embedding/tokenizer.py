@@ -51,6 +51,20 @@ class EmbeddingTokenizer:
             encoded: list[list[int]] = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
         return [self._fit(i, ids, truncate, keep_last=True) for i, ids in enumerate(encoded)]
 
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """All of ``text``'s tokens, however many (a count, not an input to embed)."""
+        with self._lock:
+            return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def token_pieces(self, token_ids: list[int]) -> list[str]:
+        """Each token as the vocabulary spells it (``##ing``, ``[CLS]``)."""
+        with self._lock:
+            return [str(piece) for piece in self.tokenizer.convert_ids_to_tokens(token_ids)]
+
+    def decode(self, token_ids: list[int]) -> str:
+        with self._lock:
+            return str(self.tokenizer.decode(token_ids))
+
     def check_length(self, index: int, ids: list[int], truncate: bool) -> list[int]:
         """A caller's token ids: as given, or with ``truncate`` the first that fit."""
         return self._fit(index, ids, truncate, keep_last=False)

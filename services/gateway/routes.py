@@ -142,10 +142,11 @@ class TokenizerController(Controller):
         responses=_ERRORS,
     )
     async def tokenize(self, data: JSONBody[TokenizeRequest], registry: Registry) -> TokenizeResponse:
-        service = registry.chat(data.model or registry.default_model("chat"))
+        service = registry.text_model(data.model or registry.default_model("chat"))
         size = text_size(data.prompt) + text_size(msgspec.to_builtins(data.messages))
         return await off_the_loop_if_large(size, lambda: tokenization.tokenize(service, data))
 
     @post("/detokenize", status_code=200, summary="Token ids back to text", responses=_ERRORS)
     async def detokenize(self, data: JSONBody[DetokenizeRequest], registry: Registry) -> DetokenizeResponse:
-        return tokenization.detokenize(registry.chat(data.model or registry.default_model("chat")), data)
+        service = registry.text_model(data.model or registry.default_model("chat"))
+        return tokenization.detokenize(service, data)

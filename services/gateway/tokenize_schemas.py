@@ -12,7 +12,7 @@ from services.gateway.tool_schemas import Tool, ToolChoice
 
 
 class TokenizeRequest(Struct, kw_only=True):
-    model: str | None = None  # the first chat model configured when left out
+    model: str | None = None  # a chat or embedding model; the first chat model configured when left out
     prompt: Annotated[str, Meta(description="a text; or send `messages`")] | None = None
     messages: Annotated[list[ChatMessage], Meta(min_length=1)] | None = None
     add_special_tokens: Annotated[bool, Meta(description="for `prompt`: the tokenizer's BOS and such")] = True

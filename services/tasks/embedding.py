@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.embedding import EmbeddingPipeline, EmbeddingPipelineConfig
+from pipelines.embedding.tokenizer import EmbeddingTokenizer
 from services.config.models import ModelSpec
 from services.observability.timing import timed
 from shared_engine.micro_batcher import BatchObserver, BatchStats, MicroBatchConfig
@@ -39,6 +40,10 @@ class EmbeddingService:
     @property
     def tokenizer(self) -> Any:
         return self.pipeline.tokenizer
+
+    @property
+    def text(self) -> EmbeddingTokenizer:
+        return self.pipeline.text
 
     @property
     def vocab_size(self) -> int:

@@ -12,6 +12,8 @@ import pytest
 from tests.helpers.api import error_of
 
 QUESTION = [{"role": "user", "content": "Name the capital of France."}]
+EMBEDDING_MODEL = "all-minilm-l6-v2"
+VISION_MODEL = "efficientnet-lite0"
 WEATHER = {
     "type": "function",
     "function": {
@@ -70,6 +72,27 @@ def test_template_options_shape_the_count(http: httpx.Client, model_id: str) -> 
     assert text.endswith("assistant\nThe capital")
 
 
+def test_an_embedding_model_counts_what_an_embedding_is_charged(
+    http: httpx.Client, client: openai.OpenAI
+) -> None:
+    """As vLLM serves /tokenize for any model it loads: a text's word pieces with [CLS] and [SEP]; all of
+    them past the model's window (the count is how a caller learns it must cut the text)."""
+    text = "Tokenizers split unfamiliar words into pieces."
+    got = tokenize(http, model=EMBEDDING_MODEL, prompt=text, return_token_strs=True)
+    embedded = client.embeddings.create(model=EMBEDDING_MODEL, input=text)
+    assert got["count"] == embedded.usage.prompt_tokens == len(got["tokens"])
+    assert got["token_strs"][0] == "[CLS]" and got["token_strs"][-1] == "[SEP]", got["token_strs"]
+    assert any(piece.startswith("##") for piece in got["token_strs"]), got["token_strs"]
+    window = http.get(f"/v1/models/{EMBEDDING_MODEL}").json()["max_model_len"]
+    assert got["max_model_len"] == window
+    bare = tokenize(http, model=EMBEDDING_MODEL, prompt=text, add_special_tokens=False)
+    assert bare["tokens"] == got["tokens"][1:-1]
+    back = http.post("/detokenize", json={"model": EMBEDDING_MODEL, "tokens": bare["tokens"]})
+    assert back.status_code == 200 and back.json() == {"prompt": text.lower()}, back.text
+    long = tokenize(http, model=EMBEDDING_MODEL, prompt="word " * (2 * window))
+    assert long["count"] == 2 * window + 2
+
+
 def test_the_model_may_be_left_out(http: httpx.Client, model_id: str) -> None:
     assert tokenize(http, prompt="hi") == tokenize(http, model=model_id, prompt="hi")
 
@@ -81,6 +104,10 @@ def test_the_model_may_be_left_out(http: httpx.Client, model_id: str) -> None:
         ("/tokenize", {"prompt": "hi", "messages": QUESTION}, 400, "messages"),
         ("/tokenize", {"messages": []}, 400, "messages"),
         ("/tokenize", {"prompt": "hi", "model": "no-such-model"}, 404, "model"),
+        ("/tokenize", {"prompt": "hi", "model": VISION_MODEL}, 404, "model"),
+        ("/tokenize", {"messages": QUESTION, "model": EMBEDDING_MODEL}, 400, "messages"),
+        ("/detokenize", {"tokens": [1], "model": VISION_MODEL}, 404, "model"),
+        ("/detokenize", {"tokens": [10**6], "model": EMBEDDING_MODEL}, 400, "tokens"),
         ("/detokenize", {"tokens": [1, 10**9]}, 400, "tokens"),
         ("/detokenize", {"tokens": [-1]}, 400, "tokens"),
         ("/detokenize", {}, 400, "tokens"),
