@@ -11,7 +11,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from services.gateway.auth import ApiKeys, api_key_guard
-from services.gateway.deadline import DeadlinePolicy, deadline_middleware
+from services.gateway.deadline import DeadlinePolicy, deadline_middleware, timeout_header_guard
 from services.gateway.disconnect import cancel_on_disconnect
 from services.gateway.errors import exception_handler
 from services.gateway.files_routes import FilesController
@@ -95,7 +95,7 @@ def create_app(
             cancel_on_disconnect,
         ],
         before_send=[count_unrouted, log_unrouted],
-        guards=[api_key_guard(api_keys)],
+        guards=[api_key_guard(api_keys), timeout_header_guard(deadlines)],
         # Browsers ask first (a preflight OPTIONS, which carries no key), then send the key themselves.
         cors_config=CORSConfig(
             allow_origins=list(cors_origins), allow_methods=["*"], allow_headers=["*"], expose_headers=EXPOSED

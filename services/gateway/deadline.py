@@ -11,8 +11,11 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.types import ASGIApp, Guard, Message, Receive, Scope, Send
 
 from services.errors import DeadlineExceeded
 from services.gateway.errors import error_body
@@ -50,6 +53,17 @@ class DeadlinePolicy:
                 param="X-Request-Timeout",
             )
         return value
+
+
+def timeout_header_guard(policy: DeadlinePolicy) -> Guard:
+    """Refuse a /v1 request whose X-Request-Timeout is not a valid number of seconds. A guard, so that it
+    runs after the API key's: a caller without a key learns nothing about the request."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        if connection.url.path.startswith("/v1/"):
+            policy.timeout_for(connection.scope)
+
+    return guard
 
 
 async def send_error(send: Send, exc: Exception) -> None:
@@ -112,9 +126,8 @@ def deadline_middleware(policy: DeadlinePolicy) -> Callable[[ASGIApp], ASGIApp]:
                 return
             try:
                 timeout = policy.timeout_for(scope)
-            except InvalidRequest as exc:
-                await send_error(send, exc)
-                return
+            except InvalidRequest:  # refused by timeout_header_guard, after the API key is checked
+                timeout = policy.default_s
             ctx = request_context.current()
             if ctx is not None:
                 ctx.deadline = time.monotonic() + timeout

@@ -66,6 +66,14 @@ def test_v1_without_a_key_is_401_missing_api_key(http: httpx.Client) -> None:
     assert counted.status_code == 200 and counted.json()["count"] > 0
 
 
+def test_the_key_is_checked_before_the_request_s_headers(http: httpx.Client) -> None:
+    """A caller without a key learns nothing about its request, not even that a header is wrong."""
+    bad_timeout = {"X-Request-Timeout": "never"}
+    assert _error(http.get("/v1/models", headers=bad_timeout))["code"] == "missing_api_key"
+    keyed = http.get("/v1/models", headers={**bad_timeout, "Authorization": f"Bearer {KEYS[0]}"})
+    assert keyed.status_code == 400 and keyed.json()["error"]["param"] == "X-Request-Timeout", keyed.text
+
+
 @pytest.mark.parametrize(
     "authorization",
     ["Bearer sk-wrong", "Bearer", "Basic sk-first-0123", f"Bearer {KEYS[0]}x", "sk-first-0123"],
