@@ -73,7 +73,7 @@ class FileProcessor:
         chunked = (attached.chunk_tokens, attached.overlap_tokens)  # a re-attachment may chunk otherwise
 
         def failed(code: str, exc: BaseException) -> None:
-            self.records.finish_file(store_id, file_id, "failed", error=(code, str(exc)), chunking=chunked)
+            self.records.finish_file(store_id, file_id, "failed", chunked, error=(code, str(exc)))
 
         try:
             record = self.files.get(file_id)
@@ -92,7 +92,7 @@ class FileProcessor:
         else:
             usage = len(text.encode()) + chunks * self.collections.record(store_id).dimensions * 4
             with self.collections.store.transaction():
-                finished = self.records.finish_file(store_id, file_id, "completed", usage, chunking=chunked)
+                finished = self.records.finish_file(store_id, file_id, "completed", chunked, usage)
                 if finished:
                     self._take_new_attributes(store_id, file_id, document.metadata)
             if not finished:  # detached, cancelled, or attached again to be chunked otherwise

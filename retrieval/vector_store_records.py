@@ -229,19 +229,19 @@ class VectorStoreRecords:
         store_id: str,
         file_id: str,
         status: str,
+        chunking: tuple[int, int],
         usage_bytes: int = 0,
         error: tuple[str, str] | None = None,
-        chunking: tuple[int, int] | None = None,
     ) -> bool:
-        """Set the outcome of processing a file still in progress (with ``chunking``: still to be chunked
-        so); False if it no longer is (detached, cancelled, attached again to be chunked otherwise)."""
+        """Set the outcome of processing a file still in progress, and still to be chunked by ``chunking``
+        (tokens, overlap); False if it no longer is (detached, cancelled, attached again to be chunked
+        otherwise)."""
         code, message = error or (None, None)
-        chunk, overlap = chunking or (None, None)
         cur = self.db.execute(
             "UPDATE vector_store_files SET status = ?, usage_bytes = ?, error_code = ?, error_message = ? "
             "WHERE vector_store_id = ? AND file_id = ? AND status = 'in_progress' "
-            "AND (? IS NULL OR (chunk_tokens = ? AND overlap_tokens = ?))",
-            (status, usage_bytes, code, message, store_id, file_id, chunk, chunk, overlap),
+            "AND chunk_tokens = ? AND overlap_tokens = ?",
+            (status, usage_bytes, code, message, store_id, file_id, *chunking),
         )
         return cur.rowcount > 0
 

@@ -27,7 +27,7 @@ def client_left() -> bool:
     return ctx is not None and ctx.client_gone
 
 
-def _client_left() -> None:
+def _mark_client_gone() -> None:
     ctx = request_context.current()
     if ctx is not None:
         ctx.client_gone = True
@@ -43,7 +43,7 @@ def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
         async def receive_body() -> ReceiveMessage:
             message = await receive()
             if message["type"] == "http.disconnect":
-                _client_left()  # while sending its body: what reading it raises is no fault of ours
+                _mark_client_gone()  # while sending its body: what reading it raises is no fault of ours
             if message["type"] == "http.disconnect" or not message.get("more_body", False):
                 body_read.set()
             return message
@@ -67,7 +67,7 @@ def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
                     break
             if not handler.done() and not answered:
                 gone = True
-                _client_left()
+                _mark_client_gone()
                 handler.cancel()
 
         watcher = asyncio.ensure_future(watch())
