@@ -12,7 +12,12 @@ import torch
 import torchaudio.functional as AF
 from scipy.signal import resample_poly
 
-from pipelines.asr.chained import ends_inside_an_ogg_page, split_chained
+from pipelines.asr.chained import (
+    ends_inside_an_ogg_page,
+    id3_tag_cut_short,
+    mp3_states_its_length,
+    split_chained,
+)
 from shared_engine.errors import InvalidRequest, PayloadTooLarge
 
 SAMPLE_RATE = 16_000
@@ -54,12 +59,19 @@ def decode_audio(data: bytes, max_seconds: float) -> np.ndarray:
         raise InvalidRequest("the audio file is empty", param="file")
     if data.startswith(b"OggS") and ends_inside_an_ogg_page(data):
         raise AudioTruncated("it stops partway through an Ogg page")
-    parts: list[np.ndarray] = []
+    if data.startswith(b"ID3") and id3_tag_cut_short(data):
+        raise AudioTruncated("it stops inside its ID3 tag, before any audio")
+    parts = split_chained(data)
+    if len(parts) > MAX_PARTS:
+        raise InvalidRequest(
+            f"the audio file is {len(parts)} files joined; at most {MAX_PARTS} are read", "file"
+        )
+    decoded: list[np.ndarray] = []
     seconds = 0.0
     try:
-        for part in split_chained(data):
+        for part in parts:
             samples, part_seconds = _decode_part(part, max_seconds - seconds, seconds)
-            parts.append(samples)
+            decoded.append(samples)
             seconds += part_seconds
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         # libsndfile's own words, without soundfile's "Error opening <_io.BytesIO object at 0x...>".
@@ -69,7 +81,11 @@ def decode_audio(data: bytes, max_seconds: float) -> np.ndarray:
         ) from None
     if seconds < MIN_SECONDS:
         raise AudioTooShort(seconds)
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return decoded[0] if len(decoded) == 1 else np.concatenate(decoded)
+
+
+# Files joined end to end that one upload may hold (each is opened on its own).
+MAX_PARTS = 1000
 
 
 def _decode_part(data: bytes, seconds_left: float, seconds_before: float) -> tuple[np.ndarray, float]:
@@ -78,9 +94,8 @@ def _decode_part(data: bytes, seconds_left: float, seconds_before: float) -> tup
         rate = f.samplerate
         if rate <= 0:
             raise InvalidRequest("the audio file states no sample rate", param="file")
-        seconds = f.frames / rate
-        if seconds > seconds_left:
-            raise AudioTooLong(seconds_before + seconds, seconds_before + seconds_left)
+        if f.frames / rate > seconds_left:
+            raise AudioTooLong(seconds_before + f.frames / rate, seconds_before + seconds_left)
         resampler = BlockResampler(rate)
         frames = resampler.unit_in * max(1, BLOCK_SAMPLES // (f.channels * resampler.unit_in))
         while len(block := f.read(frames, dtype="float32", always_2d=True)):
@@ -88,7 +103,10 @@ def _decode_part(data: bytes, seconds_left: float, seconds_before: float) -> tup
             if not np.isfinite(mono).all():
                 raise InvalidRequest("the audio holds non-finite samples", param="file")
             resampler.push(mono)
-        _check_complete(f, resampler.num_in)
+            if resampler.num_in / rate > seconds_left:  # a length stated wrong
+                raise AudioTooLong(seconds_before + resampler.num_in / rate, seconds_before + seconds_left)
+        if f.format != "MP3" or mp3_states_its_length(data):
+            _check_complete(f, resampler.num_in, seconds_left)
     return resampler.finish(), resampler.num_in / rate
 
 
@@ -98,20 +116,21 @@ TRUNCATION_SLACK_SECONDS = 0.1
 # A WAV's data size as libsndfile reports a shorter file: "data : 64000 (should be 31978)".
 _WAV_DATA_SIZE = re.compile(r"^data : (\d+) \(should be (\d+)\)$", re.MULTILINE)
 _WAV_BLOCK_ALIGN = re.compile(r"^\s*Block Align\s*: (\d+)$", re.MULTILINE)
-# Data sizes a WAV written as a stream states before its length is known.
-_WAV_STREAMING_SIZES = (0, 0x7FFFFFFF, 0xFFFFFFFF)
 
 
-def _check_complete(f: sf.SoundFile, frames_read: int) -> None:
-    """Refuse a file whose header states more audio than it holds (MP3 Xing, Ogg, FLAC: frames; WAV:
-    bytes of data, as libsndfile reports them)."""
+def _check_complete(f: sf.SoundFile, frames_read: int, seconds_left: float) -> None:
+    """Refuse a file whose header states more audio than it holds (MP3 Xing, FLAC: frames; WAV: bytes
+    of data, as libsndfile reports them). A WAV written as a stream states a placeholder (0, 2^31 - 1,
+    2^32 - 1, sox's 0x7ffff000...): one past the length limit, or of 0, is read as far as it goes."""
     rate, declared_frames = f.samplerate, f.frames
-    wav = _WAV_DATA_SIZE.search(f.extra_info) if f.format in ("WAV", "WAVEX", "RF64") else None
-    if wav and int(wav.group(1)) not in _WAV_STREAMING_SIZES:
+    wav = _WAV_DATA_SIZE.search(f.extra_info) if f.format in ("WAV", "WAVEX") else None
+    if wav:
         stated_bytes, held_bytes = int(wav.group(1)), int(wav.group(2))
         align = _WAV_BLOCK_ALIGN.search(f.extra_info)
         bytes_per_frame = int(align.group(1)) if align else held_bytes // max(1, f.frames)
-        declared_frames = max(declared_frames, stated_bytes // max(1, bytes_per_frame))
+        stated_frames = stated_bytes // max(1, bytes_per_frame)
+        if 0 < stated_frames / rate <= seconds_left:
+            declared_frames = max(declared_frames, stated_frames)
     if declared_frames - frames_read > TRUNCATION_SLACK_SECONDS * rate:
         present, declared = frames_read / rate, declared_frames / rate
         raise AudioTruncated(f"it holds {present:.2f} s of the {declared:.2f} s its header states")

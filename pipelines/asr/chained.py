@@ -7,6 +7,7 @@ alone and the parts joined."""
 
 from __future__ import annotations
 
+import bisect
 import re
 import struct
 from collections.abc import Iterator
@@ -16,8 +17,7 @@ from collections.abc import Iterator
 _SIDE_INFO = {(True, True): 17, (True, False): 32, (False, True): 9, (False, False): 17}
 _MP3_TAG = re.compile(rb"Xing|Info")
 _ID3V2 = re.compile(rb"ID3[\x02-\x04]\x00")
-# Bytes of padding an encoder may leave between a file's tag and its first frame.
-_TAG_PADDING = 4096
+_PADDING = re.compile(rb"\x00*")
 
 
 def split_chained(data: bytes) -> list[bytes]:
@@ -40,7 +40,7 @@ def ends_inside_an_ogg_page(data: bytes) -> bool:
 def _ogg_pages(data: bytes) -> Iterator[tuple[int, int, int]]:
     """Each page's start, header flags and end, while the pages follow one another."""
     offset = 0
-    while data.startswith(b"OggS", offset):
+    while data.startswith(b"OggS\x00", offset):  # capture pattern and version 0: anything else is no page
         segments = data[offset + 26] if offset + 27 <= len(data) else 0
         table = data[offset + 27 : offset + 27 + segments]
         end = offset + 27 + segments + sum(table)
@@ -68,7 +68,10 @@ def _riff_parts(data: bytes) -> list[bytes]:
         (size,) = struct.unpack_from("<I", data, offset + 4)
         if size in (0, 0xFFFFFFFF):
             break
-        offset += 8 + size + (size & 1)
+        end = offset + 8 + size
+        offset = (
+            end + 1 if size & 1 and not data.startswith(b"RIFF", end) else end
+        )  # its pad byte, if written
         if not data.startswith(b"RIFF", offset):
             break
         starts.append(offset)
@@ -76,19 +79,83 @@ def _riff_parts(data: bytes) -> list[bytes]:
 
 
 def _mp3_parts(data: bytes) -> list[bytes]:
-    """A new file begins at an ID3v2 tag, or at a frame holding a Xing/Info header that is not the
-    header of the file whose tag comes just before it."""
-    tags: list[tuple[int, int]] = []  # (start, end) of each ID3v2 tag, none inside another
+    """A new file begins at an ID3v2 tag, or at a frame holding a Xing/Info header that is not the first
+    frame after a tag (a file's own header follows its tag). A part with no audio (a tag after another, a
+    tag at the very end) belongs to its neighbour."""
+    tags = _id3_tags(data)
+    tag_starts = [start for start, _ in tags]
+    own_headers = {_past_padding(data, end) for _, end in tags}
+    starts = [0, *(start for start in tag_starts if start)]
+    for match in _MP3_TAG.finditer(data):
+        frame = _frame_holding_tag(data, match.start())
+        if not frame or frame in own_headers:
+            continue
+        inside = bisect.bisect_right(tag_starts, frame) - 1  # the last tag that starts before it
+        if inside < 0 or frame >= tags[inside][1]:
+            starts.append(frame)
+    parts = _cut(data, sorted(set(starts)))
+    merged: list[list[bytes]] = []
+    pending: list[bytes] = []  # parts with no audio, held for the next part that has some
+    for part in parts:
+        if _has_mp3_audio(part):
+            merged.append([*pending, part])
+            pending = []
+        elif merged:
+            merged[-1].append(part)
+        else:
+            pending.append(part)
+    if not merged:
+        return [data]
+    # Each file without its leading tags: metadata only, which libsndfile reads no further than one
+    # tag (two in a row, or a v2.4 footer, are "Format not recognised" to it).
+    joined = [b"".join(pieces) for pieces in merged]
+    return [part[_audio_start(part) :] for part in joined]
+
+
+def _id3_tags(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each ID3v2 tag (a v2.4 footer included), none inside another, in order."""
+    tags: list[tuple[int, int]] = []
     for match in _ID3V2.finditer(data):
         start = match.start()
         if len(data) >= start + 10 and (not tags or start >= tags[-1][1]):
-            tags.append((start, start + 10 + _syncsafe(data[start + 6 : start + 10])))
-    starts = [0, *(start for start, _ in tags if start)]
-    for match in _MP3_TAG.finditer(data):
-        frame = _frame_holding_tag(data, match.start())
-        if frame and not any(start <= frame < end + _TAG_PADDING for start, end in tags):
-            starts.append(frame)
-    return _cut(data, sorted(set(starts)))
+            footer = 10 if data[start + 3] == 4 and data[start + 5] & 0x10 else 0
+            tags.append((start, start + 10 + footer + _syncsafe(data[start + 6 : start + 10])))
+    return tags
+
+
+def id3_tag_cut_short(data: bytes) -> bool:
+    """Whether an MP3 stops inside the ID3v2 tag it starts with (an upload cut short)."""
+    tags = _id3_tags(data)
+    return bool(tags) and tags[0][0] == 0 and tags[0][1] > len(data)
+
+
+def _past_padding(data: bytes, offset: int) -> int:
+    match = _PADDING.match(data, offset)
+    return match.end() if match else offset
+
+
+def _audio_start(part: bytes) -> int:
+    """Where a file's first frame should be: past its leading ID3v2 tags and their padding."""
+    offset = 0
+    for start, end in _id3_tags(part):
+        if start != _past_padding(part, offset):
+            break
+        offset = end
+    return _past_padding(part, offset)
+
+
+def _has_mp3_audio(part: bytes) -> bool:
+    return _mp3_frame_at(part, _audio_start(part))
+
+
+def mp3_states_its_length(part: bytes) -> bool:
+    """Whether an MP3 file's first frame is a Xing/Info header stating its frame count; without one,
+    libsndfile's length is an estimate from the file's size and first bitrate, not a stated length."""
+    frame = _audio_start(part)
+    if not _mp3_frame_at(part, frame):
+        return False
+    tag = frame + _tag_offset(part, frame)
+    return part[tag : tag + 4] in (b"Xing", b"Info") and len(part) >= tag + 8 and bool(part[tag + 7] & 0x01)
 
 
 def _frame_holding_tag(data: bytes, tag: int) -> int | None:

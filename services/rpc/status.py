@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import grpc
 
-from pipelines.asr import AudioTooShort
+from pipelines.asr import AudioTooShort, AudioTruncated
 from retrieval.errors import (
     CollectionExists,
     CollectionNotFound,
@@ -43,6 +43,7 @@ _KINDS: list[tuple[str, type[Exception], grpc.StatusCode]] = [
     ("invalid_file", UnreadableDocument, grpc.StatusCode.INVALID_ARGUMENT),
     ("collection_owned", CollectionOwned, grpc.StatusCode.FAILED_PRECONDITION),
     ("audio_too_short", AudioTooShort, grpc.StatusCode.INVALID_ARGUMENT),
+    ("audio_truncated", AudioTruncated, grpc.StatusCode.INVALID_ARGUMENT),
     ("invalid", InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     ("model_not_found", ModelNotFound, grpc.StatusCode.NOT_FOUND),
     ("collection_not_found", CollectionNotFound, grpc.StatusCode.NOT_FOUND),

@@ -51,10 +51,14 @@ def _pitch(samples: np.ndarray) -> float:
     return float(np.argmax(spectrum) * SAMPLE_RATE / len(samples))
 
 
-def _id3_tag(title: str) -> bytes:
+def _id3_tag(title: str, version: int = 3, footer: bool = False) -> bytes:
+    """An ID3v2 tag holding a title (v2.4 with ``footer``: the footer a tag at a file's end carries)."""
     text = b"\x00" + title.encode()
     frame = b"TIT2" + struct.pack(">I", len(text)) + b"\x00\x00" + text
-    return b"ID3\x03\x00\x00" + bytes([0, 0, 0, len(frame)]) + frame
+    size = bytes((len(frame) >> shift) & 0x7F for shift in (21, 14, 7, 0))  # "syncsafe": 7 bits a byte
+    flags = b"\x10" if footer else b"\x00"
+    tag = b"ID3" + bytes([version, 0]) + flags + size + frame
+    return tag + b"3DI" + bytes([version, 0]) + flags + size if footer else tag
 
 
 @pytest.mark.parametrize("kind", list(CONTAINERS))
@@ -73,10 +77,74 @@ def test_files_joined_end_to_end_decode_whole(kind: str) -> None:
 
 def test_mp3s_with_id3_tags_joined_decode_whole() -> None:
     """`cat` of two tagged MP3s: each part begins at its tag, its Xing header after it is its own."""
-    first = _id3_tag("one") + _encode(_tone(440, 1.5), "mp3")
-    second = _id3_tag("two") + _encode(_tone(880, 1.5), "mp3")
-    assert split_chained(first + second) == [first, second]
-    assert len(decode_audio(first + second, 60)) / SAMPLE_RATE == pytest.approx(3.0, abs=0.1)
+    first, second = _encode(_tone(440, 1.5), "mp3"), _encode(_tone(880, 1.5), "mp3")
+    joined = _id3_tag("one") + first + _id3_tag("two") + second
+    assert split_chained(joined) == [first, second]  # each without its tag: metadata only
+    assert len(decode_audio(joined, 60)) / SAMPLE_RATE == pytest.approx(3.0, abs=0.1)
+
+
+# Layer III bitrates (kbit/s) of MPEG-2, by index: what libsndfile writes at 16 kHz.
+_MPEG2_KBPS = (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)
+
+
+def _without_info_frame(mp3: bytes) -> bytes:
+    """An MP3 (MPEG-2, 16 kHz) without its Xing/Info frame, as older encoders and stream captures are:
+    its length is then libsndfile's estimate, not a length the file states."""
+    kbps, padding = _MPEG2_KBPS[mp3[2] >> 4], (mp3[2] >> 1) & 1
+    assert mp3[13:17] in (b"Xing", b"Info")
+    return mp3[72_000 * kbps // SAMPLE_RATE + padding :]
+
+
+def test_mp3_tag_layouts_decode_whole() -> None:
+    """Layouts tools leave: two tags in a row, a v2.4 tag with a footer, a tag at the end, a padded tag;
+    and a short tagged file followed by an untagged one (whose header lies close to the first file's
+    tag)."""
+    tone = _encode(_tone(440, 2.0), "mp3")
+    footer_tag = _id3_tag("end", version=4, footer=True)
+    picture = _id3_tag("cover " + "x" * 100) + bytes(2048)  # with padding
+    cases = {
+        "two tags": (_id3_tag("a") + _id3_tag("b") + tone, 2.0),
+        "v2.4 footer first": (footer_tag + tone, 2.0),
+        "tag at the end": (tone + footer_tag, 2.0),
+        "padded tag": (picture + tone, 2.0),
+        "tagged short, untagged long": (_id3_tag("d") + tone + _encode(_tone(880, 10.0), "mp3"), 12.0),
+    }
+    for name, (data, seconds) in cases.items():
+        assert len(decode_audio(data, 60)) / SAMPLE_RATE == pytest.approx(seconds, abs=0.1), name
+    # A file stating no length is never "cut short": libsndfile's length for it is an estimate (from the
+    # first frame's bitrate, which it reads no further than), not a length the file states.
+    assert len(decode_audio(_id3_tag("c" * 120) + _without_info_frame(tone), 60)) > 0
+
+
+def test_streamed_wavs_are_read_to_their_end() -> None:
+    """A WAV written to a pipe states a placeholder for its size: read as far as it goes."""
+    wav = _encode(_tone(440, 2.0), "wav")
+    data = wav.index(b"data")
+    for placeholder in (0x7FFFF000, 0xFFFFFFFF - 36):  # sox's; one a writer counted down from 2^32
+        streamed = wav[: data + 4] + struct.pack("<I", placeholder) + wav[data + 8 :]
+        assert len(decode_audio(streamed, 60)) == 2 * SAMPLE_RATE, hex(placeholder)
+
+
+def test_wavs_joined_when_the_first_lacks_its_pad_byte() -> None:
+    odd = _encode(_tone(440, 1.0), "wav")[:-1]  # 8-bit mono would be odd; here: a byte short, as writers err
+    data = odd.index(b"data")
+    size = len(odd) - data - 8
+    odd = (
+        odd[:4]
+        + struct.pack("<I", len(odd) - 8)
+        + odd[8 : data + 4]
+        + struct.pack("<I", size)
+        + odd[data + 8 :]
+    )
+    joined = odd + _encode(_tone(880, 1.0), "wav")
+    assert len(split_chained(joined)) == 2
+    assert len(decode_audio(joined, 60)) / SAMPLE_RATE == pytest.approx(2.0, abs=0.01)
+
+
+def test_an_mp3_cut_inside_its_tag_is_cut_short() -> None:
+    data = _id3_tag("cover " + "x" * 100) + _encode(_tone(440, 2.0), "mp3")
+    with pytest.raises(AudioTruncated, match="inside its ID3 tag"):
+        decode_audio(data[:60], 60)
 
 
 def test_joined_files_count_together_against_the_length_limit() -> None:
