@@ -14,7 +14,7 @@ import soundfile as sf
 
 from pipelines.asr import AudioTooLong, AudioTooShort, AudioTruncated, decode_audio
 from pipelines.asr.audio import SAMPLE_RATE
-from pipelines.asr.chained import split_chained
+from pipelines.asr.containers import split_chained
 
 # (container, subtype) libsndfile writes here; each carries a length in its header or pages.
 CONTAINERS = {
@@ -111,9 +111,18 @@ def test_mp3_tag_layouts_decode_whole() -> None:
     }
     for name, (data, seconds) in cases.items():
         assert len(decode_audio(data, 60)) / SAMPLE_RATE == pytest.approx(seconds, abs=0.1), name
-    # A file stating no length is never "cut short": libsndfile's length for it is an estimate (from the
-    # first frame's bitrate, which it reads no further than), not a length the file states.
-    assert len(decode_audio(_id3_tag("c" * 120) + _without_info_frame(tone), 60)) > 0
+
+
+def test_an_mp3_stating_no_length_is_read_to_its_end() -> None:
+    """Without a Xing/Info header libsndfile reads an MP3 only as far as it estimates from the first
+    frame's bitrate (of a VBR file, a fraction), and its estimate is no length the file states: the file
+    is given a header stating the frames it holds, and is never "cut short". Junk inside leaves it to
+    libsndfile's own reading."""
+    bare = _without_info_frame(_encode(_tone(440, 2.0), "mp3"))
+    assert len(decode_audio(_id3_tag("c" * 120) + bare, 60)) / SAMPLE_RATE == pytest.approx(2.0, abs=0.1)
+    with_trailer = bare + b"TAG" + bytes(125)  # an ID3v1 tag
+    assert len(decode_audio(with_trailer, 60)) / SAMPLE_RATE == pytest.approx(2.0, abs=0.1)
+    assert len(decode_audio(bare[:1000] + b"junk" + bare[1000:], 60)) > 0
 
 
 def test_streamed_wavs_are_read_to_their_end() -> None:

@@ -1,9 +1,12 @@
-"""Audio files that are several files one after another, cut into those files; Ogg files cut short.
+"""What audio containers say of their structure, read before libsndfile decodes them: the files an
+upload joins end to end, the length an MP3 states, an Ogg or ID3 tag cut short.
 
 `cat a.mp3 b.mp3` and a recorded Ogg radio stream (one logical stream per track, "chained") are audio
 that players and FFmpeg play through; libsndfile stops at the end of the first part — of an MP3 at the
 frame count its Xing/Info header states, of an Ogg at its first logical stream. Each part is decoded
-alone and the parts joined."""
+alone and the parts joined. An MP3 without a Xing/Info header is read by libsndfile only as far as it
+estimates from its first frame's bitrate (a VBR file loses the rest): it is given a header stating the
+frames it holds."""
 
 from __future__ import annotations
 
@@ -16,6 +19,10 @@ from collections.abc import Iterator
 # after the side information, which is 17 or 32 bytes in MPEG-1 (mono / other), 9 or 17 in MPEG-2 and 2.5.
 _SIDE_INFO = {(True, True): 17, (True, False): 32, (False, True): 9, (False, False): 17}
 _MP3_TAG = re.compile(rb"Xing|Info")
+# Layer III bitrates (kbit/s) by index, and sample rates by version (MPEG-1, 2, 2.5) and index.
+_KBPS_MPEG1 = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+_KBPS_MPEG2 = (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)
+_RATES = {0x03: (44_100, 48_000, 32_000), 0x02: (22_050, 24_000, 16_000), 0x00: (11_025, 12_000, 8_000)}
 _ID3V2 = re.compile(rb"ID3[\x02-\x04]\x00")
 _PADDING = re.compile(rb"\x00*")
 
@@ -156,6 +163,42 @@ def mp3_states_its_length(part: bytes) -> bool:
         return False
     tag = frame + _tag_offset(part, frame)
     return part[tag : tag + 4] in (b"Xing", b"Info") and len(part) >= tag + 8 and bool(part[tag + 7] & 0x01)
+
+
+def with_stated_length(part: bytes) -> bytes:
+    """An MP3 file as it is if it states its length; else with a Xing header stating the frames it
+    holds, where they follow one another to its end (a trailing ID3v1 or APE tag aside)."""
+    start = _audio_start(part)
+    if mp3_states_its_length(part) or not _mp3_frame_at(part, start):
+        return part
+    frames, end = 0, start
+    while _mp3_frame_at(part, end) and end + _frame_length(part, end) <= len(part):
+        end += _frame_length(part, end)
+        frames += 1
+    rest = part[end:]
+    trailing_tag = (len(rest) == 128 and rest.startswith(b"TAG")) or rest.startswith(b"APETAGEX")
+    if rest and not trailing_tag and not _mp3_frame_at(part, end):
+        return part  # junk or another stream inside: libsndfile's reading stands
+    length = _frame_length(part, start)
+    header = (
+        part[start : start + 4]
+        + bytes(_tag_offset(part, start) - 4)
+        + b"Xing"
+        + struct.pack(">II", 1, frames)
+    )
+    if length < len(header):  # a frame too small to hold it (8 kbit/s at 24 kHz)
+        return part
+    return part[:start] + header + bytes(length - len(header)) + part[start:]
+
+
+def _frame_length(data: bytes, frame: int) -> int:
+    """A layer III frame's length in bytes, from its header."""
+    (header,) = struct.unpack_from(">I", data, frame)
+    version = (header >> 19) & 0x03
+    mpeg1 = version == 0x03
+    kbps = (_KBPS_MPEG1 if mpeg1 else _KBPS_MPEG2)[(header >> 12) & 0x0F]
+    rate = _RATES[version][(header >> 10) & 0x03]
+    return (144 if mpeg1 else 72) * kbps * 1000 // rate + ((header >> 9) & 0x01)
 
 
 def _frame_holding_tag(data: bytes, tag: int) -> int | None:
