@@ -17,7 +17,6 @@ from pipelines.asr.containers import (
     id3_tag_cut_short,
     mp3_states_its_length,
     split_chained,
-    with_stated_length,
 )
 from shared_engine.errors import InvalidRequest, PayloadTooLarge
 
@@ -71,7 +70,7 @@ def decode_audio(data: bytes, max_seconds: float) -> np.ndarray:
     seconds = 0.0
     try:
         for part in parts:
-            samples, part_seconds = _decode_part(with_stated_length(part), max_seconds - seconds, seconds)
+            samples, part_seconds = _decode_part(part, max_seconds - seconds, seconds)
             decoded.append(samples)
             seconds += part_seconds
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:

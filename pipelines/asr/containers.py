@@ -1,16 +1,15 @@
 """What audio containers say of their structure, read before libsndfile decodes them: the files an
-upload joins end to end, the length an MP3 states, an Ogg or ID3 tag cut short.
+upload joins end to end, whether an MP3 states its length, an Ogg page or ID3 tag cut short.
 
 `cat a.mp3 b.mp3` and a recorded Ogg radio stream (one logical stream per track, "chained") are audio
 that players and FFmpeg play through; libsndfile stops at the end of the first part — of an MP3 at the
 frame count its Xing/Info header states, of an Ogg at its first logical stream. Each part is decoded
-alone and the parts joined. An MP3 without a Xing/Info header is read by libsndfile only as far as it
-estimates from its first frame's bitrate (a VBR file loses the rest): it is given a header stating the
-frames it holds."""
+alone and the parts joined."""
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 import struct
 from collections.abc import Iterator
@@ -19,12 +18,11 @@ from collections.abc import Iterator
 # after the side information, which is 17 or 32 bytes in MPEG-1 (mono / other), 9 or 17 in MPEG-2 and 2.5.
 _SIDE_INFO = {(True, True): 17, (True, False): 32, (False, True): 9, (False, False): 17}
 _MP3_TAG = re.compile(rb"Xing|Info")
-# Layer III bitrates (kbit/s) by index, and sample rates by version (MPEG-1, 2, 2.5) and index.
-_KBPS_MPEG1 = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
-_KBPS_MPEG2 = (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)
-_RATES = {0x03: (44_100, 48_000, 32_000), 0x02: (22_050, 24_000, 16_000), 0x00: (11_025, 12_000, 8_000)}
 _ID3V2 = re.compile(rb"ID3[\x02-\x04]\x00")
 _PADDING = re.compile(rb"\x00*")
+# Tags, and Xing/Info headers, looked at in one file at most: far more than any upload of files joined end
+# to end holds (past them, the rest stays in the last part), and a bound on a crafted file's cost.
+_MAX_MARKS = 4096
 
 
 def split_chained(data: bytes) -> list[bytes]:
@@ -93,7 +91,7 @@ def _mp3_parts(data: bytes) -> list[bytes]:
     tag_starts = [start for start, _ in tags]
     own_headers = {_past_padding(data, end) for _, end in tags}
     starts = [0, *(start for start in tag_starts if start)]
-    for match in _MP3_TAG.finditer(data):
+    for match in itertools.islice(_MP3_TAG.finditer(data), _MAX_MARKS):
         frame = _frame_holding_tag(data, match.start())
         if not frame or frame in own_headers:
             continue
@@ -122,18 +120,22 @@ def _mp3_parts(data: bytes) -> list[bytes]:
 def _id3_tags(data: bytes) -> list[tuple[int, int]]:
     """(start, end) of each ID3v2 tag (a v2.4 footer included), none inside another, in order."""
     tags: list[tuple[int, int]] = []
-    for match in _ID3V2.finditer(data):
+    for match in itertools.islice(_ID3V2.finditer(data), _MAX_MARKS):
         start = match.start()
         if len(data) >= start + 10 and (not tags or start >= tags[-1][1]):
-            footer = 10 if data[start + 3] == 4 and data[start + 5] & 0x10 else 0
-            tags.append((start, start + 10 + footer + _syncsafe(data[start + 6 : start + 10])))
+            tags.append((start, _tag_end(data, start)))
     return tags
+
+
+def _tag_end(data: bytes, start: int) -> int:
+    """Where the ID3v2 tag at ``start`` ends (a v2.4 footer included; possibly past the data's end)."""
+    footer = 10 if data[start + 3] == 4 and data[start + 5] & 0x10 else 0
+    return start + 10 + footer + _syncsafe(data[start + 6 : start + 10])
 
 
 def id3_tag_cut_short(data: bytes) -> bool:
     """Whether an MP3 stops inside the ID3v2 tag it starts with (an upload cut short)."""
-    tags = _id3_tags(data)
-    return bool(tags) and tags[0][0] == 0 and tags[0][1] > len(data)
+    return _ID3V2.match(data) is not None and len(data) >= 10 and _tag_end(data, 0) > len(data)
 
 
 def _past_padding(data: bytes, offset: int) -> int:
@@ -143,12 +145,12 @@ def _past_padding(data: bytes, offset: int) -> int:
 
 def _audio_start(part: bytes) -> int:
     """Where a file's first frame should be: past its leading ID3v2 tags and their padding."""
-    offset = 0
-    for start, end in _id3_tags(part):
-        if start != _past_padding(part, offset):
+    offset = _past_padding(part, 0)
+    for _ in range(_MAX_MARKS):
+        if not (_ID3V2.match(part, offset) and len(part) >= offset + 10):
             break
-        offset = end
-    return _past_padding(part, offset)
+        offset = _past_padding(part, _tag_end(part, offset))
+    return offset
 
 
 def _has_mp3_audio(part: bytes) -> bool:
@@ -162,47 +164,14 @@ def mp3_states_its_length(part: bytes) -> bool:
     if not _mp3_frame_at(part, frame):
         return False
     tag = frame + _tag_offset(part, frame)
-    return part[tag : tag + 4] in (b"Xing", b"Info") and len(part) >= tag + 8 and bool(part[tag + 7] & 0x01)
-
-
-def with_stated_length(part: bytes) -> bytes:
-    """An MP3 file as it is if it states its length; else with a Xing header stating the frames it
-    holds, where they follow one another to its end (a trailing ID3v1 or APE tag aside)."""
-    start = _audio_start(part)
-    if mp3_states_its_length(part) or not _mp3_frame_at(part, start):
-        return part
-    frames, end = 0, start
-    while _mp3_frame_at(part, end) and end + _frame_length(part, end) <= len(part):
-        end += _frame_length(part, end)
-        frames += 1
-    rest = part[end:]
-    trailing_tag = (len(rest) == 128 and rest.startswith(b"TAG")) or rest.startswith(b"APETAGEX")
-    if rest and not trailing_tag and not _mp3_frame_at(part, end):
-        return part  # junk or another stream inside: libsndfile's reading stands
-    length = _frame_length(part, start)
-    header = (
-        part[start : start + 4]
-        + bytes(_tag_offset(part, start) - 4)
-        + b"Xing"
-        + struct.pack(">II", 1, frames)
-    )
-    if length < len(header):  # a frame too small to hold it (8 kbit/s at 24 kHz)
-        return part
-    return part[:start] + header + bytes(length - len(header)) + part[start:]
-
-
-def _frame_length(data: bytes, frame: int) -> int:
-    """A layer III frame's length in bytes, from its header."""
-    (header,) = struct.unpack_from(">I", data, frame)
-    version = (header >> 19) & 0x03
-    mpeg1 = version == 0x03
-    kbps = (_KBPS_MPEG1 if mpeg1 else _KBPS_MPEG2)[(header >> 12) & 0x0F]
-    rate = _RATES[version][(header >> 10) & 0x03]
-    return (144 if mpeg1 else 72) * kbps * 1000 // rate + ((header >> 9) & 0x01)
+    if part[tag : tag + 4] not in (b"Xing", b"Info") or len(part) < tag + 12 or not part[tag + 7] & 0x01:
+        return False
+    (frames,) = struct.unpack_from(">I", part, tag + 8)
+    return frames > 0  # ffmpeg writing to a pipe leaves 0, which mpg123 reads as unknown
 
 
 def _frame_holding_tag(data: bytes, tag: int) -> int | None:
-    for before_tag in {4 + crc + side_info for crc in (0, 2) for side_info in _SIDE_INFO.values()}:
+    for before_tag in {4 + side_info for side_info in _SIDE_INFO.values()}:
         frame = tag - before_tag
         if frame >= 0 and _mp3_frame_at(data, frame) and _tag_offset(data, frame) == before_tag:
             return frame
@@ -210,10 +179,10 @@ def _frame_holding_tag(data: bytes, tag: int) -> int | None:
 
 
 def _tag_offset(data: bytes, frame: int) -> int:
-    crc = 0 if data[frame + 1] & 0x01 else 2
+    """Where mpg123 reads a Xing/Info tag: right after the side information (a CRC or not)."""
     mpeg1 = (data[frame + 1] >> 3) & 0x03 == 0x03
     mono = (data[frame + 3] >> 6) == 0x03
-    return 4 + crc + _SIDE_INFO[(mpeg1, mono)]
+    return 4 + _SIDE_INFO[(mpeg1, mono)]
 
 
 def _mp3_frame_at(data: bytes, offset: int) -> bool:
