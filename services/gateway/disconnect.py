@@ -39,16 +39,18 @@ def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         body_read = asyncio.Event()
+        answered = False  # the whole response has been handed to the server
 
         async def receive_body() -> ReceiveMessage:
             message = await receive()
-            if message["type"] == "http.disconnect":
-                _mark_client_gone()  # while sending its body: what reading it raises is no fault of ours
+            # While it sends its body, what reading it raises is no fault of ours. After the answer, the
+            # server reports the end of the exchange as a disconnect too (to a streaming response, which
+            # listens for one): that client stayed to the end.
+            if message["type"] == "http.disconnect" and not answered:
+                _mark_client_gone()
             if message["type"] == "http.disconnect" or not message.get("more_body", False):
                 body_read.set()
             return message
-
-        answered = False  # the whole response has been handed to the server
 
         async def send_tracked(message: Message) -> None:
             nonlocal answered

@@ -123,6 +123,18 @@ def test_a_chat_completion_is_counted_and_timed(
     assert grew(engine, "mmserve:prefix_cache_hits_total", **model) == cached
 
 
+def test_a_stream_read_to_its_end_is_counted_as_answered(http: httpx.Client, model_id: str) -> None:
+    """The server reports the end of a finished exchange as a disconnect: a client that read the whole
+    stream (or a whole download) did not leave early, and is a 200, not a 499."""
+    labels = {"model_name": model_id, "task": "chat"}
+    before = {s: requests_counted(http, status=s, **labels) for s in ("200", "499")}
+    with http.stream("POST", "/v1/chat/completions", json=chat_body(model_id, stream=True)) as response:
+        assert response.status_code == 200
+        assert response.read().rstrip().endswith(b"data: [DONE]")
+    after = {s: requests_counted(http, status=s, **labels) for s in ("200", "499")}
+    assert (after["200"] - before["200"], after["499"] - before["499"]) == (1, 0), (before, after)
+
+
 def test_a_repeated_prompt_counts_prefix_cache_hits(
     http: httpx.Client, model_id: str, engine_metrics: Scrape
 ) -> None:
