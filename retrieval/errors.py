@@ -35,6 +35,18 @@ class VectorStoreNotFound(ObjectNotFound):
     what, code = "vector store", "vector_store_not_found"
 
 
+class VectorStoreExpired(InvalidRequest):
+    """A vector store past its expires_after: its status says expired, and it is no longer searched."""
+
+    code = "vector_store_expired"
+
+    def __init__(self, store_id: str, expired_at: int) -> None:
+        super().__init__(
+            f"vector store {store_id} expired at {expired_at} (its expires_after: that many days without "
+            "use); give it a new expires_after, or create it again, to search it"
+        )
+
+
 class VectorStoreFileNotFound(ObjectNotFound):
     what, code = "vector store file", "vector_store_file_not_found"
 

@@ -179,6 +179,11 @@ class FileStore:
             upload.abort()
             raise
 
+    def next_expiry(self) -> float | None:
+        """When the next file to expire does (None: no file will)."""
+        row = self.db.execute("SELECT MIN(expires) FROM files").fetchone()
+        return None if row[0] is None else float(row[0])
+
     def expired(self) -> list[str]:
         """The files past their expiry, still to be deleted."""
         rows = self.db.execute("SELECT id FROM files WHERE NOT " + _LIVE, (self.clock(),))

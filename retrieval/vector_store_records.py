@@ -66,6 +66,9 @@ class FileCounts:
         return self.in_progress + self.completed + self.failed + self.cancelled
 
 
+DAY_S = 86_400
+
+
 @dataclass(frozen=True)
 class VectorStoreRecord:
     id: str
@@ -76,6 +79,15 @@ class VectorStoreRecord:
     last_active_at: int
     usage_bytes: int = 0
     file_counts: FileCounts = field(default_factory=FileCounts)
+
+    @property
+    def expires_at(self) -> int | None:
+        return (
+            None if self.expires_after_days is None else self.last_active_at + self.expires_after_days * DAY_S
+        )
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -17,7 +18,7 @@ from typing import Any
 
 from retrieval.chunking import ChunkingConfig
 from retrieval.collections import Collections
-from retrieval.errors import CollectionNotFound, DocumentNotFound, FileNotFound
+from retrieval.errors import CollectionNotFound, DocumentNotFound, FileNotFound, VectorStoreExpired
 from retrieval.file_processing import WRITER, FileProcessor, claim_collections
 from retrieval.files import FileRecord, FileStore
 from retrieval.formats import format_of
@@ -32,6 +33,9 @@ from retrieval.vector_store_types import PASSAGES, FileAttachment, SearchHit, Se
 from shared_engine.errors import InvalidRequest
 
 CHUNKING_FIELD = "chunking_strategy.static.max_chunk_size_tokens"
+EXPIRY_CHECK_S = 60.0  # how often files are checked for expiry at the least
+
+logger = logging.getLogger(__name__)
 
 
 class VectorStores:
@@ -40,6 +44,8 @@ class VectorStores:
         self.files = files
         self.records = records
         self.processor = FileProcessor(collections, files, records)
+        self.expiry_check_s = EXPIRY_CHECK_S
+        self._expiry: asyncio.Task[None] | None = None
         claim_collections(collections, records)
 
     @classmethod
@@ -90,9 +96,22 @@ class VectorStores:
         await self._delete_file(file_id)
 
     async def delete_expired_files(self) -> None:
-        """Delete the files past their expiry (already out of sight: never listed, read or searched)."""
+        """Delete the files past their expiry (already out of sight of the files API)."""
         for file_id in self.files.expired():
             await self._delete_file(file_id)
+
+    async def _delete_files_as_they_expire(self) -> None:
+        """Delete each file when it expires, so that no route (a collection's documents, retrieval, RAG)
+        finds it after: a file expires at least an hour after its upload, so checking at least every
+        ``expiry_check_s`` misses none."""
+        while True:
+            try:
+                await self.delete_expired_files()
+            except Exception:  # the next check tries again; the store and the service go on
+                logger.exception("deleting expired files failed")
+            next_at = self.files.next_expiry()
+            wait = self.expiry_check_s if next_at is None else next_at - self.files.clock()
+            await asyncio.sleep(min(max(wait, 0.01), self.expiry_check_s))
 
     async def _delete_file(self, file_id: str) -> None:
         for store_id in self.records.stores_holding(file_id):
@@ -134,6 +153,8 @@ class VectorStores:
         self, store_id: str, name: str | None, metadata: dict[str, str] | None, expires: int | bool | None
     ) -> VectorStoreRecord:
         self.records.update_store(store_id, name, metadata, expires)
+        if expires is not False:  # a new expiry policy is a use: it counts from now
+            self.records.touch(store_id)
         return self.records.store(store_id)
 
     async def delete(self, store_id: str) -> None:
@@ -225,13 +246,16 @@ class VectorStores:
         return self.records.files(store_id, status, batch_id)
 
     async def resume(self) -> None:
-        """Pick up files left in progress (by a crash or a restart); delete those that expired meanwhile."""
-        await self.delete_expired_files()
+        """Pick up files left in progress (by a crash or a restart), and delete files as they expire."""
+        if self._expiry is None:
+            self._expiry = asyncio.get_running_loop().create_task(self._delete_files_as_they_expire())
         self.processor.resume_once()
 
     def close(self) -> None:
-        """Stop processing files (before the store closes)."""
+        """Stop processing files and deleting expired ones (before the store closes)."""
         self.processor.stop()
+        if self._expiry is not None:
+            self._expiry.cancel()
 
     # -- search -------------------------------------------------------------------------------------------
 
@@ -239,7 +263,9 @@ class VectorStores:
         """The best files for the queries (joined into one), each with its best passages. Scores are in
         [0, 1]: cosine similarity (ranker "none": dense only), or the hybrid fusion score over its
         maximum (1.0: ranked first both by meaning and by words)."""
-        self.records.store(store_id)
+        store = self.records.store(store_id)
+        if store.expired(time.time()):
+            raise VectorStoreExpired(store_id, store.expires_at or 0)
         await self.delete_expired_files()
         text = " ".join(q.strip() for q in queries if q.strip())
         if not text:

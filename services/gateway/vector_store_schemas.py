@@ -27,7 +27,7 @@ Order = Literal["asc", "desc"]
 _EXPIRY_SECONDS = f"the file is deleted this long after its creation ({MIN_EXPIRY_S} to {MAX_EXPIRY_S} s)"
 
 
-class FileUploadForm(Struct, kw_only=True):
+class FileUploadForm(Struct, kw_only=True, forbid_unknown_fields=True):
     """OpenAI's multipart form for uploads (``expires_after`` as the SDK sends it: two bracketed fields)."""
 
     file: UploadFile

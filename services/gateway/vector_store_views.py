@@ -34,7 +34,6 @@ from shared_engine.errors import InvalidRequest
 
 T = TypeVar("T")
 Obj = TypeVar("Obj")
-DAY_S = 86_400
 MAX_KEYS, MAX_KEY_CHARS, MAX_VALUE_CHARS = 16, 64, 512
 
 
@@ -54,8 +53,8 @@ def _counts(c: FileCounts) -> FileCountsOut:
 
 
 def vector_store_object(r: VectorStoreRecord) -> VectorStoreObject:
-    expires_at = None if r.expires_after_days is None else r.last_active_at + r.expires_after_days * DAY_S
-    if expires_at is not None and expires_at <= time.time():
+    expires_at = r.expires_at
+    if r.expired(time.time()):
         status = "expired"
     else:
         status = "in_progress" if r.file_counts.in_progress else "completed"

@@ -17,6 +17,7 @@ from retrieval.errors import (
     ObjectNotFound,
     UnreadableDocument,
     UnsupportedFormat,
+    VectorStoreExpired,
     VectorStoreFileNotFound,
     VectorStoreNotFound,
 )
@@ -44,6 +45,7 @@ _KINDS: list[tuple[str, type[Exception], grpc.StatusCode]] = [
     ("collection_owned", CollectionOwned, grpc.StatusCode.FAILED_PRECONDITION),
     ("audio_too_short", AudioTooShort, grpc.StatusCode.INVALID_ARGUMENT),
     ("audio_truncated", AudioTruncated, grpc.StatusCode.INVALID_ARGUMENT),
+    ("vector_store_expired", VectorStoreExpired, grpc.StatusCode.FAILED_PRECONDITION),
     ("invalid", InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     ("model_not_found", ModelNotFound, grpc.StatusCode.NOT_FOUND),
     ("collection_not_found", CollectionNotFound, grpc.StatusCode.NOT_FOUND),

@@ -12,6 +12,7 @@ import io
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,10 @@ from retrieval.chunking import ChunkingConfig
 from retrieval.collections import Collections, DocumentInput
 from retrieval.errors import (
     CollectionOwned,
+    DocumentNotFound,
     FileNotFound,
     UnsupportedFormat,
+    VectorStoreExpired,
     VectorStoreFileNotFound,
     VectorStoreNotFound,
 )
@@ -395,7 +398,12 @@ async def test_a_file_past_its_expiry_is_gone_and_leaves_its_vector_stores(
 
     now[0] += 3_599
     assert (await vs.get_file(brief.id)).id == brief.id  # a second to go
+    vs.expiry_check_s = 0.05
+    await vs.resume()  # what a server does once loaded: files are deleted as they expire
     now[0] += 1
+    await asyncio.sleep(0.5)
+    with pytest.raises(DocumentNotFound):  # the store's collection, which retrieval and RAG read
+        vs.collections.get(store.id, brief.id)
     with pytest.raises(FileNotFound):
         await vs.get_file(brief.id)
     with pytest.raises(FileNotFound):
@@ -408,6 +416,30 @@ async def test_a_file_past_its_expiry_is_gone_and_leaves_its_vector_stores(
     for seconds in (3_599, 2_592_001):
         with pytest.raises(InvalidRequest, match=r"expires_after\[seconds\] must be from 3600 to 2592000"):
             await vs.upload_file("a.txt", "assistants", one(b"text"), expires_after_s=seconds)
+    vs.close()
+    vs.collections.store.close()
+
+
+async def test_an_expired_vector_store_is_not_searched_nor_revived(
+    tmp_path: Path, embedder: EmbeddingService
+) -> None:
+    """Past its expires_after (days without use) a store says expired; searching it is refused, and
+    does not count as a use that would bring it back; a new expires_after does."""
+    vs = open_stores(tmp_path, embedder)
+    store = await vs.create("brief", {}, 1, None)
+    file_id = await upload(vs, DOCS / "numpy.txt")
+    await vs.attach(store.id, FileAttachment(file_id))
+    assert (await settled(vs, store.id, file_id)).status == "completed"
+    assert await vs.search(store.id, [first_query_for("numpy")], SearchOptions())
+    two_days_ago = (await vs.get(store.id)).last_active_at - 2 * 86_400
+    vs.records.db.execute("UPDATE vector_stores SET last_active = ? WHERE id = ?", (two_days_ago, store.id))
+    with pytest.raises(VectorStoreExpired, match="expired") as refused:
+        await vs.search(store.id, [first_query_for("numpy")], SearchOptions())
+    assert refused.value.code == "vector_store_expired"
+    assert (await vs.get(store.id)).expired(time.time())
+    await vs.modify(store.id, None, None, 7)  # a new policy counts from now
+    assert not (await vs.get(store.id)).expired(time.time())
+    assert await vs.search(store.id, [first_query_for("numpy")], SearchOptions())
     vs.collections.store.close()
 
 

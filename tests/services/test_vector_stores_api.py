@@ -112,6 +112,7 @@ def test_a_file_uploaded_with_an_expiry_states_it(
         ({"expires_after[anchor]": "created_at"}, "expires_after[seconds]"),
         ({"expires_after[seconds]": "3600"}, "expires_after[anchor]"),
         ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "soon"}, "expires_after[seconds]"),
+        ({"expires_after": '{"anchor": "created_at", "seconds": 3600}'}, "expires_after"),  # not as the SDK
     ):
         sent = http.post(
             "/v1/files", files={"file": ("a.txt", b"text")}, data={"purpose": "assistants", **form}
