@@ -260,11 +260,17 @@ class AudioController(Controller):
     @post(
         "/speech",
         status_code=200,
-        summary="Text to speech: wav (default), flac, mp3, opus (in Ogg) or pcm (16-bit, mono)",
+        summary="Text to speech: mp3 (default, as OpenAI's), wav, flac, opus (in Ogg) or pcm (16-bit, mono)",
         responses=errors(400, 404, 413, *SERVICE_ERRORS),
         operation_class=_SPEECH,
     )
     async def speech(self, data: JSONBody[SpeechRequest], registry: Registry) -> Response[bytes]:
+        if data.stream_format != "audio":
+            raise InvalidRequest(
+                f"stream_format {data.stream_format!r} is not supported: the audio comes as one body "
+                "(stream_format 'audio')",
+                param="stream_format",
+            )
         service = registry.tts(data.model or registry.default_model("tts"))
         audio, content_type = await service.speech(data.input, data.voice, data.speed, data.response_format)
         rate = output_rate(data.response_format, service.sample_rate)

@@ -122,5 +122,6 @@ class SpeechRequest(Struct, kw_only=True):
     input: Annotated[str, documented(min_length=1, max_length=MAX_INPUT_CHARS)]
     model: str | None = None
     voice: str | None = None
-    response_format: Annotated[str, documented(enum=list(SPEECH_FORMATS))] = "wav"
+    response_format: Annotated[str, documented(enum=list(SPEECH_FORMATS))] = "mp3"  # OpenAI's default
+    stream_format: Annotated[str, documented(enum=["audio"])] = "audio"  # OpenAI's "sse" is not served
     speed: Annotated[float, documented(minimum=MIN_SPEED, maximum=MAX_SPEED)] = 1.0
