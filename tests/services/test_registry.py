@@ -54,3 +54,20 @@ def test_a_model_that_fails_to_load_makes_ready_fail_with_a_reason() -> None:
         assert chat.status_code == 503
         assert "failed to load" in chat.json()["error"]["message"]
         assert "does not exist" in chat.json()["error"]["message"]
+
+
+def test_a_task_with_no_model_configured_says_so() -> None:
+    """A request that names no model, for a task none is configured for: not "the model `` does not
+    exist", but that none is served."""
+    registry = ModelRegistry([_spec()], lambda spec: LLMService(spec, Settings.from_env()))
+    with TestClient(create_app(registry, load_in_background=False)) as client:
+        for path, body, task in (
+            ("/v1/audio/speech", {"input": "hi"}, "tts"),
+            ("/v1/vision/classifications", {"image": "aGVsbG8="}, "vision"),
+        ):
+            error = client.post(path, json=body).json()["error"]
+            assert (
+                error["message"]
+                == f"No {task} model is served here to answer this request; none is configured."
+            )
+            assert (error["param"], error["code"]) == ("model", "model_not_found")
