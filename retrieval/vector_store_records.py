@@ -66,9 +66,6 @@ class FileCounts:
         return self.in_progress + self.completed + self.failed + self.cancelled
 
 
-DAY_S = 86_400
-
-
 @dataclass(frozen=True)
 class VectorStoreRecord:
     id: str
@@ -82,9 +79,8 @@ class VectorStoreRecord:
 
     @property
     def expires_at(self) -> int | None:
-        return (
-            None if self.expires_after_days is None else self.last_active_at + self.expires_after_days * DAY_S
-        )
+        days = self.expires_after_days
+        return None if days is None else self.last_active_at + days * 86_400
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at <= now

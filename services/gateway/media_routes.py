@@ -265,11 +265,9 @@ class AudioController(Controller):
         operation_class=_SPEECH,
     )
     async def speech(self, data: JSONBody[SpeechRequest], registry: Registry) -> Response[bytes]:
-        if data.stream_format != "audio":
+        if data.stream_format != "audio":  # OpenAI's "sse" sends events; here the audio comes as one body
             raise InvalidRequest(
-                f"stream_format {data.stream_format!r} is not supported: the audio comes as one body "
-                "(stream_format 'audio')",
-                param="stream_format",
+                f"stream_format {data.stream_format!r} is not supported", param="stream_format"
             )
         service = registry.tts(data.model or registry.default_model("tts"))
         audio, content_type = await service.speech(data.input, data.voice, data.speed, data.response_format)
