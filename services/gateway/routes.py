@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Controller, Response, get, post
+from litestar import Controller, Response, get, head, post
 from litestar.di import NamedDependency
+from litestar.enums import MediaType
 from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
 from litestar.response import Stream
@@ -65,22 +66,36 @@ def _respond(result: Any) -> Any:
 
 
 class HealthController(Controller):
+    """Liveness and readiness, for GET and for HEAD (uptime monitors and some load balancers probe so)."""
+
     tags = ["health"]
 
     @get("/health", summary="Liveness")
     async def health(self) -> dict[str, str]:
         return {"status": "ok"}
 
+    @head("/health", summary="Liveness, without a body", media_type=MediaType.TEXT)
+    async def health_head(self) -> Response[None]:
+        return Response(None)
+
     @get("/ready", summary="200 when every configured model is loaded, else 503", responses={503: _READY})
     async def ready(
         self, registry: Registry, lifecycle: NamedDependency[Lifecycle]
     ) -> Response[dict[str, str]]:
-        if lifecycle.draining:
-            return Response({"status": "draining"}, status_code=503)
-        if registry.ready:
-            return Response({"status": "ready"}, status_code=200)
-        state = "failed" if registry.failed else "loading"
-        return Response({"status": state}, status_code=503)
+        status, state = _readiness(registry, lifecycle)
+        return Response({"status": state}, status_code=status)
+
+    @head("/ready", summary="Readiness, without a body: 200 or 503", media_type=MediaType.TEXT)
+    async def ready_head(self, registry: Registry, lifecycle: NamedDependency[Lifecycle]) -> Response[None]:
+        return Response(None, status_code=_readiness(registry, lifecycle)[0])
+
+
+def _readiness(registry: ModelRegistry, lifecycle: Lifecycle) -> tuple[int, str]:
+    if lifecycle.draining:
+        return 503, "draining"
+    if registry.ready:
+        return 200, "ready"
+    return 503, "failed" if registry.failed else "loading"
 
 
 class OpenAIController(Controller):

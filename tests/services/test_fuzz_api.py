@@ -83,7 +83,9 @@ CHECKS: list[CheckFunction] = [
 # its cost under fuzzing is thought about (and it is fuzzed) before it ships.
 OPERATIONS = [
     "GET /health",
+    "HEAD /health",
     "GET /ready",
+    "HEAD /ready",
     "GET /v1/models",
     "GET /v1/models/{model}",
     "POST /v1/chat/completions",

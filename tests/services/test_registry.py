@@ -22,13 +22,20 @@ def test_ready_turns_from_loading_to_ready_to_failed_when_the_engine_dies() -> N
         assert client.get("/health").json() == {"status": "ok"}
         ready = client.get("/ready")
         assert (ready.status_code, ready.json()["status"]) == (503, "loading")
+        # Uptime monitors and some load balancers probe with HEAD: the same status, no body.
+        assert [(r.status_code, r.content) for r in (client.head("/health"), client.head("/ready"))] == [
+            (200, b""),
+            (503, b""),
+        ]
 
         registry.load_all()
         assert client.get("/ready").status_code == 200
+        assert client.head("/ready").status_code == 200
 
         registry.services[_spec().name].pipeline.engine.shutdown()  # the engine thread is gone
         ready = client.get("/ready")
         assert (ready.status_code, ready.json()["status"]) == (503, "failed")
+        assert client.head("/ready").status_code == 503
         chat = client.post(
             "/v1/chat/completions",
             json={"model": _spec().name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
