@@ -17,6 +17,7 @@ from pipelines.asr.containers import (
     id3_tag_cut_short,
     mp3_states_its_length,
     split_chained,
+    with_wav_size,
 )
 from shared_engine.errors import InvalidRequest, PayloadTooLarge
 
@@ -70,7 +71,7 @@ def decode_audio(data: bytes, max_seconds: float) -> np.ndarray:
     seconds = 0.0
     try:
         for part in parts:
-            samples, part_seconds = _decode_part(part, max_seconds - seconds, seconds)
+            samples, part_seconds = _decode_part(with_wav_size(part), max_seconds - seconds, seconds)
             decoded.append(samples)
             seconds += part_seconds
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
@@ -86,6 +87,8 @@ def decode_audio(data: bytes, max_seconds: float) -> np.ndarray:
 
 # Files joined end to end that one upload may hold (each is opened on its own).
 MAX_PARTS = 1000
+# libsndfile's length for a file that states none (a FLAC's total of 0 samples).
+_NO_LENGTH = 1 << 60
 
 
 def _decode_part(data: bytes, seconds_left: float, seconds_before: float) -> tuple[np.ndarray, float]:
@@ -94,6 +97,10 @@ def _decode_part(data: bytes, seconds_left: float, seconds_before: float) -> tup
         rate = f.samplerate
         if rate <= 0:
             raise InvalidRequest("the audio file states no sample rate", param="file")
+        if f.frames >= _NO_LENGTH:  # a FLAC stating 0 samples: libsndfile cannot read it from memory
+            raise InvalidRequest(
+                "the audio file states no length, which this decoder needs; re-encode it", "file"
+            )
         if f.frames / rate > seconds_left:
             raise AudioTooLong(seconds_before + f.frames / rate, seconds_before + seconds_left)
         resampler = BlockResampler(rate)

@@ -66,6 +66,26 @@ def _ogg_parts(data: bytes) -> list[bytes]:
     return _cut(data, starts)
 
 
+def with_wav_size(part: bytes) -> bytes:
+    """A WAV whose data chunk states a size of 0 with audio after it (what a writer that cannot seek
+    back leaves, Python's wave module on a pipe among them), given the size it holds: libsndfile reads
+    such a chunk as empty."""
+    if not (part.startswith(b"RIFF") and part[8:12] == b"WAVE"):
+        return part
+    offset = 12
+    while offset + 8 <= len(part):
+        chunk, (size,) = part[offset : offset + 4], struct.unpack_from("<I", part, offset + 4)
+        if chunk == b"data":
+            if size or offset + 8 == len(part):
+                return part
+            held = struct.pack("<I", len(part) - offset - 8)
+            return (
+                b"RIFF" + struct.pack("<I", len(part) - 8) + part[8 : offset + 4] + held + part[offset + 8 :]
+            )
+        offset += 8 + size + (size & 1)
+    return part
+
+
 def _riff_parts(data: bytes) -> list[bytes]:
     """A WAV file is its RIFF chunk; another may follow it (a size of 0 or 2^32 - 1: unknown, to the end)."""
     starts, offset = [0], 0

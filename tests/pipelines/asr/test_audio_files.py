@@ -15,6 +15,7 @@ import soundfile as sf
 from pipelines.asr import AudioTooLong, AudioTooShort, AudioTruncated, decode_audio
 from pipelines.asr.audio import SAMPLE_RATE
 from pipelines.asr.containers import split_chained
+from shared_engine.errors import InvalidRequest
 
 # (container, subtype) libsndfile writes here; each carries a length in its header or pages.
 CONTAINERS = {
@@ -126,12 +127,26 @@ def test_an_mp3_stating_no_length_is_never_cut_short() -> None:
 
 
 def test_streamed_wavs_are_read_to_their_end() -> None:
-    """A WAV written to a pipe states a placeholder for its size: read as far as it goes."""
+    """A WAV written to a pipe states a placeholder for its size (0 from Python's wave module, which
+    cannot seek back): read as far as it goes."""
     wav = _encode(_tone(440, 2.0), "wav")
     data = wav.index(b"data")
-    for placeholder in (0x7FFFF000, 0xFFFFFFFF - 36):  # sox's; one a writer counted down from 2^32
+    for placeholder in (0x7FFFF000, 0xFFFFFFFF - 36, 0):  # sox's; one counted down from 2^32; wave's
         streamed = wav[: data + 4] + struct.pack("<I", placeholder) + wav[data + 8 :]
+        if placeholder == 0:
+            streamed = streamed[:4] + bytes(4) + streamed[8:]  # its RIFF size too
         assert len(decode_audio(streamed, 60)) == 2 * SAMPLE_RATE, hex(placeholder)
+
+
+def test_a_flac_stating_no_length_is_refused_saying_so() -> None:
+    buffer = io.BytesIO()
+    sf.write(buffer, _tone(440, 3.0), SAMPLE_RATE, format="FLAC")
+    flac = bytearray(buffer.getvalue())
+    total = 8 + 13  # "fLaC", the block header, 13 bytes of STREAMINFO; then the 36-bit total of samples
+    flac[total] &= 0xF0
+    flac[total + 1 : total + 5] = bytes(4)
+    with pytest.raises(InvalidRequest, match="states no length"):
+        decode_audio(bytes(flac), 60)
 
 
 def test_wavs_joined_when_the_first_lacks_its_pad_byte() -> None:
