@@ -3,7 +3,7 @@
 A file's bytes are written to a temporary name, flushed to disk and renamed into place before its row
 is committed; the row is what makes it exist. A crash leaves at worst an orphan on disk (removed at the
 next open) and never a row without its bytes. A file uploaded with an expiry is gone once it passes:
-never listed or read again, and deleted by the next sweep (``expired``).
+never listed or read again; its owner deletes it (``expired`` names those due).
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ class Upload:
         self.files = files
         self.filename = check_upload(filename, purpose)
         self.purpose = purpose
-        self.expires_after_s = check_expiry(
-            None if expires_after_s is None else "created_at", expires_after_s
+        self.expires_after_s = (
+            None if expires_after_s is None else check_expiry("created_at", expires_after_s)
         )
         self.id = f"file-{uuid.uuid4().hex}"
         self.tmp = files.dir / f".upload-{self.id}"

@@ -61,7 +61,6 @@ class VectorStores:
         """Store an uploaded file; durable on return. Files for file search must be in a format whose
         text can be read (UnsupportedFormat otherwise). With ``expires_after_s``, the file is gone that
         many seconds after its creation."""
-        await self.delete_expired_files()
         if purpose == "assistants":
             format_of(filename)
         upload = self.files.upload(filename, purpose, expires_after_s)
@@ -75,7 +74,6 @@ class VectorStores:
             raise
 
     async def list_files(self, purpose: str | None = None) -> list[FileRecord]:
-        await self.delete_expired_files()
         return self.files.list(purpose)
 
     async def get_file(self, file_id: str) -> FileRecord:
@@ -96,7 +94,8 @@ class VectorStores:
         await self._delete_file(file_id)
 
     async def delete_expired_files(self) -> None:
-        """Delete the files past their expiry (already out of sight of the files API)."""
+        """Delete the files past their expiry (out of sight of the files API from that moment: the files'
+        own queries leave them out)."""
         for file_id in self.files.expired():
             await self._delete_file(file_id)
 
@@ -266,7 +265,6 @@ class VectorStores:
         store = self.records.store(store_id)
         if store.expired(time.time()):
             raise VectorStoreExpired(store_id, store.expires_at or 0)
-        await self.delete_expired_files()
         text = " ".join(q.strip() for q in queries if q.strip())
         if not text:
             raise InvalidRequest("query must not be empty", param="query")

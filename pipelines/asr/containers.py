@@ -14,8 +14,8 @@ import re
 import struct
 from collections.abc import Iterator
 
-# Where an MP3 frame's Xing/Info tag sits after its 4-byte header (and 2-byte CRC, where it has one):
-# after the side information, which is 17 or 32 bytes in MPEG-1 (mono / other), 9 or 17 in MPEG-2 and 2.5.
+# Where mpg123 reads an MP3 frame's Xing/Info tag: right after its 4-byte header and side information
+# (a CRC or not), which is 17 or 32 bytes in MPEG-1 (mono / other), 9 or 17 in MPEG-2 and 2.5.
 _SIDE_INFO = {(True, True): 17, (True, False): 32, (False, True): 9, (False, False): 17}
 _MP3_TAG = re.compile(rb"Xing|Info")
 _ID3V2 = re.compile(rb"ID3[\x02-\x04]\x00")
@@ -94,9 +94,8 @@ def _riff_parts(data: bytes) -> list[bytes]:
         if size in (0, 0xFFFFFFFF):
             break
         end = offset + 8 + size
-        offset = (
-            end + 1 if size & 1 and not data.startswith(b"RIFF", end) else end
-        )  # its pad byte, if written
+        pad = size & 1 and not data.startswith(b"RIFF", end)  # its pad byte, where the writer wrote one
+        offset = end + 1 if pad else end
         if not data.startswith(b"RIFF", offset):
             break
         starts.append(offset)
