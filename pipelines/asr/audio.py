@@ -17,6 +17,7 @@ from pipelines.asr.containers import (
     id3_tag_cut_short,
     mp3_states_its_length,
     split_chained,
+    with_mp3_length,
     with_wav_size,
 )
 from shared_engine.errors import InvalidRequest, PayloadTooLarge
@@ -71,7 +72,7 @@ def decode_audio(data: bytes, max_seconds: float) -> np.ndarray:
     seconds = 0.0
     try:
         for part in parts:
-            samples, part_seconds = _decode_part(with_wav_size(part), max_seconds - seconds, seconds)
+            samples, part_seconds = _decode_part(part, max_seconds - seconds, seconds)
             decoded.append(samples)
             seconds += part_seconds
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
@@ -93,7 +94,7 @@ _NO_LENGTH = 1 << 60
 
 def _decode_part(data: bytes, seconds_left: float, seconds_before: float) -> tuple[np.ndarray, float]:
     """One file's samples at 16 kHz and its length in seconds."""
-    with sf.SoundFile(io.BytesIO(data)) as f:
+    with sf.SoundFile(io.BytesIO(with_mp3_length(with_wav_size(data)))) as f:
         rate = f.samplerate
         if rate <= 0:
             raise InvalidRequest("the audio file states no sample rate", param="file")

@@ -3,8 +3,9 @@ upload joins end to end, whether an MP3 states its length, an Ogg page or ID3 ta
 
 `cat a.mp3 b.mp3` and a recorded Ogg radio stream (one logical stream per track, "chained") are audio
 that players and FFmpeg play through; libsndfile stops at the end of the first part — of an MP3 at the
-frame count its Xing/Info header states, of an Ogg at its first logical stream. Each part is decoded
-alone and the parts joined."""
+frame count its Xing/Info header states or at a change of format, of an Ogg at its first logical stream.
+Each part is decoded alone and the parts joined. An MP3 without a Xing header is given one stating the
+frames it holds (libsndfile would read it as far as its first frame's bitrate predicts)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,12 @@ import re
 import struct
 from collections.abc import Iterator
 
-# Where mpg123 reads an MP3 frame's Xing/Info tag: right after its 4-byte header and side information
-# (a CRC or not), which is 17 or 32 bytes in MPEG-1 (mono / other), 9 or 17 in MPEG-2 and 2.5.
-_SIDE_INFO = {(True, True): 17, (True, False): 32, (False, True): 9, (False, False): 17}
+from pipelines.asr.mp3_frames import TAG_OFFSETS, frames, header_at, xing_frame
+
 _MP3_TAG = re.compile(rb"Xing|Info")
 _ID3V2 = re.compile(rb"ID3[\x02-\x04]\x00")
 _PADDING = re.compile(rb"\x00*")
+_SYNC = re.compile(rb"\xff[\xe0-\xff]")  # where an MPEG audio frame header may begin
 # Tags, and Xing/Info headers, looked at in one file at most: far more than any upload of files joined end
 # to end holds (past them, the rest stays in the last part), and a bound on a crafted file's cost.
 _MAX_MARKS = 4096
@@ -31,7 +32,7 @@ def split_chained(data: bytes) -> list[bytes]:
         return _ogg_parts(data)
     if data.startswith(b"RIFF"):
         return _riff_parts(data)
-    if data.startswith(b"ID3") or _mp3_frame_at(data, 0):
+    if data.startswith(b"ID3") or header_at(data, 0) is not None:
         return _mp3_parts(data)
     return [data]
 
@@ -133,7 +134,44 @@ def _mp3_parts(data: bytes) -> list[bytes]:
     # Each file without its leading tags: metadata only, which libsndfile reads no further than one
     # tag (two in a row, or a v2.4 footer, are "Format not recognised" to it).
     joined = [b"".join(pieces) for pieces in merged]
-    return [part[_audio_start(part) :] for part in joined]
+    return [piece for part in joined for piece in _split_by_frames(part[_audio_start(part) :])]
+
+
+def _split_by_frames(part: bytes) -> list[bytes]:
+    """Where a file's frames change format (files of other rates or channels joined without tags), or
+    run on past the count its Xing/Info header states (a file without one joined after it), a new file
+    begins: a decoder stops at either."""
+    starts, first, stated, walked = [0], None, _stated_frames(part, 0), 0
+    for offset, header in frames(part, 0):
+        if first is None:
+            first = header
+        elif not first.same_format(header) or (stated and walked == stated + 1):
+            starts.append(offset)
+            first, stated, walked = header, None, 0
+            if len(starts) > _MAX_MARKS:
+                break
+        walked += 1
+    return _cut(part, starts)
+
+
+def with_mp3_length(part: bytes) -> bytes:
+    """An MP3 that states no length (no Xing/Info header, or one counting 0 frames), given a Xing header
+    that states the frames it holds, where they follow one another to its end (a trailing ID3v1 or APE
+    tag aside). libsndfile reads it otherwise only as far as it estimates from the first frame's bitrate:
+    a VBR file that starts louder than it goes on would lose the rest unheard. Junk between frames is
+    left to libsndfile's own resynchronisation."""
+    start = _audio_start(part)
+    header, stated = header_at(part, start), _stated_frames(part, start)
+    if header is None or stated:
+        return part
+    first = start if stated is None else start + header.length  # past a header counting 0 frames
+    count, end = 0, first
+    for offset, frame in frames(part, first):
+        count, end = count + 1, offset + frame.length
+    rest = part[end:]
+    if not count or any(header_at(rest, sync.start()) for sync in _SYNC.finditer(rest)):
+        return part
+    return part[:start] + xing_frame(part[first : first + 4], count) + part[first:]
 
 
 def _id3_tags(data: bytes) -> list[tuple[int, int]]:
@@ -173,45 +211,36 @@ def _audio_start(part: bytes) -> int:
 
 
 def _has_mp3_audio(part: bytes) -> bool:
-    return _mp3_frame_at(part, _audio_start(part))
+    return header_at(part, _audio_start(part)) is not None
 
 
 def mp3_states_its_length(part: bytes) -> bool:
     """Whether an MP3 file's first frame is a Xing/Info header stating its frame count; without one,
     libsndfile's length is an estimate from the file's size and first bitrate, not a stated length."""
-    frame = _audio_start(part)
-    if not _mp3_frame_at(part, frame):
-        return False
-    tag = frame + _tag_offset(part, frame)
-    if part[tag : tag + 4] not in (b"Xing", b"Info") or len(part) < tag + 12 or not part[tag + 7] & 0x01:
-        return False
-    (frames,) = struct.unpack_from(">I", part, tag + 8)
-    return frames > 0  # ffmpeg writing to a pipe leaves 0, which mpg123 reads as unknown
+    return bool(_stated_frames(part, _audio_start(part)))
+
+
+def _stated_frames(part: bytes, frame: int) -> int | None:
+    """The audio frames the Xing/Info header in the frame at ``frame`` states (0: unknown, which ffmpeg
+    writing to a pipe leaves and mpg123 reads so); None where that frame holds no such header."""
+    header = header_at(part, frame)
+    if header is None:
+        return None
+    tag = frame + header.tag_offset
+    if part[tag : tag + 4] not in (b"Xing", b"Info"):
+        return None
+    if len(part) < tag + 12 or not part[tag + 7] & 0x01:
+        return 0
+    (count,) = struct.unpack_from(">I", part, tag + 8)
+    return int(count)
 
 
 def _frame_holding_tag(data: bytes, tag: int) -> int | None:
-    for before_tag in {4 + side_info for side_info in _SIDE_INFO.values()}:
-        frame = tag - before_tag
-        if frame >= 0 and _mp3_frame_at(data, frame) and _tag_offset(data, frame) == before_tag:
-            return frame
+    for before_tag in TAG_OFFSETS:
+        header = header_at(data, tag - before_tag)
+        if header is not None and header.tag_offset == before_tag:
+            return tag - before_tag
     return None
-
-
-def _tag_offset(data: bytes, frame: int) -> int:
-    """Where mpg123 reads a Xing/Info tag: right after the side information (a CRC or not)."""
-    mpeg1 = (data[frame + 1] >> 3) & 0x03 == 0x03
-    mono = (data[frame + 3] >> 6) == 0x03
-    return 4 + _SIDE_INFO[(mpeg1, mono)]
-
-
-def _mp3_frame_at(data: bytes, offset: int) -> bool:
-    """An MPEG audio layer III frame header: sync, a valid version, layer III, a valid bitrate and rate."""
-    if offset + 4 > len(data):
-        return False
-    (header,) = struct.unpack_from(">I", data, offset)
-    version, layer = (header >> 19) & 0x03, (header >> 17) & 0x03
-    bitrate, rate = (header >> 12) & 0x0F, (header >> 10) & 0x03
-    return header >> 21 == 0x7FF and version != 1 and layer == 1 and bitrate not in (0, 15) and rate != 3
 
 
 def _syncsafe(raw: bytes) -> int:

@@ -15,6 +15,7 @@ import soundfile as sf
 from pipelines.asr import AudioTooLong, AudioTooShort, AudioTruncated, decode_audio
 from pipelines.asr.audio import SAMPLE_RATE
 from pipelines.asr.containers import split_chained
+from pipelines.asr.mp3_frames import FrameHeader, header_at, xing_frame
 from shared_engine.errors import InvalidRequest
 
 # (container, subtype) libsndfile writes here; each carries a length in its header or pages.
@@ -89,11 +90,57 @@ _MPEG2_KBPS = (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)
 
 
 def _without_info_frame(mp3: bytes) -> bytes:
-    """An MP3 (MPEG-2, 16 kHz) without its Xing/Info frame, as older encoders and stream captures are:
-    its length is then libsndfile's estimate, not a length the file states."""
+    """An MP3 (MPEG-2: 16, 22.05 or 24 kHz, mono) without its Xing/Info frame, as older encoders and
+    stream captures are: its length is then libsndfile's estimate, not a length the file states."""
     kbps, padding = _MPEG2_KBPS[mp3[2] >> 4], (mp3[2] >> 1) & 1
+    rate = (22_050, 24_000, 16_000)[(mp3[2] >> 2) & 0x03]
     assert mp3[13:17] in (b"Xing", b"Info")
-    return mp3[72_000 * kbps // SAMPLE_RATE + padding :]
+    return mp3[72_000 * kbps // rate + padding :]
+
+
+def _vbr_mp3(samples: np.ndarray, rate: int = SAMPLE_RATE) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, _resampled(samples, rate), rate, format="MP3", bitrate_mode="VARIABLE")
+    return buffer.getvalue()
+
+
+def _loud_then_quiet() -> np.ndarray:
+    """2 s of noise, then 8 s of a soft 440 Hz tone: a VBR encoder's first frames take a high bitrate,
+    the rest a low one, so an estimate of the length from the first frame's bitrate falls far short."""
+    noise = 0.5 * np.random.default_rng(0).standard_normal(2 * SAMPLE_RATE).astype(np.float32)
+    return np.concatenate([noise, 0.3 * _tone(440, 8.0)])
+
+
+def test_a_vbr_mp3_stating_no_length_is_heard_to_its_end() -> None:
+    """Without a Xing/Info header (or with one counting 0 frames) libsndfile reads an MP3 only as far as
+    the first frame's bitrate predicts: here 2.1 s of 10. Its frames are counted instead."""
+    vbr = _vbr_mp3(_loud_then_quiet())
+    bare = _without_info_frame(vbr)
+    uncounted = vbr[:21] + bytes(4) + vbr[25:]  # the Xing tag at 13: flags, then the frame count
+    assert vbr[13:17] == b"Xing" and sf.info(io.BytesIO(bare)).duration < 5.0
+    for name, data in {
+        "no header": bare,
+        "a header counting 0 frames": uncounted,
+        "tagged": _id3_tag("t") + bare,
+        "an ID3v1 tag at the end": bare + b"TAG" + bytes(125),
+    }.items():
+        decoded = decode_audio(data, 60)
+        assert len(decoded) / SAMPLE_RATE == pytest.approx(10.0, abs=0.1), name
+        assert _pitch(decoded[-2 * SAMPLE_RATE :]) == pytest.approx(440, abs=5), name
+
+
+def test_mp3s_joined_without_tags_or_headers_decode_whole() -> None:
+    """A file of another rate after one stating no length, and a file stating no length after one whose
+    Xing header counts its own frames: a decoder stops at either, so each is a file of its own."""
+    first, second = _encode(_tone(440, 2.0), "mp3"), _encode(_tone(880, 2.0), "mp3", rate=22_050)
+    other_rate = _without_info_frame(first) + _without_info_frame(second)
+    after_a_header = first + _without_info_frame(_encode(_tone(880, 2.0), "mp3"))
+    for name, data in {"another rate": other_rate, "after a Xing header": after_a_header}.items():
+        assert len(split_chained(data)) == 2, name
+        decoded = decode_audio(data, 60)
+        assert len(decoded) / SAMPLE_RATE == pytest.approx(4.0, abs=0.1), name
+        assert _pitch(decoded[4_000:20_000]) == pytest.approx(440, abs=5), name
+        assert _pitch(decoded[-20_000:-4_000]) == pytest.approx(880, abs=5), name
 
 
 def test_mp3_tag_layouts_decode_whole() -> None:
@@ -199,3 +246,15 @@ def test_a_wav_states_how_much_it_holds_and_a_header_alone_is_cut_short() -> Non
     assert len(decode_audio(streamed, 60)) == SAMPLE_RATE
     with pytest.raises(AudioTooShort):  # whole, and too short: not "cut short"
         decode_audio(_encode(_tone(440, 0.05), "wav"), 60)
+
+
+def test_a_xing_frame_holds_its_tag_where_the_first_frame_is_too_small() -> None:
+    """At 8 kbit/s and 24 kHz a frame is 24 bytes, short of the 25 that a Xing tag needs after a mono
+    MPEG-2 frame's side information: the header frame takes the lowest bitrate that holds it."""
+    first = bytes([0xFF, 0xF3, 0x14, 0xC4])  # MPEG-2 layer III, no CRC, 8 kbit/s, 24 kHz, mono
+    assert header_at(first, 0) == FrameHeader(version=2, sample_rate=24_000, mono=True, length=24)
+    frame = xing_frame(first, 7)
+    header = header_at(frame, 0)
+    assert header is not None and header.length == len(frame) == 48  # 16 kbit/s
+    assert header.same_format(FrameHeader(version=2, sample_rate=24_000, mono=True, length=24))
+    assert frame[header.tag_offset : header.tag_offset + 12] == b"Xing" + struct.pack(">II", 1, 7)
