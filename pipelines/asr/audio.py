@@ -20,6 +20,7 @@ from pipelines.asr.containers import (
     with_mp3_length,
     with_wav_size,
 )
+from pipelines.asr.flac_frames import with_flac_length
 from shared_engine.errors import InvalidRequest, PayloadTooLarge
 
 SAMPLE_RATE = 16_000
@@ -94,13 +95,15 @@ _NO_LENGTH = 1 << 60
 
 def _decode_part(data: bytes, seconds_left: float, seconds_before: float) -> tuple[np.ndarray, float]:
     """One file's samples at 16 kHz and its length in seconds."""
-    with sf.SoundFile(io.BytesIO(with_mp3_length(with_wav_size(data)))) as f:
+    with sf.SoundFile(io.BytesIO(with_flac_length(with_mp3_length(with_wav_size(data))))) as f:
         rate = f.samplerate
         if rate <= 0:
             raise InvalidRequest("the audio file states no sample rate", param="file")
-        if f.frames >= _NO_LENGTH:  # a FLAC stating 0 samples: libsndfile cannot read it from memory
+        if f.frames >= _NO_LENGTH:  # a FLAC stating 0 samples whose last frame is not whole
             raise InvalidRequest(
-                "the audio file states no length, which this decoder needs; re-encode it", "file"
+                "the audio file states no length and does not end with a whole frame to tell it "
+                "(an upload cut short?)",
+                "file",
             )
         if f.frames / rate > seconds_left:
             raise AudioTooLong(seconds_before + f.frames / rate, seconds_before + seconds_left)
