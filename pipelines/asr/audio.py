@@ -95,7 +95,8 @@ _NO_LENGTH = 1 << 60
 
 def _decode_part(data: bytes, seconds_left: float, seconds_before: float) -> tuple[np.ndarray, float]:
     """One file's samples at 16 kHz and its length in seconds."""
-    with sf.SoundFile(io.BytesIO(with_flac_length(with_mp3_length(with_wav_size(data))))) as f:
+    readable = with_flac_length(with_mp3_length(with_wav_size(data)))
+    with sf.SoundFile(io.BytesIO(readable)) as f:
         rate = f.samplerate
         if rate <= 0:
             raise InvalidRequest("the audio file states no sample rate", param="file")
@@ -109,7 +110,7 @@ def _decode_part(data: bytes, seconds_left: float, seconds_before: float) -> tup
             raise AudioTooLong(seconds_before + f.frames / rate, seconds_before + seconds_left)
         resampler = BlockResampler(rate)
         frames = resampler.unit_in * max(1, BLOCK_SAMPLES // (f.channels * resampler.unit_in))
-        while len(block := f.read(frames, dtype="float32", always_2d=True)):
+        while len(block := _read(f, frames, readable)):
             mono = block.mean(axis=1)
             if not np.isfinite(mono).all():
                 raise InvalidRequest("the audio holds non-finite samples", param="file")
@@ -119,6 +120,34 @@ def _decode_part(data: bytes, seconds_left: float, seconds_before: float) -> tup
         if f.format != "MP3" or mp3_states_its_length(data):
             _check_complete(f, resampler.num_in, seconds_left)
     return resampler.finish(), resampler.num_in / rate
+
+
+def _read(f: sf.SoundFile, frames: int, readable: bytes) -> np.ndarray:
+    """The next ``frames`` frames; a decoding error where the header states more audio than the file
+    decodes to (a FLAC cut partway through a frame: "lost sync") is the file ending early."""
+    try:
+        return f.read(frames, dtype="float32", always_2d=True)
+    except sf.LibsndfileError:
+        if f.frames < _NO_LENGTH:
+            held = _frames_decodable(readable)
+            if f.frames - held > TRUNCATION_SLACK_SECONDS * f.samplerate:
+                stated = (
+                    f"{held / f.samplerate:.2f} s of the {f.frames / f.samplerate:.2f} s its header states"
+                )
+                raise AudioTruncated(f"it decodes to {stated}") from None
+        raise
+
+
+def _frames_decodable(readable: bytes) -> int:
+    """How many frames a file decodes to before libsndfile fails, read a small block at a time."""
+    held = 0
+    with sf.SoundFile(io.BytesIO(readable)) as f:
+        try:
+            while block := len(f.read(4096, dtype="float32")):
+                held += block
+        except sf.LibsndfileError:
+            pass
+    return held
 
 
 # A file may fall this short of the length its header states (encoders round it) before it is refused

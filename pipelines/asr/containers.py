@@ -3,7 +3,8 @@ upload joins end to end, whether an MP3 states its length, an Ogg page or ID3 ta
 
 `cat a.mp3 b.mp3` and a recorded Ogg radio stream (one logical stream per track, "chained") are audio
 that players and FFmpeg play through; libsndfile stops at the end of the first part — of an MP3 at the
-frame count its Xing/Info header states or at a change of format, of an Ogg at its first logical stream.
+frame count its Xing/Info header states or at a change of format, of a FLAC at the samples its
+STREAMINFO states, of an Ogg at its first logical stream.
 Each part is decoded alone and the parts joined. An MP3 without a Xing header is given one stating the
 frames it holds (libsndfile would read it as far as its first frame's bitrate predicts)."""
 
@@ -20,6 +21,7 @@ from pipelines.asr.mp3_frames import TAG_OFFSETS, frames, header_at, xing_frame
 _MP3_TAG = re.compile(rb"Xing|Info")
 _ID3V2 = re.compile(rb"ID3[\x02-\x04]\x00")
 _PADDING = re.compile(rb"\x00*")
+_FLAC_START = re.compile(rb"fLaC[\x00\x80]\x00\x00\x22")
 _SYNC = re.compile(rb"\xff[\xe0-\xff]")  # where an MPEG audio frame header may begin
 # Tags, and Xing/Info headers, looked at in one file at most: far more than any upload of files joined end
 # to end holds (past them, the rest stays in the last part), and a bound on a crafted file's cost.
@@ -32,6 +34,8 @@ def split_chained(data: bytes) -> list[bytes]:
         return _ogg_parts(data)
     if data.startswith(b"RIFF"):
         return _riff_parts(data)
+    if data.startswith(b"fLaC"):
+        return _flac_parts(data)
     if data.startswith(b"ID3") or header_at(data, 0) is not None:
         return _mp3_parts(data)
     return [data]
@@ -85,6 +89,12 @@ def with_wav_size(part: bytes) -> bytes:
             )
         offset += 8 + size + (size & 1)
     return part
+
+
+def _flac_parts(data: bytes) -> list[bytes]:
+    """A FLAC file begins with its magic and the header of its STREAMINFO block (34 bytes long)."""
+    starts = (match.start() for match in _FLAC_START.finditer(data))
+    return _cut(data, [0, *itertools.islice((start for start in starts if start), _MAX_MARKS)])
 
 
 def _riff_parts(data: bytes) -> list[bytes]:

@@ -24,6 +24,7 @@ CONTAINERS = {
     "vorbis": ("OGG", "VORBIS"),
     "opus": ("OGG", "OPUS"),
     "wav": ("WAV", "PCM_16"),
+    "flac": ("FLAC", "PCM_16"),
 }
 
 
