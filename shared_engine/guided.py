@@ -16,7 +16,7 @@ from enum import StrEnum
 import xgrammar as xgr
 
 from shared_engine.errors import InvalidRequest
-from shared_engine.json_schema_support import unsupported_feature
+from shared_engine.json_schema_support import patterns, unsupported_feature
 
 
 class GuidedKind(StrEnum):
@@ -81,6 +81,14 @@ def check(guided: GuidedDecoding) -> None:
             feature = unsupported_feature(schema)
             if feature is not None:
                 raise GrammarError(f"the JSON schema uses {feature}, which the grammar engine cannot enforce")
+            for pattern in patterns(schema):
+                try:
+                    xgr.Grammar.from_regex(pattern)
+                except Exception as exc:
+                    raise GrammarError(
+                        f"the JSON schema uses 'pattern' {pattern!r}, which the grammar engine cannot "
+                        f"enforce: {engine_message(exc)}"
+                    ) from None
             try:
                 xgr.Grammar.from_json_schema(guided.spec)
             except Exception:  # see StructuredOutputs._compile: strict mode can refuse a valid schema

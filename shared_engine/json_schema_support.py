@@ -64,22 +64,40 @@ def _own_feature(schema: dict[str, Any]) -> str | None:
     ref = schema.get("$ref")
     if isinstance(ref, str) and not ref.startswith("#"):
         return f"a $ref outside the schema ({ref!r})"
+    if isinstance(ref, str) and ref != "#" and not ref.startswith("#/"):
+        return f"a $ref to an anchor ({ref!r}; use a JSON pointer such as '#/$defs/name')"
+    required, properties = schema.get("required"), schema.get("properties")
+    if isinstance(required, list):
+        missing = [name for name in required if not (isinstance(properties, dict) and name in properties)]
+        if missing:
+            return f"'required' naming {missing[0]!r} without defining it in 'properties'"
+    if "multipleOf" in schema and not (schema.get("type") == "integer" and type(schema["multipleOf"]) is int):
+        return "'multipleOf' except as an integer on type 'integer'"
     for key in ("unevaluatedProperties", "unevaluatedItems"):
         if key in schema and not isinstance(schema[key], bool):
             return f"'{key}' with a schema"
     return None
 
 
-def unsupported_feature(schema: Any) -> str | None:
-    """A description of the first keyword in ``schema`` (anywhere in it) that the engine would not
-    enforce, or None when it enforces all of them."""
+def _schema_objects(schema: Any) -> Iterator[dict[str, Any]]:
+    """``schema`` and every subschema in it that is an object."""
     stack = [schema]
     while stack:
         node = stack.pop()
-        if not isinstance(node, dict):
-            continue
-        found = _own_feature(node)
-        if found is not None:
-            return found
-        stack.extend(_subschemas(node))
-    return None
+        if isinstance(node, dict):
+            yield node
+            stack.extend(_subschemas(node))
+
+
+def unsupported_feature(schema: Any) -> str | None:
+    """A description of the first keyword in ``schema`` (anywhere in it) that the engine would not
+    enforce, or None when it enforces all of them."""
+    return next(filter(None, map(_own_feature, _schema_objects(schema))), None)
+
+
+def patterns(schema: Any) -> Iterator[str]:
+    """Every ``pattern`` in ``schema``: one the engine cannot read as a regular expression (a lookahead)
+    it would ignore, leaving any string through."""
+    for node in _schema_objects(schema):
+        if isinstance(node.get("pattern"), str):
+            yield node["pattern"]

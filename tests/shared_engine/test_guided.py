@@ -71,6 +71,17 @@ IGNORED = [
     ("'oneOf' without", {"oneOf": [{"type": "integer"}, {"type": "number"}]}, "3"),
     ("'format': 'color'", {"type": "string", "format": "color"}, '"abc"'),
     ("together with 'pattern'", {"type": "string", "pattern": "^[a-z]+$", "minLength": 5}, '"ab"'),
+    (
+        "'required' naming 'b'",
+        {**AB, "properties": {"a": {"type": "integer"}}, "required": ["a", "b"]},
+        '{"a": 1}',
+    ),
+    ("'required' naming 'name'", {"type": "object", "required": ["name"]}, "{}"),
+    ("'multipleOf'", {"type": "number", "multipleOf": 0.5}, "1.1"),
+    ("'multipleOf' except", {"type": "number", "multipleOf": 2}, "3"),
+    ("'pattern' '^(?=", {"type": "string", "pattern": "^(?=[0-9])[a-z0-9]{1,6}$"}, '"abc"'),
+    ("'pattern' '^(?!", {"type": "string", "pattern": "^(?!x)[a-z]{1,5}$"}, '"xyz"'),
+    ("a $ref to an anchor", {"$defs": {"I": {"$anchor": "int", "type": "integer"}}, "$ref": "#int"}, '"x"'),
 ]
 
 
