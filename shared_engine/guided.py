@@ -8,15 +8,17 @@ a tokenizer, whether that engine can enforce it, so a caller can refuse it befor
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import xgrammar as xgr
 
 from shared_engine.errors import InvalidRequest
-from shared_engine.json_schema_support import patterns, unsupported_feature
+from shared_engine.json_schema_support import patterns, schema_objects, unsupported_feature
 
 
 class GuidedKind(StrEnum):
@@ -107,3 +109,38 @@ def check(guided: GuidedDecoding) -> None:
         raise
     except Exception as exc:  # xgrammar reports a bad schema, pattern or grammar as RuntimeError/ValueError
         raise GrammarError(f"invalid {kind.value.replace('_', ' ')}: {engine_message(exc)}") from None
+
+
+def strict_mode_form(schema: Any) -> Any:
+    """``schema`` as the engine's strict mode compiles it, with the meaning JSON Schema gives it. Strict
+    mode (the only one structural tags have) reads a missing ``additionalProperties`` or ``items`` as
+    false and refuses a schema that then contradicts itself (``{"type": "array", "minItems": 2}``);
+    for such a schema they are written out as true."""
+    try:
+        xgr.Grammar.from_json_schema(json.dumps(schema))
+        return schema
+    except Exception:
+        pass
+    loosened = copy.deepcopy(schema)
+    for node in schema_objects(loosened):
+        if _of_type(node, "object", _OBJECT_KEYWORDS) and not _OPEN_ENDED_OBJECT & node.keys():
+            node["additionalProperties"] = True
+        if _of_type(node, "array", _ARRAY_KEYWORDS) and "items" not in node:
+            node["items"] = True
+    return loosened
+
+
+_OBJECT_KEYWORDS = frozenset(
+    {"properties", "required", "minProperties", "maxProperties", "patternProperties"}
+)
+_OPEN_ENDED_OBJECT = frozenset({"additionalProperties", "unevaluatedProperties"})
+_ARRAY_KEYWORDS = frozenset({"prefixItems", "minItems", "maxItems"})
+
+
+def _of_type(node: dict[str, Any], kind: str, keywords: frozenset[str]) -> bool:
+    """Whether a schema object describes values of JSON type ``kind``: it says so, or (no type given) it
+    uses that type's keywords."""
+    declared = node.get("type")
+    if declared is None:
+        return bool(keywords & node.keys())
+    return declared == kind or (isinstance(declared, list) and kind in declared)

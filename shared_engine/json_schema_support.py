@@ -79,7 +79,7 @@ def _own_feature(schema: dict[str, Any]) -> str | None:
     return None
 
 
-def _schema_objects(schema: Any) -> Iterator[dict[str, Any]]:
+def schema_objects(schema: Any) -> Iterator[dict[str, Any]]:
     """``schema`` and every subschema in it that is an object."""
     stack = [schema]
     while stack:
@@ -92,12 +92,12 @@ def _schema_objects(schema: Any) -> Iterator[dict[str, Any]]:
 def unsupported_feature(schema: Any) -> str | None:
     """A description of the first keyword in ``schema`` (anywhere in it) that the engine would not
     enforce, or None when it enforces all of them."""
-    return next(filter(None, map(_own_feature, _schema_objects(schema))), None)
+    return next(filter(None, map(_own_feature, schema_objects(schema))), None)
 
 
 def patterns(schema: Any) -> Iterator[str]:
     """Every ``pattern`` in ``schema``: one the engine cannot read as a regular expression (a lookahead)
     it would ignore, leaving any string through."""
-    for node in _schema_objects(schema):
+    for node in schema_objects(schema):
         if isinstance(node.get("pattern"), str):
             yield node["pattern"]

@@ -119,12 +119,8 @@ def render_prompt(
 async def create(service: Chat, body: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[bytes]:
     if body.top_logprobs is not None and not body.logprobs:
         raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
-    guided, param = output_constraint(body)
-    plan = plan_tools(body)
-    if plan.active and guided is not None:
-        raise InvalidRequest(
-            f"{param} cannot be combined with tools unless tool_choice is 'none'", param=param
-        )
+    answer, _ = output_constraint(body)
+    plan = plan_tools(body, answer)
     prompt_ids = await off_the_loop_if_large(
         text_size(msgspec.to_builtins(body.messages)),
         lambda: truncated_prompt(service, body, render_prompt(service, body.messages, body, plan)),
@@ -132,7 +128,7 @@ async def create(service: Chat, body: ChatCompletionRequest) -> ChatCompletion |
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     max_tokens = service.resolve_max_tokens(requested, len(prompt_ids), "messages")
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    guided = guided or plan.guided
+    guided = plan.guided if plan.active else answer
     choices = [
         ChoiceSpec(prompt_ids, sampling_params(body, max_tokens, logprobs, i, service, guided))
         for i in range(body.num_choices)

@@ -3,7 +3,8 @@ that shapes the calls.
 
 Calls are written as ``pipelines.llm.tool_prompt`` describes; the grammar (an xgrammar structural tag)
 makes every call well formed with arguments that follow that function's ``parameters``:
-``auto`` leaves text free until the model opens a call; ``required`` allows only calls (at least one);
+``auto`` leaves text free until the model opens a call (or, with a ``response_format``, allows calls or an
+answer in that format); ``required`` allows only calls (at least one);
 a named function allows exactly one call of it. Without ``parallel_tool_calls`` the answer ends after
 the first call.
 """
@@ -19,7 +20,7 @@ from pipelines.llm.tool_prompt import ARGUMENTS_HEAD, CALL_HEAD, CALL_TAIL, TOOL
 from services.gateway.constraints import checked
 from services.gateway.tool_schemas import Tool, ToolChoice, ToolChoiceFunction
 from shared_engine.errors import InvalidRequest
-from shared_engine.guided import GuidedDecoding, GuidedKind
+from shared_engine.guided import GuidedDecoding, GuidedKind, strict_mode_form
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
@@ -51,7 +52,13 @@ def _function(tool: Tool, i: int) -> dict[str, Any]:
         raise InvalidRequest(
             f"tools[{i}]: function name {f.name!r} must be 1-64 letters, digits, '_', '-' or '.'", param=param
         )
-    parameters = NO_PARAMETERS if f.parameters is None else f.parameters
+    parameters = NO_PARAMETERS if not f.parameters else f.parameters
+    if parameters.get("type", "object") != "object":
+        raise InvalidRequest(
+            f"tools[{i}] ({f.name}): parameters must be a JSON schema of type 'object' (a call's arguments "
+            f"are a JSON object); got type {parameters['type']!r}",
+            param=param,
+        )
     try:
         checked(GuidedDecoding.json_schema(parameters), f"tools[{i}] ({f.name}) parameters")
     except InvalidRequest as exc:
@@ -107,14 +114,45 @@ def _tag(function: dict[str, Any]) -> dict[str, Any]:
         "type": "tag",
         "begin": f"{CALL_HEAD}{function['name']}{ARGUMENTS_HEAD}",
         # A bound on runs of whitespace keeps a small model from looping on newlines inside the arguments.
-        "content": {"type": "json_schema", "json_schema": function["parameters"], "max_whitespace_cnt": 8},
+        "content": _json(function["parameters"]),
         "end": CALL_TAIL,
     }
 
 
-def _structural_tag(functions: list[dict[str, Any]], choice: str, parallel: bool) -> dict[str, Any]:
+def _json(schema: Any) -> dict[str, Any]:
+    # A bound on runs of whitespace keeps a small model from looping on newlines inside the JSON.
+    return {"type": "json_schema", "json_schema": strict_mode_form(schema), "max_whitespace_cnt": 8}
+
+
+def _answer(guided: GuidedDecoding) -> dict[str, Any]:
+    """The structural-tag form of an output constraint: what an answer that calls no tool follows."""
+    if guided.kind is GuidedKind.JSON_SCHEMA:
+        return _json(json.loads(guided.spec))
+    if guided.kind is GuidedKind.JSON_OBJECT:
+        return _json({"type": "object"})
+    if guided.kind is GuidedKind.REGEX:
+        return {"type": "regex", "pattern": guided.spec}
+    if guided.kind is GuidedKind.CHOICE:
+        return {"type": "or", "elements": [{"type": "const_string", "value": c} for c in guided.choices]}
+    if guided.kind is GuidedKind.GRAMMAR:
+        return {"type": "grammar", "grammar": guided.spec}
+    raise ValueError(f"no answer format for {guided.kind}")
+
+
+def _structural_tag(
+    functions: list[dict[str, Any]], choice: str, parallel: bool, answer: GuidedDecoding | None
+) -> dict[str, Any]:
     tags = [_tag(f) for f in functions]
-    if choice == "auto":
+    calls = {
+        "type": "tags_with_separator",
+        "tags": tags,
+        "separator": "\n",
+        "at_least_one": True,
+        "stop_after_first": not parallel,
+    }
+    if choice == "auto" and answer is not None:  # calls, or an answer in the asked format
+        fmt: dict[str, Any] = {"type": "or", "elements": [calls, _answer(answer)]}
+    elif choice == "auto":
         fmt = {
             "type": "triggered_tags",
             "triggers": [TOOL_CALL_BEGIN],
@@ -122,20 +160,16 @@ def _structural_tag(functions: list[dict[str, Any]], choice: str, parallel: bool
             "stop_after_first": not parallel,
         }
     elif choice == "required":
-        fmt = {
-            "type": "tags_with_separator",
-            "tags": tags,
-            "separator": "\n",
-            "at_least_one": True,
-            "stop_after_first": not parallel,
-        }
+        fmt = calls
     else:
         fmt = next(t for t, f in zip(tags, functions, strict=True) if f["name"] == choice)
     return {"type": "structural_tag", "format": fmt}
 
 
-def plan_tools(body: OffersTools) -> ToolPlan:
-    """Validate the body's tool fields (400s name the parameter) and plan the prompt and grammar."""
+def plan_tools(body: OffersTools, answer: GuidedDecoding | None = None) -> ToolPlan:
+    """Validate the body's tool fields (400s name the parameter) and plan the prompt and grammar.
+    ``answer``: the format an answer that calls no tool must follow (``response_format``), where the
+    model may answer instead of calling (``tool_choice`` "auto")."""
     functions = [_function(t, i) for i, t in enumerate(body.tools or ())]
     names = [f["name"] for f in functions]
     duplicate = next((n for n in names if names.count(n) > 1), None)
@@ -145,7 +179,7 @@ def plan_tools(body: OffersTools) -> ToolPlan:
     if choice == "none":
         return ToolPlan()
     parallel = body.parallel_tool_calls is not False
-    spec = json.dumps(_structural_tag(functions, choice, parallel), ensure_ascii=False)
+    spec = json.dumps(_structural_tag(functions, choice, parallel, answer), ensure_ascii=False)
     guided = GuidedDecoding(GuidedKind.STRUCTURAL_TAG, spec)
     checked(guided, "tools")
     named = choice not in ("auto", "required")

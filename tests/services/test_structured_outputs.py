@@ -235,9 +235,9 @@ def _schema_format(schema: Any) -> dict[str, Any]:
         ({"tool_choice": "required"}, "tool_choice", "needs tools"),
         ({"tools": WEATHER_TOOLS, "tool_choice": "sometimes"}, "tool_choice", "'sometimes'"),
         (
-            {"tools": WEATHER_TOOLS, "response_format": {"type": "json_object"}},
+            {"response_format": _schema_format({"type": "string", "pattern": "^(?=a)[a-z]+$"})},
             "response_format",
-            "combined with tools",
+            "Lookahead is not supported",
         ),
     ],
 )

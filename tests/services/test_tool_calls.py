@@ -127,6 +127,47 @@ def test_the_sdk_parses_pydantic_function_tools(client: openai.OpenAI, model_id:
     assert isinstance(call.function.parsed_arguments, Add)
 
 
+class Sum(BaseModel):
+    total: int
+    explanation: str = Field(max_length=60)
+
+
+def test_tools_with_a_response_format_call_a_tool_or_answer_in_it(
+    client: openai.OpenAI, model_id: str
+) -> None:
+    """OpenAI's API takes both (the Agents SDK sends both for an agent with tools and an output type):
+    the model either calls a tool or answers in the schema, and parse() reads either."""
+    ways = set()
+    for seed in range(6):
+        message = (
+            client.chat.completions.parse(
+                model=model_id,
+                messages=[{"role": "user", "content": "What is 2 plus 40? Use the tool if you like."}],
+                tools=[openai.pydantic_function_tool(Add)],
+                response_format=Sum,
+                max_tokens=60,
+                temperature=1.0,
+                seed=seed,
+            )
+            .choices[0]
+            .message
+        )
+        if message.tool_calls:
+            assert isinstance(message.tool_calls[0].function.parsed_arguments, Add)
+            ways.add("call")
+        else:
+            assert isinstance(message.parsed, Sum)
+            ways.add("answer")
+    assert ways  # which of the two a 135M model picks is its own affair
+
+
+def test_parameters_that_are_no_object_are_refused(client: openai.OpenAI, model_id: str) -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}
+    with pytest.raises(openai.BadRequestError, match="type 'object'") as refused:
+        client.chat.completions.create(model=model_id, messages=QUESTION, tools=[tool])  # type: ignore[arg-type]
+    assert refused.value.body["param"] == "tools"  # type: ignore[index]
+
+
 def test_langchain_structured_output_and_bound_tools(base_url: str, model_id: str) -> None:
     langchain_openai = pytest.importorskip("langchain_openai")
 
