@@ -16,13 +16,19 @@ import re
 import struct
 from collections.abc import Iterator
 
-from pipelines.asr.mp3_frames import TAG_OFFSETS, frames, header_at, xing_frame
+from pipelines.asr.mp3_frames import (
+    TAG_OFFSETS,
+    first_frame,
+    frames,
+    frames_may_follow,
+    header_at,
+    xing_frame,
+)
 
 _MP3_TAG = re.compile(rb"Xing|Info")
 _ID3V2 = re.compile(rb"ID3[\x02-\x04]\x00")
 _PADDING = re.compile(rb"\x00*")
 _FLAC_START = re.compile(rb"fLaC[\x00\x80]\x00\x00\x22")
-_SYNC = re.compile(rb"\xff[\xe0-\xff]")  # where an MPEG audio frame header may begin
 # Tags, and Xing/Info headers, looked at in one file at most: far more than any upload of files joined end
 # to end holds (past them, the rest stays in the last part), and a bound on a crafted file's cost.
 _MAX_MARKS = 4096
@@ -38,7 +44,8 @@ def split_chained(data: bytes) -> list[bytes]:
         return _flac_parts(data)
     if data.startswith(b"ID3") or header_at(data, 0) is not None:
         return _mp3_parts(data)
-    return [data]
+    start = first_frame(data)  # a stream captured from the middle of a frame: libsndfile finds no format
+    return [data] if start is None else _mp3_parts(data[start:])
 
 
 def ends_inside_an_ogg_page(data: bytes) -> bool:
@@ -148,28 +155,32 @@ def _mp3_parts(data: bytes) -> list[bytes]:
 
 
 def _split_by_frames(part: bytes) -> list[bytes]:
-    """Where a file's frames change format (files of other rates or channels joined without tags), or
-    run on past the count its Xing/Info header states (a file without one joined after it), a new file
-    begins: a decoder stops at either."""
-    starts, first, stated, walked = [0], None, _stated_frames(part, 0), 0
-    for offset, header in frames(part, 0):
-        if first is None:
-            first = header
-        elif not first.same_format(header) or (stated and walked == stated + 1):
-            starts.append(offset)
-            first, stated, walked = header, None, 0
-            if len(starts) > _MAX_MARKS:
-                break
-        walked += 1
-    return _cut(part, starts)
+    """Where a file's frames change format (files of other rates or channels joined without tags), run
+    on past the count its Xing/Info header states (a file without one joined after it), or go on after
+    the ID3v1 or APE tag or padding that ended a file, a new file begins: a decoder stops at each."""
+    starts, offset = [0], 0
+    while len(starts) <= _MAX_MARKS:
+        first, stated, walked, end = None, _stated_frames(part, offset), 0, offset
+        for at, header in frames(part, offset):
+            if first is None:
+                first = header
+            elif not first.same_format(header) or (stated and walked == stated + 1):
+                starts.append(at)
+                first, stated, walked = header, None, 0
+            walked, end = walked + 1, at + header.length
+        offset = _past_trailers(part, end)
+        if offset == end or not any(frames(part, offset)):
+            break
+        starts.append(offset)
+    return _cut(part, starts[: _MAX_MARKS + 1])
 
 
 def with_mp3_length(part: bytes) -> bytes:
     """An MP3 that states no length (no Xing/Info header, or one counting 0 frames), given a Xing header
-    that states the frames it holds, where they follow one another to its end (a trailing ID3v1 or APE
-    tag aside). libsndfile reads it otherwise only as far as it estimates from the first frame's bitrate:
-    a VBR file that starts louder than it goes on would lose the rest unheard. Junk between frames is
-    left to libsndfile's own resynchronisation."""
+    that states the whole frames it holds, where they follow one another to its end (its closing tags
+    and padding aside). libsndfile reads it otherwise only as far as it estimates from the first frame's
+    bitrate: a VBR file that starts louder than it goes on would lose the rest unheard. Junk between
+    frames is left to libsndfile's own resynchronisation."""
     start = _audio_start(part)
     header, stated = header_at(part, start), _stated_frames(part, start)
     if header is None or stated:
@@ -178,10 +189,37 @@ def with_mp3_length(part: bytes) -> bytes:
     count, end = 0, first
     for offset, frame in frames(part, first):
         count, end = count + 1, offset + frame.length
-    rest = part[end:]
-    if not count or any(header_at(rest, sync.start()) for sync in _SYNC.finditer(rest)):
+    if not count or frames_may_follow(part, _past_trailers(part, end), _closing_tags(part)):
         return part
     return part[:start] + xing_frame(part[first : first + 4], count) + part[first:]
+
+
+def _past_trailers(data: bytes, offset: int) -> int:
+    """Past the tags and padding that may follow a file's last frame: ID3v1, APEv2 (with its header),
+    ID3v2, zeros."""
+    for _ in range(_MAX_MARKS):
+        if data.startswith(b"TAG", offset) and len(data) >= offset + 128:
+            offset += 128
+        elif data.startswith(b"APETAGEX", offset) and len(data) >= offset + 32:
+            offset += 32 + int.from_bytes(data[offset + 12 : offset + 16], "little")  # items, footer
+        elif _ID3V2.match(data, offset) and len(data) >= offset + 10:
+            offset = _tag_end(data, offset)
+        elif data.startswith(b"\x00", offset):
+            offset = _past_padding(data, offset)
+        else:
+            break
+    return offset
+
+
+def _closing_tags(data: bytes) -> int:
+    """Where the tags a file ends with begin: an ID3v1 tag, an APEv2 tag before it or alone (found by its
+    footer, whether or not it has a header)."""
+    end = len(data) - 128 if len(data) >= 128 and data.startswith(b"TAG", len(data) - 128) else len(data)
+    if end >= 32 and data.startswith(b"APETAGEX", end - 32):
+        size = int.from_bytes(data[end - 20 : end - 16], "little")  # items and footer
+        header = 32 if data[end - 9] & 0x80 else 0  # the flags' top bit: the tag has a header too
+        end = max(0, end - size - header)
+    return end
 
 
 def _id3_tags(data: bytes) -> list[tuple[int, int]]:

@@ -6,6 +6,8 @@ MP3 without a Xing/Info header needs to state its length, and where joined files
 from __future__ import annotations
 
 import functools
+import itertools
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +24,11 @@ _RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 
 # whether the frame has a CRC or not).
 _SIDE_INFO = {(True, True): 17, (True, False): 32, (False, True): 9, (False, False): 17}
 TAG_OFFSETS = frozenset(4 + side_info for side_info in _SIDE_INFO.values())
+_SYNC = re.compile(rb"(?=\xff[\xe0-\xff])")  # where a frame header may begin (overlapping: \xff\xff\xfb)
+# Places that look like a frame header checked in one search at most, and how far into a file its first
+# frame is looked for: bounds on a crafted file's cost.
+_MAX_SYNCS = 4096
+_RESYNC_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -68,11 +75,33 @@ def _parse(word: bytes) -> FrameHeader | None:
 
 
 def frames(data: bytes, offset: int) -> Iterator[tuple[int, FrameHeader]]:
-    """Each frame's offset and header from ``offset`` on, while frames follow one another (the last
-    one may run past the data's end)."""
-    while (header := header_at(data, offset)) is not None:
+    """Each whole frame's offset and header from ``offset`` on, while frames follow one another (a frame
+    cut short by the data's end is not one)."""
+    while (header := header_at(data, offset)) is not None and offset + header.length <= len(data):
         yield offset, header
         offset += header.length
+
+
+def frames_may_follow(data: bytes, start: int, end: int) -> bool:
+    """Whether a whole frame may begin anywhere in ``data[start:end]``, where a decoder resynchronising
+    would find more audio; also where more places than are worth checking look like one."""
+    for n, sync in enumerate(_SYNC.finditer(data, start, end)):
+        header = header_at(data, sync.start())
+        if n == _MAX_SYNCS or (header is not None and sync.start() + header.length <= len(data)):
+            return True
+    return False
+
+
+def first_frame(data: bytes) -> int | None:
+    """Where, within the data's first bytes, three frames of one format first follow one another (a
+    stream captured from the middle of a frame begins there), or None."""
+    for n, sync in enumerate(_SYNC.finditer(data, 0, _RESYNC_BYTES)):
+        if n == _MAX_SYNCS:
+            break
+        chain = [header for _, header in itertools.islice(frames(data, sync.start()), 3)]
+        if len(chain) == 3 and all(chain[0].same_format(header) for header in chain):
+            return sync.start()
+    return None
 
 
 def xing_frame(first: bytes, count: int) -> bytes:

@@ -265,6 +265,44 @@ def test_a_wav_states_how_much_it_holds_and_a_header_alone_is_cut_short() -> Non
         decode_audio(_encode(_tone(440, 0.05), "wav"), 60)
 
 
+def _ape_tag(value: bytes, header: bool = True) -> bytes:
+    """An APEv2 tag holding one binary item (cover art, say), with or without its header."""
+    items = struct.pack("<II", len(value), 2) + b"Cover Art (Front)\x00" + value  # flags 2: binary
+    size = len(items) + 32  # the items and the footer
+    fields = struct.pack("<IIII", 2000, size, 1, 0x80000000 if header else 0) + bytes(8)
+    head = b"APETAGEX" + fields[:12] + struct.pack("<I", 0xA0000000) + bytes(8) if header else b""
+    return head + items + b"APETAGEX" + fields
+
+
+# Bytes a cover image may hold that look like MP3 frame headers.
+_FRAME_LIKE = bytes([0xFF, 0xF3, 0x88, 0xC4]) * 64 + bytes(range(256)) * 40
+
+
+def test_what_follows_the_last_frame_neither_breaks_nor_cuts_an_mp3() -> None:
+    """Part of a frame after a file (of the same or another format), tags with binary content at its
+    end, ID3v1 tags or padding between files joined end to end, and a stream captured from the middle
+    of a frame: each is read whole."""
+    quiet = _loud_then_quiet()
+    vbr, bare = _vbr_mp3(quiet), _without_info_frame(_vbr_mp3(quiet))
+    other = _without_info_frame(_encode(_tone(880, 2.0), "mp3", rate=22_050))
+    id3v1 = b"TAG" + b"title".ljust(125, b"\x00")
+    cases = {
+        "4 bytes of a frame after a stated length": (vbr + vbr[1000:1004], 10.0),
+        "half a frame after a stated length": (vbr + bare[:100], 10.0),
+        "part of a frame of another rate": (bare + other[:60], 10.0),
+        "an APE tag with binary content": (bare + _ape_tag(_FRAME_LIKE), 10.0),
+        "an APE tag without its header": (bare + _ape_tag(_FRAME_LIKE, header=False) + id3v1, 10.0),
+        "ID3v1 tags between headed and bare files": (vbr + id3v1 + bare + id3v1, 20.0),
+        "ID3v1 tags between bare files": (bare + id3v1 + bare + id3v1, 20.0),
+        "a zero byte between bare files": (bare + b"\x00" + bare, 20.0),
+        "captured from the middle of a frame": (bare[100:], 10.0),
+    }
+    for name, (data, seconds) in cases.items():
+        decoded = decode_audio(data, 60)
+        assert len(decoded) / SAMPLE_RATE == pytest.approx(seconds, abs=0.15), name
+        assert _pitch(decoded[-2 * SAMPLE_RATE :]) == pytest.approx(440, abs=5), name
+
+
 def test_a_xing_frame_holds_its_tag_where_the_first_frame_is_too_small() -> None:
     """At 8 kbit/s and 24 kHz a frame is 24 bytes, short of the 25 that a Xing tag needs after a mono
     MPEG-2 frame's side information: the header frame takes the lowest bitrate that holds it."""
