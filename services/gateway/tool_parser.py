@@ -48,6 +48,7 @@ class _State(Enum):
     TEXT = 0  # outside a call
     HEADER = 1  # after <tool_call>, before the arguments
     ARGUMENTS = 2
+    CALL_END = 3  # after the arguments, before </tool_call>
 
 
 def _held_back(text: str, marker: str) -> int:
@@ -58,14 +59,53 @@ def _held_back(text: str, marker: str) -> int:
     return 0
 
 
+_STRING_RUN = re.compile(r'[^"\\]+')
+
+
+class _ValueScan:
+    """Where a JSON value ends, read a piece at a time: what it has seen of the value so far."""
+
+    def __init__(self) -> None:
+        self.depth = 0  # open objects and arrays
+        self.in_string = False
+        self.escaped = False  # in a string, right after a backslash
+
+    def end(self, text: str) -> int | None:
+        """Where in ``text`` (the value's next piece) the value ends; None if it goes on past it."""
+        i = 0
+        while i < len(text):
+            if self.in_string and not self.escaped:
+                run = _STRING_RUN.match(text, i)
+                if run is not None:
+                    i = run.end()
+                    continue
+            c = text[i]
+            i += 1
+            if self.in_string:
+                self.in_string = self.escaped or c != '"'
+                self.escaped = not self.escaped and c == "\\"
+            elif c == '"':
+                self.in_string = True
+            elif c in "{[":
+                self.depth += 1
+            elif c in "}]" and self.depth:
+                self.depth -= 1
+                if not self.depth:
+                    return i
+            elif c in ",}]" and not self.depth:  # what follows a string, number or literal at the top
+                return i - 1
+        return None
+
+
 class ToolCallParser:
     def __init__(self) -> None:
         self.state = _State.TEXT
         self.pending = ""  # text not yet given out
-        self.sent = 0  # ARGUMENTS: characters of ``pending`` already given out
+        self.value = _ValueScan()  # ARGUMENTS: where the arguments given out so far stand
         self.num_calls = 0
         self.num_complete = 0
         self.after_call = False
+        self.may_call = True  # TEXT: held-back text stands where a call could begin
 
     def feed(self, text: str, final: bool = False) -> Pieces:
         """The content and call pieces that ``text`` completes; ``final`` flushes what is held back."""
@@ -86,10 +126,10 @@ class ToolCallParser:
             at = self.pending.find(TOOL_CALL_BEGIN)
             if at < 0:
                 keep = _held_back(self.pending, TOOL_CALL_BEGIN)
-                out.content += self.pending[: len(self.pending) - keep]
+                self._content(out, self.pending[: len(self.pending) - keep])
                 self.pending = self.pending[len(self.pending) - keep :]
                 return False
-            out.content += self.pending[:at]
+            self._content(out, self.pending[:at])
             self.pending = self.pending[at + len(TOOL_CALL_BEGIN) :]
             self.state = _State.HEADER
             return True
@@ -100,29 +140,33 @@ class ToolCallParser:
             name = json.loads(f'"{match.group(1)}"')
             out.calls.append(ToolCallDelta(self.num_calls, id=new_call_id(), name=name))
             self.num_calls += 1
-            self.pending, self.sent = self.pending[match.end() :], 0
+            self.pending, self.value = self.pending[match.end() :], _ValueScan()
             self.state = _State.ARGUMENTS
             return True
-        end = self.pending.find(TOOL_CALL_END)
-        # The arguments object is followed by the "}" that closes the call: never give out the last "}"
-        # seen until the call's end shows which one it was.
-        if end >= 0:
-            body = self.pending[:end].rstrip()
-            cut = len(body) - 1 if body.endswith("}") else len(body)
-        else:
-            body = self.pending
-            last = body.rfind("}")
-            cut = len(body) if last < 0 else last
-        if cut > self.sent:
-            self._arguments(out, body[self.sent : cut])
-            self.sent = cut
-        if end < 0:
+        if self.state is _State.ARGUMENTS:
+            end = self.value.end(self.pending)
+            cut = len(self.pending) if end is None else end
+            if cut:
+                self._arguments(out, self.pending[:cut])
+            self.pending = self.pending[cut:]
+            if end is None:
+                return False
+            self.state = _State.CALL_END
+            return True
+        at = self.pending.find(TOOL_CALL_END)  # the call's closing "}" comes before it
+        if at < 0:
+            self.pending = self.pending[len(self.pending) - _held_back(self.pending, TOOL_CALL_END) :]
             return False
         self.num_complete += 1
-        self.after_call = True
-        self.pending = self.pending[end + len(TOOL_CALL_END) :]
+        self.after_call = self.may_call = True
+        self.pending = self.pending[at + len(TOOL_CALL_END) :]
         self.state = _State.TEXT
         return True
+
+    def _content(self, out: Pieces, text: str) -> None:
+        if text:
+            out.content += text
+            self.may_call = text[-1].isspace()
 
     def _arguments(self, out: Pieces, text: str) -> None:
         last = out.calls[-1] if out.calls else None
@@ -132,29 +176,12 @@ class ToolCallParser:
             out.calls.append(ToolCallDelta(self.num_calls - 1, arguments=text))
 
     def _flush(self, out: Pieces) -> None:
-        """At the end (the answer was cut short): what is left, as it stands."""
-        if self.state is _State.TEXT:
+        """At the end (the answer was cut short): the arguments stay as written; the start of a call's
+        markup is dropped, and so is its end; text held back in case it began a call is content only
+        where no call could begin (right after a word, as in "a<")."""
+        if self.state is _State.TEXT and not self.may_call:
             out.content += self.pending
-        elif self.state is _State.HEADER:
-            out.content += TOOL_CALL_BEGIN + self.pending
-        else:
-            rest = self._arguments_left()
-            if len(rest) > self.sent:
-                self._arguments(out, rest[self.sent :])
-        self.pending, self.sent = "", 0
-
-    def _arguments_left(self) -> str:
-        """The arguments at the end: without the call's closing "}" and the start of its end tag when what
-        comes before them is a whole JSON object (cut short after the arguments), else as they stand."""
-        held = _held_back(self.pending, TOOL_CALL_END)
-        candidate = self.pending[: len(self.pending) - held].rstrip()
-        if candidate.endswith("}"):
-            try:
-                if isinstance(json.loads(candidate[:-1]), dict):
-                    return candidate[:-1]
-            except ValueError:
-                pass
-        return self.pending
+        self.pending = ""
 
 
 @dataclass

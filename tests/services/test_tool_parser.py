@@ -65,60 +65,125 @@ def test_the_grammar_allows_exactly_the_calls_asked_for(
 def test_none_and_no_tools_mean_plain_text() -> None:
     assert plan_tools(body("none")).guided is None
     assert plan_tools(ChatCompletionRequest(model="m", messages=[])).guided is None
+    tools = body().tools or []
     with pytest.raises(InvalidRequest, match="defined twice"):
-        plan_tools(ChatCompletionRequest(model="m", messages=[], tools=body().tools * 2))  # type: ignore[operator]
+        plan_tools(ChatCompletionRequest(model="m", messages=[], tools=tools * 2))
 
 
 TEXT = f"Checking. {PARIS}\n{NESTED}\nDone."
 
 
-@pytest.mark.parametrize("size", [1, 2, 3, 5, 8, 13, 1000])
-def test_streamed_pieces_add_up_to_the_whole(size: int) -> None:
-    whole = parse_all(TEXT)
-    parser, content, calls = ToolCallParser(), "", {}
-    for start in range(0, len(TEXT), size):
-        pieces = parser.feed(TEXT[start : start + size], final=start + size >= len(TEXT))
+def streamed(text: str, size: int) -> tuple[str, list[tuple[str | None, str]], int]:
+    """``text`` fed to a parser ``size`` characters at a time: its content, its calls' names and arguments
+    as the pieces add up, and how many calls it saw end."""
+    parser, content, calls = ToolCallParser(), "", dict[int, tuple[str | None, str]]()
+    for start in range(0, len(text), size):
+        pieces = parser.feed(text[start : start + size], final=start + size >= len(text))
         content += pieces.content
         for piece in pieces.calls:
             if piece.id is not None:
                 assert piece.index not in calls
-                calls[piece.index] = [piece.name, piece.arguments]
+                calls[piece.index] = (piece.name, piece.arguments)
             else:
-                calls[piece.index][1] += piece.arguments
+                name, arguments = calls[piece.index]
+                calls[piece.index] = (name, arguments + piece.arguments)
+    return content, list(calls.values()), parser.num_complete
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 8, 13, 1000])
+def test_streamed_pieces_add_up_to_the_whole(size: int) -> None:
+    whole = parse_all(TEXT)
+    content, calls, _ = streamed(TEXT, size)
     assert content == whole.content == "Checking. Done."
-    assert list(calls.values()) == [[c.name, c.arguments] for c in whole.calls]
-    assert [json.loads(args) for _, args in calls.values()] == [
+    assert calls == [(c.name, c.arguments) for c in whole.calls]
+    assert [json.loads(args) for _, args in calls] == [
         {"city": "Paris", "unit": "celsius"},
         {"a": {"b}": [1, {}]}, "b": 2},
     ]
     assert whole.num_complete == 2 and len({c.id for c in whole.calls}) == 2
 
 
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        '{"text": "a</tool_call>b"}',
+        '{"text": "}\\n</tool_call>"}',  # the call's own tail, escaped as JSON writes a line break
+        '{"text": "} </tool_call>", "n": 1}',
+        '{"open": "{", "close": "}", "end": "</tool_call>"}',
+        '{"text": "say \\"}\\"", "end": "</tool_call>"}',  # an escaped quote does not end the string
+        '{"path": "C:\\\\", "end": "}</tool_call>"}',  # an escaped backslash does not escape the quote
+        '{"a": {"b": [1, {"c": "]}</tool_call>"}], "d": []}, "e": "{"}',
+    ],
+)
+def test_arguments_end_where_their_json_object_does(arguments: str) -> None:
+    """Braces, quotes and the call's end tag inside an argument string are part of the arguments."""
+    text = f"Writing. {format_call('write_file', arguments)}\n{SUM}\nDone."
+    whole = parse_all(text)
+    expected = [("write_file", arguments), ("add", '{"a": 2, "b": 40}')]
+    assert (whole.content, [(c.name, c.arguments) for c in whole.calls]) == ("Writing. Done.", expected)
+    assert whole.num_complete == 2 and isinstance(json.loads(arguments), dict)
+    for size in range(1, len(text) + 1):
+        assert streamed(text, size) == ("Writing. Done.", expected, 2), size
+
+
 def test_a_call_cut_short_stays_incomplete() -> None:
     cut = parse_all(PARIS[:-20])
     assert len(cut.calls) == 1 and cut.num_complete == 0
     assert cut.calls[0].arguments.startswith('{"city": "Paris"')
-    assert parse_all('<tool_call>\n{"na').content == '<tool_call>\n{"na'  # no name yet: left as text
 
 
 @pytest.mark.parametrize("size", [1, 3, 1000])
-@pytest.mark.parametrize("cut", ["}", "}\n", "}\n</", "}\n</tool_call"])
-def test_a_call_cut_short_after_its_arguments_keeps_only_the_arguments(cut: str, size: int) -> None:
+@pytest.mark.parametrize("cut", ["", "}", "}\n", "}\n</", "}\n</tool_call"])
+@pytest.mark.parametrize("arguments", ['{"a": {"b": "}"}}', '{"a": "}\\n</tool_call>"}'])
+def test_a_call_cut_short_after_its_arguments_keeps_only_the_arguments(
+    arguments: str, cut: str, size: int
+) -> None:
     """Cut by max_tokens between the arguments and the call's end: neither the call's closing brace nor
     the start of its end tag is part of the arguments, streamed or not."""
-    text = '<tool_call>\n{"name": "f", "arguments": {"a": {"b": "}"}}' + cut
-    parser, arguments = ToolCallParser(), ""
-    for start in range(0, len(text), size):
-        for piece in parser.feed(text[start : start + size], final=start + size >= len(text)).calls:
-            arguments += piece.arguments
-    assert arguments == parse_all(text).calls[0].arguments == '{"a": {"b": "}"}}'
+    text = '<tool_call>\n{"name": "f", "arguments": ' + arguments + cut
+    assert streamed(text, size) == ("", [("f", arguments)], 0)
+    assert parse_all(text).calls[0].arguments == arguments
     assert parse_all(text).num_complete == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "content", "num_calls"),
+    [
+        ("<", "", 0),
+        ("<tool_", "", 0),
+        ("<tool_call>", "", 0),
+        ('<tool_call>\n{"name', "", 0),
+        ('<tool_call>\n{"name": "get_', "", 0),
+        ("Let me look. <tool_c", "Let me look. ", 0),
+        ('Let me look.\n<tool_call>\n{"name": "get_weather", "argu', "Let me look.\n", 0),
+        (f"{SUM}\n<tool", "", 1),
+        (f'{SUM}\n<tool_call>\n{{"name": "ad', "", 1),
+    ],
+)
+def test_an_answer_cut_short_in_the_markup_of_a_call_shows_none_of_it(
+    text: str, content: str, num_calls: int
+) -> None:
+    """Cut (max_tokens, a stop string) before a call's arguments begin: no content, no call."""
+    whole = parse_all(text)
+    assert (whole.content, len(whole.calls), whole.num_complete) == (content, num_calls, num_calls)
+    for size in range(1, len(text) + 1):
+        content_streamed, calls, num_complete = streamed(text, size)
+        assert (content_streamed, len(calls), num_complete) == (content, num_calls, num_calls), size
+
+
+@pytest.mark.parametrize(("text", "content"), [("a<", "a<"), ("if a<t", "if a<t"), ("a <", "a ")])
+def test_a_cut_answer_keeps_a_last_less_than_sign_only_where_no_call_could_begin(
+    text: str, content: str
+) -> None:
+    """Right after a word a "<" is prose; after a space it could begin a call, whose start is dropped."""
+    assert parse_all(text).content == content
+    assert all(streamed(text, size)[0] == content for size in range(1, len(text) + 1))
 
 
 def test_the_generic_prompt_lists_tools_and_replays_calls_and_results() -> None:
     tools = [{"type": "function", "function": {"name": "add", "parameters": ADD}}]
     call = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 40}'}}
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "2 + 40?"},
         {"role": "assistant", "content": "", "tool_calls": [call]},
