@@ -84,8 +84,8 @@ def _message(result: ChoiceResult, plan: ToolPlan) -> tuple[AssistantMessage, st
     if not plan.active:
         return AssistantMessage(role="assistant", content=text), result.finish_reason
     parsed = parse_all(text)
-    if not parsed.calls:
-        return AssistantMessage(role="assistant", content=text), result.finish_reason
+    if not parsed.calls:  # the content as streamed: without a call's markup cut off unfinished
+        return AssistantMessage(role="assistant", content=parsed.content), result.finish_reason
     calls = [
         ToolCall(id=c.id or "", function=FunctionCall(name=c.name or "", arguments=c.arguments))
         for c in parsed.calls

@@ -127,6 +127,20 @@ def test_the_sdk_parses_pydantic_function_tools(client: openai.OpenAI, model_id:
     assert isinstance(call.function.parsed_arguments, Add)
 
 
+def test_an_answer_cut_inside_a_call_header_shows_none_of_its_markup(
+    client: openai.OpenAI, model_id: str
+) -> None:
+    """max_tokens ending the answer before the function's name is whole: no call, and the call format is
+    not handed back as prose, streamed or not."""
+    for max_tokens in (2, 6):
+        kwargs: dict[str, Any] = dict(tool_choice="required", max_tokens=max_tokens, temperature=0)
+        plain = create(client, model_id, **kwargs).choices[0]
+        streamed = read_tool_stream(create(client, model_id, stream=True, **kwargs))
+        assert plain.finish_reason == streamed.finish_reason == "length"
+        assert not plain.message.tool_calls and not streamed.calls
+        assert plain.message.content == streamed.content == ""
+
+
 class Sum(BaseModel):
     total: int
     explanation: str = Field(max_length=60)
@@ -144,8 +158,9 @@ def test_tools_with_a_response_format_call_a_tool_or_answer_in_it(
                 model=model_id,
                 messages=[{"role": "user", "content": "What is 2 plus 40? Use the tool if you like."}],
                 tools=[openai.pydantic_function_tool(Add)],
+                parallel_tool_calls=False,
                 response_format=Sum,
-                max_tokens=60,
+                max_tokens=100,
                 temperature=1.0,
                 seed=seed,
             )
