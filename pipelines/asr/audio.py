@@ -14,13 +14,13 @@ from scipy.signal import resample_poly
 
 from pipelines.asr.containers import (
     ends_inside_an_ogg_page,
-    id3_tag_cut_short,
     mp3_states_its_length,
     split_chained,
     with_mp3_length,
     with_wav_size,
 )
-from pipelines.asr.flac_frames import with_flac_length
+from pipelines.asr.flac_frames import ends_with_a_whole_frame, with_flac_length
+from pipelines.asr.tags import id3_tag_cut_short
 from shared_engine.errors import InvalidRequest, PayloadTooLarge
 
 SAMPLE_RATE = 16_000
@@ -128,14 +128,24 @@ def _read(f: sf.SoundFile, frames: int, readable: bytes) -> np.ndarray:
     try:
         return f.read(frames, dtype="float32", always_2d=True)
     except sf.LibsndfileError:
-        if f.frames < _NO_LENGTH:
+        if _could_be_cut_short(f, readable):
             held = _frames_decodable(readable)
             if f.frames - held > TRUNCATION_SLACK_SECONDS * f.samplerate:
-                stated = (
-                    f"{held / f.samplerate:.2f} s of the {f.frames / f.samplerate:.2f} s its header states"
-                )
-                raise AudioTruncated(f"it decodes to {stated}") from None
+                present, stated = held / f.samplerate, f.frames / f.samplerate
+                raise AudioTruncated(
+                    f"it decodes to {present:.2f} s of the {stated:.2f} s its header states"
+                ) from None
         raise
+
+
+def _could_be_cut_short(f: sf.SoundFile, readable: bytes) -> bool:
+    """Whether a decoding error can be the file ending early: its header states a length (an MP3's Xing
+    header, a FLAC's STREAMINFO) and, for a FLAC, its last frame is not whole."""
+    if f.frames >= _NO_LENGTH:
+        return False
+    if f.format == "MP3":
+        return mp3_states_its_length(readable)
+    return f.format == "FLAC" and not ends_with_a_whole_frame(readable)
 
 
 def _frames_decodable(readable: bytes) -> int:

@@ -16,6 +16,7 @@ import re
 import struct
 from collections.abc import Iterator
 
+from pipelines.asr.flac_frames import flac_frames_start
 from pipelines.asr.mp3_frames import (
     TAG_OFFSETS,
     first_frame,
@@ -24,10 +25,15 @@ from pipelines.asr.mp3_frames import (
     header_at,
     xing_frame,
 )
+from pipelines.asr.tags import (
+    audio_start,
+    closing_tags,
+    id3_tags,
+    past_padding,
+    past_trailers,
+)
 
 _MP3_TAG = re.compile(rb"Xing|Info")
-_ID3V2 = re.compile(rb"ID3[\x02-\x04]\x00")
-_PADDING = re.compile(rb"\x00*")
 _FLAC_START = re.compile(rb"fLaC[\x00\x80]\x00\x00\x22")
 # Tags, and Xing/Info headers, looked at in one file at most: far more than any upload of files joined end
 # to end holds (past them, the rest stays in the last part), and a bound on a crafted file's cost.
@@ -99,9 +105,16 @@ def with_wav_size(part: bytes) -> bytes:
 
 
 def _flac_parts(data: bytes) -> list[bytes]:
-    """A FLAC file begins with its magic and the header of its STREAMINFO block (34 bytes long)."""
-    starts = (match.start() for match in _FLAC_START.finditer(data))
-    return _cut(data, [0, *itertools.islice((start for start in starts if start), _MAX_MARKS)])
+    """A FLAC file begins with its magic and the header of its STREAMINFO block (34 bytes long), looked
+    for past the metadata of the file before (which may hold a whole FLAC file, as a picture or an
+    application's block)."""
+    starts: list[int] = [0]
+    while len(starts) <= _MAX_MARKS:
+        match = _FLAC_START.search(data, flac_frames_start(data, starts[-1]))
+        if match is None or flac_frames_start(data, match.start()) >= len(data):  # no frames: no file
+            break
+        starts.append(match.start())
+    return _cut(data, starts)
 
 
 def _riff_parts(data: bytes) -> list[bytes]:
@@ -124,9 +137,9 @@ def _mp3_parts(data: bytes) -> list[bytes]:
     """A new file begins at an ID3v2 tag, or at a frame holding a Xing/Info header that is not the first
     frame after a tag (a file's own header follows its tag). A part with no audio (a tag after another, a
     tag at the very end) belongs to its neighbour."""
-    tags = _id3_tags(data)
+    tags = id3_tags(data)
     tag_starts = [start for start, _ in tags]
-    own_headers = {_past_padding(data, end) for _, end in tags}
+    own_headers = {past_padding(data, end) for _, end in tags}
     starts = [0, *(start for start in tag_starts if start)]
     for match in itertools.islice(_MP3_TAG.finditer(data), _MAX_MARKS):
         frame = _frame_holding_tag(data, match.start())
@@ -151,7 +164,7 @@ def _mp3_parts(data: bytes) -> list[bytes]:
     # Each file without its leading tags: metadata only, which libsndfile reads no further than one
     # tag (two in a row, or a v2.4 footer, are "Format not recognised" to it).
     joined = [b"".join(pieces) for pieces in merged]
-    return [piece for part in joined for piece in _split_by_frames(part[_audio_start(part) :])]
+    return [piece for part in joined for piece in _split_by_frames(part[audio_start(part) :])]
 
 
 def _split_by_frames(part: bytes) -> list[bytes]:
@@ -162,14 +175,14 @@ def _split_by_frames(part: bytes) -> list[bytes]:
     while len(starts) <= _MAX_MARKS:
         first, stated, walked, end = None, _stated_frames(part, offset), 0, offset
         for at, header in frames(part, offset):
-            if first is None:
-                first = header
-            elif not first.same_format(header) or (stated and walked == stated + 1):
+            first = first or header
+            another = not first.same_format(header) or (stated and walked == stated + 1)
+            if another and _audio_frame_at(part, at):
                 starts.append(at)
                 first, stated, walked = header, None, 0
             walked, end = walked + 1, at + header.length
-        offset = _past_trailers(part, end)
-        if offset == end or not any(frames(part, offset)):
+        offset = past_trailers(part, end)
+        if offset == end or not _audio_frame_at(part, offset):
             break
         starts.append(offset)
     return _cut(part, starts[: _MAX_MARKS + 1])
@@ -181,7 +194,7 @@ def with_mp3_length(part: bytes) -> bytes:
     and padding aside). libsndfile reads it otherwise only as far as it estimates from the first frame's
     bitrate: a VBR file that starts louder than it goes on would lose the rest unheard. Junk between
     frames is left to libsndfile's own resynchronisation."""
-    start = _audio_start(part)
+    start = audio_start(part)
     header, stated = header_at(part, start), _stated_frames(part, start)
     if header is None or stated:
         return part
@@ -189,83 +202,26 @@ def with_mp3_length(part: bytes) -> bytes:
     count, end = 0, first
     for offset, frame in frames(part, first):
         count, end = count + 1, offset + frame.length
-    if not count or frames_may_follow(part, _past_trailers(part, end), _closing_tags(part)):
+    if not count or frames_may_follow(part, past_trailers(part, end), closing_tags(part)):
         return part
     return part[:start] + xing_frame(part[first : first + 4], count) + part[first:]
 
 
-def _past_trailers(data: bytes, offset: int) -> int:
-    """Past the tags and padding that may follow a file's last frame: ID3v1, APEv2 (with its header),
-    ID3v2, zeros."""
-    for _ in range(_MAX_MARKS):
-        if data.startswith(b"TAG", offset) and len(data) >= offset + 128:
-            offset += 128
-        elif data.startswith(b"APETAGEX", offset) and len(data) >= offset + 32:
-            offset += 32 + int.from_bytes(data[offset + 12 : offset + 16], "little")  # items, footer
-        elif _ID3V2.match(data, offset) and len(data) >= offset + 10:
-            offset = _tag_end(data, offset)
-        elif data.startswith(b"\x00", offset):
-            offset = _past_padding(data, offset)
-        else:
-            break
-    return offset
-
-
-def _closing_tags(data: bytes) -> int:
-    """Where the tags a file ends with begin: an ID3v1 tag, an APEv2 tag before it or alone (found by its
-    footer, whether or not it has a header)."""
-    end = len(data) - 128 if len(data) >= 128 and data.startswith(b"TAG", len(data) - 128) else len(data)
-    if end >= 32 and data.startswith(b"APETAGEX", end - 32):
-        size = int.from_bytes(data[end - 20 : end - 16], "little")  # items and footer
-        header = 32 if data[end - 9] & 0x80 else 0  # the flags' top bit: the tag has a header too
-        end = max(0, end - size - header)
-    return end
-
-
-def _id3_tags(data: bytes) -> list[tuple[int, int]]:
-    """(start, end) of each ID3v2 tag (a v2.4 footer included), none inside another, in order."""
-    tags: list[tuple[int, int]] = []
-    for match in itertools.islice(_ID3V2.finditer(data), _MAX_MARKS):
-        start = match.start()
-        if len(data) >= start + 10 and (not tags or start >= tags[-1][1]):
-            tags.append((start, _tag_end(data, start)))
-    return tags
-
-
-def _tag_end(data: bytes, start: int) -> int:
-    """Where the ID3v2 tag at ``start`` ends (a v2.4 footer included; possibly past the data's end)."""
-    footer = 10 if data[start + 3] == 4 and data[start + 5] & 0x10 else 0
-    return start + 10 + footer + _syncsafe(data[start + 6 : start + 10])
-
-
-def id3_tag_cut_short(data: bytes) -> bool:
-    """Whether an MP3 stops inside the ID3v2 tag it starts with (an upload cut short)."""
-    return _ID3V2.match(data) is not None and len(data) >= 10 and _tag_end(data, 0) > len(data)
-
-
-def _past_padding(data: bytes, offset: int) -> int:
-    match = _PADDING.match(data, offset)
-    return match.end() if match else offset
-
-
-def _audio_start(part: bytes) -> int:
-    """Where a file's first frame should be: past its leading ID3v2 tags and their padding."""
-    offset = _past_padding(part, 0)
-    for _ in range(_MAX_MARKS):
-        if not (_ID3V2.match(part, offset) and len(part) >= offset + 10):
-            break
-        offset = _past_padding(part, _tag_end(part, offset))
-    return offset
-
-
 def _has_mp3_audio(part: bytes) -> bool:
-    return header_at(part, _audio_start(part)) is not None
+    return _audio_frame_at(part, audio_start(part))
+
+
+def _audio_frame_at(data: bytes, offset: int) -> bool:
+    """Whether a whole frame of audio (beside a Xing/Info frame) begins at ``offset``: part of one, or a
+    header frame alone, is what is left of a file cut short after another."""
+    needed = 1 if _stated_frames(data, offset) is None else 2
+    return len(list(itertools.islice(frames(data, offset), needed))) == needed
 
 
 def mp3_states_its_length(part: bytes) -> bool:
     """Whether an MP3 file's first frame is a Xing/Info header stating its frame count; without one,
     libsndfile's length is an estimate from the file's size and first bitrate, not a stated length."""
-    return bool(_stated_frames(part, _audio_start(part)))
+    return bool(_stated_frames(part, audio_start(part)))
 
 
 def _stated_frames(part: bytes, frame: int) -> int | None:
@@ -289,10 +245,6 @@ def _frame_holding_tag(data: bytes, tag: int) -> int | None:
         if header is not None and header.tag_offset == before_tag:
             return tag - before_tag
     return None
-
-
-def _syncsafe(raw: bytes) -> int:
-    return sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(raw[:4]))
 
 
 def _cut(data: bytes, starts: list[int]) -> list[bytes]:

@@ -12,6 +12,8 @@ import collections
 import itertools
 import re
 
+from pipelines.asr.tags import audio_start, closing_tags
+
 # STREAMINFO is the first metadata block, right after "fLaC" and its 4-byte block header; its total
 # sample count takes the low 4 bits of its 14th byte and the 4 bytes after.
 _TOTAL_AT = 4 + 4 + 13
@@ -28,30 +30,74 @@ _MAX_HEADERS = 4
 
 def with_flac_length(part: bytes) -> bytes:
     """``part`` with the total sample count its last frame implies, where it is a FLAC file stating 0;
-    else (another file, a stated length, no last frame found whole) ``part`` itself."""
-    if not part.startswith(b"fLaC") or len(part) < _STREAMINFO_END or part[4] & 0x7F != 0:
+    else (another file, a stated length, no last frame found whole, block sizes it states wrong)
+    ``part`` itself."""
+    start = audio_start(part)  # past an ID3v2 tag in front, which some taggers add
+    total_at = start + _TOTAL_AT
+    if not _is_flac(part, start) or part[total_at] & 0x0F or any(part[total_at + 1 : total_at + 5]):
         return part
-    if part[_TOTAL_AT] & 0x0F or any(part[_TOTAL_AT + 1 : _TOTAL_AT + 5]):
+    last = _last_frame(part, start)
+    if last is None:
         return part
-    block_size = int.from_bytes(part[10:12], "big")  # a fixed-blocksize stream's (its last block aside)
-    largest_frame = int.from_bytes(part[15:18], "big")  # 0: unknown, as a streaming encoder leaves it
-    lookback = min(largest_frame + 32, _LOOKBACK) if largest_frame else _LOOKBACK
-    syncs = (sync.start() for sync in _SYNC.finditer(part, max(_STREAMINFO_END, len(part) - lookback)))
-    last_syncs = collections.deque(syncs, maxlen=_MAX_SYNCS)
+    offset, number, samples = last
+    if part[offset + 1] & 0x01:  # variable block sizes: a frame numbers its first sample
+        total = number + samples
+    else:  # fixed: a frame numbers itself, and every block but the last has the first one's size
+        first = _frame_header(part, flac_frames_start(part, start))
+        if first is None or first[0] != 0:
+            return part
+        total = number * first[1] + samples
+    patched = bytearray(part)
+    patched[total_at] = (patched[total_at] & 0xF0) | (total >> 32 & 0x0F)
+    patched[total_at + 1 : total_at + 5] = (total & 0xFFFFFFFF).to_bytes(4, "big")
+    return bytes(patched)
+
+
+def ends_with_a_whole_frame(part: bytes) -> bool:
+    """Whether a FLAC file's audio ends with a whole frame (its closing CRC holds): a file that does is
+    no upload cut short, whatever the decoder makes of it."""
+    start = audio_start(part)
+    return _is_flac(part, start) and _last_frame(part, start) is not None
+
+
+def flac_frames_start(data: bytes, start: int) -> int:
+    """Where the frames of the FLAC file at ``start`` begin: past its metadata blocks (each a flag for
+    the last, a type, and a 24-bit length)."""
+    offset = start + 4
+    while offset + 4 <= len(data):
+        last, length = data[offset] & 0x80, int.from_bytes(data[offset + 1 : offset + 4], "big")
+        offset += 4 + length
+        if last:
+            break
+    return offset
+
+
+def _is_flac(part: bytes, start: int) -> bool:
+    return (
+        part.startswith(b"fLaC", start)
+        and len(part) >= start + _STREAMINFO_END
+        and part[start + 4] & 0x7F == 0
+    )
+
+
+def _last_frame(part: bytes, start: int) -> tuple[int, int, int] | None:
+    """The offset, frame or sample number, and samples of the frame that ends the audio (before any
+    closing tags), found back from there and confirmed by its CRC-16; None where none is found whole."""
+    end = closing_tags(part)
+    first = max(start + _STREAMINFO_END, end - _LOOKBACK)  # STREAMINFO's largest frame: 0 or wrong
+    last_syncs = collections.deque(
+        (sync.start() for sync in _SYNC.finditer(part, first, end)), maxlen=_MAX_SYNCS
+    )
     headers = (
         (offset, header)
         for offset in reversed(last_syncs)
         if (header := _frame_header(part, offset)) is not None
     )
-    closing_crc = int.from_bytes(part[-2:], "big")
+    closing_crc = int.from_bytes(part[end - 2 : end], "big")
     for offset, (number, samples) in itertools.islice(headers, _MAX_HEADERS):
-        if _crc16(part[offset:-2]) == closing_crc:  # the file's last frame, whole
-            total = (number if part[offset + 1] & 0x01 else number * block_size) + samples
-            patched = bytearray(part)
-            patched[_TOTAL_AT] = (patched[_TOTAL_AT] & 0xF0) | (total >> 32 & 0x0F)
-            patched[_TOTAL_AT + 1 : _TOTAL_AT + 5] = (total & 0xFFFFFFFF).to_bytes(4, "big")
-            return bytes(patched)
-    return part
+        if end - offset > 2 and _crc16(part[offset : end - 2]) == closing_crc:
+            return offset, number, samples
+    return None
 
 
 def _frame_header(data: bytes, offset: int) -> tuple[int, int] | None:

@@ -83,11 +83,11 @@ def frames(data: bytes, offset: int) -> Iterator[tuple[int, FrameHeader]]:
 
 
 def frames_may_follow(data: bytes, start: int, end: int) -> bool:
-    """Whether a whole frame may begin anywhere in ``data[start:end]``, where a decoder resynchronising
-    would find more audio; also where more places than are worth checking look like one."""
-    for n, sync in enumerate(_SYNC.finditer(data, start, end)):
-        header = header_at(data, sync.start())
-        if n == _MAX_SYNCS or (header is not None and sync.start() + header.length <= len(data)):
+    """Whether frames follow one another anywhere in ``data[start:end]`` (two of one format, whole), where
+    a decoder resynchronising would find more audio. Past the places worth checking, none is assumed."""
+    for sync in itertools.islice(_SYNC.finditer(data, start, end), _MAX_SYNCS):
+        chain = [header for _, header in itertools.islice(frames(data, sync.start()), 2)]
+        if len(chain) == 2 and chain[0].same_format(chain[1]):
             return True
     return False
 
@@ -95,9 +95,7 @@ def frames_may_follow(data: bytes, start: int, end: int) -> bool:
 def first_frame(data: bytes) -> int | None:
     """Where, within the data's first bytes, three frames of one format first follow one another (a
     stream captured from the middle of a frame begins there), or None."""
-    for n, sync in enumerate(_SYNC.finditer(data, 0, _RESYNC_BYTES)):
-        if n == _MAX_SYNCS:
-            break
+    for sync in itertools.islice(_SYNC.finditer(data, 0, _RESYNC_BYTES), _MAX_SYNCS):
         chain = [header for _, header in itertools.islice(frames(data, sync.start()), 3)]
         if len(chain) == 3 and all(chain[0].same_format(header) for header in chain):
             return sync.start()

@@ -303,6 +303,54 @@ def test_what_follows_the_last_frame_neither_breaks_nor_cuts_an_mp3() -> None:
         assert _pitch(decoded[-2 * SAMPLE_RATE :]) == pytest.approx(440, abs=5), name
 
 
+def test_fragments_junk_and_tags_without_a_header_after_mp3s() -> None:
+    """The first 300 bytes of another headed file (its Xing frame and little else), an APE tag that has
+    only its footer between files, 0xFF bytes and random junk after a file that states no length."""
+    quiet = _loud_then_quiet()
+    vbr, bare = _vbr_mp3(quiet), _without_info_frame(_vbr_mp3(quiet))
+    cases = {
+        "the start of another headed file": vbr + vbr[:300],
+        "a footer-only APE tag between files": bare + _ape_tag(b"x" * 40, header=False) + bare,
+        "0xFF bytes": bare + b"\xff" * 5000,
+        "random junk": bare + np.random.default_rng(1).bytes(20_000),
+    }
+    for name, data in cases.items():
+        seconds = 20.0 if "between" in name else 10.0
+        decoded = decode_audio(data, 60)
+        assert len(decoded) / SAMPLE_RATE == pytest.approx(seconds, abs=0.15), name
+        assert _pitch(decoded[-2 * SAMPLE_RATE :]) == pytest.approx(440, abs=5), name
+
+
+def _flac(samples: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, SAMPLE_RATE, format="FLAC")
+    return buffer.getvalue()
+
+
+def test_flacs_with_metadata_and_tags_as_taggers_leave_them() -> None:
+    """A whole FLAC file inside a metadata block (an application's, a picture's) is no second file; a
+    second file's header without frames is no file; a FLAC stating no length is read through an ID3v2
+    tag in front, an ID3v1 tag behind, and a STREAMINFO whose block sizes are wrong."""
+    tone = _flac(_tone(440, 3.0))
+    inner = _flac(_tone(880, 0.5))
+    # An APPLICATION block (type 2) after STREAMINFO, taking over its "last block" flag if it had it.
+    application = bytes([0x02 | tone[4] & 0x80]) + (4 + len(inner)).to_bytes(3, "big") + b"riff" + inner
+    with_block = tone[:4] + bytes([tone[4] & 0x7F]) + tone[5:42] + application + tone[42:]
+    no_length = _flac_stating_no_length(_tone(440, 3.0), SAMPLE_RATE)
+    wrong_sizes = no_length[:8] + bytes(4) + no_length[12:]  # smallest and largest block size 0
+    cases = {
+        "a FLAC inside a metadata block": with_block,
+        "the header of another file": tone + _flac(_tone(880, 1.0))[:42],
+        "no length, ID3v2 in front": _id3_tag("t") + no_length,
+        "no length, ID3v1 behind": no_length + b"TAG" + bytes(125),
+        "no length, block sizes 0": wrong_sizes,
+    }
+    for name, data in cases.items():
+        decoded = decode_audio(data, 60)
+        assert len(decoded) / SAMPLE_RATE == pytest.approx(3.0, abs=0.01), name
+        assert _pitch(decoded[-12_000:]) == pytest.approx(440, abs=5), name
+
+
 def test_a_xing_frame_holds_its_tag_where_the_first_frame_is_too_small() -> None:
     """At 8 kbit/s and 24 kHz a frame is 24 bytes, short of the 25 that a Xing tag needs after a mono
     MPEG-2 frame's side information: the header frame takes the lowest bitrate that holds it."""
