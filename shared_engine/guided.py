@@ -144,3 +144,12 @@ def _of_type(node: dict[str, Any], kind: str, keywords: frozenset[str]) -> bool:
     if declared is None:
         return bool(keywords & node.keys())
     return declared == kind or (isinstance(declared, list) and kind in declared)
+
+
+def json_grammar(spec: str) -> str:
+    """The grammar (EBNF) the engine holds a JSON schema's answers to, in the form they take on their
+    own: one line, ", " and ": " between items; strict where strict mode takes the schema."""
+    try:
+        return str(xgr.Grammar.from_json_schema(spec, any_whitespace=False))
+    except Exception:
+        return str(xgr.Grammar.from_json_schema(spec, any_whitespace=False, strict_mode=False))

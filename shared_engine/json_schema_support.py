@@ -96,8 +96,10 @@ def unsupported_feature(schema: Any) -> str | None:
 
 
 def patterns(schema: Any) -> Iterator[str]:
-    """Every ``pattern`` in ``schema``: one the engine cannot read as a regular expression (a lookahead)
-    it would ignore, leaving any string through."""
+    """Every ``pattern`` in ``schema``, and every ``patternProperties`` name pattern: one the engine cannot
+    read as a regular expression (a lookahead) it would ignore, leaving any string through."""
     for node in schema_objects(schema):
         if isinstance(node.get("pattern"), str):
             yield node["pattern"]
+        if isinstance(node.get("patternProperties"), dict):
+            yield from (key for key in node["patternProperties"] if isinstance(key, str))

@@ -83,9 +83,9 @@ def _message(result: ChoiceResult, plan: ToolPlan) -> tuple[AssistantMessage, st
     text = "".join(result.text)
     if not plan.active:
         return AssistantMessage(role="assistant", content=text), result.finish_reason
-    parsed = parse_all(text)
+    parsed = parse_all(text, plan.calls_or_answer)
     if not parsed.calls:  # the content as streamed: without a call's markup cut off unfinished
-        return AssistantMessage(role="assistant", content=parsed.content), result.finish_reason
+        return AssistantMessage(role="assistant", content=parsed.content or None), result.finish_reason
     calls = [
         ToolCall(id=c.id or "", function=FunctionCall(name=c.name or "", arguments=c.arguments))
         for c in parsed.calls

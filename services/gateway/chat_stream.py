@@ -61,7 +61,7 @@ async def stream_chat(
     plan: ToolPlan,
     prompt_tokens: int,
 ) -> AsyncIterator[bytes]:
-    parsers = [ToolCallParser() if plan.active else None for _ in range(body.num_choices)]
+    parsers = [ToolCallParser(plan.calls_or_answer) if plan.active else None for _ in range(body.num_choices)]
     tally = UsageTally(prompt_tokens={0: prompt_tokens})
     for i in range(body.num_choices):
         role = {"role": "assistant", "content": None if plan.active else ""}

@@ -20,7 +20,7 @@ from pipelines.llm.tool_prompt import ARGUMENTS_HEAD, CALL_HEAD, CALL_TAIL, TOOL
 from services.gateway.constraints import checked
 from services.gateway.tool_schemas import Tool, ToolChoice, ToolChoiceFunction
 from shared_engine.errors import InvalidRequest
-from shared_engine.guided import GuidedDecoding, GuidedKind, strict_mode_form
+from shared_engine.guided import GuidedDecoding, GuidedKind, json_grammar, strict_mode_form
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
@@ -35,6 +35,7 @@ class ToolPlan:
     tools: list[dict[str, Any]] = field(default_factory=list)
     guided: GuidedDecoding | None = None
     named: bool = False
+    calls_or_answer: bool = False  # the grammar allows calls or an answer in a format, not both
 
     @property
     def active(self) -> bool:
@@ -52,11 +53,11 @@ def _function(tool: Tool, i: int) -> dict[str, Any]:
         raise InvalidRequest(
             f"tools[{i}]: function name {f.name!r} must be 1-64 letters, digits, '_', '-' or '.'", param=param
         )
-    parameters = NO_PARAMETERS if not f.parameters else f.parameters
-    if parameters.get("type", "object") != "object":
+    parameters = _object_schema(f.parameters)
+    if parameters is None:
         raise InvalidRequest(
             f"tools[{i}] ({f.name}): parameters must be a JSON schema of type 'object' (a call's arguments "
-            f"are a JSON object); got type {parameters['type']!r}",
+            f"are a JSON object): give 'type': 'object' or 'properties'; got {json.dumps(f.parameters)[:99]}",
             param=param,
         )
     try:
@@ -67,6 +68,22 @@ def _function(tool: Tool, i: int) -> dict[str, Any]:
     if f.description:
         out["description"] = f.description
     return out
+
+
+def _object_schema(parameters: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A function's parameters as a schema of type object (absent or {}: no arguments), or None where
+    they may describe something else (a string, an enum, a reference)."""
+    if not parameters:
+        return NO_PARAMETERS
+    declared = parameters.get("type")
+    if declared in ("object", ["object"]):
+        return {**parameters, "type": "object"}
+    if declared is None and "properties" in parameters and not _ALTERNATIVES & parameters.keys():
+        return {"type": "object", **parameters}
+    return None
+
+
+_ALTERNATIVES = frozenset({"anyOf", "oneOf", "allOf", "$ref", "enum", "const"})
 
 
 class OffersTools(Protocol):
@@ -126,10 +143,10 @@ def _json(schema: Any) -> dict[str, Any]:
 
 def _answer(guided: GuidedDecoding) -> dict[str, Any]:
     """The structural-tag form of an output constraint: what an answer that calls no tool follows."""
-    if guided.kind is GuidedKind.JSON_SCHEMA:
-        return _json(json.loads(guided.spec))
+    if guided.kind is GuidedKind.JSON_SCHEMA:  # on one line, as the same schema's answer without tools
+        return {"type": "grammar", "grammar": json_grammar(guided.spec)}
     if guided.kind is GuidedKind.JSON_OBJECT:
-        return _json({"type": "object"})
+        return {"type": "grammar", "grammar": json_grammar('{"type": "object"}')}
     if guided.kind is GuidedKind.REGEX:
         return {"type": "regex", "pattern": guided.spec}
     if guided.kind is GuidedKind.CHOICE:
@@ -183,4 +200,5 @@ def plan_tools(body: OffersTools, answer: GuidedDecoding | None = None) -> ToolP
     guided = GuidedDecoding(GuidedKind.STRUCTURAL_TAG, spec)
     checked(guided, "tools")
     named = choice not in ("auto", "required")
-    return ToolPlan([{"type": "function", "function": f} for f in functions], guided, named)
+    offered = [{"type": "function", "function": f} for f in functions]
+    return ToolPlan(offered, guided, named, calls_or_answer=choice == "auto" and answer is not None)

@@ -49,6 +49,7 @@ class _State(Enum):
     HEADER = 1  # after <tool_call>, before the arguments
     ARGUMENTS = 2
     CALL_END = 3  # after the arguments, before </tool_call>
+    ANSWER = 4  # an answer in a format, which holds no call: content to its end
 
 
 def _held_back(text: str, marker: str) -> int:
@@ -98,7 +99,12 @@ class _ValueScan:
 
 
 class ToolCallParser:
-    def __init__(self) -> None:
+    """``calls_or_answer``: the grammar lets the model either call (from the answer's start) or answer in
+    a format (tools with a ``response_format``), so an answer that does not begin with a call is content
+    whole, whatever it holds ("<tool_call>" in a JSON string, a "<" of a regex)."""
+
+    def __init__(self, calls_or_answer: bool = False) -> None:
+        self.calls_or_answer = calls_or_answer
         self.state = _State.TEXT
         self.pending = ""  # text not yet given out
         self.value = _ValueScan()  # ARGUMENTS: where the arguments given out so far stand
@@ -119,6 +125,16 @@ class ToolCallParser:
 
     def _advance(self, out: Pieces) -> bool:
         """One transition if the pending text allows it; True when the state changed."""
+        if self.state is _State.ANSWER:
+            self._content(out, self.pending)
+            self.pending = ""
+            return False
+        if self.state is _State.TEXT and self.calls_or_answer and not self.num_calls:
+            if TOOL_CALL_BEGIN.startswith(self.pending):  # a call may yet begin
+                return False
+            if not self.pending.startswith(TOOL_CALL_BEGIN):
+                self.state = _State.ANSWER
+                return True
         if self.state is _State.TEXT:
             if self.after_call:  # the line breaks between and after calls are not content
                 self.pending = self.pending.lstrip()
@@ -179,7 +195,8 @@ class ToolCallParser:
         """At the end (the answer was cut short): the arguments stay as written; the start of a call's
         markup is dropped, and so is its end; text held back in case it began a call is content only
         where no call could begin (right after a word, as in "a<")."""
-        if self.state is _State.TEXT and not self.may_call:
+        undecided = self.calls_or_answer and not self.num_calls  # an answer such as "<" of a choice
+        if self.state is _State.TEXT and (not self.may_call or undecided):
             out.content += self.pending
         self.pending = ""
 
@@ -191,9 +208,9 @@ class ParsedCalls:
     num_complete: int
 
 
-def parse_all(text: str) -> ParsedCalls:
+def parse_all(text: str, calls_or_answer: bool = False) -> ParsedCalls:
     """The whole text at once: content, and each call with its id, name and complete arguments."""
-    parser = ToolCallParser()
+    parser = ToolCallParser(calls_or_answer)
     pieces = parser.feed(text, final=True)
     calls: list[ToolCallDelta] = []
     for piece in pieces.calls:

@@ -223,7 +223,14 @@ def _schema_format(schema: Any) -> dict[str, Any]:
             "function.name is required",
         ),
         (
-            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"not": {}}}}]},
+            {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {"name": "f", "parameters": {"type": "object", "not": {}}},
+                    }
+                ]
+            },
             "tools",
             "tools[0] (f) parameters",
         ),

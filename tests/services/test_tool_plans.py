@@ -13,6 +13,7 @@ import xgrammar as xgr
 from pipelines.llm.tool_prompt import format_call
 from services.gateway.schemas import ChatCompletionRequest
 from services.gateway.tool_calls import plan_tools
+from services.gateway.tool_parser import ToolCallParser, parse_all
 from services.gateway.tool_schemas import FunctionDefinition, NamedFunction, Tool, ToolChoiceFunction
 from shared_engine.errors import InvalidRequest
 from shared_engine.guided import GuidedDecoding, GuidedKind
@@ -44,6 +45,9 @@ def test_auto_with_a_response_format_allows_calls_or_an_answer_in_that_format() 
     assert accepts(request(), CALL, schema)
     assert accepts(request(), '{"name": "Lima", "population": 10000000}', schema)
     assert not accepts(request(), '{"name": "Lima"}', schema)  # the answer follows the schema
+    assert not accepts(
+        request(), '{\n"name": "Lima", "population": 1}', schema
+    )  # on one line, as without tools
     assert not accepts(request(), "It is sunny in Paris.", schema)  # free text is no answer here
     assert accepts(request(), "It is sunny in Paris.")  # without a response_format it is
     choice = GuidedDecoding.choice(["yes", "no"])
@@ -59,7 +63,16 @@ def test_a_required_or_named_call_ignores_the_response_format() -> None:
         assert not accepts(request(choice), '{"name": "Lima", "population": 1}', schema)
 
 
-@pytest.mark.parametrize("parameters", [{"type": "string"}, {"type": "array", "items": {}}])
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {"type": "string"},
+        {"type": "array", "items": {}},
+        {"enum": ["a", "b"]},
+        {"anyOf": [{"type": "string"}]},
+        {"$ref": "#/$defs/S", "$defs": {"S": {"type": "string"}}},
+    ],
+)
 def test_parameters_must_describe_an_object(parameters: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequest, match="parameters must be a JSON schema of type 'object'") as info:
         plan_tools(request(parameters=parameters))
@@ -89,3 +102,27 @@ def test_parameters_strict_mode_refuses_are_held_to_as_json_schema_reads_them() 
     body = request("required", parameters=loose_array)
     assert accepts(body, format_call("get_weather", '{"tags": ["a", 1]}'))
     assert not accepts(body, format_call("get_weather", '{"tags": ["a"]}'))
+
+
+def test_parameters_without_a_type_or_with_a_list_of_one_are_an_object() -> None:
+    for parameters in ({"properties": {"a": {"type": "integer"}}}, {"type": ["object"], "properties": {}}):
+        body = request("required", parameters=parameters)
+        assert accepts(body, format_call("get_weather", '{"a": 1}' if "type" not in parameters else "{}"))
+        assert not accepts(body, format_call("get_weather", '"a"'))
+
+
+@pytest.mark.parametrize(
+    "answer", ['{"html": "a <tool_call> b"}', "<", "3 < 5 <", '{"text": "</tool_call>"}', "<tool"]
+)
+@pytest.mark.parametrize("size", [1, 3, 1000])
+def test_an_answer_in_a_format_beside_tools_is_content_whole(answer: str, size: int) -> None:
+    """Where the grammar allows calls or an answer (tools with a response_format), an answer that does
+    not begin with a call is content as it stands, streamed in pieces or parsed whole."""
+    parsed = parse_all(answer, calls_or_answer=True)
+    assert parsed.content == answer and not parsed.calls
+    parser = ToolCallParser(calls_or_answer=True)
+    pieces = [parser.feed(answer[i : i + size]) for i in range(0, len(answer), size)]
+    pieces.append(parser.feed("", final=True))
+    assert "".join(p.content for p in pieces) == answer and not any(p.calls for p in pieces)
+    call = parse_all(CALL, calls_or_answer=True)
+    assert call.content == "" and [c.name for c in call.calls] == ["get_weather"]

@@ -81,6 +81,15 @@ IGNORED = [
     ("'multipleOf' except", {"type": "number", "multipleOf": 2}, "3"),
     ("'pattern' '^(?=", {"type": "string", "pattern": "^(?=[0-9])[a-z0-9]{1,6}$"}, '"abc"'),
     ("'pattern' '^(?!", {"type": "string", "pattern": "^(?!x)[a-z]{1,5}$"}, '"xyz"'),
+    (
+        "'pattern' '^(?!x)[a-z]+$'",
+        {
+            "type": "object",
+            "patternProperties": {"^(?!x)[a-z]+$": {"type": "integer"}},
+            "additionalProperties": False,
+        },
+        '{"xa": 1}',
+    ),
     ("a $ref to an anchor", {"$defs": {"I": {"$anchor": "int", "type": "integer"}}, "$ref": "#int"}, '"x"'),
 ]
 
