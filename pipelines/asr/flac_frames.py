@@ -30,8 +30,8 @@ _MAX_HEADERS = 4
 
 def with_flac_length(part: bytes) -> bytes:
     """``part`` with the total sample count its last frame implies, where it is a FLAC file stating 0;
-    else (another file, a stated length, no last frame found whole, block sizes it states wrong)
-    ``part`` itself."""
+    else (another file, a stated length, no last frame found whole, fixed blocks without a first frame
+    numbered 0 to size them by) ``part`` itself."""
     start = audio_start(part)  # past an ID3v2 tag in front, which some taggers add
     total_at = start + _TOTAL_AT
     if not _is_flac(part, start) or part[total_at] & 0x0F or any(part[total_at + 1 : total_at + 5]):
