@@ -151,7 +151,6 @@ def test_tools_with_a_response_format_call_a_tool_or_answer_in_it(
 ) -> None:
     """OpenAI's API takes both (the Agents SDK sends both for an agent with tools and an output type):
     the model either calls a tool or answers in the schema, and parse() reads either."""
-    ways = set()
     for seed in range(6):
         message = (
             client.chat.completions.parse(
@@ -169,11 +168,8 @@ def test_tools_with_a_response_format_call_a_tool_or_answer_in_it(
         )
         if message.tool_calls:
             assert isinstance(message.tool_calls[0].function.parsed_arguments, Add)
-            ways.add("call")
         else:
             assert isinstance(message.parsed, Sum)
-            ways.add("answer")
-    assert ways  # which of the two a 135M model picks is its own affair
 
 
 def test_parameters_that_are_no_object_are_refused(client: openai.OpenAI, model_id: str) -> None:
