@@ -92,7 +92,8 @@ async def run_bounded(
 ) -> None:
     """Run a request under ``bound``; if the bound expires, its work is cancelled and the caller gets
     ``late()``: as the whole answer when nothing was sent yet, as a stream's last event when one is under
-    way (a body already complete stands)."""
+    way (a body already complete stands). An answer cut after its 200 was sent is logged and counted with
+    the error's status."""
     started = streaming = finished = False
 
     async def tracking_send(message: Message) -> None:
@@ -113,9 +114,13 @@ async def run_bounded(
             raise
         if not started:
             await send_error(send, late())
-        elif streaming and not finished:
-            body = event(error_body(late())[1]) + DONE
-            await send({"type": "http.response.body", "body": body, "more_body": False})
+        elif not finished:
+            status, body = error_body(late())
+            ctx = request_context.current()
+            if ctx is not None:
+                ctx.cut_status = status
+            if streaming:
+                await send({"type": "http.response.body", "body": event(body) + DONE, "more_body": False})
 
 
 def deadline_middleware(policy: DeadlinePolicy) -> Callable[[ASGIApp], ASGIApp]:

@@ -18,8 +18,14 @@ CLIENT_CLOSED = 499  # the status logs and metrics record for a request whose cl
 
 
 def reported_status(status: int) -> int:
-    """The status to log and count for the current request: 499 when its client left first."""
-    return CLIENT_CLOSED if client_left() else status
+    """The status to log and count for the current request: 499 when its client left first; the error's
+    status (504, 503) when a deadline or a shutdown cut short an answer whose 200 was already sent."""
+    ctx = request_context.current()
+    if ctx is None:
+        return status
+    if ctx.client_gone:
+        return CLIENT_CLOSED
+    return ctx.cut_status or status
 
 
 def client_left() -> bool:

@@ -21,6 +21,7 @@ class RequestContext:
     inference_s: float = 0.0  # in forwards, from the first scheduled step to the last output
     deadline: float | None = None  # time.monotonic() by which the request must be answered
     client_gone: bool = False  # the client disconnected before the answer was complete
+    cut_status: int | None = None  # the error status of a deadline or shutdown that cut a sent answer short
 
     def add_timing(self, queue_s: float, inference_s: float) -> None:
         self.queue_s += max(queue_s, 0.0)

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.helpers.api import error_of
+from tests.helpers.prometheus import scrape, total
 
 LONG = {"messages": [{"role": "user", "content": "Count to ten thousand."}], "max_tokens": 4000,
         "ignore_eos": True, "temperature": 0}  # fmt: skip
@@ -28,8 +29,13 @@ def test_a_request_past_its_deadline_is_answered_504(http: httpx.Client, model_i
     assert 1.4 < elapsed < 10, elapsed  # 4,000 tokens would take minutes here
 
 
+def _chat_requests(http: httpx.Client, status: str) -> float:
+    return total(scrape("/metrics", http), "mmserve:requests_total", task="chat", status=status)
+
+
 def test_a_stream_past_its_deadline_ends_with_an_error_event(http: httpx.Client, model_id: str) -> None:
     body = {**LONG, "model": model_id, "stream": True}
+    timed_out_before, ok_before = _chat_requests(http, "504"), _chat_requests(http, "200")
     events: list[str] = []
     deadline = {"X-Request-Timeout": "2"}
     with http.stream("POST", "/v1/chat/completions", json=body, headers=deadline) as response:
@@ -39,6 +45,12 @@ def test_a_stream_past_its_deadline_ends_with_an_error_event(http: httpx.Client,
     last = json.loads(events[-2])
     assert last["error"]["code"] == "deadline_exceeded"
     assert any("choices" in json.loads(e) for e in events[:-2]), "no token arrived before the deadline"
+    # Its 200 went out with the first token, but the request did not finish: counted (and logged) as a 504.
+    wait = time.monotonic() + 10
+    while _chat_requests(http, "504") == timed_out_before and time.monotonic() < wait:
+        time.sleep(0.1)
+    assert _chat_requests(http, "504") == timed_out_before + 1
+    assert _chat_requests(http, "200") == ok_before
 
 
 def test_the_model_serves_again_at_once_after_a_deadline(http: httpx.Client, model_id: str) -> None:
