@@ -14,14 +14,18 @@ from typing import Any
 from transformers import AutoConfig, AutoTokenizer
 
 from pipelines.embedding.pooling import read_recipe
+from pipelines.token_prefix import leading_ids, longest_token_chars
 from shared_engine.errors import InvalidRequest
 
 
 class InputTooLong(InvalidRequest):
-    def __init__(self, index: int, tokens: int, limit: int) -> None:
+    """``tokens``: how many the input has, or None when it was tokenized only far enough to tell that it
+    has more than ``limit``."""
+
+    def __init__(self, index: int, tokens: int | None, limit: int) -> None:
+        count = "more tokens than" if tokens is None else f"{tokens} tokens, more than"
         super().__init__(
-            f"input {index} has {tokens} tokens, more than this model's limit of {limit}; shorten it or "
-            "send truncate: true",
+            f"input {index} has {count} this model's limit of {limit}; shorten it or send truncate: true",
             param="input",
         )
 
@@ -36,6 +40,7 @@ class EmbeddingTokenizer:
         window = int(config.max_position_embeddings)
         recipe = read_recipe(folder)
         self.max_input_tokens = min(recipe.max_seq_length or window, window)
+        self._longest_token = longest_token_chars(self.tokenizer)
         self.dimensions = int(config.hidden_size)
 
     @property
@@ -48,8 +53,17 @@ class EmbeddingTokenizer:
 
     def tokenize(self, texts: Sequence[str], truncate: bool = False) -> list[list[int]]:
         with self._lock:
-            encoded: list[list[int]] = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
-        return [self._fit(i, ids, truncate, keep_last=True) for i, ids in enumerate(encoded)]
+            leading = leading_ids(self._encode_batch, texts, self.max_input_tokens, self._longest_token)
+        out = []
+        for i, lead in enumerate(leading):
+            if not lead.whole and not truncate:
+                raise InputTooLong(i, None, self.max_input_tokens)
+            out.append(self._fit(i, lead.ids, truncate, keep_last=True))
+        return out
+
+    def _encode_batch(self, texts: list[str]) -> list[list[int]]:
+        encoded: list[list[int]] = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        return encoded
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """All of ``text``'s tokens, however many (a count, not an input to embed)."""

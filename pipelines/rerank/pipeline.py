@@ -17,6 +17,7 @@ from pipelines.rerank.prompts import PairInput, RerankTokenizer, resolve_method
 from shared_engine.compute import compute_lane
 from shared_engine.device import resolve_device, resolve_dtype
 from shared_engine.micro_batcher import BatchObserver, BatchStats, MicroBatchConfig, MicroBatcher
+from shared_engine.offload import off_the_loop_if_large
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,8 @@ class RerankPipeline:
         return self.text.encode(query, list(documents))
 
     async def score(self, query: str, documents: Sequence[str]) -> RerankScores:
-        pairs = self.encode(query, documents)
+        size = len(query) + sum(len(d) for d in documents)
+        pairs = await off_the_loop_if_large(size, lambda: self.encode(query, documents))
         scores = await self.batcher.submit(pairs)
         return RerankScores(scores, sum(len(p.ids) for p in pairs))
 

@@ -17,12 +17,14 @@ The tokenizer alone, without the weights, so that the same encoding serves where
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, AutoTokenizer
 
+from pipelines.token_prefix import Leading, leading_ids, longest_token_chars
 from shared_engine.errors import InvalidRequest
 
 METHODS = ("auto", "cross_encoder", "yes_no", "query_likelihood")
@@ -94,6 +96,10 @@ class RerankTokenizer:
         self.method = method
         wanted = max_input_tokens or DEFAULT_MAX_INPUT_TOKENS
         self.max_input_tokens = min(wanted, model_window(folder, self.tokenizer))
+        self._longest_token = longest_token_chars(self.tokenizer)
+        # Large requests are tokenized on worker threads; a fast tokenizer shared between threads can refuse
+        # a call while another holds it ("Already borrowed").
+        self._lock = threading.Lock()
         if method == "cross_encoder":
             self.head: list[int] = []
             self.between: list[int] = []
@@ -104,6 +110,13 @@ class RerankTokenizer:
     def _encode(self, text: str) -> list[int]:
         ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids
+
+    def _encode_batch(self, texts: list[str]) -> list[list[int]]:
+        ids: list[list[int]] = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return ids
+
+    def _leading(self, texts: list[str], n: int) -> list[Leading]:
+        return leading_ids(self._encode_batch, texts, n, self._longest_token)
 
     def _template_parts(self) -> tuple[list[int], list[int], list[int]]:
         """The chat template rendered once around placeholders, cut into the token ids before the first
@@ -132,13 +145,18 @@ class RerankTokenizer:
     def encode(self, query: str, documents: list[str]) -> list[PairInput]:
         """One input per document, each within ``max_input_tokens`` (passages are cut to fit; a query
         that leaves no room for any passage is refused)."""
-        if self.method == "cross_encoder":
-            return self._encode_pairs(query, documents)
-        query_ids = self._encode(query)
+        with self._lock:
+            if self.method == "cross_encoder":
+                return self._encode_pairs(query, documents)
+            return self._encode_prompts(query, documents)
+
+    def _encode_prompts(self, query: str, documents: list[str]) -> list[PairInput]:
+        (lead,) = self._leading([query], self.max_input_tokens)
+        query_ids = lead.ids
         fixed = len(self.head) + len(self.between) + len(self.tail) + len(query_ids)
         room = self.max_input_tokens - fixed
-        self._check_room(room, len(query_ids))
-        docs = [ids[:room] for ids in self.tokenizer(documents, add_special_tokens=False)["input_ids"]]
+        self._check_room(room, lead)
+        docs = [d.ids[:room] for d in self._leading(documents, room)]
         if self.method == "yes_no":
             return [PairInput(self.head + query_ids + self.between + d + self.tail) for d in docs]
         pairs = []
@@ -148,12 +166,12 @@ class RerankTokenizer:
         return pairs
 
     def _encode_pairs(self, query: str, documents: list[str]) -> list[PairInput]:
-        query_ids = self._encode(query)
-        specials = self.tokenizer.num_special_tokens_to_add(pair=True)
-        self._check_room(self.max_input_tokens - specials - len(query_ids), len(query_ids))
+        (lead,) = self._leading([query], self.max_input_tokens)
+        room = self.max_input_tokens - self.tokenizer.num_special_tokens_to_add(pair=True) - len(lead.ids)
+        self._check_room(room, lead)
         encoded = self.tokenizer(
             [query] * len(documents),
-            documents,
+            [d.text for d in self._leading(documents, room)],  # each passage's text as far as it can be read
             truncation="only_second",
             max_length=self.max_input_tokens,
             return_token_type_ids=True,
@@ -164,12 +182,13 @@ class RerankTokenizer:
             pairs.append(PairInput(list(ids), mark=second))
         return pairs
 
-    def _check_room(self, room: int, query_tokens: int) -> None:
-        if query_tokens == 0:  # query likelihood would average over no tokens
+    def _check_room(self, room: int, query: Leading) -> None:
+        if not query.ids:  # query likelihood would average over no tokens
             raise InvalidRequest("the query has no tokens", param="query")
         if room < 1:
+            count = f"{len(query.ids)} tokens" if query.whole else f"more than {self.max_input_tokens} tokens"
             raise InvalidRequest(
-                f"the query has {query_tokens} tokens, which leaves no room for a passage within this "
-                f"reranker's limit of {self.max_input_tokens} tokens; shorten it",
+                f"the query has {count}, which leaves no room for a passage within this reranker's limit "
+                f"of {self.max_input_tokens} tokens; shorten it",
                 param="query",
             )

@@ -23,7 +23,6 @@ from services.gateway.generation import (
     token_namer,
     truncated_prompt,
 )
-from services.gateway.offload import off_the_loop_if_large, text_size
 from services.gateway.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -36,6 +35,7 @@ from services.gateway.tool_parser import parse_all
 from services.gateway.tool_schemas import FunctionCall, ToolCall
 from services.registry import Chat
 from shared_engine.errors import InvalidRequest
+from shared_engine.offload import off_the_loop_if_large, text_size
 
 
 def _text(m: ChatMessage, i: int) -> str:

@@ -21,7 +21,6 @@ from services.gateway.generation import (
     token_namer,
     truncated_prompt,
 )
-from services.gateway.offload import off_the_loop_if_large, text_size
 from services.gateway.schemas import (
     Completion,
     CompletionChoice,
@@ -32,6 +31,7 @@ from services.gateway.schemas import (
 from services.registry import Chat
 from shared_engine.async_engine import GroupOutputs
 from shared_engine.errors import ContextLengthExceeded, InvalidRequest
+from shared_engine.offload import off_the_loop_if_large, text_size
 from shared_engine.outputs import TokenLogprob
 
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from services.gateway.offload import off_the_loop_if_large, text_size
 from services.gateway.schemas import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
 from services.registry import Embeddings
 from shared_engine.errors import InvalidRequest
+from shared_engine.offload import off_the_loop_if_large, text_size
 
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 

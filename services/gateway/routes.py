@@ -16,7 +16,6 @@ from services.errors import ModelNotFound
 from services.gateway import chat, completions, embeddings, tokenization
 from services.gateway.api_docs import EVENT_STREAM, SERVICE_ERRORS, errors, operation, sse_events
 from services.gateway.lifecycle import Lifecycle
-from services.gateway.offload import off_the_loop_if_large, text_size
 from services.gateway.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -37,6 +36,7 @@ from services.gateway.tokenize_schemas import (
 from services.registry import ModelRegistry
 from services.rpc.clients import RemoteTTSService
 from services.tasks.tts import TTSService
+from shared_engine.offload import off_the_loop_if_large, text_size
 
 Registry = NamedDependency[ModelRegistry]
 

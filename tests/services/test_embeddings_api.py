@@ -311,6 +311,15 @@ def test_too_long_message_names_the_limit_and_truncate(http: httpx.Client) -> No
     assert "truncate" in error["message"]
 
 
+def test_a_huge_input_is_refused_without_reading_it_all(http: httpx.Client) -> None:
+    """8 MB of text: only as much is tokenized as shows it is over the limit, so the count is a bound."""
+    error = error_of(post(http, input=["short", "word " * 1_600_000]), 400)
+    assert error["message"].startswith(f"input 1 has more tokens than this model's limit of {MAX_TOKENS}")
+    (cut,) = vectors_of(post(http, input="word " * 1_600_000, truncate=True))
+    (window,) = vectors_of(post(http, input="word " * (MAX_TOKENS - 2)))
+    assert_same(cut, window)
+
+
 @pytest.mark.parametrize("model", ["no-such-model", CHAT_MODEL, ""])
 def test_unknown_or_chat_model_is_404(http: httpx.Client, model: str) -> None:
     error = error_of(http.post("/v1/embeddings", json={"model": model, "input": "hi"}), 404)

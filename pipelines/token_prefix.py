@@ -1,0 +1,56 @@
+"""Tokenizing no more of a text than a model's window can use.
+
+An encoder reads a few hundred tokens of each input, but a request may carry megabytes of text:
+tokenizing all of it to keep (or refuse past) the first few hundred took a minute and gigabytes for a
+20 MB input. No token spans more characters than the vocabulary's longest entry (its byte-level or
+``##`` spelling is at least as long as the text it covers), so a prefix of ``(n + MARGIN_TOKENS)`` times
+that many characters holds at least ``n + MARGIN_TOKENS`` tokens — unless the tokenizer drops characters
+(accents, control characters) or folds a long word into one ``[UNK]``. So the prefix is tokenized, and
+kept when it does hold that many; otherwise a prefix twice as long is tried, up to the whole text. Only
+the last few tokens of a prefix can differ from the whole text's (a word cut in two), which the margin
+keeps clear of the ``n`` that count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MARGIN_TOKENS = 16
+
+
+def longest_token_chars(tokenizer: Any) -> int:
+    """Characters in the vocabulary's longest entry (added tokens included)."""
+    return max(len(token) for token in tokenizer.get_vocab())
+
+
+@dataclass(frozen=True)
+class Leading:
+    """The ids of ``text``: all of its ids when ``whole``, else the ids of a prefix of it whose first
+    ``n`` are the whole text's first ``n`` and which holds more than ``n`` (so the whole text does too)."""
+
+    ids: list[int]
+    text: str
+    whole: bool
+
+
+def leading_ids(
+    encode: Callable[[list[str]], list[list[int]]], texts: Sequence[str], n: int, longest_token: int
+) -> list[Leading]:
+    """For each of ``texts``, at least its first ``n`` ids as ``encode`` gives them for the whole text
+    (``encode`` tokenizes a batch; what it adds around each text, such as ``[CLS]``, counts in ``n``)."""
+    span = (n + MARGIN_TOKENS) * max(longest_token, 1)
+    found: dict[int, Leading] = {}
+    pending = list(range(len(texts)))
+    while pending:
+        prefixes = [texts[i][:span] for i in pending]
+        still = []
+        for i, prefix, ids in zip(pending, prefixes, encode(prefixes), strict=True):
+            whole = len(prefix) == len(texts[i])
+            if whole or len(ids) >= n + MARGIN_TOKENS:
+                found[i] = Leading(ids, prefix, whole)
+            else:
+                still.append(i)
+        pending, span = still, 2 * span
+    return [found[i] for i in range(len(texts))]
