@@ -38,12 +38,14 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Segment:
     """Tokens of one sequence to run through the model: ``token_ids`` at positions ``start``…,
-    their keys and values written into the slots of ``block_ids``."""
+    their keys and values written into the slots of ``block_ids``. ``prompt``: they include tokens of the
+    prompt, which take the float weights however few they are (a prefix hit can leave one)."""
 
     block_ids: list[int]
     start: int
     token_ids: list[int]
     encoder_state: Any = None
+    prompt: bool = False
 
     @property
     def is_decode(self) -> bool:
@@ -185,14 +187,14 @@ class ModelRunner:
         if self._graph_step(segments):
             return self._run_graph(segments), list(range(len(segments)))
         ids, pos, meta, offsets = self._prepare(segments)
-        with float_weights_only(bool(meta.prefills)):
+        with float_weights_only(bool(meta.prefills) or any(s.prompt for s in segments)):
             return self.model.forward(ids, pos, meta, self.kv_caches), offsets
 
     def _graph_step(self, segments: list[Segment]) -> bool:
         graphs = self.decode_graphs
         return (
             graphs is not None
-            and all(s.is_decode and s.encoder_state is None for s in segments)
+            and all(s.is_decode and s.encoder_state is None and not s.prompt for s in segments)
             and graphs.fits(len(segments), max(len(s.block_ids) for s in segments))
         )
 
@@ -241,4 +243,4 @@ def _segment(s: ScheduledRequest) -> Segment:
     r = s.request
     start = r.num_computed_tokens
     known = r.token_ids_slice(start, start + s.num_new_tokens - s.num_spec_tokens)
-    return Segment(r.block_ids, start, known + s.spec_token_ids, r.encoder_state)
+    return Segment(r.block_ids, start, known + s.spec_token_ids, r.encoder_state, start < r.num_prompt_tokens)

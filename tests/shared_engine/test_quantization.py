@@ -20,7 +20,7 @@ from services.config.models import ModelSpec, parse_model_specs
 from shared_engine import int_matmul
 from shared_engine.async_engine import GenerationRequest
 from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig
-from shared_engine.dual_linear import DualLinear, TiedQuantizedHead
+from shared_engine.dual_linear import DualLinear, TiedQuantizedHead, float_weights_forced
 from shared_engine.int_weights import dequantize_int4, dequantize_int8, quantize_int4, quantize_int8
 from shared_engine.llm_engine import LLMEngine
 from shared_engine.models.loader import build_decoder, iter_safetensors
@@ -269,6 +269,35 @@ def test_engine_runs_quantized_with_chunks_and_prefix_hits(
     assert engine.kv.prefix_hits > 0
     assert again[2] == alone[0]
     assert all(len(o) == GREEDY.max_tokens for o in again)
+
+
+def test_a_prompt_token_left_by_a_prefix_hit_is_computed_with_the_float_weights(
+    smollm2_folder: Path, hf_config: Any, tokenizer: Any
+) -> None:
+    """With the CPU default (quantized kernels for decode, float weights for prompts), a prompt whose
+    cached prefix leaves one token to compute still computes it as a prompt token, with the float weights,
+    as it was computed with nothing cached: on the quantized kernel a repeated greedy prompt could answer
+    otherwise than the first time."""
+    config = QuantizationConfig("auto").for_device(CPU)
+    model = build_decoder(hf_config, iter_safetensors(smollm2_folder), CPU, BF16, config)
+    prompt = tokenizer(" ".join(["the river king was not"] * 20))["input_ids"][:97]  # 6 blocks of 16, 1 left
+    cache = CacheConfig(block_size=16, num_blocks=64, enable_prefix_caching=True)
+    engine = LLMEngine(model, tokenizer, EngineConfig(cache=cache), CPU, BF16, frozenset())
+    steps: list[tuple[int, bool]] = []  # (tokens computed, float weights forced) per forward
+    forward = model.forward
+
+    def watched(ids: torch.Tensor, *args: Any) -> Any:
+        steps.append((ids.numel(), float_weights_forced()))
+        return forward(ids, *args)
+
+    model.forward = watched
+    greedy = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
+    cold = engine.generate([prompt], greedy)[0]
+    assert steps == [(97, True), (1, False), (1, False)]
+    steps.clear()
+    assert engine.generate([prompt], greedy)[0] == cold
+    assert engine.kv.prefix_hits == 96
+    assert steps == [(1, True), (1, False), (1, False)]
 
 
 @pytest.mark.parametrize(
