@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from retrieval.errors import FileNotFound
+from retrieval.pages import ALL, Page, PageQuery, Positions
 from shared_engine.errors import InvalidRequest
 
 _LIVE = "(expires IS NULL OR expires > ?)"
@@ -148,6 +149,7 @@ class FileStore:
         if "expires" not in {row[1] for row in self.db.execute("PRAGMA table_info(files)")}:
             with self.db:  # a store from before files could expire
                 self.db.execute("ALTER TABLE files ADD COLUMN expires REAL")
+        self.positions = Positions(db, "files", "created, id", "id")
         self._remove_orphans()
 
     def _remove_orphans(self) -> None:
@@ -197,15 +199,13 @@ class FileStore:
             raise FileNotFound(file_id)
         return _record(row)
 
-    def list(self, purpose: str | None = None) -> list[FileRecord]:
-        """Every file (of one purpose) not expired, oldest first."""
-        sql, now = f"SELECT {COLUMNS} FROM files WHERE {_LIVE}", self.clock()
-        rows = (
-            self.db.execute(sql + " AND purpose = ? ORDER BY created, id", (now, purpose))
-            if purpose
-            else self.db.execute(sql + " ORDER BY created, id", (now,))
-        ).fetchall()
-        return [_record(r) for r in rows]
+    def list(self, purpose: str | None = None, query: PageQuery = ALL) -> Page[FileRecord]:
+        """A page of the files (of one purpose) not expired."""
+        where, params = [_LIVE], list[Any]([self.clock()])
+        if purpose:
+            where, params = [*where, "purpose = ?"], [*params, purpose]
+        rows, more = self.positions.page(f"SELECT {COLUMNS} FROM files", where, params, query)
+        return Page([_record(r) for r in rows], more)
 
     def read(self, file_id: str) -> bytes:
         self.get(file_id)
@@ -222,5 +222,6 @@ class FileStore:
         if self.db.execute("SELECT 1 FROM files WHERE id = ?", (file_id,)).fetchone() is None:
             raise FileNotFound(file_id)
         with self.db:
+            self.positions.remember(file_id)
             self.db.execute("DELETE FROM files WHERE id = ?", (file_id,))
         self.path(file_id).unlink(missing_ok=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from retrieval.errors import FileBatchNotFound, VectorStoreFileNotFound, VectorStoreNotFound
+from retrieval.pages import ALL, Page, PageQuery, Positions
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vector_stores (
@@ -45,8 +46,8 @@ CREATE TABLE IF NOT EXISTS vector_store_file_batches (
 """
 
 STATUSES = ("in_progress", "completed", "cancelled", "failed")
-# ``created`` holds whole seconds: rows created within one second keep the order they were inserted in,
-# their rowid's (it grows with each insert; only a VACUUM, which nothing here runs, could renumber it).
+# ``created`` holds the time (whole seconds in older rows): rows with one keep their insertion order, their
+# rowid's (a deleted row's may be given again, never with an earlier time; nothing here runs a VACUUM).
 _CREATION_ORDER = "created, rowid"
 _FILE_COLUMNS = (
     "vector_store_id, file_id, status, error_code, error_message, attributes, chunk_tokens, overlap_tokens, "
@@ -116,19 +117,9 @@ class FileBatchRecord:
         return "cancelled" if self.cancelled else "completed"
 
 
-def _file(row: tuple[Any, ...]) -> VectorStoreFileRecord:
+def _file(r: tuple[Any, ...]) -> VectorStoreFileRecord:
     return VectorStoreFileRecord(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        row[4],
-        json.loads(row[5]),
-        row[6],
-        row[7],
-        row[8],
-        row[9],
-        int(row[10]),
+        r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], r[8], r[9], int(r[10])
     )
 
 
@@ -136,14 +127,18 @@ class VectorStoreRecords:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
         self.db.executescript(SCHEMA)
+        self.store_positions = Positions(db, "vector_stores", _CREATION_ORDER, "id")
+        self.file_positions = Positions(
+            db, "vector_store_files", _CREATION_ORDER, "file_id", scope_column="vector_store_id"
+        )
 
     # -- vector stores -------------------------------------------------------------------------------
 
-    def insert_store(self, record: VectorStoreRecord) -> None:
+    def insert_store(self, record: VectorStoreRecord, created: float) -> None:
         self.db.execute(
             "INSERT INTO vector_stores VALUES (?, ?, ?, ?, ?, ?)",
-            (record.id, record.name, json.dumps(record.metadata), record.expires_after_days,
-             record.created_at, record.last_active_at),
+            (record.id, record.name, json.dumps(record.metadata), record.expires_after_days, created,
+             record.last_active_at),
         )  # fmt: skip
 
     def store(self, store_id: str) -> VectorStoreRecord:
@@ -159,9 +154,9 @@ class VectorStoreRecords:
             row[0], row[1], json.loads(row[2]), row[3], int(row[4]), int(row[5]), int(usage), counts
         )
 
-    def stores(self) -> list[VectorStoreRecord]:
-        ids = [r[0] for r in self.db.execute(f"SELECT id FROM vector_stores ORDER BY {_CREATION_ORDER}")]
-        return [self.store(i) for i in ids]
+    def stores(self, query: PageQuery = ALL) -> Page[VectorStoreRecord]:
+        rows, more = self.store_positions.page("SELECT id FROM vector_stores", (), (), query)
+        return Page([self.store(r[0]) for r in rows], more)
 
     def exists(self, store_id: str) -> bool:
         return self.db.execute("SELECT 1 FROM vector_stores WHERE id = ?", (store_id,)).fetchone() is not None
@@ -186,18 +181,20 @@ class VectorStoreRecords:
         self.db.execute("UPDATE vector_stores SET last_active = ? WHERE id = ?", (int(time.time()), store_id))
 
     def delete_store(self, store_id: str) -> None:
+        self.store_positions.remember(store_id)
+        self.file_positions.forget(store_id)
         self.db.execute("DELETE FROM vector_store_files WHERE vector_store_id = ?", (store_id,))
         self.db.execute("DELETE FROM vector_store_file_batches WHERE vector_store_id = ?", (store_id,))
         self.db.execute("DELETE FROM vector_stores WHERE id = ?", (store_id,))
 
     # -- files in a vector store -----------------------------------------------------------------------
 
-    def upsert_file(self, r: VectorStoreFileRecord) -> None:
+    def upsert_file(self, r: VectorStoreFileRecord, created: float) -> None:
         self.db.execute(
             f"INSERT OR REPLACE INTO vector_store_files ({_FILE_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (r.vector_store_id, r.file_id, r.status, r.error_code, r.error_message, json.dumps(r.attributes),
-             r.chunk_tokens, r.overlap_tokens, r.batch_id, r.usage_bytes, r.created_at),
+             r.chunk_tokens, r.overlap_tokens, r.batch_id, r.usage_bytes, created),
         )  # fmt: skip
 
     def file(self, store_id: str, file_id: str) -> VectorStoreFileRecord:
@@ -210,15 +207,16 @@ class VectorStoreRecords:
         return _file(row)
 
     def files(
-        self, store_id: str, status: str | None = None, batch_id: str | None = None
-    ) -> list[VectorStoreFileRecord]:
-        sql = f"SELECT {_FILE_COLUMNS} FROM vector_store_files WHERE vector_store_id = ?"
-        params: list[Any] = [store_id]
-        if status is not None:
-            sql, params = sql + " AND status = ?", [*params, status]
-        if batch_id is not None:
-            sql, params = sql + " AND batch_id = ?", [*params, batch_id]
-        return [_file(r) for r in self.db.execute(f"{sql} ORDER BY {_CREATION_ORDER}", params)]
+        self, store_id: str, status: str | None = None, batch_id: str | None = None, query: PageQuery = ALL
+    ) -> Page[VectorStoreFileRecord]:
+        """A page of a vector store's files (or a batch's: a cursor may be any file of the store)."""
+        where, params = ["vector_store_id = ?"], [store_id]
+        for column, value in (("status", status), ("batch_id", batch_id)):
+            if value is not None:
+                where, params = [*where, f"{column} = ?"], [*params, value]
+        select = f"SELECT {_FILE_COLUMNS} FROM vector_store_files"
+        rows, more = self.file_positions.page(select, where, params, query, scope=store_id)
+        return Page([_file(r) for r in rows], more)
 
     def pending(self) -> list[tuple[str, str]]:
         """(vector store id, file id) of every file still to process, oldest first."""
@@ -260,6 +258,7 @@ class VectorStoreRecords:
         )
 
     def delete_file(self, store_id: str, file_id: str) -> None:
+        self.file_positions.remember(file_id, scope=store_id)
         self.db.execute(
             "DELETE FROM vector_store_files WHERE vector_store_id = ? AND file_id = ?", (store_id, file_id)
         )

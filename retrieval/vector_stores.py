@@ -23,6 +23,7 @@ from retrieval.file_processing import WRITER, FileProcessor, claim_collections
 from retrieval.files import FileRecord, FileStore
 from retrieval.formats import format_of
 from retrieval.fusion import QueryOptions
+from retrieval.pages import ALL, Page, PageQuery
 from retrieval.vector_store_records import (
     FileBatchRecord,
     VectorStoreFileRecord,
@@ -73,8 +74,8 @@ class VectorStores:
             upload.abort()
             raise
 
-    async def list_files(self, purpose: str | None = None) -> list[FileRecord]:
-        return self.files.list(purpose)
+    async def list_files(self, purpose: str | None = None, query: PageQuery = ALL) -> Page[FileRecord]:
+        return self.files.list(purpose, query)
 
     async def get_file(self, file_id: str) -> FileRecord:
         return self.files.get(file_id)
@@ -133,16 +134,17 @@ class VectorStores:
         if chunking is not None and self.collections.default_model is not None:
             self.collections.check_chunking(self.collections.default_model, chunking, CHUNKING_FIELD)
         self.collections.create(store_id, None, "flat", chunking)
-        now = int(time.time())
-        self.records.insert_store(VectorStoreRecord(store_id, name, metadata, expires_after_days, now, now))
+        now = time.time()
+        record = VectorStoreRecord(store_id, name, metadata, expires_after_days, int(now), int(now))
+        self.records.insert_store(record, now)
         for a in attach:
             self._attach(store_id, a, None)
         self.processor.kick()
         return self.records.store(store_id)
 
-    async def list_stores(self) -> list[VectorStoreRecord]:
+    async def list_stores(self, query: PageQuery = ALL) -> Page[VectorStoreRecord]:
         self.processor.resume_once()
-        return self.records.stores()
+        return self.records.stores(query)
 
     async def get(self, store_id: str) -> VectorStoreRecord:
         self.processor.resume_once()
@@ -176,17 +178,21 @@ class VectorStores:
         record = self.collections.record(store_id)
         chunking = a.chunking or ChunkingConfig(record.chunk_tokens, record.overlap_tokens)
         self.collections.check_chunking(record.model, chunking, CHUNKING_FIELD)
+        now = time.time()
         self.records.upsert_file(
             VectorStoreFileRecord(
                 store_id, a.file_id, "in_progress", None, None, dict(a.attributes), chunking.chunk_tokens,
-                chunking.overlap_tokens, batch_id, 0, int(time.time()),
-            )
+                chunking.overlap_tokens, batch_id, 0, int(now),
+            ),
+            now,
         )  # fmt: skip
 
-    async def list_attached(self, store_id: str, status: str | None = None) -> list[VectorStoreFileRecord]:
+    async def list_attached(
+        self, store_id: str, status: str | None = None, query: PageQuery = ALL
+    ) -> Page[VectorStoreFileRecord]:
         self.records.store(store_id)
         self.processor.resume_once()
-        return self.records.files(store_id, status)
+        return self.records.files(store_id, status, None, query)
 
     async def get_attached(self, store_id: str, file_id: str) -> VectorStoreFileRecord:
         self.processor.resume_once()
@@ -239,10 +245,10 @@ class VectorStores:
         return self.records.batch(store_id, batch_id)
 
     async def batch_files(
-        self, store_id: str, batch_id: str, status: str | None = None
-    ) -> list[VectorStoreFileRecord]:
+        self, store_id: str, batch_id: str, status: str | None = None, query: PageQuery = ALL
+    ) -> Page[VectorStoreFileRecord]:
         self.records.batch(store_id, batch_id)
-        return self.records.files(store_id, status, batch_id)
+        return self.records.files(store_id, status, batch_id, query)
 
     async def resume(self) -> None:
         """Pick up files left in progress (by a crash or a restart), and delete files as they expire."""

@@ -14,6 +14,7 @@ from litestar.params import Body, FromPath, Parameter
 from litestar.response import Stream
 
 from retrieval.files import check_expiry
+from retrieval.pages import PageQuery
 from services.gateway.api_docs import SERVICE_ERRORS, errors
 from services.gateway.vector_store_schemas import FileDeleted, FileList, FileObject, FileUploadForm, Order
 from services.gateway.vector_store_views import cursor_page, file_object
@@ -57,9 +58,8 @@ class FilesController(Controller):
         order: Order = "desc",
         after: str | None = None,
     ) -> FileList:
-        records = await registry.vector_stores.list_files(purpose)
-        page = cursor_page(records, lambda r: r.id, file_object, limit, order, after, None)
-        return FileList(**page._asdict())
+        page = await registry.vector_stores.list_files(purpose, PageQuery(limit, order, after))
+        return FileList(**cursor_page(page, lambda r: r.id, file_object)._asdict())
 
     @get("/{file_id:str}", summary="One file", responses=errors(400, 404, *SERVICE_ERRORS, e404=_NO_FILE))
     async def show(self, file_id: FromPath[str], registry: Registry) -> FileObject:

@@ -8,6 +8,7 @@ from litestar.params import FromPath, JSONBody
 from msgspec import UNSET
 
 from retrieval.filters import parse_filter
+from retrieval.pages import Page, PageQuery
 from retrieval.vector_store_records import VectorStoreFileRecord
 from retrieval.vector_store_types import SearchOptions
 from services.gateway.api_docs import SERVICE_ERRORS, errors
@@ -54,11 +55,8 @@ def _status(value: str | None) -> str | None:
     return value
 
 
-def _file_page(
-    records: list[VectorStoreFileRecord], limit: int, order: str, after: str | None, before: str | None
-) -> VectorStoreFileList:
-    page = cursor_page(records, lambda r: r.file_id, vector_store_file_object, limit, order, after, before)
-    return VectorStoreFileList(**page._asdict())
+def _file_page(page: Page[VectorStoreFileRecord]) -> VectorStoreFileList:
+    return VectorStoreFileList(**cursor_page(page, lambda r: r.file_id, vector_store_file_object)._asdict())
 
 
 class VectorStoresController(Controller):
@@ -83,9 +81,8 @@ class VectorStoresController(Controller):
         after: str | None = None,
         before: str | None = None,
     ) -> VectorStoreList:
-        records = await registry.vector_stores.list_stores()
-        page = cursor_page(records, lambda r: r.id, vector_store_object, limit, order, after, before)
-        return VectorStoreList(**page._asdict())
+        page = await registry.vector_stores.list_stores(PageQuery(limit, order, after, before))
+        return VectorStoreList(**cursor_page(page, lambda r: r.id, vector_store_object)._asdict())
 
     @get(
         "/{store_id:str}",
@@ -151,8 +148,8 @@ class VectorStoresController(Controller):
         before: str | None = None,
         filter: str | None = None,
     ) -> VectorStoreFileList:
-        records = await registry.vector_stores.list_attached(store_id, _status(filter))
-        return _file_page(records, limit, order, after, before)
+        query = PageQuery(limit, order, after, before)
+        return _file_page(await registry.vector_stores.list_attached(store_id, _status(filter), query))
 
     @get(
         "/{store_id:str}/files/{file_id:str}",
@@ -247,8 +244,10 @@ class VectorStoresController(Controller):
         before: str | None = None,
         filter: str | None = None,
     ) -> VectorStoreFileList:
-        records = await registry.vector_stores.batch_files(store_id, batch_id, _status(filter))
-        return _file_page(records, limit, order, after, before)
+        query = PageQuery(limit, order, after, before)
+        return _file_page(
+            await registry.vector_stores.batch_files(store_id, batch_id, _status(filter), query)
+        )
 
     # -- search -----------------------------------------------------------------------------------------
 

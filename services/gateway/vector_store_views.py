@@ -1,14 +1,15 @@
 """Records of files and vector stores as OpenAI's objects, request bodies as the store's arguments, and
-OpenAI's cursor pagination of lists."""
+OpenAI's list objects."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from retrieval.chunking import ChunkingConfig
 from retrieval.files import FileRecord
+from retrieval.pages import Page
 from retrieval.vector_store_records import (
     FileBatchRecord,
     FileCounts,
@@ -135,46 +136,8 @@ class CursorPage(NamedTuple, Generic[Obj]):
     last_id: str | None
 
 
-def cursor_page(
-    items: Sequence[T],
-    id_of: Callable[[T], str],
-    to_object: Callable[[T], Obj],
-    limit: int,
-    order: str,
-    after: str | None,
-    before: str | None,
-) -> CursorPage[Obj]:
-    """One page of ``items`` (see ``paginate``) as objects, with the first and last ids."""
-    page, more = paginate(items, id_of, limit, order, after, before)
-    first, last = (id_of(page[0]), id_of(page[-1])) if page else (None, None)
-    return CursorPage([to_object(i) for i in page], more, first, last)
-
-
-def paginate(
-    items: Sequence[T],
-    id_of: Callable[[T], str],
-    limit: int,
-    order: str,
-    after: str | None,
-    before: str | None,
-) -> tuple[list[T], bool]:
-    """One page of a list kept oldest first, in ``order``: the ``limit`` items right after the ``after``
-    cursor (or from the top), or, given ``before`` alone, the ``limit`` items right before that cursor;
-    and whether more items lie beyond the page in the direction of travel (past its end going forward,
-    before its start going back)."""
-    ordered = list(items) if order == "asc" else list(reversed(items))
-    ids = [id_of(i) for i in ordered]
-    start, end = 0, len(ordered)
-    if after is not None:
-        if after not in ids:
-            raise InvalidRequest(f"after: no object {after!r} in this list", param="after")
-        start = ids.index(after) + 1
-    if before is not None:
-        if before not in ids:
-            raise InvalidRequest(f"before: no object {before!r} in this list", param="before")
-        end = ids.index(before)
-        if after is None:
-            start = max(0, end - limit)
-            return ordered[start:end], start > 0
-    page = ordered[start:end][:limit]
-    return page, start + len(page) < end
+def cursor_page(page: Page[T], id_of: Callable[[T], str], to_object: Callable[[T], Obj]) -> CursorPage[Obj]:
+    """A page as objects, with the first and last ids."""
+    items = page.items
+    first, last = (id_of(items[0]), id_of(items[-1])) if items else (None, None)
+    return CursorPage([to_object(i) for i in items], page.has_more, first, last)

@@ -10,6 +10,7 @@ from typing import Any
 
 from retrieval.chunking import ChunkingConfig
 from retrieval.files import FileRecord
+from retrieval.pages import ALL, Page, PageQuery
 from retrieval.vector_store_records import FileBatchRecord, VectorStoreFileRecord, VectorStoreRecord
 from retrieval.vector_store_types import FileAttachment, SearchHit, SearchOptions
 from services.rpc import vector_stores_codec as codec
@@ -52,9 +53,10 @@ class RemoteVectorStores:
                 raise failed[0] from None
             raise
 
-    async def list_files(self, purpose: str | None = None) -> list[FileRecord]:
-        reply = await self._call("ListFiles", pb.ListFilesRequest(purpose=purpose))
-        return [codec.file_record(m) for m in reply.files]
+    async def list_files(self, purpose: str | None = None, query: PageQuery = ALL) -> Page[FileRecord]:
+        request = pb.ListFilesRequest(purpose=purpose, page=codec.page_message(query))
+        reply = await self._call("ListFiles", request)
+        return Page([codec.file_record(m) for m in reply.files], reply.has_more)
 
     async def get_file(self, file_id: str) -> FileRecord:
         return codec.file_record(await self._call("GetFile", pb.FileRef(file_id=file_id)))
@@ -91,9 +93,10 @@ class RemoteVectorStores:
         )  # fmt: skip
         return codec.store_record(await self._call("CreateVectorStore", request))
 
-    async def list_stores(self) -> list[VectorStoreRecord]:
-        reply = await self._call("ListVectorStores", pb.ListVectorStoresRequest())
-        return [codec.store_record(m) for m in reply.vector_stores]
+    async def list_stores(self, query: PageQuery = ALL) -> Page[VectorStoreRecord]:
+        request = pb.ListVectorStoresRequest(page=codec.page_message(query))
+        reply = await self._call("ListVectorStores", request)
+        return Page([codec.store_record(m) for m in reply.vector_stores], reply.has_more)
 
     async def get(self, store_id: str) -> VectorStoreRecord:
         reply = await self._call("GetVectorStore", pb.VectorStoreRef(vector_store_id=store_id))
@@ -112,10 +115,12 @@ class RemoteVectorStores:
         request = pb.AttachFileRequest(vector_store_id=store_id, file=codec.attachment_message(attachment))
         return codec.attached_record(await self._call("AttachFile", request))
 
-    async def list_attached(self, store_id: str, status: str | None = None) -> list[VectorStoreFileRecord]:
-        request = pb.ListAttachedFilesRequest(vector_store_id=store_id, status=status)
-        reply = await self._call("ListAttachedFiles", request)
-        return [codec.attached_record(m) for m in reply.files]
+    async def list_attached(
+        self, store_id: str, status: str | None = None, query: PageQuery = ALL
+    ) -> Page[VectorStoreFileRecord]:
+        page = codec.page_message(query)
+        request = pb.ListAttachedFilesRequest(vector_store_id=store_id, status=status, page=page)
+        return codec.attached_page(await self._call("ListAttachedFiles", request))
 
     async def get_attached(self, store_id: str, file_id: str) -> VectorStoreFileRecord:
         request = pb.AttachedFileRef(vector_store_id=store_id, file_id=file_id)
@@ -146,11 +151,12 @@ class RemoteVectorStores:
         return codec.batch_record(await self._call("CancelFileBatch", request))
 
     async def batch_files(
-        self, store_id: str, batch_id: str, status: str | None = None
-    ) -> list[VectorStoreFileRecord]:
-        request = pb.ListFileBatchFilesRequest(vector_store_id=store_id, batch_id=batch_id, status=status)
-        reply = await self._call("ListFileBatchFiles", request)
-        return [codec.attached_record(m) for m in reply.files]
+        self, store_id: str, batch_id: str, status: str | None = None, query: PageQuery = ALL
+    ) -> Page[VectorStoreFileRecord]:
+        request = pb.ListFileBatchFilesRequest(
+            vector_store_id=store_id, batch_id=batch_id, status=status, page=codec.page_message(query)
+        )
+        return codec.attached_page(await self._call("ListFileBatchFiles", request))
 
     async def search(self, store_id: str, queries: Sequence[str], options: SearchOptions) -> list[SearchHit]:
         reply = await self._call("Search", codec.search_request(store_id, queries, options))

@@ -9,6 +9,7 @@ from typing import Any
 from retrieval.chunking import ChunkingConfig
 from retrieval.files import FileRecord
 from retrieval.filters import parse_filter, to_json
+from retrieval.pages import Page, PageQuery
 from retrieval.vector_store_records import (
     FileBatchRecord,
     FileCounts,
@@ -140,8 +141,12 @@ def attached_record(m: Any) -> VectorStoreFileRecord:
     )  # fmt: skip
 
 
-def attached_list(records: Sequence[VectorStoreFileRecord]) -> Any:
-    return pb.VectorStoreFileList(files=[attached_message(r) for r in records])
+def attached_list(page: Page[VectorStoreFileRecord]) -> Any:
+    return pb.VectorStoreFileList(files=[attached_message(r) for r in page.items], has_more=page.has_more)
+
+
+def attached_page(m: Any) -> Page[VectorStoreFileRecord]:
+    return Page([attached_record(f) for f in m.files], m.has_more)
 
 
 def batch_message(r: FileBatchRecord) -> Any:
@@ -183,12 +188,21 @@ def done(_: None) -> Any:
     return pb.Done()
 
 
-def file_list(records: list[FileRecord]) -> Any:
-    return pb.FileList(files=[file_message(r) for r in records])
+def page_message(q: PageQuery) -> Any:
+    return pb.PageRequest(limit=q.limit, order=q.order, after=q.after, before=q.before)
 
 
-def store_list(records: list[VectorStoreRecord]) -> Any:
-    return pb.VectorStoreList(vector_stores=[store_message(r) for r in records])
+def page_query(m: Any) -> PageQuery:
+    p = m.page
+    return PageQuery(optional(p, "limit"), p.order or "asc", optional(p, "after"), optional(p, "before"))
+
+
+def file_list(page: Page[FileRecord]) -> Any:
+    return pb.FileList(files=[file_message(r) for r in page.items], has_more=page.has_more)
+
+
+def store_list(page: Page[VectorStoreRecord]) -> Any:
+    return pb.VectorStoreList(vector_stores=[store_message(r) for r in page.items], has_more=page.has_more)
 
 
 def search_response(hits: list[SearchHit]) -> Any:

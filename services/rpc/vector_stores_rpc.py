@@ -55,7 +55,8 @@ class VectorStoresServicer(vector_stores_pb2_grpc.VectorStoresServicer):
 
     async def ListFiles(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
-            return codec.file_list(await self.s.list_files(codec.optional(request, "purpose")))
+            purpose = codec.optional(request, "purpose")
+            return codec.file_list(await self.s.list_files(purpose, codec.page_query(request)))
 
         return await answer(context, work())
 
@@ -96,7 +97,7 @@ class VectorStoresServicer(vector_stores_pb2_grpc.VectorStoresServicer):
 
     async def ListVectorStores(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
-            return codec.store_list(await self.s.list_stores())
+            return codec.store_list(await self.s.list_stores(codec.page_query(request)))
 
         return await answer(context, work())
 
@@ -133,7 +134,8 @@ class VectorStoresServicer(vector_stores_pb2_grpc.VectorStoresServicer):
     async def ListAttachedFiles(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
             status = codec.optional(request, "status")
-            return codec.attached_list(await self.s.list_attached(request.vector_store_id, status))
+            page = await self.s.list_attached(request.vector_store_id, status, codec.page_query(request))
+            return codec.attached_list(page)
 
         return await answer(context, work())
 
@@ -181,8 +183,8 @@ class VectorStoresServicer(vector_stores_pb2_grpc.VectorStoresServicer):
     async def ListFileBatchFiles(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
             r = request
-            records = await self.s.batch_files(r.vector_store_id, r.batch_id, codec.optional(r, "status"))
-            return codec.attached_list(records)
+            status, query = codec.optional(r, "status"), codec.page_query(r)
+            return codec.attached_list(await self.s.batch_files(r.vector_store_id, r.batch_id, status, query))
 
         return await answer(context, work())
 

@@ -98,7 +98,7 @@ async def test_files_are_durable_and_orphans_are_swept(tmp_path: Path, embedder:
     (vs.files.dir / ".upload-file-4567").write_bytes(b"half written")
     vs.collections.store.close()
     vs = open_stores(tmp_path, embedder)
-    assert [r.id for r in await vs.list_files()] == [file_id]
+    assert [r.id for r in (await vs.list_files()).items] == [file_id]
     assert sorted(p.name for p in vs.files.dir.iterdir()) == [file_id]
     await vs.delete_file(file_id)
     with pytest.raises(FileNotFound):
@@ -125,7 +125,7 @@ async def test_uploads_use_the_stores_connection_only_from_the_event_loop(
     assert (await settled(vs, store.id, file_ids[0])).status == "completed"
     vs.collections.store.db.set_trace_callback(None)
     assert threads == {threading.get_ident()}
-    assert sorted(r.id for r in await vs.list_files()) == sorted(file_ids)
+    assert sorted(r.id for r in (await vs.list_files()).items) == sorted(file_ids)
     vs.collections.store.close()
 
 
@@ -255,7 +255,7 @@ async def test_cancelled_batch_leaves_unprocessed_files_out(
     batch = await vs.get_batch(store.id, batch.id)
     assert batch.status == "cancelled" and batch.file_counts.cancelled >= 1
     searchable = {h.file_id for h in await vs.search(store.id, ["python"], SearchOptions(max_num_results=50))}
-    completed = {r.file_id for r in await vs.batch_files(store.id, batch.id, "completed")}
+    completed = {r.file_id for r in (await vs.batch_files(store.id, batch.id, "completed")).items}
     assert searchable <= completed
     vs.collections.store.close()
 
@@ -316,13 +316,13 @@ async def test_collections_of_vector_stores_change_only_through_them(
 async def test_lists_keep_creation_order_within_a_second(tmp_path: Path, embedder: EmbeddingService) -> None:
     vs = open_stores(tmp_path, embedder)
     stores = [(await vs.create(f"s{i}", {}, None, None)).id for i in range(8)]
-    assert [s.id for s in await vs.list_stores()] == stores
+    assert [s.id for s in (await vs.list_stores()).items] == stores
     files = [await upload(vs, p) for p in sorted(DOCS.glob("*.txt"))[:8]]
     for f in files:
         await vs.attach(stores[0], FileAttachment(f))
-    assert [f.file_id for f in await vs.list_attached(stores[0])] == files
+    assert [f.file_id for f in (await vs.list_attached(stores[0])).items] == files
     batch = await vs.create_batch(stores[1], [FileAttachment(f) for f in files])
-    assert [f.file_id for f in await vs.batch_files(stores[1], batch.id)] == files
+    assert [f.file_id for f in (await vs.batch_files(stores[1], batch.id)).items] == files
     for f in files:
         await settled(vs, stores[0], f)
         await settled(vs, stores[1], f)
@@ -411,7 +411,7 @@ async def test_a_file_past_its_expiry_is_gone_and_leaves_its_vector_stores(
     assert brief.id not in {h.file_id for h in await vs.search(store.id, [query], SearchOptions())}
     with pytest.raises(VectorStoreFileNotFound):
         await vs.get_attached(store.id, brief.id)
-    assert [r.id for r in await vs.list_files()] == [kept]
+    assert [r.id for r in (await vs.list_files()).items] == [kept]
     assert sorted(p.name for p in vs.files.dir.iterdir()) == [kept]
     for seconds in (3_599, 2_592_001):
         with pytest.raises(InvalidRequest, match=r"expires_after\[seconds\] must be from 3600 to 2592000"):

@@ -403,3 +403,56 @@ def test_attributes_updated_while_processing_are_searched(client: openai.OpenAI,
             store.id, query=query, filters={"type": "eq", "key": "team", "value": team}
         )
         assert [h.file_id for h in hits.data] == expected, team
+
+
+def test_lists_go_on_past_a_deleted_cursor(http: httpx.Client, client: openai.OpenAI, made: Created) -> None:
+    """The SDK's "iterate and delete" loop: each page's cursor is an object the loop has just deleted, and it
+    still marks its place in creation order (for all four lists); an id never seen by a list is a 400."""
+    names = ("numpy", "idna", "tqdm", "faiss", "h11")
+    store = client.vector_stores.create(name="cleanup")
+    made.stores.append(store.id)
+    batch = client.vector_stores.file_batches.upload_and_poll(
+        vector_store_id=store.id,
+        files=[(f"{n}.txt", (DOCS / f"{n}.txt").read_bytes()) for n in names],
+        poll_interval_ms=100,
+    )
+    attached = [f.id for f in client.vector_stores.files.list(vector_store_id=store.id, order="asc")]
+    made.files.extend(attached)
+    assert len(attached) == 5
+
+    other = client.vector_stores.create(name="cleanup too")
+    made.stores.append(other.id)
+    client.vector_stores.file_batches.create(vector_store_id=other.id, file_ids=attached)
+    seen = []
+    for f in client.vector_stores.file_batches.list_files(batch.id, vector_store_id=store.id, limit=2):
+        seen.append(f.id)
+        client.vector_stores.files.delete(f.id, vector_store_id=store.id)
+    assert seen == attached[::-1]
+    assert client.vector_stores.files.list(vector_store_id=store.id).data == []
+    seen = []
+    for f in client.vector_stores.files.list(vector_store_id=other.id, limit=2):
+        seen.append(f.id)
+        client.vector_stores.files.delete(f.id, vector_store_id=other.id)
+    assert seen == attached[::-1]
+
+    seen = []
+    for f in client.files.list(purpose="assistants", limit=2):  # the newest files are the test's own
+        if f.id not in attached:
+            break
+        seen.append(f.id)
+        client.files.delete(f.id)
+    assert sorted(seen) == sorted(attached)
+
+    stores = [client.vector_stores.create(name=f"cleanup {i}").id for i in range(5)]
+    made.stores.extend(stores)
+    seen = []
+    for s in client.vector_stores.list(limit=2):
+        if s.id not in stores:
+            break
+        seen.append(s.id)
+        client.vector_stores.delete(s.id)
+    assert seen == stores[::-1]
+
+    for path in ("/v1/files", "/v1/vector_stores", f"/v1/vector_stores/{store.id}/files"):
+        error = error_of(http.get(path, params={"after": "file-madeup"}), 400)
+        assert error["param"] == "after", (path, error)
