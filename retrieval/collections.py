@@ -39,11 +39,13 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Owner:
     """An API that keeps some collections as parts of its own objects (vector stores): the collections
-    ``owns`` admits are changed and dropped only by writes that name ``name``."""
+    ``owns`` admits are changed and dropped only by writes that name ``name``, and every query of one,
+    whatever its route, goes through ``queried`` first (which may refuse it by raising)."""
 
     name: str
     api: str
     owns: Callable[[str], bool]
+    queried: Callable[[str], None] | None = None
 
 
 class Collections:
@@ -227,6 +229,9 @@ class Collections:
         a collection of images is queried with an image, by its vectors alone."""
         options, where = options or QueryOptions(), as_filter(where) if where is not None else None
         record = self.record(name)
+        owner = self.owner
+        if owner is not None and owner.queried is not None and owner.owns(name):
+            owner.queried(name)
         embedder = self.embedders[record.model]
         vector: np.ndarray | None = None
         if is_image(embedder):

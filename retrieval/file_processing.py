@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from retrieval.chunking import ChunkingConfig
@@ -25,10 +26,12 @@ PARALLEL_FILES = 4
 WRITER = "vector store"
 
 
-def claim_collections(collections: Collections, records: VectorStoreRecords) -> None:
+def claim_collections(
+    collections: Collections, records: VectorStoreRecords, queried: Callable[[str], None] | None = None
+) -> None:
     """Leave each collection named by a vector store's id to the vector stores: other writes to it are
-    refused (CollectionOwned)."""
-    collections.claim(Owner(WRITER, "/v1/vector_stores", records.exists))
+    refused (CollectionOwned), and each query of one calls ``queried`` with its id first."""
+    collections.claim(Owner(WRITER, "/v1/vector_stores", records.exists, queried))
 
 
 class FileProcessor:

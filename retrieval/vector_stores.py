@@ -18,11 +18,10 @@ from typing import Any
 
 from retrieval.chunking import ChunkingConfig
 from retrieval.collections import Collections
-from retrieval.errors import CollectionNotFound, DocumentNotFound, FileNotFound, VectorStoreExpired
+from retrieval.errors import CollectionNotFound, DocumentNotFound
 from retrieval.file_processing import WRITER, FileProcessor, claim_collections
 from retrieval.files import FileRecord, FileStore
 from retrieval.formats import format_of
-from retrieval.fusion import QueryOptions
 from retrieval.pages import ALL, Page, PageQuery
 from retrieval.vector_store_records import (
     FileBatchRecord,
@@ -30,7 +29,8 @@ from retrieval.vector_store_records import (
     VectorStoreRecord,
     VectorStoreRecords,
 )
-from retrieval.vector_store_types import PASSAGES, FileAttachment, SearchHit, SearchOptions
+from retrieval.vector_store_search import StoreSearch
+from retrieval.vector_store_types import FileAttachment, SearchHit, SearchOptions
 from shared_engine.errors import InvalidRequest
 
 CHUNKING_FIELD = "chunking_strategy.static.max_chunk_size_tokens"
@@ -47,7 +47,8 @@ class VectorStores:
         self.processor = FileProcessor(collections, files, records)
         self.expiry_check_s = EXPIRY_CHECK_S
         self._expiry: asyncio.Task[None] | None = None
-        claim_collections(collections, records)
+        self.searcher = StoreSearch(collections, files, records)
+        claim_collections(collections, records, self.searcher.queried)
 
     @classmethod
     def open(cls, collections: Collections) -> VectorStores:
@@ -265,32 +266,4 @@ class VectorStores:
     # -- search -------------------------------------------------------------------------------------------
 
     async def search(self, store_id: str, queries: Sequence[str], options: SearchOptions) -> list[SearchHit]:
-        """The best files for the queries (joined into one), each with its best passages. Scores are in
-        [0, 1]: cosine similarity (ranker "none": dense only), or the hybrid fusion score over its
-        maximum (1.0: ranked first both by meaning and by words)."""
-        store = self.records.store(store_id)
-        if store.expired(time.time()):
-            raise VectorStoreExpired(store_id, store.expires_at or 0)
-        text = " ".join(q.strip() for q in queries if q.strip())
-        if not text:
-            raise InvalidRequest("query must not be empty", param="query")
-        mode = "dense" if options.ranker == "none" else "hybrid"
-        query = QueryOptions(mode, "document", PASSAGES)
-        results = await self.collections.query(
-            store_id, text, options.max_num_results, options.filters, None, query
-        )
-        w = query.weights
-        top = (w.dense + w.lexical) / (w.k + 1) if mode == "hybrid" else 1.0
-        self.records.touch(store_id)
-        hits = []
-        for r in results:
-            score = max(0.0, min(1.0, r.score / top))
-            if score < options.score_threshold:
-                continue
-            try:
-                filename = self.files.get(r.document_id).filename
-            except FileNotFound:
-                filename = ""
-            content = tuple(p.text for p in r.passages) or (r.text,)
-            hits.append(SearchHit(r.document_id, filename, score, dict(r.metadata), content))
-        return hits
+        return await self.searcher.search(store_id, queries, options)

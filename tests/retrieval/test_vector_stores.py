@@ -459,3 +459,39 @@ def test_a_files_table_from_before_expiry_gains_it(tmp_path: Path) -> None:
         "file-old", "a.txt", "assistants", 4, "ab", 1_700_000_000, None
     )
     assert files.read("file-old") == b"text" and files.expired() == []
+
+
+async def test_every_query_of_a_store_is_a_use_and_obeys_its_expiry(
+    tmp_path: Path, embedder: EmbeddingService
+) -> None:
+    """/v1/retrieval/query and /v1/rag query a vector store's collection by its id, through the collections:
+    like the store's own search, that is a use (last_active_at moves, so the store does not expire while
+    it is used), and once the store has expired it is refused the same way (and is no use)."""
+    vs = open_stores(tmp_path, embedder)
+    store = await vs.create("brief", {}, 1, None)
+    file_id = await upload(vs, DOCS / "numpy.txt")
+    await vs.attach(store.id, FileAttachment(file_id))
+    assert (await settled(vs, store.id, file_id)).status == "completed"
+
+    def last_active(seconds_ago: int) -> int:
+        at = int(time.time()) - seconds_ago
+        vs.records.db.execute("UPDATE vector_stores SET last_active = ? WHERE id = ?", (at, store.id))
+        return at
+
+    last_active(20 * 3_600)
+    hits = await vs.collections.query(store.id, first_query_for("numpy"), 3)
+    assert [h.document_id for h in hits] == [file_id]
+    assert (await vs.get(store.id)).last_active_at >= int(time.time()) - 60
+
+    two_days_ago = last_active(2 * 86_400)
+    with pytest.raises(VectorStoreExpired) as refused:
+        await vs.collections.query(store.id, first_query_for("numpy"), 3)
+    assert refused.value.code == "vector_store_expired"
+    assert (await vs.get(store.id)).last_active_at == two_days_ago
+
+    vs.collections.create("plain", None)  # a collection of no store is queried as before
+    await vs.collections.add("plain", [DocumentInput((DOCS / "numpy.txt").read_text(), "doc")])
+    assert [h.document_id for h in await vs.collections.query("plain", first_query_for("numpy"), 1)] == [
+        "doc"
+    ]
+    vs.collections.store.close()

@@ -13,6 +13,9 @@ import contextlib
 import csv
 import io
 import json
+import os
+import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +25,7 @@ import pytest
 from docx import Document
 
 from tests.helpers.api import error_of
+from tests.helpers.server import DEFAULT_DATA_DIR
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 DOCS = DATA / "retrieval" / "docs"
@@ -456,3 +460,37 @@ def test_lists_go_on_past_a_deleted_cursor(http: httpx.Client, client: openai.Op
     for path in ("/v1/files", "/v1/vector_stores", f"/v1/vector_stores/{store.id}/files"):
         error = error_of(http.get(path, params={"after": "file-madeup"}), 400)
         assert error["param"] == "after", (path, error)
+
+
+def test_retrieval_and_rag_use_a_vector_store_and_obey_its_expiry(
+    http: httpx.Client, client: openai.OpenAI, made: Created
+) -> None:
+    """A vector store is a collection named by its id: querying it through /v1/retrieval/query or /v1/rag
+    is a use (last_active_at moves), and once it has expired those routes refuse it as its search does."""
+    store = client.vector_stores.create(name="used", expires_after={"anchor": "last_active_at", "days": 1})
+    made.stores.append(store.id)
+    client.vector_stores.file_batches.upload_and_poll(
+        vector_store_id=store.id,
+        files=[("numpy.txt", (DOCS / "numpy.txt").read_bytes())],
+        poll_interval_ms=100,
+    )
+    made.files.extend(f.id for f in client.vector_stores.files.list(vector_store_id=store.id))
+    query = query_for("numpy")
+    routes = {
+        "/v1/retrieval/query": {"collection": store.id, "query": query, "top_k": 1},
+        "/v1/rag": {"collection": store.id, "query": query, "top_k": 1, "max_tokens": 1},
+        f"/v1/vector_stores/{store.id}/search": {"query": query},
+    }
+    for path in ("/v1/retrieval/query", "/v1/rag"):
+        before = client.vector_stores.retrieve(store.id).last_active_at
+        time.sleep(1.1)  # last_active_at counts whole seconds
+        assert http.post(path, json=routes[path]).status_code == 200, path
+        assert client.vector_stores.retrieve(store.id).last_active_at > before, path
+
+    # Two days without use, as the server's own store records it.
+    data_dir = Path(os.environ.get("MMSERVE_DATA_DIR", DEFAULT_DATA_DIR))
+    with contextlib.closing(sqlite3.connect(data_dir / "retrieval" / "store.sqlite3")) as db, db:
+        db.execute("UPDATE vector_stores SET last_active = last_active - 172800 WHERE id = ?", (store.id,))
+    assert client.vector_stores.retrieve(store.id).status == "expired"
+    for path, body in routes.items():
+        assert error_of(http.post(path, json=body), 400)["code"] == "vector_store_expired", path
