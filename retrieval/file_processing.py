@@ -81,7 +81,7 @@ class FileProcessor:
         try:
             record = self.files.get(file_id)
             data = await asyncio.to_thread(self.files.path(file_id).read_bytes)  # the disk, not the db
-            text = await asyncio.to_thread(extract_text, data, record.filename)
+            text = await asyncio.to_thread(extract_text, data, record.filename, record.content_type)
             chunking = ChunkingConfig(*chunked)
             document = DocumentInput(text, file_id, dict(attached.attributes))
             _, chunks = await self.collections.add(store_id, [document], chunking, WRITER)

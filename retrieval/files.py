@@ -34,10 +34,13 @@ CREATE TABLE IF NOT EXISTS files (
     bytes INTEGER NOT NULL,
     sha256 TEXT NOT NULL,
     created REAL NOT NULL,
-    expires REAL
+    expires REAL,
+    content_type TEXT
 );
 """
-COLUMNS = "id, filename, purpose, bytes, sha256, created, expires"
+COLUMNS = "id, filename, purpose, bytes, sha256, created, expires, content_type"
+# Columns a store written by an older version lacks: added (NULL in the rows it has) when it opens.
+_ADDED_COLUMNS = {"expires": "REAL", "content_type": "TEXT"}
 # OpenAI's bounds on a file's ``expires_after.seconds``: an hour to 30 days after its creation.
 MIN_EXPIRY_S, MAX_EXPIRY_S = 3_600, 2_592_000
 
@@ -51,6 +54,7 @@ class FileRecord:
     sha256: str
     created_at: int
     expires_at: int | None = None
+    content_type: str | None = None  # the media type the upload declared, if any
 
 
 def check_expiry(anchor: str | None, seconds: int | None) -> int | None:
@@ -67,6 +71,11 @@ def check_expiry(anchor: str | None, seconds: int | None) -> int | None:
             param="expires_after[seconds]",
         )
     return seconds
+
+
+def media_type(content_type: str | None) -> str | None:
+    """``text/markdown`` of ``Text/Markdown; charset=utf-8``; None for none."""
+    return (content_type or "").split(";")[0].strip().lower() or None
 
 
 def check_upload(filename: str, purpose: str) -> str:
@@ -87,10 +96,18 @@ def check_upload(filename: str, purpose: str) -> str:
 class Upload:
     """One file being received: written chunk by chunk, then ``commit``ted (durable) or ``abort``ed."""
 
-    def __init__(self, files: FileStore, filename: str, purpose: str, expires_after_s: int | None) -> None:
+    def __init__(
+        self,
+        files: FileStore,
+        filename: str,
+        purpose: str,
+        expires_after_s: int | None,
+        content_type: str | None = None,
+    ) -> None:
         self.files = files
         self.filename = check_upload(filename, purpose)
         self.purpose = purpose
+        self.content_type = media_type(content_type)
         self.expires_after_s = (
             None if expires_after_s is None else check_expiry("created_at", expires_after_s)
         )
@@ -122,9 +139,10 @@ class Upload:
         from another one its statements could land inside a transaction of that thread's."""
         created = self.files.clock()
         expires = None if self.expires_after_s is None else created + self.expires_after_s
-        row = (self.id, self.filename, self.purpose, self.size, self.hash.hexdigest(), created, expires)
+        row = (self.id, self.filename, self.purpose, self.size, self.hash.hexdigest(), created, expires,
+               self.content_type)  # fmt: skip
         with self.files.db:
-            self.files.db.execute(f"INSERT INTO files ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+            self.files.db.execute(f"INSERT INTO files ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
         return _record(row)
 
     def abort(self) -> None:
@@ -134,7 +152,7 @@ class Upload:
 
 def _record(row: tuple[Any, ...]) -> FileRecord:
     expires = None if row[6] is None else int(row[6])
-    return FileRecord(row[0], row[1], row[2], row[3], row[4], int(row[5]), expires)
+    return FileRecord(row[0], row[1], row[2], row[3], row[4], int(row[5]), expires, row[7])
 
 
 class FileStore:
@@ -146,9 +164,11 @@ class FileStore:
         self.clock = clock
         self.dir.mkdir(parents=True, exist_ok=True)
         self.db.executescript(SCHEMA)
-        if "expires" not in {row[1] for row in self.db.execute("PRAGMA table_info(files)")}:
-            with self.db:  # a store from before files could expire
-                self.db.execute("ALTER TABLE files ADD COLUMN expires REAL")
+        present = {row[1] for row in self.db.execute("PRAGMA table_info(files)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in present:
+                with self.db:
+                    self.db.execute(f"ALTER TABLE files ADD COLUMN {column} {kind}")
         self.positions = Positions(db, "files", "created, id", "id")
         self._remove_orphans()
 
@@ -169,8 +189,10 @@ class FileStore:
         finally:
             os.close(fd)
 
-    def upload(self, filename: str, purpose: str, expires_after_s: int | None = None) -> Upload:
-        return Upload(self, filename, purpose, expires_after_s)
+    def upload(
+        self, filename: str, purpose: str, expires_after_s: int | None = None, content_type: str | None = None
+    ) -> Upload:
+        return Upload(self, filename, purpose, expires_after_s, content_type)
 
     def save(self, filename: str, purpose: str, data: bytes) -> FileRecord:
         upload = self.upload(filename, purpose)

@@ -58,14 +58,20 @@ class VectorStores:
     # -- files ----------------------------------------------------------------------------------------
 
     async def upload_file(
-        self, filename: str, purpose: str, chunks: AsyncIterator[bytes], expires_after_s: int | None = None
+        self,
+        filename: str,
+        purpose: str,
+        chunks: AsyncIterator[bytes],
+        expires_after_s: int | None = None,
+        content_type: str | None = None,
     ) -> FileRecord:
         """Store an uploaded file; durable on return. Files for file search must be in a format whose
-        text can be read (UnsupportedFormat otherwise). With ``expires_after_s``, the file is gone that
-        many seconds after its creation."""
+        text can be read, by their name's suffix or else the ``content_type`` the upload declared
+        (UnsupportedFormat otherwise). With ``expires_after_s``, the file is gone that many seconds
+        after its creation."""
         if purpose == "assistants":
-            format_of(filename)
-        upload = self.files.upload(filename, purpose, expires_after_s)
+            format_of(filename, content_type)
+        upload = self.files.upload(filename, purpose, expires_after_s, content_type)
         try:
             async for chunk in chunks:
                 upload.write(chunk)

@@ -26,6 +26,11 @@ UPLOAD_CHUNK = 1 << 20
 _NO_FILE = "Unknown file (code `file_not_found`)"
 
 
+def _declared_type(upload: UploadFile) -> str | None:
+    """The file part's own Content-Type (``upload.content_type`` says text/plain when it has none)."""
+    return next((v for k, v in upload.headers.items() if k.lower() == "content-type"), None)
+
+
 async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
     while chunk := await upload.read(UPLOAD_CHUNK):
         yield chunk
@@ -45,7 +50,7 @@ class FilesController(Controller):
         name = data.file.filename or ""
         expires_after_s = check_expiry(data.expires_after_anchor, data.expires_after_seconds)
         record = await registry.vector_stores.upload_file(
-            name, data.purpose, _chunks(data.file), expires_after_s
+            name, data.purpose, _chunks(data.file), expires_after_s, _declared_type(data.file)
         )
         return file_object(record)
 

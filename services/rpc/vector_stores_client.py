@@ -31,12 +31,22 @@ class RemoteVectorStores:
         return await self.channels.call(self.stub, method, request)
 
     async def upload_file(
-        self, filename: str, purpose: str, chunks: AsyncIterator[bytes], expires_after_s: int | None = None
+        self,
+        filename: str,
+        purpose: str,
+        chunks: AsyncIterator[bytes],
+        expires_after_s: int | None = None,
+        content_type: str | None = None,
     ) -> FileRecord:
         failed: list[BaseException] = []
 
         async def requests() -> AsyncIterator[Any]:
-            start = pb.UploadStart(filename=filename, purpose=purpose, expires_after_seconds=expires_after_s)
+            start = pb.UploadStart(
+                filename=filename,
+                purpose=purpose,
+                expires_after_seconds=expires_after_s,
+                content_type=content_type,
+            )
             yield pb.UploadFileRequest(start=start)
             try:
                 async for chunk in chunks:

@@ -46,11 +46,15 @@ def file_message(r: FileRecord) -> Any:
         sha256=r.sha256,
         created_at=r.created_at,
         expires_at=r.expires_at,
+        content_type=r.content_type,
     )
 
 
 def file_record(m: Any) -> FileRecord:
-    return FileRecord(m.id, m.filename, m.purpose, m.bytes, m.sha256, m.created_at, optional(m, "expires_at"))
+    return FileRecord(
+        m.id, m.filename, m.purpose, m.bytes, m.sha256, m.created_at, optional(m, "expires_at"),
+        optional(m, "content_type"),
+    )  # fmt: skip
 
 
 def chunking_message(c: ChunkingConfig | None) -> Any:

@@ -48,7 +48,10 @@ class VectorStoresServicer(vector_stores_pb2_grpc.VectorStoresServicer):
                 raise InvalidRequest("an upload starts with the file's name and purpose", param="file")
             start = first.start
             expires_after_s = codec.optional(start, "expires_after_seconds")
-            record = await self.s.upload_file(start.filename, start.purpose, data(), expires_after_s)
+            content_type = codec.optional(start, "content_type")
+            record = await self.s.upload_file(
+                start.filename, start.purpose, data(), expires_after_s, content_type
+            )
             return codec.file_message(record)
 
         return await answer(context, work())

@@ -15,7 +15,12 @@ from retrieval.vector_store_types import FileAttachment, SearchHit, SearchOption
 
 class VectorStoresAPI(Protocol):
     async def upload_file(
-        self, filename: str, purpose: str, chunks: AsyncIterator[bytes], expires_after_s: int | None = None
+        self,
+        filename: str,
+        purpose: str,
+        chunks: AsyncIterator[bytes],
+        expires_after_s: int | None = None,
+        content_type: str | None = None,
     ) -> FileRecord: ...
 
     async def list_files(self, purpose: str | None = None, query: PageQuery = ALL) -> Page[FileRecord]: ...

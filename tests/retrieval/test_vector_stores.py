@@ -495,3 +495,23 @@ async def test_every_query_of_a_store_is_a_use_and_obeys_its_expiry(
         "doc"
     ]
     vs.collections.store.close()
+
+
+def test_a_files_table_from_before_content_types_gains_them(tmp_path: Path) -> None:
+    """A store written before uploads kept their content type opens with its files kept (of no type), and
+    keeps the media type of the uploads that follow."""
+    db = sqlite3.connect(tmp_path / "store.db")
+    db.execute(
+        "CREATE TABLE files (id TEXT PRIMARY KEY, filename TEXT NOT NULL, purpose TEXT NOT NULL, "
+        "bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, created REAL NOT NULL, expires REAL)"
+    )
+    db.execute("INSERT INTO files VALUES ('file-old', 'a.txt', 'assistants', 4, 'ab', 1700000000.5, NULL)")
+    db.commit()
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "file-old").write_bytes(b"text")
+    files = FileStore(db, tmp_path / "files")
+    assert files.get("file-old").content_type is None
+    upload = files.upload("notes", "assistants", None, "Text/Markdown; charset=utf-8")
+    upload.write(b"# Notes")
+    record = upload.commit()
+    assert record.content_type == files.get(record.id).content_type == "text/markdown"

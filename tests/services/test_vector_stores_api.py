@@ -494,3 +494,33 @@ def test_retrieval_and_rag_use_a_vector_store_and_obey_its_expiry(
     assert client.vector_stores.retrieve(store.id).status == "expired"
     for path, body in routes.items():
         assert error_of(http.post(path, json=body), 400)["code"] == "vector_store_expired", path
+
+
+def test_a_file_without_a_suffix_is_read_by_its_content_type(
+    http: httpx.Client, client: openai.OpenAI, made: Created
+) -> None:
+    """`curl -F 'file=@punycode.md;filename=notes;type=text/markdown'`: no suffix, so the part's Content-Type
+    tells the format, at upload and when the file is processed; without one it is still a 400."""
+    markdown = (FORMATS / "punycode.md").read_bytes()
+    answer = http.post(
+        "/v1/files",
+        files={"file": ("notes", markdown, "text/markdown; charset=utf-8")},
+        data={"purpose": "assistants"},
+    )
+    assert answer.status_code == 200, answer.text
+    file_id = answer.json()["id"]
+    made.files.append(file_id)
+    store = client.vector_stores.create(name="typed")
+    made.stores.append(store.id)
+    vsf = client.vector_stores.files.create_and_poll(file_id, vector_store_id=store.id, poll_interval_ms=100)
+    assert vsf.status == "completed", vsf.last_error
+    hits = client.vector_stores.search(store.id, query="Punycode encoding of Unicode domain names")
+    assert [h.filename for h in hits.data] == ["notes"]
+
+    untyped = http.post(
+        "/v1/files",
+        files={"file": ("notes", markdown, "application/octet-stream")},
+        data={"purpose": "assistants"},
+    )
+    error = error_of(untyped, 400)
+    assert error["code"] == "unsupported_file" and "application/octet-stream" in error["message"], error
