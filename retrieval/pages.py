@@ -77,8 +77,8 @@ class Positions:
         if (live := self._live(scope, object_id)) is not None:
             return live
         row = self.db.execute(
-            "SELECT created, tiebreak FROM deleted_positions WHERE list = ? AND id = ?",
-            (self._list(scope), object_id),
+            "SELECT created, tiebreak FROM deleted_positions WHERE list = ? AND id = ? AND deleted >= ?",
+            (self._list(scope), object_id, time.time() - KEEP_DELETED_S),
         ).fetchone()
         return None if row is None else (row[0], row[1])
 
