@@ -102,8 +102,9 @@ class Scheduler:
         that the free slots will take are not counted as waiting. A group (a request's choices and prompts)
         is taken as a whole against the queue it finds, so its members never fill the queue against
         themselves; but one larger than the batch and the queue together, and than ``MAX_GROUP`` (the
-        most choices OpenAI's API allows), is refused as the caller's mistake: it alone would hold the
-        queue past its limit for everyone else."""
+        most choices OpenAI's API allows), or with more tokens than the queue takes at all, is refused as
+        the caller's mistake: it alone would hold the queue past its limit for everyone else, or never be
+        taken."""
         limit = self.config.max_waiting_requests
         most = max(MAX_GROUP, self.config.max_num_seqs + limit)
         if num_requests > most:
@@ -111,6 +112,11 @@ class Scheduler:
                 f"this request asks for {num_requests} sequences (n choices of each prompt); this model "
                 f"takes at most {most} from one request",
                 param="n",
+            )
+        if num_tokens > self.config.max_waiting_tokens:  # not even an empty queue would take it
+            raise InvalidRequest(
+                f"this request's prompts hold {num_tokens} tokens (each counted once per choice); this "
+                f"model queues at most {self.config.max_waiting_tokens} (max_waiting_tokens)"
             )
         free_slots = max(0, self.config.max_num_seqs - len(self.running))
         queued = list(itertools.islice(self.waiting, free_slots, None))

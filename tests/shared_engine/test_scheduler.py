@@ -65,6 +65,14 @@ def test_requests_the_free_slots_will_take_do_not_count_as_waiting() -> None:
     assert "max_waiting_tokens=13" in (scheduler.admission_refusal(11) or "")
 
 
+def test_a_request_no_queue_could_take_is_the_callers_mistake() -> None:
+    """More prompt tokens than the queue holds at all is a 400, not a 429 to retry for ever."""
+    _, scheduler = make_scheduler(max_num_seqs=2, max_waiting_requests=2, max_waiting_tokens=13)
+    assert scheduler.admission_refusal(13) is None
+    with pytest.raises(InvalidRequest, match="hold 14 tokens .* at most 13 \\(max_waiting_tokens\\)"):
+        scheduler.admission_refusal(14)
+
+
 @pytest.mark.parametrize(("max_num_seqs", "max_waiting", "most"), [(2, 3, MAX_GROUP), (100, 60, 160)])
 def test_a_group_larger_than_any_request_may_be_is_refused(
     max_num_seqs: int, max_waiting: int, most: int
