@@ -45,6 +45,12 @@ def decode_base64_image(text: str, param: str = "image") -> bytes:
     """The bytes of plain base64 or of a ``data:image/<type>;base64,`` URL (standard or URL-safe
     alphabet, whitespace and missing padding tolerated)."""
     payload = text.strip()
+    if payload.lower().startswith(("http://", "https://")):
+        raise InvalidRequest(
+            "image is a URL; images are never fetched: send its bytes as base64 or a data URL, or as a "
+            "multipart file",
+            param=param,
+        )
     if payload.startswith("data:"):
         payload = _data_url_payload(payload, param)
     payload = "".join(payload.split())

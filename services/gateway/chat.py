@@ -43,11 +43,13 @@ def _text(m: ChatMessage, i: int) -> str:
         return m.content or ""
     parts = []
     for part in m.content:
-        if part.type != "text" or part.text is None:
+        if part.type != "text":
             raise InvalidRequest(
                 f"messages[{i}]: content part of type {part.type!r} is not supported by a text model",
                 param="messages",
             )
+        if part.text is None:
+            raise InvalidRequest(f"messages[{i}]: a content part of type 'text' needs text", param="messages")
         parts.append(part.text)
     return "".join(parts)
 
@@ -55,7 +57,9 @@ def _text(m: ChatMessage, i: int) -> str:
 def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, m in enumerate(messages):
-        entry: dict[str, Any] = {"role": m.role, "content": _text(m, i)}
+        # OpenAI's developer messages are the system prompt of models before them, as vLLM reads them.
+        role = "system" if m.role == "developer" else m.role
+        entry: dict[str, Any] = {"role": role, "content": _text(m, i)}
         if m.role == "tool":
             if not m.tool_call_id:
                 raise InvalidRequest(f"messages[{i}]: a tool message needs tool_call_id", param="messages")

@@ -60,12 +60,15 @@ def encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
     return [float(x) for x in vector]
 
 
-async def create(service: Embeddings, body: EmbeddingRequest) -> EmbeddingList:
-    if body.dimensions is not None and body.dimensions > service.dimensions:
+def check_dimensions(dimensions: int | None, available: int) -> None:
+    if dimensions is not None and dimensions > available:
         raise InvalidRequest(
-            f"dimensions must be at most {service.dimensions} for this model, got {body.dimensions}",
-            param="dimensions",
+            f"dimensions must be at most {available} for this model, got {dimensions}", param="dimensions"
         )
+
+
+async def create(service: Embeddings, body: EmbeddingRequest) -> EmbeddingList:
+    check_dimensions(body.dimensions, service.dimensions)
     inputs = await off_the_loop_if_large(text_size(body.input), lambda: token_lists(service, body))
     vectors = await service.embed(inputs)
     data = [

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import re
 import uuid
-from typing import Annotated, Any, TypeVar, cast
+from typing import Annotated, Any, cast
 
-import msgspec
 from litestar import Controller, Request, Response, post
-from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.exceptions import SerializationException
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import Body, JSONBody
 
 from pipelines.tts import FORMATS as SPEECH_FORMATS
 from pipelines.tts import output_rate
-from pipelines.vision import decode_base64_image
 from services.gateway.api_docs import (
     JSON,
     SERVICE_ERRORS,
@@ -29,7 +24,8 @@ from services.gateway.api_docs import (
     multipart,
     operation,
 )
-from services.gateway.embeddings import encode
+from services.gateway.embeddings import check_dimensions, encode, shorten
+from services.gateway.image_requests import image_request
 from services.gateway.media_schemas import (
     MAX_IMAGES,
     Classification,
@@ -46,14 +42,14 @@ from services.gateway.media_schemas import (
 from services.gateway.schemas import Embedding
 from services.gateway.transcripts import check_format, check_granularities, render
 from services.registry import ModelRegistry
-from shared_engine.errors import InvalidRequest, about_item
+from shared_engine.errors import InvalidRequest
 
 Registry = NamedDependency[ModelRegistry]
 Multipart = Body(media_type=RequestEncodingType.MULTI_PART)
-_Body = TypeVar("_Body", ClassificationRequest, ImageEmbeddingRequest)
 
 MULTIPART = "multipart/form-data"
 _MODEL = Schema(type=OpenAPIType.STRING, description="the vision model; the first configured one if omitted")
+_DIMENSIONS = "the first d components, renormalised (at most the model's own)"
 _IMAGE_ERRORS = errors(
     400, 404, 413, *SERVICE_ERRORS, e413="The body is past the upload limit, or an image past the pixel limit"
 )
@@ -84,6 +80,7 @@ _EMBED = operation(
                 ),
                 "model": _MODEL,
                 "encoding_format": Schema(type=OpenAPIType.STRING, enum=["float", "base64"], default="float"),
+                "dimensions": Schema(type=OpenAPIType.INTEGER, minimum=1, description=_DIMENSIONS),
             },
             required=["file"],
         ),
@@ -117,55 +114,6 @@ _SPEECH = operation(
 )
 
 
-def _convert(schema: type[_Body], fields: dict[str, Any], strict: bool) -> _Body:
-    try:
-        return msgspec.convert(fields, schema, strict=strict)
-    except msgspec.ValidationError as exc:
-        # msgspec says "Expected `int`, got `str` - at `$.top_k`": lead with the field, as for other bodies.
-        message, _, where = str(exc).partition(" - at `$.")
-        param = re.match(r"[A-Za-z_]+", where) or re.search(r"field `([A-Za-z_]+)`", message)
-        name = param.group(param.lastindex or 0) if param else None
-        raise InvalidRequest(f"{name}: {message}" if name else message, param=name) from None
-
-
-async def _image_request(request: Request[Any, Any, Any], schema: type[_Body]) -> tuple[list[bytes], _Body]:
-    """The images of a multipart form (``file`` parts) or a JSON body (``image``), and the body's fields."""
-    if request.content_type[0] == RequestEncodingType.MULTI_PART:
-        form = await request.form()
-        files = form.getall("file") if "file" in form else []
-        if not files or not all(isinstance(f, UploadFile) for f in files):
-            raise InvalidRequest("send the image as a multipart file field named `file`", param="file")
-        if len(files) > MAX_IMAGES:
-            raise InvalidRequest(f"at most {MAX_IMAGES} images per request, got {len(files)}", param="file")
-        fields = {k: v for k, v in form.items() if k != "file"}
-        body = _convert(schema, {**fields, "image": ""}, strict=False)  # form values are strings
-        return [await f.read() for f in files], body
-    try:
-        raw = await request.json()
-    except SerializationException:
-        kind = request.content_type[0]
-        if kind.startswith(("image/", "application/octet-stream")):  # the image itself as the body
-            raise InvalidRequest(
-                "send the image as a multipart form's `file` or a JSON body's `image`, "
-                f"not as the body itself ({kind})",
-                param="image",
-            ) from None
-        raise InvalidRequest(_not_json(await request.body()), param=None) from None
-    if not isinstance(raw, dict):
-        raise InvalidRequest("the body must be a JSON object or a multipart form", param=None)
-    body = _convert(schema, raw, strict=True)
-    images: Any = body.image
-    if not isinstance(images, list):
-        return [decode_base64_image(images)], body
-    decoded = []
-    for index, image in enumerate(images):
-        try:
-            decoded.append(decode_base64_image(image))
-        except InvalidRequest as exc:
-            raise about_item(exc, f"image {index}") from None
-    return decoded, body
-
-
 class VisionController(Controller):
     path = "/v1/vision"
     tags = ["vision"]
@@ -178,9 +126,9 @@ class VisionController(Controller):
         operation_class=_CLASSIFY,
     )
     async def classify(self, request: Request[Any, Any, Any], registry: Registry) -> Classification:
-        images, body = await _image_request(request, ClassificationRequest)
+        images, body = await image_request(request, ClassificationRequest)
         if len(images) != 1:
-            raise InvalidRequest("classification takes exactly one image", param="image")
+            raise InvalidRequest("classification takes exactly one image", param="file")  # multipart only
         model = body.model or registry.default_model("vision")
         (labels,) = await registry.vision(model).classify(images, body.top_k)
         return Classification(model, [ClassLabel(x.label, x.index, x.score) for x in labels])
@@ -193,9 +141,11 @@ class VisionController(Controller):
         operation_class=_EMBED,
     )
     async def embed(self, request: Request[Any, Any, Any], registry: Registry) -> ImageEmbeddingList:
-        images, body = await _image_request(request, ImageEmbeddingRequest)
+        images, body = await image_request(request, ImageEmbeddingRequest)
         model = body.model or registry.default_model("vision")
-        vectors = await registry.vision(model).embed_images(images)
+        service = registry.vision(model)
+        check_dimensions(body.dimensions, service.dimensions)
+        vectors = [shorten(v, body.dimensions) for v in await service.embed_images(images)]
         data = [Embedding(index=i, embedding=encode(v, body.encoding_format)) for i, v in enumerate(vectors)]
         return ImageEmbeddingList(data, model, ImageEmbeddingUsage(images=len(images)))
 
@@ -289,12 +239,3 @@ def _default_speech_model(registry: ModelRegistry, task: str) -> str:
         f"{', '.join(names)}",
         param="model",
     )
-
-
-def _not_json(body: bytes) -> str:
-    """Why a body failed to decode as JSON: its bytes (msgspec reports bad UTF-8 as bad JSON) or its text."""
-    try:
-        body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return f"The request body is not valid UTF-8 ({exc.reason})."
-    return "the body is not valid JSON"

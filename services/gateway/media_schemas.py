@@ -29,6 +29,7 @@ class ImageEmbeddingRequest(Struct, kw_only=True):
     image: str | Annotated[list[str], Meta(min_length=1, max_length=MAX_IMAGES)]
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Meta(ge=1)] | None = None
 
 
 class ClassLabel(Struct):

@@ -91,6 +91,9 @@ BAD_REQUESTS: dict[str, Case] = {
     "chat-image-content-part": Case(
         "chat", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages"
     ),
+    "chat-text-part-without-text": Case(
+        "chat", {"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages"
+    ),
     "completions-prompt-empty-list": Case("completions", {"prompt": []}, "prompt"),
     "completions-prompt-empty-string": Case("completions", {"prompt": ""}, "prompt"),
     "completions-prompt-missing": Case("completions", {"prompt": MISSING}, "prompt"),
@@ -209,6 +212,12 @@ def test_unknown_route_and_wrong_method(http: httpx.Client) -> None:
     assert error["type"] == "not_found_error"
     error = error_of(http.get("/v1/chat/completions"), 405)
     assert error["type"] == "invalid_request_error"
+
+
+def test_a_text_part_without_text_is_named_so(http: httpx.Client, model_id: str) -> None:
+    body = chat_body(model_id, messages=[{"role": "user", "content": [{"type": "text"}]}])
+    error = error_of(http.post("/v1/chat/completions", json=body), 400)
+    assert error["message"] == "messages[0]: a content part of type 'text' needs text"
 
 
 # -- context length -----------------------------------------------------------------------------------------

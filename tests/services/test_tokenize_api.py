@@ -72,6 +72,15 @@ def test_template_options_shape_the_count(http: httpx.Client, model_id: str) -> 
     assert text.endswith("assistant\nThe capital")
 
 
+def test_a_developer_message_is_the_system_prompt(http: httpx.Client, model_id: str) -> None:
+    """OpenAI's newer name for the system role: the template's default system prompt gives way to it, as
+    to a system message, instead of a turn of a role the model never saw."""
+    instructions = {"content": "Answer in one word.", "role": "system"}
+    system = tokenize(http, model=model_id, messages=[instructions, *QUESTION])["tokens"]
+    developer = tokenize(http, model=model_id, messages=[{**instructions, "role": "developer"}, *QUESTION])
+    assert developer["tokens"] == system
+
+
 def test_an_embedding_model_counts_what_an_embedding_is_charged(
     http: httpx.Client, client: openai.OpenAI
 ) -> None:

@@ -165,7 +165,7 @@ def top1(http: httpx.Client, raw: bytes) -> str:
     return label
 
 
-def vectors_of(response: httpx.Response, count: int) -> list[np.ndarray]:
+def vectors_of(response: httpx.Response, count: int, dimensions: int = DIMENSIONS) -> list[np.ndarray]:
     """The embeddings of an answer, in order, after checking the envelope, the usage and each vector."""
     assert response.status_code == 200, response.text
     body = response.json()
@@ -182,7 +182,7 @@ def vectors_of(response: httpx.Response, count: int) -> list[np.ndarray]:
             if isinstance(raw, str)
             else np.asarray(raw, dtype=np.float32)
         )
-        assert vector.shape == (DIMENSIONS,) and np.isfinite(vector).all()
+        assert vector.shape == (dimensions,) and np.isfinite(vector).all()
         assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-4
         out.append(vector)
     return out
@@ -400,6 +400,19 @@ def test_base64_encoding_matches_floats(vision: httpx.Client) -> None:
     assert all(isinstance(item["embedding"], str) for item in response.json()["data"])
     for f, p in zip(floats, packed, strict=True):
         assert p.dtype == np.dtype("<f4") and np.array_equal(f, p)
+
+
+@pytest.mark.parametrize("as_form", [False, True], ids=["json", "multipart"])
+def test_dimensions_keep_the_first_components_renormalised(vision: httpx.Client, as_form: bool) -> None:
+    """As /v1/embeddings takes it: the first d components of the vector, scaled back to unit length."""
+    (full,) = embed(vision, jpeg("coffee"))
+    if as_form:
+        files = [("file", ("coffee.jpg", jpeg("coffee"), "image/jpeg"))]
+        response = vision.post(EMBED, files=files, data={"dimensions": "8"})
+    else:
+        response = vision.post(EMBED, json={"image": b64(jpeg("coffee")), "dimensions": 8})
+    (short,) = vectors_of(response, 1, dimensions=8)
+    assert np.allclose(short, full[:8] / np.linalg.norm(full[:8]), atol=1e-6)
 
 
 def test_list_of_images_keeps_its_order(vision: httpx.Client) -> None:
@@ -740,9 +753,26 @@ def bad_inputs() -> list[Any]:
             CLASSIFY,
             lambda: {"files": [("file", ("a.jpg", cat_jpeg)), ("file", ("b.jpg", cat_jpeg))]},
             400,
-            "image",
+            "file",
             "one image",
         ),
+        (
+            "image-url",
+            CLASSIFY,
+            lambda: {"json": {"image": "https://example.com/cat.jpg"}},
+            400,
+            "image",
+            "images are never fetched",
+        ),
+        (
+            "dimensions-past-the-model",
+            EMBED,
+            lambda: {"json": {"image": cat, "dimensions": DIMENSIONS + 1}},
+            400,
+            "dimensions",
+            f"at most {DIMENSIONS}",
+        ),
+        ("dimensions-zero", EMBED, lambda: {"json": {"image": cat, "dimensions": 0}}, 400, "dimensions", ""),
         ("empty-list", EMBED, lambda: {"json": {"image": []}}, 400, "image", ""),
         ("list-with-a-number", EMBED, lambda: {"json": {"image": [cat, 7]}}, 400, "image", ""),
         ("list-with-bad-image", EMBED, lambda: {"json": {"image": [cat, b64(b"nope")]}}, 400, "image", ""),
