@@ -51,7 +51,8 @@ class SamplingParams:
     (vLLM's ``bad_words``, as token ids) are never completed: a one-token word is barred everywhere, a
     longer one's last token wherever the output ends with the rest of it. ``top_k <= 0`` disables
     top-k. ``seed`` makes
-    sampling reproducible per request regardless of what else shares the batch. ``logprobs`` is the number of
+    sampling reproducible per request whatever else shares the batch: its draws do not depend on the other
+    rows (the logits they are drawn from still round with the batch's size). ``logprobs`` is the number of
     alternatives to report per token (``0`` reports only the chosen token's log-probability;
     ``None`` reports nothing). Log-probabilities are those of the distribution after the bias, the
     penalties and the ``logits_processors`` (a pipeline's decoding rules, e.g. Whisper's suppressed
