@@ -1,7 +1,9 @@
 """Processing the files attached to vector stores, in the background: each file's text is extracted
 (retrieval.formats), chunked and embedded into its vector store's collection as one document, and the
 attachment marked ``completed``, or ``failed`` with ``last_error`` (the code and message of the error).
-A few files are processed at once, so that their chunks share the embedding model's batches."""
+A few files are processed at once, so that their chunks share the embedding model's batches; as one ends
+the next waiting file starts, and a file no longer wanted (detached, its batch cancelled, its store or
+itself deleted) stops at once, its queued chunks dropped."""
 
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ class FileProcessor:
         self.files = files
         self.records = records
         self._worker: asyncio.Task[None] | None = None
+        self._running: dict[tuple[str, str], asyncio.Task[None]] = {}  # (store, file) -> its processing
+        self._attached = asyncio.Event()  # new files wait while the worker runs: look again
         self._resumed = False
 
     def resume_once(self) -> None:
@@ -51,7 +55,9 @@ class FileProcessor:
 
     def kick(self) -> None:
         """Start processing waiting files, if any and not already under way."""
-        if (self._worker is None or self._worker.done()) and self.records.pending():
+        if self._worker is not None and not self._worker.done():
+            self._attached.set()
+        elif self.records.pending():
             self._worker = asyncio.get_running_loop().create_task(self._process_pending())
 
     def stop(self) -> None:
@@ -59,12 +65,42 @@ class FileProcessor:
         processed again when the store is next opened."""
         if self._worker is not None:
             self._worker.cancel()
+        for task in self._running.values():
+            task.cancel()
+
+    def drop_unwanted(self) -> None:
+        """Stop processing the files that are no longer in progress in their store (detached, cancelled,
+        deleted): whatever they have not embedded yet is dropped, and nothing of them is written."""
+        for (store_id, file_id), task in list(self._running.items()):
+            try:
+                wanted = self.records.file(store_id, file_id).status == "in_progress"
+            except VectorStoreFileNotFound:
+                wanted = False
+            if not wanted:
+                task.cancel()
 
     async def _process_pending(self) -> None:
-        while pending := self.records.pending():
-            for at in range(0, len(pending), PARALLEL_FILES):
-                group = pending[at : at + PARALLEL_FILES]
-                await asyncio.gather(*(self._process(s, f) for s, f in group))
+        running = self._running
+        try:
+            loop = asyncio.get_running_loop()
+            while True:
+                self._attached.clear()
+                for key in self.records.pending():
+                    if len(running) >= PARALLEL_FILES:
+                        break
+                    if key not in running:
+                        running[key] = loop.create_task(self._process(*key))
+                if not running:
+                    return
+                attached = loop.create_task(self._attached.wait())
+                await asyncio.wait([*running.values(), attached], return_when=asyncio.FIRST_COMPLETED)
+                attached.cancel()
+                for key in [k for k, task in running.items() if task.done()]:
+                    del running[key]
+        finally:
+            for task in running.values():
+                task.cancel()
+            running.clear()
 
     async def _process(self, store_id: str, file_id: str) -> None:
         try:

@@ -169,6 +169,7 @@ class VectorStores:
         self.records.store(store_id)
         with self.collections.store.transaction():
             self.records.delete_store(store_id)
+        self.processor.drop_unwanted()
         with contextlib.suppress(CollectionNotFound):
             self.collections.drop(store_id, WRITER)
 
@@ -221,6 +222,7 @@ class VectorStores:
         """Remove a file from a vector store (the file itself stays)."""
         self.records.file(store_id, file_id)
         self.records.delete_file(store_id, file_id)
+        self.processor.drop_unwanted()
         with contextlib.suppress(DocumentNotFound):  # never processed, or failed
             await self.collections.delete(store_id, file_id, WRITER)
 
@@ -249,6 +251,7 @@ class VectorStores:
         self.records.batch(store_id, batch_id)
         with self.collections.store.transaction():
             self.records.cancel_batch(store_id, batch_id)
+        self.processor.drop_unwanted()
         return self.records.batch(store_id, batch_id)
 
     async def batch_files(

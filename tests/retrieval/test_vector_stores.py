@@ -377,6 +377,42 @@ async def test_a_file_attached_again_to_be_chunked_otherwise_is_chunked_so(
     vs.collections.store.close()
 
 
+async def test_a_long_file_holds_up_no_other_and_stops_when_its_batch_is_cancelled(
+    tmp_path: Path, embedder: EmbeddingService
+) -> None:
+    """A file still embedding (held here) does not keep a file attached after it waiting, in any store; and
+    cancelling its batch stops its work at once instead of letting it run to the end to be thrown away."""
+    vs = open_stores(tmp_path, embedder)
+    slow_store, quick_store = [await vs.create(name, {}, None, None) for name in ("slow", "quick")]
+    slow, quick = await upload(vs, DOCS / "numpy.txt"), await upload(vs, DOCS / "faiss.txt")
+    cols, add = vs.collections, vs.collections.add
+    reached, stopped = asyncio.Event(), asyncio.Event()
+
+    async def held_add(name: str, *args: Any, **kwargs: Any) -> tuple[list[str], int]:
+        if name != slow_store.id:
+            return await add(name, *args, **kwargs)
+        reached.set()
+        try:
+            await asyncio.Event().wait()  # a file that takes for ever to embed
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+        raise AssertionError("unreachable")
+
+    cols.add = held_add  # type: ignore[method-assign]
+    batch = await vs.create_batch(slow_store.id, [FileAttachment(slow)])
+    await asyncio.wait_for(reached.wait(), 60)
+    await vs.attach(quick_store.id, FileAttachment(quick))
+    assert (await settled(vs, quick_store.id, quick, timeout=60)).status == "completed"
+    assert (await vs.get_attached(slow_store.id, slow)).status == "in_progress"
+    await vs.cancel_batch(slow_store.id, batch.id)
+    await asyncio.wait_for(stopped.wait(), 10)
+    assert (await vs.get_attached(slow_store.id, slow)).status == "cancelled"
+    cols.add = add  # type: ignore[method-assign]
+    assert vs.collections.store.chunk_ids_of(slow_store.id, slow) == []
+    vs.collections.store.close()
+
+
 async def test_a_file_past_its_expiry_is_gone_and_leaves_its_vector_stores(
     tmp_path: Path, embedder: EmbeddingService
 ) -> None:
