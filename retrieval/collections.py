@@ -40,11 +40,13 @@ logger = logging.getLogger(__name__)
 class Owner:
     """An API that keeps some collections as parts of its own objects (vector stores): the collections
     ``owns`` admits are changed and dropped only by writes that name ``name``, and every query of one,
-    whatever its route, goes through ``queried`` first (which may refuse it by raising)."""
+    whatever its route, goes through ``admit_query`` first (which may refuse it by raising) and, once it
+    has answered, through ``queried``."""
 
     name: str
     api: str
     owns: Callable[[str], bool]
+    admit_query: Callable[[str], None] | None = None
     queried: Callable[[str], None] | None = None
 
 
@@ -229,9 +231,9 @@ class Collections:
         a collection of images is queried with an image, by its vectors alone."""
         options, where = options or QueryOptions(), as_filter(where) if where is not None else None
         record = self.record(name)
-        owner = self.owner
-        if owner is not None and owner.queried is not None and owner.owns(name):
-            owner.queried(name)
+        owner = self.owner if self.owner is not None and self.owner.owns(name) else None
+        if owner is not None and owner.admit_query is not None:
+            owner.admit_query(name)
         embedder = self.embedders[record.model]
         vector: np.ndarray | None = None
         if is_image(embedder):
@@ -250,8 +252,12 @@ class Collections:
                 raise InvalidRequest("query must not be empty", param="query")
             if options.mode != "lexical":
                 (vector,) = await embedder.embed(embedder.tokenize([text], truncate=True))  # type: ignore[union-attr]
-        request = SearchRequest(name, vector, text, top_k, options, where)
-        return search(self.store, self._index(name), request)
+        results = search(
+            self.store, self._index(name), SearchRequest(name, vector, text, top_k, options, where)
+        )
+        if owner is not None and owner.queried is not None:
+            owner.queried(name)
+        return results
 
     # -- persistence --------------------------------------------------------------------------------------
 

@@ -29,11 +29,12 @@ WRITER = "vector store"
 
 
 def claim_collections(
-    collections: Collections, records: VectorStoreRecords, queried: Callable[[str], None] | None = None
+    collections: Collections, records: VectorStoreRecords, admit_query: Callable[[str], None] | None = None
 ) -> None:
     """Leave each collection named by a vector store's id to the vector stores: other writes to it are
-    refused (CollectionOwned), and each query of one calls ``queried`` with its id first."""
-    collections.claim(Owner(WRITER, "/v1/vector_stores", records.exists, queried))
+    refused (CollectionOwned); each query of one calls ``admit_query`` with its id first, and counts as a
+    use of the store once it has answered."""
+    collections.claim(Owner(WRITER, "/v1/vector_stores", records.exists, admit_query, records.touch))
 
 
 class FileProcessor:

@@ -1,6 +1,6 @@
 """Search over a vector store's collection, and the rule every query of that collection obeys whatever
 its route (the store's search, /v1/retrieval/query, /v1/rag): refused once the store has expired, and
-otherwise a use, which its expiry counts from."""
+otherwise, once answered, a use, which its expiry counts from (the collections call ``records.touch``)."""
 
 from __future__ import annotations
 
@@ -27,11 +27,6 @@ class StoreSearch:
         store = self.records.store(store_id)
         if store.expired(time.time()):
             raise VectorStoreExpired(store_id, store.expires_at or 0)
-
-    def queried(self, store_id: str) -> None:
-        """Called by the collections before any query of a store's collection."""
-        self.check_live(store_id)
-        self.records.touch(store_id)
 
     async def search(self, store_id: str, queries: Sequence[str], options: SearchOptions) -> list[SearchHit]:
         """The best files for the queries (joined into one), each with its best passages. Scores are in

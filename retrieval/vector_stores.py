@@ -48,7 +48,7 @@ class VectorStores:
         self.expiry_check_s = EXPIRY_CHECK_S
         self._expiry: asyncio.Task[None] | None = None
         self.searcher = StoreSearch(collections, files, records)
-        claim_collections(collections, records, self.searcher.queried)
+        claim_collections(collections, records, self.searcher.check_live)
 
     @classmethod
     def open(cls, collections: Collections) -> VectorStores:

@@ -514,7 +514,10 @@ async def test_every_query_of_a_store_is_a_use_and_obeys_its_expiry(
         vs.records.db.execute("UPDATE vector_stores SET last_active = ? WHERE id = ?", (at, store.id))
         return at
 
-    last_active(20 * 3_600)
+    idle_since = last_active(20 * 3_600)
+    with pytest.raises(InvalidRequest, match="query must not be empty"):  # refused: no use
+        await vs.collections.query(store.id, "   ", 3)
+    assert (await vs.get(store.id)).last_active_at == idle_since
     hits = await vs.collections.query(store.id, first_query_for("numpy"), 3)
     assert [h.document_id for h in hits] == [file_id]
     assert (await vs.get(store.id)).last_active_at >= int(time.time()) - 60
