@@ -38,7 +38,7 @@ from services.tasks.tts import TTSService
 from services.tasks.vector_stores import VectorStoresAPI
 from services.tasks.vision import VisionService
 from services.tasks.warmup import warm_up_all
-from shared_engine.compute import compute_lane
+from shared_engine.compute import compute_lane, drain_cpu_lane
 
 logger = logging.getLogger(__name__)
 
@@ -268,3 +268,5 @@ class ModelRegistry:
             self._collections.close()
         for service in self.services.values():
             service.shutdown()
+        if not drain_cpu_lane():
+            logger.warning("a forward was still running after 30 s; exiting under it may abort the process")

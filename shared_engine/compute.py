@@ -46,6 +46,18 @@ class ComputeLane:
         """``fn(*args)`` on the lane, awaited without blocking the event loop."""
         return await asyncio.wrap_future(self._submit(fn, args))
 
+    def drain(self, timeout_s: float) -> bool:
+        """Wait, at most ``timeout_s``, until the work submitted so far has run (work cancelled before it
+        started is skipped); whether it has. Before the interpreter exits: a forward still running in this
+        daemon thread then aborts the process ("terminate called without an active exception")."""
+        if threading.current_thread() is self._thread:
+            return False
+        try:
+            self._submit(lambda: None, ()).result(timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
     def _submit(self, fn: Callable[..., T], args: tuple[Any, ...]) -> Future[T]:
         future: Future[T] = Future()
         self._jobs.put((future, fn, args))
@@ -76,6 +88,11 @@ Lane = ComputeLane | CallerThread
 
 _cpu_lane: ComputeLane | None = None
 _lock = threading.Lock()
+
+
+def drain_cpu_lane(timeout_s: float = 30.0) -> bool:
+    """Let the CPU lane finish what it holds (see ``ComputeLane.drain``); True where there is none."""
+    return _cpu_lane is None or _cpu_lane.drain(timeout_s)
 
 
 def compute_lane(device: torch.device | str) -> Lane:

@@ -92,3 +92,22 @@ async def test_a_batcher_runs_its_batches_on_the_lane() -> None:
     finally:
         batcher.shutdown()
     assert threads and set(threads) == {"batch-lane"}
+
+
+def test_drain_waits_for_the_work_submitted_so_far() -> None:
+    """Before exit: the forward under way and those queued behind it run; too long a wait says so."""
+    lane = ComputeLane("drain-test")
+    release = threading.Event()
+    done: list[int] = []
+
+    def job(i: int) -> None:
+        release.wait(10)
+        done.append(i)
+
+    for i in range(3):
+        threading.Thread(target=lane.run, args=(job, i), daemon=True).start()
+    time.sleep(0.1)
+    assert not lane.drain(0.2) and done == []  # held: the wait runs out
+    release.set()
+    assert lane.drain(10) and sorted(done) == [0, 1, 2]
+    assert lane.run(lambda: lane.drain(1)) is False  # from its own thread it cannot wait for itself
