@@ -69,7 +69,7 @@ def test_a_request_no_queue_could_take_is_the_callers_mistake() -> None:
     """More prompt tokens than the queue holds at all is a 400, not a 429 to retry for ever."""
     _, scheduler = make_scheduler(max_num_seqs=2, max_waiting_requests=2, max_waiting_tokens=13)
     assert scheduler.admission_refusal(13) is None
-    with pytest.raises(InvalidRequest, match="hold 14 tokens .* at most 13 \\(max_waiting_tokens\\)"):
+    with pytest.raises(InvalidRequest, match=r"hold 14 tokens .* at most 13 \(max_waiting_tokens\)"):
         scheduler.admission_refusal(14)
 
 
