@@ -6,9 +6,14 @@ tokenizing all of it to keep (or refuse past) the first few hundred took a minut
 ``##`` spelling is at least as long as the text it covers), so a prefix of ``(n + MARGIN_TOKENS)`` times
 that many characters holds at least ``n + MARGIN_TOKENS`` tokens — unless the tokenizer drops characters
 (accents, control characters) or folds a long word into one ``[UNK]``. So the prefix is tokenized, and
-kept when it does hold that many; otherwise a prefix twice as long is tried, up to the whole text. Only
-the last few tokens of a prefix can differ from the whole text's (a word cut in two), which the margin
-keeps clear of the ``n`` that count.
+kept when it does hold that many; otherwise a prefix four times as long is tried, up to the whole text
+(at most a third more work than tokenizing the whole text at once).
+
+A prefix ends before a space or punctuation where its second half has one, so that it cuts no word: a
+WordPiece word cut short spells itself in pieces where the whole word is one ``[UNK]`` (past 100
+characters, or with a character the vocabulary lacks). A prefix with none there ends inside a run of
+thousands of letters, which WordPiece reads as one ``[UNK]`` cut or not; byte-level BPE changes at most
+the last few tokens of a cut word or run, which the margin keeps clear of the ``n`` that count.
 """
 
 from __future__ import annotations
@@ -40,11 +45,11 @@ def leading_ids(
 ) -> list[Leading]:
     """For each of ``texts``, at least its first ``n`` ids as ``encode`` gives them for the whole text
     (``encode`` tokenizes a batch; what it adds around each text, such as ``[CLS]``, counts in ``n``)."""
-    span = (n + MARGIN_TOKENS) * max(longest_token, 1)
+    span = 2 * (n + MARGIN_TOKENS) * max(longest_token, 1)
     found: dict[int, Leading] = {}
     pending = list(range(len(texts)))
     while pending:
-        prefixes = [texts[i][:span] for i in pending]
+        prefixes = [_prefix(texts[i], span) for i in pending]
         still = []
         for i, prefix, ids in zip(pending, prefixes, encode(prefixes), strict=True):
             whole = len(prefix) == len(texts[i])
@@ -52,5 +57,16 @@ def leading_ids(
                 found[i] = Leading(ids, prefix, whole)
             else:
                 still.append(i)
-        pending, span = still, 2 * span
+        pending, span = still, 4 * span
     return [found[i] for i in range(len(texts))]
+
+
+def _prefix(text: str, span: int) -> str:
+    """``text`` up to ``span`` characters, ending before the last space or punctuation of its second half
+    (where it has one), so that no word is cut."""
+    if len(text) <= span:
+        return text
+    for at in range(span, span // 2, -1):
+        if not text[at].isalnum():
+            return text[:at]
+    return text[:span]

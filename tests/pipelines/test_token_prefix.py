@@ -69,3 +69,22 @@ def test_a_batch_keeps_its_order_and_tokenizes_short_texts_once(tokenizer: Any) 
         assert lead.ids[:32] == tokenizer(text)["input_ids"][:32]
     assert [lead.whole for lead in leads][::3] == [True, True]
     assert calls[0] == len(texts) and all(c < len(texts) for c in calls[1:])
+
+
+@pytest.mark.parametrize(
+    "word", ["q" * 150, "w" * 60 + "\u2fd5"], ids=["past-100-letters", "unknown-character"]
+)
+@pytest.mark.parametrize("n", [64, 256])
+def test_a_word_across_the_prefix_end_is_read_as_the_whole_text_reads_it(
+    tokenizer: Any, word: str, n: int
+) -> None:
+    """WordPiece reads such a word as one [UNK], but a part of it as pieces: no prefix ends inside it. Spaces
+    make the words fall among the first ``n`` tokens though far into the text."""
+    longest = longest_token_chars(tokenizer)
+    text = "x " * (n - 10)
+    for k in (1, 2):  # a word across each length a prefix could be cut at
+        text = text.ljust(k * (n + MARGIN_TOKENS) * longest - len(word) // 2) + word
+    text += " tail" * 20_000
+    full = tokenizer(text)["input_ids"]
+    (lead,) = leading_ids(lambda t: tokenizer(t)["input_ids"], [text], n, longest)
+    assert not lead.whole and lead.ids[:n] == full[:n]
