@@ -13,7 +13,7 @@ import pytest
 from shared_engine.async_engine import AsyncLLMEngine, GenerationRequest
 from shared_engine.compute import ComputeLane
 from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig
-from shared_engine.errors import ContextLengthExceeded, Overloaded
+from shared_engine.errors import ContextLengthExceeded, InvalidRequest, Overloaded
 from shared_engine.outputs import FinishReason, RequestOutput
 from shared_engine.sampling_params import OutputKind, SamplingParams
 from tests.helpers.tiny_llm import tiny_engine
@@ -181,11 +181,12 @@ async def test_past_the_waiting_limits_requests_are_refused_and_admitted_ones_fi
 
 
 async def test_a_prompt_past_the_waiting_token_budget_is_refused(smollm2_folder: Path) -> None:
+    """Past what even an empty queue takes: the caller's mistake (400), not a busy server (429)."""
     limits = SchedulerConfig(max_waiting_tokens=8)
     front = AsyncLLMEngine(tiny_engine(smollm2_folder, EngineConfig(scheduler=limits)))
     one_token = SamplingParams(max_tokens=1, temperature=0)
     try:
-        with pytest.raises(Overloaded, match="max_waiting_tokens=8"):
+        with pytest.raises(InvalidRequest, match=r"hold 19 tokens .* at most 8 \(max_waiting_tokens\)"):
             await _collect(front, "big", one_token, prompt=list(range(1, 20)))
         assert len(await _collect(front, "small", one_token)) == 1
     finally:
