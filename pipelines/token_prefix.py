@@ -14,6 +14,11 @@ WordPiece word cut short spells itself in pieces where the whole word is one ``[
 characters, or with a character the vocabulary lacks). A prefix with none there ends inside a run of
 thousands of letters, which WordPiece reads as one ``[UNK]`` cut or not; byte-level BPE changes at most
 the last few tokens of a cut word or run, which the margin keeps clear of the ``n`` that count.
+
+``trailing_ids`` is the same for a decoder that reads only a text's last ``n`` tokens (Whisper's prompt):
+a suffix that starts at a space or punctuation of its first half. Where it has none, it starts inside a run
+of tens of thousands of letters, whose tokens byte-level BPE spells by the run's length: the suffix's may
+differ from the whole text's there.
 """
 
 from __future__ import annotations
@@ -70,3 +75,26 @@ def _prefix(text: str, span: int) -> str:
         if not text[at].isalnum():
             return text[:at]
     return text[:span]
+
+
+def trailing_ids(encode: Callable[[str], list[int]], text: str, n: int, longest_token: int) -> list[int]:
+    """The last ``n`` (≥ 1) ids of ``text`` as ``encode`` gives them for the whole text, from a suffix."""
+    span = 2 * (n + MARGIN_TOKENS) * max(longest_token, 1)
+    while True:
+        suffix = _suffix(text, span)
+        ids = encode(suffix)
+        if len(suffix) == len(text) or len(ids) >= n + MARGIN_TOKENS:
+            return ids[-n:]
+        span *= 4
+
+
+def _suffix(text: str, span: int) -> str:
+    """``text``'s last ``span`` characters at most, starting at the first space or punctuation of their
+    first half (where they have one), so that no word is cut."""
+    if len(text) <= span:
+        return text
+    start = len(text) - span
+    for at in range(start, start + span // 2):
+        if not text[at].isalnum():
+            return text[at:]
+    return text[start:]

@@ -30,6 +30,7 @@ from pipelines.asr.decoding import WhisperVocab
 from pipelines.asr.loader import prepare_whisper_folder
 from pipelines.asr.segments import Segment, split_window
 from pipelines.asr.windows import WindowDecoder
+from pipelines.token_prefix import longest_token_chars, trailing_ids
 from shared_engine.async_engine import AsyncLLMEngine, StepObserver
 from shared_engine.compute import compute_lane
 from shared_engine.detokenizer import Tokenizer
@@ -50,6 +51,7 @@ DIGITAL_SILENCE = 1e-4  # a window's peak below this (3 steps of 16-bit audio) h
 WINDOW_SECONDS = 30.0
 MAX_PROMPT_TOKENS = 223  # half the decoder's context, less the <|startofprev|> token
 TASKS = ("transcribe", "translate")
+WHISPER_CODES = {"jv": "jw"}  # ISO-639-1 codes that Whisper's tokenizer spells otherwise (Javanese)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class ASRPipeline:
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.tokenizer: Any = AutoTokenizer.from_pretrained(folder)
+        self._longest_token = longest_token_chars(self.tokenizer)
         self.features = WhisperFeatureExtractor.from_pretrained(folder)
         generation = GenerationConfig.from_pretrained(folder)
         self.vocab = WhisperVocab.from_tokenizer(self.tokenizer, generation)
@@ -181,9 +184,10 @@ class ASRPipeline:
     ) -> Transcription:
         """Transcribe (or translate into English) 16 kHz mono ``audio`` of any length; with
         ``word_timestamps``, the time of each word too."""
+        language = WHISPER_CODES.get(language, language) if language is not None else None
         self._check(task, language, temperature)
         duration = len(audio) / SAMPLE_RATE
-        history = self._encode_text(prompt) if prompt else []
+        history = self._prompt_ids(prompt) if prompt else []
         segments: list[Segment] = []
         words: list[Word] = []
         seek = 0.0
@@ -204,7 +208,7 @@ class ASRPipeline:
                 seek += window
                 continue
             result = split_window(
-                decoded.tokens, decoded.logprobs, self.vocab, seek, window, self._decode_text,
+                decoded.tokens, decoded.avg_logprob, self.vocab, seek, window, self._decode_text,
                 len(segments), decoded.temperature,
             )  # fmt: skip
             found = [replace(s, no_speech_prob=decoded.no_speech_prob or 0.0) for s in result.segments]
@@ -245,6 +249,11 @@ class ASRPipeline:
         token's text starts with "<|": encoded apart, "<" and "|" never meet to form one."""
         pieces = _CONTROL_START.split(" " + text.strip())
         return [i for piece in pieces for i in self.tokenizer.encode(piece, add_special_tokens=False)]
+
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        """The prompt's last ``MAX_PROMPT_TOKENS`` ids, all a window reads of it, from its tail only: a
+        prompt of megabytes tokenized whole held the event loop for seconds."""
+        return trailing_ids(self._encode_text, prompt, MAX_PROMPT_TOKENS, self._longest_token)
 
     def _decode_text(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))

@@ -37,7 +37,7 @@ class WindowResult:
 
 def split_window(
     tokens: Sequence[int],
-    logprobs: Sequence[float],
+    avg_logprob: float,
     vocab: WhisperVocab,
     offset: float,
     window: float,
@@ -45,7 +45,9 @@ def split_window(
     first_id: int = 0,
     temperature: float = 0.0,
 ) -> WindowResult:
-    """Segments of a window decoded with timestamps (``tokens`` without the end-of-text token).
+    """Segments of a window decoded with timestamps (``tokens`` without the end-of-text token). Each
+    carries the window's ``avg_logprob``, as Whisper's reference implementation reports it: the value that
+    decides whether the window is kept.
 
     When the window's last segment is closed by a timestamp pair, speech may run on past what the
     model saw: the next window starts at that last timestamp. When it ends on a single timestamp
@@ -60,12 +62,10 @@ def split_window(
         text = decode([t for t in tokens[lo:hi] if t < vocab.eot])
         if not text.strip():
             return None
-        lps = list(logprobs[lo:hi]) or [0.0]
         sid = first_id + len(segments)
         return Segment(
-            sid, round(start, 3), round(end, 3), text, tuple(tokens[lo:hi]), sum(lps) / len(lps), temperature,
-            offset,
-        )  # fmt: skip
+            sid, round(start, 3), round(end, 3), text, tuple(tokens[lo:hi]), avg_logprob, temperature, offset
+        )
 
     segments: list[Segment] = []
     if cuts:

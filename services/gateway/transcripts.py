@@ -28,7 +28,8 @@ def check_format(fmt: str) -> str:
 
 
 def check_granularities(values: list[str], fmt: str, task: str) -> frozenset[str]:
-    """The timestamp granularities asked for (``segment`` when none is named), as OpenAI checks them."""
+    """The timestamp granularities asked for (``segment`` when none is named), as OpenAI checks them:
+    words only with verbose_json, which alone has room for them."""
     param = "timestamp_granularities"
     unknown = [v for v in values if v not in TIMESTAMP_GRANULARITIES]
     if unknown:
@@ -38,9 +39,9 @@ def check_granularities(values: list[str], fmt: str, task: str) -> frozenset[str
         )
     if values and task != "transcribe":
         raise InvalidRequest("timestamp_granularities is only supported for transcriptions", param=param)
-    if values and fmt != "verbose_json":
+    if "word" in values and fmt != "verbose_json":  # ["segment"], the default, goes with any format
         raise InvalidRequest(
-            f"timestamp_granularities needs response_format verbose_json, got {fmt!r}", param=param
+            f"timestamp_granularities word needs response_format verbose_json, got {fmt!r}", param=param
         )
     return frozenset(values or ("segment",))
 

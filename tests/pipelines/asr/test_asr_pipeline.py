@@ -21,6 +21,8 @@ from pipelines.asr import ASRPipeline, ASRPipelineConfig, AudioTooShort, Transcr
 from pipelines.asr import audio as audio_module
 from pipelines.asr.audio import SAMPLE_RATE, resample
 from pipelines.asr.decoding import SuppressTokens
+from pipelines.asr.pipeline import MAX_PROMPT_TOKENS
+from pipelines.asr.windows import MIN_AVG_LOGPROB, NO_SPEECH_THRESHOLD
 from pipelines.sources import resolve_source
 from pipelines.tts import TTSPipeline, TTSPipelineConfig
 from shared_engine.dual_linear import DualLinear
@@ -244,6 +246,20 @@ def test_silence_and_noise_are_no_text(model: str, request: pytest.FixtureReques
     assert len(_words(result.text)) <= len(_words(both)) + 2, result.text
 
 
+def test_kept_segments_report_the_values_that_kept_them(base: ASRPipeline) -> None:
+    """Each segment reports its window's no-speech probability and mean log-probability, the two values
+    that decide whether a window is dropped: no kept segment is one the rule drops (a 60 Hz hum makes
+    whisper-base say "you", likely silent but probable enough), and a window's segments agree."""
+    hum = (0.02 * np.sin(2 * np.pi * 60 * np.arange(3 * SAMPLE_RATE) / SAMPLE_RATE)).astype(np.float32)
+    hum = np.round(hum * 32767) / 32767  # as a 16-bit WAV carries it
+    for label, audio in (("hum", hum), ("speech", _speech(" ".join(SENTENCES)))):
+        heard = asyncio.run(base.transcribe(label, audio))
+        for s in heard.segments:
+            assert not (s.no_speech_prob > NO_SPEECH_THRESHOLD and s.avg_logprob < MIN_AVG_LOGPROB), s
+        for _, window in itertools.groupby(heard.segments, key=lambda s: s.seek):
+            assert len({s.avg_logprob for s in window}) == 1, heard.segments
+
+
 def test_words_stay_in_order_across_windows(tiny: ASRPipeline) -> None:
     """Speech cut off by a window's end is heard again by the next window, which starts at the last
     timestamp: the first window's words lie before that point, so words never go back in time."""
@@ -265,6 +281,23 @@ def test_prompt_text_is_never_read_as_special_tokens(tiny: ASRPipeline) -> None:
         assert all(t < tiny.vocab.eot for t in tiny._encode_text(prompt)), prompt
         heard = asyncio.run(tiny.transcribe("special", audio, prompt=prompt))
         assert _overlap(SENTENCES[1], heard.text) >= 0.75, (prompt, heard.text)
+
+
+def test_a_prompt_is_tokenized_from_its_tail_as_it_is_whole(tiny: ASRPipeline) -> None:
+    """Only a prompt's last tokens reach the decoder: those are what the whole prompt's tokens end with,
+    however long it is, whatever ends where its tail is cut (long words, CJK, "<|", runs of spaces)."""
+    assert tiny._longest_token * MAX_PROMPT_TOKENS > 4000  # the tail is cut at a space of those 2000 "x"
+    words = [f"word{i} " for i in range(3000)]
+    prompts = [
+        "".join(words),
+        ("x" * 2000 + " ") * 40 + "then the last words.",
+        "东京是日本的首都。" * 9000,
+        ("<|0.00|> a  b   c" + " " * 50) * 2000,
+        "short prompt",
+    ]
+    for prompt in prompts:
+        whole = tiny._encode_text(prompt)
+        assert tiny._prompt_ids(prompt) == whole[-MAX_PROMPT_TOKENS:], prompt[:40]
 
 
 def test_any_sample_rate_and_channels_decode_to_16k_mono() -> None:
