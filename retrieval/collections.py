@@ -31,7 +31,7 @@ from retrieval.fusion import QueryOptions
 from retrieval.index import INDEX_KINDS, VectorIndex
 from retrieval.search import SearchRequest, SearchResult, search
 from retrieval.store import CollectionRecord, DocumentRecord, DocumentStore, NewDocument
-from shared_engine.errors import InvalidRequest
+from shared_engine.errors import InvalidRequest, ModelNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +86,7 @@ class Collections:
         check_name(name, COLLECTION_NAME, "name")
         model = model or self.default_model
         if model is None or model not in self.embedders:
-            known = ", ".join(sorted(self.embedders)) or "none"
-            raise InvalidRequest(
-                f"model {model!r} is not an embedding model served here; known: {known}", param="model"
-            )
+            raise ModelNotFound(model or "", "embedding")
         if index_kind not in INDEX_KINDS:
             raise InvalidRequest(
                 f"index must be one of {', '.join(INDEX_KINDS)}, got {index_kind!r}", param="index"

@@ -114,7 +114,15 @@ def _parse(data: Any, param: str, depth: int) -> Filter:
 
 
 def from_equalities(where: Mapping[str, Any]) -> Filter | None:
-    """The filter of a ``{"key": value}`` object: every field equal (None when it is empty)."""
+    """The filter of a ``{"key": value}`` object: every field equal (None when it is empty). An object
+    shaped as a comparison of vector-store search (``{"type": "eq", "key", "value"}``) is refused: read
+    as equalities it silently matched nothing."""
+    if set(where) == {"type", "key", "value"} and where["type"] in COMPARISONS:
+        raise _invalid(
+            'filter: this is {"field": value, ...}, fields that must be equal; {"type", "key", "value"} '
+            "is the filters of /v1/vector_stores/{id}/search",
+            "filter",
+        )
     parts = tuple(Comparison(k, "eq", v) for k, v in where.items())
     if not parts:
         return None

@@ -65,3 +65,18 @@ class Overloaded(EngineError):
 
 class PayloadTooLarge(InvalidRequest):
     """An input past a size limit (pixels, bytes): answered 413 rather than 400."""
+
+
+class ModelNotFound(EngineError):
+    """No such model (of that task); ``param`` is the request field that named it."""
+
+    def __init__(self, model: str, task: str | None = None, param: str = "model") -> None:
+        article = "an" if task and task[0] in "aeiou" else "a"
+        what = f"{article} {task} model" if task else "a model"
+        if model:
+            super().__init__(f"The model `{model}` does not exist or is not {what} served here.")
+        else:  # none named, and none of the task configured to stand in
+            kind = f"{task} model" if task else "model"
+            super().__init__(f"No {kind} is served here to answer this request; none is configured.")
+        self.model = model
+        self.param = param

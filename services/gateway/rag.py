@@ -18,6 +18,7 @@ from services.gateway.schemas import PromptTokensDetails, Usage
 from services.gateway.sse import event
 from services.registry import Chat, ModelRegistry, Reranker
 from shared_engine.async_engine import GroupOutputs
+from shared_engine.errors import InvalidRequest
 from shared_engine.outputs import RequestOutput
 from shared_engine.sampling_params import OutputKind, SamplingParams
 
@@ -38,7 +39,18 @@ async def retrieve(
     best passage, and every passage carries its score."""
     options = QueryOptions(body.mode, "document", passages=body.top_k)
     depth = body.top_k if reranker is None else reranking.candidates(body.top_k)
-    docs = await registry.collections.query(body.collection, body.query, depth, body.filter, None, options)
+    try:
+        docs = await registry.collections.query(
+            body.collection, body.query, depth, body.filter, None, options
+        )
+    except InvalidRequest as exc:
+        if exc.param != "image":
+            raise
+        # A collection of images asks for an image query, which RAG cannot send.
+        raise InvalidRequest(
+            f"collection {body.collection!r} holds images: RAG answers from a collection of text",
+            param="collection",
+        ) from None
     if reranker is None:
         return context_passages(docs, body.top_k)
     docs = await reranking.rerank_results(reranker, body.query, docs, body.top_k)

@@ -356,7 +356,6 @@ def test_invalid_document_ids(api: httpx.Client, errs: str, doc_id: str) -> None
         ({"name": "p", "chunk_tokens": 255}, "chunk_tokens"),
         ({"name": "p", "chunk_tokens": 100, "overlap_tokens": 100}, "overlap_tokens"),
         ({"name": "p", "overlap_tokens": -1}, "overlap_tokens"),
-        ({"name": "p", "model": "no-such-model"}, "model"),
         ({"name": "p", "chunk_tokens": "many"}, "chunk_tokens"),
         ({"index": "flat"}, "name"),
         ({"name": 5}, "name"),
@@ -364,6 +363,19 @@ def test_invalid_document_ids(api: httpx.Client, errs: str, doc_id: str) -> None
 )
 def test_bad_create_parameters(api: httpx.Client, body: dict[str, Any], param: str) -> None:
     assert_error(api.post("/v1/collections", json=body), 400, None, param)
+    assert_error(api.get("/v1/collections/p"), 404, "collection_not_found")
+
+
+def test_an_unknown_model_is_a_404(api: httpx.Client) -> None:
+    """As everywhere else: 404 ``model_not_found`` (OpenAI's type for it is invalid_request_error)."""
+    created = api.post("/v1/collections", json={"name": "p", "model": "text-embedding-3-small"})
+    assert created.status_code == 404, created.text
+    error = created.json()["error"]
+    assert (error["code"], error["param"], error["type"]) == (
+        "model_not_found",
+        "model",
+        "invalid_request_error",
+    )
     assert_error(api.get("/v1/collections/p"), 404, "collection_not_found")
 
 
@@ -396,6 +408,7 @@ def test_bad_documents(api: httpx.Client, errs: str, body: dict[str, Any]) -> No
         ({"query": "x", "filter": {"tags": ["a"]}}, None),
         ({"query": "x", "filter": {"owner": {"team": "ml"}}}, None),
         ({"query": "x", "filter": "topic"}, "filter"),
+        ({"query": "x", "filter": {"type": "eq", "key": "topic", "value": "code"}}, "filter"),
         ({"query": "x", "mode": "sparse"}, "mode"),
         ({"query": "x", "group_by": "page"}, "group_by"),
         ({"query": "x", "passages": 0}, "passages"),

@@ -610,7 +610,12 @@ def test_image_and_text_collections_do_not_mix(vision: httpx.Client, names: Call
             {"documents": [{"id": "t", "text": "only text"}]},
             "documents",
         ),
-        ("/v1/rag", {"collection": images, "query": "what animal is this?", "model": CHAT_MODEL}, "image"),
+        # RAG takes no image: the collection is what is wrong.
+        (
+            "/v1/rag",
+            {"collection": images, "query": "what animal is this?", "model": CHAT_MODEL},
+            "collection",
+        ),
         ("/v1/retrieval/query", {"collection": images, "image": "not*base64"}, "image"),
         ("/v1/retrieval/query", {"collection": images, "image": b64(b"GIF89a but not really")}, "image"),
         (
