@@ -13,6 +13,8 @@ from retrieval.fusion import QueryOptions, group_by_document, reciprocal_rank_fu
 from retrieval.index import VectorIndex
 from retrieval.store import ChunkHit, DocumentStore
 
+DEEPER = 4  # how much deeper to rank each time grouping finds too few documents
+
 
 @dataclass(frozen=True)
 class Passage:
@@ -48,10 +50,12 @@ class SearchRequest:
     where: Filter | None = None
 
 
-def rank_chunks(store: DocumentStore, index: VectorIndex, request: SearchRequest) -> list[tuple[int, float]]:
-    """(chunk id, score) best first: the dense ranking, the lexical one, or their fusion."""
+def rank_chunks(
+    store: DocumentStore, index: VectorIndex, request: SearchRequest, depth: int
+) -> tuple[list[tuple[int, float]], bool]:
+    """(chunk id, score) best first: the dense ranking, the lexical one, or their fusion, each cut at
+    ``depth``; and whether a ranking was cut (held ``depth`` chunks, so more may rank below them)."""
     options, name = request.options, request.collection
-    depth = options.candidates(request.top_k)
     dense: list[tuple[int, float]] = []
     lexical: list[tuple[int, float]] = []
     if request.vector is not None and options.mode != "lexical":
@@ -59,20 +63,29 @@ def rank_chunks(store: DocumentStore, index: VectorIndex, request: SearchRequest
         dense = index.search(request.vector, depth, allowed)
     if request.text and options.mode != "dense":
         lexical = store.lexical_search(name, request.text, depth, request.where)
+    cut = len(dense) >= depth or len(lexical) >= depth
     # An image query has no words: its hybrid ranking is the dense one, with cosine scores.
     if options.mode == "hybrid" and request.vector is not None and request.text:
         w = options.weights
-        return reciprocal_rank_fusion([(dense, w.dense), (lexical, w.lexical)], w.k)
-    return dense or lexical
+        return reciprocal_rank_fusion([(dense, w.dense), (lexical, w.lexical)], w.k), cut
+    return dense or lexical, cut
 
 
 def search(store: DocumentStore, index: VectorIndex, request: SearchRequest) -> list[SearchResult]:
-    ranked = rank_chunks(store, index, request)
-    chunks = store.chunks([chunk_id for chunk_id, _ in ranked])
-    hits = [(c, score) for chunk_id, score in ranked if (c := chunks.get(chunk_id)) is not None]
-    if request.options.group_by == "chunk":
-        return [_result(c, score) for c, score in hits[: request.top_k]]
-    groups = group_by_document(hits, lambda h: h[0].document_id, request.top_k, request.options.passages)
+    options, top_k = request.options, request.top_k
+    depth = options.candidates(top_k)
+    while True:
+        ranked, cut = rank_chunks(store, index, request, depth)
+        chunks = store.chunks([chunk_id for chunk_id, _ in ranked])
+        hits = [(c, score) for chunk_id, score in ranked if (c := chunks.get(chunk_id)) is not None]
+        if options.group_by == "chunk":
+            return [_result(c, score) for c, score in hits[:top_k]]
+        groups = group_by_document(hits, lambda h: h[0].document_id, top_k, options.passages)
+        # A long document's chunks can fill the whole window: rank deeper until top_k documents or the
+        # rankings run out. No ranking holds more chunks than the collection (index.size) does.
+        if len(groups) >= top_k or not cut or depth >= max(index.size, len(hits)):
+            break
+        depth *= DEEPER
     # An image collection's document is one image: its single "passage" is the result itself.
     with_passages = request.text is not None
     return [
