@@ -24,6 +24,10 @@ INDEX_KINDS = ("flat", "hnsw", "ivf")
 HNSW_NEIGHBOURS = 32
 IVF_POINTS_PER_LIST = 39  # FAISS's own minimum for a well-trained coarse quantizer
 IVF_TRAIN_AT = 16 * IVF_POINTS_PER_LIST  # below this an IVF collection is searched exactly
+# An HNSW search under a filter walks the graph through ids the filter rejects and can stop before it meets
+# the few it allows: up to this many allowed ids are scored exactly instead, more with a wider beam.
+HNSW_EXACT_FILTER_AT_MOST = 4096
+HNSW_FILTERED_EF_SEARCH = 512
 
 
 def _gpu_resources() -> object | None:
@@ -114,8 +118,21 @@ class VectorIndex:
         q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
         params = None
         if allowed is not None:
-            params = self._search_params(faiss.IDSelectorBatch(allowed.astype(np.int64)))
+            if self.kind == "hnsw" and len(allowed) <= HNSW_EXACT_FILTER_AT_MOST:
+                return self._search_exactly_among(q, k, allowed.astype(np.int64))
+            params = self._search_params(faiss.IDSelectorBatch(allowed.astype(np.int64)), k)
         scores, ids = self.index.search(q, min(k, self.size), params=params)
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i != -1]
+
+    def _search_exactly_among(self, q: np.ndarray, k: int, allowed: np.ndarray) -> list[tuple[int, float]]:
+        """Exact top ``k`` among the ``allowed`` ids the index holds, from their stored vectors (through
+        the ID map), scored by a flat index as a flat collection would score them."""
+        held = np.unique(allowed[np.isin(allowed, faiss.vector_to_array(self.index.id_map))])
+        if not len(held):
+            return []
+        exact = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dimensions))
+        exact.add_with_ids(self.index.reconstruct_batch(held), held)
+        scores, ids = exact.search(q, min(k, len(held)))
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i != -1]
 
     @property
@@ -128,10 +145,10 @@ class VectorIndex:
             else faiss.downcast_index(cpu)
         )
 
-    def _search_params(self, selector: faiss.IDSelector) -> faiss.SearchParameters:
+    def _search_params(self, selector: faiss.IDSelector, k: int) -> faiss.SearchParameters:
         inner = self.inner
         if isinstance(inner, faiss.IndexHNSW):
-            return faiss.SearchParametersHNSW(sel=selector, efSearch=max(64, HNSW_NEIGHBOURS * 2))
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=max(HNSW_FILTERED_EF_SEARCH, 2 * k))
         if isinstance(inner, faiss.IndexIVF):
             # A filter usually leaves few candidates, scattered over lists: probe them all.
             return faiss.SearchParametersIVF(sel=selector, nprobe=inner.nlist)

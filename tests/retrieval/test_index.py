@@ -11,7 +11,13 @@ import faiss
 import numpy as np
 import pytest
 
-from retrieval.index import INDEX_KINDS, IVF_POINTS_PER_LIST, IVF_TRAIN_AT, VectorIndex
+from retrieval.index import (
+    HNSW_EXACT_FILTER_AT_MOST,
+    INDEX_KINDS,
+    IVF_POINTS_PER_LIST,
+    IVF_TRAIN_AT,
+    VectorIndex,
+)
 
 DIM = 384  # all-MiniLM-L6-v2's width
 N = 2000
@@ -269,3 +275,37 @@ def test_trained_ivf_reports_the_right_ids_after_a_removal(
     assert isinstance(inner_index(index), faiss.IndexIVF)
     index.remove([int(ids[0])], lambda: batches(ids[1:IVF_TRAIN_AT], vectors[1:IVF_TRAIN_AT]))
     assert index.search(vectors[100], 1)[0][0] == ids[100]
+
+
+@pytest.mark.parametrize("n", [300, N])
+def test_selective_filters_on_hnsw_find_the_allowed_ids_with_flat_scores(
+    n: int, data: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> None:
+    """A graph search under a filter can stop before it meets the few ids the filter allows: HNSW must
+    answer a selective filter like the exact flat index, ids and scores alike."""
+    ids, vectors, queries = data
+    ids, vectors = ids[:n], vectors[:n]
+    hnsw, flat = built("hnsw", ids, vectors), built("flat", ids, vectors)
+    rng = np.random.default_rng(5)
+    for q in queries[:20]:
+        # the ids the query ranks lowest: the graph search starts far from them
+        far = ids[np.argsort(vectors @ q)[:40]]
+        for allowed in (far[:1], far[1:3], far[3:40], np.sort(rng.choice(ids, 200, replace=False))):
+            got = hnsw.search(q, K, allowed)
+            assert got == flat.search(q, K, allowed)
+            assert len(got) == min(K, len(allowed))
+
+
+def test_hnsw_under_a_wide_filter_searches_the_graph_with_a_wide_beam() -> None:
+    """Past HNSW_EXACT_FILTER_AT_MOST allowed ids the graph is searched, under the filter, near flat."""
+    n = 3 * HNSW_EXACT_FILTER_AT_MOST
+    vectors = clustered_unit_vectors(n, seed=7)
+    ids = np.arange(n, dtype=np.int64) * 2 + 1
+    hnsw, flat = built("hnsw", ids, vectors), built("flat", ids, vectors)
+    allowed = np.sort(np.random.default_rng(8).choice(ids, HNSW_EXACT_FILTER_AT_MOST + 1, replace=False))
+    found = 0
+    for q in clustered_unit_vectors(20, seed=9):
+        got = hnsw.search(q, K, allowed)
+        assert {i for i, _ in got} <= set(allowed.tolist())
+        found += len({i for i, _ in got} & {i for i, _ in flat.search(q, K, allowed)})
+    assert found >= 0.95 * 20 * K

@@ -1,15 +1,19 @@
-"""Results grouped by document when one long document fills the first ranks: search ranks deeper until
-it has top_k distinct documents or every matching chunk, in every mode, with the real embedding model."""
+"""Searches with the real embedding model: results grouped by document when one long document fills the
+first ranks (search ranks deeper until it has top_k distinct documents or every matching chunk, in every
+mode), and selective filters on an HNSW collection (they find what a flat collection finds)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from retrieval.chunking import ChunkingConfig
 from retrieval.collections import Collections, DocumentInput
+from retrieval.filters import Comparison
 from retrieval.fusion import QueryOptions
+from retrieval.search import SearchResult
 from services.config.models import ModelSpec
 from services.tasks.embedding import EmbeddingService
 
@@ -80,3 +84,39 @@ async def test_one_long_document_does_not_crowd_out_the_others(
         assert chunks[first_rank[result.document_id]].chunk_id == result.chunk_id
     top_two = await crowded.query("crowded", QUERY, 2, options=QueryOptions(mode))
     assert [r.document_id for r in top_two] == [r.document_id for r in results][:2]
+
+
+TOPICS = (
+    "baking sourdough bread", "repairing a bicycle chain", "the history of the Roman empire",
+    "growing tomatoes in a garden", "jazz piano chords", "knitting a wool scarf", "tax returns",
+    "training a puppy to sit", "climbing in the Alps", "brewing green tea", "painting with watercolours",
+    "the rules of cricket", "saving money on groceries", "fixing a leaking tap", "planning a wedding",
+)  # fmt: skip
+
+
+async def test_selective_filters_on_hnsw_find_what_a_flat_collection_finds(
+    tmp_path: Path, embedder: EmbeddingService
+) -> None:
+    """Far from the query, the one document a filter allows was out of an HNSW graph search's reach
+    (several of these 300 came back empty): every filter must find its documents, scored as flat scores."""
+    cols = Collections(tmp_path, {embedder.name: embedder}, embedder.name)
+    docs = [
+        DocumentInput(f"Note {i} is about {TOPICS[i % len(TOPICS)]}.", f"d{i}", {"g": i}) for i in range(300)
+    ]
+    for kind in ("hnsw", "flat"):
+        cols.create(kind, None, kind)
+        await cols.add(kind, docs)
+    dense = QueryOptions("dense")
+    for g in range(300):
+        got = await cols.query("hnsw", "quantum physics", 3, {"g": g}, options=dense)
+        assert [r.document_id for r in got] == [f"d{g}"]
+        assert scored(got) == scored(await cols.query("flat", "quantum physics", 3, {"g": g}, options=dense))
+    several = Comparison("g", "in", (7, 150, 299))
+    got = await cols.query("hnsw", "quantum physics", 5, several, options=dense)
+    assert {r.document_id for r in got} == {"d7", "d150", "d299"}
+    assert scored(got) == scored(await cols.query("flat", "quantum physics", 5, several, options=dense))
+
+
+def scored(results: list[SearchResult]) -> list[tuple[str, str, float]]:
+    """What a result is, apart from its chunk id (ids are numbered across collections)."""
+    return [(r.document_id, r.text, r.score) for r in results]
