@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from retrieval.fusion import QueryOptions
 from retrieval.search import SearchResult
@@ -77,6 +78,28 @@ def build_messages(query: str, hits: list[SearchResult]) -> list[dict[str, str]]
     ]
 
 
+def fit_context(
+    service: Chat, body: RagRequest, hits: list[SearchResult]
+) -> tuple[list[int], list[SearchResult]]:
+    """The prompt, and the passages in it: the best of ``hits`` that leave the answer its ``max_tokens``,
+    the first cut short when it alone does not fit. Chunks are sized in the embedding model's tokens,
+    which do not bound the chat model's: a 40,000-letter word is one [UNK] to the one, thousands of
+    tokens to the other."""
+    room = service.max_model_len - body.max_tokens
+    kept = list(hits)
+    for _ in range(4):  # a passage's tokens alone are close to, not exactly, what it adds to the prompt
+        prompt = service.encode_chat(build_messages(body.query, kept))
+        over = len(prompt) - room
+        if over <= 0 or not kept:
+            return prompt, kept
+        while len(kept) > 1 and over > 0:
+            over -= len(service.encode(kept.pop().text, add_special_tokens=False))
+        if over > 0:
+            ids = service.encode(kept[0].text, add_special_tokens=False)
+            kept[0] = replace(kept[0], text=service.decode(ids[: max(0, len(ids) - over - 16)]))
+    return service.encode_chat(build_messages(body.query, kept)), kept
+
+
 def citations(hits: list[SearchResult]) -> list[Citation]:
     return [Citation(i, h.document_id, h.chunk_id, h.text, h.score) for i, h in enumerate(hits, start=1)]
 
@@ -105,10 +128,9 @@ def nothing_found(collection: str) -> str:
     )
 
 
-async def _generate(service: Chat, body: RagRequest, hits: list[SearchResult]) -> GroupOutputs:
+async def _generate(service: Chat, body: RagRequest, prompt: list[int]) -> GroupOutputs:
     """Submit the prompt and wait for its first output, so an engine refusal is a 4xx before any
     byte of a stream is sent; the returned iterator starts with that first output."""
-    prompt = service.encode_chat(build_messages(body.query, hits))
     max_tokens = service.resolve_max_tokens(body.max_tokens, len(prompt), "query")
     params = SamplingParams(
         max_tokens=max_tokens,
@@ -130,8 +152,8 @@ def _chat_service(registry: ModelRegistry, model: str | None) -> Chat:
 async def answer(registry: ModelRegistry, body: RagRequest) -> RagResponse | AsyncIterator[bytes]:
     service = _chat_service(registry, body.model)
     reranker = reranking.requested(registry, body.rerank, body.rerank_model)
-    hits = await retrieve(registry, body, reranker)
-    outputs = await _generate(service, body, hits) if hits else None
+    prompt, hits = fit_context(service, body, await retrieve(registry, body, reranker))
+    outputs = await _generate(service, body, prompt) if hits else None
     if body.stream:
         return _stream(body, hits, outputs)
     if outputs is None:

@@ -61,6 +61,33 @@ def test_rag_answers_from_the_retrieved_passage_and_cites_it(api: httpx.Client) 
     )
 
 
+def test_rag_context_fits_the_chat_model_whatever_a_chunk_holds(api: httpx.Client) -> None:
+    """A word of 40,000 letters is one token to the embedding model, so one small chunk, but thousands to
+    the chat model: the context keeps the best passages that fit, the first cut short if need be."""
+    dna = "Chromosome notes: " + "ACGT" * 10_000 + " end of sequence."
+    assert api.post("/v1/collections", json={"name": "dna"}).status_code == 201
+    documents = [*FACTS, {"id": "dna", "text": dna}, {"id": "brca1", "text": "BRCA1 is on chromosome 17."}]
+    assert api.post("/v1/collections/dna/documents", json={"documents": documents}).status_code == 200
+    chat = next(m for m in api.get("/v1/models").json()["data"] if m.get("task") == "chat")
+    for query in ("Which chromosome is BRCA1 on?", "Chromosome notes ACGT sequence"):
+        for stream in (False, True):
+            body = {"collection": "dna", "query": query, "top_k": 5, "max_tokens": 8, "stream": stream}
+            got = api.post("/v1/rag", json=body)
+            assert got.status_code == 200, got.text
+            if stream:
+                events = [
+                    json.loads(x[len("data: ") :]) for x in got.text.splitlines() if x.startswith("data: {")
+                ]
+                context, usage = events[0]["citations"], events[-1]["usage"]
+            else:
+                context, usage = got.json()["citations"], got.json()["usage"]
+            assert context and usage["prompt_tokens"] + 8 <= chat["max_model_len"], (query, usage)
+    clipped = api.post("/v1/rag", json={**body, "query": "Chromosome notes ACGT sequence", "stream": True})
+    first = json.loads(next(x for x in clipped.text.splitlines() if x.startswith("data: {"))[len("data: ") :])
+    dna_passages = [c["text"] for c in first["citations"] if c["document_id"] == "dna"]
+    assert dna_passages and all(len(t) < len(dna) for t in dna_passages), first["citations"]
+
+
 def test_rag_context_takes_distinct_documents_first(api: httpx.Client) -> None:
     """A long document cannot fill the context alone: each document's best passage comes first."""
     long_text = " ".join(f"Paragraph {i}: Python's standard library keeps growing." for i in range(80))
