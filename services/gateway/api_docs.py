@@ -36,15 +36,19 @@ JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
 
 ERROR_DESCRIPTIONS: dict[int, str] = {
-    400: "Invalid parameters, wrong types or malformed JSON; `param` names the culprit",
+    400: "Invalid parameters, wrong types, malformed JSON or X-Request-Timeout; `param` names the culprit",
     401: "No API key, or a wrong one (only when the server is started with MMSERVE_API_KEYS)",
     404: "Unknown model (code `model_not_found`)",
     409: "Conflict",
     413: "The request body, an image or an audio upload is past the server's limits",
-    429: "A worker is overloaded (distributed mode)",
-    503: "The model is still loading or failed, or (distributed mode) its worker is down",
-    504: "A worker did not answer within the request's deadline (distributed mode)",
+    429: "More queued than the model takes (Retry-After says when to try again)",
+    503: "The server is shutting down, or the model is still loading, failed, or its worker is down",
+    504: "The request's deadline (X-Request-Timeout, or the server's default) passed",
 }
+
+# What every /v1 route can answer whatever it does: a bad X-Request-Timeout, no key, a shutdown under
+# way, its deadline passed.
+EVERY_ROUTE = (400, 401, 503, 504)
 
 # What every route that calls a service (a model, the collections) can answer besides its own errors:
 # in distributed mode the service is a worker that may be overloaded, down or late.
@@ -52,11 +56,11 @@ SERVICE_ERRORS = (429, 503, 504)
 
 
 def errors(*codes: int, **descriptions: str) -> dict[int, ResponseSpec]:
-    """``responses=`` for a /v1 route: each status with the ErrorResponse body, 401 included (API keys
-    guard every /v1 route). ``descriptions`` overrides the default text of a status, keyed
+    """``responses=`` for a /v1 route: each status with the ErrorResponse body, those of
+    ``EVERY_ROUTE`` included. ``descriptions`` overrides the default text of a status, keyed
     ``e404="Unknown collection"``."""
     out: dict[int, ResponseSpec] = {}
-    for code in sorted({401, *codes}):
+    for code in sorted({*EVERY_ROUTE, *codes}):
         text = descriptions.get(f"e{code}", ERROR_DESCRIPTIONS[code])
         out[code] = ResponseSpec(data_container=ErrorResponse, description=text, generate_examples=False)
     return out

@@ -48,7 +48,7 @@ _ERRORS = errors(400, 404, 413, *SERVICE_ERRORS)
 _OK = "The completion; with `stream: true`, server-sent events"
 _READY = ResponseSpec(
     dict[str, str],
-    description="A model is still loading (`loading`) or failed (`failed`)",
+    description="A model is loading (`loading`) or failed (`failed`), or the server drains (`draining`)",
     generate_examples=False,
 )
 
@@ -85,7 +85,12 @@ class HealthController(Controller):
         status, state = _readiness(registry, lifecycle)
         return Response({"status": state}, status_code=status)
 
-    @head("/ready", summary="Readiness, without a body: 200 or 503", media_type=MediaType.TEXT)
+    @head(
+        "/ready",
+        summary="Readiness, without a body: 200 or 503",
+        media_type=MediaType.TEXT,
+        responses={503: ResponseSpec(None, description="Loading, failed, or shutting down")},
+    )
     async def ready_head(self, registry: Registry, lifecycle: NamedDependency[Lifecycle]) -> Response[None]:
         return Response(None, status_code=_readiness(registry, lifecycle)[0])
 

@@ -61,6 +61,17 @@ def test_retrieval_is_in_the_schema(http: httpx.Client) -> None:
     assert {"200", "404"} <= set(operation["responses"]), operation["responses"]
 
 
+def test_every_v1_operation_documents_the_errors_any_request_can_meet(http: httpx.Client) -> None:
+    """A bad X-Request-Timeout (400), a missing key (401), a shutdown under way (503) and a deadline
+    passed (504) can answer any /v1 request; HEAD /ready answers 503 as GET does."""
+    paths = http.get("/schema/openapi.json").json()["paths"]
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            if path.startswith("/v1/"):
+                assert {"400", "401", "503", "504"} <= set(operation["responses"]), (method, path)
+    assert "503" in paths["/ready"]["head"]["responses"]
+
+
 def slashed_config(folder: Path) -> Path:
     """The embedding model of models.toml served under an id with a slash."""
     config = only_models(folder, EMBEDDING_MODEL)
