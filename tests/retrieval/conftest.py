@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from transformers import AutoTokenizer
 from pipelines.sources import resolve_source
 from services.config.models import ModelSpec, load_model_specs
 from services.config.settings import Settings
+from services.tasks.embedding import EmbeddingService
 
 
 def configured_embedding_spec() -> ModelSpec:
@@ -27,3 +29,13 @@ def embedding_spec() -> ModelSpec:
 @pytest.fixture(scope="session")
 def tokenizer(embedding_spec: ModelSpec) -> Any:
     return AutoTokenizer.from_pretrained(resolve_source(embedding_spec.source))
+
+
+@pytest.fixture(scope="module")
+def embedder(embedding_spec: ModelSpec) -> Iterator[EmbeddingService]:
+    """The configured embedding model, in this process (one per test file)."""
+    service = EmbeddingService(embedding_spec)
+    try:
+        yield service
+    finally:
+        service.shutdown()

@@ -21,7 +21,6 @@ from retrieval.collections import Collections, DocumentInput
 from retrieval.errors import CollectionExists, CollectionNotFound, DocumentNotFound, InvalidName
 from retrieval.fusion import QueryOptions
 from retrieval.index import INDEX_KINDS, IVF_TRAIN_AT, VectorIndex
-from services.config.models import ModelSpec
 from services.tasks.embedding import EmbeddingService
 from shared_engine.errors import InvalidRequest
 
@@ -49,15 +48,6 @@ META: dict[str, dict[str, Any]] = {
     "violin": {"topic": "music", "year": 2022, "public": False},
     "volcano": {"topic": "earth", "year": 2021, "public": True},
 }
-
-
-@pytest.fixture(scope="module")
-def embedder(embedding_spec: ModelSpec) -> Iterator[EmbeddingService]:
-    service = EmbeddingService(embedding_spec)
-    try:
-        yield service
-    finally:
-        service.shutdown()
 
 
 def open_collections(data_dir: Path, embedder: EmbeddingService) -> Collections:

@@ -4,7 +4,6 @@ mode), and selective filters on an HNSW collection (they find what a flat collec
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from retrieval.collections import Collections, DocumentInput
 from retrieval.filters import Comparison
 from retrieval.fusion import QueryOptions
 from retrieval.search import SearchResult
-from services.config.models import ModelSpec
 from services.tasks.embedding import EmbeddingService
 
 QUERY = "how do I configure the server timeout?"
@@ -24,15 +22,6 @@ MANUAL = " ".join(
     f"settings of the node and configures the timeout of every server in rack {i}."
     for i in range(400)
 )
-
-
-@pytest.fixture(scope="module")
-def embedder(embedding_spec: ModelSpec) -> Iterator[EmbeddingService]:
-    service = EmbeddingService(embedding_spec)
-    try:
-        yield service
-    finally:
-        service.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,22 +36,12 @@ from retrieval.filters import parse_filter
 from retrieval.vector_store_records import VectorStoreFileRecord
 from retrieval.vector_store_types import FileAttachment, SearchOptions
 from retrieval.vector_stores import VectorStores
-from services.config.models import ModelSpec
 from services.tasks.embedding import EmbeddingService
 from shared_engine.errors import InvalidRequest
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 DOCS = DATA / "retrieval" / "docs"
 QUERIES = json.loads((DATA / "retrieval" / "queries.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def embedder(embedding_spec: ModelSpec) -> Iterator[EmbeddingService]:
-    service = EmbeddingService(embedding_spec)
-    try:
-        yield service
-    finally:
-        service.shutdown()
 
 
 def open_stores(data_dir: Path, embedder: EmbeddingService) -> VectorStores:
