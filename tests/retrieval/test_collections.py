@@ -22,7 +22,7 @@ from retrieval.errors import CollectionExists, CollectionNotFound, DocumentNotFo
 from retrieval.fusion import QueryOptions
 from retrieval.index import INDEX_KINDS, IVF_TRAIN_AT, VectorIndex
 from services.tasks.embedding import EmbeddingService
-from shared_engine.errors import InvalidRequest
+from shared_engine.errors import InvalidRequest, ModelNotFound
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "retrieval"
 MIN_RECALL_AT_5 = 0.8
@@ -104,8 +104,9 @@ def test_create_records_and_errors(cols: Collections, embedder: EmbeddingService
     for bad in ["../etc", "a b", "", "-x", "_x", "x" * 65, "a/b", "a.b", "é"]:
         with pytest.raises(InvalidName):
             cols.create(bad, None)
-    with pytest.raises(InvalidRequest, match="model"):
+    with pytest.raises(ModelNotFound, match="no-such-model") as unknown:
         cols.create("m", "no-such-model")
+    assert unknown.value.param == "model"
     with pytest.raises(InvalidRequest, match="index"):
         cols.create("i", None, "annoy")
     with pytest.raises(InvalidRequest, match="chunk_tokens"):
