@@ -74,6 +74,7 @@ def rank_chunks(
 def search(store: DocumentStore, index: VectorIndex, request: SearchRequest) -> list[SearchResult]:
     options, top_k = request.options, request.top_k
     depth = options.candidates(top_k)
+    documents: int | None = None  # in the collection: counted once a ranking falls short
     while True:
         ranked, cut = rank_chunks(store, index, request, depth)
         chunks = store.chunks([chunk_id for chunk_id, _ in ranked])
@@ -81,9 +82,13 @@ def search(store: DocumentStore, index: VectorIndex, request: SearchRequest) -> 
         if options.group_by == "chunk":
             return [_result(c, score) for c, score in hits[:top_k]]
         groups = group_by_document(hits, lambda h: h[0].document_id, top_k, options.passages)
-        # A long document's chunks can fill the whole window: rank deeper until top_k documents or the
-        # rankings run out. No ranking holds more chunks than the collection (index.size) does.
+        # A long document's chunks can fill the whole window: rank deeper until top_k documents, every
+        # document of the collection, or the end of the rankings (no more chunks than index.size).
         if len(groups) >= top_k or not cut or depth >= max(index.size, len(hits)):
+            break
+        if documents is None:
+            documents = store.count_documents(request.collection)
+        if len(groups) >= documents:
             break
         depth *= DEEPER
     # An image collection's document is one image: its single "passage" is the result itself.

@@ -139,7 +139,11 @@ class ASRPipeline:
 
     @property
     def languages(self) -> list[str]:
-        return sorted(self.vocab.languages) if self.multilingual else ["en"]
+        """ISO-639-1 codes, as requests name them."""
+        if not self.multilingual:
+            return ["en"]
+        iso = {whisper: code for code, whisper in WHISPER_CODES.items()}
+        return sorted(iso.get(code, code) for code in self.vocab.languages)
 
     # -- encoder (micro-batched) ------------------------------------------------------------------
 
@@ -164,7 +168,8 @@ class ASRPipeline:
             raise InvalidRequest(f"unknown task {task!r}; known: {', '.join(TASKS)}", param="task")
         if task == "translate" and not self.multilingual:
             raise InvalidRequest(f"model {self.name!r} is English-only and cannot translate", param="model")
-        if language is not None and language not in self.languages:
+        known = self.vocab.languages if self.multilingual else ("en",)
+        if language is not None and WHISPER_CODES.get(language, language) not in known:
             raise InvalidRequest(
                 f"language {language!r} is not supported by model {self.name!r}; known: "
                 f"{', '.join(self.languages)}",
@@ -184,8 +189,8 @@ class ASRPipeline:
     ) -> Transcription:
         """Transcribe (or translate into English) 16 kHz mono ``audio`` of any length; with
         ``word_timestamps``, the time of each word too."""
-        language = WHISPER_CODES.get(language, language) if language is not None else None
         self._check(task, language, temperature)
+        language = WHISPER_CODES.get(language, language) if language is not None else None
         duration = len(audio) / SAMPLE_RATE
         history = self._prompt_ids(prompt) if prompt else []
         segments: list[Segment] = []

@@ -96,7 +96,17 @@ def fit_context(
             over -= len(service.encode(kept.pop().text, add_special_tokens=False))
         if over > 0:
             ids = service.encode(kept[0].text, add_special_tokens=False)
-            kept[0] = replace(kept[0], text=service.decode(ids[: max(0, len(ids) - over - 16)]))
+            keep = len(ids) - over - 4
+            if keep < 1:
+                bare = service.encode_chat(build_messages(body.query, []))
+                # A 400 naming the query where the question alone does not fit; else max_tokens is at fault.
+                service.resolve_max_tokens(body.max_tokens, len(bare), "query")
+                raise InvalidRequest(
+                    f"max_tokens {body.max_tokens} leaves no room for a passage of context: the model "
+                    f"reads {service.max_model_len} tokens, the question and instructions take {len(bare)}",
+                    param="max_tokens",
+                )
+            kept[0] = replace(kept[0], text=service.decode(ids[:keep]))
     return service.encode_chat(build_messages(body.query, kept)), kept
 
 

@@ -5,6 +5,7 @@ mode), and selective filters on an HNSW collection (they find what a flat collec
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,6 +74,29 @@ async def test_one_long_document_does_not_crowd_out_the_others(
         assert chunks[first_rank[result.document_id]].chunk_id == result.chunk_id
     top_two = await crowded.query("crowded", QUERY, 2, options=QueryOptions(mode))
     assert [r.document_id for r in top_two] == [r.document_id for r in results][:2]
+
+
+async def test_asking_for_more_documents_than_there_are_stops_at_all_of_them(
+    crowded: Collections, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RAG's default top_k of 4 over these three documents: the search goes as deep as finding all three
+    takes (here the first window: the query is about bananas as well), as top_k 3 does, not on through
+    the collection for a fourth document that does not exist."""
+    index = crowded.indexes["crowded"]
+    depths: list[int] = []
+    search = index.search
+
+    def recording(vector: Any, k: int, allowed: Any = None) -> Any:
+        depths.append(k)
+        return search(vector, k, allowed)
+
+    monkeypatch.setattr(index, "search", recording)
+    query = "Are bananas yellow, and how do I configure the server timeout?"
+    results = await crowded.query("crowded", query, 4, options=QueryOptions("dense"))
+    assert {r.document_id for r in results} == {"manual", "faq", "bananas"}
+    first = await crowded.query("crowded", query, 3, options=QueryOptions("dense"))
+    assert depths == [QueryOptions("dense").candidates(4)] * 2, depths
+    assert [r.document_id for r in results] == [r.document_id for r in first]
 
 
 TOPICS = (

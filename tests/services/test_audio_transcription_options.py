@@ -137,6 +137,10 @@ def test_javanese_by_its_iso_639_1_code(http: httpx.Client, two: Clip) -> None:
     assert [b.status_code for b in bodies] == [200, 200], bodies[0].text
     assert bodies[0].json()["language"] == bodies[1].json()["language"] == "javanese"
     assert bodies[0].json()["text"] == bodies[1].json()["text"]
+    english_only = error_of(post_audio(http, two.wav, model=TINY, language="jv"), 400)
+    assert "'jv'" in english_only["message"] and "jw" not in english_only["message"], english_only
+    unknown = error_of(post_audio(http, two.wav, model=BASE, language="xx"), 400)
+    assert "jv" in unknown["message"].split("known: ")[1].split(", "), unknown
 
 
 @pytest.mark.parametrize("model", [TINY, BASE])

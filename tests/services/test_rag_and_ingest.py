@@ -88,6 +88,28 @@ def test_rag_context_fits_the_chat_model_whatever_a_chunk_holds(api: httpx.Clien
     assert dna_passages and all(len(t) < len(dna) for t in dna_passages), first["citations"]
 
 
+def test_rag_never_cites_an_empty_passage_when_max_tokens_leaves_little_room(api: httpx.Client) -> None:
+    """max_tokens near the window leaves room for part of a passage, then for none of it: a passage is
+    cut to what fits, and where nothing of it fits the answer is a 400 naming max_tokens."""
+    chat = next(m for m in api.get("/v1/models").json()["data"] if m.get("task") == "chat")
+    seen = set()
+    for spare in range(60, 180, 8):
+        body = {"collection": "facts", "query": "Who created Python?", "top_k": 1, "stream": True}
+        body["max_tokens"] = chat["max_model_len"] - spare
+        with api.stream("POST", "/v1/rag", json=body) as got:
+            if got.status_code == 400:
+                error = json.loads(got.read())["error"]
+                assert error["param"] in ("max_tokens", "query"), error
+                seen.add(error["param"])
+                continue
+            assert got.status_code == 200, got.read()
+            first = next(line for line in got.iter_lines() if line.startswith("data: {"))
+        citations = json.loads(first[len("data: ") :])["citations"]
+        assert citations and all(c["text"].strip() for c in citations), (spare, citations)
+        seen.add("cited")
+    assert {"max_tokens", "cited"} <= seen, seen
+
+
 def test_rag_context_takes_distinct_documents_first(api: httpx.Client) -> None:
     """A long document cannot fill the context alone: each document's best passage comes first."""
     long_text = " ".join(f"Paragraph {i}: Python's standard library keeps growing." for i in range(80))
