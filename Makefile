@@ -66,7 +66,7 @@ browser:
 	fi
 
 test: $(STAMP) lint typecheck models browser
-	$(BIN)/python -m pytest $(if $(SLOW),,-m "not slow") $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup $(if $(SLOW),,-m "not slow") $(PYTEST_ARGS)
 	MMSERVE_TEST_DISTRIBUTED=1 $(BIN)/python -m pytest $(API_SUITES) $(PYTEST_ARGS)
 
 test-distributed: models
