@@ -10,7 +10,7 @@ from litestar import Controller, delete, get, post
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, FromPath, Parameter
+from litestar.params import Body, FromPath, FromQuery, Parameter
 from litestar.response import Stream
 
 from retrieval.files import check_expiry
@@ -58,10 +58,10 @@ class FilesController(Controller):
     async def list_all(
         self,
         registry: Registry,
-        purpose: str | None = None,
+        purpose: FromQuery[str | None] = None,
         limit: Annotated[int, Parameter(ge=1, le=10_000)] = 10_000,
-        order: Order = "desc",
-        after: str | None = None,
+        order: FromQuery[Order] = "desc",
+        after: FromQuery[str | None] = None,
     ) -> FileList:
         page = await registry.vector_stores.list_files(purpose, PageQuery(limit, order, after))
         return FileList(**cursor_page(page, lambda r: r.id, file_object)._asdict())

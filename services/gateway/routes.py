@@ -9,7 +9,7 @@ from litestar import Controller, Response, get, head, post
 from litestar.di import NamedDependency
 from litestar.enums import MediaType
 from litestar.openapi import ResponseSpec
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
 from services.errors import ModelNotFound
@@ -112,7 +112,7 @@ class OpenAIController(Controller):
         return ModelList(data=[_card(registry, name) for name in registry.specs])
 
     @get("/models/{model:path}", summary="One served model, as the list shows it", responses=errors(400, 404))
-    async def model(self, model: str, registry: Registry) -> ModelCard:
+    async def model(self, model: FromPath[str], registry: Registry) -> ModelCard:
         model = model.removeprefix("/")  # a path parameter starts with the slash before it
         if model not in registry.specs:
             raise ModelNotFound(model)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody
 from msgspec import UNSET
 
 from retrieval.filters import parse_filter
@@ -63,7 +63,12 @@ class VectorStoresController(Controller):
     path = "/v1/vector_stores"
     tags = ["vector stores"]
 
-    @post("/", status_code=200, summary="Create a vector store", responses=errors(400, 404, *SERVICE_ERRORS))
+    @post(
+        "/",
+        status_code=200,
+        summary="Create a vector store",
+        responses=errors(400, 404, 413, *SERVICE_ERRORS),
+    )
     async def create(self, data: JSONBody[CreateVectorStoreRequest], registry: Registry) -> VectorStoreObject:
         files = [attachment(f, None, data.chunking_strategy) for f in data.file_ids]
         days = None if data.expires_after is None else data.expires_after.days
@@ -77,9 +82,9 @@ class VectorStoresController(Controller):
         self,
         registry: Registry,
         limit: Limit = 20,
-        order: Order = "desc",
-        after: str | None = None,
-        before: str | None = None,
+        order: FromQuery[Order] = "desc",
+        after: FromQuery[str | None] = None,
+        before: FromQuery[str | None] = None,
     ) -> VectorStoreList:
         page = await registry.vector_stores.list_stores(PageQuery(limit, order, after, before))
         return VectorStoreList(**cursor_page(page, lambda r: r.id, vector_store_object)._asdict())
@@ -96,7 +101,7 @@ class VectorStoresController(Controller):
         "/{store_id:str}",
         status_code=200,
         summary="Modify a vector store's name, metadata or expiry",
-        responses=errors(400, 404, *SERVICE_ERRORS, e404=_NO_STORE),
+        responses=errors(400, 404, 413, *SERVICE_ERRORS, e404=_NO_STORE),
     )
     async def modify(
         self, store_id: FromPath[str], data: JSONBody[ModifyVectorStoreRequest], registry: Registry
@@ -125,7 +130,7 @@ class VectorStoresController(Controller):
         "/{store_id:str}/files",
         status_code=200,
         summary="Attach a file: in_progress, then completed or failed (with last_error)",
-        responses=errors(400, 404, *SERVICE_ERRORS, e404="Unknown vector store or file"),
+        responses=errors(400, 404, 413, *SERVICE_ERRORS, e404="Unknown vector store or file"),
     )
     async def attach(
         self, store_id: FromPath[str], data: JSONBody[AttachFileRequest], registry: Registry
@@ -143,10 +148,10 @@ class VectorStoresController(Controller):
         store_id: FromPath[str],
         registry: Registry,
         limit: Limit = 20,
-        order: Order = "desc",
-        after: str | None = None,
-        before: str | None = None,
-        filter: str | None = None,
+        order: FromQuery[Order] = "desc",
+        after: FromQuery[str | None] = None,
+        before: FromQuery[str | None] = None,
+        filter: FromQuery[str | None] = None,
     ) -> VectorStoreFileList:
         query = PageQuery(limit, order, after, before)
         return _file_page(await registry.vector_stores.list_attached(store_id, _status(filter), query))
@@ -165,7 +170,7 @@ class VectorStoresController(Controller):
         "/{store_id:str}/files/{file_id:str}",
         status_code=200,
         summary="Replace a file's attributes",
-        responses=errors(400, 404, *SERVICE_ERRORS, e404=_NO_FILE),
+        responses=errors(400, 404, 413, *SERVICE_ERRORS, e404=_NO_FILE),
     )
     async def update_file(
         self,
@@ -194,7 +199,7 @@ class VectorStoresController(Controller):
         "/{store_id:str}/file_batches",
         status_code=200,
         summary="Attach several files at once",
-        responses=errors(400, 404, *SERVICE_ERRORS, e404="Unknown vector store or file"),
+        responses=errors(400, 404, 413, *SERVICE_ERRORS, e404="Unknown vector store or file"),
     )
     async def create_batch(
         self, store_id: FromPath[str], data: JSONBody[CreateFileBatchRequest], registry: Registry
@@ -239,10 +244,10 @@ class VectorStoresController(Controller):
         batch_id: FromPath[str],
         registry: Registry,
         limit: Limit = 20,
-        order: Order = "desc",
-        after: str | None = None,
-        before: str | None = None,
-        filter: str | None = None,
+        order: FromQuery[Order] = "desc",
+        after: FromQuery[str | None] = None,
+        before: FromQuery[str | None] = None,
+        filter: FromQuery[str | None] = None,
     ) -> VectorStoreFileList:
         query = PageQuery(limit, order, after, before)
         return _file_page(
@@ -255,7 +260,7 @@ class VectorStoresController(Controller):
         "/{store_id:str}/search",
         status_code=200,
         summary="The files that best answer a query (hybrid ranking), filtered by attributes",
-        responses=errors(400, 404, *SERVICE_ERRORS, e404=_NO_STORE),
+        responses=errors(400, 404, 413, *SERVICE_ERRORS, e404=_NO_STORE),
     )
     async def search(
         self, store_id: FromPath[str], data: JSONBody[SearchRequest], registry: Registry

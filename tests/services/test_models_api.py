@@ -63,12 +63,15 @@ def test_retrieval_is_in_the_schema(http: httpx.Client) -> None:
 
 def test_every_v1_operation_documents_the_errors_any_request_can_meet(http: httpx.Client) -> None:
     """A bad X-Request-Timeout (400), a missing key (401), a shutdown under way (503) and a deadline
-    passed (504) can answer any /v1 request; HEAD /ready answers 503 as GET does."""
+    passed (504) can answer any /v1 request, and a body past the server's limit (413) any that reads
+    one; HEAD /ready answers 503 as GET does."""
     paths = http.get("/schema/openapi.json").json()["paths"]
     for path, operations in paths.items():
         for method, operation in operations.items():
             if path.startswith("/v1/"):
                 assert {"400", "401", "503", "504"} <= set(operation["responses"]), (method, path)
+            if "requestBody" in operation:
+                assert "413" in operation["responses"], (method, path)
     assert "503" in paths["/ready"]["head"]["responses"]
 
 
