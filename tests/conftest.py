@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from xdist.remote import Producer
 from xdist.scheduler import LoadScopeScheduling
 
 from pipelines.llm.loader import prepare_model_folder
@@ -31,7 +32,7 @@ class ServerTestsApart(LoadScopeScheduling):
         return "servers" if nodeid.startswith(SERVER_TESTS) else "in-process"
 
 
-def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> LoadScopeScheduling | None:
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> LoadScopeScheduling | None:
     """``pytest -n 2 --dist loadgroup`` (``make test``) runs the two groups above side by side. Named here
     by path, not by ``xdist_group`` marks: pytest 9.2 ignores the node ids that pytest-xdist rewrites
     to group marked tests, so marked tests are spread over the processes."""
