@@ -75,9 +75,10 @@ def search(store: DocumentStore, index: VectorIndex, request: SearchRequest) -> 
     options, top_k = request.options, request.top_k
     depth = options.candidates(top_k)
     documents: int | None = None  # in the collection: counted once a ranking falls short
+    chunks: dict[int, ChunkHit] = {}  # read once each, whichever pass ranked them first
     while True:
         ranked, cut = rank_chunks(store, index, request, depth)
-        chunks = store.chunks([chunk_id for chunk_id, _ in ranked])
+        chunks.update(store.chunks([chunk_id for chunk_id, _ in ranked if chunk_id not in chunks]))
         hits = [(c, score) for chunk_id, score in ranked if (c := chunks.get(chunk_id)) is not None]
         if options.group_by == "chunk":
             return [_result(c, score) for c, score in hits[:top_k]]
