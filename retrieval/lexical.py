@@ -27,6 +27,15 @@ MAX_QUERY_TERMS = 32
 # least in BM25 (their IDF is lowest). Collections smaller than the budget are always ranked exactly.
 POSTINGS_BUDGET = 20_000
 WORD = re.compile(r"\w+", re.UNICODE)
+# Han ideographs, kana and Hangul syllables: scripts written without spaces between words, which
+# unicode61 would index as one token per run (a sentence of Chinese, one token). Each such character is
+# indexed as a token of its own, and a query's run of them searches for its overlapping pairs, each a
+# two-token phrase, as Lucene's CJK analyzer does with bigrams.
+_CJK_CHARS = (
+    "\u3005-\u3007\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0002ffff"
+)
+CJK_CHAR = re.compile(f"[{_CJK_CHARS}]")
+CJK_RUN = re.compile(f"([{_CJK_CHARS}]+)")
 # Dropped from queries (never from the index): terms in nearly every chunk carry no BM25 weight but
 # make SQLite visit nearly every posting list entry, which costs latency at 100k chunks.
 _STOPWORD_TEXT = """
@@ -68,34 +77,50 @@ def exists(db: sqlite3.Connection, collection: str) -> bool:
     return row is not None
 
 
+def indexed_text(text: str) -> str:
+    """The text as the tokenizer sees it: every CJK character set apart by spaces."""
+    return CJK_CHAR.sub(r" \g<0> ", text) if CJK_CHAR.search(text) else text
+
+
 def insert(db: sqlite3.Connection, collection: str, rows: Iterable[tuple[int, str]]) -> None:
     """Index (chunk id, text) rows."""
-    db.executemany(f"INSERT INTO {_table(collection)} (rowid, text) VALUES (?, ?)", rows)
+    db.executemany(
+        f"INSERT INTO {_table(collection)} (rowid, text) VALUES (?, ?)",
+        ((chunk_id, indexed_text(text)) for chunk_id, text in rows),
+    )
 
 
 def remove_document(db: sqlite3.Connection, collection: str, doc_id: str) -> None:
-    """Unindex a document's chunks; call before the chunks themselves are deleted."""
+    """Unindex a document's chunks; call before the chunks themselves are deleted. A contentless table
+    unindexes a row by the text it was indexed with: the chunk's, prepared the same way."""
     table = _table(collection)
-    db.execute(
-        f"INSERT INTO {table} ({table}, rowid, text) "
-        "SELECT 'delete', id, text FROM chunks WHERE collection = ? AND document_id = ?",
-        (collection, doc_id),
+    rows = db.execute(
+        "SELECT id, text FROM chunks WHERE collection = ? AND document_id = ?", (collection, doc_id)
+    ).fetchall()
+    db.executemany(
+        f"INSERT INTO {table} ({table}, rowid, text) VALUES ('delete', ?, ?)",
+        ((chunk_id, indexed_text(text)) for chunk_id, text in rows),
     )
 
 
 def fill(db: sqlite3.Connection, collection: str) -> int:
-    """Index every chunk of a collection (an upgrade from a store without lexical indexes)."""
-    cur = db.execute(
-        f"INSERT INTO {_table(collection)} (rowid, text) SELECT id, text FROM chunks WHERE collection = ?",
-        (collection,),
-    )
-    return int(cur.rowcount)
+    """Index every chunk of a collection (when a store's lexical indexes are built or rebuilt)."""
+    rows = db.execute("SELECT id, text FROM chunks WHERE collection = ?", (collection,)).fetchall()
+    insert(db, collection, rows)
+    return len(rows)
 
 
 def query_terms(text: str) -> list[str]:
     """The query's distinct words, lowercased, common English words left out (unless there is nothing
-    else)."""
-    words = [w.lower() for w in WORD.findall(text)]
+    else); a run of CJK characters gives its overlapping pairs as two-token phrases ("北 京", "京 大"),
+    a lone CJK character itself."""
+    words: list[str] = []
+    for word in WORD.findall(text.lower()):
+        for piece in CJK_RUN.split(word):
+            if CJK_CHAR.match(piece):
+                words += [" ".join(piece[i : i + 2]) for i in range(max(1, len(piece) - 1))]
+            elif piece:
+                words.append(piece)
     terms = [w for w in words if w not in STOPWORDS] or words
     return list(dict.fromkeys(terms))[:MAX_QUERY_TERMS]
 

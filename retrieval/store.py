@@ -21,7 +21,8 @@ from retrieval import filters, lexical
 from retrieval.filters import Filter
 
 # 1: every collection has a lexical index (stores of version 0 get theirs built when first opened).
-SCHEMA_VERSION = 1
+# 2: lexical indexes hold CJK text a character per token (those of version 1 are rebuilt when first opened).
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
     name TEXT PRIMARY KEY,
@@ -106,9 +107,9 @@ class DocumentStore:
             return
         with self._transaction():
             for (name,) in self.db.execute("SELECT name FROM collections").fetchall():
-                if not lexical.exists(self.db, name):
-                    lexical.create(self.db, name)
-                    lexical.fill(self.db, name)
+                lexical.drop(self.db, name)
+                lexical.create(self.db, name)
+                lexical.fill(self.db, name)
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:

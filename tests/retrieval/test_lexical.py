@@ -1,6 +1,7 @@
 """The lexical index in the store: FTS5 BM25 kept in the same transactions as the chunks and vectors,
 one index per collection, queries that treat every character as text, and the upgrade of a store
-written before lexical indexes existed (tests/data/retrieval/store-v0.sqlite3, made by that code)."""
+written before lexical indexes existed (tests/data/retrieval/store-v0.sqlite3, made by that code) or
+before CJK text was indexed a character per token (store-v1.sqlite3, likewise)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,15 @@ from retrieval.store import SCHEMA_VERSION, CollectionRecord, DocumentStore, New
 
 DIM = 4
 STORE_V0 = Path(__file__).resolve().parents[1] / "data" / "retrieval" / "store-v0.sqlite3"
+STORE_V1 = STORE_V0.with_name("store-v1.sqlite3")
+CJK_DOCS = {
+    "library": ["北京大学图书馆的藏书很多。"],
+    "tea": ["杭州的龙井茶很有名。", "西湖边有很多茶馆。"],
+    "gpu": ["训练模型时GPU显存不足怎么办？"],
+    "tokyo": ["東京タワーは東京都港区にある電波塔です。"],
+    "seoul": ["서울은 대한민국의 수도입니다."],
+    "english": ["The library opens at nine."],
+}
 
 
 def record(name: str) -> CollectionRecord:
@@ -43,6 +53,29 @@ def found(store: DocumentStore, collection: str, text: str, where: dict | None =
     hits = store.lexical_search(collection, text, 100, where)
     chunks = store.chunks([c for c, _ in hits])
     return [chunks[c].document_id for c, _ in hits]
+
+
+def indexed_terms(store: DocumentStore, collection: str) -> int:
+    """Distinct terms in a collection's lexical index (through FTS5's vocabulary table)."""
+    store.db.execute(
+        f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.vocab USING fts5vocab(main, "
+        f"'{lexical.table_name(collection)}', 'row')"
+    )
+    try:
+        return int(store.db.execute("SELECT count(*) FROM temp.vocab WHERE doc > 0").fetchone()[0])
+    finally:
+        store.db.execute("DROP TABLE temp.vocab")
+
+
+def assert_cjk_words_found(store: DocumentStore, collection: str) -> None:
+    assert found(store, collection, "图书馆") == ["library"]  # a word inside a run of Han characters
+    assert found(store, collection, "龙井茶") == ["tea"]
+    assert found(store, collection, "茶馆在哪里") == ["tea"]
+    assert found(store, collection, "显存") == found(store, collection, "GPU") == ["gpu"]
+    assert found(store, collection, "東京タワー") == ["tokyo"]  # kanji and katakana
+    assert found(store, collection, "대한민국") == ["seoul"]  # Hangul with a particle attached
+    assert found(store, collection, "library") == ["english"]
+    assert found(store, collection, "大阪") == [] and found(store, collection, "书图") == []
 
 
 def test_bm25_ranks_stems_and_rare_terms(store: DocumentStore) -> None:
@@ -169,3 +202,34 @@ def test_store_written_before_lexical_indexes_is_upgraded(tmp_path: Path) -> Non
         assert found(again, "notes", "zeppelin") == ["new"]
     finally:
         again.close()
+
+
+def test_cjk_text_is_found_by_the_words_inside_its_runs(store: DocumentStore) -> None:
+    """unicode61 alone makes a whole run of CJK characters one token: a sentence of Chinese was found
+    only by the whole sentence."""
+    store.add_documents("c", [doc(i, chunks) for i, chunks in CJK_DOCS.items()])
+    assert_cjk_words_found(store, "c")
+    assert lexical.query_terms("北京大学") == ["北 京", "京 大", "大 学"]
+    assert lexical.query_terms("茶 the GPU显存") == ["茶", "gpu", "显 存"]
+    store.add_documents("c", [doc("tea", ["上海的咖啡馆。"])])  # replaced: its old words are gone
+    assert found(store, "c", "龙井茶") == [] and found(store, "c", "咖啡") == ["tea"]
+    for doc_id in CJK_DOCS:
+        store.delete_document("c", doc_id)
+    assert indexed_terms(store, "c") == 0  # every posting unindexed with the text it was indexed by
+
+
+def test_store_of_version_1_has_its_lexical_indexes_rebuilt(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    shutil.copy(STORE_V1, path)
+    old = sqlite3.connect(path)
+    assert old.execute("PRAGMA user_version").fetchone()[0] == 1
+    old.close()
+    store = DocumentStore(path)
+    try:
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert_cjk_words_found(store, "zh")
+        for doc_id in CJK_DOCS:
+            store.delete_document("zh", doc_id)
+        assert indexed_terms(store, "zh") == 0
+    finally:
+        store.close()
