@@ -61,6 +61,9 @@ UNLIMITED_ROWS = 1 << 30
 # (AVX-512 VNNI; ATen's kernel 3.5 ms, packed bf16 4.7 ms), 3.4 ms at 4 rows (packed 5.0), 5.9 at 8
 # (packed 4.8, plain bf16 9.6), 21 ms at 32 (float32 F.linear 37); as AVX2: 1.7 / 3.9 / 7.1 / 25 ms
 # against float32 6.0 / 14 / 20 / 44 ms.
+# These limits are presets: a model that build_decoder makes measures its own on the CPU it runs on,
+# from these up (shared_engine/kernel_rows.py; on a CPU whose L3 cannot hold the float weights the kernel
+# wins at many more rows).
 _ENGINE_INT4_BEATS_PACKED_MAX_ROWS = 4
 _ENGINE_INT4_BEATS_BF16_MAX_ROWS = 8
 # Its int8 kernel on the LM head's shape (576 -> 49152): 0.5 ms at 1-2 rows, 0.6 at 4, 1.3 at 8 against
@@ -130,6 +133,16 @@ class QuantizedLinear(nn.Module):
         if x.dtype == torch.float32:
             return self.beats_fp32_rows
         return self.beats_packed_rows if self.float_packed else self.beats_bf16_rows
+
+    def set_float_rows_limit(self, dtype: torch.dtype, rows: int) -> None:
+        """Replace the limit ``_float_rows_limit`` gives for inputs of ``dtype`` (one measured on this CPU:
+        shared_engine/kernel_rows.py)."""
+        if dtype == torch.float32:
+            self.beats_fp32_rows = rows
+        elif self.float_packed:
+            self.beats_packed_rows = rows
+        else:
+            self.beats_bf16_rows = rows
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from shared_engine.kernel_rows import calibrate_kernel_rows
 from shared_engine.models.base import MODEL_REGISTRY, DecoderArch, DecoderModel
 from shared_engine.packed_linear import pack_linears, packing_applies
 from shared_engine.quantization_config import QuantizationConfig
@@ -95,4 +96,6 @@ def build_decoder(
         quantize_decoder(model, quantization, packing)  # on the target device: int4 packs for its kernel
     if packing:
         pack_linears(model)  # what quantization left in floating point
+    if quantization is not None and device.type == "cpu":
+        calibrate_kernel_rows(model, dtype)
     return model

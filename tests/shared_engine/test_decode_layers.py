@@ -75,7 +75,7 @@ def test_decode_steps_through_the_kernel_equal_the_modules(smollm2_folder: Path,
         fused, fused_calls = decode_run(model, dtype, fused=True)
         modules, module_calls = decode_run(model, dtype, fused=False)
     assert module_calls == 5  # the prefill and four decode steps
-    # Three decodes are within the kernel's rows for both dtypes (float32: 64, packed bfloat16: 4).
+    # Three decodes are within the kernel's rows for both dtypes (presets float32: 64, packed bfloat16: 4).
     assert rows_limit >= 3 and fused_calls == 1  # only the prefill went through the modules
     for got, want in zip(fused, modules, strict=True):
         assert torch.equal(got, want)

@@ -200,9 +200,10 @@ def test_tied_head_copy_serves_small_batches_and_the_float_weight_the_rest() -> 
 def test_dual_layers_take_the_kernel_for_few_rows_and_the_float_weight_for_many(
     smollm2_folder: Path, hf_config: Any, tokenizer: Any, mode: str
 ) -> None:
-    """With keep_float, each projection answers one row with its quantized weight and 32 rows with its
-    float weight (packed for oneDNN where the CPU has native bf16): the outputs are those of each. Where
-    the int4 kernel runs as AVX2 it answers both, and no float copy is kept."""
+    """With keep_float, each projection answers one row with its quantized weight and 128 rows (past any
+    row limit the build measures) with its float weight (packed for oneDNN where the CPU has native bf16):
+    the outputs are those of each. Where the int4 kernel runs as AVX2 it answers both, and no float copy
+    is kept."""
     config = QuantizationConfig(mode, keep_float=True)
     model = build_decoder(hf_config, iter_safetensors(smollm2_folder), CPU, BF16, config)
     layer = model.model.layers[0].mlp.down_proj
@@ -217,7 +218,7 @@ def test_dual_layers_take_the_kernel_for_few_rows_and_the_float_weight_for_many(
             assert isinstance(layer.float_linear, PackedLinear if packed else nn.Linear)
             assert layer.quantized.float_packed == packed
             features = layer.quantized.in_features
-            one, many = torch.randn(1, features).to(BF16), torch.randn(32, features).to(BF16)
+            one, many = torch.randn(1, features).to(BF16), torch.randn(128, features).to(BF16)
             assert torch.equal(layer(one), layer.quantized(one))
             assert torch.equal(layer(many), layer.float_linear(many))
     engine = LLMEngine(
