@@ -22,6 +22,7 @@ from shared_engine.async_engine import GenerationRequest
 from shared_engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from shared_engine.dual_linear import DualLinear, TiedQuantizedHead, float_weights_forced
 from shared_engine.int_weights import dequantize_int4, dequantize_int8, quantize_int4, quantize_int8
+from shared_engine.kernel_rows import CANDIDATE_ROWS
 from shared_engine.llm_engine import LLMEngine
 from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.packed_linear import PackedLinear, packing_applies
@@ -29,6 +30,9 @@ from shared_engine.quantization import Int4Linear, Int8Linear
 from shared_engine.quantization_config import QuantizationConfig
 from shared_engine.quantize_model import quantize_decoder, weight_bytes
 from shared_engine.sampling_params import SamplingParams
+
+# Past every row limit a build can measure (shared_engine/kernel_rows.py).
+MANY_ROWS = 2 * max(CANDIDATE_ROWS)
 
 CPU = torch.device("cpu")
 BF16 = torch.bfloat16
@@ -200,7 +204,7 @@ def test_tied_head_copy_serves_small_batches_and_the_float_weight_the_rest() -> 
 def test_dual_layers_take_the_kernel_for_few_rows_and_the_float_weight_for_many(
     smollm2_folder: Path, hf_config: Any, tokenizer: Any, mode: str
 ) -> None:
-    """With keep_float, each projection answers one row with its quantized weight and 128 rows (past any
+    """With keep_float, each projection answers one row with its quantized weight and MANY_ROWS (past any
     row limit the build measures) with its float weight (packed for oneDNN where the CPU has native bf16):
     the outputs are those of each. Where the int4 kernel runs as AVX2 it answers both, and no float copy
     is kept."""
@@ -218,7 +222,7 @@ def test_dual_layers_take_the_kernel_for_few_rows_and_the_float_weight_for_many(
             assert isinstance(layer.float_linear, PackedLinear if packed else nn.Linear)
             assert layer.quantized.float_packed == packed
             features = layer.quantized.in_features
-            one, many = torch.randn(1, features).to(BF16), torch.randn(128, features).to(BF16)
+            one, many = torch.randn(1, features).to(BF16), torch.randn(MANY_ROWS, features).to(BF16)
             assert torch.equal(layer(one), layer.quantized(one))
             assert torch.equal(layer(many), layer.float_linear(many))
     engine = LLMEngine(

@@ -18,10 +18,14 @@ from transformers import AutoConfig
 
 from shared_engine import cpu_kernels, int_matmul
 from shared_engine.dual_linear import DualLinear, float_weights_only
+from shared_engine.kernel_rows import CANDIDATE_ROWS
 from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.quantization import UNLIMITED_ROWS, Int4Linear, Int8Linear
 from shared_engine.quantization_config import QuantizationConfig
 from shared_engine.quantize_model import weight_bytes
+
+# Past every row limit a build can measure (shared_engine/kernel_rows.py).
+MANY_ROWS = 2 * max(CANDIDATE_ROWS)
 
 CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parents[2]
@@ -172,7 +176,7 @@ def test_the_packaged_model_as_an_avx2_cpu_runs_it_agrees_with_float32(smollm2_f
 
 def test_the_roofline_counts_the_weights_each_batch_size_reads(smollm2_folder: Path) -> None:
     """benchmarks/roofline.py's bandwidth ceiling: with auto, a one-row step reads the int4 copies and the
-    int8 LM head, a 128-row step (past the row limits the build measures) the float weights where they
+    int8 LM head, a step of MANY_ROWS (past the row limits the build measures) the float weights where they
     are kept: what the unquantized model reads."""
     from benchmarks.roofline_model import projections, weight_bytes_read
 
@@ -189,8 +193,8 @@ def test_the_roofline_counts_the_weights_each_batch_size_reads(smollm2_folder: P
     int4_layers = weight_bytes_read(auto, 1, torch.bfloat16) - int8_head
     assert 0.2 < int4_layers / (full - head) < 0.35  # half a byte per weight, plus scales and zeros
     if isinstance(auto.model.layers[0].mlp.down_proj, DualLinear):
-        assert weight_bytes_read(auto, 128, torch.bfloat16) == full
-    else:  # the int4 kernel as AVX2 serves every batch size; the head's float weight takes 128 rows
+        assert weight_bytes_read(auto, MANY_ROWS, torch.bfloat16) == full
+    else:  # the int4 kernel as AVX2 serves every batch size; the head's float weight takes MANY_ROWS
         int8_head_read = sum(t.numel() * t.element_size() for t in auto.lm_head.quantized.buffers())
         one_row = weight_bytes_read(auto, 1, torch.bfloat16)
-        assert weight_bytes_read(auto, 128, torch.bfloat16) == one_row - int8_head_read + head
+        assert weight_bytes_read(auto, MANY_ROWS, torch.bfloat16) == one_row - int8_head_read + head
