@@ -42,6 +42,11 @@ def _gpu_resources() -> object | None:
     return faiss.StandardGpuResources()
 
 
+def _below_id_map(index: faiss.Index) -> faiss.Index:
+    """The index that does the searching: ``index`` itself, or the one inside its ID map."""
+    return faiss.downcast_index(index.index if isinstance(index, faiss.IndexIDMap) else index)
+
+
 class VectorIndex:
     def __init__(self, kind: str, dimensions: int) -> None:
         if kind not in INDEX_KINDS:
@@ -69,7 +74,7 @@ class VectorIndex:
 
     def _placed(self, index: faiss.Index) -> faiss.Index:
         """``index`` (on the CPU) with this project's search settings, moved to the GPU where it runs."""
-        inner = faiss.downcast_index(index.index if isinstance(index, faiss.IndexIDMap) else index)
+        inner = _below_id_map(index)
         if isinstance(inner, faiss.IndexHNSW):
             inner.hnsw.efSearch = HNSW_EF_SEARCH
         elif isinstance(inner, faiss.IndexIVF):
@@ -152,12 +157,7 @@ class VectorIndex:
     @property
     def inner(self) -> faiss.Index:
         """The FAISS index that does the searching (below any ID map), on the CPU: for inspection."""
-        cpu = self._cpu()
-        return (
-            faiss.downcast_index(cpu.index)
-            if isinstance(cpu, faiss.IndexIDMap)
-            else faiss.downcast_index(cpu)
-        )
+        return _below_id_map(self._cpu())
 
     def _search_params(self, selector: faiss.IDSelector, k: int) -> faiss.SearchParameters:
         inner = self.inner

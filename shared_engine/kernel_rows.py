@@ -6,10 +6,11 @@ but does more work per row, so from some row count on the float GEMM is faster. 
 depends on the machine more than on the instruction set. On a 2-core Xeon with AMX whose 480 MiB L3 held
 the 270 MiB of SmolLM2's bf16 weights the kernel won up to 4 rows; on a 2-core AMD EPYC (Zen 5, 32 MiB
 of L3), where those weights stream from memory every step, it took 0.46 of the float weights' time at 8
-rows, 0.77 at 32 and 0.99 at 128 (decode 2.2x faster at batch 8, 1.35x at 32). A microbenchmark of one
-layer would keep that layer's weight in cache and miss the difference, so each candidate count runs
-every dual layer of a group in the model's order, as a decode step does, once through the kernels and
-once through the float weights. A process measures a set of layer shapes once (about a second).
+rows, 0.77 at 32 and 0.96-1.00 at 96-128 (decode 2.2x faster at batch 8 and 1.4x at 32 than with the
+preset: benchmarks/kernel_rows.py). A microbenchmark of one layer would keep that layer's weight in
+cache and miss the difference, so each candidate count runs every dual layer of a group in the model's
+order, as a decode step does, once through the kernels and once through the float weights. A process
+measures a set of layer shapes once (about a second).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def pass_seconds(
 
 def _measured_limit(layers: Sequence[DualLinear], dtype: torch.dtype) -> tuple[int, dict[int, float]]:
     """The most rows at which the kernels beat the float weights over ``layers``, and the kernels' time as
-    a share of the float weights' at each count measured. Only counts above the layers' preset limit are
+    a share of the float weights' at each count measured (the layers are left at the last count tried,
+    for the caller to set). Only counts above the layers' preset limit are
     tried: it was measured where the float weights were at their best (a large L3 holding all of them)."""
     inputs = {
         n: torch.randn(max(CANDIDATE_ROWS), n, dtype=dtype)  # on the CPU, as the layers are
@@ -77,8 +79,6 @@ def _measured_limit(layers: Sequence[DualLinear], dtype: torch.dtype) -> tuple[i
         if shares[rows] > 1.0:
             break
         limit = rows
-    for d in layers:
-        d.quantized.set_float_rows_limit(dtype, limit)
     return limit, shares
 
 
@@ -98,15 +98,13 @@ def calibrate_kernel_rows(model: nn.Module, dtype: torch.dtype) -> dict[str, int
         shapes = [(type(d.quantized).__name__, d.quantized.in_features, d.quantized.out_features)
                   for d in layers]  # fmt: skip
         key = (dtype, layers[0].quantized.kernel_rows(probe), *shapes)
-        if key in _measured:
-            limits[group] = _measured[key]
-            for d in layers:
-                d.quantized.set_float_rows_limit(dtype, limits[group])
-            continue
-        limits[group], shares = _measured_limit(layers, dtype)
-        _measured[key] = limits[group]
-        logger.info(
-            "%s: weight-only kernels up to %d rows (their time / the float weights' by rows: %s)",
-            group, limits[group], shares,
-        )  # fmt: skip
+        if key not in _measured:
+            _measured[key], shares = _measured_limit(layers, dtype)
+            logger.info(
+                "%s: weight-only kernels up to %d rows (their time / the float weights' by rows: %s)",
+                group, _measured[key], shares,
+            )  # fmt: skip
+        limits[group] = _measured[key]
+        for d in layers:
+            d.quantized.set_float_rows_limit(dtype, limits[group])
     return limits
