@@ -314,10 +314,12 @@ void attend_group(const T* q_src, int64_t q_stride, const C* keys, const C* valu
 // query [b, heads, dim] (any strides, last one 1); kv_cache [2, kv_heads, blocks, block_size, dim]
 // contiguous, of dtype C (T's, or a 16-bit one for a float32 model); block_tables [b, max_blocks] int64;
 // context_lens [b] int64; out [b, heads, dim].
+// Tasks [task_begin, task_end) of the batch * kv_heads.
 template <typename T, typename C>
 void decode_attention_impl(at::Tensor& out, const at::Tensor& query, const at::Tensor& kv_cache,
-                           const at::Tensor& block_tables, const at::Tensor& context_lens, double scale) {
-  const int64_t batch = query.size(0), heads = query.size(1), dim = query.size(2);
+                           const at::Tensor& block_tables, const at::Tensor& context_lens, double scale,
+                           int64_t task_begin, int64_t task_end) {
+  const int64_t heads = query.size(1), dim = query.size(2);
   const int64_t kv_heads = kv_cache.size(1), num_blocks = kv_cache.size(2), block_size = kv_cache.size(3);
   const int64_t group = heads / kv_heads;
   const int64_t plane = num_blocks * block_size * dim;  // one kv head's keys (or values)
@@ -331,7 +333,7 @@ void decode_attention_impl(at::Tensor& out, const at::Tensor& query, const at::T
   const auto attend =
       dim == 64 ? attend_group<T, C, 64> : dim == 128 ? attend_group<T, C, 128> : attend_group<T, C, 0>;
 
-  at::parallel_for(0, batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(task_begin, task_end, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> buf;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task / kv_heads, h = task % kv_heads;
@@ -358,8 +360,8 @@ void dispatch_cache_dtypes(at::ScalarType compute, at::ScalarType cache, const c
 
 namespace mmserve {
 
-void paged_decode_attention(at::Tensor out, const at::Tensor& query, const at::Tensor& kv_cache,
-                            const at::Tensor& block_tables, const at::Tensor& context_lens, double scale) {
+void check_paged_decode_attention(const at::Tensor& out, const at::Tensor& query, const at::Tensor& kv_cache,
+                                  const at::Tensor& block_tables, const at::Tensor& context_lens) {
   TORCH_CHECK(query.dim() == 3 && query.stride(2) == 1, "query must be [batch, heads, dim], last dim dense");
   TORCH_CHECK(kv_cache.dim() == 5 && kv_cache.is_contiguous(), "kv_cache must be a contiguous 5-d tensor");
   TORCH_CHECK(out.sizes() == query.sizes() && out.stride(2) == 1, "out must match query");
@@ -367,9 +369,27 @@ void paged_decode_attention(at::Tensor out, const at::Tensor& query, const at::T
   TORCH_CHECK(block_tables.scalar_type() == at::kLong && block_tables.is_contiguous(), "block_tables: int64");
   TORCH_CHECK(context_lens.scalar_type() == at::kLong && context_lens.is_contiguous(), "context_lens: int64");
   TORCH_CHECK(query.size(1) % kv_cache.size(1) == 0, "heads must be a multiple of kv heads");
+  dispatch_cache_dtypes(query.scalar_type(), kv_cache.scalar_type(), "paged_decode_attention", [](auto, auto) {});
+}
+
+int64_t paged_decode_attention_tasks(const at::Tensor& query, const at::Tensor& kv_cache) {
+  return query.size(0) * kv_cache.size(1);
+}
+
+void paged_decode_attention_range(at::Tensor out, const at::Tensor& query, const at::Tensor& kv_cache,
+                                  const at::Tensor& block_tables, const at::Tensor& context_lens, double scale,
+                                  int64_t begin, int64_t end) {
   dispatch_cache_dtypes(query.scalar_type(), kv_cache.scalar_type(), "paged_decode_attention", [&](auto t, auto c) {
-    decode_attention_impl<decltype(t), decltype(c)>(out, query, kv_cache, block_tables, context_lens, scale);
+    decode_attention_impl<decltype(t), decltype(c)>(out, query, kv_cache, block_tables, context_lens, scale,
+                                                    begin, end);
   });
+}
+
+void paged_decode_attention(at::Tensor out, const at::Tensor& query, const at::Tensor& kv_cache,
+                            const at::Tensor& block_tables, const at::Tensor& context_lens, double scale) {
+  check_paged_decode_attention(out, query, kv_cache, block_tables, context_lens);
+  paged_decode_attention_range(out, query, kv_cache, block_tables, context_lens, scale, 0,
+                               paged_decode_attention_tasks(query, kv_cache));
 }
 
 }  // namespace mmserve

@@ -2,19 +2,101 @@
 // in the same order, as the layers' modules call one by one (so the same results), without the ~15
 // Python-level operator calls a layer costs there (about a third of a one-request step on two cores).
 //
+// The whole stack runs in one parallel region: its threads split each phase (a matmul's output blocks,
+// attention's heads, the norms' rows) and meet at a barrier between phases. A region per kernel, five a
+// layer, cost ~1.7 us each to open and close at one row, and the serial work between them (rounding a
+// matmul's input to int8, the norms) left the other threads waiting; the matmuls' buffers are allocated
+// once per call, not per layer.
+//
 // Per layer, weights holds kWeightsPerLayer tensors: the int4 qkv projection (packed, scales and zeros,
 // bias or an empty tensor), the output projection, gate/up and down (packed, scales and zeros each),
 // then the post-attention norm's weight and the weight of the norm after the layer (the next layer's
 // input norm, or the final one).
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <omp.h>
 #include <torch/library.h>
 
 #include "kernels.h"
 
+#include <algorithm>
+#include <atomic>
+#include <exception>
+#include <mutex>
+#include <tuple>
+#include <utility>
+#include <vector>
+
 namespace {
 
 constexpr int64_t kWeightsPerLayer = 11;
+constexpr int64_t kBlockColumns = 16;  // int4_linear's output block
+// Up to this many rows every thread rounds a matmul's whole input to int8 itself, in its own workspace
+// (at one row ~1 us), rather than each some rows of a shared one and then a barrier.
+constexpr int64_t kRowsQuantizedByEach = 8;
+
+// One thread of the region: its share of each phase, and the barrier after it. An exception in a phase
+// (a kernel's check) is kept and rethrown after the region; until then every thread skips the remaining
+// phases but still meets every barrier, so none waits forever.
+class TeamThread {
+ public:
+  struct Failure {
+    std::atomic<bool> failed{false};
+    std::mutex mutex;
+    std::exception_ptr error;
+  };
+
+  explicit TeamThread(Failure& failure) : failure_(failure), thread_(omp_get_thread_num()), threads_(omp_get_num_threads()) {}
+
+  int64_t thread() const { return thread_; }
+
+  // This thread's contiguous share [begin, end) of count items, as at::parallel_for splits them.
+  std::pair<int64_t, int64_t> share(int64_t count) const {
+    const int64_t chunk = (count + threads_ - 1) / threads_;
+    const int64_t begin = std::min(count, thread_ * chunk);
+    return {begin, std::min(count, begin + chunk)};
+  }
+
+  template <typename Fn>
+  void phase(Fn&& fn) {
+    if (!failure_.failed.load(std::memory_order_relaxed)) {
+      try {
+        fn();
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(failure_.mutex);
+        if (!failure_.error) failure_.error = std::current_exception();
+        failure_.failed.store(true, std::memory_order_relaxed);
+      }
+    }
+#pragma omp barrier
+  }
+
+ private:
+  Failure& failure_;
+  int64_t thread_, threads_;
+};
+
+struct Buffers {
+  at::Tensor qkv, attention, hidden, gate_up, activation, out;
+  // The quantized input of the matmul running: one per thread, or the first shared (kRowsQuantizedByEach).
+  std::vector<std::vector<float>> workspaces;
+};
+
+Buffers make_buffers(const at::Tensor& x, const at::Tensor* w, int64_t heads, int64_t dim, int64_t group) {
+  const int64_t tokens = x.size(0), hidden = x.size(1);
+  const int64_t qkv = w[0].size(0) * kBlockColumns, gate_up = w[5].size(0) * kBlockColumns;
+  Buffers b{at::empty({tokens, qkv}, x.options()),        at::empty({tokens, heads, dim}, x.options()),
+            at::empty({tokens, hidden}, x.options()),     at::empty({tokens, gate_up}, x.options()),
+            at::empty({tokens, gate_up / 2}, x.options()), at::empty({tokens, hidden}, x.options()),
+            {}};
+  int64_t bytes = 0;
+  for (const int64_t k : {hidden, heads * dim, gate_up / 2})
+    bytes = std::max(bytes, mmserve::int4_linear_workspace_bytes(tokens, k, group));
+  const int64_t count = tokens <= kRowsQuantizedByEach ? at::get_num_threads() : 1;
+  b.workspaces.assign(count, std::vector<float>(static_cast<size_t>(bytes + 3) / 4));
+  return b;
+}
 
 // x: the first layer's normalised input [tokens, hidden]; residual: the un-normalised stream, updated in
 // place. Returns the last layer's output after the final norm.
@@ -28,25 +110,84 @@ at::Tensor decode_layers(const at::Tensor& x_in, at::Tensor residual, at::Tensor
               "decode_layers: ", kWeightsPerLayer, " weights per layer expected");
   TORCH_CHECK(x_in.dim() == 2 && x_in.is_contiguous(), "decode_layers: x must be contiguous [tokens, hidden]");
   const int64_t tokens = x_in.size(0), dim = kv_caches[0].size(4);
-  at::Tensor x = x_in;
+  TORCH_CHECK(positions.numel() == tokens && slots.numel() == tokens,
+              "decode_layers: positions and slots must have one entry per token");
+  Buffers b = make_buffers(x_in, weights.data(), heads, dim, group);
+  const at::Tensor query = b.qkv.view({tokens, heads + 2 * kv_heads, dim}).narrow(1, 0, heads);
+  const at::Tensor attention_rows = b.attention.view({tokens, heads * dim});
   for (int64_t layer = 0; layer < layers; ++layer) {
     const at::Tensor* w = weights.data() + layer * kWeightsPerLayer;
-    const at::Tensor& cache = kv_caches[layer];
-    at::Tensor qkv = mmserve::int4_linear(x, w[0], w[1], group, isa);
-    if (w[2].numel()) qkv.add_(w[2]);
-    mmserve::rotary_cache_write(qkv, positions, cos, signed_sin, cache, slots, heads, kv_heads);
-    const at::Tensor query = qkv.view({tokens, heads + 2 * kv_heads, dim}).narrow(1, 0, heads);
-    at::Tensor attention = at::empty({tokens, heads, dim}, x.options());
-    mmserve::paged_decode_attention(attention, query, cache, block_tables, context_lens, scale);
-    at::Tensor hidden = mmserve::int4_linear(attention.view({tokens, heads * dim}), w[3], w[4], group, isa);
-    mmserve::fused_add_rms_norm(hidden, residual, w[9], eps);
-    const at::Tensor gate_up = mmserve::int4_linear(hidden, w[5], w[6], group, isa);
-    at::Tensor activation = at::empty({tokens, gate_up.size(1) / 2}, x.options());
-    mmserve::silu_mul(activation, gate_up);
-    x = mmserve::int4_linear(activation, w[7], w[8], group, isa);
-    mmserve::fused_add_rms_norm(x, residual, w[10], eps);
+    mmserve::check_int4_linear(layer ? b.out : x_in, w[0], w[1], group, isa);
+    mmserve::check_int4_linear(attention_rows, w[3], w[4], group, isa);
+    mmserve::check_int4_linear(b.hidden, w[5], w[6], group, isa);
+    mmserve::check_int4_linear(b.activation, w[7], w[8], group, isa);
+    TORCH_CHECK(w[0].size(0) * kBlockColumns == b.qkv.size(1) && w[3].size(0) * kBlockColumns == b.hidden.size(1) &&
+                    w[5].size(0) * kBlockColumns == b.gate_up.size(1) &&
+                    w[7].size(0) * kBlockColumns == b.out.size(1),
+                "decode_layers: every layer's projections must have the first layer's shapes");
+    mmserve::check_paged_decode_attention(b.attention, query, kv_caches[layer], block_tables, context_lens);
   }
-  return x;
+  const int64_t tasks = mmserve::paged_decode_attention_tasks(query, kv_caches[0]);
+  TeamThread::Failure failure;
+
+#pragma omp parallel num_threads(at::get_num_threads())
+  {
+    TeamThread team(failure);
+    const bool shared = b.workspaces.size() == 1;
+    void* workspace = b.workspaces[shared ? 0 : team.thread()].data();
+    // One matmul: its input rounded to int8 (by every thread, or each some rows and then a barrier), then
+    // output blocks, each thread some.
+    const auto matmul = [&](const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales_zeros,
+                            at::Tensor& out) {
+      const auto quantize = [&](int64_t begin, int64_t end) {
+        mmserve::int4_linear_quantize(x, packed, scales_zeros, group, isa, workspace, out, begin, end);
+      };
+      if (shared) team.phase([&] { std::apply(quantize, team.share(tokens)); });
+      team.phase([&] {
+        if (!shared) quantize(0, tokens);
+        const auto [begin, end] = team.share(packed.size(0));
+        mmserve::int4_linear_multiply(x, packed, scales_zeros, group, isa, workspace, out, begin, end);
+      });
+    };
+    // fn(rows of each tensor) on this thread's rows, where it has any (all of them: the tensors as they are).
+    const auto by_rows = [&](auto&& fn, auto&... tensors) {
+      team.phase([&] {
+        const auto [begin, end] = team.share(tokens);
+        if (begin == 0 && end == tokens) {
+          fn(tensors...);
+        } else if (begin < end) {
+          fn(tensors.narrow(0, begin, end - begin)...);
+        }
+      });
+    };
+    for (int64_t layer = 0; layer < layers; ++layer) {
+      const at::Tensor* w = weights.data() + layer * kWeightsPerLayer;
+      const at::Tensor& cache = kv_caches[layer];
+      matmul(layer ? b.out : x_in, w[0], w[1], b.qkv);
+      by_rows(
+          [&](at::Tensor qkv, const at::Tensor& at, const at::Tensor& to) {
+            if (w[2].numel()) qkv.add_(w[2]);
+            mmserve::rotary_cache_write(qkv, at, cos, signed_sin, cache, to, heads, kv_heads);
+          },
+          b.qkv, positions, slots);
+      team.phase([&] {
+        const auto [begin, end] = team.share(tasks);
+        mmserve::paged_decode_attention_range(b.attention, query, cache, block_tables, context_lens, scale,
+                                              begin, end);
+      });
+      matmul(attention_rows, w[3], w[4], b.hidden);
+      by_rows([&](const at::Tensor& x, const at::Tensor& r) { mmserve::fused_add_rms_norm(x, r, w[9], eps); },
+              b.hidden, residual);
+      matmul(b.hidden, w[5], w[6], b.gate_up);
+      by_rows([](const at::Tensor& out, const at::Tensor& in) { mmserve::silu_mul(out, in); }, b.activation,
+              b.gate_up);
+      matmul(b.activation, w[7], w[8], b.out);
+      by_rows([&](const at::Tensor& x, const at::Tensor& r) { mmserve::fused_add_rms_norm(x, r, w[10], eps); },
+              b.out, residual);
+    }
+  }
+  if (failure.error) std::rethrow_exception(failure.error);
+  return b.out;
 }
 
 }  // namespace

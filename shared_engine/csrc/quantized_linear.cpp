@@ -45,25 +45,44 @@ inline int32_t four_bytes(const int8_t* p) {
 
 // One row of activations per weight group: int8 values, their scale, scale * sum(values), which carries
 // the weights' zero points, and 8 * sum(values), which the AVX2 int4 kernel takes from its integer sums
-// to centre unsigned nibbles (q - 8).
+// to centre unsigned nibbles (q - 8). They live in a workspace of rows * (K + 12 * groups) bytes.
 struct QuantizedRows {
-  at::Tensor values;  // int8 [rows, K]
-  at::Tensor scales;  // float [rows, groups]
-  at::Tensor scaled_sums;  // float [rows, groups]
-  at::Tensor sums_times_8;  // int32 [rows, groups]
+  float* scales;  // [rows, groups]
+  float* scaled_sums;  // [rows, groups]
+  int32_t* sums_times_8;  // [rows, groups]
+  int8_t* values;  // [rows, K]
 };
 
-// offset_to_unsigned: values are stored as x + 128 (1..255, unsigned bytes) for the many-rows kernel.
+int64_t workspace_bytes(int64_t rows, int64_t k, int64_t group) { return rows * (k + 12 * (k / group)); }
+
+QuantizedRows rows_in(void* workspace, int64_t rows, int64_t k, int64_t group) {
+  const int64_t entries = rows * (k / group);
+  float* floats = static_cast<float*>(workspace);
+  return {floats, floats + entries, reinterpret_cast<int32_t*>(floats + 2 * entries),
+          reinterpret_cast<int8_t*>(floats + 3 * entries)};
+}
+
+// The calling thread's workspace of at least ``bytes``, kept for its next matmul: a decode step's
+// matmuls would otherwise allocate four buffers each.
+void* thread_workspace(int64_t bytes) {
+  thread_local std::vector<float> buffer;
+  const size_t floats = static_cast<size_t>(bytes + 3) / 4;
+  if (buffer.size() < floats) buffer.resize(floats);
+  return buffer.data();
+}
+
+// Rows [row_begin, row_end) of x into q. offset_to_unsigned: values are stored as x + 128 (1..255,
+// unsigned bytes) for the many-rows kernel.
 template <typename T>
-void quantize_rows_impl(const T* x, int64_t rows, int64_t k, int64_t group, bool offset_to_unsigned,
-                        QuantizedRows& q) {
-  int8_t* values = q.values.data_ptr<int8_t>();
-  float* scales = q.scales.data_ptr<float>();
-  float* sums = q.scaled_sums.data_ptr<float>();
-  int32_t* sums_times_8 = q.sums_times_8.data_ptr<int32_t>();
+void quantize_rows_impl(const T* x, int64_t row_begin, int64_t row_end, int64_t k, int64_t group,
+                        bool offset_to_unsigned, const QuantizedRows& q) {
+  int8_t* values = q.values;
+  float* scales = q.scales;
+  float* sums = q.scaled_sums;
+  int32_t* sums_times_8 = q.sums_times_8;
   const int64_t groups = k / group;
   const int32_t offset = offset_to_unsigned ? 128 : 0;
-  at::parallel_for(0, rows * groups, 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(row_begin * groups, row_end * groups, 64, [&](int64_t begin, int64_t end) {
     float buffer[256];
     for (int64_t index = begin; index < end; ++index) {
       const int64_t row = index / groups, g = index % groups;
@@ -415,37 +434,35 @@ struct Widening {
   int64_t weight_bytes_per_step, params_per_group, step, group;
 };
 
-// What every kernel shares: the rows quantized, then each thread takes blocks of 16 output rows and runs
-// each against the rows, a tile at a time, storing in x's dtype.
-at::Tensor run_blocks(const at::Tensor& x, const at::Tensor& packed, const void* scales, int64_t scale_stride,
-                      int64_t group, BlockFn (*select)(int64_t), int64_t max_tile, const Widening* widening) {
-  const int64_t rows = x.size(0), k = x.size(1), blocks = packed.size(0), n = blocks * kBlockRows;
-  const int64_t groups = k / group, block_bytes = packed.size(1) * packed.size(2);
-  QuantizedRows q{at::empty({rows, k}, x.options().dtype(at::kChar)),
-                  at::empty({rows, groups}, x.options().dtype(at::kFloat)),
-                  at::empty({rows, groups}, x.options().dtype(at::kFloat)),
-                  at::empty({rows, groups}, x.options().dtype(at::kInt))};
-  at::Tensor out = at::empty({rows, n}, x.options());
-  if (rows == 0) return out;
-  const bool unsigned_x = widening != nullptr;
-  if (x.scalar_type() == at::kFloat) {
-    quantize_rows_impl(x.data_ptr<float>(), rows, k, group, unsigned_x, q);
-  } else {
-    quantize_rows_impl(x.data_ptr<at::BFloat16>(), rows, k, group, unsigned_x, q);
+// One matmul's operands, x quantized into q: each thread takes blocks of 16 output rows and runs each
+// against the rows, a tile at a time, storing in x's dtype.
+struct BlockPlan {
+  const uint8_t* weight;
+  const char* scales;
+  int64_t scale_stride, block_bytes, rows, k, n, group;
+  BlockFn (*select)(int64_t);
+  int64_t max_tile;
+  const Widening* widening;  // the many-rows kernel's, or null
+  QuantizedRows q;
+  float* out_float;
+  at::BFloat16* out_bf16;
+
+  void quantize(const at::Tensor& x, int64_t row_begin, int64_t row_end) const {
+    const bool unsigned_x = widening != nullptr;
+    if (x.scalar_type() == at::kFloat) {
+      quantize_rows_impl(x.data_ptr<float>(), row_begin, row_end, k, group, unsigned_x, q);
+    } else {
+      quantize_rows_impl(x.data_ptr<at::BFloat16>(), row_begin, row_end, k, group, unsigned_x, q);
+    }
   }
-  const uint8_t* weight = packed.data_ptr<uint8_t>();
-  const int8_t* xq = q.values.data_ptr<int8_t>();
-  const float* x_scales = q.scales.data_ptr<float>();
-  const float* x_sums = q.scaled_sums.data_ptr<float>();
-  const int32_t* x_sums_times_8 = q.sums_times_8.data_ptr<int32_t>();
-  float* out_float = x.scalar_type() == at::kFloat ? out.data_ptr<float>() : nullptr;
-  at::BFloat16* out_bf16 = out_float ? nullptr : out.data_ptr<at::BFloat16>();
-  auto run_block = [&](int64_t b, const uint8_t* block_weight, const void* block_scales, int64_t row_begin,
-                       int64_t row_end, float* tile) {
+
+  void run_block(int64_t b, const uint8_t* block_weight, const void* block_scales, int64_t row_begin,
+                 int64_t row_end, float* tile) const {
+    const int64_t groups = k / group;
     for (int64_t m0 = row_begin; m0 < row_end; m0 += max_tile) {
       const int64_t tile_rows = std::min<int64_t>(max_tile, row_end - m0);
-      const BlockArgs args{block_weight, block_scales, xq + m0 * k, x_scales + m0 * groups, x_sums + m0 * groups,
-                           x_sums_times_8 + m0 * groups, k, group, tile};
+      const BlockArgs args{block_weight, block_scales, q.values + m0 * k, q.scales + m0 * groups,
+                           q.scaled_sums + m0 * groups, q.sums_times_8 + m0 * groups, k, group, tile};
       select(tile_rows)(args);
       const int64_t offset = m0 * n + b * kBlockRows;
       if (out_float) {
@@ -454,11 +471,11 @@ at::Tensor run_blocks(const at::Tensor& x, const at::Tensor& packed, const void*
         store_rows(tile, out_bf16 + offset, tile_rows, n);
       }
     }
-  };
-  // Each thread streams one contiguous share of the blocks: taking small chunks as they come instead
-  // (against preemption by the server's other threads) broke the hardware prefetcher's streams and
-  // measured 20% slower at one row.
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+  }
+
+  // Output blocks [begin, end), every row.
+  void multiply(int64_t begin, int64_t end) const {
+    if (begin >= end || rows == 0) return;
     float tile[kMaxTile * kBlockRows];
     // Aligned: vpmaddubsw's 32-byte reads of the widened weights then never split a cache line (18% faster).
     std::vector<int8_t> wide_buffer(widening ? k / widening->step * widening->weight_bytes_per_step + 64 : 0);
@@ -470,7 +487,7 @@ at::Tensor run_blocks(const at::Tensor& x, const at::Tensor& packed, const void*
       const int64_t row_end = std::min(rows, row_begin + chunk);
       for (int64_t b = begin; b < end; ++b) {
         const uint8_t* block_weight = weight + b * block_bytes;
-        const void* block_scales = static_cast<const char*>(scales) + b * scale_stride;
+        const void* block_scales = scales + b * scale_stride;
         if (widening) {
           widening->widen(block_weight, block_scales, k, wide_weight, wide_params.data());
           block_weight = reinterpret_cast<const uint8_t*>(wide_weight);
@@ -479,7 +496,41 @@ at::Tensor run_blocks(const at::Tensor& x, const at::Tensor& packed, const void*
         run_block(b, block_weight, block_scales, row_begin, row_end, tile);
       }
     }
-  });
+  }
+};
+
+BlockPlan make_plan(const at::Tensor& x, const at::Tensor& packed, const void* scales, int64_t scale_stride,
+                    int64_t group, BlockFn (*select)(int64_t), int64_t max_tile, const Widening* widening,
+                    void* workspace, at::Tensor& out) {
+  const int64_t rows = x.size(0), k = x.size(1);
+  float* out_float = x.scalar_type() == at::kFloat ? out.data_ptr<float>() : nullptr;
+  return {packed.data_ptr<uint8_t>(), static_cast<const char*>(scales), scale_stride,
+          packed.size(1) * packed.size(2), rows, k, packed.size(0) * kBlockRows, group, select, max_tile,
+          widening, rows_in(workspace, rows, k, group), out_float,
+          out_float ? nullptr : out.data_ptr<at::BFloat16>()};
+}
+
+BlockPlan int4_plan(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales_zeros, int64_t group,
+                    int64_t isa, void* workspace, at::Tensor& out) {
+  const bool vnni = isa == kAvx512Vnni;
+  const void* scales = scales_zeros.data_ptr<at::Half>();
+  const int64_t scale_stride = x.size(1) / group * 2 * kBlockRows * 2;
+  if (!vnni && group == kWideGroup && x.size(0) >= kWideMinRows) {
+    static constexpr Widening widening{&widen_int4_avx2, kWideStepBytes, kWideParams, kStepFeatures, kWideGroup};
+    return make_plan(x, packed, scales, scale_stride, group, &tile_kernel<Int4WideAvx2, kMaxTileWide>,
+                     kMaxTileWide, &widening, workspace, out);
+  }
+  return make_plan(x, packed, scales, scale_stride, group,
+                   vnni ? &tile_kernel<Int4Vnni, kMaxTileVnni> : &tile_kernel<Int4Avx2, kMaxTileAvx2>,
+                   vnni ? kMaxTileVnni : kMaxTileAvx2, nullptr, workspace, out);
+}
+
+// The whole matmul on the calling thread's team: x quantized, then each thread streams one contiguous
+// share of the blocks (taking small chunks as they come instead, against preemption by the server's
+// other threads, broke the hardware prefetcher's streams and measured 20% slower at one row).
+at::Tensor run_plan(const at::Tensor& x, const BlockPlan& plan, at::Tensor out) {
+  plan.quantize(x, 0, plan.rows);
+  at::parallel_for(0, plan.n / kBlockRows, 1, [&](int64_t begin, int64_t end) { plan.multiply(begin, end); });
   return out;
 }
 
@@ -487,26 +538,38 @@ at::Tensor run_blocks(const at::Tensor& x, const at::Tensor& packed, const void*
 
 namespace mmserve {
 
-at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales_zeros,
+void check_int4_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales_zeros,
                        int64_t group, int64_t isa) {
   check_common("int4_linear", x, packed, group, isa, kStepFeatures);
-  const int64_t groups = x.size(1) / group;
   TORCH_CHECK(scales_zeros.scalar_type() == at::kHalf && scales_zeros.is_contiguous() &&
                   scales_zeros.dim() == 4 && scales_zeros.size(0) == packed.size(0) &&
-                  scales_zeros.size(1) == groups && scales_zeros.size(2) == 2 &&
+                  scales_zeros.size(1) == x.size(1) / group && scales_zeros.size(2) == 2 &&
                   scales_zeros.size(3) == kBlockRows,
               "int4_linear: scales_zeros must be float16 [out_features / 16, groups, 2, 16]");
-  const bool vnni = isa == kAvx512Vnni;
-  const void* scales = scales_zeros.data_ptr<at::Half>();
-  const int64_t scale_stride = groups * 2 * kBlockRows * 2;
-  if (!vnni && group == kWideGroup && x.size(0) >= kWideMinRows) {
-    static constexpr Widening widening{&widen_int4_avx2, kWideStepBytes, kWideParams, kStepFeatures, kWideGroup};
-    return run_blocks(x, packed, scales, scale_stride, group, &tile_kernel<Int4WideAvx2, kMaxTileWide>,
-                      kMaxTileWide, &widening);
-  }
-  return run_blocks(x, packed, scales, scale_stride, group,
-                    vnni ? &tile_kernel<Int4Vnni, kMaxTileVnni> : &tile_kernel<Int4Avx2, kMaxTileAvx2>,
-                    vnni ? kMaxTileVnni : kMaxTileAvx2, nullptr);
+}
+
+int64_t int4_linear_workspace_bytes(int64_t rows, int64_t k, int64_t group) {
+  return workspace_bytes(rows, k, group);
+}
+
+void int4_linear_quantize(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales_zeros,
+                          int64_t group, int64_t isa, void* workspace, at::Tensor& out, int64_t row_begin,
+                          int64_t row_end) {
+  int4_plan(x, packed, scales_zeros, group, isa, workspace, out).quantize(x, row_begin, row_end);
+}
+
+void int4_linear_multiply(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales_zeros,
+                          int64_t group, int64_t isa, void* workspace, at::Tensor& out, int64_t block_begin,
+                          int64_t block_end) {
+  int4_plan(x, packed, scales_zeros, group, isa, workspace, out).multiply(block_begin, block_end);
+}
+
+at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales_zeros,
+                       int64_t group, int64_t isa) {
+  check_int4_linear(x, packed, scales_zeros, group, isa);
+  at::Tensor out = at::empty({x.size(0), packed.size(0) * kBlockRows}, x.options());
+  void* workspace = thread_workspace(workspace_bytes(x.size(0), x.size(1), group));
+  return run_plan(x, int4_plan(x, packed, scales_zeros, group, isa, workspace, out), out);
 }
 
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales, int64_t group,
@@ -516,9 +579,12 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
                   scales.size(0) == packed.size(0) * kBlockRows,
               "int8_linear: scales must be float32 [out_features]");
   const bool vnni = isa == kAvx512Vnni;
-  return run_blocks(x, packed, scales.data_ptr<float>(), kBlockRows * sizeof(float), group,
-                    vnni ? &tile_kernel<Int8Vnni, kMaxTileVnni> : &tile_kernel<Int8Avx2, kMaxTileAvx2>,
-                    vnni ? kMaxTileVnni : kMaxTileAvx2, nullptr);
+  at::Tensor out = at::empty({x.size(0), packed.size(0) * kBlockRows}, x.options());
+  void* workspace = thread_workspace(workspace_bytes(x.size(0), x.size(1), group));
+  const BlockPlan plan = make_plan(x, packed, scales.data_ptr<float>(), kBlockRows * sizeof(float), group,
+                                   vnni ? &tile_kernel<Int8Vnni, kMaxTileVnni> : &tile_kernel<Int8Avx2, kMaxTileAvx2>,
+                                   vnni ? kMaxTileVnni : kMaxTileAvx2, nullptr, workspace, out);
+  return run_plan(x, plan, out);
 }
 
 }  // namespace mmserve

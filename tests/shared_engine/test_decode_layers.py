@@ -23,6 +23,10 @@ CPU = torch.device("cpu")
 BLOCK = 16
 AUTO = QuantizationConfig("auto")
 PROMPTS = [[1, 504, 3458, 282, 4649, 314], [2, 1068, 28, 7, 1], [1, 9, 44, 120, 5000, 17, 3]]
+# More decodes than the kernel's threads each round to int8 alone (kRowsQuantizedByEach, 8): they share
+# the rounding, each some rows, and meet at a barrier; as AVX2, 64 rows also take the int4 kernel's
+# many-rows form. float32's preset row limit is 64.
+MANY_PROMPTS = [[1, 300 + 7 * i, 28, 4649 - i, 5 + i] for i in range(64)]
 
 pytestmark = pytest.mark.skipif(
     int_matmul.int_matmul_isa() is None, reason="the engine's int4 kernel needs AVX2 and the CPU kernels"
@@ -45,17 +49,19 @@ class LayerCalls:
         self.count += 1
 
 
-def decode_run(model: Any, dtype: torch.dtype, fused: bool, steps: int = 4) -> tuple[list[torch.Tensor], int]:
-    """Prefill three prompts, then ``steps`` greedy decode steps of all three: each step's hidden states,
+def decode_run(
+    model: Any, dtype: torch.dtype, fused: bool, steps: int = 4, prompts: list[list[int]] = PROMPTS
+) -> tuple[list[torch.Tensor], int]:
+    """Prefill the prompts, then ``steps`` greedy decode steps of all of them: each step's hidden states,
     and how many of the forwards went through the layers' modules."""
     model.fused_decode = fused
     calls = LayerCalls(model)
-    runner = ModelRunner(model, num_blocks=12, block_size=BLOCK, device=CPU, dtype=dtype)
-    blocks = [[0, 1], [2, 3], [4, 5]]
-    hidden, offsets = runner.forward([Segment(b, 0, p) for b, p in zip(blocks, PROMPTS, strict=True)])
-    last = [o + len(p) - 1 for o, p in zip(offsets, PROMPTS, strict=True)]
+    runner = ModelRunner(model, num_blocks=2 * len(prompts) + 6, block_size=BLOCK, device=CPU, dtype=dtype)
+    blocks = [[2 * i, 2 * i + 1] for i in range(len(prompts))]
+    hidden, offsets = runner.forward([Segment(b, 0, p) for b, p in zip(blocks, prompts, strict=True)])
+    last = [o + len(p) - 1 for o, p in zip(offsets, prompts, strict=True)]
     tokens = model.compute_logits(hidden[last]).argmax(-1).tolist()
-    lengths = [len(p) for p in PROMPTS]
+    lengths = [len(p) for p in prompts]
     states = []
     for _ in range(steps):
         segments = [Segment(b, n, [t]) for b, n, t in zip(blocks, lengths, tokens, strict=True)]
@@ -79,6 +85,49 @@ def test_decode_steps_through_the_kernel_equal_the_modules(smollm2_folder: Path,
     assert rows_limit >= 3 and fused_calls == 1  # only the prefill went through the modules
     for got, want in zip(fused, modules, strict=True):
         assert torch.equal(got, want)
+
+
+def test_many_decodes_through_the_kernel_equal_the_modules(smollm2_folder: Path) -> None:
+    model = build(smollm2_folder, torch.float32)
+    assert model.decode_layers is not None
+    assert model.decode_layers.row_limit(torch.empty(0)) >= len(MANY_PROMPTS)
+    with torch.inference_mode():
+        fused, fused_calls = decode_run(model, torch.float32, fused=True, steps=2, prompts=MANY_PROMPTS)
+        modules, _ = decode_run(model, torch.float32, fused=False, steps=2, prompts=MANY_PROMPTS)
+    assert fused_calls == 1
+    for got, want in zip(fused, modules, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_an_error_inside_the_stack_is_raised_and_the_next_call_works(smollm2_folder: Path) -> None:
+    """A kernel's check that fails while the stack's threads run (the rotary tables in bfloat16, which
+    only the rotary kernel checks) raises here, on the caller's thread; nothing hangs, and the next step
+    is served. Positions for fewer tokens than the step has are refused before the threads start."""
+    model = build(smollm2_folder, torch.bfloat16)
+    plan = model.decode_layers
+    assert plan is not None
+    runner = ModelRunner(model, num_blocks=8, block_size=BLOCK, device=CPU, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        prompts = [Segment([2 * i, 2 * i + 1], 0, p) for i, p in enumerate(PROMPTS)]
+        runner.forward(prompts)
+        decodes = [Segment(s.block_ids, len(s.token_ids), [7]) for s in prompts]
+        ids, positions, meta, _ = runner._prepare(decodes)
+        embedded = model.model.embed_tokens(ids)
+        x = model.model.layers[0].input_layernorm(embedded)
+        assert plan.serves(x, meta, runner.kv_caches)
+        rope = model.model.rotary_emb(positions, x.dtype)
+        rounded = rope._replace(
+            cos_table=rope.cos_table.bfloat16(), signed_sin_table=rope.signed_sin_table.bfloat16()
+        )
+        with pytest.raises(RuntimeError, match="cos and signed_sin must be contiguous float32"):
+            plan(x, embedded.clone(), rounded, meta, runner.kv_caches)
+        short = model.model.rotary_emb(positions[:-1], x.dtype)
+        with pytest.raises(RuntimeError, match="one entry per token"):
+            plan(x, embedded.clone(), short, meta, runner.kv_caches)
+        got = plan(x, embedded.clone(), rope, meta, runner.kv_caches)
+        model.fused_decode = False
+        want = model.forward(ids, positions, meta, runner.kv_caches)
+    assert torch.equal(got, want)
 
 
 def test_steps_it_cannot_serve_go_through_the_modules(smollm2_folder: Path) -> None:
