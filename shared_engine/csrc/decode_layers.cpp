@@ -112,6 +112,7 @@ at::Tensor decode_layers(const at::Tensor& x_in, at::Tensor residual, at::Tensor
   const int64_t tokens = x_in.size(0), dim = kv_caches[0].size(4);
   TORCH_CHECK(positions.numel() == tokens && slots.numel() == tokens,
               "decode_layers: positions and slots must have one entry per token");
+  TORCH_CHECK(group > 0, "decode_layers: the group size must be positive");
   Buffers b = make_buffers(x_in, weights.data(), heads, dim, group);
   const at::Tensor query = b.qkv.view({tokens, heads + 2 * kv_heads, dim}).narrow(1, 0, heads);
   const at::Tensor attention_rows = b.attention.view({tokens, heads * dim});

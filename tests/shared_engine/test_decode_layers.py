@@ -124,6 +124,10 @@ def test_an_error_inside_the_stack_is_raised_and_the_next_call_works(smollm2_fol
         short = model.model.rotary_emb(positions[:-1], x.dtype)
         with pytest.raises(RuntimeError, match="one entry per token"):
             plan(x, embedded.clone(), short, meta, runner.kv_caches)
+        group, plan.group = plan.group, 0  # refused, not a division by zero
+        with pytest.raises(RuntimeError, match="group size must be positive"):
+            plan(x, embedded.clone(), rope, meta, runner.kv_caches)
+        plan.group = group
         got = plan(x, embedded.clone(), rope, meta, runner.kv_caches)
         model.fused_decode = False
         want = model.forward(ids, positions, meta, runner.kv_caches)
