@@ -36,6 +36,8 @@ constexpr int64_t kBlockColumns = 16;  // int4_linear's output block
 // (at one row ~1 us), rather than each some rows of a shared one and then a barrier.
 constexpr int64_t kRowsQuantizedByEach = 8;
 
+bool rounded_by_each(int64_t tokens) { return tokens <= kRowsQuantizedByEach; }
+
 // One thread of the region: its share of each phase, and the barrier after it. An exception in a phase
 // (a kernel's check) is kept and rethrown after the region; until then every thread skips the remaining
 // phases but still meets every barrier, so none waits forever.
@@ -79,7 +81,7 @@ class TeamThread {
 
 struct Buffers {
   at::Tensor qkv, attention, hidden, gate_up, activation, out;
-  // The quantized input of the matmul running: one per thread, or the first shared (kRowsQuantizedByEach).
+  // The quantized input of the matmul running: one per thread (rounded_by_each), or one shared.
   std::vector<std::vector<float>> workspaces;
 };
 
@@ -93,7 +95,7 @@ Buffers make_buffers(const at::Tensor& x, const at::Tensor* w, int64_t heads, in
   int64_t bytes = 0;
   for (const int64_t k : {hidden, heads * dim, gate_up / 2})
     bytes = std::max(bytes, mmserve::int4_linear_workspace_bytes(tokens, k, group));
-  const int64_t count = tokens <= kRowsQuantizedByEach ? at::get_num_threads() : 1;
+  const int64_t count = rounded_by_each(tokens) ? at::get_num_threads() : 1;
   b.workspaces.assign(count, std::vector<float>(static_cast<size_t>(bytes + 3) / 4));
   return b;
 }
@@ -134,7 +136,7 @@ at::Tensor decode_layers(const at::Tensor& x_in, at::Tensor residual, at::Tensor
 #pragma omp parallel num_threads(at::get_num_threads())
   {
     TeamThread team(failure);
-    const bool shared = b.workspaces.size() == 1;
+    const bool shared = !rounded_by_each(tokens);
     void* workspace = b.workspaces[shared ? 0 : team.thread()].data();
     // One matmul: its input rounded to int8 (by every thread, or each some rows and then a barrier), then
     // output blocks, each thread some.

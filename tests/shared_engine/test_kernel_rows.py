@@ -32,9 +32,9 @@ class _Model(nn.Module):
         self.lm_head = DualLinear(Int8Linear(head, int8_activations=False), head.to(BF16))
 
 
-def _costs(kernel_wins_up_to: int) -> tuple[list[tuple[int, int]], object]:
-    """A stand-in for ``pass_seconds`` under which the kernels are faster up to ``kernel_wins_up_to`` rows,
-    and the passes it was asked for: (layers, rows)."""
+def _costs(monkeypatch: pytest.MonkeyPatch, kernel_wins_up_to: int) -> list[tuple[int, int]]:
+    """Put a stand-in for ``pass_seconds`` in place, under which the kernels are faster up to
+    ``kernel_wins_up_to`` rows; the passes it is asked for: (layers, rows)."""
     calls: list[tuple[int, int]] = []
 
     def pass_seconds(
@@ -44,7 +44,8 @@ def _costs(kernel_wins_up_to: int) -> tuple[list[tuple[int, int]], object]:
         assert all(inputs[d.quantized.in_features].shape[0] >= rows for d in layers)
         return (0.5 if rows <= kernel_wins_up_to else 2.0) if through_kernel else 1.0
 
-    return calls, pass_seconds
+    monkeypatch.setattr(kernel_rows, "pass_seconds", pass_seconds)
+    return calls
 
 
 @pytest.fixture
@@ -61,8 +62,7 @@ def test_the_limit_is_the_most_rows_at_which_the_kernels_win(
     model: _Model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     preset = _limit(model.layers[0])
-    calls, fake = _costs(kernel_wins_up_to=20)
-    monkeypatch.setattr(kernel_rows, "pass_seconds", fake)
+    calls = _costs(monkeypatch, kernel_wins_up_to=20)
     limits = kernel_rows.calibrate_kernel_rows(model, BF16)
     assert limits["projections"] == 16  # 24 rows was the first count the kernels lost at
     tried = sorted({rows for layers, rows in calls if layers == len(model.layers)})
@@ -79,8 +79,7 @@ def test_a_kernel_that_loses_at_once_keeps_the_preset_limit(
     model: _Model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     preset = _limit(model.layers[0])
-    _, fake = _costs(kernel_wins_up_to=0)
-    monkeypatch.setattr(kernel_rows, "pass_seconds", fake)
+    _costs(monkeypatch, kernel_wins_up_to=0)
     assert kernel_rows.calibrate_kernel_rows(model, BF16)["projections"] == preset
     assert all(_limit(layer) == preset for layer in model.layers)
 
@@ -89,16 +88,14 @@ def test_the_search_stops_at_the_rows_a_kernel_serves_at_all(
     model: _Model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The int8 kernel serves a bf16 head up to 8 rows however fast it is."""
-    _, fake = _costs(kernel_wins_up_to=1000)
-    monkeypatch.setattr(kernel_rows, "pass_seconds", fake)
+    _costs(monkeypatch, kernel_wins_up_to=1000)
     limits = kernel_rows.calibrate_kernel_rows(model, BF16)
     assert limits == {"projections": max(kernel_rows.CANDIDATE_ROWS), "lm_head": 8}
     assert _limit(model.lm_head) == 8
 
 
 def test_a_process_measures_a_set_of_shapes_once(model: _Model, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls, fake = _costs(kernel_wins_up_to=20)
-    monkeypatch.setattr(kernel_rows, "pass_seconds", fake)
+    calls = _costs(monkeypatch, kernel_wins_up_to=20)
     first = kernel_rows.calibrate_kernel_rows(model, BF16)
     measured = len(calls)
     again = _Model()
