@@ -4,6 +4,7 @@ modules, and the steps and models it cannot serve go through the modules."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,24 @@ def test_many_decodes_through_the_kernel_equal_the_modules(smollm2_folder: Path)
     with torch.inference_mode():
         fused, fused_calls = decode_run(model, torch.float32, fused=True, steps=2, prompts=MANY_PROMPTS)
         modules, _ = decode_run(model, torch.float32, fused=False, steps=2, prompts=MANY_PROMPTS)
+    assert fused_calls == 1
+    for got, want in zip(fused, modules, strict=True):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.timeout(300)
+def test_a_team_larger_than_the_machine_equals_the_modules(smollm2_folder: Path) -> None:
+    """Three threads a core: the stack's threads wait at every barrier for threads the OS has descheduled
+    (they yield their core after spinning a while) and still compute every step as the modules do."""
+    model = build(smollm2_folder, torch.bfloat16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3 * (os.cpu_count() or 1))
+    try:
+        with torch.inference_mode():
+            fused, fused_calls = decode_run(model, torch.bfloat16, fused=True, steps=2)
+            modules, _ = decode_run(model, torch.bfloat16, fused=False, steps=2)
+    finally:
+        torch.set_num_threads(threads)
     assert fused_calls == 1
     for got, want in zip(fused, modules, strict=True):
         assert torch.equal(got, want)
