@@ -72,10 +72,8 @@ class DecodeLayers:
 
     def __init__(self, layers: Sequence[Any], final_norm: Any, projections: list[tuple[Int4Linear, bool]]):
         attention = layers[0].self_attn
-        self.heads, self.kv_heads, self.scale = attention.num_heads, attention.num_kv_heads, attention.scale
-        self.eps = final_norm.eps
         self.dtype = final_norm.weight.dtype
-        self.group, self.isa = projections[0][0].group_size, projections[0][0].engine_isa
+        group, isa = projections[0][0].group_size, projections[0][0].engine_isa
         self.row_limit = KernelRowLimit([layer for layer, dual in projections if dual])
         empty = final_norm.weight.new_empty(0)
         weights: list[torch.Tensor] = []
@@ -87,6 +85,11 @@ class DecodeLayers:
                 weights += [p.weight, p.scales_and_zeros]
             weights += [layer.post_attention_layernorm.weight, next_norm.weight]
         self.weights = weights
+        # The kernel's own object: the weights checked once, and passed to each step as one argument.
+        self.stack = torch.classes.mmserve_cpu.LayerStack(
+            weights, attention.num_heads, attention.num_kv_heads, attention.head_dim, attention.scale,
+            final_norm.eps, group, isa,
+        )  # fmt: skip
 
     @classmethod
     def plan(cls, layers: Sequence[Any], final_norm: Any) -> DecodeLayers | None:
@@ -121,7 +124,6 @@ class DecodeLayers:
         """The final norm's output for ``x``, the first layer's normalised input; ``residual`` is
         updated in place, as the modules update it."""
         return torch.ops.mmserve_cpu.decode_layers(
-            x, residual, self.weights, kv_caches, rope.positions, rope.cos_table, rope.signed_sin_table,
-            meta.slot_mapping, meta.decode_block_tables, meta.decode_lens, self.heads, self.kv_heads,
-            self.scale, self.eps, self.group, self.isa,
+            self.stack, x, residual, kv_caches, rope.positions, rope.cos_table, rope.signed_sin_table,
+            meta.slot_mapping, meta.decode_block_tables, meta.decode_lens,
         )  # fmt: skip

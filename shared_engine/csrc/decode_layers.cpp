@@ -9,15 +9,16 @@
 // once per call, not per layer. The barrier is the team's own (SpinBarrier): OpenMP's took ~0.5 us to
 // let its threads go at two threads, ~0.1 ms of a one-request step's ~270.
 //
-// Per layer, weights holds kWeightsPerLayer tensors: the int4 qkv projection (packed, scales and zeros,
-// bias or an empty tensor), the output projection, gate/up and down (packed, scales and zeros each),
-// then the post-attention norm's weight and the weight of the norm after the layer (the next layer's
-// input norm, or the final one).
+// The weights come in a LayerStack, made once per model: per layer the int4 qkv projection (packed,
+// scales and zeros, bias or an empty tensor), the output projection, gate/up and down (packed, scales and
+// zeros each), then the post-attention norm's weight and the weight of the norm after the layer (the
+// next layer's input norm, or the final one).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <omp.h>
+#include <torch/custom_class.h>
 #include <torch/library.h>
 
 #include "kernels.h"
@@ -113,22 +114,77 @@ class TeamThread {
   int thread_, threads_;
 };
 
+// A decoder's layer weights in the stack's order and the shapes they make, checked once, when the model's
+// plan is made: a step passes the object, not its ~330 tensors (~25 us to convert from Python each call)
+// to be checked again.
+class LayerStack : public torch::CustomClassHolder {
+ public:
+  LayerStack(std::vector<at::Tensor> weights, int64_t heads, int64_t kv_heads, int64_t head_dim, double scale,
+             double eps, int64_t group, int64_t isa)
+      : weights_(std::move(weights)), heads(heads), kv_heads(kv_heads), dim(head_dim), scale(scale), eps(eps),
+        group(group), isa(isa) {
+    TORCH_CHECK(group > 0, "decode_layers: the group size must be positive");
+    TORCH_CHECK(heads > 0 && kv_heads > 0 && heads % kv_heads == 0 && head_dim > 0,
+                "decode_layers: heads must be a positive multiple of kv_heads, the head size positive");
+    TORCH_CHECK(!weights_.empty() && weights_.size() % kWeightsPerLayer == 0,
+                "decode_layers: ", kWeightsPerLayer, " weights per layer expected");
+    const at::Tensor& norm = weights_[9];
+    TORCH_CHECK(norm.dim() == 1, "decode_layers: a norm's weight must be [hidden]");
+    hidden = norm.size(0);
+    intermediate = weights_[5].size(0) * kBlockColumns / 2;
+    const at::TensorOptions options = norm.options();
+    const at::Tensor x = at::empty({0, hidden}, options), attention = at::empty({0, heads * dim}, options);
+    const at::Tensor activation = at::empty({0, intermediate}, options);
+    for (int64_t layer = 0; layer < layers(); ++layer) {
+      const at::Tensor* w = layer_weights(layer);
+      mmserve::check_int4_linear(x, w[0], w[1], group, isa);
+      mmserve::check_int4_linear(attention, w[3], w[4], group, isa);
+      mmserve::check_int4_linear(x, w[5], w[6], group, isa);
+      mmserve::check_int4_linear(activation, w[7], w[8], group, isa);
+      TORCH_CHECK(w[0].size(0) * kBlockColumns == qkv_width() && w[3].size(0) * kBlockColumns == hidden &&
+                      w[5].size(0) * kBlockColumns == 2 * intermediate && w[7].size(0) * kBlockColumns == hidden,
+                  "decode_layers: every layer's projections must have the first layer's shapes");
+      TORCH_CHECK(w[2].numel() == 0 || (w[2].dim() == 1 && w[2].size(0) == qkv_width()),
+                  "decode_layers: the qkv bias must be empty or [qkv features]");
+      for (const at::Tensor& t : {w[2], w[9], w[10]})
+        TORCH_CHECK(t.scalar_type() == norm.scalar_type() && t.is_contiguous(),
+                    "decode_layers: biases and norms must be contiguous, of one dtype");
+      TORCH_CHECK(w[9].sizes() == norm.sizes() && w[10].sizes() == norm.sizes(),
+                  "decode_layers: a norm's weight must be [hidden]");
+    }
+  }
+
+  int64_t layers() const { return static_cast<int64_t>(weights_.size()) / kWeightsPerLayer; }
+  int64_t qkv_width() const { return (heads + 2 * kv_heads) * dim; }
+  at::ScalarType dtype() const { return weights_[9].scalar_type(); }
+  // qkv (packed, scales and zeros, bias or empty), o, gate/up, down (packed, scales and zeros each),
+  // the post-attention norm's weight, the next norm's.
+  const at::Tensor* layer_weights(int64_t layer) const { return weights_.data() + layer * kWeightsPerLayer; }
+
+ private:
+  std::vector<at::Tensor> weights_;
+
+ public:
+  const int64_t heads, kv_heads, dim;
+  const double scale, eps;
+  const int64_t group, isa;
+  int64_t hidden = 0, intermediate = 0;
+};
+
 struct Buffers {
   at::Tensor qkv, attention, hidden, gate_up, activation, out;
   // The quantized input of the matmul running: one per thread (rounded_by_each), or one shared.
   std::vector<std::vector<float>> workspaces;
 };
 
-Buffers make_buffers(const at::Tensor& x, const at::Tensor* w, int64_t heads, int64_t dim, int64_t group) {
-  const int64_t tokens = x.size(0), hidden = x.size(1);
-  const int64_t qkv = w[0].size(0) * kBlockColumns, gate_up = w[5].size(0) * kBlockColumns;
-  Buffers b{at::empty({tokens, qkv}, x.options()),        at::empty({tokens, heads, dim}, x.options()),
-            at::empty({tokens, hidden}, x.options()),     at::empty({tokens, gate_up}, x.options()),
-            at::empty({tokens, gate_up / 2}, x.options()), at::empty({tokens, hidden}, x.options()),
-            {}};
+Buffers make_buffers(const LayerStack& s, const at::Tensor& x) {
+  const int64_t tokens = x.size(0);
+  const auto rows = [&](int64_t width) { return at::empty({tokens, width}, x.options()); };
+  Buffers b{rows(s.qkv_width()), at::empty({tokens, s.heads, s.dim}, x.options()), rows(s.hidden),
+            rows(2 * s.intermediate), rows(s.intermediate), rows(s.hidden), {}};
   int64_t bytes = 0;
-  for (const int64_t k : {hidden, heads * dim, gate_up / 2})
-    bytes = std::max(bytes, mmserve::int4_linear_workspace_bytes(tokens, k, group));
+  for (const int64_t k : {s.hidden, s.heads * s.dim, s.intermediate})
+    bytes = std::max(bytes, mmserve::int4_linear_workspace_bytes(tokens, k, s.group));
   const int64_t count = rounded_by_each(tokens) ? at::get_num_threads() : 1;
   b.workspaces.assign(count, std::vector<float>(static_cast<size_t>(bytes + 3) / 4));
   return b;
@@ -136,34 +192,25 @@ Buffers make_buffers(const at::Tensor& x, const at::Tensor* w, int64_t heads, in
 
 // x: the first layer's normalised input [tokens, hidden]; residual: the un-normalised stream, updated in
 // place. Returns the last layer's output after the final norm.
-at::Tensor decode_layers(const at::Tensor& x_in, at::Tensor residual, at::TensorList weights,
+at::Tensor decode_layers(const c10::intrusive_ptr<LayerStack>& stack, const at::Tensor& x_in, at::Tensor residual,
                          at::TensorList kv_caches, const at::Tensor& positions, const at::Tensor& cos,
                          const at::Tensor& signed_sin, const at::Tensor& slots, const at::Tensor& block_tables,
-                         const at::Tensor& context_lens, int64_t heads, int64_t kv_heads, double scale,
-                         double eps, int64_t group, int64_t isa) {
-  const int64_t layers = static_cast<int64_t>(kv_caches.size());
-  TORCH_CHECK(layers > 0 && static_cast<int64_t>(weights.size()) == layers * kWeightsPerLayer,
-              "decode_layers: ", kWeightsPerLayer, " weights per layer expected");
-  TORCH_CHECK(x_in.dim() == 2 && x_in.is_contiguous(), "decode_layers: x must be contiguous [tokens, hidden]");
-  const int64_t tokens = x_in.size(0), dim = kv_caches[0].size(4);
+                         const at::Tensor& context_lens) {
+  const LayerStack& s = *stack;
+  const int64_t layers = s.layers(), heads = s.heads, kv_heads = s.kv_heads, group = s.group, isa = s.isa;
+  TORCH_CHECK(static_cast<int64_t>(kv_caches.size()) == layers, "decode_layers: one KV cache per layer expected");
+  TORCH_CHECK(x_in.dim() == 2 && x_in.is_contiguous() && x_in.size(1) == s.hidden && x_in.scalar_type() == s.dtype(),
+              "decode_layers: x must be contiguous [tokens, hidden] in the weights' dtype");
+  TORCH_CHECK(residual.sizes() == x_in.sizes() && residual.is_contiguous() && residual.scalar_type() == s.dtype(),
+              "decode_layers: residual must be contiguous, of x's shape and dtype");
+  const int64_t tokens = x_in.size(0);
   TORCH_CHECK(positions.numel() == tokens && slots.numel() == tokens,
               "decode_layers: positions and slots must have one entry per token");
-  TORCH_CHECK(group > 0, "decode_layers: the group size must be positive");
-  Buffers b = make_buffers(x_in, weights.data(), heads, dim, group);
-  const at::Tensor query = b.qkv.view({tokens, heads + 2 * kv_heads, dim}).narrow(1, 0, heads);
-  const at::Tensor attention_rows = b.attention.view({tokens, heads * dim});
-  for (int64_t layer = 0; layer < layers; ++layer) {
-    const at::Tensor* w = weights.data() + layer * kWeightsPerLayer;
-    mmserve::check_int4_linear(layer ? b.out : x_in, w[0], w[1], group, isa);
-    mmserve::check_int4_linear(attention_rows, w[3], w[4], group, isa);
-    mmserve::check_int4_linear(b.hidden, w[5], w[6], group, isa);
-    mmserve::check_int4_linear(b.activation, w[7], w[8], group, isa);
-    TORCH_CHECK(w[0].size(0) * kBlockColumns == b.qkv.size(1) && w[3].size(0) * kBlockColumns == b.hidden.size(1) &&
-                    w[5].size(0) * kBlockColumns == b.gate_up.size(1) &&
-                    w[7].size(0) * kBlockColumns == b.out.size(1),
-                "decode_layers: every layer's projections must have the first layer's shapes");
-    mmserve::check_paged_decode_attention(b.attention, query, kv_caches[layer], block_tables, context_lens);
-  }
+  Buffers b = make_buffers(s, x_in);
+  const at::Tensor query = b.qkv.view({tokens, heads + 2 * kv_heads, s.dim}).narrow(1, 0, heads);
+  const at::Tensor attention_rows = b.attention.view({tokens, heads * s.dim});
+  for (const at::Tensor& cache : kv_caches)
+    mmserve::check_paged_decode_attention(b.attention, query, cache, block_tables, context_lens);
   const int64_t tasks = mmserve::paged_decode_attention_tasks(query, kv_caches[0]);
   TeamThread::Shared team_state;
 
@@ -198,7 +245,7 @@ at::Tensor decode_layers(const at::Tensor& x_in, at::Tensor residual, at::Tensor
       });
     };
     for (int64_t layer = 0; layer < layers; ++layer) {
-      const at::Tensor* w = weights.data() + layer * kWeightsPerLayer;
+      const at::Tensor* w = s.layer_weights(layer);
       const at::Tensor& cache = kv_caches[layer];
       matmul(layer ? b.out : x_in, w[0], w[1], b.qkv);
       by_rows(
@@ -209,17 +256,17 @@ at::Tensor decode_layers(const at::Tensor& x_in, at::Tensor residual, at::Tensor
           b.qkv, positions, slots);
       team.phase([&] {
         const auto [begin, end] = team.share(tasks);
-        mmserve::paged_decode_attention_range(b.attention, query, cache, block_tables, context_lens, scale,
+        mmserve::paged_decode_attention_range(b.attention, query, cache, block_tables, context_lens, s.scale,
                                               begin, end);
       });
       matmul(attention_rows, w[3], w[4], b.hidden);
-      by_rows([&](const at::Tensor& x, const at::Tensor& r) { mmserve::fused_add_rms_norm(x, r, w[9], eps); },
+      by_rows([&](const at::Tensor& x, const at::Tensor& r) { mmserve::fused_add_rms_norm(x, r, w[9], s.eps); },
               b.hidden, residual);
       matmul(b.hidden, w[5], w[6], b.gate_up);
       by_rows([](const at::Tensor& out, const at::Tensor& in) { mmserve::silu_mul(out, in); }, b.activation,
               b.gate_up);
       matmul(b.activation, w[7], w[8], b.out);
-      by_rows([&](const at::Tensor& x, const at::Tensor& r) { mmserve::fused_add_rms_norm(x, r, w[10], eps); },
+      by_rows([&](const at::Tensor& x, const at::Tensor& r) { mmserve::fused_add_rms_norm(x, r, w[10], s.eps); },
               b.out, residual);
     }
   }
@@ -230,10 +277,11 @@ at::Tensor decode_layers(const at::Tensor& x_in, at::Tensor residual, at::Tensor
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(mmserve_cpu, m) {
-  m.def("decode_layers(Tensor x, Tensor(a!) residual, Tensor[] weights, Tensor(b!)[] kv_caches, "
-        "Tensor positions, Tensor cos, Tensor signed_sin, Tensor slots, Tensor block_tables, "
-        "Tensor context_lens, int heads, int kv_heads, float scale, float eps, int group_size, int isa) "
-        "-> Tensor");
+  m.class_<LayerStack>("LayerStack")
+      .def(torch::init<std::vector<at::Tensor>, int64_t, int64_t, int64_t, double, double, int64_t, int64_t>());
+  m.def("decode_layers(__torch__.torch.classes.mmserve_cpu.LayerStack stack, Tensor x, Tensor(a!) residual, "
+        "Tensor(b!)[] kv_caches, Tensor positions, Tensor cos, Tensor signed_sin, Tensor slots, "
+        "Tensor block_tables, Tensor context_lens) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(mmserve_cpu, CPU, m) { m.impl("decode_layers", &decode_layers); }

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoConfig
 
 from shared_engine import int_matmul
-from shared_engine.dual_linear import float_weights_only
+from shared_engine.dual_linear import DualLinear, float_weights_only
 from shared_engine.model_runner import ModelRunner, Segment
 from shared_engine.models.llama import LlamaForCausalLM
 from shared_engine.models.loader import build_decoder, iter_safetensors
@@ -143,14 +143,38 @@ def test_an_error_inside_the_stack_is_raised_and_the_next_call_works(smollm2_fol
         short = model.model.rotary_emb(positions[:-1], x.dtype)
         with pytest.raises(RuntimeError, match="one entry per token"):
             plan(x, embedded.clone(), short, meta, runner.kv_caches)
-        group, plan.group = plan.group, 0  # refused, not a division by zero
-        with pytest.raises(RuntimeError, match="group size must be positive"):
-            plan(x, embedded.clone(), rope, meta, runner.kv_caches)
-        plan.group = group
+        with pytest.raises(RuntimeError, match="one KV cache per layer"):
+            plan(x, embedded.clone(), rope, meta, runner.kv_caches[:-1])
+        with pytest.raises(RuntimeError, match="residual must be contiguous, of x's shape"):
+            plan(x, embedded[:-1].clone(), rope, meta, runner.kv_caches)
         got = plan(x, embedded.clone(), rope, meta, runner.kv_caches)
         model.fused_decode = False
         want = model.forward(ids, positions, meta, runner.kv_caches)
     assert torch.equal(got, want)
+
+
+def test_the_stack_checks_its_weights_once_when_made(smollm2_folder: Path) -> None:
+    """The kernel's LayerStack refuses weights it could not multiply when the plan is made, not at a
+    step: a group size of 0 (which sizing its workspace divides by), a layer whose projections differ
+    from the first layer's, a missing weight."""
+    model = build(smollm2_folder, torch.float32)
+    plan = model.decode_layers
+    assert plan is not None
+    attention = model.model.layers[0].self_attn
+    shape = (attention.num_heads, attention.num_kv_heads, attention.head_dim, attention.scale, 1e-5)
+    o_proj = attention.o_proj
+    int4 = o_proj.quantized if isinstance(o_proj, DualLinear) else o_proj
+    group, isa = int4.group_size, int4.engine_isa
+    make = torch.classes.mmserve_cpu.LayerStack
+    make(plan.weights, *shape, group, isa)
+    with pytest.raises(RuntimeError, match="group size must be positive"):
+        make(plan.weights, *shape, 0, isa)
+    swapped = list(plan.weights)
+    swapped[11 + 3], swapped[11 + 4] = plan.weights[11 + 5], plan.weights[11 + 6]  # layer 1: o as gate/up
+    with pytest.raises(RuntimeError, match="the first layer's shapes"):
+        make(swapped, *shape, group, isa)
+    with pytest.raises(RuntimeError, match="11 weights per layer"):
+        make(plan.weights[:-1], *shape, group, isa)
 
 
 def test_steps_it_cannot_serve_go_through_the_modules(smollm2_folder: Path) -> None:
