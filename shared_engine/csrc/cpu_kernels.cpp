@@ -13,6 +13,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <numeric>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -233,21 +234,45 @@ inline float max_of(const float* x, int64_t n) {
   return best;
 }
 
-// One (request, kv head): the query heads of its group attend over its ``len`` positions. D is the head
-// size when known at compile time (0: ``dim``), which lets the compiler keep a row in registers.
+// Where a task that attends over part of a context leaves, per query head, the sum of its positions'
+// values weighted by exp(score - max) (unnormalised: dim floats), that max and the sum of the weights.
+constexpr int64_t kPartialExtra = 2;
+// A part's max where it has no position: exp(kNoScore - max) is 0 against any real score.
+constexpr float kNoScore = -1e30f;
+// A batch of at least this many (request, kv head) pairs a thread is shared evenly enough whole; below
+// it, each pair's context is split so that the tasks divide among the threads (one request's 3 kv heads
+// on two threads: 2 and 1 whole, 3 and 3 halves), into parts of at least kMinSplitBlocks blocks.
+constexpr int64_t kPairsPerThreadUnsplit = 4;
+constexpr int64_t kMinSplitBlocks = 4;
+
+// One (request, kv head): the query heads of its group attend over the positions of its blocks
+// [first_block, end_block) of ``len``. D is the head size when known at compile time (0: ``dim``), which
+// lets the compiler keep a row in registers. Without ``partial`` the blocks are the whole context and
+// the output is written to o_dst; with it, the part's sums go to partial ([group, dim + kPartialExtra]).
 template <typename T, typename C, int64_t D>
 void attend_group(const T* q_src, int64_t q_stride, const C* keys, const C* values, const int64_t* table,
-                  int64_t len, int64_t block_size, int64_t group, int64_t dim, float scale, T* o_dst,
-                  int64_t o_stride, std::vector<float>& buf) {
-  if (len <= 0) {  // nothing to attend to (never for a decode, whose own token is cached): zeros
-    for (int64_t g = 0; g < group; ++g) std::fill(o_dst + g * o_stride, o_dst + g * o_stride + dim, T(0));
+                  int64_t len, int64_t first_block, int64_t end_block, int64_t block_size, int64_t group,
+                  int64_t dim, float scale, T* o_dst, int64_t o_stride, float* partial, std::vector<float>& buf) {
+  const int64_t begin = first_block * block_size, n = std::min(len, end_block * block_size) - begin;
+  if (n <= 0) {  // nothing to attend to (never for a whole decode, whose own token is cached): zeros
+    for (int64_t g = 0; g < group; ++g) {
+      if (partial) {
+        float* part = partial + g * (dim + kPartialExtra);
+        std::fill(part, part + dim, 0.f);
+        part[dim] = kNoScore, part[dim + 1] = 0.f;
+      } else {
+        std::fill(o_dst + g * o_stride, o_dst + g * o_stride + dim, T(0));
+      }
+    }
     return;
   }
-  buf.resize(group * dim * 2 + block_size * dim + group * len);
+  buf.resize(group * dim * 2 + block_size * dim + group * n + 2 * group);
   float* q = buf.data();
   float* acc = q + group * dim;
   float* rows = acc + group * dim;
   float* scores = rows + block_size * dim;
+  float* maxima = scores + group * n;  // per query head: its scores' max and the sum of its weights
+  float* sums = maxima + group;
   constexpr bool permuted = kPermutedRows<C, D>;
   for (int64_t g = 0; g < group; ++g) {
     load_float(q_src + g * q_stride, q + g * dim, dim);
@@ -259,18 +284,19 @@ void attend_group(const T* q_src, int64_t q_stride, const C* keys, const C* valu
     }
   }
   // Blocks are requested kAhead ahead of their use, a block's values while its keys are read.
-  const int64_t blocks = (len + block_size - 1) / block_size;
+  const int64_t blocks = (begin + n + block_size - 1) / block_size;
   const auto block_keys = [&](int64_t b) { return keys + table[b] * block_size * dim; };
   const auto block_values = [&](int64_t b) { return values + table[b] * block_size * dim; };
   const auto values_in = [&](int64_t b) { return std::min(block_size, len - b * block_size) * dim; };
-  for (int64_t b = 0; b < std::min(kAhead, blocks); ++b) prefetch_rows(block_keys(b), values_in(b));
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t start = b * block_size, count = std::min(block_size, len - start);
+  for (int64_t b = first_block; b < std::min(first_block + kAhead, blocks); ++b)
+    prefetch_rows(block_keys(b), values_in(b));
+  for (int64_t b = first_block; b < blocks; ++b) {
+    const int64_t start = b * block_size - begin, count = std::min(block_size, len - b * block_size);
     if (b + kAhead < blocks) prefetch_rows(block_keys(b + kAhead), values_in(b + kAhead));
     prefetch_rows<2>(block_values(b), values_in(b));
     load_rows<C, D>(block_keys(b), rows, count * dim);
     for (int64_t g = 0; g < group; ++g) {
-      float* s = scores + g * len + start;
+      float* s = scores + g * n + start;
       int64_t p = 0;
       for (; p + 8 <= count; p += 8) dot8<D>(q + g * dim, rows + p * dim, dim, s + p);
       for (; p + 4 <= count; p += 4) dot4<D>(q + g * dim, rows + p * dim, dim, s + p);
@@ -278,26 +304,30 @@ void attend_group(const T* q_src, int64_t q_stride, const C* keys, const C* valu
     }
   }
   for (int64_t g = 0; g < group; ++g) {
-    float* s = scores + g * len;
-    const float m = max_of(s, len);
+    float* s = scores + g * n;
+    const float m = max_of(s, n);
     float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
-    for (int64_t p = 0; p < len; ++p) {
+    for (int64_t p = 0; p < n; ++p) {
       s[p] = std::exp(s[p] - m);
       sum += s[p];
     }
-    const float inv = 1.f / sum;
+    maxima[g] = m, sums[g] = sum;
+    if (!partial) {
+      const float inv = 1.f / sum;
 #pragma omp simd
-    for (int64_t p = 0; p < len; ++p) s[p] *= inv;
+      for (int64_t p = 0; p < n; ++p) s[p] *= inv;
+    }
   }
   std::fill(acc, acc + group * dim, 0.f);
-  for (int64_t b = 0; b < std::min(kAhead, blocks); ++b) prefetch_rows(block_values(b), values_in(b));
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t start = b * block_size, count = std::min(block_size, len - start);
+  for (int64_t b = first_block; b < std::min(first_block + kAhead, blocks); ++b)
+    prefetch_rows(block_values(b), values_in(b));
+  for (int64_t b = first_block; b < blocks; ++b) {
+    const int64_t start = b * block_size - begin, count = std::min(block_size, len - b * block_size);
     if (b + kAhead < blocks) prefetch_rows(block_values(b + kAhead), values_in(b + kAhead));
     load_rows<C, D>(block_values(b), rows, count * dim);
     for (int64_t g = 0; g < group; ++g)
-      weighted_rows<D>(scores + g * len + start, rows, count, dim, acc + g * dim);
+      weighted_rows<D>(scores + g * n + start, rows, count, dim, acc + g * dim);
   }
   for (int64_t g = 0; g < group; ++g) {
     const float* a = acc + g * dim;
@@ -306,22 +336,30 @@ void attend_group(const T* q_src, int64_t q_stride, const C* keys, const C* valu
       permute_vector<D>(a, natural, false);
       std::copy(natural, natural + D, acc + g * dim);
     }
-    T* o = o_dst + g * o_stride;
-    for (int64_t i = 0; i < dim; ++i) o[i] = static_cast<T>(a[i]);
+    if (partial) {
+      float* part = partial + g * (dim + kPartialExtra);
+      std::copy(a, a + dim, part);
+      part[dim] = maxima[g], part[dim + 1] = sums[g];
+    } else {
+      T* o = o_dst + g * o_stride;
+      for (int64_t i = 0; i < dim; ++i) o[i] = static_cast<T>(a[i]);
+    }
   }
 }
 
 // query [b, heads, dim] (any strides, last one 1); kv_cache [2, kv_heads, blocks, block_size, dim]
 // contiguous, of dtype C (T's, or a 16-bit one for a float32 model); block_tables [b, max_blocks] int64;
 // context_lens [b] int64; out [b, heads, dim].
-// Tasks [task_begin, task_end) of the batch * kv_heads.
+// Tasks [task_begin, task_end) of the plan's: a (request, kv head) pair's whole context, or a part of it
+// whose sums go to scratch.
 template <typename T, typename C>
 void decode_attention_impl(at::Tensor& out, const at::Tensor& query, const at::Tensor& kv_cache,
                            const at::Tensor& block_tables, const at::Tensor& context_lens, double scale,
-                           int64_t task_begin, int64_t task_end) {
+                           const mmserve::DecodeAttentionPlan& plan, float* scratch, int64_t task_begin,
+                           int64_t task_end) {
   const int64_t heads = query.size(1), dim = query.size(2);
   const int64_t kv_heads = kv_cache.size(1), num_blocks = kv_cache.size(2), block_size = kv_cache.size(3);
-  const int64_t group = heads / kv_heads;
+  const int64_t group = heads / kv_heads, splits = plan.splits;
   const int64_t plane = num_blocks * block_size * dim;  // one kv head's keys (or values)
   const T* q_base = query.data_ptr<T>();
   const C* cache = kv_cache.data_ptr<C>();
@@ -336,12 +374,44 @@ void decode_attention_impl(at::Tensor& out, const at::Tensor& query, const at::T
   at::parallel_for(task_begin, task_end, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> buf;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t r = task / kv_heads, h = task % kv_heads;
+      const int64_t pair = task / splits, part = task % splits;
+      const int64_t r = pair / kv_heads, h = pair % kv_heads;
+      const int64_t blocks = (std::max<int64_t>(lens[r], 0) + block_size - 1) / block_size;
       attend(q_base + r * qs0 + h * group * qs1, qs1, cache + h * plane, cache + (kv_heads + h) * plane,
-             tables + r * table_width, lens[r], block_size, group, dim, static_cast<float>(scale),
-             o_base + r * os0 + h * group * os1, os1, buf);
+             tables + r * table_width, lens[r], part * blocks / splits, (part + 1) * blocks / splits, block_size,
+             group, dim, static_cast<float>(scale), o_base + r * os0 + h * group * os1, os1,
+             splits > 1 ? scratch + task * group * (dim + kPartialExtra) : nullptr, buf);
     }
   });
+}
+
+// Pairs [pair_begin, pair_end): each query head's parts combined, out = sum_i e_i acc_i / sum_i e_i sum_i
+// with e_i = exp(max_i - the largest max).
+template <typename T>
+void merge_parts(at::Tensor& out, const mmserve::DecodeAttentionPlan& plan, const float* scratch, int64_t kv_heads,
+                 int64_t pair_begin, int64_t pair_end) {
+  const int64_t heads = out.size(1), dim = out.size(2), group = heads / kv_heads, width = dim + kPartialExtra;
+  T* o_base = out.data_ptr<T>();
+  std::vector<float> sum(dim);
+  for (int64_t pair = pair_begin; pair < pair_end; ++pair) {
+    const int64_t r = pair / kv_heads, h = pair % kv_heads;
+    for (int64_t g = 0; g < group; ++g) {
+      const auto part = [&](int64_t i) { return scratch + ((pair * plan.splits + i) * group + g) * width; };
+      float largest = kNoScore;
+      for (int64_t i = 0; i < plan.splits; ++i) largest = std::max(largest, part(i)[dim]);
+      float weight = 0.f;
+      std::fill(sum.begin(), sum.end(), 0.f);
+      for (int64_t i = 0; i < plan.splits; ++i) {
+        const float e = std::exp(part(i)[dim] - largest);
+        weight += e * part(i)[dim + 1];
+#pragma omp simd
+        for (int64_t d = 0; d < dim; ++d) sum[d] += e * part(i)[d];
+      }
+      const float inv = weight > 0.f ? 1.f / weight : 0.f;  // no position in any part: zeros
+      T* o = o_base + r * out.stride(0) + (h * group + g) * out.stride(1);
+      for (int64_t d = 0; d < dim; ++d) o[d] = static_cast<T>(sum[d] * inv);
+    }
+  }
 }
 
 // Calls fn(T(), C()) for a query/projection dtype T and a cache dtype C: the same, or float32 computation
@@ -373,24 +443,47 @@ void check_paged_decode_attention(const at::Tensor& out, const at::Tensor& query
   dispatch_cache_dtypes(query.scalar_type(), kv_cache.scalar_type(), "paged_decode_attention", [](auto, auto) {});
 }
 
-int64_t paged_decode_attention_tasks(const at::Tensor& query, const at::Tensor& kv_cache) {
-  return query.size(0) * kv_cache.size(1);
+DecodeAttentionPlan plan_paged_decode_attention(const at::Tensor& query, const at::Tensor& kv_cache,
+                                                const at::Tensor& context_lens, int64_t threads) {
+  DecodeAttentionPlan plan;
+  plan.pairs = query.size(0) * kv_cache.size(1);
+  plan.scratch_floats_per_task = query.size(1) / kv_cache.size(1) * (query.size(2) + kPartialExtra);
+  if (threads <= 1 || plan.pairs == 0 || plan.pairs >= kPairsPerThreadUnsplit * threads) return plan;
+  const int64_t* lens = context_lens.data_ptr<int64_t>();
+  const int64_t longest = *std::max_element(lens, lens + context_lens.numel());
+  const int64_t most = longest / (kMinSplitBlocks * kv_cache.size(3));  // parts of at least that many blocks
+  plan.splits = std::max<int64_t>(1, std::min(threads / std::gcd(plan.pairs, threads), most));
+  return plan;
 }
 
 void paged_decode_attention_range(at::Tensor out, const at::Tensor& query, const at::Tensor& kv_cache,
                                   const at::Tensor& block_tables, const at::Tensor& context_lens, double scale,
-                                  int64_t begin, int64_t end) {
+                                  const DecodeAttentionPlan& plan, float* scratch, int64_t begin, int64_t end) {
   dispatch_cache_dtypes(query.scalar_type(), kv_cache.scalar_type(), "paged_decode_attention", [&](auto t, auto c) {
-    decode_attention_impl<decltype(t), decltype(c)>(out, query, kv_cache, block_tables, context_lens, scale,
-                                                    begin, end);
+    decode_attention_impl<decltype(t), decltype(c)>(out, query, kv_cache, block_tables, context_lens, scale, plan,
+                                                    scratch, begin, end);
+  });
+}
+
+void paged_decode_attention_merge(at::Tensor out, const at::Tensor& kv_cache, const DecodeAttentionPlan& plan,
+                                  const float* scratch, int64_t pair_begin, int64_t pair_end) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "paged_decode_attention", [&] {
+    merge_parts<scalar_t>(out, plan, scratch, kv_cache.size(1), pair_begin, pair_end);
   });
 }
 
 void paged_decode_attention(at::Tensor out, const at::Tensor& query, const at::Tensor& kv_cache,
                             const at::Tensor& block_tables, const at::Tensor& context_lens, double scale) {
   check_paged_decode_attention(out, query, kv_cache, block_tables, context_lens);
-  paged_decode_attention_range(out, query, kv_cache, block_tables, context_lens, scale, 0,
-                               paged_decode_attention_tasks(query, kv_cache));
+  const DecodeAttentionPlan plan = plan_paged_decode_attention(query, kv_cache, context_lens, at::get_num_threads());
+  std::vector<float> scratch(plan.splits > 1 ? plan.scratch_floats() : 0);
+  paged_decode_attention_range(out, query, kv_cache, block_tables, context_lens, scale, plan, scratch.data(), 0,
+                               plan.tasks());
+  if (plan.splits > 1) {
+    at::parallel_for(0, plan.pairs, 1, [&](int64_t begin, int64_t end) {
+      paged_decode_attention_merge(out, kv_cache, plan, scratch.data(), begin, end);
+    });
+  }
 }
 
 }  // namespace mmserve

@@ -211,7 +211,9 @@ at::Tensor decode_layers(const c10::intrusive_ptr<LayerStack>& stack, const at::
   const at::Tensor attention_rows = b.attention.view({tokens, heads * s.dim});
   for (const at::Tensor& cache : kv_caches)
     mmserve::check_paged_decode_attention(b.attention, query, cache, block_tables, context_lens);
-  const int64_t tasks = mmserve::paged_decode_attention_tasks(query, kv_caches[0]);
+  const mmserve::DecodeAttentionPlan attention = mmserve::plan_paged_decode_attention(
+      query, kv_caches[0], context_lens, at::get_num_threads());
+  std::vector<float> attention_parts(attention.splits > 1 ? attention.scratch_floats() : 0);
   TeamThread::Shared team_state;
 
 #pragma omp parallel num_threads(at::get_num_threads())
@@ -255,10 +257,16 @@ at::Tensor decode_layers(const c10::intrusive_ptr<LayerStack>& stack, const at::
           },
           b.qkv, positions, slots);
       team.phase([&] {
-        const auto [begin, end] = team.share(tasks);
+        const auto [begin, end] = team.share(attention.tasks());
         mmserve::paged_decode_attention_range(b.attention, query, cache, block_tables, context_lens, s.scale,
-                                              begin, end);
+                                              attention, attention_parts.data(), begin, end);
       });
+      if (attention.splits > 1) {
+        team.phase([&] {
+          const auto [begin, end] = team.share(attention.pairs);
+          mmserve::paged_decode_attention_merge(b.attention, cache, attention, attention_parts.data(), begin, end);
+        });
+      }
       matmul(attention_rows, w[3], w[4], b.hidden);
       by_rows([&](const at::Tensor& x, const at::Tensor& r) { mmserve::fused_add_rms_norm(x, r, w[9], s.eps); },
               b.hidden, residual);

@@ -9,14 +9,24 @@ namespace mmserve {
 // cpu_kernels.cpp
 void paged_decode_attention(at::Tensor out, const at::Tensor& query, const at::Tensor& kv_cache,
                             const at::Tensor& block_tables, const at::Tensor& context_lens, double scale);
-// Its checks alone; its tasks (one per request and kv head); and tasks [begin, end) of it, unchecked,
-// for a caller whose team of threads splits them.
+// Its checks alone. Its tasks, as a team of ``threads`` splits them: one per (request, kv head) pair, or,
+// where there are too few pairs for the threads to share evenly (one request's few kv heads), ``splits``
+// per pair, each a part of the context whose sums go to a scratch buffer (scratch_floats()) and are
+// merged after every part is done. Tasks [begin, end) of the plan, unchecked; and pairs' merges.
 void check_paged_decode_attention(const at::Tensor& out, const at::Tensor& query, const at::Tensor& kv_cache,
                                   const at::Tensor& block_tables, const at::Tensor& context_lens);
-int64_t paged_decode_attention_tasks(const at::Tensor& query, const at::Tensor& kv_cache);
+struct DecodeAttentionPlan {
+  int64_t pairs = 0, splits = 1, scratch_floats_per_task = 0;
+  int64_t tasks() const { return pairs * splits; }
+  int64_t scratch_floats() const { return tasks() * scratch_floats_per_task; }
+};
+DecodeAttentionPlan plan_paged_decode_attention(const at::Tensor& query, const at::Tensor& kv_cache,
+                                                const at::Tensor& context_lens, int64_t threads);
 void paged_decode_attention_range(at::Tensor out, const at::Tensor& query, const at::Tensor& kv_cache,
                                   const at::Tensor& block_tables, const at::Tensor& context_lens, double scale,
-                                  int64_t begin, int64_t end);
+                                  const DecodeAttentionPlan& plan, float* scratch, int64_t begin, int64_t end);
+void paged_decode_attention_merge(at::Tensor out, const at::Tensor& kv_cache, const DecodeAttentionPlan& plan,
+                                  const float* scratch, int64_t pair_begin, int64_t pair_end);
 void fused_add_rms_norm(at::Tensor x, at::Tensor residual, const at::Tensor& weight, double eps);
 void rms_norm(at::Tensor out, const at::Tensor& x, const at::Tensor& weight, double eps);
 void rotary_cache_write(at::Tensor qkv, const at::Tensor& positions, const at::Tensor& cos,

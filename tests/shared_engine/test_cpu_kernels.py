@@ -125,6 +125,57 @@ def test_decode_attention_matches_the_gathered_path(
     assert torch.count_nonzero(empty) == 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_one_request_s_context_is_split_among_the_threads_and_merged(dtype: torch.dtype) -> None:
+    """Fewer (request, kv head) pairs than the threads share evenly (one request's 3 kv heads on 2 or 4
+    threads; two requests' 6 on 4) split each context into parts, merged after: the gathered path's
+    answer to rounding, though not its summation order; a request with no position among them still
+    answers zeros. One thread takes each context whole."""
+    assert cpu_kernels.load()
+    torch.manual_seed(1)
+    heads, kv_heads, head_dim, blocks = 9, 3, 64, 48
+    cache = torch.randn(2, kv_heads, blocks, BLOCK, head_dim).to(dtype)
+    scale = head_dim**-0.5
+    threads = torch.get_num_threads()
+    answers = {}
+    try:
+        for count in (1, 2, 4):
+            torch.set_num_threads(count)
+            for lengths in (torch.tensor([300]), torch.tensor([0, 21 * BLOCK + 3])):
+                width = math.ceil(int(lengths.max()) / BLOCK)
+                tables = torch.randperm(blocks)[: len(lengths) * width].view(len(lengths), width)
+                fused = torch.randn(len(lengths), heads + 2 * kv_heads, head_dim).to(dtype)
+                query = fused[:, :heads]
+                got = torch.full((len(lengths), heads, head_dim), 7.0, dtype=dtype)
+                cpu_kernels.paged_decode_attention(got, query, cache, tables, lengths, scale)
+                live = lengths > 0
+                reference = _reference_decode_attention(
+                    query[live], cache, tables[live], lengths[live], scale
+                )
+                torch.testing.assert_close(
+                    got[live].float(), reference, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype]
+                )
+                assert torch.count_nonzero(got[~live]) == 0
+                answers[count, len(lengths)] = got
+    finally:
+        torch.set_num_threads(threads)
+    # Merged parts are the whole context's answer in another order of sums: not the same bits.
+    assert not torch.equal(answers[1, 1], answers[2, 1]) and not torch.equal(answers[1, 1], answers[4, 1])
+
+
+def _reference_decode_attention(
+    query: torch.Tensor, cache: torch.Tensor, tables: torch.Tensor, lengths: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Each request's query against its first positions of the cache, in float32, by SDPA."""
+    out = []
+    group = query.shape[1] // cache.shape[1]
+    for q, table, n in zip(query, tables, lengths.tolist(), strict=True):
+        keys, values = (cache[i][:, table].flatten(1, 2)[:, :n].float() for i in (0, 1))
+        keys, values = keys.repeat_interleave(group, 0), values.repeat_interleave(group, 0)
+        out.append(F.scaled_dot_product_attention(q.float()[:, None], keys, values, scale=scale)[:, 0])
+    return torch.stack(out)
+
+
 def test_a_cache_wider_than_or_unlike_the_computation_is_refused() -> None:
     assert cpu_kernels.load()
     assert not cpu_kernels.cache_dtype_fits(torch.bfloat16, torch.float32)

@@ -57,8 +57,11 @@ def decode_run(
     and how many of the forwards went through the layers' modules."""
     model.fused_decode = fused
     calls = LayerCalls(model)
-    runner = ModelRunner(model, num_blocks=2 * len(prompts) + 6, block_size=BLOCK, device=CPU, dtype=dtype)
-    blocks = [[2 * i, 2 * i + 1] for i in range(len(prompts))]
+    per_prompt = max(2, -(-(max(map(len, prompts)) + steps) // BLOCK))
+    runner = ModelRunner(
+        model, num_blocks=per_prompt * len(prompts) + 6, block_size=BLOCK, device=CPU, dtype=dtype
+    )
+    blocks = [list(range(per_prompt * i, per_prompt * (i + 1))) for i in range(len(prompts))]
     hidden, offsets = runner.forward([Segment(b, 0, p) for b, p in zip(blocks, prompts, strict=True)])
     last = [o + len(p) - 1 for o, p in zip(offsets, prompts, strict=True)]
     tokens = model.compute_logits(hidden[last]).argmax(-1).tolist()
@@ -95,6 +98,24 @@ def test_many_decodes_through_the_kernel_equal_the_modules(smollm2_folder: Path)
     with torch.inference_mode():
         fused, fused_calls = decode_run(model, torch.float32, fused=True, steps=2, prompts=MANY_PROMPTS)
         modules, _ = decode_run(model, torch.float32, fused=False, steps=2, prompts=MANY_PROMPTS)
+    assert fused_calls == 1
+    for got, want in zip(fused, modules, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_one_long_request_split_among_the_threads_equals_the_modules(smollm2_folder: Path) -> None:
+    """One request of 200 positions has 3 (request, kv head) pairs for the threads: on two or more, the
+    stack's attention splits each context in parts merged after, as the modules' attention kernel does."""
+    model = build(smollm2_folder, torch.bfloat16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    try:
+        with torch.inference_mode():
+            long_prompt = [[1 + (37 * i) % 4000 for i in range(200)]]
+            fused, fused_calls = decode_run(model, torch.bfloat16, fused=True, prompts=long_prompt)
+            modules, _ = decode_run(model, torch.bfloat16, fused=False, prompts=long_prompt)
+    finally:
+        torch.set_num_threads(threads)
     assert fused_calls == 1
     for got, want in zip(fused, modules, strict=True):
         assert torch.equal(got, want)
