@@ -439,6 +439,8 @@ void check_paged_decode_attention(const at::Tensor& out, const at::Tensor& query
   TORCH_CHECK(block_tables.scalar_type() == at::kLong && block_tables.is_contiguous(), "block_tables: int64");
   TORCH_CHECK(context_lens.scalar_type() == at::kLong && context_lens.is_contiguous(), "context_lens: int64");
   TORCH_CHECK(query.size(1) % kv_cache.size(1) == 0, "heads must be a multiple of kv heads");
+  TORCH_CHECK(kv_cache.size(0) == 2 && kv_cache.size(4) == query.size(2),
+              "kv_cache must be [2, kv_heads, blocks, block_size, dim] of the query's head size");
   // The query/cache dtype pair's own check, with nothing to run.
   dispatch_cache_dtypes(query.scalar_type(), kv_cache.scalar_type(), "paged_decode_attention", [](auto, auto) {});
 }

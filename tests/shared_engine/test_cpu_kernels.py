@@ -177,6 +177,7 @@ def _reference_decode_attention(
 
 
 def test_a_cache_wider_than_or_unlike_the_computation_is_refused() -> None:
+    """And one of another head size than the query's."""
     assert cpu_kernels.load()
     assert not cpu_kernels.cache_dtype_fits(torch.bfloat16, torch.float32)
     assert not cpu_kernels.cache_dtype_fits(torch.float16, torch.bfloat16)
@@ -186,6 +187,11 @@ def test_a_cache_wider_than_or_unlike_the_computation_is_refused() -> None:
     with pytest.raises(RuntimeError, match="bfloat16 or float16 under float32"):
         cpu_kernels.paged_decode_attention(
             torch.empty_like(query), query, cache, one.view(1, 1) * 0, one, 1.0
+        )
+    narrower = torch.zeros(2, 1, 2, BLOCK, 32, dtype=torch.bfloat16)  # another head size: refused, not read
+    with pytest.raises(RuntimeError, match="of the query's head size"):
+        cpu_kernels.paged_decode_attention(
+            torch.empty_like(query), query, narrower, one.view(1, 1) * 0, one, 1.0
         )
 
 
