@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import asr, device_decode, dynamic_int8_prefill, quality, quantization
+from benchmarks import asr, decode_ab, device_decode, dynamic_int8_prefill, quality, quantization
 from benchmarks.chat_model import configured_chat_model
 from benchmarks.load import arrival_times, request_body
 from benchmarks.metrics import RequestResult, RunResult, summarize
@@ -159,3 +159,19 @@ def test_the_device_benchmark_runs_a_config_with_random_weights(tmp_path: Path) 
     assert result["cuda_graphs"] is False and result["random_weights"] is True
     assert [level["streams"] for level in result["levels"]] == [1, 3]
     assert all(level["engine_tok_s"] > 0 and "eager_tok_s" not in level for level in result["levels"])
+
+
+def test_the_interleaved_comparison_times_both_checkouts_in_every_round(tmp_path: Path) -> None:
+    """This checkout against itself: each round has both sides' steps, its bandwidth beside them, and a
+    share of the memory-bound rate that a step could reach (no more than the rate itself)."""
+    args = ["--before", ".", "--after", ".", "--rounds", "2", "--steps", "3", "--bw-mib", "64"]
+    assert decode_ab.main([*args, "--results-dir", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "decode-ab-latest.json").read_text())
+    assert result["weight_bytes_read"]["before"] == result["weight_bytes_read"]["after"] > 50 * 2**20
+    assert len(result["rounds"]) == 2
+    for entry in result["rounds"]:
+        assert entry["read_gb_s"] > 0
+        for side in ("before", "after"):
+            assert len(entry[side]["steps_ms"]) == 3 and entry[side]["step_ms"] > 0
+            assert 0 < entry[side]["fraction_of_memory_bound"] < 1.5
+    assert result["summary"]["after"]["decode_tok_s"] > 0
