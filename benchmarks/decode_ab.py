@@ -37,12 +37,16 @@ def worker(batch: int) -> None:
     """One checkout's side: reports the weight bytes a step reads, then answers each line ``N`` on stdin
     with the wall times of N decode steps (ms), as JSON lines on stdout."""
     sys.path.insert(0, os.getcwd())
-    protocol, sys.stdout = sys.stdout, sys.stderr  # whatever else prints goes to stderr
+    # The replies keep the original stdout; anything else written there, from Python or native code or
+    # a compiler the kernel build starts, goes to stderr.
+    protocol = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     import torch
 
     from benchmarks.chat_model import configured_chat_model
     from benchmarks.offline_engine import corpus_ids, decode_prompts, greedy, kv_blocks, make_engine
     from benchmarks.roofline_model import weight_bytes_read
+    from shared_engine import cpu_kernels
 
     chat = configured_chat_model()
     config = chat.spec.quantization_config
@@ -51,18 +55,25 @@ def worker(batch: int) -> None:
     blocks = kv_blocks(batch, PROMPT_TOKENS, OUTPUT_TOKENS)
     engine = make_engine(model, chat.tokenizer, chat.device, chat.dtype, blocks)
     engine.generate(prompts, greedy(4))
-    bytes_read = weight_bytes_read(model, batch, chat.dtype)
-    reply = {"bytes": bytes_read, "threads": torch.get_num_threads(), "dtype": str(chat.dtype)}
+    reply = {
+        "bytes": weight_bytes_read(model, batch, chat.dtype),
+        "threads": torch.get_num_threads(),
+        "dtype": str(chat.dtype),
+        "cpu_kernels": cpu_kernels.usable(chat.device),
+        "layer_stack": getattr(model, "decode_layers", None) is not None,
+    }
     print(json.dumps(reply), file=protocol, flush=True)
     added = 0
     for line in sys.stdin:
         times: list[float] = []
         while len(times) < int(line):
             if not engine.has_unfinished_requests():
-                for prompt in prompts:
-                    engine.add_request(f"r{added}", prompt, greedy(OUTPUT_TOKENS))
-                    added += 1
-                engine.step()  # the prefill
+                rids = [f"r{added + i}" for i in range(len(prompts))]
+                for rid, prompt in zip(rids, prompts, strict=True):
+                    engine.add_request(rid, prompt, greedy(OUTPUT_TOKENS))
+                added, waiting = added + len(rids), set(rids)
+                while waiting:  # prefill steps (a long batch's may be several) are not timed
+                    waiting -= {o.request_id for o in engine.step() if o.token_ids}
                 continue
             start = time.perf_counter()
             engine.step()
@@ -87,7 +98,10 @@ class Checkout:
         line = self.process.stdout.readline()
         if not line:
             raise RuntimeError(f"{self.name} ({self.folder}) exited: {self.process.wait()}")
-        reply: dict[str, Any] = json.loads(line)
+        try:
+            reply: dict[str, Any] = json.loads(line)
+        except json.JSONDecodeError:
+            raise RuntimeError(f"{self.name} ({self.folder}) answered {line[:200]!r}, not JSON") from None
         return reply
 
     def steps(self, count: int) -> list[float]:
@@ -100,7 +114,11 @@ class Checkout:
     def close(self) -> None:
         if self.process.stdin is not None:
             self.process.stdin.close()
-        self.process.wait(timeout=60)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def summary(name: str, rounds: list[dict[str, Any]], batch: int) -> dict[str, Any]:
@@ -142,9 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     cpu = torch.device("cpu")
     sides = {"before": args.before.resolve(), "after": args.after.resolve()}
     print(f"starting both checkouts (kernels build on first use): {sides}", flush=True)
-    checkouts = {name: Checkout(name, folder, args.batch) for name, folder in sides.items()}
+    checkouts: dict[str, Checkout] = {}
     rounds: list[dict[str, Any]] = []
     try:
+        for name, folder in sides.items():
+            checkouts[name] = Checkout(name, folder, args.batch)
+            info = checkouts[name].info
+            print(f"{name}: CPU kernels {info['cpu_kernels']}, layer stack {info['layer_stack']}", flush=True)
         for index in range(args.rounds):
             order = ["before", "after"] if index % 2 == 0 else ["after", "before"]
             times = {order[0]: checkouts[order[0]].steps(args.steps)}
@@ -173,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     payload.update(
         checkouts={name: str(folder) for name, folder in sides.items()},
         weight_bytes_read={name: c.info["bytes"] for name, c in checkouts.items()},
+        paths={name: {k: c.info[k] for k in ("cpu_kernels", "layer_stack")} for name, c in checkouts.items()},
         threads=checkouts["after"].info["threads"],
         batch=args.batch,
         steps_per_turn=args.steps,

@@ -10,6 +10,7 @@ decode-attention kernel, and no ``float_weights_only`` is active; the modules se
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,8 @@ from shared_engine import cpu_kernels
 from shared_engine.attention import AttentionMetadata
 from shared_engine.dual_linear import DualLinear, float_weights_forced
 from shared_engine.quantization import UNLIMITED_ROWS, Int4Linear, QuantizedLinear
+
+logger = logging.getLogger(__name__)
 
 
 class KernelRowLimit:
@@ -107,7 +110,11 @@ class DecodeLayers:
             return None
         if any(p.bias is not None for i, (p, _) in enumerate(projections) if i % 4):
             return None
-        return cls(layers, final_norm, projections)
+        try:
+            return cls(layers, final_norm, projections)
+        except RuntimeError as exc:  # the kernel's checks refused these weights: the modules serve
+            logger.warning("decode steps go through the layers' modules: %s", exc)
+            return None
 
     def serves(self, x: torch.Tensor, meta: AttentionMetadata, kv_caches: list[torch.Tensor]) -> bool:
         """Whether this step (normalised input ``x``) is one the call computes as the modules would."""

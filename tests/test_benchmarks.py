@@ -169,6 +169,7 @@ def test_the_interleaved_comparison_times_both_checkouts_in_every_round(tmp_path
     result = json.loads((tmp_path / "decode-ab-latest.json").read_text())
     assert result["weight_bytes_read"]["before"] == result["weight_bytes_read"]["after"] > 50 * 2**20
     assert len(result["rounds"]) == 2
+    assert result["paths"]["after"] == {"cpu_kernels": True, "layer_stack": True}
     for entry in result["rounds"]:
         assert entry["read_gb_s"] > 0
         for side in ("before", "after"):

@@ -241,7 +241,9 @@ constexpr int64_t kPartialExtra = 2;
 constexpr float kNoScore = -1e30f;
 // A batch of at least this many (request, kv head) pairs a thread is shared evenly enough whole; below
 // it, each pair's context is split so that the tasks divide among the threads (one request's 3 kv heads
-// on two threads: 2 and 1 whole, 3 and 3 halves), into parts of at least kMinSplitBlocks blocks.
+// on two threads: 2 and 1 whole, 3 and 3 halves), into parts of at least kMinSplitBlocks blocks. A
+// split context is summed in another order: a request's rounding then depends on the thread count and
+// on the batch it is in, as a batched matmul's may.
 constexpr int64_t kPairsPerThreadUnsplit = 4;
 constexpr int64_t kMinSplitBlocks = 4;
 
@@ -439,8 +441,11 @@ void check_paged_decode_attention(const at::Tensor& out, const at::Tensor& query
   TORCH_CHECK(block_tables.scalar_type() == at::kLong && block_tables.is_contiguous(), "block_tables: int64");
   TORCH_CHECK(context_lens.scalar_type() == at::kLong && context_lens.is_contiguous(), "context_lens: int64");
   TORCH_CHECK(query.size(1) % kv_cache.size(1) == 0, "heads must be a multiple of kv heads");
-  TORCH_CHECK(kv_cache.size(0) == 2 && kv_cache.size(4) == query.size(2),
+  TORCH_CHECK(kv_cache.size(0) == 2 && kv_cache.size(3) > 0 && kv_cache.size(4) == query.size(2),
               "kv_cache must be [2, kv_heads, blocks, block_size, dim] of the query's head size");
+  TORCH_CHECK(context_lens.numel() >= query.size(0) && block_tables.dim() == 2 &&
+                  block_tables.size(0) >= query.size(0),
+              "block_tables and context_lens must have a row per request");
   // The query/cache dtype pair's own check, with nothing to run.
   dispatch_cache_dtypes(query.scalar_type(), kv_cache.scalar_type(), "paged_decode_attention", [](auto, auto) {});
 }

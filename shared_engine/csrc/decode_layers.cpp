@@ -181,6 +181,7 @@ class LayerStack : public torch::CustomClassHolder {
     TORCH_CHECK(norm.dim() == 1, "decode_layers: a norm's weight must be [hidden]");
     hidden = norm.size(0);
     intermediate = weights_[5].size(0) * kBlockColumns / 2;
+    TORCH_CHECK(hidden > 0 && intermediate > 0, "decode_layers: the hidden and intermediate sizes must be positive");
     const at::TensorOptions options = norm.options();
     const at::Tensor x = at::empty({0, hidden}, options), attention = at::empty({0, heads * dim}, options);
     const at::Tensor activation = at::empty({0, intermediate}, options);
@@ -283,7 +284,7 @@ at::Tensor decode_layers(const c10::intrusive_ptr<LayerStack>& stack, const at::
     TeamThread team(team_state);
     const bool shared = !rounded_by_each(tokens);
     void* workspace = b.workspaces[shared ? 0 : team.thread()].data();
-    queue_weights(team, s);
+    team.phase([&] { queue_weights(team, s); });  // a failure here too is rethrown after the region
     int64_t matmul_index = 0;  // in the prefetcher's order
     // One matmul: its input rounded to int8 (by every thread, or each some rows and then a barrier), then
     // output blocks, each thread some.

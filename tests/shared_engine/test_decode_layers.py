@@ -13,6 +13,7 @@ import torch
 from transformers import AutoConfig
 
 from shared_engine import int_matmul
+from shared_engine.decode_layers import DecodeLayers
 from shared_engine.dual_linear import DualLinear, float_weights_only
 from shared_engine.model_runner import ModelRunner, Segment
 from shared_engine.models.llama import LlamaForCausalLM
@@ -196,6 +197,18 @@ def test_the_stack_checks_its_weights_once_when_made(smollm2_folder: Path) -> No
         make(swapped, *shape, group, isa)
     with pytest.raises(RuntimeError, match="11 weights per layer"):
         make(plan.weights[:-1], *shape, group, isa)
+
+
+def test_weights_the_kernel_refuses_leave_the_steps_to_the_modules(
+    smollm2_folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A norm of another dtype than the rest: no plan (logged), rather than every forward failing."""
+    model = build(smollm2_folder, torch.float32)
+    norm = model.model.layers[1].post_attention_layernorm
+    norm.weight.data = norm.weight.data.half()
+    with caplog.at_level("WARNING", logger="shared_engine.decode_layers"):
+        assert DecodeLayers.plan(list(model.model.layers), model.model.norm) is None
+    assert "biases and norms must be contiguous, of one dtype" in caplog.text
 
 
 def test_steps_it_cannot_serve_go_through_the_modules(smollm2_folder: Path) -> None:
