@@ -29,6 +29,7 @@ from shared_engine.attention import (
 )
 from shared_engine.cpu_kernels import build_lock
 from shared_engine.models.llama import RMSNorm
+from tests.helpers.threads import torch_threads
 
 CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parents[2]
@@ -136,31 +137,29 @@ def test_one_request_s_context_is_split_among_the_threads_and_merged(dtype: torc
     heads, kv_heads, head_dim, blocks = 9, 3, 64, 48
     cache = torch.randn(2, kv_heads, blocks, BLOCK, head_dim).to(dtype)
     scale = head_dim**-0.5
-    threads = torch.get_num_threads()
+    cases = []
+    for lengths in (torch.tensor([300]), torch.tensor([0, 21 * BLOCK + 3])):
+        width = math.ceil(int(lengths.max()) / BLOCK)
+        tables = torch.randperm(blocks)[: len(lengths) * width].view(len(lengths), width)
+        query = torch.randn(len(lengths), heads + 2 * kv_heads, head_dim).to(dtype)[:, :heads]
+        cases.append((lengths, tables, query))
     answers = {}
-    try:
-        for count in (1, 2, 4):
-            torch.set_num_threads(count)
-            for lengths in (torch.tensor([300]), torch.tensor([0, 21 * BLOCK + 3])):
-                width = math.ceil(int(lengths.max()) / BLOCK)
-                tables = torch.randperm(blocks)[: len(lengths) * width].view(len(lengths), width)
-                fused = torch.randn(len(lengths), heads + 2 * kv_heads, head_dim).to(dtype)
-                query = fused[:, :heads]
-                got = torch.full((len(lengths), heads, head_dim), 7.0, dtype=dtype)
+    for count in (1, 2, 4):
+        for lengths, tables, query in cases:
+            got = torch.full((len(lengths), heads, head_dim), 7.0, dtype=dtype)
+            with torch_threads(count):
                 cpu_kernels.paged_decode_attention(got, query, cache, tables, lengths, scale)
-                live = lengths > 0
-                reference = _reference_decode_attention(
-                    query[live], cache, tables[live], lengths[live], scale
-                )
-                torch.testing.assert_close(
-                    got[live].float(), reference, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype]
-                )
-                assert torch.count_nonzero(got[~live]) == 0
-                answers[count, len(lengths)] = got
-    finally:
-        torch.set_num_threads(threads)
-    # Merged parts are the whole context's answer in another order of sums: not the same bits.
-    assert not torch.equal(answers[1, 1], answers[2, 1]) and not torch.equal(answers[1, 1], answers[4, 1])
+            live = lengths > 0
+            reference = _reference_decode_attention(query[live], cache, tables[live], lengths[live], scale)
+            tolerance = TOLERANCE[dtype]
+            torch.testing.assert_close(got[live].float(), reference, atol=tolerance, rtol=tolerance)
+            assert torch.count_nonzero(got[~live]) == 0
+            answers[count, len(lengths)] = got
+    # The same inputs: merged parts are the whole context's answer in another order of sums, not the
+    # same bits in float32 (the parts did run); bfloat16's rounding of the outputs hides the difference.
+    if dtype == torch.float32:
+        assert not torch.equal(answers[1, 1], answers[2, 1])
+        assert not torch.equal(answers[1, 1], answers[4, 1])
 
 
 def _reference_decode_attention(

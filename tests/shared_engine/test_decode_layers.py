@@ -20,6 +20,7 @@ from shared_engine.models.llama import LlamaForCausalLM
 from shared_engine.models.loader import build_decoder, iter_safetensors
 from shared_engine.quantization import UNLIMITED_ROWS
 from shared_engine.quantization_config import QuantizationConfig
+from tests.helpers.threads import torch_threads
 
 CPU = torch.device("cpu")
 BLOCK = 16
@@ -108,15 +109,10 @@ def test_one_long_request_split_among_the_threads_equals_the_modules(smollm2_fol
     """One request of 200 positions has 3 (request, kv head) pairs for the threads: on two or more, the
     stack's attention splits each context in parts merged after, as the modules' attention kernel does."""
     model = build(smollm2_folder, torch.bfloat16)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(2, threads))
-    try:
-        with torch.inference_mode():
-            long_prompt = [[1 + (37 * i) % 4000 for i in range(200)]]
-            fused, fused_calls = decode_run(model, torch.bfloat16, fused=True, prompts=long_prompt)
-            modules, _ = decode_run(model, torch.bfloat16, fused=False, prompts=long_prompt)
-    finally:
-        torch.set_num_threads(threads)
+    long_prompt = [[1 + (37 * i) % 4000 for i in range(200)]]
+    with torch_threads(max(2, torch.get_num_threads())), torch.inference_mode():
+        fused, fused_calls = decode_run(model, torch.bfloat16, fused=True, prompts=long_prompt)
+        modules, _ = decode_run(model, torch.bfloat16, fused=False, prompts=long_prompt)
     assert fused_calls == 1
     for got, want in zip(fused, modules, strict=True):
         assert torch.equal(got, want)
@@ -127,14 +123,9 @@ def test_a_team_larger_than_the_machine_equals_the_modules(smollm2_folder: Path)
     """Three threads a core: the stack's threads wait at every barrier for threads the OS has descheduled
     (they yield their core after spinning a while) and still compute every step as the modules do."""
     model = build(smollm2_folder, torch.bfloat16)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(3 * (os.cpu_count() or 1))
-    try:
-        with torch.inference_mode():
-            fused, fused_calls = decode_run(model, torch.bfloat16, fused=True, steps=2)
-            modules, _ = decode_run(model, torch.bfloat16, fused=False, steps=2)
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(3 * (os.cpu_count() or 1)), torch.inference_mode():
+        fused, fused_calls = decode_run(model, torch.bfloat16, fused=True, steps=2)
+        modules, _ = decode_run(model, torch.bfloat16, fused=False, steps=2)
     assert fused_calls == 1
     for got, want in zip(fused, modules, strict=True):
         assert torch.equal(got, want)
