@@ -135,20 +135,23 @@ MMSERVE_TARGET_VNNI void block_vnni(const BlockArgs& a) {
   __m512 acc[MT];
   for (int m = 0; m < MT; ++m) acc[m] = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
-    __m512i dots[MT];
-    for (int m = 0; m < MT; ++m) dots[m] = _mm512_setzero_si512();
+    __m512i dots[MT], dots_hi[MT];
+    for (int m = 0; m < MT; ++m) dots[m] = dots_hi[m] = _mm512_setzero_si512();
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t feature = (g * steps + s) * kStepFeatures;
       _mm_prefetch(reinterpret_cast<const char*>(a.weight + feature * kBlockRows / 2 + kPrefetchBytes), kPrefetchHint);
       const __m512i packed = _mm512_loadu_si512(a.weight + feature * kBlockRows / 2);
       const __m512i lo = _mm512_and_si512(packed, low_nibbles);
-      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low_nibbles);
+      // The high nibbles in place, 16 times their value: one instruction, not a shift and a mask; their
+      // own sums, exact multiples of 16, are shifted back once per group.
+      const __m512i hi = _mm512_andnot_si512(low_nibbles, packed);
       for (int m = 0; m < MT; ++m) {
         const int8_t* x = a.x + m * a.k + feature;
         dots[m] = _mm512_dpbusd_epi32(dots[m], lo, _mm512_set1_epi32(four_bytes(x)));
-        dots[m] = _mm512_dpbusd_epi32(dots[m], hi, _mm512_set1_epi32(four_bytes(x + 4)));
+        dots_hi[m] = _mm512_dpbusd_epi32(dots_hi[m], hi, _mm512_set1_epi32(four_bytes(x + 4)));
       }
     }
+    for (int m = 0; m < MT; ++m) dots[m] = _mm512_add_epi32(dots[m], _mm512_srai_epi32(dots_hi[m], 4));
     const uint16_t* sz = static_cast<const uint16_t*>(a.scales) + g * 2 * kBlockRows;
     const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sz)));
     const __m512 zero = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sz + kBlockRows)));
