@@ -1,5 +1,6 @@
 """A Llama-family decoder's layer stack at a step of decode tokens only, in one call of the engine's CPU
-kernels (``csrc/decode_layers.cpp``).
+kernels (``csrc/decode_layers.cpp``), from the step's token ids (their embeddings and the first norm too)
+to the final norm's output.
 
 The layers' modules call the same kernels in the same order (so the results are the same), but through
 ~15 Python-level operator calls a layer; at one request on two cores those cost about a third of the
@@ -44,16 +45,15 @@ class KernelRowLimit:
 def decode_only_step(
     x: torch.Tensor, meta: AttentionMetadata, kv_caches: list[torch.Tensor], dtype: torch.dtype, rows: int
 ) -> bool:
-    """Whether a layer-stack call computes this step as the modules would: decode tokens only (``x``, one
-    row each) attending through the CPU kernel, in ``dtype``, at most ``rows`` of them, no float weights
-    forced and nothing being traced."""
+    """Whether a layer-stack call computes this step as the modules would: decode tokens only (``x``: one
+    row or token id each) attending through the CPU kernel, in ``dtype``, at most ``rows`` of them, no float
+    weights forced and nothing being traced."""
     return (
         not meta.prefills
         and meta.num_decodes == x.shape[0]
         and meta.decode_gather_index is None
-        and x.dtype == dtype
         and cpu_kernels.usable(x.device)
-        and cpu_kernels.cache_dtype_fits(x.dtype, kv_caches[0].dtype)
+        and cpu_kernels.cache_dtype_fits(dtype, kv_caches[0].dtype)
         and x.shape[0] <= rows
         and not float_weights_forced()
         and not torch.compiler.is_compiling()
@@ -73,11 +73,18 @@ def _int4_kernel_layer(module: nn.Module) -> tuple[Int4Linear, bool] | None:
 class DecodeLayers:
     """The layer stack's weights in the kernel's order, and the shapes it needs; built by ``plan``."""
 
-    def __init__(self, layers: Sequence[Any], final_norm: Any, projections: list[tuple[Int4Linear, bool]]):
+    def __init__(
+        self,
+        embedding: nn.Embedding,
+        layers: Sequence[Any],
+        final_norm: Any,
+        projections: list[tuple[Int4Linear, bool]],
+    ):
         attention = layers[0].self_attn
         self.dtype = final_norm.weight.dtype
         group, isa = projections[0][0].group_size, projections[0][0].engine_isa
         self.row_limit = KernelRowLimit([layer for layer, dual in projections if dual])
+        self._probe = final_norm.weight.new_empty(0)  # the row limit's question: rows of the stack's dtype
         empty = final_norm.weight.new_empty(0)
         weights: list[torch.Tensor] = []
         next_norms = [layer.input_layernorm for layer in layers[1:]] + [final_norm]
@@ -88,16 +95,24 @@ class DecodeLayers:
                 weights += [p.weight, p.scales_and_zeros]
             weights += [layer.post_attention_layernorm.weight, next_norm.weight]
         self.weights = weights
+        self.embedding, self.first_norm = embedding.weight, layers[0].input_layernorm.weight
         # The kernel's own object: the weights checked once, and passed to each step as one argument.
         self.stack = torch.classes.mmserve_cpu.LayerStack(
-            weights, attention.num_heads, attention.num_kv_heads, attention.head_dim, attention.scale,
-            final_norm.eps, group, isa,
+            self.embedding, self.first_norm, weights, attention.num_heads, attention.num_kv_heads,
+            attention.head_dim, attention.scale, final_norm.eps, group, isa,
         )  # fmt: skip
+        self._op = torch.ops.mmserve_cpu.decode_layers
 
     @classmethod
-    def plan(cls, layers: Sequence[Any], final_norm: Any) -> DecodeLayers | None:
+    def plan(cls, embedding: nn.Module, layers: Sequence[Any], final_norm: Any) -> DecodeLayers | None:
         """The stack's call, or None where some projection is not an int4 layer on the engine's kernel,
-        they differ in group size or instruction set, or a projection other than qkv has a bias."""
+        they differ in group size or instruction set, a projection other than qkv has a bias, the norms
+        differ in epsilon, or the token embedding is not a plain table."""
+        if type(embedding) is not nn.Embedding or embedding.max_norm is not None:
+            return None
+        norms = [n for layer in layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+        if len({n.eps for n in [*norms, final_norm]}) != 1:
+            return None
         projections = []
         for layer in layers:
             attention, mlp = layer.self_attn, layer.mlp
@@ -111,26 +126,27 @@ class DecodeLayers:
         if any(p.bias is not None for i, (p, _) in enumerate(projections) if i % 4):
             return None
         try:
-            return cls(layers, final_norm, projections)
+            return cls(embedding, layers, final_norm, projections)
         except RuntimeError as exc:  # the kernel's checks refused these weights: the modules serve
             logger.warning("decode steps go through the layers' modules: %s", exc)
             return None
 
-    def serves(self, x: torch.Tensor, meta: AttentionMetadata, kv_caches: list[torch.Tensor]) -> bool:
-        """Whether this step (normalised input ``x``) is one the call computes as the modules would."""
-        return decode_only_step(x, meta, kv_caches, self.dtype, self.row_limit(x))
+    def serves(self, input_ids: torch.Tensor, meta: AttentionMetadata, kv_caches: list[torch.Tensor]) -> bool:
+        """Whether this step (of ``input_ids``) is one the call computes as the modules would."""
+        return decode_only_step(input_ids, meta, kv_caches, self.dtype, self.row_limit(self._probe))
 
     def __call__(
         self,
-        x: torch.Tensor,
-        residual: torch.Tensor,
-        rope: Any,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        rotary_tables: tuple[torch.Tensor, torch.Tensor],
         meta: AttentionMetadata,
         kv_caches: list[torch.Tensor],
     ) -> torch.Tensor:
-        """The final norm's output for ``x``, the first layer's normalised input; ``residual`` is
-        updated in place, as the modules update it."""
-        return torch.ops.mmserve_cpu.decode_layers(
-            self.stack, x, residual, kv_caches, rope.positions, rope.cos_table, rope.signed_sin_table,
+        """The final norm's output for the tokens ``input_ids`` at ``positions``; ``rotary_tables``: the
+        float32 cos and signed sin of every position."""
+        cos, signed_sin = rotary_tables
+        return self._op(
+            self.stack, input_ids, kv_caches, positions, cos, signed_sin,
             meta.slot_mapping, meta.decode_block_tables, meta.decode_lens,
         )  # fmt: skip

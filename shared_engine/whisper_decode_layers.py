@@ -78,8 +78,10 @@ class WhisperDecodeLayers:
 
     def serves(self, h: torch.Tensor, meta: AttentionMetadata, kv_caches: list[torch.Tensor]) -> bool:
         """Whether this step (embedded tokens ``h``) is one the call computes as the modules would."""
-        return decode_only_step(h, meta, kv_caches, self.dtype, self.row_limit(h)) and all(
-            cpu_kernels.cache_dtype_fits(h.dtype, s.kv[0].dtype) for s in meta.encoder_states
+        return (
+            h.dtype == self.dtype
+            and decode_only_step(h, meta, kv_caches, self.dtype, self.row_limit(h))
+            and all(cpu_kernels.cache_dtype_fits(h.dtype, s.kv[0].dtype) for s in meta.encoder_states)
         )
 
     def __call__(

@@ -659,6 +659,15 @@ void rotary_cache_write(at::Tensor qkv, const at::Tensor& positions, const at::T
                   positions.is_contiguous() && slots.is_contiguous() && positions.numel() == qkv.size(0) &&
                   slots.numel() == qkv.size(0),
               "positions and slots: int64, one per token");
+  const int64_t* position = positions.const_data_ptr<int64_t>();
+  const int64_t* slot = slots.const_data_ptr<int64_t>();
+  const int64_t table_rows = cos.size(0), cache_slots = kv_cache.size(2) * kv_cache.size(3);
+  for (int64_t t = 0; t < qkv.size(0); ++t) {
+    TORCH_CHECK(position[t] >= 0 && position[t] < table_rows, "position ", position[t],
+                " is outside the rotary tables (", table_rows, " positions)");
+    TORCH_CHECK(slot[t] >= 0 && slot[t] < cache_slots, "slot ", slot[t], " is outside the KV cache (",
+                cache_slots, " slots)");
+  }
   dispatch_cache_dtypes(qkv.scalar_type(), kv_cache.scalar_type(), "rotary_cache_write", [&](auto t, auto c) {
     rotary_cache_write_impl<decltype(t), decltype(c)>(qkv, positions, cos, signed_sin, kv_cache, slots, heads,
                                                       kv_heads);

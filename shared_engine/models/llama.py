@@ -227,7 +227,7 @@ class LlamaForCausalLM(nn.Module):
     def decode_layers(self) -> DecodeLayers | None:
         """The layer stack's kernel call, planned at the first forward: a model's modules are final once
         it is built (``build_decoder`` quantizes and packs before returning it)."""
-        return DecodeLayers.plan(list(self.model.layers), self.model.norm)
+        return DecodeLayers.plan(self.model.embed_tokens, list(self.model.layers), self.model.norm)
 
     def forward(
         self,
@@ -237,13 +237,13 @@ class LlamaForCausalLM(nn.Module):
         kv_caches: list[torch.Tensor],
     ) -> torch.Tensor:
         m = self.model
+        fused = self.decode_layers if self.fused_decode else None
+        if fused is not None and fused.serves(input_ids, meta, kv_caches):
+            return fused(input_ids, positions, (m.rotary_emb.cos, m.rotary_emb.signed_sin), meta, kv_caches)
         residual = m.embed_tokens(input_ids)
         rope = m.rotary_emb(positions, residual.dtype)
         layers = cast(list[DecoderLayer], list(m.layers))
         x = layers[0].input_layernorm(residual)
-        fused = self.decode_layers if self.fused_decode else None
-        if fused is not None and fused.serves(x, meta, kv_caches):
-            return fused(x, residual, rope, meta, kv_caches)
         for i, (layer, kv_cache) in enumerate(zip(layers, kv_caches, strict=True)):
             x, residual = layer(x, residual, rope, meta, kv_cache)
             norm = layers[i + 1].input_layernorm if i + 1 < len(layers) else m.norm

@@ -5,6 +5,7 @@ modules, and the steps and models it cannot serve go through the modules."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -134,42 +135,48 @@ def test_a_team_larger_than_the_machine_equals_the_modules(smollm2_folder: Path)
 def test_an_error_inside_the_stack_is_raised_and_the_next_call_works(smollm2_folder: Path) -> None:
     """A kernel's check that fails while the stack's threads run (the rotary tables in bfloat16, which
     only the rotary kernel checks) raises here, on the caller's thread; nothing hangs, and the next step
-    is served. Positions for fewer tokens than the step has are refused before the threads start."""
+    is served. Token ids, positions and slots the step cannot have are refused, not read or written."""
     model = build(smollm2_folder, torch.bfloat16)
     plan = model.decode_layers
     assert plan is not None
     runner = ModelRunner(model, num_blocks=8, block_size=BLOCK, device=CPU, dtype=torch.bfloat16)
+    rotary = model.model.rotary_emb
+    tables = (rotary.cos, rotary.signed_sin)
     with torch.inference_mode():
         prompts = [Segment([2 * i, 2 * i + 1], 0, p) for i, p in enumerate(PROMPTS)]
         runner.forward(prompts)
         decodes = [Segment(s.block_ids, len(s.token_ids), [7]) for s in prompts]
         ids, positions, meta, _ = runner._prepare(decodes)
-        embedded = model.model.embed_tokens(ids)
-        x = model.model.layers[0].input_layernorm(embedded)
-        assert plan.serves(x, meta, runner.kv_caches)
-        rope = model.model.rotary_emb(positions, x.dtype)
-        rounded = rope._replace(
-            cos_table=rope.cos_table.bfloat16(), signed_sin_table=rope.signed_sin_table.bfloat16()
-        )
+        caches = runner.kv_caches
+        assert plan.serves(ids, meta, caches)
         with pytest.raises(RuntimeError, match="cos and signed_sin must be contiguous float32"):
-            plan(x, embedded.clone(), rounded, meta, runner.kv_caches)
-        short = model.model.rotary_emb(positions[:-1], x.dtype)
+            plan(ids, positions, (rotary.cos.bfloat16(), rotary.signed_sin.bfloat16()), meta, caches)
         with pytest.raises(RuntimeError, match="one entry per token"):
-            plan(x, embedded.clone(), short, meta, runner.kv_caches)
+            plan(ids, positions[:-1], tables, meta, caches)
         with pytest.raises(RuntimeError, match="one KV cache per layer"):
-            plan(x, embedded.clone(), rope, meta, runner.kv_caches[:-1])
-        with pytest.raises(RuntimeError, match="residual must be contiguous, of x's shape"):
-            plan(x, embedded[:-1].clone(), rope, meta, runner.kv_caches)
-        got = plan(x, embedded.clone(), rope, meta, runner.kv_caches)
+            plan(ids, positions, tables, meta, caches[:-1])
+        vocab = model.model.embed_tokens.num_embeddings
+        for bad in (vocab, -1):
+            with pytest.raises(RuntimeError, match=f"token id {bad} is outside the vocabulary"):
+                plan(torch.tensor([7, bad, 7]), positions, tables, meta, caches)
+        far = positions.clone()
+        far[1] = rotary.cos.shape[0]
+        with pytest.raises(RuntimeError, match=f"position {far[1]} is outside the rotary tables"):
+            plan(ids, far, tables, meta, caches)
+        slots = meta.slot_mapping.clone()
+        slots[2] = caches[0].shape[2] * BLOCK
+        with pytest.raises(RuntimeError, match=f"slot {slots[2]} is outside the KV cache"):
+            plan(ids, positions, tables, replace(meta, slot_mapping=slots), caches)
+        got = plan(ids, positions, tables, meta, caches)
         model.fused_decode = False
-        want = model.forward(ids, positions, meta, runner.kv_caches)
+        want = model.forward(ids, positions, meta, caches)
     assert torch.equal(got, want)
 
 
 def test_the_stack_checks_its_weights_once_when_made(smollm2_folder: Path) -> None:
     """The kernel's LayerStack refuses weights it could not multiply when the plan is made, not at a
     step: a group size of 0 (which sizing its workspace divides by), a layer whose projections differ
-    from the first layer's, a missing weight."""
+    from the first layer's, a missing weight, an embedding of another width."""
     model = build(smollm2_folder, torch.float32)
     plan = model.decode_layers
     assert plan is not None
@@ -178,16 +185,21 @@ def test_the_stack_checks_its_weights_once_when_made(smollm2_folder: Path) -> No
     o_proj = attention.o_proj
     int4 = o_proj.quantized if isinstance(o_proj, DualLinear) else o_proj
     group, isa = int4.group_size, int4.engine_isa
-    make = torch.classes.mmserve_cpu.LayerStack
-    make(plan.weights, *shape, group, isa)
+
+    def make(weights: list[torch.Tensor], group: int, embedding: torch.Tensor = plan.embedding) -> None:
+        torch.classes.mmserve_cpu.LayerStack(embedding, plan.first_norm, weights, *shape, group, isa)
+
+    make(plan.weights, group)
     with pytest.raises(RuntimeError, match="group size must be positive"):
-        make(plan.weights, *shape, 0, isa)
+        make(plan.weights, 0)
     swapped = list(plan.weights)
     swapped[11 + 3], swapped[11 + 4] = plan.weights[11 + 5], plan.weights[11 + 6]  # layer 1: o as gate/up
     with pytest.raises(RuntimeError, match="the first layer's shapes"):
-        make(swapped, *shape, group, isa)
+        make(swapped, group)
     with pytest.raises(RuntimeError, match="11 weights per layer"):
-        make(plan.weights[:-1], *shape, group, isa)
+        make(plan.weights[:-1], group)
+    with pytest.raises(RuntimeError, match="token embedding must be contiguous"):
+        make(plan.weights, group, plan.embedding[:, :-1])
 
 
 def test_weights_the_kernel_refuses_leave_the_steps_to_the_modules(
@@ -198,7 +210,7 @@ def test_weights_the_kernel_refuses_leave_the_steps_to_the_modules(
     norm = model.model.layers[1].post_attention_layernorm
     norm.weight.data = norm.weight.data.half()
     with caplog.at_level("WARNING", logger="shared_engine.decode_layers"):
-        assert DecodeLayers.plan(list(model.model.layers), model.model.norm) is None
+        assert DecodeLayers.plan(model.model.embed_tokens, list(model.model.layers), model.model.norm) is None
     assert "biases and norms must be contiguous, of one dtype" in caplog.text
 
 
@@ -238,3 +250,12 @@ def test_only_int4_layers_on_the_engine_kernel_are_planned(smollm2_folder: Path)
     plan = int4_alone.decode_layers
     assert plan is not None and plan.row_limit(torch.empty(0)) > 1000  # no float partner to hand over to
     assert isinstance(int4_alone, LlamaForCausalLM) and len(plan.weights) == 11 * int4_alone.arch.num_layers
+
+
+def test_norms_of_another_epsilon_are_left_to_the_modules(smollm2_folder: Path) -> None:
+    """The kernel takes one epsilon for every norm: a model whose norms differ is not planned."""
+    model = build(smollm2_folder, torch.float32)
+    layers, final_norm = list(model.model.layers), model.model.norm
+    assert DecodeLayers.plan(model.model.embed_tokens, layers, final_norm) is not None
+    layers[3].post_attention_layernorm.eps = 10 * final_norm.eps
+    assert DecodeLayers.plan(model.model.embed_tokens, layers, final_norm) is None
