@@ -113,6 +113,10 @@ def _register_fakes() -> None:
     for name in kernels:
         torch.library.register_fake(f"mmserve_cpu::{name}", mutates_only)
 
+    @torch.library.register_fake("mmserve_cpu::argmax_rows")
+    def _(logits: torch.Tensor) -> torch.Tensor:
+        return logits.new_empty(logits.shape[0], dtype=torch.long)
+
     @torch.library.register_fake("mmserve_cpu::softmax_head")
     def _(
         logits: torch.Tensor, inverse: torch.Tensor, k: int
@@ -181,6 +185,13 @@ def softmax_head(
     equal values the first ones), their token ids, and the probability of all other tokens together."""
     head, ids, tail = torch.ops.mmserve_cpu.softmax_head(logits.contiguous(), inverse_temperatures, k)
     return head, ids, tail
+
+
+def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
+    """Per row of ``logits`` (float32 ``[rows, vocab]``): the index of its largest value, the first of equal
+    ones, a NaN counting as the largest (``torch.argmax``'s answer, ~4x sooner for a 49k vocabulary)."""
+    result: torch.Tensor = torch.ops.mmserve_cpu.argmax_rows(logits.contiguous())
+    return result
 
 
 def rotary_cache_write_(

@@ -23,6 +23,7 @@ from shared_engine.sampler import (
     apply_logits_processors,
     bar_tokens,
     barred_rows,
+    greedy_tokens,
     probabilities,
     sample,
     select_rows,
@@ -123,7 +124,7 @@ def verify_and_sample(
         for i, token in zip(plain, chosen, strict=True):
             tokens[items[i].request.request_id] = [token]
     guessing = any(s.num_spec_tokens for s in items)
-    argmax = logits.argmax(dim=-1).tolist() if guessing else []  # plain steps: the sampler's argmax only
+    argmax = greedy_tokens(logits) if guessing else []  # plain steps: the sampler's argmax only
     for i, s in enumerate(items):
         if not s.num_spec_tokens:
             continue

