@@ -99,6 +99,26 @@ inline void dot4(const float* q, const float* k, int64_t dim, float* out) {
 // hidden), their sums taken together by pairwise adds.
 template <int64_t D>
 inline void dot8(const float* q, const float* k, int64_t dim, float* out) {
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+  if constexpr (D > 0 && D % 16 == 0 && D <= 128) {
+    // Sixteen lanes a multiply-add (half the instructions of eight), each row's two halves added first.
+    __m512 wide[8];
+    for (int r = 0; r < 8; ++r) wide[r] = _mm512_setzero_ps();
+#pragma GCC unroll 16
+    for (int64_t i = 0; i < D; i += 16) {
+      const __m512 x = _mm512_loadu_ps(q + i);
+      for (int r = 0; r < 8; ++r) wide[r] = _mm512_fmadd_ps(x, _mm512_loadu_ps(k + r * D + i), wide[r]);
+    }
+    __m256 a[8];
+    for (int r = 0; r < 8; ++r)
+      a[r] = _mm256_add_ps(_mm512_castps512_ps256(wide[r]), _mm512_extractf32x8_ps(wide[r], 1));
+    const __m256 low = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    const __m256 high = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+    _mm256_storeu_ps(out, _mm256_add_ps(_mm256_permute2f128_ps(low, high, 0x20),
+                                        _mm256_permute2f128_ps(low, high, 0x31)));
+    return;
+  }
+#endif
 #if defined(__AVX__) && defined(__FMA__)
   if constexpr (D > 0 && D % 8 == 0 && D <= 128) {
     __m256 a[8];
@@ -129,29 +149,37 @@ inline float dot(const float* q, const float* k, int64_t dim) {
 }
 
 // Eight floats, in whatever registers the build's instruction set has (one AVX register, two SSE ones);
-// Float8Unaligned reads and writes them anywhere in a float array.
+// Float8Unaligned reads and writes them anywhere in a float array. FloatLanes: as many as one register of
+// the build's widest vectors holds (16 with AVX-512, else 8).
 typedef float Float8 __attribute__((vector_size(32)));
 typedef float Float8Unaligned __attribute__((vector_size(32), aligned(4), may_alias));
+#if defined(__AVX512F__)
+constexpr int64_t kLanes = 16;
+#else
+constexpr int64_t kLanes = 8;
+#endif
+typedef float FloatLanes __attribute__((vector_size(4 * kLanes)));
+typedef float FloatLanesUnaligned __attribute__((vector_size(4 * kLanes), aligned(4), may_alias));
 
 // acc += sum over rows p < count of weights[p] * v[p]. With the head size known, acc stays in registers
 // across the rows (a loop over memory would load and store it for every row); each element still adds
 // its rows in order, one multiply-add each.
 template <int64_t D>
 inline void weighted_rows(const float* weights, const float* v, int64_t count, int64_t dim, float* acc) {
-  if constexpr (D > 0 && D % 8 == 0 && D <= 128) {
-    constexpr int64_t kVectors = D / 8;
-    Float8 a[kVectors];
+  if constexpr (D > 0 && D % kLanes == 0 && D <= 128) {
+    constexpr int64_t kVectors = D / kLanes;
+    FloatLanes a[kVectors];
 #pragma GCC unroll 16
-    for (int64_t j = 0; j < kVectors; ++j) a[j] = *reinterpret_cast<const Float8Unaligned*>(acc + 8 * j);
+    for (int64_t j = 0; j < kVectors; ++j) a[j] = *reinterpret_cast<const FloatLanesUnaligned*>(acc + kLanes * j);
     for (int64_t p = 0; p < count; ++p) {
-      const Float8 w = Float8{} + weights[p];
+      const FloatLanes w = FloatLanes{} + weights[p];
       const float* row = v + p * D;
 #pragma GCC unroll 16
       for (int64_t j = 0; j < kVectors; ++j)
-        a[j] += w * *reinterpret_cast<const Float8Unaligned*>(row + 8 * j);
+        a[j] += w * *reinterpret_cast<const FloatLanesUnaligned*>(row + kLanes * j);
     }
 #pragma GCC unroll 16
-    for (int64_t j = 0; j < kVectors; ++j) *reinterpret_cast<Float8Unaligned*>(acc + 8 * j) = a[j];
+    for (int64_t j = 0; j < kVectors; ++j) *reinterpret_cast<FloatLanesUnaligned*>(acc + kLanes * j) = a[j];
   } else {
     const int64_t n = D ? D : dim;
     for (int64_t p = 0; p < count; ++p) {
@@ -173,24 +201,26 @@ inline void prefetch_rows(const C* rows, int64_t count) {
 }
 
 // bfloat16 rows to float32 with no shuffles: a 32-bit lane holds two values, the even one in its low half
-// (shifted up, it is that value's float32) and the odd one in its high half (masked, likewise). Each 16
-// values come out as their 8 even ones, then their 8 odd ones: dot products are the same when the query
-// is permuted alike, and sums of rows keep the permutation, undone once at the end. n: a multiple of 16.
-typedef uint32_t Lanes8 __attribute__((vector_size(32)));
-typedef uint32_t Lanes8Unaligned __attribute__((vector_size(32), aligned(2), may_alias));
+// (shifted up, it is that value's float32) and the odd one in its high half (masked, likewise). Each
+// kPermutedChunk values (two registers' worth) come out as their even ones, then their odd ones: dot
+// products are the same when the query is permuted alike, and sums of rows keep the permutation, undone
+// once at the end. n: a multiple of kPermutedChunk.
+constexpr int64_t kPermutedChunk = 2 * kLanes;
+typedef uint32_t Lanes __attribute__((vector_size(4 * kLanes)));
+typedef uint32_t LanesUnaligned __attribute__((vector_size(4 * kLanes), aligned(2), may_alias));
 
 inline void load_bf16_permuted(const c10::BFloat16* src, float* dst, int64_t n) {
   const uint16_t* bits = reinterpret_cast<const uint16_t*>(src);
-  for (int64_t i = 0; i < n; i += 16) {
-    const Lanes8 pairs = *reinterpret_cast<const Lanes8Unaligned*>(bits + i);
-    *reinterpret_cast<Lanes8Unaligned*>(dst + i) = pairs << 16;
-    *reinterpret_cast<Lanes8Unaligned*>(dst + i + 8) = pairs & 0xFFFF0000u;
+  for (int64_t i = 0; i < n; i += kPermutedChunk) {
+    const Lanes pairs = *reinterpret_cast<const LanesUnaligned*>(bits + i);
+    *reinterpret_cast<LanesUnaligned*>(dst + i) = pairs << 16;
+    *reinterpret_cast<LanesUnaligned*>(dst + i + kLanes) = pairs & 0xFFFF0000u;
   }
 }
 
 // Whether attend_group keeps D-sized vectors in the permuted order of load_bf16_permuted.
 template <typename C, int64_t D>
-constexpr bool kPermutedRows = std::is_same_v<C, c10::BFloat16> && D > 0 && D % 16 == 0;
+constexpr bool kPermutedRows = std::is_same_v<C, c10::BFloat16> && D > 0 && D % kPermutedChunk == 0;
 
 // Rows of a cache of dtype C into float32, in the order attend_group computes in.
 template <typename C, int64_t D>
@@ -205,12 +235,12 @@ inline void load_rows(const C* src, float* dst, int64_t n) {
 // A vector of D floats between the natural order and load_bf16_permuted's (``to_permuted``: which way).
 template <int64_t D>
 inline void permute_vector(const float* src, float* dst, bool to_permuted) {
-  for (int64_t c = 0; c < D; c += 16) {
-    for (int64_t j = 0; j < 8; ++j) {
+  for (int64_t c = 0; c < D; c += kPermutedChunk) {
+    for (int64_t j = 0; j < kLanes; ++j) {
       if (to_permuted) {
-        dst[c + j] = src[c + 2 * j], dst[c + 8 + j] = src[c + 2 * j + 1];
+        dst[c + j] = src[c + 2 * j], dst[c + kLanes + j] = src[c + 2 * j + 1];
       } else {
-        dst[c + 2 * j] = src[c + j], dst[c + 2 * j + 1] = src[c + 8 + j];
+        dst[c + 2 * j] = src[c + j], dst[c + 2 * j + 1] = src[c + kLanes + j];
       }
     }
   }
@@ -219,6 +249,8 @@ inline void permute_vector(const float* src, float* dst, bool to_permuted) {
 // How many blocks ahead of its reads attend_group requests a pass's rows: at 32 requests of ~220 tokens
 // (SmolLM2's 3 kv heads), 1 block ahead left 35% of the decode attention's time waiting, 4 about half as much.
 constexpr int64_t kAhead = 4;
+// How many of a thread's tasks after the first have their first kAhead blocks of keys requested at once.
+constexpr int64_t kTasksAhead = 3;
 
 // The largest of n > 0 floats, eight lanes at a time (a scalar loop is one dependent max per element).
 inline float max_of(const float* x, int64_t n) {
@@ -373,7 +405,23 @@ void decode_attention_impl(at::Tensor& out, const at::Tensor& query, const at::T
   const auto attend =
       dim == 64 ? attend_group<T, C, 64> : dim == 128 ? attend_group<T, C, 128> : attend_group<T, C, 0>;
 
+  // A task's blocks: [first, end) of the request's table.
+  const auto task_blocks = [&](int64_t task) {
+    const int64_t r = task / splits / kv_heads, part = task % splits;
+    const int64_t blocks = (std::max<int64_t>(lens[r], 0) + block_size - 1) / block_size;
+    return std::pair<int64_t, int64_t>{part * blocks / splits, (part + 1) * blocks / splits};
+  };
   at::parallel_for(task_begin, task_end, 1, [&](int64_t begin, int64_t end) {
+    // The first keys of this thread's next few tasks are requested now, while the first task's are read:
+    // each would otherwise start by waiting for memory (one request's kv heads run one after another).
+    for (int64_t task = begin + 1; task < std::min(end, begin + 1 + kTasksAhead); ++task) {
+      const int64_t r = task / splits / kv_heads, h = task / splits % kv_heads;
+      const auto [first, last] = task_blocks(task);
+      for (int64_t b = first; b < std::min(last, first + kAhead); ++b) {
+        const int64_t rows = std::min(block_size, lens[r] - b * block_size);
+        prefetch_rows(cache + h * plane + tables[r * table_width + b] * block_size * dim, rows * dim);
+      }
+    }
     std::vector<float> buf;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t pair = task / splits, part = task % splits;
