@@ -43,7 +43,11 @@ namespace {
 constexpr int64_t kWeightsPerLayer = 11;
 constexpr int64_t kBlockColumns = 16;  // int4_linear's output block
 // Up to this many rows every thread rounds a matmul's whole input to int8 itself, in its own workspace
-// (at one row ~1 us), rather than each some rows of a shared one and then a barrier.
+// (at one row ~1 us), rather than each some rows of a shared one and then a barrier. So too the small
+// steps between matmuls (the norms with their residual adds, SiLU): every thread computes them on all the
+// rows, in its own copy of the residual stream, just before it rounds the next matmul's input, rather
+// than one thread in a phase of its own while the others wait at its barrier (at one row three phases a
+// layer, each ~1 us of one thread's work and a barrier). The arithmetic is the same, in the same order.
 constexpr int64_t kRowsQuantizedByEach = 8;
 
 bool rounded_by_each(int64_t tokens) { return tokens <= kRowsQuantizedByEach; }
@@ -250,7 +254,7 @@ void queue_weights(TeamThread& team, const LayerStack& s) {
 }
 
 struct Buffers {
-  at::Tensor residual, qkv, attention, hidden, gate_up, activation, out;
+  at::Tensor residual, qkv, attention, hidden, gate_up, activation, out, result;
   // The quantized input of the matmul running: one per thread (rounded_by_each), or one shared.
   std::vector<std::vector<float>> workspaces;
 };
@@ -259,7 +263,10 @@ Buffers make_buffers(const LayerStack& s, int64_t tokens) {
   const at::TensorOptions options = s.embedding.options();
   const auto rows = [&](int64_t width) { return at::empty({tokens, width}, options); };
   Buffers b{rows(s.hidden), rows(s.qkv_width()), at::empty({tokens, s.heads, s.dim}, options), rows(s.hidden),
-            rows(2 * s.intermediate), rows(s.intermediate), rows(s.hidden), {}};
+            rows(2 * s.intermediate), rows(s.intermediate), rows(s.hidden), {}, {}};
+  // Where each thread has its own rows, the last norm's output is copied out by one while the others
+  // still read the last matmul's; else it is that matmul's output, normalised in place.
+  b.result = rounded_by_each(tokens) ? rows(s.hidden) : b.out;
   int64_t bytes = 0;
   for (const int64_t k : {s.hidden, s.heads * s.dim, s.intermediate})
     bytes = std::max(bytes, mmserve::int4_linear_workspace_bytes(tokens, k, s.group));
@@ -278,6 +285,15 @@ void embed(const LayerStack& s, const int64_t* ids, at::Tensor& residual, at::Te
   for (int64_t t = begin; t < end; ++t) std::memcpy(rows + t * row_bytes, table + ids[t] * row_bytes, row_bytes);
   mmserve::rms_norm(x.narrow(0, begin, end - begin), residual.narrow(0, begin, end - begin), s.first_norm, s.eps);
 }
+
+// One thread's own rows (rounded_by_each): its copy of the residual stream, the input of the matmul it
+// rounds next (a norm's output), and SiLU's.
+struct OwnRows {
+  at::Tensor residual, x, activation;
+};
+
+// dst = src, both contiguous, of one shape and dtype.
+void copy_rows(const at::Tensor& src, at::Tensor& dst) { std::memcpy(dst.data_ptr(), src.const_data_ptr(), src.nbytes()); }
 
 // input_ids [tokens]: the step's tokens, one per request. Returns the last layer's output after the final
 // norm.
@@ -299,7 +315,6 @@ at::Tensor decode_layers(const c10::intrusive_ptr<LayerStack>& stack, const at::
   TORCH_CHECK(positions.numel() == tokens && slots.numel() == tokens,
               "decode_layers: positions and slots must have one entry per token");
   Buffers b = make_buffers(s, tokens);
-  at::Tensor& residual = b.residual;
   const at::Tensor query = b.qkv.view({tokens, heads + 2 * kv_heads, s.dim}).narrow(1, 0, heads);
   const at::Tensor attention_rows = b.attention.view({tokens, heads * s.dim});
   for (const at::Tensor& cache : kv_caches)
@@ -314,28 +329,19 @@ at::Tensor decode_layers(const c10::intrusive_ptr<LayerStack>& stack, const at::
     TeamThread team(team_state);
     const bool shared = !rounded_by_each(tokens);
     void* workspace = b.workspaces[shared ? 0 : team.thread()].data();
+    OwnRows own;
     team.phase([&] {  // a failure here too is rethrown after the region
       queue_weights(team, s);
-      const auto [begin, end] = team.share(tokens);
-      embed(s, ids, residual, b.out, begin, end);
+      if (shared) {
+        const auto [begin, end] = team.share(tokens);
+        embed(s, ids, b.residual, b.out, begin, end);
+      } else {
+        const at::TensorOptions options = s.embedding.options();
+        own = {at::empty({tokens, s.hidden}, options), at::empty({tokens, s.hidden}, options),
+               at::empty({tokens, s.intermediate}, options)};
+        embed(s, ids, own.residual, own.x, 0, tokens);
+      }
     });
-    int64_t matmul_index = 0;  // in the prefetcher's order
-    // One matmul: its input rounded to int8 (by every thread, or each some rows and then a barrier), then
-    // output blocks, each thread some.
-    const auto matmul = [&](const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales_zeros,
-                            at::Tensor& out) {
-      const auto quantize = [&](int64_t begin, int64_t end) {
-        mmserve::int4_linear_quantize(x, packed, scales_zeros, group, isa, workspace, out, begin, end);
-      };
-      if (shared) team.phase([&] { std::apply(quantize, team.share(tokens)); });
-      team.phase([&] {
-        if (!shared) quantize(0, tokens);
-        const auto [begin, end] = team.share(packed.size(0));
-        mmserve::int4_linear_multiply(x, packed, scales_zeros, group, isa, workspace, out, begin, end);
-        team.prefetcher.done_with(matmul_index);  // before the barrier, where the next matmul's are wanted
-      });
-      ++matmul_index;
-    };
     // fn(rows of each tensor) on this thread's rows, where it has any (all of them: the tensors as they are).
     const auto by_rows = [&](auto&& fn, auto&... tensors) {
       team.phase([&] {
@@ -347,10 +353,63 @@ at::Tensor decode_layers(const c10::intrusive_ptr<LayerStack>& stack, const at::
         }
       });
     };
+    // The small steps before a matmul, each returning its input: where the threads share the rows, in
+    // phases of their own on the shared buffers; else by this thread alone, inside the matmul's phase.
+    // The residual add and norm of x (a matmul's output), with norm weight `weight`.
+    const auto add_norm = [&](at::Tensor& x, const at::Tensor& weight) -> const at::Tensor& {
+      if (shared) {
+        by_rows([&](const at::Tensor& rows, const at::Tensor& r) { mmserve::fused_add_rms_norm(rows, r, weight, s.eps); },
+                x, b.residual);
+        return x;
+      }
+      copy_rows(x, own.x);
+      mmserve::fused_add_rms_norm(own.x, own.residual, weight, s.eps);
+      return own.x;
+    };
+    const auto silu = [&]() -> const at::Tensor& {
+      if (shared) {
+        by_rows([](const at::Tensor& out, const at::Tensor& in) { mmserve::silu_mul(out, in); }, b.activation,
+                b.gate_up);
+        return b.activation;
+      }
+      mmserve::silu_mul(own.activation, b.gate_up);
+      return own.activation;
+    };
+    int64_t matmul_index = 0;  // in the prefetcher's order
+    // One matmul of input() (see above): its input rounded to int8 (by every thread, or each some rows and
+    // then a barrier), then output blocks, each thread some.
+    const auto matmul = [&](auto&& input, const at::Tensor& packed, const at::Tensor& scales_zeros,
+                            at::Tensor& out) {
+      const auto multiply = [&](const at::Tensor& x) {
+        const auto [begin, end] = team.share(packed.size(0));
+        mmserve::int4_linear_multiply(x, packed, scales_zeros, group, isa, workspace, out, begin, end);
+        team.prefetcher.done_with(matmul_index);  // before the barrier, where the next matmul's are wanted
+      };
+      if (shared) {
+        const at::Tensor& x = input();
+        team.phase([&] {
+          const auto [begin, end] = team.share(tokens);
+          mmserve::int4_linear_quantize(x, packed, scales_zeros, group, isa, workspace, out, begin, end);
+        });
+        team.phase([&] { multiply(x); });
+      } else {
+        team.phase([&] {
+          const at::Tensor& x = input();
+          mmserve::int4_linear_quantize(x, packed, scales_zeros, group, isa, workspace, out, 0, tokens);
+          multiply(x);
+        });
+      }
+      ++matmul_index;
+    };
     for (int64_t layer = 0; layer < layers; ++layer) {
       const at::Tensor* w = s.layer_weights(layer);
       const at::Tensor& cache = kv_caches[layer];
-      matmul(b.out, w[0], w[1], b.qkv);
+      matmul(
+          [&]() -> const at::Tensor& {
+            if (layer) return add_norm(b.out, s.layer_weights(layer - 1)[10]);
+            return shared ? b.out : own.x;  // the embeddings' norm
+          },
+          w[0], w[1], b.qkv);
       by_rows(
           [&](at::Tensor qkv, const at::Tensor& at, const at::Tensor& to) {
             if (w[2].numel()) qkv.add_(w[2]);
@@ -368,19 +427,22 @@ at::Tensor decode_layers(const c10::intrusive_ptr<LayerStack>& stack, const at::
           mmserve::paged_decode_attention_merge(b.attention, cache, attention, attention_parts.data(), begin, end);
         });
       }
-      matmul(attention_rows, w[3], w[4], b.hidden);
-      by_rows([&](const at::Tensor& x, const at::Tensor& r) { mmserve::fused_add_rms_norm(x, r, w[9], s.eps); },
-              b.hidden, residual);
-      matmul(b.hidden, w[5], w[6], b.gate_up);
-      by_rows([](const at::Tensor& out, const at::Tensor& in) { mmserve::silu_mul(out, in); }, b.activation,
-              b.gate_up);
-      matmul(b.activation, w[7], w[8], b.out);
-      by_rows([&](const at::Tensor& x, const at::Tensor& r) { mmserve::fused_add_rms_norm(x, r, w[10], s.eps); },
-              b.out, residual);
+      matmul([&]() -> const at::Tensor& { return attention_rows; }, w[3], w[4], b.hidden);
+      matmul([&]() -> const at::Tensor& { return add_norm(b.hidden, w[9]); }, w[5], w[6], b.gate_up);
+      matmul(silu, w[7], w[8], b.out);
+    }
+    const at::Tensor& final_norm = s.layer_weights(layers - 1)[10];
+    if (shared) {
+      add_norm(b.out, final_norm);  // b.result is b.out
+    } else {
+      team.phase([&] {
+        const at::Tensor& x = add_norm(b.out, final_norm);
+        if (team.thread() == 0) copy_rows(x, b.result);
+      });
     }
   }
   if (team_state.error) std::rethrow_exception(team_state.error);
-  return b.out;
+  return b.result;
 }
 
 }  // namespace
