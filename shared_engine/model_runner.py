@@ -28,7 +28,7 @@ from shared_engine.models.base import DecoderModel
 from shared_engine.outputs import StepResult
 from shared_engine.prompt_logprobs import score_prompts
 from shared_engine.rejection_sampler import verify_and_sample
-from shared_engine.sampler import RequestSampler
+from shared_engine.sampler import RequestSampler, select_rows
 from shared_engine.scheduler import ScheduledRequest, SchedulerOutput
 from shared_engine.structured_output import StepMask
 
@@ -233,7 +233,7 @@ class ModelRunner:
         prompt_logprobs = score_prompts(self.model, hidden, items, offsets)
         if not rows:
             return StepResult({}, {}, prompt_logprobs=prompt_logprobs)
-        logits = self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
+        logits = self.model.compute_logits(select_rows(hidden, rows))
         result = verify_and_sample(logits, sampled, samplers, mask)
         result.prompt_logprobs = prompt_logprobs
         return result

@@ -97,11 +97,11 @@ def probabilities(logits: torch.Tensor, params: Sequence[SamplingParams]) -> tor
     return torch.softmax(scaled * inverse.unsqueeze(-1), dim=-1)
 
 
-def select_rows(logits: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
-    """``logits[rows]``, without the copy when ``rows`` are all of them in order."""
-    if len(rows) == logits.shape[0] and all(row == i for i, row in enumerate(rows)):
-        return logits
-    return logits[list(rows)]
+def select_rows(x: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+    """``x[rows]``, without the copy when ``rows`` are all of them in order."""
+    if len(rows) == x.shape[0] and all(row == i for i, row in enumerate(rows)):
+        return x
+    return x[list(rows)]
 
 
 def greedy_tokens(logits: torch.Tensor) -> list[int]:
