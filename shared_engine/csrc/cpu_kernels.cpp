@@ -95,6 +95,16 @@ inline void dot4(const float* q, const float* k, int64_t dim, float* out) {
   out[0] = a0, out[1] = a1, out[2] = a2, out[3] = a3;
 }
 
+#if defined(__AVX__) && defined(__FMA__)
+// out[r] = the sum of a[r]'s eight lanes, for the eight vectors together, by pairwise adds.
+inline void store_sums(const __m256 (&a)[8], float* out) {
+  const __m256 low = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+  const __m256 high = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+  _mm256_storeu_ps(out, _mm256_add_ps(_mm256_permute2f128_ps(low, high, 0x20),
+                                      _mm256_permute2f128_ps(low, high, 0x31)));
+}
+#endif
+
 // Dot products of q with eight rows of k: eight independent accumulations (the multiply-adds' latency
 // hidden), their sums taken together by pairwise adds.
 template <int64_t D>
@@ -112,10 +122,7 @@ inline void dot8(const float* q, const float* k, int64_t dim, float* out) {
     __m256 a[8];
     for (int r = 0; r < 8; ++r)
       a[r] = _mm256_add_ps(_mm512_castps512_ps256(wide[r]), _mm512_extractf32x8_ps(wide[r], 1));
-    const __m256 low = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-    const __m256 high = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
-    _mm256_storeu_ps(out, _mm256_add_ps(_mm256_permute2f128_ps(low, high, 0x20),
-                                        _mm256_permute2f128_ps(low, high, 0x31)));
+    store_sums(a, out);
     return;
   }
 #endif
@@ -128,10 +135,7 @@ inline void dot8(const float* q, const float* k, int64_t dim, float* out) {
       const __m256 x = _mm256_loadu_ps(q + i);
       for (int r = 0; r < 8; ++r) a[r] = _mm256_fmadd_ps(x, _mm256_loadu_ps(k + r * D + i), a[r]);
     }
-    const __m256 low = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-    const __m256 high = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
-    _mm256_storeu_ps(out, _mm256_add_ps(_mm256_permute2f128_ps(low, high, 0x20),
-                                        _mm256_permute2f128_ps(low, high, 0x31)));
+    store_sums(a, out);
     return;
   }
 #endif
