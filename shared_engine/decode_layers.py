@@ -46,8 +46,9 @@ def decode_only_step(
     x: torch.Tensor, meta: AttentionMetadata, kv_caches: list[torch.Tensor], dtype: torch.dtype, rows: int
 ) -> bool:
     """Whether a layer-stack call computes this step as the modules would: decode tokens only (``x``: one
-    row or token id each) attending through the CPU kernel, in ``dtype``, at most ``rows`` of them, no float
-    weights forced and nothing being traced."""
+    row or token id each) attending through the CPU kernel over a KV cache that ``dtype`` (the stack's)
+    can read, at most ``rows`` of them, no float weights forced and nothing being traced. The caller
+    checks that ``x`` itself fits the stack."""
     return (
         not meta.prefills
         and meta.num_decodes == x.shape[0]

@@ -3,13 +3,14 @@
 // Python-level operator calls a layer costs there (about a third of a one-request step on two cores).
 //
 // The whole stack runs in one parallel region: its threads split each phase (a matmul's output blocks,
-// attention's heads, the norms' rows) and meet at a barrier between phases. A region per kernel, five a
-// layer, cost ~1.7 us each to open and close at one row, and the serial work between them (rounding a
-// matmul's input to int8, the norms) left the other threads waiting; the matmuls' buffers are allocated
-// once per call, not per layer. The barrier is the team's own (SpinBarrier): OpenMP's took ~0.5 us to
-// let its threads go at two threads, ~0.1 ms of a one-request step's ~270; and a thread waiting at it
-// requests the weights it multiplies next (WeightPrefetcher), which at one row are read from memory
-// while the other threads finish the norms or attention: ~0.1 ms of a ~2.5 ms step.
+// attention's heads, the rotary embedding's rows, and at more than kRowsQuantizedByEach rows the norms'
+// rows) and meet at a barrier between phases. A region per kernel, five a layer, cost ~1.7 us each to
+// open and close at one row, and the serial work between them (rounding a matmul's input to int8, the
+// norms) left the other threads waiting; the matmuls' buffers are allocated once per call, not per
+// layer. The barrier is the team's own (SpinBarrier): OpenMP's took ~0.5 us to let its threads go at two
+// threads, ~0.1 ms of a one-request step's ~270; and a thread waiting at it requests the weights it
+// multiplies next (WeightPrefetcher), which at one row are read from memory while another thread
+// finishes the rotary embedding or attention: ~0.1 ms of a ~2.5 ms step.
 //
 // The call starts from the step's token ids: their embeddings (the residual stream's first rows) and the
 // first layer's norm of them are its first phase, ~0.1 ms a step less than three Python-level calls.
@@ -31,6 +32,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <limits>
 #include <exception>
 #include <mutex>
 #include <thread>
@@ -195,8 +197,8 @@ class LayerStack : public torch::CustomClassHolder {
                     embedding.device() == norm.device(),
                 "decode_layers: the token embedding must be contiguous [vocab, hidden], of the norms' dtype");
     TORCH_CHECK(first_norm.sizes() == norm.sizes() && first_norm.is_contiguous() &&
-                    first_norm.scalar_type() == norm.scalar_type(),
-                "decode_layers: a norm's weight must be [hidden]");
+                    first_norm.scalar_type() == norm.scalar_type() && first_norm.device() == norm.device(),
+                "decode_layers: the first norm's weight must be contiguous [hidden], of the other norms' dtype");
     const at::TensorOptions options = norm.options();
     const at::Tensor x = at::empty({0, hidden}, options), attention = at::empty({0, heads * dim}, options);
     const at::Tensor activation = at::empty({0, intermediate}, options);
@@ -262,11 +264,14 @@ struct Buffers {
 Buffers make_buffers(const LayerStack& s, int64_t tokens) {
   const at::TensorOptions options = s.embedding.options();
   const auto rows = [&](int64_t width) { return at::empty({tokens, width}, options); };
-  Buffers b{rows(s.hidden), rows(s.qkv_width()), at::empty({tokens, s.heads, s.dim}, options), rows(s.hidden),
-            rows(2 * s.intermediate), rows(s.intermediate), rows(s.hidden), {}, {}};
-  // Where each thread has its own rows, the last norm's output is copied out by one while the others
-  // still read the last matmul's; else it is that matmul's output, normalised in place.
-  b.result = rounded_by_each(tokens) ? rows(s.hidden) : b.out;
+  // Where each thread has its own rows (and residual stream, and SiLU output), the last norm's output is
+  // copied out by one while the others still read the last matmul's; else it is that matmul's output,
+  // normalised in place.
+  const bool shared = !rounded_by_each(tokens);
+  Buffers b{shared ? rows(s.hidden) : at::Tensor(), rows(s.qkv_width()), at::empty({tokens, s.heads, s.dim}, options),
+            rows(s.hidden), rows(2 * s.intermediate), shared ? rows(s.intermediate) : at::Tensor(), rows(s.hidden),
+            {}, {}};
+  b.result = shared ? b.out : rows(s.hidden);
   int64_t bytes = 0;
   for (const int64_t k : {s.hidden, s.heads * s.dim, s.intermediate})
     bytes = std::max(bytes, mmserve::int4_linear_workspace_bytes(tokens, k, s.group));
@@ -319,6 +324,20 @@ at::Tensor decode_layers(const c10::intrusive_ptr<LayerStack>& stack, const at::
   const at::Tensor attention_rows = b.attention.view({tokens, heads * s.dim});
   for (const at::Tensor& cache : kv_caches)
     mmserve::check_paged_decode_attention(b.attention, query, cache, block_tables, context_lens);
+  // Checked again by the rotary kernel, row by row on each thread; here so that a bad row writes nothing.
+  TORCH_CHECK(positions.scalar_type() == at::kLong && slots.scalar_type() == at::kLong && positions.is_contiguous() &&
+                  slots.is_contiguous() && cos.dim() == 2,
+              "decode_layers: positions and slots must be contiguous int64, the rotary tables [positions, dim]");
+  int64_t cache_slots = std::numeric_limits<int64_t>::max();
+  for (const at::Tensor& cache : kv_caches) cache_slots = std::min(cache_slots, cache.size(2) * cache.size(3));
+  const int64_t* position = positions.const_data_ptr<int64_t>();
+  const int64_t* slot = slots.const_data_ptr<int64_t>();
+  for (int64_t t = 0; t < tokens; ++t) {
+    TORCH_CHECK(position[t] >= 0 && position[t] < cos.size(0), "decode_layers: position ", position[t],
+                " is outside the rotary tables (", cos.size(0), " positions)");
+    TORCH_CHECK(slot[t] >= 0 && slot[t] < cache_slots, "decode_layers: slot ", slot[t], " is outside the KV cache (",
+                cache_slots, " slots)");
+  }
   const mmserve::DecodeAttentionPlan attention = mmserve::plan_paged_decode_attention(
       query, kv_caches[0], context_lens, at::get_num_threads());
   std::vector<float> attention_parts(attention.splits > 1 ? attention.scratch_floats() : 0);

@@ -156,9 +156,11 @@ inline int32_t order_key(uint32_t bits) {
   return static_cast<int32_t>(bits & 0x80000000u ? bits ^ 0x7FFFFFFFu : bits);
 }
 
+typedef uint32_t FloatBits __attribute__((may_alias));  // a float's bits, read through a float array
+
 int64_t argmax_row(const float* x, int64_t n) {
   constexpr int64_t kChunk = 64;
-  const uint32_t* bits = reinterpret_cast<const uint32_t*>(x);
+  const FloatBits* bits = reinterpret_cast<const FloatBits*>(x);
   int32_t largest = std::numeric_limits<int32_t>::min();
 #pragma omp simd reduction(max : largest)
   for (int64_t i = 0; i < n; ++i) largest = std::max(largest, order_key(bits[i]));

@@ -358,8 +358,12 @@ def test_argmax_rows_is_torch_argmax_ties_nan_and_infinities_included() -> None:
     got = cpu_kernels.argmax_rows(logits)
     assert torch.equal(got, logits.argmax(dim=-1))
     assert got[:6].tolist() == [int(logits[0].argmax()), 70, 50, 0, 3, 0] and got[7] == 32002
-    for r in range(9):
-        assert cpu_kernels.argmax_rows(logits[r : r + 1, :1]).item() == 0  # one column
+    tiny = torch.finfo(torch.float32).smallest_normal / 4  # a subnormal
+    small = torch.tensor(
+        [[-tiny, -0.0, -1.0], [0.0, tiny, -tiny], [-float("inf"), -3e38, -float("inf")], [1.0, 1.0, -0.0]]
+    )
+    assert cpu_kernels.argmax_rows(small).tolist() == small.argmax(dim=-1).tolist() == [1, 1, 1, 0]
+    assert cpu_kernels.argmax_rows(torch.tensor([[-float("nan")]])).item() == 0
     with pytest.raises(RuntimeError, match="vocab > 0"):
         cpu_kernels.argmax_rows(logits[:, :0])
 
@@ -403,6 +407,14 @@ def test_rotary_cache_write_matches_apply_rotary_and_write_kv(
     cache_tol = TOLERANCE[cache_dtype]
     torch.testing.assert_close(cache.float(), expected_cache.float(), atol=cache_tol, rtol=cache_tol)
     assert torch.count_nonzero(cache[0].reshape(kv_heads, -1, dim)[:, slots].abs().sum(-1)) == kv_heads * 5
+    # A position past the tables or a slot past the cache is refused, not read or written.
+    far, outside = positions.clone(), slots.clone()
+    far[2], outside[4] = rotary.cos.shape[0], cache.shape[2] * BLOCK
+    with pytest.raises(RuntimeError, match=f"position {int(far[2])} is outside the rotary tables"):
+        far_rope = rope._replace(positions=far)
+        cpu_kernels.rotary_cache_write_(qkv.clone(), far_rope, cache, slots, heads, kv_heads)
+    with pytest.raises(RuntimeError, match=f"slot {int(outside[4])} is outside the KV cache"):
+        cpu_kernels.rotary_cache_write_(qkv.clone(), rope, cache, outside, heads, kv_heads)
 
 
 def test_torch_compile_traces_through_the_kernels_in_one_graph() -> None:

@@ -155,6 +155,7 @@ def test_an_error_inside_the_stack_is_raised_and_the_next_call_works(smollm2_fol
             plan(ids, positions[:-1], tables, meta, caches)
         with pytest.raises(RuntimeError, match="one KV cache per layer"):
             plan(ids, positions, tables, meta, caches[:-1])
+        before = [cache.clone() for cache in caches]
         vocab = model.model.embed_tokens.num_embeddings
         for bad in (vocab, -1):
             with pytest.raises(RuntimeError, match=f"token id {bad} is outside the vocabulary"):
@@ -167,6 +168,7 @@ def test_an_error_inside_the_stack_is_raised_and_the_next_call_works(smollm2_fol
         slots[2] = caches[0].shape[2] * BLOCK
         with pytest.raises(RuntimeError, match=f"slot {slots[2]} is outside the KV cache"):
             plan(ids, positions, tables, replace(meta, slot_mapping=slots), caches)
+        assert all(torch.equal(cache, kept) for cache, kept in zip(caches, before, strict=True))
         got = plan(ids, positions, tables, meta, caches)
         model.fused_decode = False
         want = model.forward(ids, positions, meta, caches)
