@@ -85,8 +85,8 @@ class DecodeLayers:
         self.dtype = final_norm.weight.dtype
         group, isa = projections[0][0].group_size, projections[0][0].engine_isa
         self.row_limit = KernelRowLimit([layer for layer, dual in projections if dual])
-        self._probe = final_norm.weight.new_empty(0)  # the row limit's question: rows of the stack's dtype
         empty = final_norm.weight.new_empty(0)
+        self._probe = empty  # the row limit's question: rows of the stack's dtype
         weights: list[torch.Tensor] = []
         next_norms = [layer.input_layernorm for layer in layers[1:]] + [final_norm]
         for index, (layer, next_norm) in enumerate(zip(layers, next_norms, strict=True)):

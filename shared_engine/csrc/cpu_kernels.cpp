@@ -498,6 +498,17 @@ void check_paged_decode_attention(const at::Tensor& out, const at::Tensor& query
   TORCH_CHECK(context_lens.numel() >= query.size(0) && block_tables.dim() == 2 &&
                   block_tables.size(0) >= query.size(0),
               "block_tables and context_lens must have a row per request");
+  // Each request's blocks in use: within its table's row, and within the cache.
+  const int64_t* lens = context_lens.const_data_ptr<int64_t>();
+  const int64_t* tables = block_tables.const_data_ptr<int64_t>();
+  const int64_t width = block_tables.size(1), block_size = kv_cache.size(3), blocks = kv_cache.size(2);
+  for (int64_t r = 0; r < query.size(0); ++r) {
+    TORCH_CHECK(lens[r] >= 0 && lens[r] <= width * block_size, "request ", r, "'s context of ", lens[r],
+                " positions does not fit its block table (", width * block_size, ")");
+    for (int64_t b = 0; b < (lens[r] + block_size - 1) / block_size; ++b)
+      TORCH_CHECK(tables[r * width + b] >= 0 && tables[r * width + b] < blocks, "block ", tables[r * width + b],
+                  " of request ", r, " is outside the KV cache (", blocks, " blocks)");
+  }
   // The query/cache dtype pair's own check, with nothing to run.
   dispatch_cache_dtypes(query.scalar_type(), kv_cache.scalar_type(), "paged_decode_attention", [](auto, auto) {});
 }

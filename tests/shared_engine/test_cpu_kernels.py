@@ -176,7 +176,7 @@ def _reference_decode_attention(
 
 
 def test_a_cache_wider_than_or_unlike_the_computation_is_refused() -> None:
-    """And one of another head size than the query's."""
+    """And one of another head size than the query's, and tables that point outside it."""
     assert cpu_kernels.load()
     assert not cpu_kernels.cache_dtype_fits(torch.bfloat16, torch.float32)
     assert not cpu_kernels.cache_dtype_fits(torch.float16, torch.bfloat16)
@@ -192,6 +192,14 @@ def test_a_cache_wider_than_or_unlike_the_computation_is_refused() -> None:
         cpu_kernels.paged_decode_attention(
             torch.empty_like(query), query, narrower, one.view(1, 1) * 0, one, 1.0
         )
+    # A context longer than its table holds, or a table entry past the cache: refused, not read.
+    same = torch.zeros(2, 1, 2, BLOCK, 64, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match=f"context of {BLOCK + 1} positions does not fit its block table"):
+        cpu_kernels.paged_decode_attention(
+            torch.empty_like(query), query, same, one.view(1, 1) * 0, one * (BLOCK + 1), 1.0
+        )
+    with pytest.raises(RuntimeError, match="block 2 of request 0 is outside the KV cache"):
+        cpu_kernels.paged_decode_attention(torch.empty_like(query), query, same, one.view(1, 1) * 2, one, 1.0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
