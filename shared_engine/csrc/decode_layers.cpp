@@ -32,7 +32,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
-#include <limits>
 #include <exception>
 #include <mutex>
 #include <thread>
@@ -322,14 +321,18 @@ at::Tensor decode_layers(const c10::intrusive_ptr<LayerStack>& stack, const at::
   Buffers b = make_buffers(s, tokens);
   const at::Tensor query = b.qkv.view({tokens, heads + 2 * kv_heads, s.dim}).narrow(1, 0, heads);
   const at::Tensor attention_rows = b.attention.view({tokens, heads * s.dim});
+  // The first layer's cache fully (its shape, and every request's blocks against it); the others as like it.
+  const at::Tensor& first_cache = kv_caches[0];
+  mmserve::check_paged_decode_attention(b.attention, query, first_cache, block_tables, context_lens);
   for (const at::Tensor& cache : kv_caches)
-    mmserve::check_paged_decode_attention(b.attention, query, cache, block_tables, context_lens);
+    TORCH_CHECK(cache.sizes() == first_cache.sizes() && cache.scalar_type() == first_cache.scalar_type() &&
+                    cache.is_contiguous(),
+                "decode_layers: every layer's KV cache must be contiguous, of the first one's shape and dtype");
   // Checked again by the rotary kernel, row by row on each thread; here so that a bad row writes nothing.
   TORCH_CHECK(positions.scalar_type() == at::kLong && slots.scalar_type() == at::kLong && positions.is_contiguous() &&
                   slots.is_contiguous() && cos.dim() == 2,
               "decode_layers: positions and slots must be contiguous int64, the rotary tables [positions, dim]");
-  int64_t cache_slots = std::numeric_limits<int64_t>::max();
-  for (const at::Tensor& cache : kv_caches) cache_slots = std::min(cache_slots, cache.size(2) * cache.size(3));
+  const int64_t cache_slots = first_cache.size(2) * first_cache.size(3);
   const int64_t* position = positions.const_data_ptr<int64_t>();
   const int64_t* slot = slots.const_data_ptr<int64_t>();
   for (int64_t t = 0; t < tokens; ++t) {

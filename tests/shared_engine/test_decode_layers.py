@@ -155,6 +155,9 @@ def test_an_error_inside_the_stack_is_raised_and_the_next_call_works(smollm2_fol
             plan(ids, positions[:-1], tables, meta, caches)
         with pytest.raises(RuntimeError, match="one KV cache per layer"):
             plan(ids, positions, tables, meta, caches[:-1])
+        smaller = caches[-1][:, :, :-1].contiguous()  # a block fewer than the others
+        with pytest.raises(RuntimeError, match="every layer's KV cache must be contiguous, of the first"):
+            plan(ids, positions, tables, meta, [*caches[:-1], smaller])
         before = [cache.clone() for cache in caches]
         vocab = model.model.embed_tokens.num_embeddings
         for bad in (vocab, -1):
