@@ -15,7 +15,7 @@ def _system_busy_ticks() -> int:
     return sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
 
 
-def _process_ticks(pid: int) -> int:
+def process_ticks(pid: int) -> int:
     """User + system time of every thread of ``pid`` (0 once it has exited)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -38,7 +38,7 @@ class CpuMeter:
     def _sample(self) -> tuple[int, int]:
         if not self.available:
             return 0, 0
-        return _system_busy_ticks(), sum(_process_ticks(p) for p in self.pids)
+        return _system_busy_ticks(), sum(process_ticks(p) for p in self.pids)
 
     def read(self) -> dict[str, float | None]:
         busy, ours = self._sample()
