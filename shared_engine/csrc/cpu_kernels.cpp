@@ -165,31 +165,64 @@ constexpr int64_t kLanes = 8;
 typedef float FloatLanes __attribute__((vector_size(4 * kLanes)));
 typedef float FloatLanesUnaligned __attribute__((vector_size(4 * kLanes), aligned(4), may_alias));
 
-// acc += sum over rows p < count of weights[p] * v[p]. With the head size known, acc stays in registers
-// across the rows (a loop over memory would load and store it for every row); each element still adds
-// its rows in order, one multiply-add each.
-template <int64_t D>
-inline void weighted_rows(const float* weights, const float* v, int64_t count, int64_t dim, float* acc) {
-  if constexpr (D > 0 && D % kLanes == 0 && D <= 128) {
-    constexpr int64_t kVectors = D / kLanes;
-    FloatLanes a[kVectors];
+// acc[h] += sum over rows p < count of weights[h * stride + p] * v[p], for heads h < H together: each row is
+// loaded once for all of them, and H x D / kLanes accumulations run side by side (one head's D / kLanes
+// alone wait on the multiply-add's latency at every row). The accumulators stay in registers across the
+// rows; each element still adds its rows in order, one multiply-add each.
+template <int64_t D, int64_t H>
+inline void weighted_rows_heads(const float* weights, int64_t stride, const float* v, int64_t count, float* acc) {
+  constexpr int64_t kVectors = D / kLanes;
+  FloatLanes a[H][kVectors];
 #pragma GCC unroll 16
-    for (int64_t j = 0; j < kVectors; ++j) a[j] = *reinterpret_cast<const FloatLanesUnaligned*>(acc + kLanes * j);
-    for (int64_t p = 0; p < count; ++p) {
-      const FloatLanes w = FloatLanes{} + weights[p];
-      const float* row = v + p * D;
+  for (int64_t h = 0; h < H; ++h)
 #pragma GCC unroll 16
-      for (int64_t j = 0; j < kVectors; ++j)
-        a[j] += w * *reinterpret_cast<const FloatLanesUnaligned*>(row + kLanes * j);
+    for (int64_t j = 0; j < kVectors; ++j)
+      a[h][j] = *reinterpret_cast<const FloatLanesUnaligned*>(acc + h * D + kLanes * j);
+  for (int64_t p = 0; p < count; ++p) {
+    const float* row = v + p * D;
+    FloatLanes r[kVectors];
+#pragma GCC unroll 16
+    for (int64_t j = 0; j < kVectors; ++j) r[j] = *reinterpret_cast<const FloatLanesUnaligned*>(row + kLanes * j);
+#pragma GCC unroll 16
+    for (int64_t h = 0; h < H; ++h) {
+      const FloatLanes w = FloatLanes{} + weights[h * stride + p];
+#pragma GCC unroll 16
+      for (int64_t j = 0; j < kVectors; ++j) a[h][j] += w * r[j];
     }
+  }
 #pragma GCC unroll 16
-    for (int64_t j = 0; j < kVectors; ++j) *reinterpret_cast<FloatLanesUnaligned*>(acc + kLanes * j) = a[j];
+  for (int64_t h = 0; h < H; ++h)
+#pragma GCC unroll 16
+    for (int64_t j = 0; j < kVectors; ++j)
+      *reinterpret_cast<FloatLanesUnaligned*>(acc + h * D + kLanes * j) = a[h][j];
+}
+
+// weighted_rows_heads for ``heads`` query heads (their weights ``stride`` apart, their sums D apart), as many
+// at a time as the build's vector registers hold accumulators for (16 of them, and the row's).
+template <int64_t D>
+inline void weighted_rows(const float* weights, int64_t stride, const float* v, int64_t count, int64_t heads,
+                          int64_t dim, float* acc) {
+  if constexpr (D > 0 && D % kLanes == 0 && D <= 128) {
+    constexpr int64_t kAtOnce = std::max<int64_t>(1, 16 / (D / kLanes));
+    int64_t h = 0;
+    if constexpr (kAtOnce >= 4) {
+      for (; h + 4 <= heads; h += 4) weighted_rows_heads<D, 4>(weights + h * stride, stride, v, count, acc + h * D);
+    }
+    if constexpr (kAtOnce >= 3) {
+      if (h + 3 == heads) return weighted_rows_heads<D, 3>(weights + h * stride, stride, v, count, acc + h * D);
+    }
+    if constexpr (kAtOnce >= 2) {
+      for (; h + 2 <= heads; h += 2) weighted_rows_heads<D, 2>(weights + h * stride, stride, v, count, acc + h * D);
+    }
+    for (; h < heads; ++h) weighted_rows_heads<D, 1>(weights + h * stride, stride, v, count, acc + h * D);
   } else {
     const int64_t n = D ? D : dim;
-    for (int64_t p = 0; p < count; ++p) {
-      const float w = weights[p];
+    for (int64_t h = 0; h < heads; ++h) {
+      for (int64_t p = 0; p < count; ++p) {
+        const float w = weights[h * stride + p];
 #pragma omp simd
-      for (int64_t i = 0; i < n; ++i) acc[i] += w * v[p * n + i];
+        for (int64_t i = 0; i < n; ++i) acc[h * n + i] += w * v[p * n + i];
+      }
     }
   }
 }
@@ -364,8 +397,7 @@ void attend_group(const T* q_src, int64_t q_stride, const C* keys, const C* valu
     const int64_t start = b * block_size - begin, count = std::min(block_size, len - b * block_size);
     if (b + kAhead < blocks) prefetch_rows(block_values(b + kAhead), values_in(b + kAhead));
     load_rows<C, D>(block_values(b), rows, count * dim);
-    for (int64_t g = 0; g < group; ++g)
-      weighted_rows<D>(scores + g * n + start, rows, count, dim, acc + g * dim);
+    weighted_rows<D>(scores + start, n, rows, count, group, dim, acc);
   }
   for (int64_t g = 0; g < group; ++g) {
     const float* a = acc + g * dim;

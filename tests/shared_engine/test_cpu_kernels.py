@@ -89,8 +89,8 @@ PAIR_IDS = ["float32", "bfloat16", "float16", "float32-over-bfloat16", "float32-
 @pytest.mark.parametrize(("dtype", "cache_dtype"), DTYPE_PAIRS, ids=PAIR_IDS)
 @pytest.mark.parametrize(
     ("heads", "kv_heads", "head_dim"),
-    [(9, 3, 64), (4, 4, 128), (6, 2, 80)],
-    ids=["gqa-64", "mha-128", "gqa-80"],
+    [(9, 3, 64), (4, 4, 128), (6, 2, 80), (14, 2, 64), (10, 2, 128)],
+    ids=["gqa-64", "mha-128", "gqa-80", "gqa7-64", "gqa5-128"],
 )
 def test_decode_attention_matches_the_gathered_path(
     dtype: torch.dtype, cache_dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int
