@@ -443,9 +443,7 @@ void decode_attention_impl(at::Tensor& out, const at::Tensor& query, const at::T
 
   // A task's blocks: [first, end) of the request's table.
   const auto task_blocks = [&](int64_t task) {
-    const int64_t r = task / splits / kv_heads, part = task % splits;
-    const int64_t blocks = (std::max<int64_t>(lens[r], 0) + block_size - 1) / block_size;
-    return std::pair<int64_t, int64_t>{part * blocks / splits, (part + 1) * blocks / splits};
+    return mmserve::decode_attention_part_blocks(plan, lens[task / splits / kv_heads], block_size, task % splits);
   };
   at::parallel_for(task_begin, task_end, 1, [&](int64_t begin, int64_t end) {
     // The first keys of this thread's next few tasks are requested now, while the first task's are read:
@@ -460,13 +458,11 @@ void decode_attention_impl(at::Tensor& out, const at::Tensor& query, const at::T
     }
     std::vector<float> buf;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t pair = task / splits, part = task % splits;
-      const int64_t r = pair / kv_heads, h = pair % kv_heads;
-      const int64_t blocks = (std::max<int64_t>(lens[r], 0) + block_size - 1) / block_size;
+      const int64_t pair = task / splits, r = pair / kv_heads, h = pair % kv_heads;
+      const auto [first_block, end_block] = task_blocks(task);
       attend(q_base + r * qs0 + h * group * qs1, qs1, cache + h * plane, cache + (kv_heads + h) * plane,
-             tables + r * table_width, lens[r], part * blocks / splits, (part + 1) * blocks / splits, block_size,
-             group, dim, static_cast<float>(scale), o_base + r * os0 + h * group * os1, os1,
-             splits > 1 ? scratch + task * group * (dim + kPartialExtra) : nullptr, buf);
+             tables + r * table_width, lens[r], first_block, end_block, block_size, group, dim,
+             static_cast<float>(scale), o_base + r * os0 + h * group * os1, os1, splits > 1 ? scratch + task * group * (dim + kPartialExtra) : nullptr, buf);
     }
   });
 }

@@ -9,8 +9,9 @@
 // norms) left the other threads waiting; the matmuls' buffers are allocated once per call, not per
 // layer. The barrier is the team's own (SpinBarrier): OpenMP's took ~0.5 us to let its threads go at two
 // threads, ~0.1 ms of a one-request step's ~270; and a thread waiting at it requests the weights it
-// multiplies next (WeightPrefetcher), which at one row are read from memory while another thread
-// finishes the rotary embedding or attention: ~0.1 ms of a ~2.5 ms step.
+// multiplies next and, at up to kRowsQuantizedByEach rows, the keys and values it attends over next
+// (ReadPrefetcher), which are read from memory while another thread finishes a phase: the weights ~0.1
+// ms of a ~2.5 ms step, the keys and values ~3% of a step at one row.
 //
 // The call starts from the step's token ids: their embeddings (the residual stream's first rows) and the
 // first layer's norm of them are its first phase, ~0.1 ms a step less than three Python-level calls.
@@ -84,23 +85,26 @@ class SpinBarrier {
   alignas(64) std::atomic<int> generation_{0};
 };
 
-// The weights one thread multiplies, in the order it reads them (per matmul its blocks' scales and zeros,
-// then its blocks), requested a few cache lines at a time into L2 while it waits at a barrier: up to
-// kPrefetchAheadBytes past the start of the matmul it has not yet begun, which a core's L2 holds on any
-// x86 CPU with AVX2 (256 KiB or more). At one row, 128 KiB to 2 MiB all gave the same ~0.1 ms a step.
-class WeightPrefetcher {
+// What one thread reads, in the order it reads it (per matmul its blocks' scales and zeros, then its blocks;
+// per layer, after the qkv projection, the keys and values of its attention tasks), requested a few cache
+// lines at a time into L2 while it waits at a barrier: up to kPrefetchAheadBytes past the end of the last
+// matmul it has done, which a core's L2 holds on any x86 CPU with AVX2 (256 KiB or more). At one row,
+// 128 KiB to 2 MiB all gave the same ~0.1 ms a step.
+class ReadPrefetcher {
  public:
   static constexpr int64_t kPrefetchAheadBytes = 128 * 1024;
   static constexpr int64_t kLinesPerRequest = 4;
 
   void add(const void* data, int64_t bytes) {
+    if (bytes <= 0) return;
     parts_.push_back({static_cast<const char*>(data), total_, bytes});
     total_ += bytes;
   }
-  // Matmul `index` (in order of add, two parts each) has been read: the next one's weights are wanted.
+  // The parts added since the last matmul's end (or the start) are a matmul's.
+  void end_matmul() { matmul_ends_.push_back(total_); }
+  // Matmul `index` (in order of end_matmul) has been read: what follows it is wanted.
   void done_with(int64_t index) {
-    const size_t next = 2 * static_cast<size_t>(index + 1);
-    floor_ = next < parts_.size() ? parts_[next].start : total_;
+    floor_ = matmul_ends_[static_cast<size_t>(index)];
     if (position_ < floor_) seek(floor_);
   }
   // Requests the next few lines, if any are wanted; whether it did.
@@ -123,6 +127,7 @@ class WeightPrefetcher {
     while (part_ < parts_.size() && position_ >= parts_[part_].start + parts_[part_].bytes) ++part_;
   }
   std::vector<Part> parts_;
+  std::vector<int64_t> matmul_ends_;
   size_t part_ = 0;
   int64_t total_ = 0, position_ = 0, floor_ = 0;
 };
@@ -144,7 +149,7 @@ class TeamThread {
       : shared_(shared), thread_(omp_get_thread_num()), threads_(omp_get_num_threads()) {}
 
   int64_t thread() const { return thread_; }
-  WeightPrefetcher prefetcher;
+  ReadPrefetcher prefetcher;
 
   // This thread's contiguous share [begin, end) of count items, as at::parallel_for splits them.
   std::pair<int64_t, int64_t> share(int64_t count) const {
@@ -241,8 +246,15 @@ class LayerStack : public torch::CustomClassHolder {
   int64_t hidden = 0, intermediate = 0;
 };
 
-// This thread's blocks of every projection, in the order the stack multiplies them, into its prefetcher.
-void queue_weights(TeamThread& team, const LayerStack& s) {
+// This thread's blocks of every projection, in the order the stack multiplies them, and at up to
+// kRowsQuantizedByEach rows, after each layer's qkv projection, the keys and values its attention tasks
+// read (at one row attention waits on memory for most of its time: its rows lie in scattered blocks; at
+// many rows they are more than the prefetcher's window, and attention keeps the memory busy itself), into
+// its prefetcher.
+void queue_reads(TeamThread& team, const LayerStack& s, at::TensorList kv_caches, const at::Tensor& block_tables,
+                 const at::Tensor& context_lens, const mmserve::DecodeAttentionPlan& attention, int64_t tokens) {
+  const auto [first_task, end_task] = rounded_by_each(tokens) ? team.share(attention.tasks())
+                                                              : std::pair<int64_t, int64_t>{0, 0};
   for (int64_t layer = 0; layer < s.layers(); ++layer) {
     const at::Tensor* w = s.layer_weights(layer);
     for (const int i : {0, 3, 5, 7}) {
@@ -250,6 +262,12 @@ void queue_weights(TeamThread& team, const LayerStack& s) {
       const int64_t packed = w[i].nbytes() / w[i].size(0), scales = w[i + 1].nbytes() / w[i + 1].size(0);
       team.prefetcher.add(static_cast<const char*>(w[i + 1].const_data_ptr()) + begin * scales, (end - begin) * scales);
       team.prefetcher.add(static_cast<const char*>(w[i].const_data_ptr()) + begin * packed, (end - begin) * packed);
+      team.prefetcher.end_matmul();
+      if (i == 0) {
+        const auto add = [&](const void* data, int64_t bytes) { team.prefetcher.add(data, bytes); };
+        for (int64_t task = first_task; task < end_task; ++task)
+          mmserve::for_each_decode_attention_read(attention, kv_caches[layer], block_tables, context_lens, task, add);
+      }
     }
   }
 }
@@ -353,7 +371,7 @@ at::Tensor decode_layers(const c10::intrusive_ptr<LayerStack>& stack, const at::
     void* workspace = b.workspaces[shared ? 0 : team.thread()].data();
     OwnRows own;
     team.phase([&] {  // a failure here too is rethrown after the region
-      queue_weights(team, s);
+      queue_reads(team, s, kv_caches, block_tables, context_lens, attention, tokens);
       if (shared) {
         const auto [begin, end] = team.share(tokens);
         embed(s, ids, b.residual, b.out, begin, end);

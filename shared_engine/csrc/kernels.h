@@ -4,6 +4,9 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <utility>
+
 namespace mmserve {
 
 // cpu_kernels.cpp
@@ -27,6 +30,30 @@ void paged_decode_attention_range(at::Tensor out, const at::Tensor& query, const
                                   const DecodeAttentionPlan& plan, float* scratch, int64_t begin, int64_t end);
 void paged_decode_attention_merge(at::Tensor out, const at::Tensor& kv_cache, const DecodeAttentionPlan& plan,
                                   const float* scratch, int64_t pair_begin, int64_t pair_end);
+// The blocks [first, end) of a request's table that part ``part`` of its context of ``len`` positions is.
+inline std::pair<int64_t, int64_t> decode_attention_part_blocks(const DecodeAttentionPlan& plan, int64_t len,
+                                                                int64_t block_size, int64_t part) {
+  const int64_t blocks = (std::max<int64_t>(len, 0) + block_size - 1) / block_size;
+  return {part * blocks / plan.splits, (part + 1) * blocks / plan.splits};
+}
+// Calls read(address, bytes) for each block's keys, then its values, that task ``task`` of the plan reads.
+template <typename Read>
+void for_each_decode_attention_read(const DecodeAttentionPlan& plan, const at::Tensor& kv_cache,
+                                    const at::Tensor& block_tables, const at::Tensor& context_lens, int64_t task,
+                                    Read&& read) {
+  const int64_t kv_heads = kv_cache.size(1), block_size = kv_cache.size(3), dim = kv_cache.size(4);
+  const int64_t plane = kv_cache.size(2) * block_size * dim, item = kv_cache.element_size();
+  const int64_t r = task / plan.splits / kv_heads, h = task / plan.splits % kv_heads, part = task % plan.splits;
+  const int64_t len = context_lens.const_data_ptr<int64_t>()[r];
+  const int64_t* table = block_tables.const_data_ptr<int64_t>() + r * block_tables.size(1);
+  const char* base = static_cast<const char*>(kv_cache.const_data_ptr());
+  const auto [first, end] = decode_attention_part_blocks(plan, len, block_size, part);
+  for (int64_t b = first; b < end; ++b) {
+    const int64_t offset = table[b] * block_size * dim, bytes = std::min(block_size, len - b * block_size) * dim * item;
+    read(base + (h * plane + offset) * item, bytes);
+    read(base + ((kv_heads + h) * plane + offset) * item, bytes);
+  }
+}
 void fused_add_rms_norm(at::Tensor x, at::Tensor residual, const at::Tensor& weight, double eps);
 void rms_norm(at::Tensor out, const at::Tensor& x, const at::Tensor& weight, double eps);
 void rotary_cache_write(at::Tensor qkv, const at::Tensor& positions, const at::Tensor& cos,
