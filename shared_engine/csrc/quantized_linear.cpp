@@ -74,6 +74,41 @@ void* thread_workspace(int64_t bytes) {
   return buffer.data();
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+template <typename T>
+inline __m512 load_16_floats(const T* src);
+template <>
+inline __m512 load_16_floats(const float* src) {
+  return _mm512_loadu_ps(src);
+}
+template <>
+inline __m512 load_16_floats(const at::BFloat16* src) {
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+// One group of quantize_rows_impl's (a multiple of 16 values), sixteen at an instruction, with the same
+// results: the largest magnitude (exact in any order), each value times the inverse scale rounded to
+// nearest even (std::nearbyint's rounding in the default mode), the same bytes; returns their sum. At
+// one row the compiler's loops took ~0.1 ms of a decode step's ~120 matmul inputs.
+template <typename T>
+inline int32_t quantize_group_avx512(const T* src, int64_t group, int32_t offset, int8_t* dst, float& scale) {
+  __m512 largest = _mm512_setzero_ps();
+  for (int64_t i = 0; i < group; i += 16) largest = _mm512_max_ps(_mm512_abs_ps(load_16_floats(src + i)), largest);
+  const float amax = _mm512_reduce_max_ps(largest);
+  scale = amax / 127.f;
+  const __m512 inverse = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+  const __m512i shift = _mm512_set1_epi32(offset);
+  __m512i sum = _mm512_setzero_si512();
+  for (int64_t i = 0; i < group; i += 16) {
+    const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(load_16_floats(src + i), inverse));
+    sum = _mm512_add_epi32(sum, v);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm512_cvtepi32_epi8(_mm512_add_epi32(v, shift)));
+  }
+  return _mm512_reduce_add_epi32(sum);
+}
+#endif
+
 // Rows [row_begin, row_end) of x into q. offset_to_unsigned: values are stored as x + 128 (1..255,
 // unsigned bytes) for the many-rows kernel.
 template <typename T>
@@ -90,6 +125,17 @@ void quantize_rows_impl(const T* x, int64_t row_begin, int64_t row_end, int64_t 
     for (int64_t index = begin; index < end; ++index) {
       const int64_t row = index / groups, g = index % groups;
       const T* src = x + row * k + g * group;
+      int8_t* dst = values + row * k + g * group;
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+      if (group % 16 == 0) {
+        float scale;
+        const int32_t sum = quantize_group_avx512(src, group, offset, dst, scale);
+        scales[index] = scale;
+        sums[index] = scale * static_cast<float>(sum);
+        sums_times_8[index] = 8 * sum;
+        continue;
+      }
+#endif
       float amax = 0.f;
 #pragma omp simd reduction(max : amax)
       for (int64_t i = 0; i < group; ++i) {
@@ -98,7 +144,6 @@ void quantize_rows_impl(const T* x, int64_t row_begin, int64_t row_end, int64_t 
       }
       const float scale = amax / 127.f;
       const float inverse = amax > 0.f ? 127.f / amax : 0.f;
-      int8_t* dst = values + row * k + g * group;
       int32_t sum = 0;
 #pragma omp simd reduction(+ : sum)
       for (int64_t i = 0; i < group; ++i) {
