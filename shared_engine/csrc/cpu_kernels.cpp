@@ -198,12 +198,14 @@ inline void weighted_rows_heads(const float* weights, int64_t stride, const floa
 }
 
 // weighted_rows_heads for ``heads`` query heads (their weights ``stride`` apart, their sums D apart), as many
-// at a time as the build's vector registers hold accumulators for (16 of them, and the row's).
+// at a time (up to 4) as the build's vector registers hold accumulators for beside the row and the weight:
+// with AVX-512's 32, four heads of 64 or two of 128; with AVX2's 16, one.
 template <int64_t D>
 inline void weighted_rows(const float* weights, int64_t stride, const float* v, int64_t count, int64_t heads,
                           int64_t dim, float* acc) {
   if constexpr (D > 0 && D % kLanes == 0 && D <= 128) {
-    constexpr int64_t kAtOnce = std::max<int64_t>(1, 16 / (D / kLanes));
+    constexpr int64_t kRegisters = kLanes == 16 ? 32 : 16, kVectors = D / kLanes;
+    constexpr int64_t kAtOnce = std::max<int64_t>(1, (kRegisters - kVectors - 1) / kVectors);
     int64_t h = 0;
     if constexpr (kAtOnce >= 4) {
       for (; h + 4 <= heads; h += 4) weighted_rows_heads<D, 4>(weights + h * stride, stride, v, count, acc + h * D);
@@ -462,7 +464,8 @@ void decode_attention_impl(at::Tensor& out, const at::Tensor& query, const at::T
       const auto [first_block, end_block] = task_blocks(task);
       attend(q_base + r * qs0 + h * group * qs1, qs1, cache + h * plane, cache + (kv_heads + h) * plane,
              tables + r * table_width, lens[r], first_block, end_block, block_size, group, dim,
-             static_cast<float>(scale), o_base + r * os0 + h * group * os1, os1, splits > 1 ? scratch + task * group * (dim + kPartialExtra) : nullptr, buf);
+             static_cast<float>(scale), o_base + r * os0 + h * group * os1, os1,
+             splits > 1 ? scratch + task * group * (dim + kPartialExtra) : nullptr, buf);
     }
   });
 }

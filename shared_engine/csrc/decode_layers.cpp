@@ -247,10 +247,10 @@ class LayerStack : public torch::CustomClassHolder {
 };
 
 // This thread's blocks of every projection, in the order the stack multiplies them, and at up to
-// kRowsQuantizedByEach rows, after each layer's qkv projection, the keys and values its attention tasks
-// read (at one row attention waits on memory for most of its time: its rows lie in scattered blocks; at
-// many rows they are more than the prefetcher's window, and attention keeps the memory busy itself), into
-// its prefetcher.
+// kRowsQuantizedByEach rows, after each layer's qkv projection, the first kPrefetchAheadBytes of the keys
+// and values its attention tasks read (at one row attention waits on memory for most of its time: its
+// rows lie in scattered blocks; at many rows attention keeps the memory busy itself), into its prefetcher.
+// No more than the window: beyond it nothing would be requested before attention reads it.
 void queue_reads(TeamThread& team, const LayerStack& s, at::TensorList kv_caches, const at::Tensor& block_tables,
                  const at::Tensor& context_lens, const mmserve::DecodeAttentionPlan& attention, int64_t tokens) {
   const auto [first_task, end_task] = rounded_by_each(tokens) ? team.share(attention.tasks())
@@ -264,8 +264,13 @@ void queue_reads(TeamThread& team, const LayerStack& s, at::TensorList kv_caches
       team.prefetcher.add(static_cast<const char*>(w[i].const_data_ptr()) + begin * packed, (end - begin) * packed);
       team.prefetcher.end_matmul();
       if (i == 0) {
-        const auto add = [&](const void* data, int64_t bytes) { team.prefetcher.add(data, bytes); };
-        for (int64_t task = first_task; task < end_task; ++task)
+        int64_t queued = 0;
+        const auto add = [&](const void* data, int64_t bytes) {
+          const int64_t wanted = std::min(bytes, ReadPrefetcher::kPrefetchAheadBytes - queued);
+          team.prefetcher.add(data, wanted);
+          queued += std::max<int64_t>(wanted, 0);
+        };
+        for (int64_t task = first_task; task < end_task && queued < ReadPrefetcher::kPrefetchAheadBytes; ++task)
           mmserve::for_each_decode_attention_read(attention, kv_caches[layer], block_tables, context_lens, task, add);
       }
     }

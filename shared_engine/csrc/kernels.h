@@ -49,7 +49,8 @@ void for_each_decode_attention_read(const DecodeAttentionPlan& plan, const at::T
   const char* base = static_cast<const char*>(kv_cache.const_data_ptr());
   const auto [first, end] = decode_attention_part_blocks(plan, len, block_size, part);
   for (int64_t b = first; b < end; ++b) {
-    const int64_t offset = table[b] * block_size * dim, bytes = std::min(block_size, len - b * block_size) * dim * item;
+    const int64_t offset = table[b] * block_size * dim;
+    const int64_t bytes = std::min(block_size, len - b * block_size) * dim * item;
     read(base + (h * plane + offset) * item, bytes);
     read(base + ((kv_heads + h) * plane + offset) * item, bytes);
   }

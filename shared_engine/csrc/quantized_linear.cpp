@@ -15,7 +15,8 @@
 // signed instructions as |w| x (x with w's sign).
 //
 // Each instruction set is compiled into its own functions (target attributes) and chosen by the caller,
-// which checks the CPU first (int_matmul_supported); without AVX2 callers use ATen's kernel.
+// which checks the CPU first (int_matmul_supported); without AVX2 callers use ATen's kernel. Rounding the
+// rows to int8 follows the build's own flags instead (the AVX-512 build is loaded only on AVX-512 CPUs).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -126,30 +127,29 @@ void quantize_rows_impl(const T* x, int64_t row_begin, int64_t row_end, int64_t 
       const int64_t row = index / groups, g = index % groups;
       const T* src = x + row * k + g * group;
       int8_t* dst = values + row * k + g * group;
+      float scale;
+      int32_t sum;
 #if defined(__AVX512F__) && defined(__AVX512BW__)
       if (group % 16 == 0) {
-        float scale;
-        const int32_t sum = quantize_group_avx512(src, group, offset, dst, scale);
-        scales[index] = scale;
-        sums[index] = scale * static_cast<float>(sum);
-        sums_times_8[index] = 8 * sum;
-        continue;
-      }
+        sum = quantize_group_avx512(src, group, offset, dst, scale);
+      } else
 #endif
-      float amax = 0.f;
+      {
+        float amax = 0.f;
 #pragma omp simd reduction(max : amax)
-      for (int64_t i = 0; i < group; ++i) {
-        buffer[i] = static_cast<float>(src[i]);
-        amax = std::max(amax, std::fabs(buffer[i]));
-      }
-      const float scale = amax / 127.f;
-      const float inverse = amax > 0.f ? 127.f / amax : 0.f;
-      int32_t sum = 0;
+        for (int64_t i = 0; i < group; ++i) {
+          buffer[i] = static_cast<float>(src[i]);
+          amax = std::max(amax, std::fabs(buffer[i]));
+        }
+        scale = amax / 127.f;
+        const float inverse = amax > 0.f ? 127.f / amax : 0.f;
+        sum = 0;
 #pragma omp simd reduction(+ : sum)
-      for (int64_t i = 0; i < group; ++i) {
-        const int32_t v = static_cast<int32_t>(std::nearbyint(buffer[i] * inverse));
-        dst[i] = static_cast<int8_t>(static_cast<uint8_t>(v + offset));
-        sum += v;
+        for (int64_t i = 0; i < group; ++i) {
+          const int32_t v = static_cast<int32_t>(std::nearbyint(buffer[i] * inverse));
+          dst[i] = static_cast<int8_t>(static_cast<uint8_t>(v + offset));
+          sum += v;
+        }
       }
       scales[index] = scale;
       sums[index] = scale * static_cast<float>(sum);

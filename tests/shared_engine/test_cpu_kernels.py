@@ -127,6 +127,31 @@ def test_decode_attention_matches_the_gathered_path(
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("group", [2, 4, 5, 6, 8])
+def test_a_kv_head_s_query_heads_come_out_as_with_the_kv_head_each_alone(
+    dtype: torch.dtype, head_dim: int, group: int
+) -> None:
+    """The values' weighted sums run several query heads of a kv head together (as many as the vector
+    registers hold): each head's answer is bit for bit what it is with a copy of the kv head to itself."""
+    assert cpu_kernels.load()
+    torch.manual_seed(group)
+    kv_heads, blocks = 2, 24
+    lengths = torch.tensor([1, 7, BLOCK, 3 * BLOCK + 5])
+    width = math.ceil(int(lengths.max()) / BLOCK)
+    tables = torch.randperm(blocks)[: len(lengths) * width].view(len(lengths), width)
+    cache = torch.randn(2, kv_heads, blocks, BLOCK, head_dim).to(dtype)
+    query = torch.randn(len(lengths), kv_heads * group, head_dim).to(dtype)
+    scale = head_dim**-0.5
+    grouped, alone = torch.empty_like(query), torch.empty_like(query)
+    with torch_threads(1):  # whole contexts: a split would sum the parts in another order
+        cpu_kernels.paged_decode_attention(grouped, query, cache, tables, lengths, scale)
+        copies = cache.repeat_interleave(group, dim=1).contiguous()
+        cpu_kernels.paged_decode_attention(alone, query, copies, tables, lengths, scale)
+    assert torch.equal(grouped, alone)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_one_request_s_context_is_split_among_the_threads_and_merged(dtype: torch.dtype) -> None:
     """Fewer (request, kv head) pairs than the threads share evenly (one request's 3 kv heads on 2 or 4
     threads; two requests' 6 on 4) split each context into parts, merged after: the gathered path's

@@ -42,20 +42,23 @@ def _int8_rows(x: torch.Tensor, group: int) -> torch.Tensor:
     ("rows", "n", "k", "group"),
     [
         (1, 16, 32, 32), (3, 960, 576, 32), (5, 48, 1536, 64), (9, 32, 256, 128), (2, 64, 512, 256),
-        (70, 96, 576, 32), (131, 32, 1536, 32), (67, 16, 256, 64),
+        (70, 96, 576, 32), (131, 32, 1536, 32), (67, 16, 256, 64), (2, 32, 192, 24), (3, 16, 64, 8),
     ],
 )  # fmt: skip
 def test_int4_linear_computes_int8_rows_times_the_dequantized_weight(
     isa: str, dtype: torch.dtype, rows: int, n: int, k: int, group: int
 ) -> None:
-    """Every row tile (1-4 rows a pass on AVX-512, 1-2 on AVX2, with remainders), every group size, and
-    on AVX2 the many-rows kernel (from 64 rows in groups of 32; its tiles of 1-4 rows, chunks of 128):
-    the same numbers as rounding the rows to int8 and multiplying by the dequantized weight in float64."""
+    """Every row tile (1-4 rows a pass on AVX-512, 1-2 on AVX2, with remainders), every group size (those
+    of 8 and 24 rounded without whole vectors of 16), and on AVX2 the many-rows kernel (from 64 rows in
+    groups of 32; its tiles of 1-4 rows, chunks of 128): the same numbers as rounding the rows to int8 and
+    multiplying by the dequantized weight in float64."""
     if not _supported(ISAS[isa]):
         pytest.skip(f"this CPU has no {isa}")
     packed, scales_zeros, weight = _int4_weight(n, k, group)
     x = torch.randn(rows, k).to(dtype)
     x[0, :group] = 0  # an all-zero group has scale 0, not a division by zero
+    # A group whose largest magnitude is 127 rounds its values as they are: halves to the even neighbour.
+    x[-1, -4:] = torch.tensor([127.0, 2.5, -3.5, 0.5])
     got = torch.ops.mmserve_cpu.int4_linear(x, packed, scales_zeros, group, ISAS[isa])
     want = _int8_rows(x, group).double() @ weight.double().t()
     assert got.dtype == dtype and got.shape == (rows, n)
