@@ -51,6 +51,12 @@ class TiedQuantizedHead(nn.Module):
             return self.quantized(x)
         return F.linear(x, self.float_weight)
 
+    def float32_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` with float32 results: the quantized kernel's own where it serves ``x``."""
+        if not _FLOAT_ONLY.get() and self.quantized.beats_float(x):
+            return self.quantized.float32_forward(x)
+        return F.linear(x, self.float_weight).float()
+
 
 class DualLinear(nn.Module):
     """A projection kept twice: quantized, for the calls whose rows the weight-only kernel serves faster
@@ -71,9 +77,27 @@ class DualLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _FLOAT_ONLY.get():
             return self.float_linear(x)
+        if x.dim() == 2:
+            kernel = x.shape[0] <= self._row_limit(x)
+            return self.quantized.kernel_forward(x) if kernel else self.float_linear(x)
+        return self.quantized(x) if self.quantized.beats_float(x) else self.float_linear(x)
+
+    def float32_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` with float32 results (an LM head's logits): the quantized kernel's own where it
+        serves ``x``."""
+        if not _FLOAT_ONLY.get() and x.dim() == 2 and x.shape[0] <= self._row_limit(x):
+            return self.quantized.float32_forward(x)
+        return self(x).float()
+
+    def _row_limit(self, x: torch.Tensor) -> int:
         limit = self._kernel_rows.get(x.dtype)
         if limit is None:
             limit = self._kernel_rows[x.dtype] = self.quantized.kernel_rows(x)
-        if x.dim() == 2:
-            return self.quantized.kernel_forward(x) if x.shape[0] <= limit else self.float_linear(x)
-        return self.quantized(x) if self.quantized.beats_float(x) else self.float_linear(x)
+        return limit
+
+
+def float32_output(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` as float32 (an LM head's logits), a quantized module's kernel writing them itself."""
+    if isinstance(module, (DualLinear, TiedQuantizedHead, QuantizedLinear)):
+        return module.float32_forward(x)
+    return module(x).float()

@@ -65,11 +65,14 @@ def pack_int4(values: torch.Tensor, scales_and_zeros: torch.Tensor) -> tuple[tor
     return packed.contiguous(), sz.permute(1, 0, 3, 2).contiguous()
 
 
-def int8_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, isa: int) -> torch.Tensor:
+def int8_linear(
+    x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, isa: int, float_out: bool = False
+) -> torch.Tensor:
     """``x`` ``[rows, in_features]`` (contiguous float32 or bfloat16) times an int8 weight in the kernel's
     layout (``pack_int8``) and its float32 per-row ``scales``, activations quantized to int8 per
-    ``INT8_ACTIVATION_GROUP`` features; the result in ``x``'s dtype."""
-    return torch.ops.mmserve_cpu.int8_linear(x, packed, scales, INT8_ACTIVATION_GROUP, isa)
+    ``INT8_ACTIVATION_GROUP`` features; the result in ``x``'s dtype, or float32 (``float_out``: the
+    kernel's own sums, not rounded to ``x``'s dtype)."""
+    return torch.ops.mmserve_cpu.int8_linear(x, packed, scales, INT8_ACTIVATION_GROUP, isa, float_out)
 
 
 def pack_int8(values: torch.Tensor) -> torch.Tensor:
@@ -101,5 +104,13 @@ def _register_fakes() -> None:
         return x.new_empty((x.shape[0], packed.shape[0] * INT_MATMUL_BLOCK_ROWS))
 
     @torch.library.register_fake("mmserve_cpu::int8_linear")
-    def _(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group: int, isa: int) -> Any:
-        return x.new_empty((x.shape[0], packed.shape[0] * INT_MATMUL_BLOCK_ROWS))
+    def _(
+        x: torch.Tensor,
+        packed: torch.Tensor,
+        scales: torch.Tensor,
+        group: int,
+        isa: int,
+        float_out: bool = False,
+    ) -> Any:
+        dtype = torch.float32 if float_out else x.dtype
+        return x.new_empty((x.shape[0], packed.shape[0] * INT_MATMUL_BLOCK_ROWS), dtype=dtype)

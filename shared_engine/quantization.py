@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared_engine import int_matmul
+from shared_engine import kernel_row_presets as presets
 from shared_engine.int_weights import QuantizedInt4, dequantize_int4, quantize_int4, quantize_int8
 
 logger = logging.getLogger(__name__)
@@ -43,33 +44,8 @@ logger = logging.getLogger(__name__)
 # The dtype the CPU kernels take activations and scales in, whatever the model's floating-point dtype.
 KERNEL_DTYPE = torch.bfloat16
 
-# Row counts past which the int8 kernel loses to dequantize-then-matmul (see the module docstring),
-# and past which each kernel loses to a bf16 F.linear on an LM head's shape (576 -> 49152).
-_INT8_KERNEL_MAX_ROWS = 8
-_INT8_BEATS_BF16_MAX_ROWS = 4
-_INT4_BEATS_BF16_MAX_ROWS = 8
-# The same against bf16 weights packed for oneDNN (shared_engine/packed_linear.py), on the projections of
-# SmolLM2-135M: int4 at 1 row takes ~0.45x the packed matmul's time, ~0.9x at 2, more from 4 rows on.
-_INT8_BEATS_PACKED_MAX_ROWS = 1
-_INT4_BEATS_PACKED_MAX_ROWS = 2
-# Against float32 F.linear, the kernels fed bf16 rows (module docstring), with ATEN_CPU_CAPABILITY=avx2.
-_INT8_BEATS_FP32_MAX_ROWS = 32
-_INT4_BEATS_FP32_MAX_ROWS = 64
 # A kernel that outruns the float matmul at every row count has no row limit.
 UNLIMITED_ROWS = 1 << 30
-# The engine's int4 kernel (int_matmul.int4_linear), on the same 121 projections: 1.9 ms at one row
-# (AVX-512 VNNI; ATen's kernel 3.5 ms, packed bf16 4.7 ms), 3.4 ms at 4 rows (packed 5.0), 5.9 at 8
-# (packed 4.8, plain bf16 9.6), 21 ms at 32 (float32 F.linear 37); as AVX2: 1.7 / 3.9 / 7.1 / 25 ms
-# against float32 6.0 / 14 / 20 / 44 ms.
-# These limits are presets: a model that build_decoder makes measures its own on the CPU it runs on,
-# from these up (shared_engine/kernel_rows.py; on a CPU whose L3 cannot hold the float weights the kernel
-# wins at many more rows).
-_ENGINE_INT4_BEATS_PACKED_MAX_ROWS = 4
-_ENGINE_INT4_BEATS_BF16_MAX_ROWS = 8
-# Its int8 kernel on the LM head's shape (576 -> 49152): 0.5 ms at 1-2 rows, 0.6 at 4, 1.3 at 8 against
-# 1.2 ms packed bf16 (ATen's int8 kernel: 1.0 / 1.7 / 3.2 ms); as AVX2 8 ms at 32 rows against 17 ms
-# float32 (ATen's: 19 ms).
-_ENGINE_INT8_BEATS_PACKED_MAX_ROWS = 4
 # The CPU int8 kernel reads out of bounds (wrong results, or a crash) unless K is a multiple of this.
 _INT8_KERNEL_K_MULTIPLE = 16
 # The CPU int4 packing needs the output features in tiles of 16.
@@ -108,6 +84,10 @@ class QuantizedLinear(nn.Module):
 
     def _kernel(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def float32_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` with float32 results (an LM head's logits)."""
+        return self(x).float()
 
     def beats_float(self, x: torch.Tensor) -> bool:
         """Whether the weight-only kernel serves these rows faster than a float matmul would."""
@@ -173,9 +153,9 @@ class Int8Linear(QuantizedLinear):
 
     weight: torch.Tensor
     scales: torch.Tensor
-    beats_fp32_rows = _INT8_BEATS_FP32_MAX_ROWS
-    beats_packed_rows = _INT8_BEATS_PACKED_MAX_ROWS
-    beats_bf16_rows = _INT8_BEATS_BF16_MAX_ROWS
+    beats_fp32_rows = presets.INT8_BEATS_FP32_MAX_ROWS
+    beats_packed_rows = presets.INT8_BEATS_PACKED_MAX_ROWS
+    beats_bf16_rows = presets.INT8_BEATS_BF16_MAX_ROWS
 
     def __init__(self, linear: nn.Linear, int8_activations: bool = True) -> None:
         super().__init__(linear)
@@ -192,7 +172,7 @@ class Int8Linear(QuantizedLinear):
             values = torch.cat([values, values.new_zeros(padding, self.in_features)])
             scales = torch.cat([scales, scales.new_zeros(padding)])
             values = int_matmul.pack_int8(values)
-            self.beats_packed_rows = _ENGINE_INT8_BEATS_PACKED_MAX_ROWS
+            self.beats_packed_rows = presets.ENGINE_INT8_BEATS_PACKED_MAX_ROWS
         self.register_buffer("weight", values)
         self.register_buffer("scales", scales)
         self._kernel_shape_ok = self.engine_kernel or self.in_features % _INT8_KERNEL_K_MULTIPLE == 0
@@ -201,15 +181,14 @@ class Int8Linear(QuantizedLinear):
         """The most rows of ``x`` the kernel serves faster than dequantizing (0: it cannot serve them)."""
         if not (self._kernel_shape_ok and _takes_kernel_dtype(x)):
             return 0
-        return _INT8_BEATS_FP32_MAX_ROWS if x.dtype == torch.float32 else _INT8_KERNEL_MAX_ROWS
+        return presets.INT8_BEATS_FP32_MAX_ROWS if x.dtype == torch.float32 else presets.INT8_KERNEL_MAX_ROWS
 
     def kernel_rows(self, x: torch.Tensor) -> int:
         return min(self._float_rows_limit(x), self._kernel_max_rows(x))
 
     def _kernel(self, x: torch.Tensor) -> torch.Tensor:
         if self.engine_kernel:
-            y = int_matmul.int8_linear(x.contiguous(), self.weight, self.scales, self.engine_isa)
-            return y if y.shape[1] == self.out_features else y[:, : self.out_features].contiguous()
+            return self._engine_matmul(x, float_out=False)
         rows = x if x.dtype == KERNEL_DTYPE else x.to(KERNEL_DTYPE)
         y = torch.ops.aten._weight_int8pack_mm(rows.contiguous(), self.weight, self.scales)
         return y if x.dtype == KERNEL_DTYPE else y.to(x.dtype)
@@ -222,6 +201,16 @@ class Int8Linear(QuantizedLinear):
         # Per-channel scales commute with the matmul: scale the [M, N] output, not the [N, K] weight.
         return F.linear(x, weight.to(x.dtype)) * self.scales[:n].to(x.dtype)
 
+    def _engine_matmul(self, x: torch.Tensor, float_out: bool) -> torch.Tensor:
+        y = int_matmul.int8_linear(x.contiguous(), self.weight, self.scales, self.engine_isa, float_out)
+        return y if y.shape[1] == self.out_features else y[:, : self.out_features].contiguous()
+
+    def float32_forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The engine kernel's float32 sums as they are: not rounded to x's dtype and widened again.
+        if self.engine_kernel and x.dim() == 2 and x.shape[0] <= self._kernel_max_rows(x):
+            return self._with_bias(self._engine_matmul(x, float_out=True))
+        return super().float32_forward(x)
+
 
 class Int4Linear(QuantizedLinear):
     """Int4 per group. On a CPU its weights are packed for the engine's own kernel where that runs
@@ -229,9 +218,9 @@ class Int4Linear(QuantizedLinear):
 
     weight: torch.Tensor
     scales_and_zeros: torch.Tensor
-    beats_fp32_rows = _INT4_BEATS_FP32_MAX_ROWS
-    beats_packed_rows = _INT4_BEATS_PACKED_MAX_ROWS
-    beats_bf16_rows = _INT4_BEATS_BF16_MAX_ROWS
+    beats_fp32_rows = presets.INT4_BEATS_FP32_MAX_ROWS
+    beats_packed_rows = presets.INT4_BEATS_PACKED_MAX_ROWS
+    beats_bf16_rows = presets.INT4_BEATS_BF16_MAX_ROWS
 
     def __init__(self, linear: nn.Linear, group_size: int, int8_activations: bool = True) -> None:
         super().__init__(linear)
@@ -245,8 +234,8 @@ class Int4Linear(QuantizedLinear):
         scales_and_zeros = q.scales_and_zeros
         if self.engine_kernel:
             packed, scales_and_zeros = int_matmul.pack_int4(q.weight, q.scales_and_zeros)
-            self.beats_packed_rows = _ENGINE_INT4_BEATS_PACKED_MAX_ROWS
-            self.beats_bf16_rows = _ENGINE_INT4_BEATS_BF16_MAX_ROWS
+            self.beats_packed_rows = presets.ENGINE_INT4_BEATS_PACKED_MAX_ROWS
+            self.beats_bf16_rows = presets.ENGINE_INT4_BEATS_BF16_MAX_ROWS
         elif self.cpu_packed:
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.weight.to(torch.int32), 1)
         else:

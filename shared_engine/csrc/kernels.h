@@ -78,7 +78,8 @@ void int4_linear_quantize(const at::Tensor& x, const at::Tensor& packed, const a
 void int4_linear_multiply(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales_zeros,
                           int64_t group, int64_t isa, void* workspace, at::Tensor& out, int64_t block_begin,
                           int64_t block_end);
+// float_out: the products in float32 rather than rounded to x's dtype (an LM head's logits).
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales, int64_t group,
-                       int64_t isa);
+                       int64_t isa, bool float_out = false);
 
 }  // namespace mmserve

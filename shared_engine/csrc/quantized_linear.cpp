@@ -486,7 +486,7 @@ struct Widening {
 };
 
 // One matmul's operands, x quantized into q: each thread takes blocks of 16 output rows and runs each
-// against the rows, a tile at a time, storing in x's dtype.
+// against the rows, a tile at a time, storing in out's dtype (x's, or float32).
 struct BlockPlan {
   const uint8_t* weight;
   const char* scales;
@@ -554,7 +554,7 @@ BlockPlan make_plan(const at::Tensor& x, const at::Tensor& packed, const void* s
                     int64_t group, BlockFn (*select)(int64_t), int64_t max_tile, const Widening* widening,
                     void* workspace, at::Tensor& out) {
   const int64_t rows = x.size(0), k = x.size(1);
-  float* out_float = x.scalar_type() == at::kFloat ? out.data_ptr<float>() : nullptr;
+  float* out_float = out.scalar_type() == at::kFloat ? out.data_ptr<float>() : nullptr;
   return {packed.data_ptr<uint8_t>(), static_cast<const char*>(scales), scale_stride,
           packed.size(1) * packed.size(2), rows, k, packed.size(0) * kBlockRows, group, select, max_tile,
           widening, rows_in(workspace, rows, k, group), out_float,
@@ -624,13 +624,14 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, const at::
 }
 
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales, int64_t group,
-                       int64_t isa) {
+                       int64_t isa, bool float_out) {
   check_common("int8_linear", x, packed, group, isa, 4);
   TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.dim() == 1 &&
                   scales.size(0) == packed.size(0) * kBlockRows,
               "int8_linear: scales must be float32 [out_features]");
   const bool vnni = isa == kAvx512Vnni;
-  at::Tensor out = at::empty({x.size(0), packed.size(0) * kBlockRows}, x.options());
+  at::Tensor out = at::empty({x.size(0), packed.size(0) * kBlockRows}, float_out ? x.options().dtype(at::kFloat)
+                                                                                  : x.options());
   void* workspace = thread_workspace(workspace_bytes(x.size(0), x.size(1), group));
   const BlockPlan plan = make_plan(x, packed, scales.data_ptr<float>(), kBlockRows * sizeof(float), group,
                                    vnni ? &tile_kernel<Int8Vnni, kMaxTileVnni> : &tile_kernel<Int8Avx2, kMaxTileAvx2>,
@@ -657,7 +658,8 @@ bool int_matmul_supported(int64_t isa) {
 
 TORCH_LIBRARY_FRAGMENT(mmserve_cpu, m) {
   m.def("int4_linear(Tensor x, Tensor packed, Tensor scales_zeros, int group_size, int isa) -> Tensor");
-  m.def("int8_linear(Tensor x, Tensor packed, Tensor scales, int group_size, int isa) -> Tensor");
+  m.def("int8_linear(Tensor x, Tensor packed, Tensor scales, int group_size, int isa, "
+        "bool float_out=False) -> Tensor");
   m.def("int_matmul_supported(int isa) -> bool", &int_matmul_supported);
 }
 

@@ -18,6 +18,7 @@ from torch import nn
 from shared_engine import cpu_kernels
 from shared_engine.attention import AttentionMetadata, paged_attention
 from shared_engine.decode_layers import DecodeLayers
+from shared_engine.dual_linear import float32_output
 from shared_engine.models.base import MODEL_REGISTRY, DecoderArch
 
 
@@ -254,7 +255,7 @@ class LlamaForCausalLM(nn.Module):
         # A tied model has an lm_head only when quantization or packing gave it its own copy.
         head = getattr(self, "lm_head", None)
         if head is not None:
-            return head(hidden).float()
+            return float32_output(head, hidden)
         return F.linear(hidden, self.model.embed_tokens.weight).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -25,7 +25,7 @@ from torch import nn
 
 from shared_engine import cpu_kernels
 from shared_engine.attention import AttentionMetadata, paged_attention
-from shared_engine.dual_linear import DualLinear
+from shared_engine.dual_linear import DualLinear, float32_output
 from shared_engine.models.base import MODEL_REGISTRY, DecoderArch
 from shared_engine.row_int8_linear import RowInt8Linear, rows_int8_available, weight_max
 from shared_engine.whisper_decode_layers import WhisperDecodeLayers
@@ -182,7 +182,7 @@ class WhisperDecoder(nn.Module):
         # The head is tied to the embedding; it has a module of its own only when quantization gave it one.
         head = getattr(self, "lm_head", None)
         if head is not None:
-            return head(hidden).float()
+            return float32_output(head, hidden)
         return F.linear(hidden, self.decoder.embed_tokens.weight).float()
 
     def round_cross_projection_rows(self) -> int:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from shared_engine import cpu_kernels, int_matmul
+from shared_engine.dual_linear import DualLinear, TiedQuantizedHead, float32_output
 from shared_engine.int_weights import dequantize_int4, dequantize_int8, quantize_int4, quantize_int8
 from shared_engine.quantization import Int4Linear, Int8Linear
 
@@ -108,6 +109,47 @@ def test_int8_linear_computes_int8_rows_times_the_dequantized_weight(
     assert got.dtype == dtype and got.shape == (rows, n)
     tol = 1e-5 if dtype == torch.float32 else 8e-3
     torch.testing.assert_close(got.double(), want, atol=tol * want.abs().max().item(), rtol=tol)
+
+
+@pytest.mark.parametrize("isa", list(ISAS), ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("rows", [1, 3, 9])
+def test_int8_linear_gives_its_float32_sums_unrounded_where_asked(
+    isa: str, dtype: torch.dtype, rows: int
+) -> None:
+    """An LM head's logits: the same sums, rounded to x's dtype by the default call and not by float_out."""
+    if not _supported(ISAS[isa]):
+        pytest.skip(f"this CPU has no {isa}")
+    torch.manual_seed(rows)
+    q = quantize_int8(torch.randn(64, 576) * 0.05, torch.float32)
+    packed = int_matmul.pack_int8(q.weight)
+    x = torch.randn(rows, 576).to(dtype)
+    rounded = int_matmul.int8_linear(x, packed, q.scales, ISAS[isa])
+    sums = int_matmul.int8_linear(x, packed, q.scales, ISAS[isa], float_out=True)
+    assert sums.dtype == torch.float32 and rounded.dtype == dtype and sums.shape == (rows, 64)
+    assert torch.equal(sums.to(dtype), rounded)
+    if dtype == torch.bfloat16:
+        assert not torch.equal(sums, rounded.float())  # the default's rounding is not there
+
+
+@pytest.mark.parametrize("isa", list(ISAS), ids=str)
+def test_an_int8_head_s_float32_logits_are_its_outputs_before_rounding(isa: str) -> None:
+    """Through the layers an LM head is (plain, tied, dual): float32 from the kernel at a decode step's
+    rows, the float matmul's widened output past its row limit; a Whisper-sized head's padding cut."""
+    if not _supported(ISAS[isa]):
+        pytest.skip(f"this CPU has no {isa}")
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 1000, bias=False).to(torch.bfloat16)
+    layer = Int8Linear(linear)
+    layer.engine_isa = ISAS[isa]
+    head = DualLinear(layer, linear)
+    tied = TiedQuantizedHead(layer, linear.weight)
+    for module in (layer, head, tied):
+        for rows in (1, 4, 40):
+            x = torch.randn(rows, 64).to(torch.bfloat16)
+            logits = float32_output(module, x)
+            assert logits.dtype == torch.float32 and logits.shape == (rows, 1000)
+            assert torch.equal(logits.to(torch.bfloat16), module(x))
 
 
 def test_the_layout_puts_four_features_of_sixteen_rows_in_each_nibble_plane() -> None:
