@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=64, help="decode steps per round")
     p.add_argument("--probe", type=int, default=200, help="steps after which the cold/warm probe runs")
     p.add_argument("--cpu-isa", choices=ISAS, default="native", help="see benchmarks/cpu_isa.py")
+    p.add_argument("--results-dir", type=Path, default=report.RESULTS_DIR)
     args = p.parse_args(argv)
     reexec_as(args.cpu_isa)
 
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         "median_ms": summary,
         "probe": probe,
     }
-    print(f"results: {report.write_results(payload, name='step_parts')}")
+    print(f"results: {report.write_results(payload, args.results_dir, name='step_parts')}")
     return 0
 
 

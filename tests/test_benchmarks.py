@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import asr, decode_ab, device_decode, dynamic_int8_prefill, quality, quantization
+from benchmarks import asr, decode_ab, device_decode, dynamic_int8_prefill, quality, quantization, step_parts
 from benchmarks.chat_model import configured_chat_model
 from benchmarks.load import arrival_times, request_body
 from benchmarks.metrics import RequestResult, RunResult, summarize
@@ -176,3 +176,17 @@ def test_the_interleaved_comparison_times_both_checkouts_in_every_round(tmp_path
             assert len(entry[side]["steps_ms"]) == 3 and entry[side]["step_ms"] > 0
             assert 0 < entry[side]["fraction_of_memory_bound"] < 1.5
     assert result["summary"]["after"]["decode_tok_s"] > 0
+
+
+def test_a_step_splits_into_the_stack_the_head_and_the_rest(tmp_path: Path) -> None:
+    """The chat model's steps through the layer stack's call, each part timed: the parts add up to the
+    step, and the probe times its calls both right after a step and repeated."""
+    args = ["--rounds", "2", "--steps", "3", "--probe", "2", "--results-dir", str(tmp_path)]
+    assert step_parts.main(args) == 0
+    result = json.loads((tmp_path / "step_parts-latest.json").read_text())
+    assert len(result["rounds"]) == 2
+    for parts in result["rounds"]:
+        assert parts["stack"] > 0 and parts["head"] > 0 and parts["rest"] > 0
+        assert parts["stack"] + parts["head"] + parts["rest"] == pytest.approx(parts["step"], rel=0.2)
+    for probe in result["probe"].values():
+        assert probe["after_step_us"] > 0 and probe["repeated_us"] > 0
