@@ -45,7 +45,7 @@ class RequestSampler:
             if params.seed is None:
                 self.generator.seed()
             else:
-                self.generator.manual_seed(params.seed)
+                self.generator.manual_seed(generator_seed(params.seed, device))
 
     def barred(self, output: Sequence[int]) -> list[int]:
         """The tokens this request may not take after ``output``: the stop tokens while it is short of
@@ -56,6 +56,18 @@ class RequestSampler:
             if len(output) >= len(head) and tuple(output[len(output) - len(head) :]) == head:
                 barred.append(last)
         return barred
+
+
+def generator_seed(seed: int, device: torch.device) -> int:
+    """What ``manual_seed`` gets for a request's ``seed``. A CPU generator (Mersenne Twister) keeps only a
+    seed's low 32 bits, so seeds apart by a multiple of 2**32 would draw the same tokens: there, a seed
+    past 32 bits is mixed down to 32 (splitmix64), and one within them is kept, as torch would use it."""
+    bits = seed % (1 << 64)
+    if device.type != "cpu" or bits < 1 << 32:
+        return seed
+    bits = (bits ^ (bits >> 30)) * 0xBF58476D1CE4E5B9 % (1 << 64)
+    bits = (bits ^ (bits >> 27)) * 0x94D049BB133111EB % (1 << 64)
+    return (bits ^ (bits >> 31)) & 0xFFFFFFFF
 
 
 def _truncate(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:

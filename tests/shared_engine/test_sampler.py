@@ -18,6 +18,7 @@ from shared_engine.sampler import (
     apply_logits_processors,
     bar_tokens,
     barred_rows,
+    generator_seed,
     sample,
 )
 from shared_engine.sampling_params import SamplingParams
@@ -81,6 +82,20 @@ def test_same_seed_same_tokens_whatever_the_batch() -> None:
     together = [sample(LOGITS.repeat(2, 1), [b, a])[0][1] for _ in range(20)]
     assert together == alone
     assert draw(SamplingParams(temperature=1.0, seed=4321), 20) != alone
+
+
+def test_seeds_apart_by_multiples_of_two_to_the_32_draw_their_own_tokens() -> None:
+    """A CPU generator keeps a seed's low 32 bits: 7, 2**32 + 7, 2**40 + 7 and -(2**32) + 7 would draw
+    alike. Seeds within 32 bits keep drawing what they drew; the others are their own, and repeat."""
+    logits = torch.zeros(1, 64)  # uniform over 64 tokens: 40 draws of two seeds alike by chance ~1e-72
+    seeds = [7, 2**32 + 7, 2**40 + 7, -(2**32) + 7, 2**63 + 7]
+    runs = [draw(SamplingParams(temperature=1.0, seed=seed), 40, logits) for seed in seeds]
+    assert len({tuple(run) for run in runs}) == len(seeds)
+    assert draw(SamplingParams(temperature=1.0, seed=2**40 + 7), 40, logits) == runs[2]
+    plain = torch.Generator(device=CPU).manual_seed(7)
+    assert generator_seed(7, CPU) == 7 and generator_seed(2**40 + 7, torch.device("cuda")) == 2**40 + 7
+    mixed = torch.Generator(device=CPU).manual_seed(generator_seed(7, CPU))
+    assert torch.equal(torch.rand(8, generator=plain), torch.rand(8, generator=mixed))
 
 
 def test_logprobs_are_of_the_raw_distribution() -> None:
