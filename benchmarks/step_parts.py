@@ -49,6 +49,13 @@ class Timed:
             self.seconds += time.perf_counter() - start
 
 
+def at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def micros(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
@@ -57,10 +64,10 @@ def micros(fn: Callable[[], object]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--steps", type=int, default=64, help="decode steps per round")
-    p.add_argument("--probe", type=int, default=200, help="steps after which the cold/warm probe runs")
+    p.add_argument("--batch", type=at_least_one, default=1)
+    p.add_argument("--rounds", type=at_least_one, default=10)
+    p.add_argument("--steps", type=at_least_one, default=64, help="decode steps per round")
+    p.add_argument("--probe", type=at_least_one, default=200, help="steps after which the probe runs")
     p.add_argument("--cpu-isa", choices=ISAS, default="native", help="see benchmarks/cpu_isa.py")
     p.add_argument("--results-dir", type=Path, default=report.RESULTS_DIR)
     args = p.parse_args(argv)
@@ -96,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return True
 
     rounds: list[dict[str, float]] = []
+    means: list[dict[str, float]] = []  # each step's parts add up to it exactly: so do their means
     for r in range(args.rounds):
         parts: dict[str, list[float]] = {"step": [], "stack": [], "head": [], "rest": []}
         while len(parts["step"]) < args.steps:
@@ -109,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 parts[name].append(seconds * 1e3)
             parts["rest"].append((total - stack_s - head_s) * 1e3)
         rounds.append({name: round(statistics.median(v), 4) for name, v in parts.items()})
+        means.append({name: statistics.fmean(v) for name, v in parts.items()})
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in rounds[-1].items()))
 
     ids = corpus_ids(chat.tokenizer)[:PROBE_TOKENS]
@@ -137,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch": args.batch,
         "steps_per_round": args.steps,
         "rounds": rounds,
+        "round_means_ms": means,
         "median_ms": summary,
         "probe": probe,
     }

@@ -3,7 +3,7 @@
 Only the weights shrink; everything around the matmuls stays in the model's dtype. Each quantized layer
 picks, per call, between a CPU kernel and dequantize-then-matmul, by device, dtype and number of rows.
 On a CPU with AVX2 the kernels are the engine's own (``int_matmul``: activations rounded to int8 per
-group, integer dot products; figures by the constants below, measured on a 2-core Xeon with AMX); on
+group, integer dot products; figures in ``kernel_row_presets``, measured on a 2-core Xeon with AMX); on
 one without, torch's ``_weight_int8pack_mm`` / ``_weight_int4pack_mm_for_cpu``, measured on a 2-core
 AMD EPYC with AVX-512 BF16 (torch 2.11, SmolLM2-135M's projection shapes):
 

@@ -61,7 +61,8 @@ class RequestSampler:
 def generator_seed(seed: int, device: torch.device) -> int:
     """What ``manual_seed`` gets for a request's ``seed``. A CPU generator (Mersenne Twister) keeps only a
     seed's low 32 bits, so seeds apart by a multiple of 2**32 would draw the same tokens: there, a seed
-    past 32 bits is mixed down to 32 (splitmix64), and one within them is kept, as torch would use it."""
+    outside [0, 2**32) (a negative one too, read as torch reads it, modulo 2**64) is hashed down to 32
+    bits (splitmix64); one inside is kept."""
     bits = seed % (1 << 64)
     if device.type != "cpu" or bits < 1 << 32:
         return seed

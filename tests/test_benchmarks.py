@@ -184,9 +184,10 @@ def test_a_step_splits_into_the_stack_the_head_and_the_rest(tmp_path: Path) -> N
     args = ["--rounds", "2", "--steps", "3", "--probe", "2", "--results-dir", str(tmp_path)]
     assert step_parts.main(args) == 0
     result = json.loads((tmp_path / "step_parts-latest.json").read_text())
-    assert len(result["rounds"]) == 2
+    assert len(result["rounds"]) == len(result["round_means_ms"]) == 2
     for parts in result["rounds"]:
         assert parts["stack"] > 0 and parts["head"] > 0 and parts["rest"] > 0
-        assert parts["stack"] + parts["head"] + parts["rest"] == pytest.approx(parts["step"], rel=0.2)
+    for parts in result["round_means_ms"]:
+        assert parts["stack"] + parts["head"] + parts["rest"] == pytest.approx(parts["step"], rel=1e-9)
     for probe in result["probe"].values():
         assert probe["after_step_us"] > 0 and probe["repeated_us"] > 0

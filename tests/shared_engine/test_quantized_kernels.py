@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from shared_engine import cpu_kernels, int_matmul
-from shared_engine.dual_linear import DualLinear, TiedQuantizedHead, float32_output
+from shared_engine.dual_linear import DualLinear, TiedQuantizedHead, float32_output, float_weights_only
 from shared_engine.int_weights import dequantize_int4, dequantize_int8, quantize_int4, quantize_int8
 from shared_engine.quantization import Int4Linear, Int8Linear
 
@@ -150,6 +150,25 @@ def test_an_int8_head_s_float32_logits_are_its_outputs_before_rounding(isa: str)
             logits = float32_output(module, x)
             assert logits.dtype == torch.float32 and logits.shape == (rows, 1000)
             assert torch.equal(logits.to(torch.bfloat16), module(x))
+            # Up to 4 rows (the bf16 row limit) the kernel's own sums, not their bf16 rounding widened.
+            assert torch.equal(logits, module(x).float()) == (rows > 4)
+            if module is not layer:  # a plain quantized layer has no float weights to take
+                with float_weights_only():  # the float weights, as forward takes them
+                    assert torch.equal(float32_output(module, x), module(x).float())
+
+
+@pytest.mark.parametrize("isa", list(ISAS), ids=str)
+def test_an_int8_head_s_bias_is_added_to_its_float32_sums(isa: str) -> None:
+    if not _supported(ISAS[isa]):
+        pytest.skip(f"this CPU has no {isa}")
+    torch.manual_seed(1)
+    linear = nn.Linear(64, 48).to(torch.bfloat16)
+    layer = Int8Linear(linear)
+    layer.engine_isa = ISAS[isa]
+    x = torch.randn(2, 64).to(torch.bfloat16)
+    sums = int_matmul.int8_linear(x, layer.weight, layer.scales, ISAS[isa], float_out=True)
+    assert layer.bias is not None
+    assert torch.equal(float32_output(layer, x), sums + layer.bias.float())
 
 
 def test_the_layout_puts_four_features_of_sixteen_rows_in_each_nibble_plane() -> None:
