@@ -656,46 +656,46 @@ void rms_norm(at::Tensor out, const at::Tensor& x, const at::Tensor& weight, dou
 
 namespace {
 
-// In place on the fused projection qkv [tokens, (heads + 2 * kv_heads) * dim]: rotary position embedding
-// of the query and key heads (rotate-half convention: x * cos + roll(x, dim / 2) * signed_sin, the tables
-// [positions, dim] float32 indexed by each token's position), then each token's key and value written
-// to its slot of kv_cache [2, kv_heads, blocks, block_size, dim].
+// In place on the fused projection qkv [tokens, (heads + 2 * kv_heads) * dim], its heads [head_begin,
+// head_end) of all tokens (the query heads, then the key heads, then the value heads): rotary position
+// embedding of the query and key heads (rotate-half convention: x * cos + roll(x, dim / 2) * signed_sin,
+// the tables [positions, dim] float32 indexed by each token's position), and each token's key and value
+// heads written to its slot of kv_cache [2, kv_heads, blocks, block_size, dim].
 template <typename T, typename C>
-void rotary_cache_write_impl(at::Tensor& qkv, const at::Tensor& positions, const at::Tensor& cos,
-                             const at::Tensor& signed_sin, at::Tensor& kv_cache, const at::Tensor& slots,
-                             int64_t heads, int64_t kv_heads) {
-  const int64_t tokens = qkv.size(0), dim = kv_cache.size(4), half = dim / 2;
+void rotary_cache_write_heads(at::Tensor& qkv, const at::Tensor& positions, const at::Tensor& cos,
+                              const at::Tensor& signed_sin, at::Tensor& kv_cache, const at::Tensor& slots,
+                              int64_t heads, int64_t kv_heads, int64_t token_begin, int64_t token_end,
+                              int64_t head_begin, int64_t head_end) {
+  const int64_t dim = kv_cache.size(4), half = dim / 2;
   const int64_t width = (heads + 2 * kv_heads) * dim;
   const int64_t plane = kv_cache.size(2) * kv_cache.size(3) * dim;  // one kv head's keys (or values)
   T* data = qkv.data_ptr<T>();
   C* cache = kv_cache.data_ptr<C>();
-  const int64_t* pos = positions.data_ptr<int64_t>();
-  const int64_t* slot = slots.data_ptr<int64_t>();
-  const float* cos_table = cos.data_ptr<float>();
-  const float* sin_table = signed_sin.data_ptr<float>();
-  at::parallel_for(0, tokens, 16, [&](int64_t begin, int64_t end) {
-    std::vector<float> x(dim), y(dim);
-    for (int64_t t = begin; t < end; ++t) {
-      T* row = data + t * width;
-      const float* c = cos_table + pos[t] * dim;
-      const float* sn = sin_table + pos[t] * dim;
-      for (int64_t h = 0; h < heads + kv_heads; ++h) {
-        T* head = row + h * dim;
-        load_float(head, x.data(), dim);
+  const int64_t* pos = positions.const_data_ptr<int64_t>();
+  const int64_t* slot = slots.const_data_ptr<int64_t>();
+  const float* cos_table = cos.const_data_ptr<float>();
+  const float* sin_table = signed_sin.const_data_ptr<float>();
+  std::vector<float> buffer(2 * dim);
+  float* x = buffer.data();
+  float* y = x + dim;
+  for (int64_t t = token_begin; t < token_end; ++t) {
+    T* row = data + t * width;
+    const float* c = cos_table + pos[t] * dim;
+    const float* sn = sin_table + pos[t] * dim;
+    for (int64_t h = head_begin; h < head_end; ++h) {
+      T* head = row + h * dim;
+      if (h < heads + kv_heads) {
+        load_float(head, x, dim);
         for (int64_t i = 0; i < half; ++i) {
           y[i] = x[i] * c[i] + x[i + half] * sn[i];
           y[i + half] = x[i + half] * c[i + half] + x[i] * sn[i + half];
         }
-        store_float(y.data(), head, dim);
+        store_float(y, head, dim);
       }
-      for (int64_t h = 0; h < kv_heads; ++h) {
-        const T* key = row + (heads + h) * dim;
-        const T* value = row + (heads + kv_heads + h) * dim;
-        store_as(key, cache + h * plane + slot[t] * dim, dim, x.data());
-        store_as(value, cache + (kv_heads + h) * plane + slot[t] * dim, dim, x.data());
-      }
+      // the key heads' planes come first in the cache, then the value heads'
+      if (h >= heads) store_as(head, cache + (h - heads) * plane + slot[t] * dim, dim, x);
     }
-  });
+  }
 }
 
 // out [rows, n] = silu(gate) * up of gate_up [rows, 2 * n] (gate the first half), in float32.
@@ -737,9 +737,9 @@ void silu_mul(at::Tensor out, const at::Tensor& gate_up) {
   });
 }
 
-void rotary_cache_write(at::Tensor qkv, const at::Tensor& positions, const at::Tensor& cos,
-                        const at::Tensor& signed_sin, at::Tensor kv_cache, const at::Tensor& slots,
-                        int64_t heads, int64_t kv_heads) {
+void check_rotary_cache_write(const at::Tensor& qkv, const at::Tensor& positions, const at::Tensor& cos,
+                              const at::Tensor& signed_sin, const at::Tensor& kv_cache, const at::Tensor& slots,
+                              int64_t heads, int64_t kv_heads) {
   TORCH_CHECK(kv_cache.dim() == 5 && kv_cache.is_contiguous() && kv_cache.size(1) == kv_heads,
               "kv_cache must be a contiguous [2, kv_heads, blocks, block_size, dim] tensor");
   const int64_t dim = kv_cache.size(4);
@@ -762,9 +762,27 @@ void rotary_cache_write(at::Tensor qkv, const at::Tensor& positions, const at::T
     TORCH_CHECK(slot[t] >= 0 && slot[t] < cache_slots, "slot ", slot[t], " is outside the KV cache (",
                 cache_slots, " slots)");
   }
+  dispatch_cache_dtypes(qkv.scalar_type(), kv_cache.scalar_type(), "rotary_cache_write", [](auto, auto) {});
+}
+
+void rotary_cache_write(at::Tensor qkv, const at::Tensor& positions, const at::Tensor& cos,
+                        const at::Tensor& signed_sin, at::Tensor kv_cache, const at::Tensor& slots,
+                        int64_t heads, int64_t kv_heads) {
+  check_rotary_cache_write(qkv, positions, cos, signed_sin, kv_cache, slots, heads, kv_heads);
+  const int64_t all_heads = heads + 2 * kv_heads;
+  at::parallel_for(0, qkv.size(0), 16, [&](int64_t begin, int64_t end) {
+    rotary_cache_write_range(qkv, positions, cos, signed_sin, kv_cache, slots, heads, kv_heads, begin, end, 0,
+                             all_heads);
+  });
+}
+
+void rotary_cache_write_range(at::Tensor qkv, const at::Tensor& positions, const at::Tensor& cos,
+                              const at::Tensor& signed_sin, at::Tensor kv_cache, const at::Tensor& slots,
+                              int64_t heads, int64_t kv_heads, int64_t token_begin, int64_t token_end,
+                              int64_t head_begin, int64_t head_end) {
   dispatch_cache_dtypes(qkv.scalar_type(), kv_cache.scalar_type(), "rotary_cache_write", [&](auto t, auto c) {
-    rotary_cache_write_impl<decltype(t), decltype(c)>(qkv, positions, cos, signed_sin, kv_cache, slots, heads,
-                                                      kv_heads);
+    rotary_cache_write_heads<decltype(t), decltype(c)>(qkv, positions, cos, signed_sin, kv_cache, slots, heads,
+                                                       kv_heads, token_begin, token_end, head_begin, head_end);
   });
 }
 

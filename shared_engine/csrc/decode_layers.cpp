@@ -3,8 +3,9 @@
 // Python-level operator calls a layer costs there (about a third of a one-request step on two cores).
 //
 // The whole stack runs in one parallel region: its threads split each phase (a matmul's output blocks,
-// attention's heads, the rotary embedding's rows, and at more than kRowsQuantizedByEach rows the norms'
-// rows) and meet at a barrier between phases. A region per kernel, five a layer, cost ~1.7 us each to
+// the qkv projection's in whole heads that the same thread then rotates and writes to the KV cache;
+// attention's heads; at more than kRowsQuantizedByEach rows the norms' rows) and meet at a barrier
+// between phases. A region per kernel, five a layer, cost ~1.7 us each to
 // open and close at one row, and the serial work between them (rounding a matmul's input to int8, the
 // norms) left the other threads waiting; the matmuls' buffers are allocated once per call, not per
 // layer. The barrier is the team's own (SpinBarrier): OpenMP's took ~0.5 us to let its threads go at two
@@ -22,6 +23,7 @@
 // weight and the weight of the norm after the layer (the next layer's input norm, or the final one).
 
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <omp.h>
@@ -35,6 +37,7 @@
 #include <cstring>
 #include <exception>
 #include <mutex>
+#include <numeric>
 #include <thread>
 #include <tuple>
 #include <utility>
@@ -246,6 +249,16 @@ class LayerStack : public torch::CustomClassHolder {
   int64_t hidden = 0, intermediate = 0;
 };
 
+// The output blocks [begin, end) of projection w[i] (0: qkv, 3: o, 5: gate/up, 7: down) this thread
+// computes. The qkv projection's are whole heads (as few as make whole blocks too), so that the thread
+// that computes a head also rotates it and writes it to the cache, in the matmul's phase: a phase and a
+// barrier fewer a layer than rotating in one of its own.
+std::pair<int64_t, int64_t> projection_share(const TeamThread& team, const LayerStack& s, int i) {
+  const int64_t unit = i == 0 ? std::lcm(s.dim, kBlockColumns) / kBlockColumns : 1;
+  const auto [begin, end] = team.share(s.layer_weights(0)[i].size(0) / unit);
+  return {begin * unit, end * unit};
+}
+
 // This thread's blocks of every projection, in the order the stack multiplies them, and at up to
 // kRowsQuantizedByEach rows, after each layer's qkv projection, the first kPrefetchAheadBytes of the keys
 // and values its attention tasks read (at one row attention waits on memory for most of its time: its
@@ -258,7 +271,7 @@ void queue_reads(TeamThread& team, const LayerStack& s, at::TensorList kv_caches
   for (int64_t layer = 0; layer < s.layers(); ++layer) {
     const at::Tensor* w = s.layer_weights(layer);
     for (const int i : {0, 3, 5, 7}) {
-      const auto [begin, end] = team.share(w[i].size(0));
+      const auto [begin, end] = projection_share(team, s, i);
       const int64_t packed = w[i].nbytes() / w[i].size(0), scales = w[i + 1].nbytes() / w[i + 1].size(0);
       team.prefetcher.add(static_cast<const char*>(w[i + 1].const_data_ptr()) + begin * scales, (end - begin) * scales);
       team.prefetcher.add(static_cast<const char*>(w[i].const_data_ptr()) + begin * packed, (end - begin) * packed);
@@ -314,10 +327,25 @@ void embed(const LayerStack& s, const int64_t* ids, at::Tensor& residual, at::Te
 }
 
 // One thread's own rows (rounded_by_each): its copy of the residual stream, the input of the matmul it
-// rounds next (a norm's output), and SiLU's.
+// rounds next (a norm's output), SiLU's, and, where attention is split, its parts merged ([tokens, heads,
+// dim], every thread merging all of them rather than each some and then a barrier).
 struct OwnRows {
-  at::Tensor residual, x, activation;
+  at::Tensor residual, x, activation, attention, attention_rows;
 };
+
+// Columns [first, first + columns) of every row of x [rows, width] += bias[first, first + columns), rounded
+// as a PyTorch add rounds them. By hand, not by at::add_: the team's other threads are not in the caller's
+// inference mode, which an in-place PyTorch op on the step's tensors needs.
+void add_bias_columns(at::Tensor& x, const at::Tensor& bias, int64_t first, int64_t columns) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "decode_layers", [&] {
+    const scalar_t* b = bias.const_data_ptr<scalar_t>() + first;
+    for (int64_t row = 0; row < x.size(0); ++row) {
+      scalar_t* y = x.data_ptr<scalar_t>() + row * x.size(1) + first;
+      using opmath_t = at::opmath_type<scalar_t>;
+      for (int64_t i = 0; i < columns; ++i) y[i] = static_cast<scalar_t>(opmath_t(y[i]) + opmath_t(b[i]));
+    }
+  });
+}
 
 // dst = src, both contiguous, of one shape and dtype.
 void copy_rows(const at::Tensor& src, at::Tensor& dst) { std::memcpy(dst.data_ptr(), src.const_data_ptr(), src.nbytes()); }
@@ -351,19 +379,6 @@ at::Tensor decode_layers(const c10::intrusive_ptr<LayerStack>& stack, const at::
     TORCH_CHECK(cache.sizes() == first_cache.sizes() && cache.scalar_type() == first_cache.scalar_type() &&
                     cache.is_contiguous(),
                 "decode_layers: every layer's KV cache must be contiguous, of the first one's shape and dtype");
-  // Checked again by the rotary kernel, row by row on each thread; here so that a bad row writes nothing.
-  TORCH_CHECK(positions.scalar_type() == at::kLong && slots.scalar_type() == at::kLong && positions.is_contiguous() &&
-                  slots.is_contiguous() && cos.dim() == 2,
-              "decode_layers: positions and slots must be contiguous int64, the rotary tables [positions, dim]");
-  const int64_t cache_slots = first_cache.size(2) * first_cache.size(3);
-  const int64_t* position = positions.const_data_ptr<int64_t>();
-  const int64_t* slot = slots.const_data_ptr<int64_t>();
-  for (int64_t t = 0; t < tokens; ++t) {
-    TORCH_CHECK(position[t] >= 0 && position[t] < cos.size(0), "decode_layers: position ", position[t],
-                " is outside the rotary tables (", cos.size(0), " positions)");
-    TORCH_CHECK(slot[t] >= 0 && slot[t] < cache_slots, "decode_layers: slot ", slot[t], " is outside the KV cache (",
-                cache_slots, " slots)");
-  }
   const mmserve::DecodeAttentionPlan attention = mmserve::plan_paged_decode_attention(
       query, kv_caches[0], context_lens, at::get_num_threads());
   std::vector<float> attention_parts(attention.splits > 1 ? attention.scratch_floats() : 0);
@@ -375,7 +390,10 @@ at::Tensor decode_layers(const c10::intrusive_ptr<LayerStack>& stack, const at::
     const bool shared = !rounded_by_each(tokens);
     void* workspace = b.workspaces[shared ? 0 : team.thread()].data();
     OwnRows own;
-    team.phase([&] {  // a failure here too is rethrown after the region
+    team.phase([&] {  // a failure here too is rethrown after the region, before anything is written
+      // the rotary kernel's checks (of positions and slots too), which only its unchecked part follows
+      if (team.thread() == 0)
+        mmserve::check_rotary_cache_write(b.qkv, positions, cos, signed_sin, first_cache, slots, heads, kv_heads);
       queue_reads(team, s, kv_caches, block_tables, context_lens, attention, tokens);
       if (shared) {
         const auto [begin, end] = team.share(tokens);
@@ -383,7 +401,9 @@ at::Tensor decode_layers(const c10::intrusive_ptr<LayerStack>& stack, const at::
       } else {
         const at::TensorOptions options = s.embedding.options();
         own = {at::empty({tokens, s.hidden}, options), at::empty({tokens, s.hidden}, options),
-               at::empty({tokens, s.intermediate}, options)};
+               at::empty({tokens, s.intermediate}, options),
+               attention.splits > 1 ? at::empty({tokens, heads, s.dim}, options) : at::Tensor(), at::Tensor()};
+        if (own.attention.defined()) own.attention_rows = own.attention.view({tokens, heads * s.dim});
         embed(s, ids, own.residual, own.x, 0, tokens);
       }
     });
@@ -421,13 +441,15 @@ at::Tensor decode_layers(const c10::intrusive_ptr<LayerStack>& stack, const at::
       return own.activation;
     };
     int64_t matmul_index = 0;  // in the prefetcher's order
-    // One matmul of input() (see above): its input rounded to int8 (by every thread, or each some rows and
-    // then a barrier), then output blocks, each thread some.
-    const auto matmul = [&](auto&& input, const at::Tensor& packed, const at::Tensor& scales_zeros,
-                            at::Tensor& out) {
+    // One matmul of input() (see above) by projection w[i]: its input rounded to int8 (by every thread, or
+    // each some rows and then a barrier), then output blocks, each thread some, and then after(begin, end)
+    // on those blocks of all rows.
+    const auto matmul = [&](auto&& input, const at::Tensor* w, int i, at::Tensor& out, auto&& after) {
+      const at::Tensor &packed = w[i], &scales_zeros = w[i + 1];
       const auto multiply = [&](const at::Tensor& x) {
-        const auto [begin, end] = team.share(packed.size(0));
+        const auto [begin, end] = projection_share(team, s, i);
         mmserve::int4_linear_multiply(x, packed, scales_zeros, group, isa, workspace, out, begin, end);
+        after(begin, end);
         team.prefetcher.done_with(matmul_index);  // before the barrier, where the next matmul's are wanted
       };
       if (shared) {
@@ -446,35 +468,44 @@ at::Tensor decode_layers(const c10::intrusive_ptr<LayerStack>& stack, const at::
       }
       ++matmul_index;
     };
+    const auto nothing_after = [](int64_t, int64_t) {};
     for (int64_t layer = 0; layer < layers; ++layer) {
       const at::Tensor* w = s.layer_weights(layer);
       const at::Tensor& cache = kv_caches[layer];
+      // the bias, the rotary embedding and the cache write of the heads whose blocks this thread computed
+      const auto rotate = [&](int64_t begin, int64_t end) {
+        const int64_t first = begin * kBlockColumns, columns = (end - begin) * kBlockColumns;
+        if (w[2].numel()) add_bias_columns(b.qkv, w[2], first, columns);
+        mmserve::rotary_cache_write_range(b.qkv, positions, cos, signed_sin, cache, slots, heads, kv_heads, 0,
+                                          tokens, first / s.dim, (first + columns) / s.dim);
+      };
       matmul(
           [&]() -> const at::Tensor& {
             if (layer) return add_norm(b.out, s.layer_weights(layer - 1)[10]);
             return shared ? b.out : own.x;  // the embeddings' norm
           },
-          w[0], w[1], b.qkv);
-      by_rows(
-          [&](at::Tensor qkv, const at::Tensor& at, const at::Tensor& to) {
-            if (w[2].numel()) qkv.add_(w[2]);
-            mmserve::rotary_cache_write(qkv, at, cos, signed_sin, cache, to, heads, kv_heads);
-          },
-          b.qkv, positions, slots);
+          w, 0, b.qkv, rotate);
       team.phase([&] {
         const auto [begin, end] = team.share(attention.tasks());
         mmserve::paged_decode_attention_range(b.attention, query, cache, block_tables, context_lens, s.scale,
                                               attention, attention_parts.data(), begin, end);
       });
-      if (attention.splits > 1) {
+      if (attention.splits > 1 && shared) {
         team.phase([&] {
           const auto [begin, end] = team.share(attention.pairs);
           mmserve::paged_decode_attention_merge(b.attention, cache, attention, attention_parts.data(), begin, end);
         });
       }
-      matmul([&]() -> const at::Tensor& { return attention_rows; }, w[3], w[4], b.hidden);
-      matmul([&]() -> const at::Tensor& { return add_norm(b.hidden, w[9]); }, w[5], w[6], b.gate_up);
-      matmul(silu, w[7], w[8], b.out);
+      matmul(
+          [&]() -> const at::Tensor& {
+            if (attention.splits == 1 || shared) return attention_rows;
+            mmserve::paged_decode_attention_merge(own.attention, cache, attention, attention_parts.data(), 0,
+                                                  attention.pairs);
+            return own.attention_rows;
+          },
+          w, 3, b.hidden, nothing_after);
+      matmul([&]() -> const at::Tensor& { return add_norm(b.hidden, w[9]); }, w, 5, b.gate_up, nothing_after);
+      matmul(silu, w, 7, b.out, nothing_after);
     }
     const at::Tensor& final_norm = s.layer_weights(layers - 1)[10];
     if (shared) {

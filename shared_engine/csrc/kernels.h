@@ -60,6 +60,15 @@ void rms_norm(at::Tensor out, const at::Tensor& x, const at::Tensor& weight, dou
 void rotary_cache_write(at::Tensor qkv, const at::Tensor& positions, const at::Tensor& cos,
                         const at::Tensor& signed_sin, at::Tensor kv_cache, const at::Tensor& slots,
                         int64_t heads, int64_t kv_heads);
+// Its checks alone; and, unchecked, its work on tokens [token_begin, token_end) and, of the fused
+// projection's heads (the query heads, the key heads, the value heads), [head_begin, head_end).
+void check_rotary_cache_write(const at::Tensor& qkv, const at::Tensor& positions, const at::Tensor& cos,
+                              const at::Tensor& signed_sin, const at::Tensor& kv_cache, const at::Tensor& slots,
+                              int64_t heads, int64_t kv_heads);
+void rotary_cache_write_range(at::Tensor qkv, const at::Tensor& positions, const at::Tensor& cos,
+                              const at::Tensor& signed_sin, at::Tensor kv_cache, const at::Tensor& slots,
+                              int64_t heads, int64_t kv_heads, int64_t token_begin, int64_t token_end,
+                              int64_t head_begin, int64_t head_end);
 void silu_mul(at::Tensor out, const at::Tensor& gate_up);
 
 // quantized_linear.cpp

@@ -119,6 +119,32 @@ def test_one_long_request_split_among_the_threads_equals_the_modules(smollm2_fol
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_a_qkv_bias_is_added_by_the_threads_that_compute_its_heads(
+    smollm2_folder: Path, dtype: torch.dtype
+) -> None:
+    """A bias on the qkv projection (as Qwen2's): each of the stack's threads adds it to the heads it
+    computed, before rotating them and writing them to the cache, where the modules add it to all; one
+    request with its attention split among the threads, then three."""
+    model = build(smollm2_folder, dtype)
+    generator = torch.Generator().manual_seed(0)
+    for layer in model.model.layers:
+        qkv = layer.self_attn.qkv_proj
+        quantized = qkv.quantized if isinstance(qkv, DualLinear) else qkv
+        quantized.bias = torch.randn(quantized.out_features, generator=generator).to(dtype)
+    inner = model.model
+    model.decode_layers = DecodeLayers.plan(inner.embed_tokens, list(inner.layers), inner.norm)
+    assert model.decode_layers is not None
+    long_prompt = [[1 + (37 * i) % 4000 for i in range(200)]]
+    with torch_threads(max(2, torch.get_num_threads())), torch.inference_mode():
+        for prompts in (long_prompt, PROMPTS):
+            fused, fused_calls = decode_run(model, dtype, fused=True, steps=2, prompts=prompts)
+            modules, _ = decode_run(model, dtype, fused=False, steps=2, prompts=prompts)
+            assert fused_calls == 1
+            for got, want in zip(fused, modules, strict=True):
+                assert torch.equal(got, want)
+
+
 @pytest.mark.timeout(300)
 def test_a_team_larger_than_the_machine_equals_the_modules(smollm2_folder: Path) -> None:
     """Three threads a core: the stack's threads wait at every barrier for threads the OS has descheduled
