@@ -10,9 +10,10 @@
 // norms) left the other threads waiting; the matmuls' buffers are allocated once per call, not per
 // layer. The barrier is the team's own (SpinBarrier): OpenMP's took ~0.5 us to let its threads go at two
 // threads, ~0.1 ms of a one-request step's ~270; and a thread waiting at it requests the weights it
-// multiplies next and, at up to kRowsQuantizedByEach rows, the keys and values it attends over next
-// (ReadPrefetcher), which are read from memory while another thread finishes a phase: the weights ~0.1
-// ms of a ~2.5 ms step, the keys and values ~3% of a step at one row.
+// multiplies next (ReadPrefetcher), which are read from memory while another thread finishes a phase
+// (~0.1 ms of a ~2.5 ms step). At up to kRowsQuantizedByEach rows, the keys and values a thread attends
+// over are requested as its layer's qkv projection starts (request_attention_reads, ~4% of a step at
+// one row).
 //
 // The call starts from the step's token ids: their embeddings (the residual stream's first rows) and the
 // first layer's norm of them are its first phase, ~0.1 ms a step less than three Python-level calls.
@@ -88,9 +89,8 @@ class SpinBarrier {
   alignas(64) std::atomic<int> generation_{0};
 };
 
-// What one thread reads, in the order it reads it (per matmul its blocks' scales and zeros, then its blocks;
-// per layer, after the qkv projection, the keys and values of its attention tasks), requested a few cache
-// lines at a time into L2 while it waits at a barrier: up to kPrefetchAheadBytes past the end of the last
+// What one thread reads, in the order it reads it (per matmul its blocks' scales and zeros, then its
+// blocks), requested a few cache lines at a time into L2 while it waits at a barrier: up to kPrefetchAheadBytes past the end of the last
 // matmul it has done, which a core's L2 holds on any x86 CPU with AVX2 (256 KiB or more). At one row,
 // 128 KiB to 2 MiB all gave the same ~0.1 ms a step.
 class ReadPrefetcher {
@@ -259,15 +259,8 @@ std::pair<int64_t, int64_t> projection_share(const TeamThread& team, const Layer
   return {begin * unit, end * unit};
 }
 
-// This thread's blocks of every projection, in the order the stack multiplies them, and at up to
-// kRowsQuantizedByEach rows, after each layer's qkv projection, the first kPrefetchAheadBytes of the keys
-// and values its attention tasks read (at one row attention waits on memory for most of its time: its
-// rows lie in scattered blocks; at many rows attention keeps the memory busy itself), into its prefetcher.
-// No more than the window: beyond it nothing would be requested before attention reads it.
-void queue_reads(TeamThread& team, const LayerStack& s, at::TensorList kv_caches, const at::Tensor& block_tables,
-                 const at::Tensor& context_lens, const mmserve::DecodeAttentionPlan& attention, int64_t tokens) {
-  const auto [first_task, end_task] = rounded_by_each(tokens) ? team.share(attention.tasks())
-                                                              : std::pair<int64_t, int64_t>{0, 0};
+// This thread's blocks of every projection, in the order the stack multiplies them, into its prefetcher.
+void queue_reads(TeamThread& team, const LayerStack& s) {
   for (int64_t layer = 0; layer < s.layers(); ++layer) {
     const at::Tensor* w = s.layer_weights(layer);
     for (const int i : {0, 3, 5, 7}) {
@@ -276,18 +269,27 @@ void queue_reads(TeamThread& team, const LayerStack& s, at::TensorList kv_caches
       team.prefetcher.add(static_cast<const char*>(w[i + 1].const_data_ptr()) + begin * scales, (end - begin) * scales);
       team.prefetcher.add(static_cast<const char*>(w[i].const_data_ptr()) + begin * packed, (end - begin) * packed);
       team.prefetcher.end_matmul();
-      if (i == 0) {
-        int64_t queued = 0;
-        const auto add = [&](const void* data, int64_t bytes) {
-          const int64_t wanted = std::min(bytes, ReadPrefetcher::kPrefetchAheadBytes - queued);
-          team.prefetcher.add(data, wanted);
-          queued += std::max<int64_t>(wanted, 0);
-        };
-        for (int64_t task = first_task; task < end_task && queued < ReadPrefetcher::kPrefetchAheadBytes; ++task)
-          mmserve::for_each_decode_attention_read(attention, kv_caches[layer], block_tables, context_lens, task, add);
-      }
     }
   }
+}
+
+// Requests into L2 the keys and values this thread's attention tasks read in the layer of kv_cache, up
+// to kPrefetchAheadBytes (what a core's L2 holds beside the weights streaming through it), at the start
+// of the layer's qkv projection: they arrive while its weights are read. At few rows attention waits on
+// memory for most of its time otherwise (its rows lie in scattered blocks, a few requested ahead of their
+// use); at many it keeps the memory busy itself.
+void request_attention_reads(const TeamThread& team, const mmserve::DecodeAttentionPlan& attention,
+                             const at::Tensor& kv_cache, const at::Tensor& block_tables,
+                             const at::Tensor& context_lens) {
+  int64_t requested = 0;
+  const auto request = [&](const void* data, int64_t bytes) {
+    const char* lines = static_cast<const char*>(data);
+    for (int64_t i = 0; i < bytes && requested < ReadPrefetcher::kPrefetchAheadBytes; i += 64, requested += 64)
+      _mm_prefetch(lines + i, _MM_HINT_T1);
+  };
+  const auto [first_task, end_task] = team.share(attention.tasks());
+  for (int64_t task = first_task; task < end_task && requested < ReadPrefetcher::kPrefetchAheadBytes; ++task)
+    mmserve::for_each_decode_attention_read(attention, kv_cache, block_tables, context_lens, task, request);
 }
 
 struct Buffers {
@@ -394,7 +396,7 @@ at::Tensor decode_layers(const c10::intrusive_ptr<LayerStack>& stack, const at::
       // the rotary kernel's checks (of positions and slots too), which only its unchecked part follows
       if (team.thread() == 0)
         mmserve::check_rotary_cache_write(b.qkv, positions, cos, signed_sin, first_cache, slots, heads, kv_heads);
-      queue_reads(team, s, kv_caches, block_tables, context_lens, attention, tokens);
+      queue_reads(team, s);
       if (shared) {
         const auto [begin, end] = team.share(tokens);
         embed(s, ids, b.residual, b.out, begin, end);
@@ -481,6 +483,7 @@ at::Tensor decode_layers(const c10::intrusive_ptr<LayerStack>& stack, const at::
       };
       matmul(
           [&]() -> const at::Tensor& {
+            if (!shared) request_attention_reads(team, attention, cache, block_tables, context_lens);
             if (layer) return add_norm(b.out, s.layer_weights(layer - 1)[10]);
             return shared ? b.out : own.x;  // the embeddings' norm
           },
