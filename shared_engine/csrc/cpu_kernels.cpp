@@ -63,6 +63,66 @@ inline void store_as(const T* src, C* dst, int64_t n, float* buf) {
   }
 }
 
+// Eight floats, in whatever registers the build's instruction set has (one AVX register, two SSE ones);
+// Float8Unaligned reads and writes them anywhere in a float array. FloatLanes: as many as one register of
+// the build's widest vectors holds (16 with AVX-512, else 8).
+typedef float Float8 __attribute__((vector_size(32)));
+typedef float Float8Unaligned __attribute__((vector_size(32), aligned(4), may_alias));
+#if defined(__AVX512F__)
+constexpr int64_t kLanes = 16;
+#else
+constexpr int64_t kLanes = 8;
+#endif
+typedef float FloatLanes __attribute__((vector_size(4 * kLanes)));
+typedef float FloatLanesUnaligned __attribute__((vector_size(4 * kLanes), aligned(4), may_alias));
+
+// bfloat16 rows to float32 with no shuffles: a 32-bit lane holds two values, the even one in its low half
+// (shifted up, it is that value's float32) and the odd one in its high half (masked, likewise). Each
+// kPermutedChunk values (two registers' worth) come out as their even ones, then their odd ones: dot
+// products are the same when the query is permuted alike, and sums of rows keep the permutation, undone
+// once at the end. n: a multiple of kPermutedChunk.
+constexpr int64_t kPermutedChunk = 2 * kLanes;
+typedef uint32_t Lanes __attribute__((vector_size(4 * kLanes)));
+typedef uint32_t LanesUnaligned __attribute__((vector_size(4 * kLanes), aligned(2), may_alias));
+
+inline void load_bf16_permuted(const c10::BFloat16* src, float* dst, int64_t n) {
+  const uint16_t* bits = reinterpret_cast<const uint16_t*>(src);
+  for (int64_t i = 0; i < n; i += kPermutedChunk) {
+    const Lanes pairs = *reinterpret_cast<const LanesUnaligned*>(bits + i);
+    *reinterpret_cast<LanesUnaligned*>(dst + i) = pairs << 16;
+    *reinterpret_cast<LanesUnaligned*>(dst + i + kLanes) = pairs & 0xFFFF0000u;
+  }
+}
+
+// Whether attend_group keeps D-sized vectors in the permuted order of load_bf16_permuted.
+template <typename C, int64_t D>
+constexpr bool kPermutedRows = std::is_same_v<C, c10::BFloat16> && D > 0 && D % kPermutedChunk == 0;
+
+// Whether attend_group reads a cache of dtype C's rows of D values straight from the cache into
+// registers (row_lanes), rather than widening each block into a float32 buffer first (load_rows): for
+// float32 rows and load_bf16_permuted's, in builds with AVX (store_sums).
+#if defined(__AVX__) && defined(__FMA__)
+constexpr bool kRowsInRegisters = true;
+#else
+constexpr bool kRowsInRegisters = false;
+#endif
+template <typename C, int64_t D>
+constexpr bool kDirectRows = kRowsInRegisters && D > 0 && D <= 128 &&
+                             (std::is_same_v<C, float> ? D % kLanes == 0 : kPermutedRows<C, D>);
+
+// Vector j (of D / kLanes) of a cache row of D values, in the order attend_group computes in: float32 as
+// it is, bfloat16 widened in registers as load_bf16_permuted widens it (kDirectRows<C, D>).
+template <typename C, int64_t D>
+inline FloatLanes row_lanes(const C* row, int64_t j) {
+  if constexpr (std::is_same_v<C, float>) {
+    return *reinterpret_cast<const FloatLanesUnaligned*>(row + kLanes * j);
+  } else {
+    const uint16_t* bits = reinterpret_cast<const uint16_t*>(row) + (j / 2) * kPermutedChunk;
+    const Lanes pairs = *reinterpret_cast<const LanesUnaligned*>(bits);
+    return reinterpret_cast<FloatLanes>(j % 2 ? pairs & 0xFFFF0000u : pairs << 16);  // the same bits as floats
+  }
+}
+
 // Dot products of q with four rows of k at once: four independent accumulations for the FMA units.
 template <int64_t D>
 inline void dot4(const float* q, const float* k, int64_t dim, float* out) {
@@ -143,6 +203,39 @@ inline void dot8(const float* q, const float* k, int64_t dim, float* out) {
   dot4<D>(q, k + 4 * (D ? D : dim), dim, out + 4);
 }
 
+// dot8 over eight cache rows read straight into registers (kDirectRows<C, D>): the same multiply-adds
+// in the same order, without the float32 copy of the rows that every query head of the group reread.
+template <int64_t D, typename C>
+inline void dot8_rows(const float* q, const C* k, float* out) {
+  constexpr int64_t kVectors = D / kLanes;
+  FloatLanes a[8];
+  for (int r = 0; r < 8; ++r) a[r] = FloatLanes{};
+#pragma GCC unroll 16
+  for (int64_t j = 0; j < kVectors; ++j) {
+    const FloatLanes x = *reinterpret_cast<const FloatLanesUnaligned*>(q + kLanes * j);
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; ++r) a[r] += x * row_lanes<C, D>(k + r * D, j);
+  }
+#if defined(__AVX__) && defined(__FMA__)
+  __m256 halves[8];
+  for (int r = 0; r < 8; ++r) {
+    if constexpr (kLanes == 16) {
+      const __m512d wide = reinterpret_cast<__m512d>(a[r]);
+      halves[r] = _mm256_add_ps(_mm256_castpd_ps(_mm512_castpd512_pd256(wide)),
+                                _mm256_castpd_ps(_mm512_extractf64x4_pd(wide, 1)));
+    } else {
+      halves[r] = reinterpret_cast<__m256>(a[r]);
+    }
+  }
+  store_sums(halves, out);
+#else
+  for (int r = 0; r < 8; ++r) {
+    out[r] = 0.f;
+    for (int64_t i = 0; i < kLanes; ++i) out[r] += a[r][i];
+  }
+#endif
+}
+
 template <int64_t D>
 inline float dot(const float* q, const float* k, int64_t dim) {
   const int64_t n = D ? D : dim;
@@ -152,25 +245,12 @@ inline float dot(const float* q, const float* k, int64_t dim) {
   return acc;
 }
 
-// Eight floats, in whatever registers the build's instruction set has (one AVX register, two SSE ones);
-// Float8Unaligned reads and writes them anywhere in a float array. FloatLanes: as many as one register of
-// the build's widest vectors holds (16 with AVX-512, else 8).
-typedef float Float8 __attribute__((vector_size(32)));
-typedef float Float8Unaligned __attribute__((vector_size(32), aligned(4), may_alias));
-#if defined(__AVX512F__)
-constexpr int64_t kLanes = 16;
-#else
-constexpr int64_t kLanes = 8;
-#endif
-typedef float FloatLanes __attribute__((vector_size(4 * kLanes)));
-typedef float FloatLanesUnaligned __attribute__((vector_size(4 * kLanes), aligned(4), may_alias));
-
 // acc[h] += sum over rows p < count of weights[h * stride + p] * v[p], for heads h < H together: each row is
 // loaded once for all of them, and H x D / kLanes accumulations run side by side (one head's D / kLanes
 // alone wait on the multiply-add's latency at every row). The accumulators stay in registers across the
 // rows; each element still adds its rows in order, one multiply-add each.
-template <int64_t D, int64_t H>
-inline void weighted_rows_heads(const float* weights, int64_t stride, const float* v, int64_t count, float* acc) {
+template <int64_t D, int64_t H, typename C>
+inline void weighted_rows_heads(const float* weights, int64_t stride, const C* v, int64_t count, float* acc) {
   constexpr int64_t kVectors = D / kLanes;
   FloatLanes a[H][kVectors];
 #pragma GCC unroll 16
@@ -179,10 +259,10 @@ inline void weighted_rows_heads(const float* weights, int64_t stride, const floa
     for (int64_t j = 0; j < kVectors; ++j)
       a[h][j] = *reinterpret_cast<const FloatLanesUnaligned*>(acc + h * D + kLanes * j);
   for (int64_t p = 0; p < count; ++p) {
-    const float* row = v + p * D;
+    const C* row = v + p * D;
     FloatLanes r[kVectors];
 #pragma GCC unroll 16
-    for (int64_t j = 0; j < kVectors; ++j) r[j] = *reinterpret_cast<const FloatLanesUnaligned*>(row + kLanes * j);
+    for (int64_t j = 0; j < kVectors; ++j) r[j] = row_lanes<C, D>(row, j);
 #pragma GCC unroll 16
     for (int64_t h = 0; h < H; ++h) {
       const FloatLanes w = FloatLanes{} + weights[h * stride + p];
@@ -199,9 +279,10 @@ inline void weighted_rows_heads(const float* weights, int64_t stride, const floa
 
 // weighted_rows_heads for ``heads`` query heads (their weights ``stride`` apart, their sums D apart), as many
 // at a time (up to 4) as the build's vector registers hold accumulators for beside the row and the weight:
-// with AVX-512's 32, four heads of 64 or two of 128; with AVX2's 16, one.
-template <int64_t D>
-inline void weighted_rows(const float* weights, int64_t stride, const float* v, int64_t count, int64_t heads,
+// with AVX-512's 32, four heads of 64 or two of 128; with AVX2's 16, one. Rows of float32 or, where
+// kDirectRows<C, D>, of the cache's own dtype.
+template <int64_t D, typename C>
+inline void weighted_rows(const float* weights, int64_t stride, const C* v, int64_t count, int64_t heads,
                           int64_t dim, float* acc) {
   if constexpr (D > 0 && D % kLanes == 0 && D <= 128) {
     constexpr int64_t kRegisters = kLanes == 16 ? 32 : 16, kVectors = D / kLanes;
@@ -218,6 +299,7 @@ inline void weighted_rows(const float* weights, int64_t stride, const float* v, 
     }
     for (; h < heads; ++h) weighted_rows_heads<D, 1>(weights + h * stride, stride, v, count, acc + h * D);
   } else {
+    static_assert(std::is_same_v<C, float>, "rows of other dtypes are widened into float32 first");
     const int64_t n = D ? D : dim;
     for (int64_t h = 0; h < heads; ++h) {
       for (int64_t p = 0; p < count; ++p) {
@@ -238,28 +320,6 @@ inline void prefetch_rows(const C* rows, int64_t count) {
   for (int64_t offset = 0; offset < count * static_cast<int64_t>(sizeof(C)); offset += 64)
     __builtin_prefetch(bytes + offset, 0, Locality);
 }
-
-// bfloat16 rows to float32 with no shuffles: a 32-bit lane holds two values, the even one in its low half
-// (shifted up, it is that value's float32) and the odd one in its high half (masked, likewise). Each
-// kPermutedChunk values (two registers' worth) come out as their even ones, then their odd ones: dot
-// products are the same when the query is permuted alike, and sums of rows keep the permutation, undone
-// once at the end. n: a multiple of kPermutedChunk.
-constexpr int64_t kPermutedChunk = 2 * kLanes;
-typedef uint32_t Lanes __attribute__((vector_size(4 * kLanes)));
-typedef uint32_t LanesUnaligned __attribute__((vector_size(4 * kLanes), aligned(2), may_alias));
-
-inline void load_bf16_permuted(const c10::BFloat16* src, float* dst, int64_t n) {
-  const uint16_t* bits = reinterpret_cast<const uint16_t*>(src);
-  for (int64_t i = 0; i < n; i += kPermutedChunk) {
-    const Lanes pairs = *reinterpret_cast<const LanesUnaligned*>(bits + i);
-    *reinterpret_cast<LanesUnaligned*>(dst + i) = pairs << 16;
-    *reinterpret_cast<LanesUnaligned*>(dst + i + kLanes) = pairs & 0xFFFF0000u;
-  }
-}
-
-// Whether attend_group keeps D-sized vectors in the permuted order of load_bf16_permuted.
-template <typename C, int64_t D>
-constexpr bool kPermutedRows = std::is_same_v<C, c10::BFloat16> && D > 0 && D % kPermutedChunk == 0;
 
 // Rows of a cache of dtype C into float32, in the order attend_group computes in.
 template <typename C, int64_t D>
@@ -367,13 +427,19 @@ void attend_group(const T* q_src, int64_t q_stride, const C* keys, const C* valu
     const int64_t start = b * block_size - begin, count = std::min(block_size, len - b * block_size);
     if (b + kAhead < blocks) prefetch_rows(block_keys(b + kAhead), values_in(b + kAhead));
     prefetch_rows<2>(block_values(b), values_in(b));
-    load_rows<C, D>(block_keys(b), rows, count * dim);
+    // Rows [0, direct) straight from the cache (kDirectRows), the rest from a float32 copy.
+    const int64_t direct = kDirectRows<C, D> ? count / 8 * 8 : 0;
+    if (direct < count) load_rows<C, D>(block_keys(b) + direct * dim, rows, (count - direct) * dim);
     for (int64_t g = 0; g < group; ++g) {
       float* s = scores + g * n + start;
       int64_t p = 0;
-      for (; p + 8 <= count; p += 8) dot8<D>(q + g * dim, rows + p * dim, dim, s + p);
-      for (; p + 4 <= count; p += 4) dot4<D>(q + g * dim, rows + p * dim, dim, s + p);
-      for (; p < count; ++p) s[p] = dot<D>(q + g * dim, rows + p * dim, dim);
+      if constexpr (kDirectRows<C, D>) {
+        for (; p < direct; p += 8) dot8_rows<D>(q + g * dim, block_keys(b) + p * dim, s + p);
+      }
+      const auto copied = [&](int64_t row) { return rows + (row - direct) * dim; };
+      for (; p + 8 <= count; p += 8) dot8<D>(q + g * dim, copied(p), dim, s + p);
+      for (; p + 4 <= count; p += 4) dot4<D>(q + g * dim, copied(p), dim, s + p);
+      for (; p < count; ++p) s[p] = dot<D>(q + g * dim, copied(p), dim);
     }
   }
   for (int64_t g = 0; g < group; ++g) {
@@ -398,8 +464,12 @@ void attend_group(const T* q_src, int64_t q_stride, const C* keys, const C* valu
   for (int64_t b = first_block; b < blocks; ++b) {
     const int64_t start = b * block_size - begin, count = std::min(block_size, len - b * block_size);
     if (b + kAhead < blocks) prefetch_rows(block_values(b + kAhead), values_in(b + kAhead));
-    load_rows<C, D>(block_values(b), rows, count * dim);
-    weighted_rows<D>(scores + start, n, rows, count, group, dim, acc);
+    if constexpr (kDirectRows<C, D>) {
+      weighted_rows<D>(scores + start, n, block_values(b), count, group, dim, acc);
+    } else {
+      load_rows<C, D>(block_values(b), rows, count * dim);
+      weighted_rows<D>(scores + start, n, static_cast<const float*>(rows), count, group, dim, acc);
+    }
   }
   for (int64_t g = 0; g < group; ++g) {
     const float* a = acc + g * dim;
