@@ -90,9 +90,9 @@ class SpinBarrier {
 };
 
 // What one thread reads, in the order it reads it (per matmul its blocks' scales and zeros, then its
-// blocks), requested a few cache lines at a time into L2 while it waits at a barrier: up to kPrefetchAheadBytes past the end of the last
-// matmul it has done, which a core's L2 holds on any x86 CPU with AVX2 (256 KiB or more). At one row,
-// 128 KiB to 2 MiB all gave the same ~0.1 ms a step.
+// blocks), requested a few cache lines at a time into L2 while it waits at a barrier: up to
+// kPrefetchAheadBytes past the end of the last matmul it has done, which a core's L2 holds on any x86
+// CPU with AVX2 (256 KiB or more). At one row, 128 KiB to 2 MiB all gave the same ~0.1 ms a step.
 class ReadPrefetcher {
  public:
   static constexpr int64_t kPrefetchAheadBytes = 128 * 1024;
@@ -152,14 +152,16 @@ class TeamThread {
       : shared_(shared), thread_(omp_get_thread_num()), threads_(omp_get_num_threads()) {}
 
   int64_t thread() const { return thread_; }
+  int64_t threads() const { return threads_; }
   ReadPrefetcher prefetcher;
 
-  // This thread's contiguous share [begin, end) of count items, as at::parallel_for splits them.
-  std::pair<int64_t, int64_t> share(int64_t count) const {
+  // Thread `thread`'s contiguous share [begin, end) of count items, as at::parallel_for splits them.
+  std::pair<int64_t, int64_t> share(int64_t count, int64_t thread) const {
     const int64_t chunk = (count + threads_ - 1) / threads_;
-    const int64_t begin = std::min(count, thread_ * chunk);
+    const int64_t begin = std::min(count, thread * chunk);
     return {begin, std::min(count, begin + chunk)};
   }
+  std::pair<int64_t, int64_t> share(int64_t count) const { return share(count, thread_); }
 
   template <typename Fn>
   void phase(Fn&& fn) {
@@ -249,14 +251,39 @@ class LayerStack : public torch::CustomClassHolder {
   int64_t hidden = 0, intermediate = 0;
 };
 
-// The output blocks [begin, end) of projection w[i] (0: qkv, 3: o, 5: gate/up, 7: down) this thread
-// computes. The qkv projection's are whole heads (as few as make whole blocks too), so that the thread
-// that computes a head also rotates it and writes it to the cache, in the matmul's phase: a phase and a
-// barrier fewer a layer than rotating in one of its own.
+// The output blocks [begin, end) of projection w[i] (0: qkv, 3: o, 5: gate/up, 7: down) that thread
+// `thread` computes. The qkv projection's are whole heads (as few as make whole blocks too), so that the
+// thread that computes a head also rotates it and writes it to the cache, in the matmul's phase: a phase
+// and a barrier fewer a layer than rotating in one of its own. Whole heads rarely share out evenly (15
+// heads of 4 blocks: 32 and 28 blocks on two threads), so the o projection's blocks make up for it: each
+// thread's bytes of the two together as even as whole blocks allow (16 and 20 of 36 there). Uneven
+// shares cost more than their own bytes: the thread that arrives first at each barrier requests its next
+// weights while it waits, and keeps its lead through the layer (one row, development timers: the thread
+// with 4 blocks more of the qkv projection 15-35% slower in every phase).
+std::pair<int64_t, int64_t> projection_share(const TeamThread& team, const LayerStack& s, int i, int64_t thread) {
+  const at::Tensor* w = s.layer_weights(0);
+  if (i == 0) {
+    const int64_t unit = std::lcm(s.dim, kBlockColumns) / kBlockColumns;
+    const auto [begin, end] = team.share(w[0].size(0) / unit, thread);
+    return {begin * unit, end * unit};
+  }
+  if (i != 3) return team.share(w[i].size(0), thread);
+  const auto block_bytes = [&](int j) {
+    return static_cast<double>(w[j].nbytes() + w[j + 1].nbytes()) / static_cast<double>(w[j].size(0));
+  };
+  const int64_t blocks = w[3].size(0);
+  const double total = w[0].size(0) * block_bytes(0) + blocks * block_bytes(3);
+  int64_t begin = 0, end = 0;
+  for (int64_t t = 0; t <= thread; ++t) {
+    begin = end;
+    const double wanted = total * (t + 1) / team.threads() - projection_share(team, s, 0, t).second * block_bytes(0);
+    end = t + 1 == team.threads() ? blocks
+                                  : std::clamp<int64_t>(std::llround(wanted / block_bytes(3)), begin, blocks);
+  }
+  return {begin, end};
+}
 std::pair<int64_t, int64_t> projection_share(const TeamThread& team, const LayerStack& s, int i) {
-  const int64_t unit = i == 0 ? std::lcm(s.dim, kBlockColumns) / kBlockColumns : 1;
-  const auto [begin, end] = team.share(s.layer_weights(0)[i].size(0) / unit);
-  return {begin * unit, end * unit};
+  return projection_share(team, s, i, team.thread());
 }
 
 // This thread's blocks of every projection, in the order the stack multiplies them, into its prefetcher.
