@@ -203,8 +203,9 @@ inline void dot8(const float* q, const float* k, int64_t dim, float* out) {
   dot4<D>(q, k + 4 * (D ? D : dim), dim, out + 4);
 }
 
-// dot8 over eight cache rows read straight into registers (kDirectRows<C, D>): the same multiply-adds
-// in the same order, without the float32 copy of the rows that every query head of the group reread.
+// dot8 over eight cache rows read straight into registers (kDirectRows<C, D>), without the float32 copy
+// of the rows that every query head of the group reread: a multiply-add a vector, its sums taken as
+// dot8 takes them.
 template <int64_t D, typename C>
 inline void dot8_rows(const float* q, const C* k, float* out) {
   constexpr int64_t kVectors = D / kLanes;
@@ -216,17 +217,17 @@ inline void dot8_rows(const float* q, const C* k, float* out) {
 #pragma GCC unroll 8
     for (int r = 0; r < 8; ++r) a[r] += x * row_lanes<C, D>(k + r * D, j);
   }
-#if defined(__AVX__) && defined(__FMA__)
+#if defined(__AVX512F__)
   __m256 halves[8];
   for (int r = 0; r < 8; ++r) {
-    if constexpr (kLanes == 16) {
-      const __m512d wide = reinterpret_cast<__m512d>(a[r]);
-      halves[r] = _mm256_add_ps(_mm256_castpd_ps(_mm512_castpd512_pd256(wide)),
-                                _mm256_castpd_ps(_mm512_extractf64x4_pd(wide, 1)));
-    } else {
-      halves[r] = reinterpret_cast<__m256>(a[r]);
-    }
+    const __m512d wide = reinterpret_cast<__m512d>(a[r]);
+    halves[r] = _mm256_add_ps(_mm256_castpd_ps(_mm512_castpd512_pd256(wide)),
+                              _mm256_castpd_ps(_mm512_extractf64x4_pd(wide, 1)));
   }
+  store_sums(halves, out);
+#elif defined(__AVX__) && defined(__FMA__)
+  __m256 halves[8];
+  for (int r = 0; r < 8; ++r) halves[r] = reinterpret_cast<__m256>(a[r]);
   store_sums(halves, out);
 #else
   for (int r = 0; r < 8; ++r) {

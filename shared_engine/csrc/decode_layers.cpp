@@ -53,7 +53,8 @@ constexpr int64_t kBlockColumns = 16;  // int4_linear's output block
 // steps between matmuls (the norms with their residual adds, SiLU): every thread computes them on all the
 // rows, in its own copy of the residual stream, just before it rounds the next matmul's input, rather
 // than one thread in a phase of its own while the others wait at its barrier (at one row three phases a
-// layer, each ~1 us of one thread's work and a barrier). The arithmetic is the same, in the same order.
+// layer, each ~1 us of one thread's work and a barrier). So too, where attention is split, the merge of
+// its parts, before the o projection. The arithmetic is the same, in the same order.
 constexpr int64_t kRowsQuantizedByEach = 8;
 
 bool rounded_by_each(int64_t tokens) { return tokens <= kRowsQuantizedByEach; }
@@ -255,43 +256,45 @@ class LayerStack : public torch::CustomClassHolder {
 // `thread` computes. The qkv projection's are whole heads (as few as make whole blocks too), so that the
 // thread that computes a head also rotates it and writes it to the cache, in the matmul's phase: a phase
 // and a barrier fewer a layer than rotating in one of its own. Whole heads rarely share out evenly (15
-// heads of 4 blocks: 32 and 28 blocks on two threads), so the o projection's blocks make up for it: each
-// thread's bytes of the two together as even as whole blocks allow (16 and 20 of 36 there). Uneven
-// shares cost more than their own bytes: the thread that arrives first at each barrier requests its next
-// weights while it waits, and keeps its lead through the layer (one row, development timers: the thread
-// with 4 blocks more of the qkv projection 15-35% slower in every phase).
-std::pair<int64_t, int64_t> projection_share(const TeamThread& team, const LayerStack& s, int i, int64_t thread) {
+// heads of 4 blocks: 32 and 28 blocks on two threads), so at up to kRowsQuantizedByEach rows the o
+// projection's blocks make up for it: each thread's bytes of the two together as even as whole blocks
+// allow (16 and 20 of 36 there). Uneven shares cost more than their own bytes there: the thread that
+// arrives first at each barrier requests its next weights while it waits, and keeps its lead through the
+// layer (one row, development timers: the thread with 4 blocks more of the qkv projection 15-35% slower
+// in every phase). Integer arithmetic: every thread must find the same boundaries.
+std::pair<int64_t, int64_t> projection_share(const TeamThread& team, const LayerStack& s, int i, int64_t tokens,
+                                             int64_t thread) {
   const at::Tensor* w = s.layer_weights(0);
   if (i == 0) {
     const int64_t unit = std::lcm(s.dim, kBlockColumns) / kBlockColumns;
     const auto [begin, end] = team.share(w[0].size(0) / unit, thread);
     return {begin * unit, end * unit};
   }
-  if (i != 3) return team.share(w[i].size(0), thread);
+  if (i != 3 || !rounded_by_each(tokens)) return team.share(w[i].size(0), thread);
   const auto block_bytes = [&](int j) {
-    return static_cast<double>(w[j].nbytes() + w[j + 1].nbytes()) / static_cast<double>(w[j].size(0));
+    return static_cast<int64_t>(w[j].nbytes() + w[j + 1].nbytes()) / w[j].size(0);
   };
-  const int64_t blocks = w[3].size(0);
-  const double total = w[0].size(0) * block_bytes(0) + blocks * block_bytes(3);
+  const int64_t blocks = w[3].size(0), qkv_bytes = block_bytes(0), o_bytes = block_bytes(3);
+  const int64_t total = w[0].size(0) * qkv_bytes + blocks * o_bytes;
   int64_t begin = 0, end = 0;
   for (int64_t t = 0; t <= thread; ++t) {
     begin = end;
-    const double wanted = total * (t + 1) / team.threads() - projection_share(team, s, 0, t).second * block_bytes(0);
-    end = t + 1 == team.threads() ? blocks
-                                  : std::clamp<int64_t>(std::llround(wanted / block_bytes(3)), begin, blocks);
+    const int64_t wanted = std::max<int64_t>(
+        0, total * (t + 1) / team.threads() - projection_share(team, s, 0, tokens, t).second * qkv_bytes);
+    end = t + 1 == team.threads() ? blocks : std::clamp<int64_t>((wanted + o_bytes / 2) / o_bytes, begin, blocks);
   }
   return {begin, end};
 }
-std::pair<int64_t, int64_t> projection_share(const TeamThread& team, const LayerStack& s, int i) {
-  return projection_share(team, s, i, team.thread());
+std::pair<int64_t, int64_t> projection_share(const TeamThread& team, const LayerStack& s, int i, int64_t tokens) {
+  return projection_share(team, s, i, tokens, team.thread());
 }
 
 // This thread's blocks of every projection, in the order the stack multiplies them, into its prefetcher.
-void queue_reads(TeamThread& team, const LayerStack& s) {
+void queue_reads(TeamThread& team, const LayerStack& s, int64_t tokens) {
   for (int64_t layer = 0; layer < s.layers(); ++layer) {
     const at::Tensor* w = s.layer_weights(layer);
     for (const int i : {0, 3, 5, 7}) {
-      const auto [begin, end] = projection_share(team, s, i);
+      const auto [begin, end] = projection_share(team, s, i, tokens);
       const int64_t packed = w[i].nbytes() / w[i].size(0), scales = w[i + 1].nbytes() / w[i + 1].size(0);
       team.prefetcher.add(static_cast<const char*>(w[i + 1].const_data_ptr()) + begin * scales, (end - begin) * scales);
       team.prefetcher.add(static_cast<const char*>(w[i].const_data_ptr()) + begin * packed, (end - begin) * packed);
@@ -423,7 +426,7 @@ at::Tensor decode_layers(const c10::intrusive_ptr<LayerStack>& stack, const at::
       // the rotary kernel's checks (of positions and slots too), which only its unchecked part follows
       if (team.thread() == 0)
         mmserve::check_rotary_cache_write(b.qkv, positions, cos, signed_sin, first_cache, slots, heads, kv_heads);
-      queue_reads(team, s);
+      queue_reads(team, s, tokens);
       if (shared) {
         const auto [begin, end] = team.share(tokens);
         embed(s, ids, b.residual, b.out, begin, end);
@@ -476,7 +479,7 @@ at::Tensor decode_layers(const c10::intrusive_ptr<LayerStack>& stack, const at::
     const auto matmul = [&](auto&& input, const at::Tensor* w, int i, at::Tensor& out, auto&& after) {
       const at::Tensor &packed = w[i], &scales_zeros = w[i + 1];
       const auto multiply = [&](const at::Tensor& x) {
-        const auto [begin, end] = projection_share(team, s, i);
+        const auto [begin, end] = projection_share(team, s, i, tokens);
         mmserve::int4_linear_multiply(x, packed, scales_zeros, group, isa, workspace, out, begin, end);
         after(begin, end);
         team.prefetcher.done_with(matmul_index);  // before the barrier, where the next matmul's are wanted

@@ -125,7 +125,8 @@ def test_a_qkv_bias_is_added_by_the_threads_that_compute_its_heads(
 ) -> None:
     """A bias on the qkv projection (as Qwen2's): each of the stack's threads adds it to the heads it
     computed, before rotating them and writing them to the cache, where the modules add it to all; one
-    request with its attention split among the threads, then three."""
+    request with its attention split among the threads, then three, and in float32 (whose row limit
+    takes them) 64, the rows' rounding shared."""
     model = build(smollm2_folder, dtype)
     generator = torch.Generator().manual_seed(0)
     for layer in model.model.layers:
@@ -137,12 +138,27 @@ def test_a_qkv_bias_is_added_by_the_threads_that_compute_its_heads(
     assert model.decode_layers is not None
     long_prompt = [[1 + (37 * i) % 4000 for i in range(200)]]
     with torch_threads(max(2, torch.get_num_threads())), torch.inference_mode():
-        for prompts in (long_prompt, PROMPTS):
+        many = [MANY_PROMPTS] if dtype == torch.float32 else []
+        for prompts in (long_prompt, PROMPTS, *many):
             fused, fused_calls = decode_run(model, dtype, fused=True, steps=2, prompts=prompts)
             modules, _ = decode_run(model, dtype, fused=False, steps=2, prompts=prompts)
             assert fused_calls == 1
             for got, want in zip(fused, modules, strict=True):
                 assert torch.equal(got, want)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("threads", [1, 17])
+def test_one_thread_and_more_threads_than_heads_equal_the_modules(smollm2_folder: Path, threads: int) -> None:
+    """One thread computes every share itself; 17 threads are more than the qkv projection's 15 heads and
+    the o projection's even-out leaves some with no blocks: each share still computed once."""
+    model = build(smollm2_folder, torch.bfloat16)
+    with torch_threads(threads), torch.inference_mode():
+        fused, fused_calls = decode_run(model, torch.bfloat16, fused=True, steps=2)
+        modules, _ = decode_run(model, torch.bfloat16, fused=False, steps=2)
+    assert fused_calls == 1
+    for got, want in zip(fused, modules, strict=True):
+        assert torch.equal(got, want)
 
 
 @pytest.mark.timeout(300)
