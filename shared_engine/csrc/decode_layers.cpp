@@ -285,16 +285,23 @@ std::pair<int64_t, int64_t> projection_share(const TeamThread& team, const Layer
   }
   return {begin, end};
 }
-std::pair<int64_t, int64_t> projection_share(const TeamThread& team, const LayerStack& s, int i, int64_t tokens) {
-  return projection_share(team, s, i, tokens, team.thread());
+// This thread's output blocks of each projection (of[i] for w[i]), the same in every layer: found once a call.
+struct ProjectionShares {
+  std::pair<int64_t, int64_t> of[8];
+};
+
+ProjectionShares projection_shares(const TeamThread& team, const LayerStack& s, int64_t tokens) {
+  ProjectionShares shares;
+  for (const int i : {0, 3, 5, 7}) shares.of[i] = projection_share(team, s, i, tokens, team.thread());
+  return shares;
 }
 
 // This thread's blocks of every projection, in the order the stack multiplies them, into its prefetcher.
-void queue_reads(TeamThread& team, const LayerStack& s, int64_t tokens) {
+void queue_reads(TeamThread& team, const LayerStack& s, const ProjectionShares& shares) {
   for (int64_t layer = 0; layer < s.layers(); ++layer) {
     const at::Tensor* w = s.layer_weights(layer);
     for (const int i : {0, 3, 5, 7}) {
-      const auto [begin, end] = projection_share(team, s, i, tokens);
+      const auto [begin, end] = shares.of[i];
       const int64_t packed = w[i].nbytes() / w[i].size(0), scales = w[i + 1].nbytes() / w[i + 1].size(0);
       team.prefetcher.add(static_cast<const char*>(w[i + 1].const_data_ptr()) + begin * scales, (end - begin) * scales);
       team.prefetcher.add(static_cast<const char*>(w[i].const_data_ptr()) + begin * packed, (end - begin) * packed);
@@ -419,6 +426,7 @@ at::Tensor decode_layers(const c10::intrusive_ptr<LayerStack>& stack, const at::
 #pragma omp parallel num_threads(at::get_num_threads())
   {
     TeamThread team(team_state);
+    const ProjectionShares shares = projection_shares(team, s, tokens);
     const bool shared = !rounded_by_each(tokens);
     void* workspace = b.workspaces[shared ? 0 : team.thread()].data();
     OwnRows own;
@@ -426,7 +434,7 @@ at::Tensor decode_layers(const c10::intrusive_ptr<LayerStack>& stack, const at::
       // the rotary kernel's checks (of positions and slots too), which only its unchecked part follows
       if (team.thread() == 0)
         mmserve::check_rotary_cache_write(b.qkv, positions, cos, signed_sin, first_cache, slots, heads, kv_heads);
-      queue_reads(team, s, tokens);
+      queue_reads(team, s, shares);
       if (shared) {
         const auto [begin, end] = team.share(tokens);
         embed(s, ids, b.residual, b.out, begin, end);
@@ -479,7 +487,7 @@ at::Tensor decode_layers(const c10::intrusive_ptr<LayerStack>& stack, const at::
     const auto matmul = [&](auto&& input, const at::Tensor* w, int i, at::Tensor& out, auto&& after) {
       const at::Tensor &packed = w[i], &scales_zeros = w[i + 1];
       const auto multiply = [&](const at::Tensor& x) {
-        const auto [begin, end] = projection_share(team, s, i, tokens);
+        const auto [begin, end] = shares.of[i];
         mmserve::int4_linear_multiply(x, packed, scales_zeros, group, isa, workspace, out, begin, end);
         after(begin, end);
         team.prefetcher.done_with(matmul_index);  // before the barrier, where the next matmul's are wanted
